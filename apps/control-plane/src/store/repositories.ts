@@ -1,0 +1,225 @@
+/**
+ * Repositories over the Prisma client: each method is one small, named query returning domain
+ * records. Unique-constraint violations become AppError "conflict".
+ */
+import { AppError } from "@moat/common";
+import type { PrismaClient } from "./generated/sqlite/client.js";
+
+export const ROLES = ["admin", "auditor", "reviewer", "member"] as const;
+export type Role = (typeof ROLES)[number];
+
+export interface UserRecord {
+  id: string;
+  email: string;
+  displayName: string;
+  role: Role;
+  disabledAt: Date | null;
+  createdAt: Date;
+}
+
+export interface ApiKeyRecord {
+  id: string;
+  name: string;
+  hash: string;
+  userId: string;
+  createdAt: Date;
+  expiresAt: Date | null;
+  revokedAt: Date | null;
+  lastUsedAt: Date | null;
+}
+
+export interface AgentRecord {
+  id: string;
+  name: string;
+  description: string;
+  enrolmentHash: string | null;
+  enrolmentExpiresAt: Date | null;
+  enrolledAt: Date | null;
+  credentialHash: string | null;
+  revokedAt: Date | null;
+  version: string;
+  hostname: string;
+  connectedAt: Date | null;
+  disconnectedAt: Date | null;
+  lastSeenAt: Date | null;
+  connectedTo: string;
+  bundleVersion: bigint;
+  createdAt: Date;
+}
+
+export type ResourceType = "postgres" | "ssh" | "kubernetes" | "http";
+
+export interface ResourceRecord {
+  id: string;
+  name: string;
+  type: ResourceType;
+  labels: Record<string, string>;
+  listenAddress: string;
+  description: string;
+  agentId: string;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export interface ResourceInput {
+  name: string;
+  type: ResourceType;
+  labels: Record<string, string>;
+  listenAddress: string;
+  description: string;
+}
+
+function isUniqueViolation(error: unknown): boolean {
+  return typeof error === "object" && error !== null && (error as { code?: unknown }).code === "P2002";
+}
+
+async function mapConflict<T>(message: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (isUniqueViolation(error)) throw new AppError("conflict", message, { cause: error });
+    throw error;
+  }
+}
+
+type ResourceRow = Omit<ResourceRecord, "labels" | "type"> & { labels: string; type: string };
+
+function toResource(row: ResourceRow): ResourceRecord {
+  return { ...row, type: row.type as ResourceType, labels: JSON.parse(row.labels) as Record<string, string> };
+}
+
+function toUser(row: UserRecord & { role: string }): UserRecord {
+  return {
+    id: row.id,
+    email: row.email,
+    displayName: row.displayName,
+    role: row.role as Role,
+    disabledAt: row.disabledAt,
+    createdAt: row.createdAt,
+  };
+}
+
+export function createRepositories(db: PrismaClient) {
+  const users = {
+    count: () => db.user.count(),
+    findById: async (id: string) => {
+      const row = await db.user.findUnique({ where: { id } });
+      return row ? toUser(row as UserRecord) : undefined;
+    },
+    create: (input: { id: string; email: string; displayName: string; role: Role }) =>
+      mapConflict(`a user with email ${input.email} already exists`, async () =>
+        toUser((await db.user.create({ data: input })) as UserRecord),
+      ),
+  };
+
+  const apiKeys = {
+    findById: async (id: string): Promise<ApiKeyRecord | undefined> =>
+      (await db.apiKey.findUnique({ where: { id } })) ?? undefined,
+    create: (input: { id: string; name: string; hash: string; userId: string; expiresAt?: Date | null }) =>
+      db.apiKey.create({ data: { ...input, expiresAt: input.expiresAt ?? null } }),
+    touch: (id: string, at: Date) => db.apiKey.update({ where: { id }, data: { lastUsedAt: at } }),
+  };
+
+  const agents = {
+    findById: async (id: string): Promise<AgentRecord | undefined> =>
+      (await db.agent.findUnique({ where: { id } })) ?? undefined,
+    findActiveByName: async (name: string): Promise<AgentRecord | undefined> =>
+      (await db.agent.findFirst({ where: { name, revokedAt: null } })) ?? undefined,
+    listActive: (): Promise<AgentRecord[]> =>
+      db.agent.findMany({ where: { revokedAt: null }, orderBy: { name: "asc" } }),
+    create: (input: { id: string; name: string; description: string; enrolmentHash: string; enrolmentExpiresAt: Date }) =>
+      mapConflict(`an agent named "${input.name}" already exists`, () => db.agent.create({ data: input })),
+    /** Replaces the pending enrolment secret (a new token for an agent that has not enrolled or must re-enrol). */
+    setEnrolment: (id: string, enrolmentHash: string, enrolmentExpiresAt: Date) =>
+      db.agent.update({ where: { id }, data: { enrolmentHash, enrolmentExpiresAt } }),
+    /**
+     * Consumes the enrolment secret and stores the credential hash, only if the secret is still the
+     * pending one (compare-and-swap, so two concurrent uses of one token cannot both succeed).
+     */
+    completeEnrolment: async (
+      id: string,
+      expectedEnrolmentHash: string,
+      credentialHash: string,
+      details: { version: string; hostname: string },
+      at: Date,
+    ): Promise<boolean> => {
+      const result = await db.agent.updateMany({
+        where: { id, enrolmentHash: expectedEnrolmentHash, revokedAt: null },
+        data: { enrolmentHash: null, enrolmentExpiresAt: null, credentialHash, enrolledAt: at, ...details },
+      });
+      return result.count === 1;
+    },
+    markConnected: (id: string, details: { version: string; hostname: string; connectedTo: string; bundleVersion: bigint }, at: Date) =>
+      db.agent.update({ where: { id }, data: { ...details, connectedAt: at, lastSeenAt: at, disconnectedAt: null } }),
+    markSeen: (id: string, at: Date) => db.agent.updateMany({ where: { id }, data: { lastSeenAt: at } }),
+    /** Marks the agent disconnected unless a newer connection (after `connectedAt`) took over. */
+    markDisconnected: (id: string, connectedAt: Date, at: Date) =>
+      db.agent.updateMany({ where: { id, connectedAt }, data: { disconnectedAt: at } }),
+    setBundleVersion: (id: string, bundleVersion: bigint) =>
+      db.agent.updateMany({ where: { id }, data: { bundleVersion } }),
+    /** Revokes: credential and enrolment cleared, resources removed, the record kept for audit. */
+    revoke: async (id: string, at: Date): Promise<void> => {
+      await db.$transaction([
+        db.resource.deleteMany({ where: { agentId: id } }),
+        db.agent.update({
+          where: { id },
+          data: { revokedAt: at, credentialHash: null, enrolmentHash: null, enrolmentExpiresAt: null, disconnectedAt: at },
+        }),
+      ]);
+    },
+  };
+
+  const resources = {
+    list: async (filter: { agentId?: string; type?: ResourceType } = {}): Promise<ResourceRecord[]> =>
+      (await db.resource.findMany({ where: filter, orderBy: { name: "asc" } })).map(toResource),
+    findByName: async (name: string): Promise<ResourceRecord | undefined> => {
+      const row = await db.resource.findUnique({ where: { name } });
+      return row ? toResource(row) : undefined;
+    },
+    /**
+     * Makes `agentId`'s resources exactly `inputs` (the agent's announcement). Names held by another
+     * agent are not taken over; they are returned as rejected.
+     */
+    replaceForAgent: async (
+      agentId: string,
+      inputs: ResourceInput[],
+      newId: () => string,
+    ): Promise<{ accepted: string[]; rejected: { name: string; reason: string }[] }> =>
+      db.$transaction(async (tx) => {
+        const taken = await tx.resource.findMany({
+          where: { name: { in: inputs.map((r) => r.name) }, NOT: { agentId } },
+          select: { name: true },
+        });
+        const takenNames = new Set(taken.map((r) => r.name));
+        const accepted = inputs.filter((r) => !takenNames.has(r.name));
+        await tx.resource.deleteMany({ where: { agentId, name: { notIn: accepted.map((r) => r.name) } } });
+        for (const r of accepted) {
+          const data = { ...r, labels: JSON.stringify(r.labels), agentId };
+          await tx.resource.upsert({ where: { name: r.name }, update: data, create: { id: newId(), ...data } });
+        }
+        return {
+          accepted: accepted.map((r) => r.name),
+          rejected: [...takenNames].map((name) => ({ name, reason: "the name is already announced by another agent" })),
+        };
+      }),
+  };
+
+  const settings = {
+    get: async (key: string): Promise<string | undefined> =>
+      (await db.setting.findUnique({ where: { key } }))?.value,
+    /** Sets `key` only if unset; returns the value in force (first writer wins across replicas). */
+    setIfAbsent: async (key: string, value: string): Promise<string> => {
+      try {
+        await db.setting.create({ data: { key, value } });
+        return value;
+      } catch (error) {
+        if (!isUniqueViolation(error)) throw error;
+        return (await db.setting.findUniqueOrThrow({ where: { key } })).value;
+      }
+    },
+  };
+
+  return { users, apiKeys, agents, resources, settings };
+}
+
+export type Repositories = ReturnType<typeof createRepositories>;
