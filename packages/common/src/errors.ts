@@ -15,6 +15,7 @@ export const ErrorCode = {
   enrolmentTokenInvalid: "enrolment_token_invalid",
   agentRevoked: "agent_revoked",
   payloadTooLarge: "payload_too_large",
+  unsupportedMediaType: "unsupported_media_type",
   rateLimited: "rate_limited",
   unavailable: "unavailable",
   internal: "internal",
@@ -32,6 +33,7 @@ export const httpStatusByCode: Record<ErrorCode, number> = {
   enrolment_token_invalid: 401,
   agent_revoked: 403,
   payload_too_large: 413,
+  unsupported_media_type: 415,
   rate_limited: 429,
   unavailable: 503,
   internal: 500,
@@ -48,6 +50,7 @@ export const grpcStatusByCode: Record<ErrorCode, number> = {
   enrolment_token_invalid: 16, // UNAUTHENTICATED
   agent_revoked: 7, // PERMISSION_DENIED
   payload_too_large: 8, // RESOURCE_EXHAUSTED
+  unsupported_media_type: 3, // INVALID_ARGUMENT
   rate_limited: 8, // RESOURCE_EXHAUSTED
   unavailable: 14, // UNAVAILABLE
   internal: 13, // INTERNAL

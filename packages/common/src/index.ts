@@ -4,3 +4,4 @@ export * from "./secrets.js";
 export * from "./backoff.js";
 export * from "./logger.js";
 export * from "./enrolment.js";
+export * from "./config.js";

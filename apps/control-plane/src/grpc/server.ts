@@ -1,0 +1,296 @@
+/**
+ * The control plane's side of the agent channel (AgentService over gRPC, TLS by default).
+ * Enrol: one-time token -> credential. Connect: one authenticated bidi stream per agent carrying
+ * typed messages; this module keeps the live streams of this replica, records connection state in
+ * the store, and cuts a stream when its agent is revoked (bus event, so any replica can cut it).
+ */
+import { randomId, isAppError, grpcStatusByCode, AppError, type Logger } from "@moat/common";
+import {
+  agentServiceDefinition,
+  create,
+  ConnectResponseSchema,
+  ResourceType as ProtoResourceType,
+  timestampFromDate,
+  type ConnectRequest,
+  type ConnectResponse,
+  type EnrolRequest,
+  type EnrolResponse,
+  type Hello,
+  EnrolResponseSchema,
+} from "@moat/proto";
+import * as grpc from "@grpc/grpc-js";
+import type { EventBus } from "../bus.js";
+import type { ControlPlaneMetrics } from "../metrics.js";
+import type { AgentService } from "../services/agents.js";
+import type { ResourceInput, ResourceType, Store } from "../store/index.js";
+
+export interface AgentChannelDeps {
+  logger: Logger;
+  agents: AgentService;
+  store: Pick<Store, "agents" | "resources">;
+  bus: Pick<EventBus, "subscribe">;
+  metrics: ControlPlaneMetrics;
+  now: () => Date;
+  replicaId: string;
+  heartbeatSeconds: number;
+  maxMessageBytes: number;
+  /** How long a new stream may take to send its Hello. */
+  helloTimeoutMs?: number;
+}
+
+type DuplexCall = grpc.ServerDuplexStream<ConnectRequest, ConnectResponse>;
+
+interface LiveSession {
+  agentId: string;
+  connectedAt: Date;
+  call: DuplexCall;
+  close(code: grpc.status, details: string): void;
+}
+
+const MAX_RESOURCES = 1000;
+const MAX_LABELS = 64;
+const NAME_PATTERN = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
+
+const TYPE_NAMES: Record<number, ResourceType | undefined> = {
+  [ProtoResourceType.POSTGRES]: "postgres",
+  [ProtoResourceType.SSH]: "ssh",
+  [ProtoResourceType.KUBERNETES]: "kubernetes",
+  [ProtoResourceType.HTTP]: "http",
+};
+
+/** Validates an agent's announced resources; problems are per resource, the rest is accepted. */
+export function readAnnouncement(hello: Hello): { inputs: ResourceInput[]; rejected: { name: string; reason: string }[] } {
+  const inputs: ResourceInput[] = [];
+  const rejected: { name: string; reason: string }[] = [];
+  const seen = new Set<string>();
+  for (const r of hello.resources.slice(0, MAX_RESOURCES)) {
+    const type = TYPE_NAMES[r.type];
+    const reject = (reason: string) => rejected.push({ name: r.name, reason });
+    if (!NAME_PATTERN.test(r.name) || r.name.length > 63) reject("name must be 1-63 lowercase letters, digits and dashes");
+    else if (seen.has(r.name)) reject("announced twice");
+    else if (!type) reject("unknown resource type");
+    else if (r.labels.length > MAX_LABELS) reject(`more than ${MAX_LABELS} labels`);
+    else if (r.labels.some((l) => l.key.length === 0 || l.key.length > 63 || l.value.length > 255)) reject("label keys must be 1-63 characters, values at most 255");
+    else {
+      seen.add(r.name);
+      inputs.push({
+        name: r.name,
+        type,
+        labels: Object.fromEntries(r.labels.map((l) => [l.key, l.value])),
+        listenAddress: r.listenAddress.slice(0, 255),
+        description: r.description.slice(0, 500),
+      });
+    }
+  }
+  for (const r of hello.resources.slice(MAX_RESOURCES)) rejected.push({ name: r.name, reason: `more than ${MAX_RESOURCES} resources` });
+  return { inputs, rejected };
+}
+
+function statusOf(error: unknown): { code: grpc.status; details: string } {
+  if (isAppError(error)) return { code: grpcStatusByCode[error.code] as grpc.status, details: error.message };
+  return { code: grpc.status.INTERNAL, details: "internal error" };
+}
+
+function bearer(metadata: grpc.Metadata): string | undefined {
+  const value = metadata.get("authorization")[0];
+  if (typeof value !== "string") return undefined;
+  const match = /^Bearer\s+(\S+)$/i.exec(value.trim());
+  return match?.[1];
+}
+
+export interface AgentChannel {
+  server: grpc.Server;
+  /** Agents with a live stream on this replica. */
+  connectedAgentIds(): string[];
+  /** Sends a message to an agent connected to this replica; false when it is not here. */
+  send(agentId: string, message: ConnectResponse): boolean;
+  /** Ends every stream (graceful shutdown). */
+  closeAll(details: string): void;
+}
+
+export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
+  const { logger, agents, store, metrics, now } = deps;
+  const sessions = new Map<string, LiveSession>();
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": deps.maxMessageBytes,
+    "grpc.max_send_message_length": deps.maxMessageBytes,
+    "grpc.keepalive_time_ms": 30_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+    "grpc.http2.min_ping_interval_without_data_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 1,
+  });
+
+  deps.bus.subscribe("agent.revoked", ({ agentId, reason }) => {
+    sessions.get(agentId)?.close(grpc.status.PERMISSION_DENIED, `agent revoked: ${reason}`);
+  });
+
+  function enrol(call: grpc.ServerUnaryCall<EnrolRequest, EnrolResponse>, callback: grpc.sendUnaryData<EnrolResponse>) {
+    const request = call.request;
+    agents
+      .enrol(request.enrolmentToken, { version: request.agentVersion.slice(0, 64), hostname: request.hostname.slice(0, 255) })
+      .then(({ agent, credential }) => {
+        metrics.enrolments.labels("ok").inc();
+        logger.info({ agentId: agent.id, name: agent.name, peer: call.getPeer() }, "agent enrolled");
+        callback(null, create(EnrolResponseSchema, { agentId: agent.id, agentName: agent.name, credential }));
+      })
+      .catch((error: unknown) => {
+        const status = statusOf(error);
+        metrics.enrolments.labels(isAppError(error) ? error.code : "internal").inc();
+        if (status.code === grpc.status.INTERNAL) logger.error({ err: error }, "enrolment failed");
+        else logger.warn({ peer: call.getPeer(), reason: status.details }, "enrolment refused");
+        callback({ code: status.code, details: status.details });
+      });
+  }
+
+  function connect(call: DuplexCall) {
+    const peer = call.getPeer();
+    let session: LiveSession | undefined;
+    let ended = false;
+    let livenessTimer: NodeJS.Timeout | undefined;
+    const livenessMs = deps.heartbeatSeconds * 3 * 1000;
+
+    const fail = (code: grpc.status, details: string) => {
+      if (ended) return;
+      ended = true;
+      call.emit("error", { code, details });
+    };
+
+    const send = (message: ConnectResponse) => {
+      if (!ended) call.write(message);
+    };
+
+    const armLiveness = () => {
+      clearTimeout(livenessTimer);
+      livenessTimer = setTimeout(() => fail(grpc.status.UNAVAILABLE, "no message from the agent within the heartbeat window"), livenessMs);
+      livenessTimer.unref();
+    };
+
+    const cleanup = () => {
+      ended = true;
+      clearTimeout(livenessTimer);
+      clearTimeout(helloTimer);
+      if (session && sessions.get(session.agentId) === session) {
+        sessions.delete(session.agentId);
+        metrics.agentStreams.set(sessions.size);
+        const { agentId, connectedAt } = session;
+        store.agents.markDisconnected(agentId, connectedAt, now()).catch((error: unknown) => logger.warn({ err: error, agentId }, "could not record disconnect"));
+        logger.info({ agentId, peer }, "agent disconnected");
+      }
+    };
+    call.on("end", () => {
+      cleanup();
+      call.end();
+    });
+    call.on("cancelled", cleanup);
+    call.on("error", cleanup);
+    call.on("close", cleanup);
+
+    const helloTimer = setTimeout(() => fail(grpc.status.DEADLINE_EXCEEDED, "no Hello within the time allowed"), deps.helloTimeoutMs ?? 10_000);
+    helloTimer.unref();
+
+    const credential = bearer(call.metadata);
+    const authenticated = credential
+      ? agents.authenticate(credential)
+      : Promise.reject(new AppError("unauthenticated", "send the agent credential as 'authorization: Bearer <credential>'"));
+
+    let queue = Promise.resolve();
+    authenticated.then(
+      (agent) => {
+        // Messages are handled strictly in order, one at a time.
+        call.on("data", (message: ConnectRequest) => {
+          queue = queue.then(() => handle(agent.id, agent.name, message)).catch((error: unknown) => {
+            const status = statusOf(error);
+            if (status.code === grpc.status.INTERNAL) logger.error({ err: error, agentId: agent.id }, "agent message failed");
+            fail(status.code, status.details);
+          });
+        });
+      },
+      (error: unknown) => {
+        const status = statusOf(error);
+        metrics.agentStreamRejections.labels(isAppError(error) ? error.code : "internal").inc();
+        logger.warn({ peer, reason: status.details }, "agent stream refused");
+        fail(status.code, status.details);
+      },
+    );
+
+    async function handle(agentId: string, agentName: string, message: ConnectRequest): Promise<void> {
+      if (ended) return;
+      const kind = message.kind;
+      if (!session) {
+        if (kind.case !== "hello") throw new AppError("bad_request", "the first message on the stream must be Hello");
+        clearTimeout(helloTimer);
+        const hello = kind.value;
+        const { inputs, rejected: invalid } = readAnnouncement(hello);
+        const result = await store.resources.replaceForAgent(agentId, inputs, () => randomId());
+        const connectedAt = now();
+        await store.agents.markConnected(
+          agentId,
+          { version: hello.agentVersion.slice(0, 64), hostname: hello.hostname.slice(0, 255), connectedTo: deps.replicaId, bundleVersion: hello.bundleVersion },
+          connectedAt,
+        );
+        if (ended) return;
+        session = {
+          agentId,
+          connectedAt,
+          call,
+          close: (code, details) => fail(code, details),
+        };
+        sessions.get(agentId)?.close(grpc.status.ABORTED, "replaced by a newer connection of the same agent");
+        sessions.set(agentId, session);
+        metrics.agentStreams.set(sessions.size);
+        logger.info({ agentId, name: agentName, peer, version: hello.agentVersion, resources: result.accepted.length }, "agent connected");
+        send(
+          create(ConnectResponseSchema, {
+            kind: {
+              case: "welcome",
+              value: { agentId, agentName, serverTime: timestampFromDate(now()), heartbeatIntervalSeconds: deps.heartbeatSeconds, auditAckedSeq: 0n },
+            },
+          }),
+        );
+        for (const r of [...invalid, ...result.rejected]) {
+          logger.warn({ agentId, resource: r.name, reason: r.reason }, "resource rejected");
+          send(create(ConnectResponseSchema, { kind: { case: "resourceRejected", value: r } }));
+        }
+        armLiveness();
+        return;
+      }
+      armLiveness();
+      switch (kind.case) {
+        case "heartbeat":
+          await store.agents.markSeen(agentId, now());
+          send(create(ConnectResponseSchema, { kind: { case: "heartbeatAck", value: { serverTime: timestampFromDate(now()) } } }));
+          return;
+        case "bundleAck":
+          if (kind.value.applied) await store.agents.setBundleVersion(agentId, kind.value.version);
+          else logger.warn({ agentId, version: kind.value.version.toString(), error: kind.value.error }, "agent rejected a bundle");
+          return;
+        case "hello":
+          throw new AppError("bad_request", "Hello may be sent only once per stream");
+        case "auditBatch":
+        case "approvalRequest":
+        case "sessionEnded":
+          // Handled by the audit and approvals modules as they land; accepted and ignored until then.
+          logger.debug({ agentId, kind: kind.case }, "message kind not handled yet");
+          return;
+        default:
+          throw new AppError("bad_request", "unknown message kind");
+      }
+    }
+  }
+
+  server.addService(agentServiceDefinition as unknown as grpc.ServiceDefinition, { enrol, connect } as unknown as grpc.UntypedServiceImplementation);
+
+  return {
+    server,
+    connectedAgentIds: () => [...sessions.keys()],
+    send(agentId, message) {
+      const session = sessions.get(agentId);
+      if (!session) return false;
+      session.call.write(message);
+      return true;
+    },
+    closeAll(details) {
+      for (const session of [...sessions.values()]) session.close(grpc.status.UNAVAILABLE, details);
+    },
+  };
+}

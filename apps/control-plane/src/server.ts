@@ -1,0 +1,177 @@
+/**
+ * Assembles a running control plane from a validated config: store (migrated), TLS material, bus,
+ * services, REST and gRPC listeners. `main.ts` adds process concerns (args, signals, banner);
+ * tests call `startControlPlane` directly with real ports.
+ */
+import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { createLogger, type Logger } from "@moat/common";
+import * as grpc from "@grpc/grpc-js";
+import { createInProcessBus, type EventBus } from "./bus.js";
+import type { ControlPlaneConfig } from "./config.js";
+import { createAgentChannel, type AgentChannel } from "./grpc/server.js";
+import { buildHttpApp } from "./http/app.js";
+import { createMetrics } from "./metrics.js";
+import { createAgentService, type AgentService } from "./services/agents.js";
+import { createIdentityService } from "./services/identity.js";
+import { openStore, type Store } from "./store/index.js";
+import { loadOrCreateTlsMaterial, serverNames } from "./tls.js";
+import { VERSION } from "./version.js";
+
+export interface RunningControlPlane {
+  config: ControlPlaneConfig;
+  logger: Logger;
+  store: Store;
+  bus: EventBus;
+  agents: AgentService;
+  channel: AgentChannel;
+  /** Base URL of the REST API, e.g. http://127.0.0.1:7070 */
+  httpUrl: string;
+  /** host:port agents dial. */
+  grpcAddress: string;
+  grpcPort: number;
+  /** CA fingerprint agents pin ("" when plaintext). */
+  caFingerprint: string;
+  caPem: string;
+  /** Set on the first start only: the bootstrap admin and its API key (shown once). */
+  bootstrap?: { email: string; apiKey: string };
+  /** Issues an enrolment token for the local agent (`localAgent.enabled`), creating it if needed. */
+  issueLocalAgentToken(): Promise<string>;
+  close(): Promise<void>;
+}
+
+function bindGrpc(server: grpc.Server, address: string, credentials: grpc.ServerCredentials): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(address, credentials, (error, port) => (error ? reject(error) : resolve(port)));
+  });
+}
+
+function formatHostPort(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+export async function startControlPlane(config: ControlPlaneConfig, options: { logger?: Logger } = {}): Promise<RunningControlPlane> {
+  const logger = options.logger ?? createLogger({ name: "moat-control-plane", level: config.logLevel });
+  const now = () => new Date();
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  chmodSync(config.dataDir, 0o700);
+
+  const store = await openStore(config.databaseUrl);
+  if (store.migrationsApplied.length > 0) logger.info({ migrations: store.migrationsApplied, store: store.provider }, "store migrated");
+
+  const replicaId = config.replicaId ?? `${hostname()}:${process.pid}`;
+  const metrics = createMetrics();
+  const bus = createInProcessBus((topic, error) => logger.error({ err: error, topic }, "bus handler failed"));
+
+  const tls = config.grpc.plaintext
+    ? undefined
+    : await loadOrCreateTlsMaterial({
+        dataDir: config.dataDir,
+        names: serverNames(config.grpc.host, config.grpc.advertiseAddress, config.grpc.subjectAltNames),
+        ...(config.grpc.certFile && config.grpc.keyFile && config.grpc.caFile
+          ? { files: { certFile: config.grpc.certFile, keyFile: config.grpc.keyFile, caFile: config.grpc.caFile } }
+          : {}),
+      });
+  if (tls?.created.length) logger.info({ created: tls.created, caFingerprint: tls.caFingerprint }, "agent channel TLS material created");
+  if (config.grpc.plaintext) logger.warn({ host: config.grpc.host }, "agent channel is PLAINTEXT (loopback only)");
+
+  let ready = false;
+  // The gRPC port may be 0 (tests): the advertised address is known only after binding, and only
+  // enrolment tokens (issued later) need it.
+  let grpcAddress = "";
+  const identity = createIdentityService({ store, now });
+  const agents = createAgentService({
+    store,
+    bus,
+    now,
+    endpoint: () => grpcAddress,
+    caFingerprint: tls?.caFingerprint ?? "",
+    enrolmentTtlMs: config.enrolment.tokenTtlSeconds * 1000,
+    staleAfterMs: config.grpc.heartbeatSeconds * 3 * 1000,
+  });
+  const channel = createAgentChannel({
+    logger: logger.child({ module: "agent-channel" }),
+    agents,
+    store,
+    bus,
+    metrics,
+    now,
+    replicaId,
+    heartbeatSeconds: config.grpc.heartbeatSeconds,
+    maxMessageBytes: config.grpc.maxMessageBytes,
+  });
+  const credentials = tls
+    ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: Buffer.from(tls.certPem), private_key: Buffer.from(tls.keyPem) }], false)
+    : grpc.ServerCredentials.createInsecure();
+  const grpcPort = await bindGrpc(channel.server, formatHostPort(config.grpc.host, config.grpc.port), credentials);
+  const advertiseHost = config.grpc.host === "0.0.0.0" || config.grpc.host === "::" ? hostname() : config.grpc.host;
+  grpcAddress = config.grpc.advertiseAddress ?? formatHostPort(advertiseHost, grpcPort);
+
+  const bootstrap = await identity.bootstrapAdmin(config.bootstrap.adminEmail);
+  if (bootstrap) {
+    logger.info({ email: bootstrap.email }, "bootstrap admin created (its API key is shown once)");
+    if (config.bootstrap.adminKeyFile) {
+      writeFileSync(config.bootstrap.adminKeyFile, bootstrap.apiKey + "\n", { mode: 0o600 });
+      chmodSync(config.bootstrap.adminKeyFile, 0o600);
+    }
+  }
+
+  const app = await buildHttpApp({
+    logger: logger.child({ module: "http" }),
+    store,
+    identity,
+    agents,
+    metrics,
+    isReady: () => ready,
+    version: VERSION,
+    replicaId,
+    bodyLimitBytes: config.http.bodyLimitBytes,
+  });
+  await app.listen({ host: config.http.host, port: config.http.port });
+  const address = app.server.address();
+  const httpPort = typeof address === "object" && address ? address.port : config.http.port;
+  const httpUrl = `http://${formatHostPort(config.http.host === "0.0.0.0" ? "127.0.0.1" : config.http.host, httpPort)}`;
+  ready = true;
+  logger.info({ http: httpUrl, grpc: grpcAddress, tls: !!tls, store: store.provider, version: VERSION }, "control plane ready");
+
+  let closed = false;
+  return {
+    config,
+    logger,
+    store,
+    bus,
+    agents,
+    channel,
+    httpUrl,
+    grpcAddress,
+    grpcPort,
+    caFingerprint: tls?.caFingerprint ?? "",
+    caPem: tls?.caPem ?? "",
+    ...(bootstrap ? { bootstrap } : {}),
+    async issueLocalAgentToken() {
+      const name = config.localAgent.name;
+      const existing = await store.agents.findActiveByName(name);
+      if (existing) return (await agents.issueEnrolmentToken(existing.id)).enrolmentToken;
+      return (await agents.create({ name, description: "Agent started beside the control plane" })).enrolmentToken;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      ready = false;
+      channel.closeAll("the control plane is shutting down");
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          channel.server.forceShutdown();
+          resolve();
+        }, 3000);
+        channel.server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      await app.close();
+      await bus.close();
+      await store.close();
+    },
+  };
+}
