@@ -100,8 +100,9 @@ export async function startControlPlane(config: ControlPlaneConfig, options: { l
     heartbeatSeconds: config.grpc.heartbeatSeconds,
     maxMessageBytes: config.grpc.maxMessageBytes,
   });
+  // The chain includes the CA so that a new agent can find and pin it by fingerprint.
   const credentials = tls
-    ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: Buffer.from(tls.certPem), private_key: Buffer.from(tls.keyPem) }], false)
+    ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: Buffer.from(tls.certPem + tls.caPem), private_key: Buffer.from(tls.keyPem) }], false)
     : grpc.ServerCredentials.createInsecure();
   const grpcPort = await bindGrpc(channel.server, formatHostPort(config.grpc.host, config.grpc.port), credentials);
   const advertiseHost = config.grpc.host === "0.0.0.0" || config.grpc.host === "::" ? hostname() : config.grpc.host;

@@ -130,7 +130,7 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
       .enrol(request.enrolmentToken, { version: request.agentVersion.slice(0, 64), hostname: request.hostname.slice(0, 255) })
       .then(({ agent, credential }) => {
         metrics.enrolments.labels("ok").inc();
-        logger.info({ agentId: agent.id, name: agent.name, peer: call.getPeer() }, "agent enrolled");
+        logger.info({ agentId: agent.id, agentName: agent.name, peer: call.getPeer() }, "agent enrolled");
         callback(null, create(EnrolResponseSchema, { agentId: agent.id, agentName: agent.name, credential }));
       })
       .catch((error: unknown) => {
@@ -238,7 +238,7 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
         sessions.get(agentId)?.close(grpc.status.ABORTED, "replaced by a newer connection of the same agent");
         sessions.set(agentId, session);
         metrics.agentStreams.set(sessions.size);
-        logger.info({ agentId, name: agentName, peer, version: hello.agentVersion, resources: result.accepted.length }, "agent connected");
+        logger.info({ agentId, agentName, peer, version: hello.agentVersion, resources: result.accepted.length }, "agent connected");
         send(
           create(ConnectResponseSchema, {
             kind: {

@@ -59,7 +59,7 @@ export const agentRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, {
     async (request, reply) => {
       const body = request.body as { name: string; description?: string };
       const created = await deps.agents.create(body);
-      request.log.info({ agentId: created.agent.id, name: created.agent.name, by: request.principal?.user.id }, "agent created");
+      request.log.info({ agentId: created.agent.id, agentName: created.agent.name, by: request.principal?.user.id }, "agent created");
       return reply.status(201).send(created);
     },
   );

@@ -1,0 +1,54 @@
+/**
+ * The agent's local admin endpoint (loopback by default): /healthz for supervisors and /metrics
+ * for Prometheus. Read-only; nothing here changes the agent.
+ */
+import { createServer, type Server } from "node:http";
+import type { Registry } from "prom-client";
+
+export interface AdminStatus {
+  status: "ok";
+  agentId: string;
+  agentName: string;
+  version: string;
+  controlPlane: string;
+  bundleVersion: string;
+  resources: number;
+}
+
+export function startAdminServer(options: {
+  host: string;
+  port: number;
+  registry: Registry;
+  status: () => AdminStatus;
+}): Promise<{ server: Server; port: number; close(): Promise<void> }> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (req.method !== "GET") {
+      res.writeHead(405, { "content-type": "application/problem+json" }).end(JSON.stringify({ status: 405, code: "method_not_allowed", detail: "GET only" }));
+      return;
+    }
+    if (path === "/healthz") {
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(options.status()));
+      return;
+    }
+    if (path === "/metrics") {
+      options.registry.metrics().then(
+        (body) => res.writeHead(200, { "content-type": options.registry.contentType }).end(body),
+        () => res.writeHead(500).end(),
+      );
+      return;
+    }
+    res.writeHead(404, { "content-type": "application/problem+json" }).end(JSON.stringify({ status: 404, code: "not_found", detail: `no route ${path}` }));
+  });
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port, options.host, () => {
+      const address = server.address();
+      resolve({
+        server,
+        port: typeof address === "object" && address ? address.port : options.port,
+        close: () => new Promise((r) => server.close(() => r())),
+      });
+    });
+  });
+}

@@ -1,0 +1,114 @@
+/**
+ * Agent configuration: YAML file + environment overrides, validated once at start. Resources list
+ * what this agent fronts; only their public parts (name, type, labels, listen address) are ever sent
+ * to the control plane.
+ */
+import { isAbsolute, resolve } from "node:path";
+import { Type, type Static } from "@sinclair/typebox";
+import { applyEnvOverrides, ConfigError, readConfigFile, validateConfig, type EnvOverride } from "@moat/common";
+import { DEFAULT_MAX_MESSAGE_BYTES } from "@moat/proto";
+
+const strict = { additionalProperties: false } as const;
+const HostPort = Type.String({ pattern: "^(\\[[0-9a-fA-F:.]+\\]|[^\\s:\\[\\]]+):[0-9]{1,5}$", description: "host:port" });
+
+export const ResourceConfigSchema = Type.Object(
+  {
+    name: Type.String({ pattern: "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", maxLength: 63 }),
+    type: Type.Union([Type.Literal("postgres"), Type.Literal("ssh"), Type.Literal("kubernetes"), Type.Literal("http")]),
+    /** Where users connect to this resource through the agent. */
+    listen: HostPort,
+    labels: Type.Record(Type.String({ pattern: "^[A-Za-z0-9_./-]{1,63}$" }), Type.String({ maxLength: 255 }), { default: {} }),
+    description: Type.String({ maxLength: 500, default: "" }),
+  },
+  strict,
+);
+
+export const AgentConfigSchema = Type.Object(
+  {
+    dataDir: Type.String({ minLength: 1, default: ".moat/agent" }),
+    logLevel: Type.Union(
+      ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => Type.Literal(l)),
+      { default: "info" },
+    ),
+    /** One-time enrolment token (prefer MOAT_AGENT_ENROLMENT_TOKEN or enrolmentTokenFile). */
+    enrolmentToken: Type.Optional(Type.String({ minLength: 1 })),
+    enrolmentTokenFile: Type.Optional(Type.String({ minLength: 1 })),
+    controlPlane: Type.Object(
+      {
+        /** host:port of the control plane's gRPC listener. Default: the endpoint in the enrolment token. */
+        address: Type.Optional(HostPort),
+        /** PEM file of the control plane's CA, instead of pinning the fingerprint in the token. */
+        caFile: Type.Optional(Type.String()),
+        /** TLS server name to verify, when it differs from the address's host. */
+        serverName: Type.Optional(Type.String()),
+        /** Connect without TLS: only to a loopback address, and only if the control plane is configured so. */
+        plaintext: Type.Boolean({ default: false }),
+        maxMessageBytes: Type.Integer({ minimum: 64 * 1024, default: DEFAULT_MAX_MESSAGE_BYTES }),
+      },
+      { ...strict, default: {} },
+    ),
+    reconnect: Type.Object(
+      {
+        initialDelayMs: Type.Integer({ minimum: 50, default: 250 }),
+        maxDelayMs: Type.Integer({ minimum: 100, default: 15_000 }),
+      },
+      { ...strict, default: {} },
+    ),
+    /** Local admin endpoint: /healthz and /metrics. */
+    admin: Type.Object(
+      {
+        enabled: Type.Boolean({ default: true }),
+        host: Type.String({ default: "127.0.0.1" }),
+        port: Type.Integer({ minimum: 0, maximum: 65535, default: 7072 }),
+      },
+      { ...strict, default: {} },
+    ),
+    resources: Type.Array(ResourceConfigSchema, { default: [], maxItems: 1000 }),
+  },
+  strict,
+);
+
+export type AgentConfig = Static<typeof AgentConfigSchema>;
+export type ResourceConfig = Static<typeof ResourceConfigSchema>;
+
+export const AGENT_ENV_OVERRIDES: EnvOverride[] = [
+  { variable: "MOAT_AGENT_DATA_DIR", path: "dataDir", type: "string" },
+  { variable: "MOAT_AGENT_LOG_LEVEL", path: "logLevel", type: "string" },
+  { variable: "MOAT_AGENT_ENROLMENT_TOKEN", path: "enrolmentToken", type: "string" },
+  { variable: "MOAT_AGENT_ENROLMENT_TOKEN_FILE", path: "enrolmentTokenFile", type: "string" },
+  { variable: "MOAT_AGENT_CONTROL_PLANE", path: "controlPlane.address", type: "string" },
+  { variable: "MOAT_AGENT_CONTROL_PLANE_CA_FILE", path: "controlPlane.caFile", type: "string" },
+  { variable: "MOAT_AGENT_CONTROL_PLANE_PLAINTEXT", path: "controlPlane.plaintext", type: "boolean" },
+  { variable: "MOAT_AGENT_ADMIN_PORT", path: "admin.port", type: "number" },
+  { variable: "MOAT_AGENT_ADMIN_HOST", path: "admin.host", type: "string" },
+];
+
+export function loadAgentConfig(options: { file?: string; env?: NodeJS.ProcessEnv; cwd?: string }): AgentConfig {
+  const env = options.env ?? process.env;
+  const source = options.file ?? "defaults and environment";
+  const raw = options.file ? readConfigFile(options.file) : {};
+  const envProblems = applyEnvOverrides(raw, AGENT_ENV_OVERRIDES, env);
+  if (envProblems.length > 0) throw new ConfigError(source, envProblems);
+  const config = validateConfig(AgentConfigSchema, raw, source);
+  const problems: string[] = [];
+  const names = new Set<string>();
+  config.resources.forEach((r, i) => {
+    if (names.has(r.name)) problems.push(`resources.${i}.name: "${r.name}" is used twice`);
+    names.add(r.name);
+  });
+  if (config.reconnect.maxDelayMs < config.reconnect.initialDelayMs) {
+    problems.push("reconnect.maxDelayMs: must be >= reconnect.initialDelayMs");
+  }
+  if (config.enrolmentToken && config.enrolmentTokenFile) {
+    problems.push("enrolmentToken and enrolmentTokenFile: set one, not both");
+  }
+  if (problems.length > 0) throw new ConfigError(source, problems);
+  const cwd = options.cwd ?? process.cwd();
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(cwd, p));
+  return {
+    ...config,
+    dataDir: abs(config.dataDir),
+    ...(config.enrolmentTokenFile ? { enrolmentTokenFile: abs(config.enrolmentTokenFile) } : {}),
+    controlPlane: { ...config.controlPlane, ...(config.controlPlane.caFile ? { caFile: abs(config.controlPlane.caFile) } : {}) },
+  };
+}
