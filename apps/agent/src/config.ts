@@ -50,7 +50,7 @@ export const AgentConfigSchema = Type.Object(
     reconnect: Type.Object(
       {
         initialDelayMs: Type.Integer({ minimum: 50, default: 250 }),
-        maxDelayMs: Type.Integer({ minimum: 100, default: 15_000 }),
+        maxDelayMs: Type.Integer({ minimum: 100, default: 4_000 }),
       },
       { ...strict, default: {} },
     ),

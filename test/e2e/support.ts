@@ -1,0 +1,142 @@
+/**
+ * Real processes for end-to-end tests: the built control plane and agent (dist/), started with
+ * their own data dirs and free ports, plus a tiny REST client. Every process is killed by `cleanup`.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { freePort, tempDir, waitFor } from "@moat/testkit";
+
+export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const controlPlaneMain = join(repoRoot, "apps/control-plane/dist/main.js");
+const agentMain = join(repoRoot, "apps/agent/dist/main.js");
+
+const live = new Set<ChildProcess>();
+
+export interface Proc {
+  child: ChildProcess;
+  output(): string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Sends `signal` and waits for the exit. */
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export function spawnNode(script: string, args: string[], env: Record<string, string>, cwd = repoRoot): Proc {
+  const child = spawn(process.execPath, [script, ...args], { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  live.add(child);
+  let output = "";
+  child.stdout?.on("data", (c: Buffer) => (output += c.toString()));
+  child.stderr?.on("data", (c: Buffer) => (output += c.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on("exit", (code, signal) => {
+      live.delete(child);
+      resolve({ code, signal });
+    });
+  });
+  return {
+    child,
+    output: () => output,
+    exited,
+    async stop(signal: NodeJS.Signals = "SIGTERM") {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+/** Kills every process a test started (SIGKILL), for afterEach/afterAll. */
+export async function cleanup(): Promise<void> {
+  const waits = [...live].map((child) => new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(null) : (child.once("exit", r), child.kill("SIGKILL")))));
+  await Promise.all(waits);
+}
+
+export interface ControlPlaneProc extends Proc {
+  url: string;
+  grpcAddress: string;
+  dataDir: string;
+  adminKey: string;
+  env: Record<string, string>;
+}
+
+/** Starts the built control plane; waits until /readyz answers. Reuse `dataDir`/ports to restart it. */
+export async function startControlPlane(options: { dataDir?: string; httpPort?: number; grpcPort?: number; env?: Record<string, string> } = {}): Promise<ControlPlaneProc> {
+  const dataDir = options.dataDir ?? tempDir("moat-cp-");
+  const httpPort = options.httpPort ?? (await freePort());
+  const grpcPort = options.grpcPort ?? (await freePort());
+  const keyFile = join(dataDir, "..", `${dataDir.split("/").pop()}-admin.key`);
+  const env = {
+    MOAT_DATA_DIR: dataDir,
+    MOAT_HTTP_PORT: String(httpPort),
+    MOAT_GRPC_PORT: String(grpcPort),
+    MOAT_BOOTSTRAP_ADMIN_KEY_FILE: keyFile,
+    MOAT_LOG_LEVEL: "debug",
+    ...options.env,
+  };
+  const proc = spawnNode(controlPlaneMain, [], env);
+  const url = `http://127.0.0.1:${httpPort}`;
+  await waitFor(async () => {
+    if (proc.child.exitCode !== null) throw new Error(`control plane exited: ${proc.output()}`);
+    return (await fetch(`${url}/readyz`)).ok;
+  }, 20_000).catch((error: unknown) => {
+    throw new Error(`control plane not ready: ${(error as Error).message}\n${proc.output()}`);
+  });
+  return { ...proc, url, grpcAddress: `127.0.0.1:${grpcPort}`, dataDir, adminKey: readFileSync(keyFile, "utf8").trim(), env };
+}
+
+export interface AgentProc extends Proc {
+  dataDir: string;
+  adminPort: number;
+  configFile: string;
+  health(): Promise<{ controlPlane: string; agentId: string; agentName: string }>;
+}
+
+/** Writes an agent config and starts the built agent. */
+export async function startAgent(options: { token?: string; dataDir?: string; yaml?: string; env?: Record<string, string> }): Promise<AgentProc> {
+  const dataDir = options.dataDir ?? tempDir("moat-agent-");
+  const adminPort = await freePort();
+  const configFile = join(dataDir, "agent.yaml");
+  writeFileSync(configFile, `dataDir: ${dataDir}\nadmin:\n  port: ${adminPort}\n${options.yaml ?? ""}`);
+  const proc = spawnNode(agentMain, ["--config", configFile], {
+    MOAT_AGENT_LOG_LEVEL: "debug",
+    ...(options.token ? { MOAT_AGENT_ENROLMENT_TOKEN: options.token } : {}),
+    ...options.env,
+  });
+  return {
+    ...proc,
+    dataDir,
+    adminPort,
+    configFile,
+    health: async () => (await fetch(`http://127.0.0.1:${adminPort}/healthz`)).json() as Promise<{ controlPlane: string; agentId: string; agentName: string }>,
+  };
+}
+
+/** Calls the REST API; returns status and parsed body. */
+export async function api<T = Record<string, unknown>>(cp: { url: string; adminKey: string }, method: string, path: string, body?: unknown, key = cp.adminKey): Promise<{ status: number; body: T }> {
+  const res = await fetch(`${cp.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${key}`, ...(body !== undefined ? { "content-type": "application/json" } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await res.text();
+  return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
+}
+
+export interface AgentView {
+  id: string;
+  name: string;
+  state: string;
+  connected: boolean;
+  version: string;
+  bundleVersion: string;
+}
+
+export async function createAgent(cp: ControlPlaneProc, name: string): Promise<{ id: string; token: string }> {
+  const res = await api<{ agent: AgentView; enrolmentToken: string }>(cp, "POST", "/api/v1/agents", { name });
+  if (res.status !== 201) throw new Error(`create agent: ${res.status} ${JSON.stringify(res.body)}`);
+  return { id: res.body.agent.id, token: res.body.enrolmentToken };
+}
+
+export async function getAgent(cp: ControlPlaneProc, id: string): Promise<AgentView> {
+  return (await api<AgentView>(cp, "GET", `/api/v1/agents/${id}`)).body;
+}
