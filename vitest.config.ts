@@ -1,8 +1,16 @@
-// One vitest run over every workspace project (each package/app/test folder is a project).
+// One vitest run over the whole workspace: unit and REST/store tests beside the code (src/ only,
+// never dist/), and the end-to-end project in test/ (its own config: real processes, longer timeouts).
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
-    projects: ["packages/*", "apps/*", "test"],
+    projects: [
+      { extends: true, test: { name: "packages", include: ["packages/*/src/**/*.test.ts"] } },
+      {
+        extends: true,
+        test: { name: "apps", include: ["apps/*/src/**/*.test.ts"], testTimeout: 30_000, hookTimeout: 60_000 },
+      },
+      "test",
+    ],
   },
 });

@@ -41,9 +41,13 @@ try {
   const fresh = join(work, "packages", "proto", "src", "gen");
   const a = files(committed).map((f) => relative(committed, f));
   const b = files(fresh).map((f) => relative(fresh, f));
-  const stale = a.length !== b.length || a.some((f, i) => f !== b[i] || readFileSync(join(committed, f), "utf8") !== readFileSync(join(fresh, f), "utf8"));
+  const stale =
+    a.length !== b.length ||
+    a.some((f, i) => f !== b[i] || readFileSync(join(committed, f), "utf8") !== readFileSync(join(fresh, f), "utf8"));
   if (stale) {
-    process.stderr.write("generated protobuf code is stale: run `npm run generate` and commit packages/proto/src/gen\n");
+    process.stderr.write(
+      "generated protobuf code is stale: run `npm run generate` and commit packages/proto/src/gen\n",
+    );
     process.exit(1);
   }
   process.stderr.write("generated protobuf code is up to date\n");

@@ -48,14 +48,25 @@ if (pnpmOnPath() !== pnpmVersion) {
   if (!existsSync(localPnpm) || execFileSync(localPnpm, ["--version"], { encoding: "utf8" }).trim() !== pnpmVersion) {
     say(`installing pnpm ${pnpmVersion} into .moat/tools`);
     mkdirSync(toolsDir, { recursive: true });
-    run("npm", ["install", "--prefix", toolsDir, "--no-save", "--no-audit", "--no-fund", "--loglevel=error", `pnpm@${pnpmVersion}`]);
+    run("npm", [
+      "install",
+      "--prefix",
+      toolsDir,
+      "--no-save",
+      "--no-audit",
+      "--no-fund",
+      "--loglevel=error",
+      `pnpm@${pnpmVersion}`,
+    ]);
   }
   pnpm = localPnpm;
 }
 process.env.PATH = `${dirname(localPnpm)}:${process.env.PATH}`;
 
 // 2. packages
-const lockHash = createHash("sha256").update(readFileSync(join(root, "pnpm-lock.yaml"))).digest("hex");
+const lockHash = createHash("sha256")
+  .update(readFileSync(join(root, "pnpm-lock.yaml")))
+  .digest("hex");
 const stamp = join(root, "node_modules", ".moat-install-stamp");
 if (!existsSync(stamp) || readFileSync(stamp, "utf8") !== lockHash) {
   say("installing packages from the lockfile");
@@ -73,7 +84,9 @@ if (forTests) {
   if (!postgresInstalled() || !existsSync("/usr/bin/psql")) wanted.push("postgresql", "postgresql-client");
   if (wanted.length > 0) {
     if (process.getuid?.() !== 0) {
-      fail(`the tests need these Debian packages: ${wanted.join(" ")}. Install them (sudo apt-get install -y ${wanted.join(" ")}) and run again.`);
+      fail(
+        `the tests need these Debian packages: ${wanted.join(" ")}. Install them (sudo apt-get install -y ${wanted.join(" ")}) and run again.`,
+      );
     }
     say(`installing Debian packages: ${wanted.join(" ")}`);
     run("apt-get", ["update", "-qq"]);

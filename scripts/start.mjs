@@ -40,7 +40,9 @@ function start(name, script, args, env) {
   child.on("exit", (code, signal) => {
     children.delete(child);
     if (stopping) return;
-    process.stderr.write(`\n${name} exited (${signal ?? `code ${code}`}). Last log lines (${rel(logFile)}):\n${tail(logFile)}\n`);
+    process.stderr.write(
+      `\n${name} exited (${signal ?? `code ${code}`}). Last log lines (${rel(logFile)}):\n${tail(logFile)}\n`,
+    );
     shutdown(1);
   });
   return child;

@@ -8,14 +8,31 @@ import Database from "better-sqlite3";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { decodeEnrolmentToken, encodeEnrolmentToken, hashSecret } from "@moat/common";
-import { agentServiceDefinition, create, ConnectRequestSchema, EnrolRequestSchema, type EnrolResponse } from "@moat/proto";
+import {
+  agentServiceDefinition,
+  create,
+  ConnectRequestSchema,
+  EnrolRequestSchema,
+  type EnrolResponse,
+} from "@moat/proto";
 import { waitFor } from "@moat/testkit";
-import { api, cleanup, createAgent, getAgent, startAgent, startControlPlane, type ControlPlaneProc } from "./support.js";
+import {
+  api,
+  cleanup,
+  createAgent,
+  getAgent,
+  startAgent,
+  startControlPlane,
+  type ControlPlaneProc,
+} from "./support.js";
 
 afterEach(cleanup);
 afterAll(cleanup);
 
-const Client = grpc.makeGenericClientConstructor(agentServiceDefinition as unknown as grpc.ServiceDefinition, "AgentService");
+const Client = grpc.makeGenericClientConstructor(
+  agentServiceDefinition as unknown as grpc.ServiceDefinition,
+  "AgentService",
+);
 
 function grpcClient(cp: ControlPlaneProc) {
   const ca = readFileSync(join(cp.dataDir, "pki", "ca.crt"));
@@ -28,10 +45,13 @@ function grpcClient(cp: ControlPlaneProc) {
 function enrolRaw(cp: ControlPlaneProc, token: string): Promise<{ code: number; details: string } | EnrolResponse> {
   const client = grpcClient(cp);
   return new Promise((resolve) => {
-    client.enrol(create(EnrolRequestSchema, { enrolmentToken: token, agentVersion: "test", hostname: "test" }), (error, response) => {
-      client.close();
-      resolve(error ? { code: error.code, details: error.details } : (response as EnrolResponse));
-    });
+    client.enrol(
+      create(EnrolRequestSchema, { enrolmentToken: token, agentVersion: "test", hostname: "test" }),
+      (error, response) => {
+        client.close();
+        resolve(error ? { code: error.code, details: error.details } : (response as EnrolResponse));
+      },
+    );
   });
 }
 
@@ -73,7 +93,11 @@ describe("agent enrolment and connection", () => {
     expect(view).toMatchObject({ state: "connected", version: "0.1.0", bundleVersion: "0" });
     expect((await agent.health()).controlPlane).toBe("connected");
 
-    const resources = await api<{ items: { name: string; type: string; labels: object; agentName: string }[] }>(cp, "GET", "/api/v1/resources");
+    const resources = await api<{ items: { name: string; type: string; labels: object; agentName: string }[] }>(
+      cp,
+      "GET",
+      "/api/v1/resources",
+    );
     expect(resources.body.items).toEqual([
       expect.objectContaining({ name: "bastion", type: "ssh", agentName: "edge-1" }),
       expect.objectContaining({ name: "prod-db", type: "postgres", labels: { env: "prod", team: "payments" } }),
@@ -84,7 +108,10 @@ describe("agent enrolment and connection", () => {
     const identity = JSON.parse(readFileSync(identityFile, "utf8")) as { credential: string };
     expect(identity.credential).toMatch(/^moat_ac_/);
     const db = new Database(join(cp.dataDir, "moat.db"), { readonly: true });
-    const row = db.prepare('SELECT "credentialHash", "enrolmentHash" FROM "Agent" WHERE "id" = ?').get(id) as { credentialHash: string; enrolmentHash: string | null };
+    const row = db.prepare('SELECT "credentialHash", "enrolmentHash" FROM "Agent" WHERE "id" = ?').get(id) as {
+      credentialHash: string;
+      enrolmentHash: string | null;
+    };
     const dump = JSON.stringify(db.prepare('SELECT * FROM "Agent"').all());
     db.close();
     expect(row.credentialHash).toBe(hashSecret(identity.credential));
@@ -111,13 +138,24 @@ describe("agent enrolment and connection", () => {
     const decoded = decodeEnrolmentToken(token);
 
     const wrongSecret = encodeEnrolmentToken({ ...decoded, secret: "x".repeat(43) });
-    expect(await enrolRaw(cp, wrongSecret)).toMatchObject({ code: grpc.status.UNAUTHENTICATED, details: expect.stringContaining("invalid, expired or already used") });
+    expect(await enrolRaw(cp, wrongSecret)).toMatchObject({
+      code: grpc.status.UNAUTHENTICATED,
+      details: expect.stringContaining("invalid, expired or already used"),
+    });
     const unknownAgent = encodeEnrolmentToken({ ...decoded, agentId: "nosuchagent00000" });
     expect(await enrolRaw(cp, unknownAgent)).toMatchObject({ code: grpc.status.UNAUTHENTICATED });
-    expect(await enrolRaw(cp, "garbage")).toMatchObject({ code: grpc.status.UNAUTHENTICATED, details: expect.stringContaining("must start with") });
+    expect(await enrolRaw(cp, "garbage")).toMatchObject({
+      code: grpc.status.UNAUTHENTICATED,
+      details: expect.stringContaining("must start with"),
+    });
 
-    expect(await connectRaw(cp)).toMatchObject({ code: grpc.status.UNAUTHENTICATED, details: expect.stringContaining("agent credential") });
-    expect(await connectRaw(cp, "moat_ac_nosuchagent00000_" + "A".repeat(43))).toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+    expect(await connectRaw(cp)).toMatchObject({
+      code: grpc.status.UNAUTHENTICATED,
+      details: expect.stringContaining("agent credential"),
+    });
+    expect(await connectRaw(cp, "moat_ac_nosuchagent00000_" + "A".repeat(43))).toMatchObject({
+      code: grpc.status.UNAUTHENTICATED,
+    });
     expect(await connectRaw(cp, "not-a-credential")).toMatchObject({ code: grpc.status.UNAUTHENTICATED });
 
     // The untouched token still works afterwards.
@@ -145,7 +183,11 @@ describe("agent enrolment and connection", () => {
     await waitFor(async () => (await agent.health()).controlPlane !== "connected", 15_000);
     await new Promise((r) => setTimeout(r, 1500)); // stay down for a while: backoff grows
 
-    const again = await startControlPlane({ dataDir: cp.dataDir, httpPort: Number(new URL(cp.url).port), grpcPort: Number(cp.grpcAddress.split(":")[1]) });
+    const again = await startControlPlane({
+      dataDir: cp.dataDir,
+      httpPort: Number(new URL(cp.url).port),
+      grpcPort: Number(cp.grpcAddress.split(":")[1]),
+    });
     const restartedAt = Date.now();
     await waitFor(async () => (await agent.health()).controlPlane === "connected", 5_000, 25);
     const elapsed = Date.now() - restartedAt;
@@ -174,7 +216,8 @@ describe("agent enrolment and connection", () => {
     const { id, token } = await createAgent(cp, "edge-6");
     const agent = await startAgent({ token, yaml: RESOURCES });
     await waitFor(async () => (await getAgent(cp, id)).connected, 15_000);
-    const credential = (JSON.parse(readFileSync(join(agent.dataDir, "agent.json"), "utf8")) as { credential: string }).credential;
+    const credential = (JSON.parse(readFileSync(join(agent.dataDir, "agent.json"), "utf8")) as { credential: string })
+      .credential;
 
     expect((await api(cp, "DELETE", `/api/v1/agents/${id}`)).status).toBe(204);
     const exit = await agent.exited;
@@ -185,7 +228,10 @@ describe("agent enrolment and connection", () => {
 
     const restarted = await startAgent({ dataDir: agent.dataDir });
     expect((await restarted.exited).code).toBe(77);
-    expect(await connectRaw(cp, credential)).toMatchObject({ code: grpc.status.PERMISSION_DENIED, details: expect.stringContaining("revoked") });
+    expect(await connectRaw(cp, credential)).toMatchObject({
+      code: grpc.status.PERMISSION_DENIED,
+      details: expect.stringContaining("revoked"),
+    });
     expect(await enrolRaw(cp, token)).toMatchObject({ code: grpc.status.PERMISSION_DENIED });
   });
 });

@@ -23,7 +23,11 @@ export interface Proc {
 }
 
 export function spawnNode(script: string, args: string[], env: Record<string, string>, cwd = repoRoot): Proc {
-  const child = spawn(process.execPath, [script, ...args], { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [script, ...args], {
+    cwd,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   live.add(child);
   let output = "";
   child.stdout?.on("data", (c: Buffer) => (output += c.toString()));
@@ -47,7 +51,12 @@ export function spawnNode(script: string, args: string[], env: Record<string, st
 
 /** Kills every process a test started (SIGKILL), for afterEach/afterAll. */
 export async function cleanup(): Promise<void> {
-  const waits = [...live].map((child) => new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(null) : (child.once("exit", r), child.kill("SIGKILL")))));
+  const waits = [...live].map(
+    (child) =>
+      new Promise((r) =>
+        child.exitCode !== null || child.signalCode !== null ? r(null) : (child.once("exit", r), child.kill("SIGKILL")),
+      ),
+  );
   await Promise.all(waits);
 }
 
@@ -60,7 +69,9 @@ export interface ControlPlaneProc extends Proc {
 }
 
 /** Starts the built control plane; waits until /readyz answers. Reuse `dataDir`/ports to restart it. */
-export async function startControlPlane(options: { dataDir?: string; httpPort?: number; grpcPort?: number; env?: Record<string, string> } = {}): Promise<ControlPlaneProc> {
+export async function startControlPlane(
+  options: { dataDir?: string; httpPort?: number; grpcPort?: number; env?: Record<string, string> } = {},
+): Promise<ControlPlaneProc> {
   const dataDir = options.dataDir ?? tempDir("moat-cp-");
   const httpPort = options.httpPort ?? (await freePort());
   const grpcPort = options.grpcPort ?? (await freePort());
@@ -81,7 +92,14 @@ export async function startControlPlane(options: { dataDir?: string; httpPort?: 
   }, 20_000).catch((error: unknown) => {
     throw new Error(`control plane not ready: ${(error as Error).message}\n${proc.output()}`);
   });
-  return { ...proc, url, grpcAddress: `127.0.0.1:${grpcPort}`, dataDir, adminKey: readFileSync(keyFile, "utf8").trim(), env };
+  return {
+    ...proc,
+    url,
+    grpcAddress: `127.0.0.1:${grpcPort}`,
+    dataDir,
+    adminKey: readFileSync(keyFile, "utf8").trim(),
+    env,
+  };
 }
 
 export interface AgentProc extends Proc {
@@ -92,7 +110,12 @@ export interface AgentProc extends Proc {
 }
 
 /** Writes an agent config and starts the built agent. */
-export async function startAgent(options: { token?: string; dataDir?: string; yaml?: string; env?: Record<string, string> }): Promise<AgentProc> {
+export async function startAgent(options: {
+  token?: string;
+  dataDir?: string;
+  yaml?: string;
+  env?: Record<string, string>;
+}): Promise<AgentProc> {
   const dataDir = options.dataDir ?? tempDir("moat-agent-");
   const adminPort = await freePort();
   const configFile = join(dataDir, "agent.yaml");
@@ -107,12 +130,23 @@ export async function startAgent(options: { token?: string; dataDir?: string; ya
     dataDir,
     adminPort,
     configFile,
-    health: async () => (await fetch(`http://127.0.0.1:${adminPort}/healthz`)).json() as Promise<{ controlPlane: string; agentId: string; agentName: string }>,
+    health: async () =>
+      (await fetch(`http://127.0.0.1:${adminPort}/healthz`)).json() as Promise<{
+        controlPlane: string;
+        agentId: string;
+        agentName: string;
+      }>,
   };
 }
 
 /** Calls the REST API; returns status and parsed body. */
-export async function api<T = Record<string, unknown>>(cp: { url: string; adminKey: string }, method: string, path: string, body?: unknown, key = cp.adminKey): Promise<{ status: number; body: T }> {
+export async function api<T = Record<string, unknown>>(
+  cp: { url: string; adminKey: string },
+  method: string,
+  path: string,
+  body?: unknown,
+  key = cp.adminKey,
+): Promise<{ status: number; body: T }> {
   const res = await fetch(`${cp.url}${path}`, {
     method,
     headers: { authorization: `Bearer ${key}`, ...(body !== undefined ? { "content-type": "application/json" } : {}) },

@@ -24,7 +24,9 @@ export function startAdminServer(options: {
   const server = createServer((req, res) => {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET") {
-      res.writeHead(405, { "content-type": "application/problem+json" }).end(JSON.stringify({ status: 405, code: "method_not_allowed", detail: "GET only" }));
+      res
+        .writeHead(405, { "content-type": "application/problem+json" })
+        .end(JSON.stringify({ status: 405, code: "method_not_allowed", detail: "GET only" }));
       return;
     }
     if (path === "/healthz") {
@@ -38,7 +40,9 @@ export function startAdminServer(options: {
       );
       return;
     }
-    res.writeHead(404, { "content-type": "application/problem+json" }).end(JSON.stringify({ status: 404, code: "not_found", detail: `no route ${path}` }));
+    res
+      .writeHead(404, { "content-type": "application/problem+json" })
+      .end(JSON.stringify({ status: 404, code: "not_found", detail: `no route ${path}` }));
   });
   return new Promise((resolve, reject) => {
     server.once("error", reject);

@@ -32,17 +32,34 @@ export interface RunningAgent {
   close(): Promise<void>;
 }
 
-export async function startAgent(config: AgentConfig, options: { logger?: Logger; signal?: AbortSignal } = {}): Promise<RunningAgent> {
+export async function startAgent(
+  config: AgentConfig,
+  options: { logger?: Logger; signal?: AbortSignal } = {},
+): Promise<RunningAgent> {
   const logger = options.logger ?? createLogger({ name: "moat-agent", level: config.logLevel });
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   chmodSync(config.dataDir, 0o700);
 
-  const identity = await ensureIdentity({ config, logger, version: VERSION, ...(options.signal ? { signal: options.signal } : {}) });
+  const identity = await ensureIdentity({
+    config,
+    logger,
+    version: VERSION,
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
 
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "moat_agent_" });
-  const connectedGauge = new Gauge({ name: "moat_agent_control_plane_connected", help: "1 while the control-plane stream is up", registers: [registry] });
-  const stateChanges = new Counter({ name: "moat_agent_control_plane_state_changes_total", help: "Connection state changes", labelNames: ["state"], registers: [registry] });
+  const connectedGauge = new Gauge({
+    name: "moat_agent_control_plane_connected",
+    help: "1 while the control-plane stream is up",
+    registers: [registry],
+  });
+  const stateChanges = new Counter({
+    name: "moat_agent_control_plane_state_changes_total",
+    help: "Connection state changes",
+    labelNames: ["state"],
+    registers: [registry],
+  });
 
   const client = createAgentServiceClient({
     address: identity.endpoint,
@@ -59,7 +76,10 @@ export async function startAgent(config: AgentConfig, options: { logger?: Logger
   const onMessage = (message: ConnectResponse) => {
     switch (message.kind.case) {
       case "resourceRejected":
-        logger.error({ resource: message.kind.value.name, reason: message.kind.value.reason }, "the control plane rejected a resource");
+        logger.error(
+          { resource: message.kind.value.name, reason: message.kind.value.reason },
+          "the control plane rejected a resource",
+        );
         return;
       case "welcome":
       case "heartbeatAck":

@@ -9,7 +9,10 @@ import { applyEnvOverrides, ConfigError, readConfigFile, validateConfig, type En
 import { DEFAULT_MAX_MESSAGE_BYTES } from "@moat/proto";
 
 const strict = { additionalProperties: false } as const;
-const HostPort = Type.String({ pattern: "^(\\[[0-9a-fA-F:.]+\\]|[^\\s:\\[\\]]+):[0-9]{1,5}$", description: "host:port" });
+const HostPort = Type.String({
+  pattern: "^(\\[[0-9a-fA-F:.]+\\]|[^\\s:\\[\\]]+):[0-9]{1,5}$",
+  description: "host:port",
+});
 
 export const ResourceConfigSchema = Type.Object(
   {
@@ -17,7 +20,9 @@ export const ResourceConfigSchema = Type.Object(
     type: Type.Union([Type.Literal("postgres"), Type.Literal("ssh"), Type.Literal("kubernetes"), Type.Literal("http")]),
     /** Where users connect to this resource through the agent. */
     listen: HostPort,
-    labels: Type.Record(Type.String({ pattern: "^[A-Za-z0-9_./-]{1,63}$" }), Type.String({ maxLength: 255 }), { default: {} }),
+    labels: Type.Record(Type.String({ pattern: "^[A-Za-z0-9_./-]{1,63}$" }), Type.String({ maxLength: 255 }), {
+      default: {},
+    }),
     description: Type.String({ maxLength: 500, default: "" }),
   },
   strict,
@@ -109,6 +114,9 @@ export function loadAgentConfig(options: { file?: string; env?: NodeJS.ProcessEn
     ...config,
     dataDir: abs(config.dataDir),
     ...(config.enrolmentTokenFile ? { enrolmentTokenFile: abs(config.enrolmentTokenFile) } : {}),
-    controlPlane: { ...config.controlPlane, ...(config.controlPlane.caFile ? { caFile: abs(config.controlPlane.caFile) } : {}) },
+    controlPlane: {
+      ...config.controlPlane,
+      ...(config.controlPlane.caFile ? { caFile: abs(config.controlPlane.caFile) } : {}),
+    },
   };
 }

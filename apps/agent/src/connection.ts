@@ -104,7 +104,10 @@ export function createControlPlaneConnection(deps: ConnectionDeps): ControlPlane
       if (FATAL.has(status.code)) {
         stopped = true;
         setState("rejected");
-        logger.error({ code: grpc.status[status.code], reason: status.details }, "the control plane rejected this agent");
+        logger.error(
+          { code: grpc.status[status.code], reason: status.details },
+          "the control plane rejected this agent",
+        );
         deps.onFatal(status.details);
         return;
       }
@@ -118,13 +121,19 @@ export function createControlPlaneConnection(deps: ConnectionDeps): ControlPlane
         attempt = 0;
         heartbeatMs = Math.max(1, message.kind.value.heartbeatIntervalSeconds || 10) * 1000;
         setState("connected");
-        logger.info({ agentId: message.kind.value.agentId, agentName: message.kind.value.agentName }, "connected to the control plane");
+        logger.info(
+          { agentId: message.kind.value.agentId, agentName: message.kind.value.agentName },
+          "connected to the control plane",
+        );
         clearInterval(heartbeatTimer);
         heartbeatTimer = setInterval(() => {
           const stats = deps.heartbeatStats?.() ?? { activeSessions: 0 };
           current.write(
             create(ConnectRequestSchema, {
-              kind: { case: "heartbeat", value: { sentAt: timestampFromDate(new Date()), activeSessions: stats.activeSessions } },
+              kind: {
+                case: "heartbeat",
+                value: { sentAt: timestampFromDate(new Date()), activeSessions: stats.activeSessions },
+              },
             }),
           );
         }, heartbeatMs);
@@ -138,7 +147,9 @@ export function createControlPlaneConnection(deps: ConnectionDeps): ControlPlane
       }
     });
     current.on("status", (status: grpc.StatusObject) => finish(status));
-    current.on("error", (error: grpc.ServiceError) => finish({ code: error.code ?? grpc.status.UNKNOWN, details: error.details ?? error.message }));
+    current.on("error", (error: grpc.ServiceError) =>
+      finish({ code: error.code ?? grpc.status.UNKNOWN, details: error.details ?? error.message }),
+    );
     // "status" always follows the end of a call (after "error" for a failure), so it alone decides.
     current.write(create(ConnectRequestSchema, { kind: { case: "hello", value: deps.hello() } }));
     armSilence();

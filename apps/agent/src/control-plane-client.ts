@@ -7,7 +7,13 @@ import { connect as tlsConnect, type PeerCertificate, type DetailedPeerCertifica
 import { isIP } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { certificateFingerprint } from "@moat/pki";
-import { agentServiceDefinition, type ConnectRequest, type ConnectResponse, type EnrolRequest, type EnrolResponse } from "@moat/proto";
+import {
+  agentServiceDefinition,
+  type ConnectRequest,
+  type ConnectResponse,
+  type EnrolRequest,
+  type EnrolResponse,
+} from "@moat/proto";
 
 export function parseHostPort(address: string): { host: string; port: number } {
   const match = /^\[?([^\]]+?)\]?:(\d+)$/.exec(address);
@@ -20,7 +26,10 @@ export function isLoopbackHost(host: string): boolean {
 }
 
 function toPem(der: Buffer): string {
-  const body = der.toString("base64").replace(/(.{64})/g, "$1\n").trimEnd();
+  const body = der
+    .toString("base64")
+    .replace(/(.{64})/g, "$1\n")
+    .trimEnd();
   return `-----BEGIN CERTIFICATE-----\n${body}\n-----END CERTIFICATE-----\n`;
 }
 
@@ -29,7 +38,11 @@ function toPem(der: Buffer): string {
  * returns the certificate whose SHA-256 matches `fingerprint`. Nothing is sent over this connection.
  * The real channel then verifies the server against that CA.
  */
-export function fetchPinnedCa(address: string, fingerprint: string, options: { serverName?: string; timeoutMs?: number } = {}): Promise<string> {
+export function fetchPinnedCa(
+  address: string,
+  fingerprint: string,
+  options: { serverName?: string; timeoutMs?: number } = {},
+): Promise<string> {
   const { host, port } = parseHostPort(address);
   return new Promise((resolve, reject) => {
     const socket = tlsConnect({
@@ -61,7 +74,11 @@ export function fetchPinnedCa(address: string, fingerprint: string, options: { s
         cert = (cert as DetailedPeerCertificate).issuerCertificate;
       }
       socket.destroy();
-      reject(new Error(`the control plane at ${address} did not present the CA pinned in the enrolment token (possible interception)`));
+      reject(
+        new Error(
+          `the control plane at ${address} did not present the CA pinned in the enrolment token (possible interception)`,
+        ),
+      );
     });
   });
 }
@@ -80,12 +97,18 @@ export interface AgentServiceClient {
   close(): void;
 }
 
-const GenericClient = grpc.makeGenericClientConstructor(agentServiceDefinition as unknown as grpc.ServiceDefinition, "AgentService");
+const GenericClient = grpc.makeGenericClientConstructor(
+  agentServiceDefinition as unknown as grpc.ServiceDefinition,
+  "AgentService",
+);
 
 export function createAgentServiceClient(options: ChannelOptions): AgentServiceClient {
   const { host } = parseHostPort(options.address);
-  if (options.plaintext && !isLoopbackHost(host)) throw new Error("plaintext to the control plane is allowed only on loopback");
-  const credentials = options.plaintext ? grpc.credentials.createInsecure() : grpc.credentials.createSsl(Buffer.from(options.caPem));
+  if (options.plaintext && !isLoopbackHost(host))
+    throw new Error("plaintext to the control plane is allowed only on loopback");
+  const credentials = options.plaintext
+    ? grpc.credentials.createInsecure()
+    : grpc.credentials.createSsl(Buffer.from(options.caPem));
   const client = new GenericClient(options.address, credentials, {
     "grpc.max_receive_message_length": options.maxMessageBytes,
     "grpc.max_send_message_length": options.maxMessageBytes,
@@ -97,13 +120,20 @@ export function createAgentServiceClient(options: ChannelOptions): AgentServiceC
     "grpc.max_reconnect_backoff_ms": 2_000,
     ...(options.serverName ? { "grpc.ssl_target_name_override": options.serverName } : {}),
   }) as unknown as grpc.Client & {
-    enrol(request: EnrolRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response?: EnrolResponse) => void): void;
+    enrol(
+      request: EnrolRequest,
+      metadata: grpc.Metadata,
+      options: grpc.CallOptions,
+      callback: (error: grpc.ServiceError | null, response?: EnrolResponse) => void,
+    ): void;
     connect(metadata: grpc.Metadata): grpc.ClientDuplexStream<ConnectRequest, ConnectResponse>;
   };
   return {
     enrol(request, deadline) {
       return new Promise((resolve, reject) => {
-        client.enrol(request, new grpc.Metadata(), { deadline }, (error, response) => (error ? reject(error) : resolve(response as EnrolResponse)));
+        client.enrol(request, new grpc.Metadata(), { deadline }, (error, response) =>
+          error ? reject(error) : resolve(response as EnrolResponse),
+        );
       });
     },
     connect(credential) {

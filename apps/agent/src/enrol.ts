@@ -62,9 +62,12 @@ export async function ensureIdentity(options: {
   const address = config.controlPlane.address ?? decoded.endpoint;
   const { host } = parseHostPort(address);
   const plaintext = config.controlPlane.plaintext;
-  if (plaintext && !isLoopbackHost(host)) throw new FatalAgentError("controlPlane.plaintext is allowed only for a loopback address");
+  if (plaintext && !isLoopbackHost(host))
+    throw new FatalAgentError("controlPlane.plaintext is allowed only for a loopback address");
   if (!plaintext && decoded.caFingerprint === "" && !config.controlPlane.caFile) {
-    throw new FatalAgentError("the control plane serves plaintext gRPC; set controlPlane.plaintext: true (loopback only)");
+    throw new FatalAgentError(
+      "the control plane serves plaintext gRPC; set controlPlane.plaintext: true (loopback only)",
+    );
   }
 
   for (let attempt = 0; ; attempt++) {
@@ -77,7 +80,11 @@ export async function ensureIdentity(options: {
             throw new FatalAgentError("controlPlane.caFile is not the CA pinned in the enrolment token");
           }
         } else {
-          caPem = await fetchPinnedCa(address, decoded.caFingerprint, config.controlPlane.serverName ? { serverName: config.controlPlane.serverName } : {});
+          caPem = await fetchPinnedCa(
+            address,
+            decoded.caFingerprint,
+            config.controlPlane.serverName ? { serverName: config.controlPlane.serverName } : {},
+          );
         }
       }
       const client = createAgentServiceClient({
@@ -101,7 +108,10 @@ export async function ensureIdentity(options: {
           enrolmentTokenHash: hashSecret(token),
         };
         writeIdentity(config.dataDir, identity);
-        logger.info({ agentId: identity.agentId, agentName: identity.agentName, endpoint: address }, "enrolled with the control plane");
+        logger.info(
+          { agentId: identity.agentId, agentName: identity.agentName, endpoint: address },
+          "enrolled with the control plane",
+        );
         return identity;
       } finally {
         client.close();
@@ -110,11 +120,20 @@ export async function ensureIdentity(options: {
       if (error instanceof FatalAgentError) throw error;
       const code = (error as grpc.ServiceError).code;
       if (code !== undefined && code !== grpc.status.UNAVAILABLE && code !== grpc.status.DEADLINE_EXCEEDED) {
-        throw new FatalAgentError(`enrolment refused: ${(error as grpc.ServiceError).details || (error as Error).message}`);
+        throw new FatalAgentError(
+          `enrolment refused: ${(error as grpc.ServiceError).details || (error as Error).message}`,
+        );
       }
-      if ((error as Error).message.includes("did not present the CA pinned")) throw new FatalAgentError((error as Error).message);
-      const delay = backoffDelay(attempt, { initialMs: config.reconnect.initialDelayMs, maxMs: config.reconnect.maxDelayMs });
-      logger.warn({ err: (error as Error).message, retryInMs: delay }, "control plane unreachable for enrolment; retrying");
+      if ((error as Error).message.includes("did not present the CA pinned"))
+        throw new FatalAgentError((error as Error).message);
+      const delay = backoffDelay(attempt, {
+        initialMs: config.reconnect.initialDelayMs,
+        maxMs: config.reconnect.maxDelayMs,
+      });
+      logger.warn(
+        { err: (error as Error).message, retryInMs: delay },
+        "control plane unreachable for enrolment; retrying",
+      );
       if (options.signal?.aborted) throw new FatalAgentError("stopped before enrolment completed");
       await sleep(delay);
     }

@@ -24,7 +24,11 @@ export function readIdentity(dataDir: string): AgentIdentity | undefined {
   const path = identityPath(dataDir);
   if (!existsSync(path)) return undefined;
   const parsed = JSON.parse(readFileSync(path, "utf8")) as Partial<AgentIdentity>;
-  if (typeof parsed.agentId !== "string" || typeof parsed.credential !== "string" || typeof parsed.endpoint !== "string") {
+  if (
+    typeof parsed.agentId !== "string" ||
+    typeof parsed.credential !== "string" ||
+    typeof parsed.endpoint !== "string"
+  ) {
     throw new Error(`${path} is damaged: remove it and enrol again with a new token`);
   }
   return {

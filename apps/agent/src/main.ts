@@ -27,7 +27,13 @@ Runs a Moat agent. See docs/agent.md for the configuration reference.`;
 async function main(): Promise<void> {
   let args;
   try {
-    args = parseArgs({ options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" }, version: { type: "boolean" } } });
+    args = parseArgs({
+      options: {
+        config: { type: "string", short: "c" },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean" },
+      },
+    });
   } catch (error) {
     process.stderr.write(`${(error as Error).message}\n${usage}\n`);
     process.exit(2);

@@ -43,6 +43,8 @@ describe("control-plane config", () => {
     expect(() => loadControlPlaneConfig({ env: { MOAT_GRPC_PLAINTEXT: "true", MOAT_GRPC_HOST: "0.0.0.0" } })).toThrow(
       /grpc.plaintext: only allowed/,
     );
-    expect(() => loadControlPlaneConfig({ env: { MOAT_HTTP_PORT: "eighty" } })).toThrow(/MOAT_HTTP_PORT: must be a number/);
+    expect(() => loadControlPlaneConfig({ env: { MOAT_HTTP_PORT: "eighty" } })).toThrow(
+      /MOAT_HTTP_PORT: must be a number/,
+    );
   });
 });

@@ -150,6 +150,9 @@ export function loadControlPlaneConfig(options: {
       keyFile: config.grpc.keyFile && abs(config.grpc.keyFile),
       caFile: config.grpc.caFile && abs(config.grpc.caFile),
     },
-    bootstrap: { ...config.bootstrap, adminKeyFile: config.bootstrap.adminKeyFile && abs(config.bootstrap.adminKeyFile) },
+    bootstrap: {
+      ...config.bootstrap,
+      adminKeyFile: config.bootstrap.adminKeyFile && abs(config.bootstrap.adminKeyFile),
+    },
   };
 }

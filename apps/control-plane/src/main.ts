@@ -20,7 +20,13 @@ Configuration: FILE (YAML) then environment variables; see docs/configuration.md
 async function main(): Promise<void> {
   let args;
   try {
-    args = parseArgs({ options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" }, version: { type: "boolean" } } });
+    args = parseArgs({
+      options: {
+        config: { type: "string", short: "c" },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean" },
+      },
+    });
   } catch (error) {
     process.stderr.write(`${(error as Error).message}\n${usage}\n`);
     process.exit(2);
@@ -100,6 +106,7 @@ async function main(): Promise<void> {
 
 main().catch((error: unknown) => {
   process.stderr.write(`moat-control-plane: failed to start: ${(error as Error).message}\n`);
-  if ((error as Error).cause) process.stderr.write(`  cause: ${String(((error as Error).cause as Error).message ?? (error as Error).cause)}\n`);
+  if ((error as Error).cause)
+    process.stderr.write(`  cause: ${String(((error as Error).cause as Error).message ?? (error as Error).cause)}\n`);
   process.exit(1);
 });

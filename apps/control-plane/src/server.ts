@@ -50,14 +50,18 @@ function formatHostPort(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
-export async function startControlPlane(config: ControlPlaneConfig, options: { logger?: Logger } = {}): Promise<RunningControlPlane> {
+export async function startControlPlane(
+  config: ControlPlaneConfig,
+  options: { logger?: Logger } = {},
+): Promise<RunningControlPlane> {
   const logger = options.logger ?? createLogger({ name: "moat-control-plane", level: config.logLevel });
   const now = () => new Date();
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   chmodSync(config.dataDir, 0o700);
 
   const store = await openStore(config.databaseUrl);
-  if (store.migrationsApplied.length > 0) logger.info({ migrations: store.migrationsApplied, store: store.provider }, "store migrated");
+  if (store.migrationsApplied.length > 0)
+    logger.info({ migrations: store.migrationsApplied, store: store.provider }, "store migrated");
 
   const replicaId = config.replicaId ?? `${hostname()}:${process.pid}`;
   const metrics = createMetrics();
@@ -72,7 +76,8 @@ export async function startControlPlane(config: ControlPlaneConfig, options: { l
           ? { files: { certFile: config.grpc.certFile, keyFile: config.grpc.keyFile, caFile: config.grpc.caFile } }
           : {}),
       });
-  if (tls?.created.length) logger.info({ created: tls.created, caFingerprint: tls.caFingerprint }, "agent channel TLS material created");
+  if (tls?.created.length)
+    logger.info({ created: tls.created, caFingerprint: tls.caFingerprint }, "agent channel TLS material created");
   if (config.grpc.plaintext) logger.warn({ host: config.grpc.host }, "agent channel is PLAINTEXT (loopback only)");
 
   let ready = false;
@@ -102,7 +107,11 @@ export async function startControlPlane(config: ControlPlaneConfig, options: { l
   });
   // The chain includes the CA so that a new agent can find and pin it by fingerprint.
   const credentials = tls
-    ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: Buffer.from(tls.certPem + tls.caPem), private_key: Buffer.from(tls.keyPem) }], false)
+    ? grpc.ServerCredentials.createSsl(
+        null,
+        [{ cert_chain: Buffer.from(tls.certPem + tls.caPem), private_key: Buffer.from(tls.keyPem) }],
+        false,
+      )
     : grpc.ServerCredentials.createInsecure();
   const grpcPort = await bindGrpc(channel.server, formatHostPort(config.grpc.host, config.grpc.port), credentials);
   const advertiseHost = config.grpc.host === "0.0.0.0" || config.grpc.host === "::" ? hostname() : config.grpc.host;
@@ -133,7 +142,10 @@ export async function startControlPlane(config: ControlPlaneConfig, options: { l
   const httpPort = typeof address === "object" && address ? address.port : config.http.port;
   const httpUrl = `http://${formatHostPort(config.http.host === "0.0.0.0" ? "127.0.0.1" : config.http.host, httpPort)}`;
   ready = true;
-  logger.info({ http: httpUrl, grpc: grpcAddress, tls: !!tls, store: store.provider, version: VERSION }, "control plane ready");
+  logger.info(
+    { http: httpUrl, grpc: grpcAddress, tls: !!tls, store: store.provider, version: VERSION },
+    "control plane ready",
+  );
 
   let closed = false;
   return {

@@ -7,7 +7,12 @@
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { hostname } from "node:os";
-import { certificateFingerprint, createCertificateAuthority, describeCertificate, issueServerCertificate } from "@moat/pki";
+import {
+  certificateFingerprint,
+  createCertificateAuthority,
+  describeCertificate,
+  issueServerCertificate,
+} from "@moat/pki";
 
 export interface TlsMaterial {
   caPem: string;

@@ -73,7 +73,14 @@ export function applyEnvOverrides(
       if (!["true", "false", "1", "0"].includes(text)) problems.push(`${o.variable}: must be true or false`);
       else setPath(raw, o.path, text === "true" || text === "1");
     } else if (o.type === "list") {
-      setPath(raw, o.path, text.split(",").map((s) => s.trim()).filter(Boolean));
+      setPath(
+        raw,
+        o.path,
+        text
+          .split(",")
+          .map((s) => s.trim())
+          .filter(Boolean),
+      );
     } else {
       setPath(raw, o.path, text);
     }

@@ -1,6 +1,11 @@
 import { X509Certificate } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { certificateFingerprint, createCertificateAuthority, describeCertificate, issueServerCertificate } from "./index.js";
+import {
+  certificateFingerprint,
+  createCertificateAuthority,
+  describeCertificate,
+  issueServerCertificate,
+} from "./index.js";
 
 describe("pki", () => {
   it("issues a server certificate that verifies against its CA", async () => {

@@ -28,23 +28,28 @@ function serial(): string {
 
 async function exportKeyPem(key: webcrypto.CryptoKey): Promise<string> {
   const der = Buffer.from(await webcrypto.subtle.exportKey("pkcs8", key));
-  const body = der.toString("base64").replace(/(.{64})/g, "$1\n").trimEnd();
+  const body = der
+    .toString("base64")
+    .replace(/(.{64})/g, "$1\n")
+    .trimEnd();
   return `-----BEGIN PRIVATE KEY-----\n${body}\n-----END PRIVATE KEY-----\n`;
 }
 
 async function importKeyPem(pem: string): Promise<webcrypto.CryptoKey> {
   const body = pem.replace(/-----(BEGIN|END) PRIVATE KEY-----/g, "").replace(/\s+/g, "");
-  return (await webcrypto.subtle.importKey("pkcs8", Buffer.from(body, "base64"), ALGORITHM, false, [
-    "sign",
-  ]));
+  return await webcrypto.subtle.importKey("pkcs8", Buffer.from(body, "base64"), ALGORITHM, false, ["sign"]);
 }
 
 async function generateKeys(): Promise<webcrypto.CryptoKeyPair> {
-  return (await webcrypto.subtle.generateKey(ALGORITHM, true, ["sign", "verify"]));
+  return await webcrypto.subtle.generateKey(ALGORITHM, true, ["sign", "verify"]);
 }
 
 /** Creates a self-signed CA (ECDSA P-256), valid for `days` (default 10 years). */
-export async function createCertificateAuthority(commonName: string, days = 3650, now = new Date()): Promise<CertificateAndKey> {
+export async function createCertificateAuthority(
+  commonName: string,
+  days = 3650,
+  now = new Date(),
+): Promise<CertificateAndKey> {
   const keys = await generateKeys();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial(),

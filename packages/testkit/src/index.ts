@@ -20,7 +20,9 @@ export function freePort(): Promise<number> {
     server.on("error", reject);
     server.listen(0, "127.0.0.1", () => {
       const address = server.address();
-      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
+      server.close(() =>
+        typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port")),
+      );
     });
   });
 }
@@ -31,7 +33,11 @@ export function tempDir(prefix = "moat-test-"): string {
 }
 
 /** Polls `check` until it returns a truthy value or `timeoutMs` passes. */
-export async function waitFor<T>(check: () => Promise<T> | T, timeoutMs = 10_000, intervalMs = 50): Promise<NonNullable<T>> {
+export async function waitFor<T>(
+  check: () => Promise<T> | T,
+  timeoutMs = 10_000,
+  intervalMs = 50,
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   for (;;) {
@@ -89,8 +95,20 @@ export async function startPostgres(): Promise<TestPostgres> {
     asRoot ? "runuser" : join(bin, "postgres"),
     [
       ...(asRoot ? ["-u", "postgres", "--", join(bin, "postgres")] : []),
-      "-D", data, "-p", String(port), "-k", dir, "-c", "listen_addresses=127.0.0.1",
-      "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+      "-D",
+      data,
+      "-p",
+      String(port),
+      "-k",
+      dir,
+      "-c",
+      "listen_addresses=127.0.0.1",
+      "-c",
+      "fsync=off",
+      "-c",
+      "synchronous_commit=off",
+      "-c",
+      "full_page_writes=off",
     ],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
@@ -100,7 +118,20 @@ export async function startPostgres(): Promise<TestPostgres> {
   });
   const url = `postgresql://postgres@127.0.0.1:${port}/postgres`;
   const psql = (sql: string, db = "postgres") =>
-    run("psql", ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-Atc", sql]);
+    run("psql", [
+      "-h",
+      "127.0.0.1",
+      "-p",
+      String(port),
+      "-U",
+      "postgres",
+      "-d",
+      db,
+      "-v",
+      "ON_ERROR_STOP=1",
+      "-Atc",
+      sql,
+    ]);
   try {
     await waitFor(async () => (await psql("select 1")).stdout.trim() === "1", 15_000, 100);
   } catch (error) {

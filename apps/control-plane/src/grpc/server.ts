@@ -59,18 +59,23 @@ const TYPE_NAMES: Record<number, ResourceType | undefined> = {
 };
 
 /** Validates an agent's announced resources; problems are per resource, the rest is accepted. */
-export function readAnnouncement(hello: Hello): { inputs: ResourceInput[]; rejected: { name: string; reason: string }[] } {
+export function readAnnouncement(hello: Hello): {
+  inputs: ResourceInput[];
+  rejected: { name: string; reason: string }[];
+} {
   const inputs: ResourceInput[] = [];
   const rejected: { name: string; reason: string }[] = [];
   const seen = new Set<string>();
   for (const r of hello.resources.slice(0, MAX_RESOURCES)) {
     const type = TYPE_NAMES[r.type];
     const reject = (reason: string) => rejected.push({ name: r.name, reason });
-    if (!NAME_PATTERN.test(r.name) || r.name.length > 63) reject("name must be 1-63 lowercase letters, digits and dashes");
+    if (!NAME_PATTERN.test(r.name) || r.name.length > 63)
+      reject("name must be 1-63 lowercase letters, digits and dashes");
     else if (seen.has(r.name)) reject("announced twice");
     else if (!type) reject("unknown resource type");
     else if (r.labels.length > MAX_LABELS) reject(`more than ${MAX_LABELS} labels`);
-    else if (r.labels.some((l) => l.key.length === 0 || l.key.length > 63 || l.value.length > 255)) reject("label keys must be 1-63 characters, values at most 255");
+    else if (r.labels.some((l) => l.key.length === 0 || l.key.length > 63 || l.value.length > 255))
+      reject("label keys must be 1-63 characters, values at most 255");
     else {
       seen.add(r.name);
       inputs.push({
@@ -82,7 +87,8 @@ export function readAnnouncement(hello: Hello): { inputs: ResourceInput[]; rejec
       });
     }
   }
-  for (const r of hello.resources.slice(MAX_RESOURCES)) rejected.push({ name: r.name, reason: `more than ${MAX_RESOURCES} resources` });
+  for (const r of hello.resources.slice(MAX_RESOURCES))
+    rejected.push({ name: r.name, reason: `more than ${MAX_RESOURCES} resources` });
   return { inputs, rejected };
 }
 
@@ -127,7 +133,10 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
   function enrol(call: grpc.ServerUnaryCall<EnrolRequest, EnrolResponse>, callback: grpc.sendUnaryData<EnrolResponse>) {
     const request = call.request;
     agents
-      .enrol(request.enrolmentToken, { version: request.agentVersion.slice(0, 64), hostname: request.hostname.slice(0, 255) })
+      .enrol(request.enrolmentToken, {
+        version: request.agentVersion.slice(0, 64),
+        hostname: request.hostname.slice(0, 255),
+      })
       .then(({ agent, credential }) => {
         metrics.enrolments.labels("ok").inc();
         logger.info({ agentId: agent.id, agentName: agent.name, peer: call.getPeer() }, "agent enrolled");
@@ -161,7 +170,10 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
 
     const armLiveness = () => {
       clearTimeout(livenessTimer);
-      livenessTimer = setTimeout(() => fail(grpc.status.UNAVAILABLE, "no message from the agent within the heartbeat window"), livenessMs);
+      livenessTimer = setTimeout(
+        () => fail(grpc.status.UNAVAILABLE, "no message from the agent within the heartbeat window"),
+        livenessMs,
+      );
       livenessTimer.unref();
     };
 
@@ -173,7 +185,9 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
         sessions.delete(session.agentId);
         metrics.agentStreams.set(sessions.size);
         const { agentId, connectedAt } = session;
-        store.agents.markDisconnected(agentId, connectedAt, now()).catch((error: unknown) => logger.warn({ err: error, agentId }, "could not record disconnect"));
+        store.agents
+          .markDisconnected(agentId, connectedAt, now())
+          .catch((error: unknown) => logger.warn({ err: error, agentId }, "could not record disconnect"));
         logger.info({ agentId, peer }, "agent disconnected");
       }
     };
@@ -185,24 +199,32 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
     call.on("error", cleanup);
     call.on("close", cleanup);
 
-    const helloTimer = setTimeout(() => fail(grpc.status.DEADLINE_EXCEEDED, "no Hello within the time allowed"), deps.helloTimeoutMs ?? 10_000);
+    const helloTimer = setTimeout(
+      () => fail(grpc.status.DEADLINE_EXCEEDED, "no Hello within the time allowed"),
+      deps.helloTimeoutMs ?? 10_000,
+    );
     helloTimer.unref();
 
     const credential = bearer(call.metadata);
     const authenticated = credential
       ? agents.authenticate(credential)
-      : Promise.reject(new AppError("unauthenticated", "send the agent credential as 'authorization: Bearer <credential>'"));
+      : Promise.reject(
+          new AppError("unauthenticated", "send the agent credential as 'authorization: Bearer <credential>'"),
+        );
 
     let queue = Promise.resolve();
     authenticated.then(
       (agent) => {
         // Messages are handled strictly in order, one at a time.
         call.on("data", (message: ConnectRequest) => {
-          queue = queue.then(() => handle(agent.id, agent.name, message)).catch((error: unknown) => {
-            const status = statusOf(error);
-            if (status.code === grpc.status.INTERNAL) logger.error({ err: error, agentId: agent.id }, "agent message failed");
-            fail(status.code, status.details);
-          });
+          queue = queue
+            .then(() => handle(agent.id, agent.name, message))
+            .catch((error: unknown) => {
+              const status = statusOf(error);
+              if (status.code === grpc.status.INTERNAL)
+                logger.error({ err: error, agentId: agent.id }, "agent message failed");
+              fail(status.code, status.details);
+            });
         });
       },
       (error: unknown) => {
@@ -225,7 +247,12 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
         const connectedAt = now();
         await store.agents.markConnected(
           agentId,
-          { version: hello.agentVersion.slice(0, 64), hostname: hello.hostname.slice(0, 255), connectedTo: deps.replicaId, bundleVersion: hello.bundleVersion },
+          {
+            version: hello.agentVersion.slice(0, 64),
+            hostname: hello.hostname.slice(0, 255),
+            connectedTo: deps.replicaId,
+            bundleVersion: hello.bundleVersion,
+          },
           connectedAt,
         );
         if (ended) return;
@@ -238,12 +265,21 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
         sessions.get(agentId)?.close(grpc.status.ABORTED, "replaced by a newer connection of the same agent");
         sessions.set(agentId, session);
         metrics.agentStreams.set(sessions.size);
-        logger.info({ agentId, agentName, peer, version: hello.agentVersion, resources: result.accepted.length }, "agent connected");
+        logger.info(
+          { agentId, agentName, peer, version: hello.agentVersion, resources: result.accepted.length },
+          "agent connected",
+        );
         send(
           create(ConnectResponseSchema, {
             kind: {
               case: "welcome",
-              value: { agentId, agentName, serverTime: timestampFromDate(now()), heartbeatIntervalSeconds: deps.heartbeatSeconds, auditAckedSeq: 0n },
+              value: {
+                agentId,
+                agentName,
+                serverTime: timestampFromDate(now()),
+                heartbeatIntervalSeconds: deps.heartbeatSeconds,
+                auditAckedSeq: 0n,
+              },
             },
           }),
         );
@@ -258,11 +294,19 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
       switch (kind.case) {
         case "heartbeat":
           await store.agents.markSeen(agentId, now());
-          send(create(ConnectResponseSchema, { kind: { case: "heartbeatAck", value: { serverTime: timestampFromDate(now()) } } }));
+          send(
+            create(ConnectResponseSchema, {
+              kind: { case: "heartbeatAck", value: { serverTime: timestampFromDate(now()) } },
+            }),
+          );
           return;
         case "bundleAck":
           if (kind.value.applied) await store.agents.setBundleVersion(agentId, kind.value.version);
-          else logger.warn({ agentId, version: kind.value.version.toString(), error: kind.value.error }, "agent rejected a bundle");
+          else
+            logger.warn(
+              { agentId, version: kind.value.version.toString(), error: kind.value.error },
+              "agent rejected a bundle",
+            );
           return;
         case "hello":
           throw new AppError("bad_request", "Hello may be sent only once per stream");
@@ -278,7 +322,10 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
     }
   }
 
-  server.addService(agentServiceDefinition as unknown as grpc.ServiceDefinition, { enrol, connect } as unknown as grpc.UntypedServiceImplementation);
+  server.addService(
+    agentServiceDefinition as unknown as grpc.ServiceDefinition,
+    { enrol, connect } as unknown as grpc.UntypedServiceImplementation,
+  );
 
   return {
     server,

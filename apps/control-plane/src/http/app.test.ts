@@ -14,7 +14,12 @@ let app: Awaited<ReturnType<typeof buildHttpApp>>;
 const keys = {} as Record<Role, string>;
 
 async function addUser(role: Role): Promise<string> {
-  const user = await store.users.create({ id: randomId(), email: `${role}-${randomId(4)}@example.com`, displayName: role, role });
+  const user = await store.users.create({
+    id: randomId(),
+    email: `${role}-${randomId(4)}@example.com`,
+    displayName: role,
+    role,
+  });
   const key = generateSecret(SecretKind.apiKey);
   await store.apiKeys.create({ id: key.id, name: "test", hash: key.hash, userId: user.id });
   return key.value;
@@ -82,7 +87,12 @@ describe("REST errors are problem+json with stable codes", () => {
   });
 
   it("wrong role: 403 permission_denied", async () => {
-    const res = await app.inject({ method: "POST", url: "/api/v1/agents", headers: auth("member"), payload: { name: "x" } });
+    const res = await app.inject({
+      method: "POST",
+      url: "/api/v1/agents",
+      headers: auth("member"),
+      payload: { name: "x" },
+    });
     expect(res.statusCode).toBe(403);
     expect(res.json()).toMatchObject({ code: "permission_denied" });
   });
@@ -92,7 +102,12 @@ describe("REST errors are problem+json with stable codes", () => {
     expect(missing.statusCode).toBe(400);
     expect(missing.json()).toMatchObject({ code: "validation_failed", errors: [{ field: "body/name" }] });
 
-    const bad = await app.inject({ method: "POST", url: "/api/v1/agents", headers: auth("admin"), payload: { name: "Bad Name!", colour: "red" } });
+    const bad = await app.inject({
+      method: "POST",
+      url: "/api/v1/agents",
+      headers: auth("admin"),
+      payload: { name: "Bad Name!", colour: "red" },
+    });
     expect(bad.statusCode).toBe(400);
     const fields = (bad.json().errors as { field: string; message: string }[]).map((e) => e.field);
     expect(fields).toEqual(expect.arrayContaining(["body/name", "body/colour"]));
@@ -130,13 +145,23 @@ describe("REST errors are problem+json with stable codes", () => {
 
 describe("agents API", () => {
   it("creates an agent with a one-time token, lists, gets and deletes it", async () => {
-    const created = await app.inject({ method: "POST", url: "/api/v1/agents", headers: auth("admin"), payload: { name: "edge-1", description: "rack 4" } });
+    const created = await app.inject({
+      method: "POST",
+      url: "/api/v1/agents",
+      headers: auth("admin"),
+      payload: { name: "edge-1", description: "rack 4" },
+    });
     expect(created.statusCode).toBe(201);
     const body = created.json();
     expect(body.enrolmentToken).toMatch(/^moat_et1_/);
     expect(body.agent).toMatchObject({ name: "edge-1", state: "pending", connected: false, bundleVersion: "0" });
 
-    const dup = await app.inject({ method: "POST", url: "/api/v1/agents", headers: auth("admin"), payload: { name: "edge-1" } });
+    const dup = await app.inject({
+      method: "POST",
+      url: "/api/v1/agents",
+      headers: auth("admin"),
+      payload: { name: "edge-1" },
+    });
     expect(dup.statusCode).toBe(409);
     expect(dup.json().code).toBe("conflict");
 
@@ -146,7 +171,11 @@ describe("agents API", () => {
     const one = await app.inject({ method: "GET", url: `/api/v1/agents/${body.agent.id}`, headers: auth("admin") });
     expect(one.json().description).toBe("rack 4");
 
-    const token = await app.inject({ method: "POST", url: `/api/v1/agents/${body.agent.id}/enrolment-token`, headers: auth("admin") });
+    const token = await app.inject({
+      method: "POST",
+      url: `/api/v1/agents/${body.agent.id}/enrolment-token`,
+      headers: auth("admin"),
+    });
     expect(token.statusCode).toBe(201);
     expect(token.json().enrolmentToken).not.toBe(body.enrolmentToken);
 
@@ -154,15 +183,26 @@ describe("agents API", () => {
     expect(del.statusCode).toBe(204);
     const gone = await app.inject({ method: "GET", url: `/api/v1/agents/${body.agent.id}`, headers: auth("admin") });
     expect(gone.statusCode).toBe(404);
-    const again = await app.inject({ method: "DELETE", url: `/api/v1/agents/${body.agent.id}`, headers: auth("admin") });
+    const again = await app.inject({
+      method: "DELETE",
+      url: `/api/v1/agents/${body.agent.id}`,
+      headers: auth("admin"),
+    });
     expect(again.statusCode).toBe(404);
   });
 
   it("never stores the enrolment token in clear", async () => {
-    const created = await app.inject({ method: "POST", url: "/api/v1/agents", headers: auth("admin"), payload: { name: "edge-2" } });
+    const created = await app.inject({
+      method: "POST",
+      url: "/api/v1/agents",
+      headers: auth("admin"),
+      payload: { name: "edge-2" },
+    });
     const { agent, enrolmentToken } = created.json();
     const record = await store.agents.findById(agent.id);
-    expect(JSON.stringify(record, (_k, v) => (typeof v === "bigint" ? String(v) : v))).not.toContain(enrolmentToken.slice(9, 40));
+    expect(JSON.stringify(record, (_k, v) => (typeof v === "bigint" ? String(v) : v))).not.toContain(
+      enrolmentToken.slice(9, 40),
+    );
   });
 });
 
@@ -185,7 +225,12 @@ describe("route x role matrix", () => {
       it(`${route.method} ${route.url} as ${role}: ${allowed ? "allowed" : "403"}`, async () => {
         const url = route.url.replace(":id", "does-not-exist");
         const payload = route.payload ? { ...route.payload, name: `m-${randomId(6)}` } : undefined;
-        const res = await app.inject({ method: route.method as "GET", url, headers: auth(role), ...(payload ? { payload } : {}) });
+        const res = await app.inject({
+          method: route.method as "GET",
+          url,
+          headers: auth(role),
+          ...(payload ? { payload } : {}),
+        });
         if (allowed) expect(res.statusCode).not.toBe(403);
         else expect(res.statusCode).toBe(403);
         expect(res.statusCode).not.toBe(401);
@@ -205,7 +250,10 @@ describe("route x role matrix", () => {
     // printRoutes lists paths; check each listed path is in the matrix for at least one method.
     const paths = new Set(matrix.map((r) => r.url));
     for (const line of registered) {
-      const path = line.replace(/^[\s│├└─]+/, "").replace(/\s*\(.*\)$/, "").trim();
+      const path = line
+        .replace(/^[\s│├└─]+/, "")
+        .replace(/\s*\(.*\)$/, "")
+        .trim();
       expect(paths, `route ${path} missing from the role matrix`).toContain(path);
     }
     expect(tested.size).toBe(matrix.length);
@@ -215,11 +263,16 @@ describe("route x role matrix", () => {
 describe("probes and documents", () => {
   it("healthz, readyz, metrics and openapi.json answer without credentials", async () => {
     expect((await app.inject({ url: "/healthz" })).json()).toEqual({ status: "ok" });
-    expect((await app.inject({ url: "/readyz" })).json()).toMatchObject({ status: "ready", checks: { store: "ok", grpc: "ok" } });
+    expect((await app.inject({ url: "/readyz" })).json()).toMatchObject({
+      status: "ready",
+      checks: { store: "ok", grpc: "ok" },
+    });
     const metrics = await app.inject({ url: "/metrics" });
     expect(metrics.body).toContain("moat_cp_http_request_duration_seconds");
     const doc = (await app.inject({ url: "/openapi.json" })).json();
     expect(doc.openapi).toBe("3.1.0");
-    expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(["/api/v1/agents", "/api/v1/agents/{id}", "/api/v1/resources"]));
+    expect(Object.keys(doc.paths)).toEqual(
+      expect.arrayContaining(["/api/v1/agents", "/api/v1/agents/{id}", "/api/v1/resources"]),
+    );
   });
 });

@@ -95,7 +95,13 @@ export async function buildHttpApp(deps: HttpDeps) {
     deps.metrics.httpRequests.labels(request.method, route, String(reply.statusCode)).observe(reply.elapsedTime / 1000);
     if (route.startsWith("/api/")) {
       request.log.info(
-        { method: request.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime), user: request.principal?.user.id },
+        {
+          method: request.method,
+          route,
+          status: reply.statusCode,
+          ms: Math.round(reply.elapsedTime),
+          user: request.principal?.user.id,
+        },
         "api request",
       );
     }

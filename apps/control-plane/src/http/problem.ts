@@ -76,7 +76,11 @@ export function toAppError(error: unknown): AppError {
   }
   switch (fe.statusCode) {
     case 400:
-      return new AppError("bad_request", fe.code === "FST_ERR_CTP_EMPTY_JSON_BODY" ? "the JSON body is empty" : "the request body is not valid JSON", { cause: error });
+      return new AppError(
+        "bad_request",
+        fe.code === "FST_ERR_CTP_EMPTY_JSON_BODY" ? "the JSON body is empty" : "the request body is not valid JSON",
+        { cause: error },
+      );
     case 404:
       return new AppError("not_found", "no such route", { cause: error });
     case 413:

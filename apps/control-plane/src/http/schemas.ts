@@ -26,5 +26,8 @@ export const errorResponses = {
 export const DateTime = Type.String({ format: "date-time" });
 export const NullableDateTime = Type.Union([DateTime, Type.Null()]);
 
-export const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, { additionalProperties: false });
+export const IdParams = Type.Object(
+  { id: Type.String({ minLength: 1, maxLength: 64 }) },
+  { additionalProperties: false },
+);
 export type IdParams = Static<typeof IdParams>;

@@ -36,11 +36,17 @@ export interface AgentStatus {
 }
 
 export interface AgentService {
-  create(input: { name: string; description?: string }): Promise<{ agent: AgentStatus; enrolmentToken: string; expiresAt: Date }>;
+  create(input: {
+    name: string;
+    description?: string;
+  }): Promise<{ agent: AgentStatus; enrolmentToken: string; expiresAt: Date }>;
   /** Issues a fresh enrolment token (the previous one stops working); for first enrolment or re-enrolment. */
   issueEnrolmentToken(id: string): Promise<{ enrolmentToken: string; expiresAt: Date }>;
   /** Exchanges an enrolment token for a credential, once. */
-  enrol(token: string, details: { version: string; hostname: string }): Promise<{ agent: AgentRecord; credential: string }>;
+  enrol(
+    token: string,
+    details: { version: string; hostname: string },
+  ): Promise<{ agent: AgentRecord; credential: string }>;
   /** Resolves a presented agent credential; throws unauthenticated / agent_revoked. */
   authenticate(credential: string): Promise<AgentRecord>;
   get(id: string): Promise<AgentStatus>;
@@ -102,7 +108,10 @@ export function createAgentService(deps: {
   }
 
   const invalidToken = () =>
-    new AppError("enrolment_token_invalid", "the enrolment token is invalid, expired or already used; ask an admin for a new one");
+    new AppError(
+      "enrolment_token_invalid",
+      "the enrolment token is invalid, expired or already used; ask an admin for a new one",
+    );
 
   return {
     toStatus,
@@ -140,7 +149,13 @@ export function createAgentService(deps: {
       if (!agent.enrolmentHash || !verifySecret(decoded.secret, agent.enrolmentHash)) throw invalidToken();
       if (!agent.enrolmentExpiresAt || agent.enrolmentExpiresAt <= now()) throw invalidToken();
       const credential = generateSecret(SecretKind.agentCredential, agent.id);
-      const swapped = await store.agents.completeEnrolment(agent.id, agent.enrolmentHash, credential.hash, details, now());
+      const swapped = await store.agents.completeEnrolment(
+        agent.id,
+        agent.enrolmentHash,
+        credential.hash,
+        details,
+        now(),
+      );
       if (!swapped) throw invalidToken();
       return { agent: await mustFindActive(agent.id), credential: credential.value };
     },

@@ -64,9 +64,7 @@ export async function migratePostgres(connectionString: string, dir: string): Pr
       await client.query("BEGIN");
       try {
         await client.query(migration.sql);
-        await client.query('INSERT INTO "_moat_migrations" ("name", "appliedAt") VALUES ($1, now())', [
-          migration.name,
-        ]);
+        await client.query('INSERT INTO "_moat_migrations" ("name", "appliedAt") VALUES ($1, now())', [migration.name]);
         await client.query("COMMIT");
       } catch (error) {
         await client.query("ROLLBACK");

@@ -127,8 +127,13 @@ export function createRepositories(db: PrismaClient) {
       (await db.agent.findFirst({ where: { name, revokedAt: null } })) ?? undefined,
     listActive: (): Promise<AgentRecord[]> =>
       db.agent.findMany({ where: { revokedAt: null }, orderBy: { name: "asc" } }),
-    create: (input: { id: string; name: string; description: string; enrolmentHash: string; enrolmentExpiresAt: Date }) =>
-      mapConflict(`an agent named "${input.name}" already exists`, () => db.agent.create({ data: input })),
+    create: (input: {
+      id: string;
+      name: string;
+      description: string;
+      enrolmentHash: string;
+      enrolmentExpiresAt: Date;
+    }) => mapConflict(`an agent named "${input.name}" already exists`, () => db.agent.create({ data: input })),
     /** Replaces the pending enrolment secret (a new token for an agent that has not enrolled or must re-enrol). */
     setEnrolment: (id: string, enrolmentHash: string, enrolmentExpiresAt: Date) =>
       db.agent.update({ where: { id }, data: { enrolmentHash, enrolmentExpiresAt } }),
@@ -149,7 +154,11 @@ export function createRepositories(db: PrismaClient) {
       });
       return result.count === 1;
     },
-    markConnected: (id: string, details: { version: string; hostname: string; connectedTo: string; bundleVersion: bigint }, at: Date) =>
+    markConnected: (
+      id: string,
+      details: { version: string; hostname: string; connectedTo: string; bundleVersion: bigint },
+      at: Date,
+    ) =>
       db.agent.update({ where: { id }, data: { ...details, connectedAt: at, lastSeenAt: at, disconnectedAt: null } }),
     markSeen: (id: string, at: Date) => db.agent.updateMany({ where: { id }, data: { lastSeenAt: at } }),
     /** Marks the agent disconnected unless a newer connection (after `connectedAt`) took over. */
@@ -163,7 +172,13 @@ export function createRepositories(db: PrismaClient) {
         db.resource.deleteMany({ where: { agentId: id } }),
         db.agent.update({
           where: { id },
-          data: { revokedAt: at, credentialHash: null, enrolmentHash: null, enrolmentExpiresAt: null, disconnectedAt: at },
+          data: {
+            revokedAt: at,
+            credentialHash: null,
+            enrolmentHash: null,
+            enrolmentExpiresAt: null,
+            disconnectedAt: at,
+          },
         }),
       ]);
     },
@@ -205,8 +220,7 @@ export function createRepositories(db: PrismaClient) {
   };
 
   const settings = {
-    get: async (key: string): Promise<string | undefined> =>
-      (await db.setting.findUnique({ where: { key } }))?.value,
+    get: async (key: string): Promise<string | undefined> => (await db.setting.findUnique({ where: { key } }))?.value,
     /** Sets `key` only if unset; returns the value in force (first writer wins across replicas). */
     setIfAbsent: async (key: string, value: string): Promise<string> => {
       try {

@@ -61,19 +61,43 @@ describe.each(providers)("store on %s", (_name, makeUrl) => {
 
   it("keeps agent names unique among active agents only", async () => {
     const expires = new Date(Date.now() + 60_000);
-    const a = await store.agents.create({ id: randomId(), name: "edge", description: "", enrolmentHash: "h1", enrolmentExpiresAt: expires });
+    const a = await store.agents.create({
+      id: randomId(),
+      name: "edge",
+      description: "",
+      enrolmentHash: "h1",
+      enrolmentExpiresAt: expires,
+    });
     await expect(
-      store.agents.create({ id: randomId(), name: "edge", description: "", enrolmentHash: "h2", enrolmentExpiresAt: expires }),
+      store.agents.create({
+        id: randomId(),
+        name: "edge",
+        description: "",
+        enrolmentHash: "h2",
+        enrolmentExpiresAt: expires,
+      }),
     ).rejects.toMatchObject({ code: "conflict" });
     await store.agents.revoke(a.id, new Date());
-    const b = await store.agents.create({ id: randomId(), name: "edge", description: "", enrolmentHash: "h3", enrolmentExpiresAt: expires });
+    const b = await store.agents.create({
+      id: randomId(),
+      name: "edge",
+      description: "",
+      enrolmentHash: "h3",
+      enrolmentExpiresAt: expires,
+    });
     expect((await store.agents.listActive()).map((x) => x.id)).toEqual([b.id]);
     expect((await store.agents.findById(a.id))?.revokedAt).toBeInstanceOf(Date);
   });
 
   it("completes an enrolment only once (compare-and-swap on the secret hash)", async () => {
     const id = randomId();
-    await store.agents.create({ id, name: `e-${id}`, description: "", enrolmentHash: hashSecret("s"), enrolmentExpiresAt: new Date() });
+    await store.agents.create({
+      id,
+      name: `e-${id}`,
+      description: "",
+      enrolmentHash: hashSecret("s"),
+      enrolmentExpiresAt: new Date(),
+    });
     const details = { version: "1", hostname: "h" };
     const results = await Promise.all([
       store.agents.completeEnrolment(id, hashSecret("s"), hashSecret("c1"), details, new Date()),
@@ -87,10 +111,31 @@ describe.each(providers)("store on %s", (_name, makeUrl) => {
 
   it("replaces an agent's resources and refuses names another agent holds", async () => {
     const expires = new Date(Date.now() + 60_000);
-    const one = await store.agents.create({ id: randomId(), name: `one-${randomId(6)}`, description: "", enrolmentHash: "x", enrolmentExpiresAt: expires });
-    const two = await store.agents.create({ id: randomId(), name: `two-${randomId(6)}`, description: "", enrolmentHash: "y", enrolmentExpiresAt: expires });
-    const r = (name: string) => ({ name, type: "postgres" as const, labels: { env: "prod" }, listenAddress: "127.0.0.1:6432", description: "" });
-    expect(await store.resources.replaceForAgent(one.id, [r("db-a"), r("db-b")], () => randomId())).toEqual({ accepted: ["db-a", "db-b"], rejected: [] });
+    const one = await store.agents.create({
+      id: randomId(),
+      name: `one-${randomId(6)}`,
+      description: "",
+      enrolmentHash: "x",
+      enrolmentExpiresAt: expires,
+    });
+    const two = await store.agents.create({
+      id: randomId(),
+      name: `two-${randomId(6)}`,
+      description: "",
+      enrolmentHash: "y",
+      enrolmentExpiresAt: expires,
+    });
+    const r = (name: string) => ({
+      name,
+      type: "postgres" as const,
+      labels: { env: "prod" },
+      listenAddress: "127.0.0.1:6432",
+      description: "",
+    });
+    expect(await store.resources.replaceForAgent(one.id, [r("db-a"), r("db-b")], () => randomId())).toEqual({
+      accepted: ["db-a", "db-b"],
+      rejected: [],
+    });
     const second = await store.resources.replaceForAgent(two.id, [r("db-b"), r("db-c")], () => randomId());
     expect(second.accepted).toEqual(["db-c"]);
     expect(second.rejected.map((x) => x.name)).toEqual(["db-b"]);

@@ -59,7 +59,10 @@ export const agentRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, {
     async (request, reply) => {
       const body = request.body as { name: string; description?: string };
       const created = await deps.agents.create(body);
-      request.log.info({ agentId: created.agent.id, agentName: created.agent.name, by: request.principal?.user.id }, "agent created");
+      request.log.info(
+        { agentId: created.agent.id, agentName: created.agent.name, by: request.principal?.user.id },
+        "agent created",
+      );
       return reply.status(201).send(created);
     },
   );
@@ -68,7 +71,11 @@ export const agentRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, {
     "/api/v1/agents",
     {
       config: { access: readers },
-      schema: { summary: "List agents with connection and bundle status", tags: ["agents"], response: { 200: Type.Object({ items: Type.Array(Agent) }), ...errorResponses } },
+      schema: {
+        summary: "List agents with connection and bundle status",
+        tags: ["agents"],
+        response: { 200: Type.Object({ items: Type.Array(Agent) }), ...errorResponses },
+      },
     },
     async () => ({ items: await deps.agents.list() }),
   );
@@ -87,7 +94,8 @@ export const agentRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, {
     {
       config: { access: admin },
       schema: {
-        summary: "Issue a new enrolment token (the previous one stops working; using it replaces the agent's credential)",
+        summary:
+          "Issue a new enrolment token (the previous one stops working; using it replaces the agent's credential)",
         tags: ["agents"],
         params: IdParams,
         response: { 201: EnrolmentToken, ...errorResponses },

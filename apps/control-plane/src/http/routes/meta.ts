@@ -28,7 +28,11 @@ export const metaRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, { 
     "/api/v1/whoami",
     {
       config: { access: ROLES },
-      schema: { summary: "The caller's identity and role", tags: ["meta"], response: { 200: Whoami, ...errorResponses } },
+      schema: {
+        summary: "The caller's identity and role",
+        tags: ["meta"],
+        response: { 200: Whoami, ...errorResponses },
+      },
     },
     async (request) => {
       const { user, apiKeyId } = principalOf(request);
@@ -40,7 +44,11 @@ export const metaRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, { 
     "/api/v1/status",
     {
       config: { access: ROLES },
-      schema: { summary: "Control-plane status and counts", tags: ["meta"], response: { 200: Status, ...errorResponses } },
+      schema: {
+        summary: "Control-plane status and counts",
+        tags: ["meta"],
+        response: { 200: Status, ...errorResponses },
+      },
     },
     async () => {
       const agents = await deps.agents.list();

@@ -5,7 +5,12 @@ import { ROLES } from "../../store/index.js";
 import type { HttpDeps } from "../app.js";
 import { DateTime, errorResponses } from "../schemas.js";
 
-const ResourceType = Type.Union([Type.Literal("postgres"), Type.Literal("ssh"), Type.Literal("kubernetes"), Type.Literal("http")]);
+const ResourceType = Type.Union([
+  Type.Literal("postgres"),
+  Type.Literal("ssh"),
+  Type.Literal("kubernetes"),
+  Type.Literal("http"),
+]);
 
 const Resource = Type.Object(
   {
@@ -45,7 +50,10 @@ export const resourceRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
     async (request) => {
       const query = request.query as { type?: "postgres" | "ssh" | "kubernetes" | "http"; agent?: string };
       const [resources, agents] = await Promise.all([
-        deps.store.resources.list({ ...(query.type ? { type: query.type } : {}), ...(query.agent ? { agentId: query.agent } : {}) }),
+        deps.store.resources.list({
+          ...(query.type ? { type: query.type } : {}),
+          ...(query.agent ? { agentId: query.agent } : {}),
+        }),
         deps.agents.list(),
       ]);
       const names = new Map(agents.map((a) => [a.id, a.name]));
