@@ -236,6 +236,33 @@ describe("agent enrolment and connection", () => {
   });
 });
 
+describe("bounded messages", () => {
+  it("refuses a message over the configured size with RESOURCE_EXHAUSTED, and keeps serving others", async () => {
+    const cp = await startControlPlane({ env: { MOAT_GRPC_MAX_MESSAGE_BYTES: String(64 * 1024) } });
+    const { token } = await createAgent(cp, "edge-big");
+    const enrolled = (await enrolRaw(cp, token)) as EnrolResponse;
+    const client = grpcClient(cp);
+    const md = new grpc.Metadata();
+    md.set("authorization", `Bearer ${enrolled.credential}`);
+    const call = client.connect(md);
+    call.on("data", () => undefined);
+    call.on("error", () => undefined);
+    const status = new Promise<grpc.StatusObject>((resolve) => call.on("status", resolve));
+    call.write(
+      create(ConnectRequestSchema, { kind: { case: "hello", value: { agentVersion: "x".repeat(100 * 1024) } } }),
+    );
+    expect((await status).code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    client.close();
+    // The server is unaffected.
+    expect((await api(cp, "GET", "/api/v1/agents")).status).toBe(200);
+    const agent = await startAgent({
+      token: (await api<{ enrolmentToken: string }>(cp, "POST", `/api/v1/agents/${enrolled.agentId}/enrolment-token`))
+        .body.enrolmentToken,
+    });
+    await waitFor(async () => (await agent.health()).controlPlane === "connected", 15_000);
+  });
+});
+
 describe("configuration errors", () => {
   it("the control plane names the bad field and exits 78", async () => {
     const { spawnNode, repoRoot } = await import("./support.js");

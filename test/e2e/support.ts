@@ -3,7 +3,7 @@
  * their own data dirs and free ports, plus a tiny REST client. Every process is killed by `cleanup`.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { freePort, tempDir, waitFor } from "@moat/testkit";
@@ -64,6 +64,7 @@ export interface ControlPlaneProc extends Proc {
   url: string;
   grpcAddress: string;
   dataDir: string;
+  /** The bootstrap admin key; "" when the store already had users (no bootstrap). */
   adminKey: string;
   env: Record<string, string>;
 }
@@ -97,7 +98,7 @@ export async function startControlPlane(
     url,
     grpcAddress: `127.0.0.1:${grpcPort}`,
     dataDir,
-    adminKey: readFileSync(keyFile, "utf8").trim(),
+    adminKey: existsSync(keyFile) ? readFileSync(keyFile, "utf8").trim() : "",
     env,
   };
 }

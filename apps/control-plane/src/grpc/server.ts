@@ -293,7 +293,10 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
       armLiveness();
       switch (kind.case) {
         case "heartbeat":
-          await store.agents.markSeen(agentId, now());
+          // Also a safety net for revocations made on another replica without a shared bus.
+          if (!(await store.agents.markSeen(agentId, now()))) {
+            throw new AppError("agent_revoked", "agent revoked: the agent no longer exists or was revoked");
+          }
           send(
             create(ConnectResponseSchema, {
               kind: { case: "heartbeatAck", value: { serverTime: timestampFromDate(now()) } },

@@ -160,7 +160,9 @@ export function createRepositories(db: PrismaClient) {
       at: Date,
     ) =>
       db.agent.update({ where: { id }, data: { ...details, connectedAt: at, lastSeenAt: at, disconnectedAt: null } }),
-    markSeen: (id: string, at: Date) => db.agent.updateMany({ where: { id }, data: { lastSeenAt: at } }),
+    /** Records a heartbeat; false when the agent is gone or revoked (the caller cuts the stream). */
+    markSeen: async (id: string, at: Date): Promise<boolean> =>
+      (await db.agent.updateMany({ where: { id, revokedAt: null }, data: { lastSeenAt: at } })).count === 1,
     /** Marks the agent disconnected unless a newer connection (after `connectedAt`) took over. */
     markDisconnected: (id: string, connectedAt: Date, at: Date) =>
       db.agent.updateMany({ where: { id, connectedAt }, data: { disconnectedAt: at } }),

@@ -1,0 +1,62 @@
+/**
+ * The control plane on PostgreSQL (the production store) as a real process: migrations at start,
+ * an agent enrolled and connected, two replicas sharing one database.
+ */
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { hashSecret, randomId } from "@moat/common";
+import { startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { api, cleanup, createAgent, getAgent, startAgent, startControlPlane } from "./support.js";
+
+let postgres: TestPostgres;
+beforeAll(async () => {
+  postgres = await startPostgres();
+}, 60_000);
+afterAll(async () => {
+  await cleanup();
+  await postgres?.stop();
+});
+
+describe("control plane on PostgreSQL", () => {
+  it("migrates, enrols and connects an agent, and shares its state with a second replica", async () => {
+    const url = await postgres.createDatabase(`cp_${randomId(8)}`);
+    const cp = await startControlPlane({ env: { DATABASE_URL: url } });
+    expect((await api<{ store: string }>(cp, "GET", "/api/v1/status")).body.store).toBe("postgres");
+    const { id, token } = await createAgent(cp, "pg-edge");
+    const agent = await startAgent({
+      token,
+      yaml: "resources:\n  - { name: orders-db, type: postgres, listen: '127.0.0.1:6432' }\n",
+    });
+    await waitFor(async () => (await getAgent(cp, id)).connected, 15_000);
+
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    const { rows } = await client.query<{ credentialHash: string }>(
+      'SELECT "credentialHash" FROM "Agent" WHERE id = $1',
+      [id],
+    );
+    const { rows: migrations } = await client.query<{ name: string }>('SELECT name FROM "_moat_migrations"');
+    await client.end();
+    const credential = (JSON.parse(readFileSync(join(agent.dataDir, "agent.json"), "utf8")) as { credential: string })
+      .credential;
+    expect(rows[0]?.credentialHash).toBe(hashSecret(credential));
+    expect(migrations.map((m) => m.name)).toEqual(["0001_init"]);
+
+    // A second replica on the same database sees the same agents and resources.
+    const replica = await startControlPlane({ env: { DATABASE_URL: url } });
+    const seen = await api<{ items: { name: string; connected: boolean }[] }>(
+      { url: replica.url, adminKey: cp.adminKey },
+      "GET",
+      "/api/v1/agents",
+    );
+    expect(seen.body.items).toEqual([expect.objectContaining({ name: "pg-edge", connected: true })]);
+    const resources = await api<{ items: { name: string }[] }>(
+      { url: replica.url, adminKey: cp.adminKey },
+      "GET",
+      "/api/v1/resources",
+    );
+    expect(resources.body.items.map((r) => r.name)).toEqual(["orders-db"]);
+  });
+});
