@@ -59,4 +59,18 @@ describe("control plane on PostgreSQL", () => {
     );
     expect(resources.body.items.map((r) => r.name)).toEqual(["orders-db"]);
   });
+
+  it("a revocation made on another replica cuts the stream by the next heartbeat", async () => {
+    const url = await postgres.createDatabase(`cp_${randomId(8)}`);
+    const env = { DATABASE_URL: url, MOAT_GRPC_HEARTBEAT_SECONDS: "1" };
+    const first = await startControlPlane({ env });
+    const second = await startControlPlane({ env });
+    const { id, token } = await createAgent(first, "roaming");
+    const agent = await startAgent({ token });
+    await waitFor(async () => (await agent.health()).controlPlane === "connected", 15_000);
+    const started = Date.now();
+    expect((await api({ url: second.url, adminKey: first.adminKey }, "DELETE", `/api/v1/agents/${id}`)).status).toBe(204);
+    expect((await agent.exited).code).toBe(77);
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
 });

@@ -98,6 +98,7 @@ export const ENV_OVERRIDES: EnvOverride[] = [
   { variable: "MOAT_GRPC_PLAINTEXT", path: "grpc.plaintext", type: "boolean" },
   { variable: "MOAT_GRPC_SUBJECT_ALT_NAMES", path: "grpc.subjectAltNames", type: "list" },
   { variable: "MOAT_GRPC_MAX_MESSAGE_BYTES", path: "grpc.maxMessageBytes", type: "number" },
+  { variable: "MOAT_GRPC_HEARTBEAT_SECONDS", path: "grpc.heartbeatSeconds", type: "number" },
   { variable: "MOAT_BOOTSTRAP_ADMIN_EMAIL", path: "bootstrap.adminEmail", type: "string" },
   { variable: "MOAT_BOOTSTRAP_ADMIN_KEY_FILE", path: "bootstrap.adminKeyFile", type: "string" },
   { variable: "MOAT_LOCAL_AGENT", path: "localAgent.enabled", type: "boolean" },
