@@ -135,6 +135,11 @@ if (ready.bootstrap) {
     "  This key is shown once and stored only as a hash. Keep it somewhere safe.",
     "",
   );
+} else {
+  lines.push(
+    `Lost the admin API key? MOAT_DATA_DIR=${rel(join(home, "control-plane"))} node apps/control-plane/dist/main.js admin-key`,
+    "",
+  );
 }
 lines.push(
   bold("Next"),

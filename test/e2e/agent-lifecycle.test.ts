@@ -263,6 +263,27 @@ describe("bounded messages", () => {
   });
 });
 
+describe("admin key recovery", () => {
+  it("`moat-control-plane admin-key` issues a working key for the bootstrap admin", async () => {
+    const { spawnNode, repoRoot } = await import("./support.js");
+    const cp = await startControlPlane();
+    const proc = spawnNode(join(repoRoot, "apps/control-plane/dist/main.js"), ["admin-key"], {
+      MOAT_DATA_DIR: cp.dataDir,
+    });
+    expect((await proc.exited).code).toBe(0);
+    const key = proc.output().trim();
+    expect(key).toMatch(/^moat_ak_/);
+    expect(key).not.toBe(cp.adminKey);
+    const whoami = await api<{ email: string; role: string }>(cp, "GET", "/api/v1/whoami", undefined, key);
+    expect(whoami.body).toMatchObject({ email: "admin@moat.local", role: "admin" });
+    const unknown = spawnNode(join(repoRoot, "apps/control-plane/dist/main.js"), ["admin-key", "--email", "x@y.z"], {
+      MOAT_DATA_DIR: cp.dataDir,
+    });
+    expect((await unknown.exited).code).toBe(1);
+    expect(unknown.output()).toContain("no enabled admin user with email x@y.z");
+  });
+});
+
 describe("configuration errors", () => {
   it("the control plane names the bad field and exits 78", async () => {
     const { spawnNode, repoRoot } = await import("./support.js");

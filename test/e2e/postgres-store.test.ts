@@ -69,7 +69,9 @@ describe("control plane on PostgreSQL", () => {
     const agent = await startAgent({ token });
     await waitFor(async () => (await agent.health()).controlPlane === "connected", 15_000);
     const started = Date.now();
-    expect((await api({ url: second.url, adminKey: first.adminKey }, "DELETE", `/api/v1/agents/${id}`)).status).toBe(204);
+    expect((await api({ url: second.url, adminKey: first.adminKey }, "DELETE", `/api/v1/agents/${id}`)).status).toBe(
+      204,
+    );
     expect((await agent.exited).code).toBe(77);
     expect(Date.now() - started).toBeLessThan(5_000);
   });

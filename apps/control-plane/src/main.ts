@@ -8,25 +8,45 @@
  */
 import { parseArgs } from "node:util";
 import { ConfigError } from "@moat/common";
-import { loadControlPlaneConfig } from "./config.js";
+import { loadControlPlaneConfig, type ControlPlaneConfig } from "./config.js";
+import { createIdentityService } from "./services/identity.js";
+import { openStore } from "./store/index.js";
 import { startControlPlane } from "./server.js";
 import { VERSION } from "./version.js";
 
 const usage = `usage: moat-control-plane [--config FILE]
+       moat-control-plane admin-key [--config FILE] [--email EMAIL]
 
 Starts the Moat control plane (REST API + agent gRPC channel).
+admin-key: issues a new API key for an admin user (default: the bootstrap admin) directly in the
+store and prints it once; for operators on the control-plane host who lost the bootstrap key.
 Configuration: FILE (YAML) then environment variables; see docs/configuration.md.`;
+
+async function issueAdminKey(config: ControlPlaneConfig, email: string): Promise<void> {
+  const store = await openStore(config.databaseUrl);
+  try {
+    const identity = createIdentityService({ store, now: () => new Date() });
+    process.stdout.write(`${await identity.issueAdminKey(email, "recovery")}\n`);
+  } finally {
+    await store.close();
+  }
+}
 
 async function main(): Promise<void> {
   let args;
   try {
     args = parseArgs({
+      allowPositionals: true,
       options: {
         config: { type: "string", short: "c" },
+        email: { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean" },
       },
     });
+    if (args.positionals.length > 1 || (args.positionals[0] && args.positionals[0] !== "admin-key")) {
+      throw new Error(`unknown command: ${args.positionals.join(" ")}`);
+    }
   } catch (error) {
     process.stderr.write(`${(error as Error).message}\n${usage}\n`);
     process.exit(2);
@@ -49,6 +69,16 @@ async function main(): Promise<void> {
       process.exit(78); // EX_CONFIG
     }
     throw error;
+  }
+
+  if (args.positionals[0] === "admin-key") {
+    try {
+      await issueAdminKey(config, args.values.email ?? config.bootstrap.adminEmail);
+    } catch (error) {
+      process.stderr.write(`moat-control-plane: ${(error as Error).message}\n`);
+      process.exit(1);
+    }
+    return;
   }
 
   const cp = await startControlPlane(config);

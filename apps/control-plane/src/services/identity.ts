@@ -14,6 +14,11 @@ export interface Principal {
 export interface IdentityService {
   /** Creates the first admin and an API key for it when the store has no users; returns the key (shown once). */
   bootstrapAdmin(email: string): Promise<{ email: string; apiKey: string } | undefined>;
+  /**
+   * Issues a new API key for an existing admin (operator recovery from the control-plane host, when
+   * the bootstrap key is lost). Returns the key (shown once).
+   */
+  issueAdminKey(email: string, name: string): Promise<string>;
   /** Resolves a presented API key to its principal; throws AppError("unauthenticated") otherwise. */
   authenticateApiKey(presented: string): Promise<Principal>;
 }
@@ -34,6 +39,16 @@ export function createIdentityService(deps: {
       const key = generateSecret(SecretKind.apiKey);
       await store.apiKeys.create({ id: key.id, name: "bootstrap", hash: key.hash, userId: user.id });
       return { email, apiKey: key.value };
+    },
+
+    async issueAdminKey(email, name) {
+      const user = await store.users.findByEmail(email);
+      if (!user || user.role !== "admin" || user.disabledAt) {
+        throw new AppError("not_found", `no enabled admin user with email ${email}`);
+      }
+      const key = generateSecret(SecretKind.apiKey);
+      await store.apiKeys.create({ id: key.id, name, hash: key.hash, userId: user.id });
+      return key.value;
     },
 
     async authenticateApiKey(presented) {

@@ -106,6 +106,10 @@ export function createRepositories(db: PrismaClient) {
       const row = await db.user.findUnique({ where: { id } });
       return row ? toUser(row as UserRecord) : undefined;
     },
+    findByEmail: async (email: string) => {
+      const row = await db.user.findUnique({ where: { email } });
+      return row ? toUser(row as UserRecord) : undefined;
+    },
     create: (input: { id: string; email: string; displayName: string; role: Role }) =>
       mapConflict(`a user with email ${input.email} already exists`, async () =>
         toUser((await db.user.create({ data: input })) as UserRecord),
