@@ -1,0 +1,419 @@
+/**
+ * The policy engine: compiles validated documents into an indexed form, and evaluates a request to
+ * a verdict. The one evaluator of Moat: the control plane simulates with it, the agent enforces
+ * with it. Pure: no I/O; the request carries the time.
+ *
+ * Semantics (docs/policy.md): default deny; among the rules that apply, any deny beats any review,
+ * which beats any allow. A request that touches several tables is decided per table and the
+ * strictest outcome wins.
+ */
+import {
+  ACTIONS,
+  PolicyError,
+  type MaskRule,
+  type PolicyDocument,
+  type PolicyProblem,
+  type ResourceType,
+  type Rule,
+} from "./document.js";
+import {
+  anyOf,
+  checkTimeZone,
+  cidrMatcher,
+  globMatcher,
+  parseIp,
+  timeWindowMatcher,
+  ZonedClock,
+  type Matcher,
+} from "./match.js";
+
+export type Effect = "allow" | "deny" | "review";
+
+/** What is being decided. `now` is epoch milliseconds. */
+export interface PolicyRequest {
+  user: string;
+  groups: readonly string[];
+  serviceAccount?: boolean;
+  resource: { name: string; type: ResourceType; labels: Readonly<Record<string, string>> };
+  action: string;
+  /** Tables the statement touches, as `schema.table`. */
+  tables?: readonly string[];
+  /** The command line, for ssh:exec. */
+  command?: string;
+  sourceIp?: string;
+  reason?: string;
+  now: number;
+}
+
+export interface MatchedRule {
+  /** `policy/rule` */
+  rule: string;
+  effect: Effect;
+  table?: string;
+}
+
+export interface Approvers {
+  users: string[];
+  groups: string[];
+  minApprovals: number;
+}
+
+/** Duties that come with a verdict: what to mask, whether to record, session limits, who approves. */
+export interface Obligations {
+  mask: MaskRule[];
+  record: boolean;
+  maxSessionSeconds?: number;
+  approvers?: Approvers;
+}
+
+export interface Verdict {
+  effect: Effect;
+  /** The deciding rule (`policy/rule`), "" for the default deny. */
+  rule: string;
+  /** Safe to show to the user. */
+  message: string;
+  obligations: Obligations;
+  /** Every rule that applied (filled when evaluated with `explain`), for explanations. */
+  matched: MatchedRule[];
+}
+
+interface CompiledRule {
+  id: string;
+  effect: Effect;
+  rule: Rule;
+  actionMatcher: Matcher;
+  tables?: Matcher;
+  commands?: Matcher;
+  when: ((req: PolicyRequest, ctx: RequestContext) => boolean)[];
+  requireReason: boolean;
+  approvers?: Approvers;
+}
+
+/** Per-request values derived once, shared by every rule. */
+class RequestContext {
+  readonly user: string;
+  private parsed = false;
+  private address: Uint16Array | undefined;
+  constructor(private readonly req: PolicyRequest) {
+    this.user = lower(req.user);
+  }
+  /** Parsed source address, on first use; undefined when absent or invalid (CIDR conditions then fail). */
+  get ip(): Uint16Array | undefined {
+    if (!this.parsed) {
+      this.parsed = true;
+      this.address = this.req.sourceIp === undefined ? undefined : parseIp(this.req.sourceIp);
+    }
+    return this.address;
+  }
+}
+
+interface CompiledPolicy {
+  name: string;
+  subject: (req: PolicyRequest, ctx: RequestContext) => boolean;
+  resource: (res: PolicyRequest["resource"]) => boolean;
+  /** Rules per known action (wildcards expanded at compile time). */
+  byAction: Map<string, CompiledRule[]>;
+  /** All rules, for actions outside the known list (tested by pattern). */
+  rules: CompiledRule[];
+  mask: MaskRule[];
+  record: boolean;
+  maxSessionSeconds?: number;
+}
+
+/** The compiled, indexed policy set. Immutable once built. */
+export interface CompiledPolicies {
+  readonly policyNames: readonly string[];
+  readonly ruleCount: number;
+  /** @internal */
+  readonly byResourceName: ReadonlyMap<string, readonly CompiledPolicy[]>;
+  /** @internal */
+  readonly generic: readonly CompiledPolicy[];
+}
+
+const KNOWN_ACTIONS = new Set<string>(ACTIONS);
+const lower = (s: string) => s.toLowerCase();
+
+function durationSeconds(text: string): number {
+  const n = Number(text.slice(0, -1));
+  const unit = text.slice(-1);
+  return n * (unit === "s" ? 1 : unit === "m" ? 60 : unit === "h" ? 3600 : 86400);
+}
+
+/** Table pattern: `schema.table` globs; a pattern without a dot matches that table in any schema. */
+function tableMatcher(patterns: readonly string[]): Matcher {
+  return anyOf(patterns.map((p) => (p.includes(".") ? p : `*.${p}`)));
+}
+
+/**
+ * Compiles validated documents. Semantic problems (duplicate names, unknown actions, bad CIDRs or
+ * time zones) are reported together as a PolicyError pointing at each field.
+ */
+export function compilePolicies(
+  documents: readonly PolicyDocument[],
+  clock: ZonedClock = new ZonedClock(),
+): CompiledPolicies {
+  const problems: PolicyProblem[] = [];
+  const names = new Set<string>();
+  const byResourceName = new Map<string, CompiledPolicy[]>();
+  const generic: CompiledPolicy[] = [];
+  let ruleCount = 0;
+
+  documents.forEach((doc, docIndex) => {
+    const name = doc.metadata.name;
+    const problem = (field: string, message: string) =>
+      problems.push({ document: docIndex, field: `${name}: ${field}`, message });
+    if (names.has(name)) problem("metadata.name", "another policy has this name");
+    names.add(name);
+
+    const { subjects, resources } = doc.spec;
+    if (!subjects.users && !subjects.groups && !subjects.serviceAccounts)
+      problem("spec.subjects", "name at least one of users, groups, serviceAccounts");
+    if (!resources.names && !resources.types && !resources.labels)
+      problem("spec.resources", "name at least one of names, types, labels");
+
+    const users = subjects.users ? anyOf(subjects.users, lower) : undefined;
+    const groups = subjects.groups ? anyOf(subjects.groups) : undefined;
+    const serviceAccounts = subjects.serviceAccounts ? anyOf(subjects.serviceAccounts, lower) : undefined;
+    const subject = (req: PolicyRequest, ctx: RequestContext) => {
+      const who = ctx.user;
+      if (req.serviceAccount) return serviceAccounts !== undefined && serviceAccounts(who);
+      if (users?.(who)) return true;
+      if (groups) for (const g of req.groups) if (groups(g)) return true;
+      return false;
+    };
+
+    const nameMatcher = resources.names ? anyOf(resources.names) : undefined;
+    const types = resources.types ? new Set<string>(resources.types) : undefined;
+    const labels = resources.labels
+      ? Object.entries(resources.labels).map(([k, v]) => [k, globMatcher(v)] as const)
+      : [];
+    const resource = (res: PolicyRequest["resource"]) =>
+      (!nameMatcher || nameMatcher(res.name)) &&
+      (!types || types.has(res.type)) &&
+      labels.every(([k, m]) => res.labels[k] !== undefined && m(res.labels[k] as string));
+
+    const ruleNames = new Set<string>();
+    const rules: CompiledRule[] = [];
+    doc.spec.rules.forEach((rule, i) => {
+      const field = (f: string) => `spec.rules.${i}.${f}`;
+      if (ruleNames.has(rule.name)) problem(field("name"), "another rule of this policy has this name");
+      ruleNames.add(rule.name);
+      rule.actions.forEach((a, j) => {
+        const m = globMatcher(a);
+        if (!ACTIONS.some((known) => m(known)) && !a.startsWith("k8s:"))
+          problem(`${field("actions")}.${j}`, `unknown action "${a}" (known: ${ACTIONS.join(", ")})`);
+      });
+      if (rule.approvers && rule.effect !== "review") problem(field("approvers"), "only review rules have approvers");
+      const when: ((req: PolicyRequest, ctx: RequestContext) => boolean)[] = [];
+      const c = rule.conditions ?? {};
+      try {
+        if (c.sourceCidrs) {
+          const inside = cidrMatcher(c.sourceCidrs);
+          when.push((_req, ctx) => ctx.ip !== undefined && inside(ctx.ip));
+        }
+      } catch (error) {
+        problem(field("conditions.sourceCidrs"), (error as Error).message);
+      }
+      for (const key of ["timeWindows", "exceptTimeWindows"] as const) {
+        const windows = c[key];
+        if (!windows) continue;
+        const matchers = windows.flatMap((w, k) => {
+          try {
+            if (w.timezone) checkTimeZone(w.timezone);
+            return [timeWindowMatcher(w, clock)];
+          } catch {
+            problem(field(`conditions.${key}.${k}.timezone`), `unknown time zone "${w.timezone}"`);
+            return [];
+          }
+        });
+        if (key === "timeWindows") when.push((req) => matchers.some((m) => m(req.now)));
+        else when.push((req) => !matchers.some((m) => m(req.now)));
+      }
+      if (c.notBefore) {
+        const t = Date.parse(c.notBefore);
+        when.push((req) => req.now >= t);
+      }
+      if (c.expiresAt) {
+        const t = Date.parse(c.expiresAt);
+        when.push((req) => req.now < t);
+      }
+      rules.push({
+        id: `${name}/${rule.name}`,
+        effect: rule.effect,
+        rule,
+        actionMatcher: anyOf(rule.actions),
+        ...(rule.tables ? { tables: tableMatcher(rule.tables) } : {}),
+        ...(rule.commands ? { commands: anyOf(rule.commands) } : {}),
+        when,
+        requireReason: c.requireReason === true,
+        ...(rule.effect === "review"
+          ? {
+              approvers: {
+                users: rule.approvers?.users ?? [],
+                groups: rule.approvers?.groups ?? [],
+                minApprovals: rule.approvers?.minApprovals ?? 1,
+              },
+            }
+          : {}),
+      });
+    });
+    ruleCount += rules.length;
+
+    const byAction = new Map<string, CompiledRule[]>();
+    for (const action of ACTIONS) {
+      const matching = rules.filter((r) => r.actionMatcher(action));
+      if (matching.length > 0) byAction.set(action, matching);
+    }
+    const policy: CompiledPolicy = {
+      name,
+      subject,
+      resource,
+      byAction,
+      rules,
+      mask: doc.spec.masking ?? [],
+      record: doc.spec.session?.record === true,
+      ...(doc.spec.session?.maxDuration ? { maxSessionSeconds: durationSeconds(doc.spec.session.maxDuration) } : {}),
+    };
+    const exactNames = resources.names?.every((n) => !n.includes("*")) ? resources.names : undefined;
+    if (exactNames) {
+      for (const n of exactNames) {
+        const list = byResourceName.get(n) ?? [];
+        list.push(policy);
+        byResourceName.set(n, list);
+      }
+    } else generic.push(policy);
+  });
+
+  if (problems.length > 0) throw new PolicyError(problems);
+  return { policyNames: [...names], ruleCount, byResourceName, generic };
+}
+
+const RANK: Record<Effect, number> = { allow: 1, review: 2, deny: 3 };
+
+/** The strongest applicable rule for one table (or none), before its message is written. */
+interface Outcome {
+  effect: Effect;
+  rule: CompiledRule | undefined;
+  table: string | undefined;
+  reasonMissing: boolean;
+}
+
+function messageOf(outcome: Outcome, req: PolicyRequest): string {
+  const what = `${req.action} on ${req.resource.name}${outcome.table !== undefined ? ` (table ${outcome.table})` : ""}`;
+  const rule = outcome.rule;
+  if (!rule) return `no policy allows ${what} for ${req.user}`;
+  const base =
+    rule.rule.message ??
+    (rule.effect === "deny"
+      ? `${what} is denied by policy rule ${rule.id}`
+      : rule.effect === "review"
+        ? `${what} requires approval (policy rule ${rule.id})`
+        : `${what} is allowed by policy rule ${rule.id}`);
+  return outcome.reasonMissing ? `${base}: a reason is required` : base;
+}
+
+/** Whether `rule` applies to the request for one table (or none: `table` undefined). */
+function applies(rule: CompiledRule, req: PolicyRequest, ctx: RequestContext, table: string | undefined): boolean {
+  if (rule.tables) {
+    if (table === undefined) {
+      // A statement that touches no table: table-scoped allow rules apply (nothing falls outside
+      // their scope); table-scoped deny and review rules do not (nothing falls inside theirs).
+      if (rule.effect !== "allow") return false;
+    } else if (!rule.tables(table)) return false;
+  }
+  if (rule.commands && (req.command === undefined || !rule.commands(req.command))) return false;
+  for (const condition of rule.when) if (!condition(req, ctx)) return false;
+  return true;
+}
+
+function decideOne(
+  rules: readonly (readonly CompiledRule[])[],
+  req: PolicyRequest,
+  ctx: RequestContext,
+  table: string | undefined,
+  matched: MatchedRule[] | undefined,
+): Outcome {
+  let best: Outcome | undefined;
+  for (const list of rules) {
+    for (const rule of list) {
+      if (!applies(rule, req, ctx, table)) continue;
+      const reasonMissing = rule.requireReason && !req.reason?.trim();
+      const effect: Effect = reasonMissing ? "deny" : rule.effect;
+      matched?.push({ rule: rule.id, effect, ...(table !== undefined ? { table } : {}) });
+      if (!best || RANK[effect] > RANK[best.effect]) best = { effect, rule, table, reasonMissing };
+    }
+  }
+  return best ?? { effect: "deny", rule: undefined, table, reasonMissing: false };
+}
+
+export interface EvaluateOptions {
+  /** Also list every rule that applied (`Verdict.matched`), for simulation and explanations. */
+  explain?: boolean;
+}
+
+/** Decides `req` against `policies`. */
+export function evaluate(policies: CompiledPolicies, req: PolicyRequest, options: EvaluateOptions = {}): Verdict {
+  const ctx = new RequestContext(req);
+  const applicable: CompiledPolicy[] = [];
+  const candidates = policies.byResourceName.get(req.resource.name);
+  if (candidates) for (const p of candidates) if (p.resource(req.resource) && p.subject(req, ctx)) applicable.push(p);
+  for (const p of policies.generic) if (p.resource(req.resource) && p.subject(req, ctx)) applicable.push(p);
+
+  const rules: (readonly CompiledRule[])[] = [];
+  if (KNOWN_ACTIONS.has(req.action)) {
+    for (const p of applicable) {
+      const list = p.byAction.get(req.action);
+      if (list) rules.push(list);
+    }
+  } else {
+    for (const p of applicable) rules.push(p.rules.filter((r) => r.actionMatcher(req.action)));
+  }
+
+  const matched: MatchedRule[] | undefined = options.explain ? [] : undefined;
+  const tables = req.tables ?? [];
+  let outcome = decideOne(rules, req, ctx, tables[0], matched);
+  for (let i = 1; i < tables.length && outcome.effect !== "deny"; i++) {
+    const next = decideOne(rules, req, ctx, tables[i], matched);
+    if (RANK[next.effect] > RANK[outcome.effect]) outcome = next;
+  }
+
+  const obligations: Obligations = { mask: [], record: false };
+  for (const p of applicable) {
+    for (const m of p.mask) obligations.mask.push(m);
+    if (p.record) obligations.record = true;
+    if (p.maxSessionSeconds !== undefined) {
+      obligations.maxSessionSeconds = Math.min(obligations.maxSessionSeconds ?? Infinity, p.maxSessionSeconds);
+    }
+  }
+  if (outcome.effect === "review" && outcome.rule?.approvers) obligations.approvers = outcome.rule.approvers;
+
+  return new LazyVerdict(outcome, req, obligations, matched ?? []);
+}
+
+/** A verdict whose message is written only when read (an allowed query never needs one). */
+class LazyVerdict implements Verdict {
+  readonly effect: Effect;
+  readonly rule: string;
+  private text: string | undefined;
+  constructor(
+    private readonly outcome: Outcome,
+    private readonly req: PolicyRequest,
+    readonly obligations: Obligations,
+    readonly matched: MatchedRule[],
+  ) {
+    this.effect = outcome.effect;
+    this.rule = outcome.rule?.id ?? "";
+  }
+  get message(): string {
+    return (this.text ??= messageOf(this.outcome, this.req));
+  }
+  toJSON() {
+    return {
+      effect: this.effect,
+      rule: this.rule,
+      message: this.message,
+      obligations: this.obligations,
+      matched: this.matched,
+    };
+  }
+}
