@@ -1,0 +1,199 @@
+/**
+ * The composition root of `moat`: builds the commander program, wires config, API client and output
+ * into the command modules, and turns every outcome into an exit status. `run` takes argv and an
+ * injectable `CliIo`, so tests drive the real CLI in-process; `main.ts` only binds it to the process.
+ */
+import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { createApiClient } from "./api-client.js";
+import { registerAgentCommands } from "./commands/agents.js";
+import { registerResourceCommands } from "./commands/resources.js";
+import { registerSessionCommands } from "./commands/session.js";
+import { registerStatusCommand } from "./commands/status.js";
+import type { CommandContext, GlobalOptions } from "./context.js";
+import { configPath, isExposed, readConfig, resolveConnection } from "./credentials.js";
+import { CliError, CliErrorCode, ExitCode, notLoggedIn } from "./errors.js";
+import type { CliIo } from "./io.js";
+import { createOutput } from "./output.js";
+import { VERSION } from "./version.js";
+
+/** Seconds to wait for each API call unless `--timeout` says otherwise. */
+export const DEFAULT_TIMEOUT_SECONDS = 10;
+
+const HELP_FOOTER = `
+Configuration:
+  The server URL and API key are stored by \`moat login\` in $MOAT_CONFIG, else
+  $XDG_CONFIG_HOME/moat/config.json, else ~/.config/moat/config.json (mode 0600).
+  MOAT_SERVER and MOAT_API_KEY override the file; --server overrides MOAT_SERVER.
+
+Exit status:
+  0 ok, 1 other failure, 2 usage error or invalid input, 3 not logged in or key
+  rejected, 4 permission denied, 5 not found, 6 conflict, 7 control plane unreachable.
+
+See docs/cli.md for the full reference.`;
+
+function parseTimeout(value: string): number {
+  const seconds = Number(value);
+  if (!Number.isFinite(seconds) || seconds <= 0)
+    throw new InvalidArgumentError("expected a positive number of seconds");
+  return Math.round(seconds * 1000);
+}
+
+function createContext(io: CliIo): CommandContext {
+  const globals = (command: Command): GlobalOptions => {
+    const options = command.optsWithGlobals<Partial<GlobalOptions>>();
+    return { ...options, timeout: options.timeout ?? DEFAULT_TIMEOUT_SECONDS * 1000 };
+  };
+  const output = (command: Command) =>
+    createOutput({
+      stdout: io.stdout,
+      stderr: io.stderr,
+      json: globals(command).json === true,
+      ...(io.now ? { now: io.now } : {}),
+    });
+  const path = () => configPath(io.env);
+  const client = (server: string, apiKey: string | undefined, command: Command) =>
+    createApiClient({
+      server,
+      ...(apiKey ? { apiKey } : {}),
+      timeoutMs: globals(command).timeout,
+      ...(io.fetch ? { fetch: io.fetch } : {}),
+    });
+
+  return {
+    io,
+    globals,
+    output,
+    configPath: path,
+    client,
+    connect(command, options = {}) {
+      const file = path();
+      const stored = readConfig(file);
+      const out = output(command);
+      const connection = resolveConnection({
+        ...(globals(command).server ? { flagServer: globals(command).server } : {}),
+        env: io.env,
+        stored,
+      });
+      if (!connection.server) throw notLoggedIn();
+      const requireKey = options.requireKey ?? true;
+      if (requireKey && !connection.apiKey) {
+        throw notLoggedIn(
+          connection.server,
+          connection.storedServer
+            ? `the stored API key belongs to ${connection.storedServer} and is not sent to other servers`
+            : undefined,
+        );
+      }
+      if (connection.keySource === "config" && isExposed(file)) {
+        out.note(`warning: ${file} holds your API key and other users can read it: run \`chmod 600 ${file}\``);
+      }
+      return {
+        out,
+        client: client(connection.server, connection.apiKey, command),
+        server: connection.server,
+        connection,
+      };
+    },
+  };
+}
+
+/** Builds a fresh program (commander keeps parse state, so one per invocation). */
+export function buildProgram(io: CliIo): Command {
+  const program = new Command("moat");
+  program
+    .description("Command-line client of the Moat control plane")
+    .version(VERSION, "-V, --version", "print the version of moat")
+    .addOption(new Option("--server <url>", "control plane URL (default: $MOAT_SERVER, then the config file)"))
+    .option("--json", "print machine-readable JSON (errors as problem JSON on stderr)")
+    .addOption(
+      new Option(
+        "--timeout <seconds>",
+        `seconds to wait for each request (default: ${DEFAULT_TIMEOUT_SECONDS})`,
+      ).argParser(parseTimeout),
+    )
+    .showSuggestionAfterError(true)
+    .configureOutput({
+      writeOut: (text) => void io.stdout.write(text),
+      writeErr: (text) => void io.stderr.write(text),
+      // Parse errors are rendered by `run` like every other error (text or problem JSON).
+      outputError: () => undefined,
+    })
+    .exitOverride()
+    .addHelpText("after", HELP_FOOTER);
+
+  const context = createContext(io);
+  registerSessionCommands(program, context);
+  registerStatusCommand(program, context);
+  registerAgentCommands(program, context);
+  registerResourceCommands(program, context);
+  return program;
+}
+
+// Commander's own message prefix; the CLI prints "moat: <detail> (<code>)" instead.
+const commanderPrefix = /^error:\s*/;
+
+function toCliError(error: unknown): CliError {
+  if (error instanceof CliError) return error;
+  if (error instanceof CommanderError) {
+    return new CliError(
+      CliErrorCode.usage,
+      error.message
+        .replace(commanderPrefix, "")
+        .replace(/\s*\n\s*/g, " ")
+        .trim(),
+      {
+        hint: "run `moat --help`, or `moat COMMAND --help`",
+      },
+    );
+  }
+  // A bug, not a user error: keep the message, and the stack for MOAT_DEBUG.
+  return new CliError("internal", error instanceof Error ? error.message : String(error), { cause: error });
+}
+
+// eslint-disable-next-line no-control-regex
+const unsafe = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
+
+/** Prints an error to stderr, as one problem JSON line with `--json`, else as `moat: detail (code)`. */
+export function reportError(error: CliError, io: Pick<CliIo, "stderr" | "env">, json: boolean): void {
+  if (json) {
+    io.stderr.write(`${JSON.stringify(error.toProblem())}\n`);
+    return;
+  }
+  const lines = [`moat: ${error.message.replace(unsafe, "?")} (${error.code})`];
+  const seen = new Set<string>();
+  for (const field of error.fields) {
+    // Ajv repeats a message once per union member ("must be equal to constant" x4): show it once.
+    const line = `  ${field.field}: ${field.message}`.replace(unsafe, "?");
+    if (!seen.has(line)) lines.push(line);
+    seen.add(line);
+  }
+  if (error.hint) lines.push(`  hint: ${error.hint}`);
+  if (error.code === "internal" && io.env.MOAT_DEBUG && error.cause instanceof Error && error.cause.stack)
+    lines.push(error.cause.stack);
+  io.stderr.write(`${lines.join("\n")}\n`);
+}
+
+/**
+ * Runs `moat` with `argv` (without the node and script paths) and returns the exit status.
+ * Never throws and never calls process.exit.
+ */
+export async function run(argv: readonly string[], io: CliIo): Promise<number> {
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+    return ExitCode.ok;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // --help and --version end parsing with exit code 0; a bare `moat agents` printed its help to stderr.
+      if (error.exitCode === 0) return ExitCode.ok;
+      if (error.code === "commander.help") return ExitCode.usage;
+    }
+    const end = argv.indexOf("--");
+    const json =
+      (program.opts<Partial<GlobalOptions>>().json ?? false) ||
+      (end < 0 ? argv : argv.slice(0, end)).includes("--json");
+    const cliError = toCliError(error);
+    reportError(cliError, io, json);
+    return cliError.exitCode;
+  }
+}
