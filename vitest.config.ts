@@ -12,7 +12,7 @@ export default defineConfig({
       { extends: true, test: { name: "packages", include: ["packages/*/src/**/*.test.ts"] } },
       {
         extends: true,
-        test: { name: "apps", include: ["apps/*/src/**/*.test.ts"], testTimeout: 30_000, hookTimeout: 60_000 },
+        test: { name: "apps", include: ["apps/*/src/**/*.test.ts"], testTimeout: 30_000, hookTimeout: 120_000 },
       },
       `${root}test`,
     ],
