@@ -49,6 +49,24 @@ export const ControlPlaneConfigSchema = Type.Object(
       },
       { ...strict, default: {} },
     ),
+    bundles: Type.Object(
+      {
+        /** An agent that has heard nothing for this long stops trusting its bundle and denies everything. */
+        validitySeconds: Type.Integer({ minimum: 60, default: 24 * 3600 }),
+      },
+      { ...strict, default: {} },
+    ),
+    tokens: Type.Object(
+      {
+        /** `iss` of access tokens; agents require it. */
+        issuer: Type.String({ minLength: 1, default: "moat" }),
+        /** `aud` of access tokens; agents require it. */
+        audience: Type.String({ minLength: 1, default: "moat-agents" }),
+        /** Lifetime of an access token. */
+        ttlSeconds: Type.Integer({ minimum: 60, maximum: 24 * 3600, default: 900 }),
+      },
+      { ...strict, default: {} },
+    ),
     enrolment: Type.Object(
       {
         /** How long a new enrolment token stays valid. */
@@ -103,6 +121,7 @@ export const ENV_OVERRIDES: EnvOverride[] = [
   { variable: "MOAT_BOOTSTRAP_ADMIN_KEY_FILE", path: "bootstrap.adminKeyFile", type: "string" },
   { variable: "MOAT_LOCAL_AGENT", path: "localAgent.enabled", type: "boolean" },
   { variable: "MOAT_REPLICA_ID", path: "replicaId", type: "string" },
+  { variable: "MOAT_BUNDLE_VALIDITY_SECONDS", path: "bundles.validitySeconds", type: "number" },
 ];
 
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);

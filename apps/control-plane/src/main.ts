@@ -81,7 +81,10 @@ async function main(): Promise<void> {
     return;
   }
 
-  const cp = await startControlPlane(config);
+  const cp = await startControlPlane(
+    config,
+    process.env.MOAT_MASTER_KEY ? { masterKey: process.env.MOAT_MASTER_KEY } : {},
+  );
   const ipc = typeof process.send === "function";
 
   if (ipc) {

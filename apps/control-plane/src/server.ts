@@ -12,7 +12,10 @@ import type { ControlPlaneConfig } from "./config.js";
 import { createAgentChannel, type AgentChannel } from "./grpc/server.js";
 import { buildHttpApp } from "./http/app.js";
 import { createMetrics } from "./metrics.js";
+import { createKeyring, loadMasterKey } from "./keys.js";
 import { createAgentService, type AgentService } from "./services/agents.js";
+import { createBundleService } from "./services/bundles.js";
+import { createPolicyService, type PolicyService } from "./services/policies.js";
 import { createIdentityService } from "./services/identity.js";
 import { openStore, type Store } from "./store/index.js";
 import { loadOrCreateTlsMaterial, serverNames } from "./tls.js";
@@ -24,6 +27,7 @@ export interface RunningControlPlane {
   store: Store;
   bus: EventBus;
   agents: AgentService;
+  policies: PolicyService;
   channel: AgentChannel;
   /** Base URL of the REST API, e.g. http://127.0.0.1:7070 */
   httpUrl: string;
@@ -52,7 +56,11 @@ function formatHostPort(host: string, port: number): string {
 
 export async function startControlPlane(
   config: ControlPlaneConfig,
-  options: { logger?: Logger } = {},
+  options: {
+    logger?: Logger;
+    /** Base64 master key (MOAT_MASTER_KEY), the same on every replica; default: <dataDir>/master.key. */
+    masterKey?: string;
+  } = {},
 ): Promise<RunningControlPlane> {
   const logger = options.logger ?? createLogger({ name: "moat-control-plane", level: config.logLevel });
   const now = () => new Date();
@@ -94,9 +102,22 @@ export async function startControlPlane(
     enrolmentTtlMs: config.enrolment.tokenTtlSeconds * 1000,
     staleAfterMs: config.grpc.heartbeatSeconds * 3 * 1000,
   });
+  const keyring = createKeyring({ store, masterKey: loadMasterKey(config.dataDir, options.masterKey) });
+  const policies = createPolicyService({ store, bus });
+  const bundles = createBundleService({
+    store,
+    policies,
+    keyring,
+    now,
+    validitySeconds: config.bundles.validitySeconds,
+    tokenIssuer: config.tokens.issuer,
+    tokenAudience: config.tokens.audience,
+  });
   const channel = createAgentChannel({
     logger: logger.child({ module: "agent-channel" }),
     agents,
+    bundles,
+    bundleRefreshMs: Math.max(10_000, (config.bundles.validitySeconds * 1000) / 3),
     store,
     bus,
     metrics,
@@ -131,6 +152,7 @@ export async function startControlPlane(
     store,
     identity,
     agents,
+    policies,
     metrics,
     isReady: () => ready,
     version: VERSION,
@@ -154,6 +176,7 @@ export async function startControlPlane(
     store,
     bus,
     agents,
+    policies,
     channel,
     httpUrl,
     grpcAddress,

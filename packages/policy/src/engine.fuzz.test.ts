@@ -117,7 +117,7 @@ function reference(docs: PolicyDocument[], q: PolicyRequest): Effect {
 }
 
 describe("engine vs reference", () => {
-  it("agrees on 20 000 random requests over 200 random policy sets", () => {
+  it("agrees on 20 000 random requests over 200 random policy sets", { timeout: 60_000 }, () => {
     const r = rng(42);
     let decided = 0;
     for (let set = 0; set < 200; set++) {
@@ -150,33 +150,37 @@ describe("engine vs reference", () => {
 });
 
 describe("parser robustness", () => {
-  it("mutated documents produce a PolicyError or a valid policy set, never another exception", async () => {
-    const { readFileSync, readdirSync } = await import("node:fs");
-    const { join } = await import("node:path");
-    const { parsePolicyText, PolicyError } = await import("./index.js");
-    const dir = join(import.meta.dirname, "..", "..", "..", "examples", "policies");
-    const texts = readdirSync(dir).map((f) => readFileSync(join(dir, f), "utf8"));
-    const r = rng(7);
-    const alphabet = ":-[]{}'\"\n #*&!|>%@`\\\t0aZ";
-    let errors = 0;
-    for (let i = 0; i < 3000; i++) {
-      let text = pick(r, texts);
-      for (let m = 0; m < 1 + Math.floor(r() * 4); m++) {
-        const at = Math.floor(r() * text.length);
-        const op = r();
-        if (op < 0.4) text = text.slice(0, at) + text.slice(at + 1 + Math.floor(r() * 5));
-        else if (op < 0.8) text = text.slice(0, at) + pick(r, [...alphabet]) + text.slice(at);
-        else text = text.slice(0, at);
+  it(
+    "mutated documents produce a PolicyError or a valid policy set, never another exception",
+    { timeout: 60_000 },
+    async () => {
+      const { readFileSync, readdirSync } = await import("node:fs");
+      const { join } = await import("node:path");
+      const { parsePolicyText, PolicyError } = await import("./index.js");
+      const dir = join(import.meta.dirname, "..", "..", "..", "examples", "policies");
+      const texts = readdirSync(dir).map((f) => readFileSync(join(dir, f), "utf8"));
+      const r = rng(7);
+      const alphabet = ":-[]{}'\"\n #*&!|>%@`\\\t0aZ";
+      let errors = 0;
+      for (let i = 0; i < 3000; i++) {
+        let text = pick(r, texts);
+        for (let m = 0; m < 1 + Math.floor(r() * 4); m++) {
+          const at = Math.floor(r() * text.length);
+          const op = r();
+          if (op < 0.4) text = text.slice(0, at) + text.slice(at + 1 + Math.floor(r() * 5));
+          else if (op < 0.8) text = text.slice(0, at) + pick(r, [...alphabet]) + text.slice(at);
+          else text = text.slice(0, at);
+        }
+        try {
+          compilePolicies(parsePolicyText(text));
+        } catch (error) {
+          if (!(error instanceof PolicyError))
+            throw new Error(`unexpected ${(error as Error).name}: ${(error as Error).message}\n---\n${text}`);
+          expect(error.problems.length).toBeGreaterThan(0);
+          errors++;
+        }
       }
-      try {
-        compilePolicies(parsePolicyText(text));
-      } catch (error) {
-        if (!(error instanceof PolicyError))
-          throw new Error(`unexpected ${(error as Error).name}: ${(error as Error).message}\n---\n${text}`);
-        expect(error.problems.length).toBeGreaterThan(0);
-        errors++;
-      }
-    }
-    expect(errors).toBeGreaterThan(100);
-  });
+      expect(errors).toBeGreaterThan(100);
+    },
+  );
 });

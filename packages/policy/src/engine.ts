@@ -182,15 +182,7 @@ export function compilePolicies(
       return false;
     };
 
-    const nameMatcher = resources.names ? anyOf(resources.names) : undefined;
-    const types = resources.types ? new Set<string>(resources.types) : undefined;
-    const labels = resources.labels
-      ? Object.entries(resources.labels).map(([k, v]) => [k, globMatcher(v)] as const)
-      : [];
-    const resource = (res: PolicyRequest["resource"]) =>
-      (!nameMatcher || nameMatcher(res.name)) &&
-      (!types || types.has(res.type)) &&
-      labels.every(([k, m]) => res.labels[k] !== undefined && m(res.labels[k] as string));
+    const resource = resourceMatcher(resources);
 
     const ruleNames = new Set<string>();
     const rules: CompiledRule[] = [];
@@ -286,6 +278,23 @@ export function compilePolicies(
 
   if (problems.length > 0) throw new PolicyError(problems);
   return { policyNames: [...names], ruleCount, byResourceName, generic };
+}
+
+/** A resource as policies see it. */
+export type PolicyResource = PolicyRequest["resource"];
+
+/**
+ * Whether a policy's `spec.resources` selects `resource` (every given criterion must hold). Used
+ * by the evaluator and by the control plane to put in an agent's bundle only what concerns it.
+ */
+export function resourceMatcher(selector: PolicyDocument["spec"]["resources"]): (resource: PolicyResource) => boolean {
+  const nameMatcher = selector.names ? anyOf(selector.names) : undefined;
+  const types = selector.types ? new Set<string>(selector.types) : undefined;
+  const labels = selector.labels ? Object.entries(selector.labels).map(([k, v]) => [k, globMatcher(v)] as const) : [];
+  return (res) =>
+    (!nameMatcher || nameMatcher(res.name)) &&
+    (!types || types.has(res.type)) &&
+    labels.every(([k, m]) => res.labels[k] !== undefined && m(res.labels[k] as string));
 }
 
 const RANK: Record<Effect, number> = { allow: 1, review: 2, deny: 3 };

@@ -22,11 +22,13 @@ import * as grpc from "@grpc/grpc-js";
 import type { EventBus } from "../bus.js";
 import type { ControlPlaneMetrics } from "../metrics.js";
 import type { AgentService } from "../services/agents.js";
+import type { BundleService } from "../services/bundles.js";
 import type { ResourceInput, ResourceType, Store } from "../store/index.js";
 
 export interface AgentChannelDeps {
   logger: Logger;
   agents: AgentService;
+  bundles: BundleService;
   store: Pick<Store, "agents" | "resources">;
   bus: Pick<EventBus, "subscribe">;
   metrics: ControlPlaneMetrics;
@@ -36,6 +38,8 @@ export interface AgentChannelDeps {
   maxMessageBytes: number;
   /** How long a new stream may take to send its Hello. */
   helloTimeoutMs?: number;
+  /** Connected agents get a freshly signed bundle this often, so theirs never expires while connected. */
+  bundleRefreshMs: number;
 }
 
 type DuplexCall = grpc.ServerDuplexStream<ConnectRequest, ConnectResponse>;
@@ -129,6 +133,28 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
   deps.bus.subscribe("agent.revoked", ({ agentId, reason }) => {
     sessions.get(agentId)?.close(grpc.status.PERMISSION_DENIED, `agent revoked: ${reason}`);
   });
+
+  /** Builds, signs and sends the agent's current bundle on its live stream. */
+  async function pushBundle(session: LiveSession): Promise<void> {
+    try {
+      const { signed, version, policies } = await deps.bundles.build(session.agentId);
+      if (sessions.get(session.agentId) !== session) return;
+      session.call.write(create(ConnectResponseSchema, { kind: { case: "bundle", value: signed } }));
+      logger.debug({ agentId: session.agentId, version: version.toString(), policies }, "bundle sent");
+    } catch (error) {
+      logger.error({ err: error, agentId: session.agentId }, "could not build the agent's bundle");
+    }
+  }
+
+  deps.bus.subscribe("bundle.changed", async ({ agentIds }) => {
+    const targets = agentIds === "*" ? [...sessions.values()] : agentIds.flatMap((id) => sessions.get(id) ?? []);
+    await Promise.all(targets.map(pushBundle));
+  });
+
+  const refreshTimer = setInterval(() => {
+    for (const session of sessions.values()) void pushBundle(session);
+  }, deps.bundleRefreshMs);
+  refreshTimer.unref();
 
   function enrol(call: grpc.ServerUnaryCall<EnrolRequest, EnrolResponse>, callback: grpc.sendUnaryData<EnrolResponse>) {
     const request = call.request;
@@ -288,6 +314,7 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
           send(create(ConnectResponseSchema, { kind: { case: "resourceRejected", value: r } }));
         }
         armLiveness();
+        await pushBundle(session);
         return;
       }
       armLiveness();
@@ -304,8 +331,10 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
           );
           return;
         case "bundleAck":
-          if (kind.value.applied) await store.agents.setBundleVersion(agentId, kind.value.version);
-          else
+          if (kind.value.applied) {
+            await store.agents.setBundleVersion(agentId, kind.value.version);
+            logger.info({ agentId, version: kind.value.version.toString() }, "agent enforces bundle");
+          } else
             logger.warn(
               { agentId, version: kind.value.version.toString(), error: kind.value.error },
               "agent rejected a bundle",
@@ -340,6 +369,7 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
       return true;
     },
     closeAll(details) {
+      clearInterval(refreshTimer);
       for (const session of [...sessions.values()]) session.close(grpc.status.UNAVAILABLE, details);
     },
   };

@@ -1,63 +1,21 @@
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createLogger, generateSecret, randomId, SecretKind } from "@moat/common";
-import { tempDir } from "@moat/testkit";
-import { createInProcessBus } from "../bus.js";
-import { createMetrics } from "../metrics.js";
-import { createAgentService } from "../services/agents.js";
-import { createIdentityService } from "../services/identity.js";
-import { openStore, ROLES, type Role, type Store } from "../store/index.js";
-import { buildHttpApp } from "./app.js";
+import { generateSecret, randomId, SecretKind } from "@moat/common";
+import { ROLES, type Role, type Store } from "../store/index.js";
+import { createTestApp, type TestApp } from "../test-support/app.js";
 
+let t: TestApp;
 let store: Store;
-let app: Awaited<ReturnType<typeof buildHttpApp>>;
-const keys = {} as Record<Role, string>;
-
-async function addUser(role: Role): Promise<string> {
-  const user = await store.users.create({
-    id: randomId(),
-    email: `${role}-${randomId(4)}@example.com`,
-    displayName: role,
-    role,
-  });
-  const key = generateSecret(SecretKind.apiKey);
-  await store.apiKeys.create({ id: key.id, name: "test", hash: key.hash, userId: user.id });
-  return key.value;
-}
+let app: TestApp["app"];
+let keys: TestApp["keys"];
 
 beforeAll(async () => {
-  store = await openStore(`file:${join(tempDir(), "moat.db")}`);
-  const now = () => new Date();
-  const bus = createInProcessBus(() => undefined);
-  const identity = createIdentityService({ store, now });
-  const agents = createAgentService({
-    store,
-    bus,
-    now,
-    endpoint: () => "127.0.0.1:7071",
-    caFingerprint: "a".repeat(64),
-    enrolmentTtlMs: 60_000,
-    staleAfterMs: 30_000,
-  });
-  app = await buildHttpApp({
-    logger: createLogger({ name: "test", level: "silent" }),
-    store,
-    identity,
-    agents,
-    metrics: createMetrics({ defaultMetrics: false }),
-    isReady: () => true,
-    version: "0.0.0-test",
-    replicaId: "test",
-  });
-  for (const role of ROLES) keys[role] = await addUser(role);
+  t = await createTestApp();
+  ({ store, app, keys } = t);
 });
 
-afterAll(async () => {
-  await app?.close();
-  await store?.close();
-});
+afterAll(async () => t?.close());
 
-const auth = (role: Role) => ({ authorization: `Bearer ${keys[role]}` });
+const auth = (role: Role) => t.auth(role);
 
 describe("REST errors are problem+json with stable codes", () => {
   it("unknown route: 404 not_found", async () => {
@@ -208,7 +166,7 @@ describe("agents API", () => {
 
 describe("route x role matrix", () => {
   // Every /api route and who may call it. A new route must be added here (the last test checks).
-  const matrix: { method: string; url: string; allowed: Role[]; payload?: object }[] = [
+  const matrix: { method: string; url: string; allowed: Role[]; payload?: object | ((role: Role) => object) }[] = [
     { method: "GET", url: "/api/v1/whoami", allowed: ["admin", "auditor", "reviewer", "member"] },
     { method: "GET", url: "/api/v1/status", allowed: ["admin", "auditor", "reviewer", "member"] },
     { method: "GET", url: "/api/v1/agents", allowed: ["admin", "auditor"] },
@@ -217,14 +175,26 @@ describe("route x role matrix", () => {
     { method: "POST", url: "/api/v1/agents/:id/enrolment-token", allowed: ["admin"] },
     { method: "DELETE", url: "/api/v1/agents/:id", allowed: ["admin"] },
     { method: "GET", url: "/api/v1/resources", allowed: ["admin", "auditor", "reviewer", "member"] },
+    { method: "GET", url: "/api/v1/policies", allowed: ["admin", "auditor", "reviewer"] },
+    { method: "GET", url: "/api/v1/policies/:name", allowed: ["admin", "auditor", "reviewer"] },
+    { method: "PUT", url: "/api/v1/policies/:name", allowed: ["admin"], payload: {} },
+    { method: "DELETE", url: "/api/v1/policies/:name", allowed: ["admin"] },
+    { method: "POST", url: "/api/v1/policies/apply", allowed: ["admin"], payload: { documents: [], dryRun: true } },
+    {
+      method: "POST",
+      url: "/api/v1/policies/simulate",
+      allowed: ["admin", "auditor", "reviewer", "member"],
+      payload: (role: Role) => ({ user: t.emails[role], resource: "nope", action: "connect" }),
+    },
   ];
 
   for (const route of matrix) {
     for (const role of ROLES) {
       const allowed = route.allowed.includes(role);
       it(`${route.method} ${route.url} as ${role}: ${allowed ? "allowed" : "403"}`, async () => {
-        const url = route.url.replace(":id", "does-not-exist");
-        const payload = route.payload ? { ...route.payload, name: `m-${randomId(6)}` } : undefined;
+        const url = route.url.replace(":id", "does-not-exist").replace(":name", "does-not-exist");
+        const given = typeof route.payload === "function" ? route.payload(role) : route.payload;
+        const payload = given && route.url === "/api/v1/agents" ? { ...given, name: `m-${randomId(6)}` } : given;
         const res = await app.inject({
           method: route.method as "GET",
           url,

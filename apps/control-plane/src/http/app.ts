@@ -10,12 +10,14 @@ import type { Logger } from "@moat/common";
 import Fastify, { LogController } from "fastify";
 import type { ControlPlaneMetrics } from "../metrics.js";
 import type { AgentService } from "../services/agents.js";
+import type { PolicyService } from "../services/policies.js";
 import type { IdentityService, Principal } from "../services/identity.js";
 import type { Role, Store } from "../store/index.js";
 import { problem, toAppError } from "./problem.js";
 import { agentRoutes } from "./routes/agents.js";
 import { healthRoutes } from "./routes/health.js";
 import { metaRoutes } from "./routes/meta.js";
+import { policyRoutes } from "./routes/policies.js";
 import { resourceRoutes } from "./routes/resources.js";
 
 /** Who may call a route: roles, or "public" for unauthenticated probes and documents. */
@@ -35,6 +37,7 @@ export interface HttpDeps {
   store: Pick<Store, "ping" | "provider" | "resources">;
   identity: IdentityService;
   agents: AgentService;
+  policies: PolicyService;
   metrics: ControlPlaneMetrics;
   /** Whether the rest of the process (gRPC listener) is up; feeds /readyz. */
   isReady: () => boolean;
@@ -126,5 +129,6 @@ export async function buildHttpApp(deps: HttpDeps) {
   await app.register(metaRoutes, { deps });
   await app.register(agentRoutes, { deps });
   await app.register(resourceRoutes, { deps });
+  await app.register(policyRoutes, { deps });
   return app;
 }

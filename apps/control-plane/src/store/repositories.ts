@@ -49,6 +49,26 @@ export interface AgentRecord {
 
 export type ResourceType = "postgres" | "ssh" | "kubernetes" | "http";
 
+export interface PolicyRecord {
+  id: string;
+  name: string;
+  document: string;
+  revision: bigint;
+  updatedBy: string;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export interface SigningKeyRecord {
+  id: string;
+  use: string;
+  algorithm: string;
+  publicJwk: string;
+  privateKeyEnc: string;
+  createdAt: Date;
+  retiredAt: Date | null;
+}
+
 export interface ResourceRecord {
   id: string;
   name: string;
@@ -239,7 +259,61 @@ export function createRepositories(db: PrismaClient) {
     },
   };
 
-  return { users, apiKeys, agents, resources, settings };
+  const policies = {
+    list: (): Promise<PolicyRecord[]> => db.policy.findMany({ orderBy: { name: "asc" } }),
+    findByName: async (name: string): Promise<PolicyRecord | undefined> =>
+      (await db.policy.findUnique({ where: { name } })) ?? undefined,
+    /**
+     * Applies a set of changes atomically and bumps the policy revision once; returns the new
+     * revision. Documents are canonical JSON, validated by the caller.
+     */
+    change: async (
+      changes: { upsert: { name: string; document: string }[]; remove: string[] },
+      by: string,
+      newId: () => string,
+    ): Promise<bigint> =>
+      db.$transaction(async (tx) => {
+        const counter = await tx.counter.upsert({
+          where: { name: "policy.revision" },
+          create: { name: "policy.revision", value: 1n },
+          update: { value: { increment: 1n } },
+        });
+        const revision = counter.value;
+        for (const p of changes.upsert) {
+          await tx.policy.upsert({
+            where: { name: p.name },
+            create: { id: newId(), name: p.name, document: p.document, revision, updatedBy: by },
+            update: { document: p.document, revision, updatedBy: by },
+          });
+        }
+        if (changes.remove.length > 0) await tx.policy.deleteMany({ where: { name: { in: changes.remove } } });
+        return revision;
+      }),
+  };
+
+  const counters = {
+    get: async (name: string): Promise<bigint> => (await db.counter.findUnique({ where: { name } }))?.value ?? 0n,
+    /** Atomically increments and returns the new value. */
+    increment: async (name: string): Promise<bigint> =>
+      (
+        await db.counter.upsert({
+          where: { name },
+          create: { name, value: 1n },
+          update: { value: { increment: 1n } },
+        })
+      ).value,
+  };
+
+  const signingKeys = {
+    listActive: (use: string): Promise<SigningKeyRecord[]> =>
+      db.signingKey.findMany({ where: { use, retiredAt: null }, orderBy: { createdAt: "asc" } }),
+    listAll: (use: string): Promise<SigningKeyRecord[]> =>
+      db.signingKey.findMany({ where: { use }, orderBy: { createdAt: "asc" } }),
+    create: (input: Omit<SigningKeyRecord, "createdAt" | "retiredAt">): Promise<SigningKeyRecord> =>
+      db.signingKey.create({ data: input }),
+  };
+
+  return { users, apiKeys, agents, resources, settings, policies, counters, signingKeys };
 }
 
 export type Repositories = ReturnType<typeof createRepositories>;

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file moat/v1/agent.proto.
  */
 export const file_moat_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChNtb2F0L3YxL2FnZW50LnByb3RvEgdtb2F0LnYxIlAKDEVucm9sUmVxdWVzdBIXCg9lbnJvbG1lbnRfdG9rZW4YASABKAkSFQoNYWdlbnRfdmVyc2lvbhgCIAEoCRIQCghob3N0bmFtZRgDIAEoCSJJCg1FbnJvbFJlc3BvbnNlEhAKCGFnZW50X2lkGAEgASgJEhIKCmFnZW50X25hbWUYAiABKAkSEgoKY3JlZGVudGlhbBgDIAEoCSKeAgoOQ29ubmVjdFJlcXVlc3QSHwoFaGVsbG8YASABKAsyDi5tb2F0LnYxLkhlbGxvSAASJwoJaGVhcnRiZWF0GAIgASgLMhIubW9hdC52MS5IZWFydGJlYXRIABIoCgpidW5kbGVfYWNrGAMgASgLMhIubW9hdC52MS5CdW5kbGVBY2tIABIqCgthdWRpdF9iYXRjaBgEIAEoCzITLm1vYXQudjEuQXVkaXRCYXRjaEgAEjQKEGFwcHJvdmFsX3JlcXVlc3QYBSABKAsyGC5tb2F0LnYxLkFwcHJvdmFsUmVxdWVzdEgAEi4KDXNlc3Npb25fZW5kZWQYBiABKAsyFS5tb2F0LnYxLlNlc3Npb25FbmRlZEgAQgYKBGtpbmQikgEKBUhlbGxvEhUKDWFnZW50X3ZlcnNpb24YASABKAkSEAoIaG9zdG5hbWUYAiABKAkSMAoJcmVzb3VyY2VzGAMgAygLMh0ubW9hdC52MS5SZXNvdXJjZUFubm91bmNlbWVudBIWCg5idW5kbGVfdmVyc2lvbhgEIAEoBBIWCg5hdWRpdF9sYXN0X3NlcRgFIAEoBCIjCgVMYWJlbBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkilgEKFFJlc291cmNlQW5ub3VuY2VtZW50EgwKBG5hbWUYASABKAkSIwoEdHlwZRgCIAEoDjIVLm1vYXQudjEuUmVzb3VyY2VUeXBlEh4KBmxhYmVscxgDIAMoCzIOLm1vYXQudjEuTGFiZWwSFgoObGlzdGVuX2FkZHJlc3MYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkijAEKCUhlYXJ0YmVhdBIrCgdzZW50X2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9hY3RpdmVfc2Vzc2lvbnMYAiABKA0SGQoRYXVkaXRfc3Bvb2xfYnl0ZXMYAyABKAQSHgoWYXVkaXRfdW5zaGlwcGVkX2V2ZW50cxgEIAEoBCI8CglCdW5kbGVBY2sSDwoHdmVyc2lvbhgBIAEoBBIPCgdhcHBsaWVkGAIgASgIEg0KBWVycm9yGAMgASgJIjEKCkF1ZGl0QmF0Y2gSIwoGZXZlbnRzGAEgAygLMhMubW9hdC52MS5BdWRpdEV2ZW50IrkBCg9BcHByb3ZhbFJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEgwKBHVzZXIYAyABKAkSEAoIcmVzb3VyY2UYBCABKAkSDgoGYWN0aW9uGAUgASgJEg4KBmRldGFpbBgGIAEoCRIOCgZyZWFzb24YByABKAkSLgoKZXhwaXJlc19hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMgoMU2Vzc2lvbkVuZGVkEhIKCnNlc3Npb25faWQYASABKAkSDgoGcmVhc29uGAIgASgJIo0DCg9Db25uZWN0UmVzcG9uc2USIwoHd2VsY29tZRgBIAEoCzIQLm1vYXQudjEuV2VsY29tZUgAEi4KDWhlYXJ0YmVhdF9hY2sYAiABKAsyFS5tb2F0LnYxLkhlYXJ0YmVhdEFja0gAEicKBmJ1bmRsZRgDIAEoCzIVLm1vYXQudjEuU2lnbmVkQnVuZGxlSAASJgoJYXVkaXRfYWNrGAQgASgLMhEubW9hdC52MS5BdWRpdEFja0gAEjYKEWFwcHJvdmFsX2RlY2lzaW9uGAUgASgLMhkubW9hdC52MS5BcHByb3ZhbERlY2lzaW9uSAASLAoMa2lsbF9zZXNzaW9uGAYgASgLMhQubW9hdC52MS5LaWxsU2Vzc2lvbkgAEi4KDXJldm9rZV90b2tlbnMYByABKAsyFS5tb2F0LnYxLlJldm9rZVRva2Vuc0gAEjYKEXJlc291cmNlX3JlamVjdGVkGAggASgLMhkubW9hdC52MS5SZXNvdXJjZVJlamVjdGVkSABCBgoEa2luZCKdAQoHV2VsY29tZRIQCghhZ2VudF9pZBgBIAEoCRISCgphZ2VudF9uYW1lGAIgASgJEi8KC3NlcnZlcl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgEIAEoDRIXCg9hdWRpdF9hY2tlZF9zZXEYBSABKAQiPwoMSGVhcnRiZWF0QWNrEi8KC3NlcnZlcl90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIwChBSZXNvdXJjZVJlamVjdGVkEgwKBG5hbWUYASABKAkSDgoGcmVhc29uGAIgASgJIlUKDFNpZ25lZEJ1bmRsZRIPCgdwYXlsb2FkGAEgASgMEhEKCXNpZ25hdHVyZRgCIAEoDBIOCgZrZXlfaWQYAyABKAkSEQoJYWxnb3JpdGhtGAQgASgJIuoBCgZCdW5kbGUSEAoIYWdlbnRfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoBBItCglpc3N1ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCW5vdF9hZnRlchgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoKdG9rZW5fa2V5cxgFIAMoCzIYLm1vYXQudjEuVmVyaWZpY2F0aW9uS2V5EhkKEXJldm9rZWRfdG9rZW5faWRzGAYgAygJEhYKDmRpc2FibGVkX3VzZXJzGAcgAygJIkYKD1ZlcmlmaWNhdGlvbktleRIOCgZrZXlfaWQYASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhAKCGp3a19qc29uGAMgASgJIh0KCEF1ZGl0QWNrEhEKCWFja2VkX3NlcRgBIAEoBCJ2ChBBcHByb3ZhbERlY2lzaW9uEhIKCnJlcXVlc3RfaWQYASABKAkSKQoHb3V0Y29tZRgCIAEoDjIYLm1vYXQudjEuQXBwcm92YWxPdXRjb21lEhIKCmRlY2lkZWRfYnkYAyABKAkSDwoHY29tbWVudBgEIAEoCSIxCgtLaWxsU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIwCgxSZXZva2VUb2tlbnMSEQoJdG9rZW5faWRzGAEgAygJEg0KBXVzZXJzGAIgAygJIk8KBUFjdG9yEgwKBHVzZXIYASABKAkSDgoGZ3JvdXBzGAIgAygJEhYKDnNvdXJjZV9hZGRyZXNzGAMgASgJEhAKCHRva2VuX2lkGAQgASgJIpsECgpBdWRpdEV2ZW50EgoKAmlkGAEgASgJEgsKA3NlcRgCIAEoBBIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0eXBlGAQgASgJEh0KBWFjdG9yGAUgASgLMg4ubW9hdC52MS5BY3RvchIQCghyZXNvdXJjZRgGIAEoCRISCgpzZXNzaW9uX2lkGAcgASgJEiEKB3ZlcmRpY3QYCCABKA4yEC5tb2F0LnYxLlZlcmRpY3QSDAoEcnVsZRgJIAEoCRIPCgdtZXNzYWdlGAogASgJEhYKDmJ1bmRsZV92ZXJzaW9uGAsgASgEEhEKCXByZXZfaGFzaBgMIAEoDBIuCg1zZXNzaW9uX3N0YXJ0GBQgASgLMhUubW9hdC52MS5TZXNzaW9uU3RhcnRIABIqCgtzZXNzaW9uX2VuZBgVIAEoCzITLm1vYXQudjEuU2Vzc2lvbkVuZEgAEiQKCGRiX3F1ZXJ5GBYgASgLMhAubW9hdC52MS5EYlF1ZXJ5SAASJAoIc3NoX2V4ZWMYFyABKAsyEC5tb2F0LnYxLlNzaEV4ZWNIABImCglhdWRpdF9nYXAYGCABKAsyES5tb2F0LnYxLkF1ZGl0R2FwSAASMAoOYnVuZGxlX2FwcGxpZWQYGSABKAsyFi5tb2F0LnYxLkJ1bmRsZUFwcGxpZWRIAEIICgZkZXRhaWwiagoMU2Vzc2lvblN0YXJ0EhAKCHByb3RvY29sGAEgASgJEhMKC3RhcmdldF91c2VyGAIgASgJEhcKD3RhcmdldF9kYXRhYmFzZRgDIAEoCRIaChJjbGllbnRfYXBwbGljYXRpb24YBCABKAkiMQoKU2Vzc2lvbkVuZBIOCgZyZWFzb24YASABKAkSEwoLZHVyYXRpb25fbXMYAiABKAQikAEKB0RiUXVlcnkSDAoEdGV4dBgBIAEoCRITCgtmaW5nZXJwcmludBgCIAEoCRIXCg9zdGF0ZW1lbnRfY2xhc3MYAyABKAkSDgoGdGFibGVzGAQgAygJEhMKC2R1cmF0aW9uX3VzGAUgASgEEgwKBHJvd3MYBiABKAQSFgoObWFza2VkX2NvbHVtbnMYByADKAkiLQoHU3NoRXhlYxIPCgdjb21tYW5kGAEgASgJEhEKCWV4aXRfY29kZRgCIAEoBSJPCghBdWRpdEdhcBIZChFmaXJzdF9taXNzaW5nX3NlcRgBIAEoBBIYChBsYXN0X21pc3Npbmdfc2VxGAIgASgEEg4KBnJlYXNvbhgDIAEoCSJACg1CdW5kbGVBcHBsaWVkEg8KB3ZlcnNpb24YASABKAQSDwoHYXBwbGllZBgCIAEoCBINCgVlcnJvchgDIAEoCSqWAQoMUmVzb3VyY2VUeXBlEh0KGVJFU09VUkNFX1RZUEVfVU5TUEVDSUZJRUQQABIaChZSRVNPVVJDRV9UWVBFX1BPU1RHUkVTEAESFQoRUkVTT1VSQ0VfVFlQRV9TU0gQAhIcChhSRVNPVVJDRV9UWVBFX0tVQkVSTkVURVMQAxIWChJSRVNPVVJDRV9UWVBFX0hUVFAQBCqNAQoPQXBwcm92YWxPdXRjb21lEiAKHEFQUFJPVkFMX09VVENPTUVfVU5TUEVDSUZJRUQQABIdChlBUFBST1ZBTF9PVVRDT01FX0FQUFJPVkVEEAESGwoXQVBQUk9WQUxfT1VUQ09NRV9ERU5JRUQQAhIcChhBUFBST1ZBTF9PVVRDT01FX0VYUElSRUQQAypbCgdWZXJkaWN0EhcKE1ZFUkRJQ1RfVU5TUEVDSUZJRUQQABIRCg1WRVJESUNUX0FMTE9XEAESEAoMVkVSRElDVF9ERU5ZEAISEgoOVkVSRElDVF9SRVZJRVcQAzKIAQoMQWdlbnRTZXJ2aWNlEjYKBUVucm9sEhUubW9hdC52MS5FbnJvbFJlcXVlc3QaFi5tb2F0LnYxLkVucm9sUmVzcG9uc2USQAoHQ29ubmVjdBIXLm1vYXQudjEuQ29ubmVjdFJlcXVlc3QaGC5tb2F0LnYxLkNvbm5lY3RSZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChNtb2F0L3YxL2FnZW50LnByb3RvEgdtb2F0LnYxIlAKDEVucm9sUmVxdWVzdBIXCg9lbnJvbG1lbnRfdG9rZW4YASABKAkSFQoNYWdlbnRfdmVyc2lvbhgCIAEoCRIQCghob3N0bmFtZRgDIAEoCSJ4Cg1FbnJvbFJlc3BvbnNlEhAKCGFnZW50X2lkGAEgASgJEhIKCmFnZW50X25hbWUYAiABKAkSEgoKY3JlZGVudGlhbBgDIAEoCRItCgtidW5kbGVfa2V5cxgEIAMoCzIYLm1vYXQudjEuVmVyaWZpY2F0aW9uS2V5Ip4CCg5Db25uZWN0UmVxdWVzdBIfCgVoZWxsbxgBIAEoCzIOLm1vYXQudjEuSGVsbG9IABInCgloZWFydGJlYXQYAiABKAsyEi5tb2F0LnYxLkhlYXJ0YmVhdEgAEigKCmJ1bmRsZV9hY2sYAyABKAsyEi5tb2F0LnYxLkJ1bmRsZUFja0gAEioKC2F1ZGl0X2JhdGNoGAQgASgLMhMubW9hdC52MS5BdWRpdEJhdGNoSAASNAoQYXBwcm92YWxfcmVxdWVzdBgFIAEoCzIYLm1vYXQudjEuQXBwcm92YWxSZXF1ZXN0SAASLgoNc2Vzc2lvbl9lbmRlZBgGIAEoCzIVLm1vYXQudjEuU2Vzc2lvbkVuZGVkSABCBgoEa2luZCKSAQoFSGVsbG8SFQoNYWdlbnRfdmVyc2lvbhgBIAEoCRIQCghob3N0bmFtZRgCIAEoCRIwCglyZXNvdXJjZXMYAyADKAsyHS5tb2F0LnYxLlJlc291cmNlQW5ub3VuY2VtZW50EhYKDmJ1bmRsZV92ZXJzaW9uGAQgASgEEhYKDmF1ZGl0X2xhc3Rfc2VxGAUgASgEIiMKBUxhYmVsEgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCSKWAQoUUmVzb3VyY2VBbm5vdW5jZW1lbnQSDAoEbmFtZRgBIAEoCRIjCgR0eXBlGAIgASgOMhUubW9hdC52MS5SZXNvdXJjZVR5cGUSHgoGbGFiZWxzGAMgAygLMg4ubW9hdC52MS5MYWJlbBIWCg5saXN0ZW5fYWRkcmVzcxgEIAEoCRITCgtkZXNjcmlwdGlvbhgFIAEoCSKMAQoJSGVhcnRiZWF0EisKB3NlbnRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2FjdGl2ZV9zZXNzaW9ucxgCIAEoDRIZChFhdWRpdF9zcG9vbF9ieXRlcxgDIAEoBBIeChZhdWRpdF91bnNoaXBwZWRfZXZlbnRzGAQgASgEIjwKCUJ1bmRsZUFjaxIPCgd2ZXJzaW9uGAEgASgEEg8KB2FwcGxpZWQYAiABKAgSDQoFZXJyb3IYAyABKAkiMQoKQXVkaXRCYXRjaBIjCgZldmVudHMYASADKAsyEy5tb2F0LnYxLkF1ZGl0RXZlbnQiuQEKD0FwcHJvdmFsUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDAoEdXNlchgDIAEoCRIQCghyZXNvdXJjZRgEIAEoCRIOCgZhY3Rpb24YBSABKAkSDgoGZGV0YWlsGAYgASgJEg4KBnJlYXNvbhgHIAEoCRIuCgpleHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIyCgxTZXNzaW9uRW5kZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkijQMKD0Nvbm5lY3RSZXNwb25zZRIjCgd3ZWxjb21lGAEgASgLMhAubW9hdC52MS5XZWxjb21lSAASLgoNaGVhcnRiZWF0X2FjaxgCIAEoCzIVLm1vYXQudjEuSGVhcnRiZWF0QWNrSAASJwoGYnVuZGxlGAMgASgLMhUubW9hdC52MS5TaWduZWRCdW5kbGVIABImCglhdWRpdF9hY2sYBCABKAsyES5tb2F0LnYxLkF1ZGl0QWNrSAASNgoRYXBwcm92YWxfZGVjaXNpb24YBSABKAsyGS5tb2F0LnYxLkFwcHJvdmFsRGVjaXNpb25IABIsCgxraWxsX3Nlc3Npb24YBiABKAsyFC5tb2F0LnYxLktpbGxTZXNzaW9uSAASLgoNcmV2b2tlX3Rva2VucxgHIAEoCzIVLm1vYXQudjEuUmV2b2tlVG9rZW5zSAASNgoRcmVzb3VyY2VfcmVqZWN0ZWQYCCABKAsyGS5tb2F0LnYxLlJlc291cmNlUmVqZWN0ZWRIAEIGCgRraW5kIp0BCgdXZWxjb21lEhAKCGFnZW50X2lkGAEgASgJEhIKCmFnZW50X25hbWUYAiABKAkSLwoLc2VydmVyX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiIKGmhlYXJ0YmVhdF9pbnRlcnZhbF9zZWNvbmRzGAQgASgNEhcKD2F1ZGl0X2Fja2VkX3NlcRgFIAEoBCI/CgxIZWFydGJlYXRBY2sSLwoLc2VydmVyX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjAKEFJlc291cmNlUmVqZWN0ZWQSDAoEbmFtZRgBIAEoCRIOCgZyZWFzb24YAiABKAkiVQoMU2lnbmVkQnVuZGxlEg8KB3BheWxvYWQYASABKAwSEQoJc2lnbmF0dXJlGAIgASgMEg4KBmtleV9pZBgDIAEoCRIRCglhbGdvcml0aG0YBCABKAkijQMKBkJ1bmRsZRIQCghhZ2VudF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgEEi0KCWlzc3VlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbm90X2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgp0b2tlbl9rZXlzGAUgAygLMhgubW9hdC52MS5WZXJpZmljYXRpb25LZXkSGQoRcmV2b2tlZF90b2tlbl9pZHMYBiADKAkSFgoOZGlzYWJsZWRfdXNlcnMYByADKAkSKgoJcmVzb3VyY2VzGAggAygLMhcubW9hdC52MS5CdW5kbGVSZXNvdXJjZRIYChBwb2xpY3lfZG9jdW1lbnRzGAkgAygJEi0KC2J1bmRsZV9rZXlzGAogAygLMhgubW9hdC52MS5WZXJpZmljYXRpb25LZXkSFAoMdG9rZW5faXNzdWVyGAsgASgJEhYKDnRva2VuX2F1ZGllbmNlGAwgASgJImMKDkJ1bmRsZVJlc291cmNlEgwKBG5hbWUYASABKAkSIwoEdHlwZRgCIAEoDjIVLm1vYXQudjEuUmVzb3VyY2VUeXBlEh4KBmxhYmVscxgDIAMoCzIOLm1vYXQudjEuTGFiZWwiRgoPVmVyaWZpY2F0aW9uS2V5Eg4KBmtleV9pZBgBIAEoCRIRCglhbGdvcml0aG0YAiABKAkSEAoIandrX2pzb24YAyABKAkiHQoIQXVkaXRBY2sSEQoJYWNrZWRfc2VxGAEgASgEInYKEEFwcHJvdmFsRGVjaXNpb24SEgoKcmVxdWVzdF9pZBgBIAEoCRIpCgdvdXRjb21lGAIgASgOMhgubW9hdC52MS5BcHByb3ZhbE91dGNvbWUSEgoKZGVjaWRlZF9ieRgDIAEoCRIPCgdjb21tZW50GAQgASgJIjEKC0tpbGxTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSDgoGcmVhc29uGAIgASgJIjAKDFJldm9rZVRva2VucxIRCgl0b2tlbl9pZHMYASADKAkSDQoFdXNlcnMYAiADKAkiTwoFQWN0b3ISDAoEdXNlchgBIAEoCRIOCgZncm91cHMYAiADKAkSFgoOc291cmNlX2FkZHJlc3MYAyABKAkSEAoIdG9rZW5faWQYBCABKAkimwQKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAkSCwoDc2VxGAIgASgEEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBHR5cGUYBCABKAkSHQoFYWN0b3IYBSABKAsyDi5tb2F0LnYxLkFjdG9yEhAKCHJlc291cmNlGAYgASgJEhIKCnNlc3Npb25faWQYByABKAkSIQoHdmVyZGljdBgIIAEoDjIQLm1vYXQudjEuVmVyZGljdBIMCgRydWxlGAkgASgJEg8KB21lc3NhZ2UYCiABKAkSFgoOYnVuZGxlX3ZlcnNpb24YCyABKAQSEQoJcHJldl9oYXNoGAwgASgMEi4KDXNlc3Npb25fc3RhcnQYFCABKAsyFS5tb2F0LnYxLlNlc3Npb25TdGFydEgAEioKC3Nlc3Npb25fZW5kGBUgASgLMhMubW9hdC52MS5TZXNzaW9uRW5kSAASJAoIZGJfcXVlcnkYFiABKAsyEC5tb2F0LnYxLkRiUXVlcnlIABIkCghzc2hfZXhlYxgXIAEoCzIQLm1vYXQudjEuU3NoRXhlY0gAEiYKCWF1ZGl0X2dhcBgYIAEoCzIRLm1vYXQudjEuQXVkaXRHYXBIABIwCg5idW5kbGVfYXBwbGllZBgZIAEoCzIWLm1vYXQudjEuQnVuZGxlQXBwbGllZEgAQggKBmRldGFpbCJqCgxTZXNzaW9uU3RhcnQSEAoIcHJvdG9jb2wYASABKAkSEwoLdGFyZ2V0X3VzZXIYAiABKAkSFwoPdGFyZ2V0X2RhdGFiYXNlGAMgASgJEhoKEmNsaWVudF9hcHBsaWNhdGlvbhgEIAEoCSIxCgpTZXNzaW9uRW5kEg4KBnJlYXNvbhgBIAEoCRITCgtkdXJhdGlvbl9tcxgCIAEoBCKQAQoHRGJRdWVyeRIMCgR0ZXh0GAEgASgJEhMKC2ZpbmdlcnByaW50GAIgASgJEhcKD3N0YXRlbWVudF9jbGFzcxgDIAEoCRIOCgZ0YWJsZXMYBCADKAkSEwoLZHVyYXRpb25fdXMYBSABKAQSDAoEcm93cxgGIAEoBBIWCg5tYXNrZWRfY29sdW1ucxgHIAMoCSItCgdTc2hFeGVjEg8KB2NvbW1hbmQYASABKAkSEQoJZXhpdF9jb2RlGAIgASgFIk8KCEF1ZGl0R2FwEhkKEWZpcnN0X21pc3Npbmdfc2VxGAEgASgEEhgKEGxhc3RfbWlzc2luZ19zZXEYAiABKAQSDgoGcmVhc29uGAMgASgJIkAKDUJ1bmRsZUFwcGxpZWQSDwoHdmVyc2lvbhgBIAEoBBIPCgdhcHBsaWVkGAIgASgIEg0KBWVycm9yGAMgASgJKpYBCgxSZXNvdXJjZVR5cGUSHQoZUkVTT1VSQ0VfVFlQRV9VTlNQRUNJRklFRBAAEhoKFlJFU09VUkNFX1RZUEVfUE9TVEdSRVMQARIVChFSRVNPVVJDRV9UWVBFX1NTSBACEhwKGFJFU09VUkNFX1RZUEVfS1VCRVJORVRFUxADEhYKElJFU09VUkNFX1RZUEVfSFRUUBAEKo0BCg9BcHByb3ZhbE91dGNvbWUSIAocQVBQUk9WQUxfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGUFQUFJPVkFMX09VVENPTUVfQVBQUk9WRUQQARIbChdBUFBST1ZBTF9PVVRDT01FX0RFTklFRBACEhwKGEFQUFJPVkFMX09VVENPTUVfRVhQSVJFRBADKlsKB1ZlcmRpY3QSFwoTVkVSRElDVF9VTlNQRUNJRklFRBAAEhEKDVZFUkRJQ1RfQUxMT1cQARIQCgxWRVJESUNUX0RFTlkQAhISCg5WRVJESUNUX1JFVklFVxADMogBCgxBZ2VudFNlcnZpY2USNgoFRW5yb2wSFS5tb2F0LnYxLkVucm9sUmVxdWVzdBoWLm1vYXQudjEuRW5yb2xSZXNwb25zZRJACgdDb25uZWN0EhcubW9hdC52MS5Db25uZWN0UmVxdWVzdBoYLm1vYXQudjEuQ29ubmVjdFJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message moat.v1.EnrolRequest
@@ -68,6 +68,13 @@ export type EnrolResponse = Message<"moat.v1.EnrolResponse"> & {
    * @generated from field: string credential = 3;
    */
   credential: string;
+
+  /**
+   * Keys whose signatures the agent accepts on bundles (pinned at enrolment; rotated by signed bundles).
+   *
+   * @generated from field: repeated moat.v1.VerificationKey bundle_keys = 4;
+   */
+  bundleKeys: VerificationKey[];
 };
 
 /**
@@ -566,7 +573,8 @@ export const SignedBundleSchema: GenMessage<SignedBundle> = /*@__PURE__*/
   messageDesc(file_moat_v1_agent, 15);
 
 /**
- * What one agent needs to enforce on its own. The compiled policy parts grow with the policy work.
+ * What one agent needs to enforce on its own, and nothing more: its resources, the policies that
+ * name them, the keys that verify users' access tokens, revocations.
  *
  * @generated from message moat.v1.Bundle
  */
@@ -577,6 +585,8 @@ export type Bundle = Message<"moat.v1.Bundle"> & {
   agentId: string;
 
   /**
+   * The control plane's policy revision this bundle was compiled from. Never goes backwards.
+   *
    * @generated from field: uint64 version = 2;
    */
   version: bigint;
@@ -587,6 +597,8 @@ export type Bundle = Message<"moat.v1.Bundle"> & {
   issuedAt?: Timestamp | undefined;
 
   /**
+   * After this instant the agent stops trusting the bundle and denies everything (fail closed).
+   *
    * @generated from field: google.protobuf.Timestamp not_after = 4;
    */
   notAfter?: Timestamp | undefined;
@@ -605,6 +617,38 @@ export type Bundle = Message<"moat.v1.Bundle"> & {
    * @generated from field: repeated string disabled_users = 7;
    */
   disabledUsers: string[];
+
+  /**
+   * @generated from field: repeated moat.v1.BundleResource resources = 8;
+   */
+  resources: BundleResource[];
+
+  /**
+   * Policy documents (apiVersion moat.dev/v1, kind Policy) as JSON. Their schema is the policy
+   * language's own (packages/policy), validated again by the agent before use.
+   *
+   * @generated from field: repeated string policy_documents = 9;
+   */
+  policyDocuments: string[];
+
+  /**
+   * Keys the agent accepts on future bundles (rotation: the new key arrives signed by the old one).
+   *
+   * @generated from field: repeated moat.v1.VerificationKey bundle_keys = 10;
+   */
+  bundleKeys: VerificationKey[];
+
+  /**
+   * Issuer and audience the agent requires in access tokens.
+   *
+   * @generated from field: string token_issuer = 11;
+   */
+  tokenIssuer: string;
+
+  /**
+   * @generated from field: string token_audience = 12;
+   */
+  tokenAudience: string;
 };
 
 /**
@@ -613,6 +657,33 @@ export type Bundle = Message<"moat.v1.Bundle"> & {
  */
 export const BundleSchema: GenMessage<Bundle> = /*@__PURE__*/
   messageDesc(file_moat_v1_agent, 16);
+
+/**
+ * @generated from message moat.v1.BundleResource
+ */
+export type BundleResource = Message<"moat.v1.BundleResource"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: moat.v1.ResourceType type = 2;
+   */
+  type: ResourceType;
+
+  /**
+   * @generated from field: repeated moat.v1.Label labels = 3;
+   */
+  labels: Label[];
+};
+
+/**
+ * Describes the message moat.v1.BundleResource.
+ * Use `create(BundleResourceSchema)` to create a new message.
+ */
+export const BundleResourceSchema: GenMessage<BundleResource> = /*@__PURE__*/
+  messageDesc(file_moat_v1_agent, 17);
 
 /**
  * @generated from message moat.v1.VerificationKey
@@ -641,7 +712,7 @@ export type VerificationKey = Message<"moat.v1.VerificationKey"> & {
  * Use `create(VerificationKeySchema)` to create a new message.
  */
 export const VerificationKeySchema: GenMessage<VerificationKey> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 17);
+  messageDesc(file_moat_v1_agent, 18);
 
 /**
  * @generated from message moat.v1.AuditAck
@@ -660,7 +731,7 @@ export type AuditAck = Message<"moat.v1.AuditAck"> & {
  * Use `create(AuditAckSchema)` to create a new message.
  */
 export const AuditAckSchema: GenMessage<AuditAck> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 18);
+  messageDesc(file_moat_v1_agent, 19);
 
 /**
  * @generated from message moat.v1.ApprovalDecision
@@ -692,7 +763,7 @@ export type ApprovalDecision = Message<"moat.v1.ApprovalDecision"> & {
  * Use `create(ApprovalDecisionSchema)` to create a new message.
  */
 export const ApprovalDecisionSchema: GenMessage<ApprovalDecision> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 19);
+  messageDesc(file_moat_v1_agent, 20);
 
 /**
  * @generated from message moat.v1.KillSession
@@ -714,7 +785,7 @@ export type KillSession = Message<"moat.v1.KillSession"> & {
  * Use `create(KillSessionSchema)` to create a new message.
  */
 export const KillSessionSchema: GenMessage<KillSession> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 20);
+  messageDesc(file_moat_v1_agent, 21);
 
 /**
  * @generated from message moat.v1.RevokeTokens
@@ -736,7 +807,7 @@ export type RevokeTokens = Message<"moat.v1.RevokeTokens"> & {
  * Use `create(RevokeTokensSchema)` to create a new message.
  */
 export const RevokeTokensSchema: GenMessage<RevokeTokens> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 21);
+  messageDesc(file_moat_v1_agent, 22);
 
 /**
  * @generated from message moat.v1.Actor
@@ -768,7 +839,7 @@ export type Actor = Message<"moat.v1.Actor"> & {
  * Use `create(ActorSchema)` to create a new message.
  */
 export const ActorSchema: GenMessage<Actor> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 22);
+  messageDesc(file_moat_v1_agent, 23);
 
 /**
  * @generated from message moat.v1.AuditEvent
@@ -889,7 +960,7 @@ export type AuditEvent = Message<"moat.v1.AuditEvent"> & {
  * Use `create(AuditEventSchema)` to create a new message.
  */
 export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 23);
+  messageDesc(file_moat_v1_agent, 24);
 
 /**
  * @generated from message moat.v1.SessionStart
@@ -921,7 +992,7 @@ export type SessionStart = Message<"moat.v1.SessionStart"> & {
  * Use `create(SessionStartSchema)` to create a new message.
  */
 export const SessionStartSchema: GenMessage<SessionStart> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 24);
+  messageDesc(file_moat_v1_agent, 25);
 
 /**
  * @generated from message moat.v1.SessionEnd
@@ -943,7 +1014,7 @@ export type SessionEnd = Message<"moat.v1.SessionEnd"> & {
  * Use `create(SessionEndSchema)` to create a new message.
  */
 export const SessionEndSchema: GenMessage<SessionEnd> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 25);
+  messageDesc(file_moat_v1_agent, 26);
 
 /**
  * @generated from message moat.v1.DbQuery
@@ -990,7 +1061,7 @@ export type DbQuery = Message<"moat.v1.DbQuery"> & {
  * Use `create(DbQuerySchema)` to create a new message.
  */
 export const DbQuerySchema: GenMessage<DbQuery> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 26);
+  messageDesc(file_moat_v1_agent, 27);
 
 /**
  * @generated from message moat.v1.SshExec
@@ -1012,7 +1083,7 @@ export type SshExec = Message<"moat.v1.SshExec"> & {
  * Use `create(SshExecSchema)` to create a new message.
  */
 export const SshExecSchema: GenMessage<SshExec> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 27);
+  messageDesc(file_moat_v1_agent, 28);
 
 /**
  * @generated from message moat.v1.AuditGap
@@ -1039,7 +1110,7 @@ export type AuditGap = Message<"moat.v1.AuditGap"> & {
  * Use `create(AuditGapSchema)` to create a new message.
  */
 export const AuditGapSchema: GenMessage<AuditGap> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 28);
+  messageDesc(file_moat_v1_agent, 29);
 
 /**
  * @generated from message moat.v1.BundleApplied
@@ -1066,7 +1137,7 @@ export type BundleApplied = Message<"moat.v1.BundleApplied"> & {
  * Use `create(BundleAppliedSchema)` to create a new message.
  */
 export const BundleAppliedSchema: GenMessage<BundleApplied> = /*@__PURE__*/
-  messageDesc(file_moat_v1_agent, 29);
+  messageDesc(file_moat_v1_agent, 30);
 
 /**
  * @generated from enum moat.v1.ResourceType

@@ -1,0 +1,130 @@
+/**
+ * Signing keys of the control plane: Ed25519 keys for bundles and for access tokens, kept in the
+ * store with their private halves encrypted (AES-256-GCM) under the master key, so a database dump
+ * alone signs nothing. Created on first need; the oldest active key of a use signs.
+ *
+ * The master key comes from MOAT_MASTER_KEY (base64, 32 bytes; the same on every replica) or, on
+ * the embedded default, from <dataDir>/master.key (created on first start, mode 0600).
+ */
+import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  createCipheriv,
+  createDecipheriv,
+  createPrivateKey,
+  generateKeyPairSync,
+  randomBytes,
+  sign as cryptoSign,
+  type KeyObject,
+} from "node:crypto";
+import { randomId } from "@moat/common";
+import type { Store } from "./store/index.js";
+
+export type KeyUse = "bundle" | "token";
+
+export interface PublicKeyInfo {
+  kid: string;
+  algorithm: "EdDSA";
+  /** The public key as a JWK (OKP, Ed25519). */
+  jwk: Record<string, string>;
+}
+
+export interface Signer {
+  kid: string;
+  privateKey: KeyObject;
+  sign(data: Uint8Array): Buffer;
+}
+
+export interface Keyring {
+  signer(use: KeyUse): Promise<Signer>;
+  publicKeys(use: KeyUse): Promise<PublicKeyInfo[]>;
+}
+
+/** Reads or creates the master key; throws when MOAT_MASTER_KEY is malformed. */
+export function loadMasterKey(dataDir: string, fromEnv: string | undefined): Buffer {
+  if (fromEnv) {
+    const key = Buffer.from(fromEnv, "base64");
+    if (key.length !== 32)
+      throw new Error("MOAT_MASTER_KEY must be 32 bytes, base64-encoded (openssl rand -base64 32)");
+    return key;
+  }
+  const path = join(dataDir, "master.key");
+  if (existsSync(path)) {
+    const key = Buffer.from(readFileSync(path, "utf8").trim(), "base64");
+    if (key.length !== 32) throw new Error(`${path} is damaged (expected 32 bytes, base64)`);
+    return key;
+  }
+  const key = randomBytes(32);
+  writeFileSync(path, key.toString("base64") + "\n", { mode: 0o600 });
+  chmodSync(path, 0o600);
+  return key;
+}
+
+function seal(masterKey: Buffer, plaintext: Buffer, aad: string): string {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv("aes-256-gcm", masterKey, iv);
+  cipher.setAAD(Buffer.from(aad));
+  const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);
+  return `v1:${Buffer.concat([iv, cipher.getAuthTag(), body]).toString("base64")}`;
+}
+
+function open(masterKey: Buffer, sealed: string, aad: string): Buffer {
+  if (!sealed.startsWith("v1:")) throw new Error("unknown key encryption format");
+  const raw = Buffer.from(sealed.slice(3), "base64");
+  const decipher = createDecipheriv("aes-256-gcm", masterKey, raw.subarray(0, 12));
+  decipher.setAAD(Buffer.from(aad));
+  decipher.setAuthTag(raw.subarray(12, 28));
+  try {
+    return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]);
+  } catch (error) {
+    throw new Error("cannot decrypt a signing key: wrong master key (MOAT_MASTER_KEY / master.key)?", { cause: error });
+  }
+}
+
+export function createKeyring(deps: { store: Pick<Store, "signingKeys">; masterKey: Buffer }): Keyring {
+  const { store, masterKey } = deps;
+  const signers = new Map<string, Signer>();
+
+  async function activeRecords(use: KeyUse) {
+    let records = await store.signingKeys.listActive(use);
+    if (records.length === 0) {
+      const { publicKey, privateKey } = generateKeyPairSync("ed25519");
+      const kid = `${use}-${randomId(12)}`;
+      const der = privateKey.export({ format: "der", type: "pkcs8" });
+      await store.signingKeys.create({
+        id: kid,
+        use,
+        algorithm: "EdDSA",
+        publicJwk: JSON.stringify({ ...publicKey.export({ format: "jwk" }), kid, alg: "EdDSA", use: "sig" }),
+        privateKeyEnc: seal(masterKey, der, `${kid}:${use}`),
+      });
+      records = await store.signingKeys.listActive(use);
+    }
+    return records;
+  }
+
+  return {
+    async signer(use) {
+      const record = (await activeRecords(use))[0];
+      if (!record) throw new Error(`no ${use} signing key`);
+      let signer = signers.get(record.id);
+      if (!signer) {
+        const privateKey = createPrivateKey({
+          key: open(masterKey, record.privateKeyEnc, `${record.id}:${use}`),
+          format: "der",
+          type: "pkcs8",
+        });
+        signer = { kid: record.id, privateKey, sign: (data) => cryptoSign(null, data, privateKey) };
+        signers.set(record.id, signer);
+      }
+      return signer;
+    },
+    async publicKeys(use) {
+      return (await activeRecords(use)).map((r) => ({
+        kid: r.id,
+        algorithm: "EdDSA" as const,
+        jwk: JSON.parse(r.publicJwk) as Record<string, string>,
+      }));
+    },
+  };
+}

@@ -1,0 +1,73 @@
+/**
+ * Test support (not built into dist/): a REST app over a real SQLite store in a temp dir, with a
+ * user and API key per role, for `app.inject` tests.
+ */
+import { join } from "node:path";
+import { createLogger, generateSecret, randomId, SecretKind } from "@moat/common";
+import { tempDir } from "@moat/testkit";
+import { createInProcessBus, type EventBus } from "../bus.js";
+import { buildHttpApp } from "../http/app.js";
+import { createMetrics } from "../metrics.js";
+import { createAgentService } from "../services/agents.js";
+import { createIdentityService } from "../services/identity.js";
+import { createPolicyService } from "../services/policies.js";
+import { openStore, ROLES, type Role, type Store } from "../store/index.js";
+
+export interface TestApp {
+  app: Awaited<ReturnType<typeof buildHttpApp>>;
+  store: Store;
+  bus: EventBus;
+  keys: Record<Role, string>;
+  emails: Record<Role, string>;
+  auth(role: Role): { authorization: string };
+  close(): Promise<void>;
+}
+
+export async function createTestApp(): Promise<TestApp> {
+  const store = await openStore(`file:${join(tempDir(), "moat.db")}`);
+  const now = () => new Date();
+  const bus = createInProcessBus(() => undefined);
+  const identity = createIdentityService({ store, now });
+  const agents = createAgentService({
+    store,
+    bus,
+    now,
+    endpoint: () => "127.0.0.1:7071",
+    caFingerprint: "a".repeat(64),
+    enrolmentTtlMs: 60_000,
+    staleAfterMs: 30_000,
+  });
+  const app = await buildHttpApp({
+    logger: createLogger({ name: "test", level: "silent" }),
+    store,
+    identity,
+    agents,
+    policies: createPolicyService({ store, bus }),
+    metrics: createMetrics({ defaultMetrics: false }),
+    isReady: () => true,
+    version: "0.0.0-test",
+    replicaId: "test",
+  });
+  const keys = {} as Record<Role, string>;
+  const emails = {} as Record<Role, string>;
+  for (const role of ROLES) {
+    const email = `${role}-${randomId(4)}@example.com`;
+    const user = await store.users.create({ id: randomId(), email, displayName: role, role });
+    const key = generateSecret(SecretKind.apiKey);
+    await store.apiKeys.create({ id: key.id, name: "test", hash: key.hash, userId: user.id });
+    keys[role] = key.value;
+    emails[role] = email;
+  }
+  return {
+    app,
+    store,
+    bus,
+    keys,
+    emails,
+    auth: (role) => ({ authorization: `Bearer ${keys[role]}` }),
+    async close() {
+      await app.close();
+      await store.close();
+    },
+  };
+}
