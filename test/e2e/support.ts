@@ -116,11 +116,14 @@ export async function startAgent(options: {
   dataDir?: string;
   yaml?: string;
   env?: Record<string, string>;
+  /** Serve POST /v1/decide on the admin port. */
+  decisionEndpoint?: boolean;
 }): Promise<AgentProc> {
   const dataDir = options.dataDir ?? tempDir("moat-agent-");
   const adminPort = await freePort();
   const configFile = join(dataDir, "agent.yaml");
-  writeFileSync(configFile, `dataDir: ${dataDir}\nadmin:\n  port: ${adminPort}\n${options.yaml ?? ""}`);
+  const admin = `admin:\n  port: ${adminPort}\n  decisionEndpoint: ${options.decisionEndpoint === true}\n`;
+  writeFileSync(configFile, `dataDir: ${dataDir}\n${admin}${options.yaml ?? ""}`);
   const proc = spawnNode(agentMain, ["--config", configFile], {
     MOAT_AGENT_LOG_LEVEL: "debug",
     ...(options.token ? { MOAT_AGENT_ENROLMENT_TOKEN: options.token } : {}),

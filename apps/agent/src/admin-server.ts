@@ -12,7 +12,14 @@ export interface AdminStatus {
   version: string;
   controlPlane: string;
   bundleVersion: string;
+  bundleExpiresAt: string | null;
   resources: number;
+}
+
+const MAX_BODY = 64 * 1024;
+
+function problem(res: import("node:http").ServerResponse, status: number, code: string, detail: string): void {
+  res.writeHead(status, { "content-type": "application/problem+json" }).end(JSON.stringify({ status, code, detail }));
 }
 
 export function startAdminServer(options: {
@@ -20,9 +27,41 @@ export function startAdminServer(options: {
   port: number;
   registry: Registry;
   status: () => AdminStatus;
+  /** When set, POST /v1/decide answers policy decisions with the agent's bundle (operators, tests). */
+  decide?: (body: unknown) => unknown;
 }): Promise<{ server: Server; port: number; close(): Promise<void> }> {
   const server = createServer((req, res) => {
     const path = (req.url ?? "/").split("?")[0];
+    if (req.method === "POST" && path === "/v1/decide" && options.decide) {
+      const decide = options.decide;
+      let size = 0;
+      const chunks: Buffer[] = [];
+      req.on("data", (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > MAX_BODY) {
+          problem(res, 413, "payload_too_large", `body over ${MAX_BODY} bytes`);
+          req.destroy();
+          return;
+        }
+        chunks.push(chunk);
+      });
+      req.on("end", () => {
+        if (res.headersSent) return;
+        let body: unknown;
+        try {
+          body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+        } catch {
+          problem(res, 400, "bad_request", "the body is not valid JSON");
+          return;
+        }
+        try {
+          res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(decide(body)));
+        } catch (error) {
+          problem(res, 400, "validation_failed", (error as Error).message);
+        }
+      });
+      return;
+    }
     if (req.method !== "GET") {
       res
         .writeHead(405, { "content-type": "application/problem+json" })

@@ -5,14 +5,22 @@
 import { mkdirSync, chmodSync } from "node:fs";
 import { hostname } from "node:os";
 import { createLogger, type Logger } from "@moat/common";
-import { create, HelloSchema, ResourceType, type ConnectResponse } from "@moat/proto";
+import {
+  create,
+  ConnectRequestSchema,
+  HelloSchema,
+  ResourceType,
+  type ConnectRequest,
+  type ConnectResponse,
+} from "@moat/proto";
 import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
 import { startAdminServer } from "./admin-server.js";
 import type { AgentConfig, ResourceConfig } from "./config.js";
 import { createAgentServiceClient } from "./control-plane-client.js";
 import { createControlPlaneConnection, type ConnectionState, type ControlPlaneConnection } from "./connection.js";
 import { ensureIdentity } from "./enrol.js";
-import type { AgentIdentity } from "./identity-file.js";
+import { writeIdentity, type AgentIdentity } from "./identity-file.js";
+import { createBundleHolder, type BundleHolder } from "./bundle.js";
 import { VERSION } from "./version.js";
 
 const TYPES: Record<ResourceConfig["type"], ResourceType> = {
@@ -22,8 +30,39 @@ const TYPES: Record<ResourceConfig["type"], ResourceType> = {
   http: ResourceType.HTTP,
 };
 
+/** Reads a /v1/decide body (the shape of the control plane's simulate request) and decides it. */
+function decideFromJson(bundles: BundleHolder, body: unknown) {
+  const b = body as Record<string, unknown>;
+  const str = (k: string) => (typeof b[k] === "string" ? (b[k] as string) : undefined);
+  const user = str("user");
+  const resource = str("resource");
+  const action = str("action");
+  if (!user || !resource || !action) throw new Error("user, resource and action are required");
+  const time = str("time");
+  const verdict = bundles.decide({
+    user,
+    groups: Array.isArray(b.groups) ? b.groups.map(String) : [],
+    serviceAccount: b.serviceAccount === true,
+    resource,
+    action,
+    ...(Array.isArray(b.tables) ? { tables: b.tables.map(String) } : {}),
+    ...(str("command") !== undefined ? { command: str("command") as string } : {}),
+    ...(str("sourceIp") ? { sourceIp: str("sourceIp") as string } : {}),
+    ...(str("reason") !== undefined ? { reason: str("reason") as string } : {}),
+    now: time ? Date.parse(time) : Date.now(),
+  });
+  return {
+    effect: verdict.effect,
+    rule: verdict.rule,
+    message: verdict.message,
+    obligations: verdict.obligations,
+    bundleVersion: (bundles.current()?.version ?? 0n).toString(),
+  };
+}
+
 export interface RunningAgent {
   identity: AgentIdentity;
+  bundles: BundleHolder;
   connection: ControlPlaneConnection;
   adminPort: number | undefined;
   logger: Logger;
@@ -71,10 +110,87 @@ export async function startAgent(
 
   let resolveRejected: (reason: string) => void = () => undefined;
   const rejected = new Promise<string>((r) => (resolveRejected = r));
-  const bundleVersion = 0n;
 
-  const onMessage = (message: ConnectResponse) => {
+  const bundleVersionGauge = new Gauge({
+    name: "moat_agent_bundle_version",
+    help: "Version of the policy bundle in force (0: none)",
+    registers: [registry],
+  });
+  const bundleExpiryGauge = new Gauge({
+    name: "moat_agent_bundle_expires_timestamp_seconds",
+    help: "When the bundle in force stops being trusted",
+    registers: [registry],
+  });
+  const bundleRejections = new Counter({
+    name: "moat_agent_bundle_rejections_total",
+    help: "Bundles refused (bad signature, rollback, wrong agent, invalid)",
+    registers: [registry],
+  });
+  let currentIdentity = identity;
+  const bundles = createBundleHolder({
+    agentId: identity.agentId,
+    dataDir: config.dataDir,
+    trustedKeys: identity.bundleKeys,
+    onTrustedKeys: (keys) => {
+      if (JSON.stringify(keys) === JSON.stringify(currentIdentity.bundleKeys)) return;
+      currentIdentity = { ...currentIdentity, bundleKeys: keys };
+      writeIdentity(config.dataDir, currentIdentity);
+    },
+  });
+  const showBundle = () => {
+    const b = bundles.current();
+    bundleVersionGauge.set(Number(b?.version ?? 0n));
+    bundleExpiryGauge.set(b ? b.notAfter.getTime() / 1000 : 0);
+  };
+  const loaded = bundles.loadPersisted();
+  if (loaded?.applied)
+    logger.info(
+      { version: loaded.version.toString(), expiresAt: bundles.current()?.notAfter },
+      "policy bundle loaded from disk",
+    );
+  else if (loaded)
+    logger.error(
+      { error: loaded.error },
+      "the persisted policy bundle is not trusted; denying everything until a new one arrives",
+    );
+  else logger.warn("no policy bundle yet; denying everything until the control plane sends one");
+  showBundle();
+
+  const onMessage = (message: ConnectResponse, send: (m: ConnectRequest) => void) => {
     switch (message.kind.case) {
+      case "bundle": {
+        const result = bundles.apply(message.kind.value, new Date());
+        if (result.applied) {
+          logger.info(
+            {
+              version: result.version.toString(),
+              policies: bundles.current()?.policyCount,
+              expiresAt: bundles.current()?.notAfter,
+            },
+            "policy bundle applied",
+          );
+        } else {
+          bundleRejections.inc();
+          logger.error(
+            {
+              version: result.version.toString(),
+              error: result.error,
+              enforcing: bundles.current()?.version.toString() ?? "none",
+            },
+            "policy bundle rejected; the previous one stays in force",
+          );
+        }
+        showBundle();
+        send(
+          create(ConnectRequestSchema, {
+            kind: {
+              case: "bundleAck",
+              value: { version: result.version, applied: result.applied, error: result.applied ? "" : result.error },
+            },
+          }),
+        );
+        return;
+      }
       case "resourceRejected":
         logger.error(
           { resource: message.kind.value.name, reason: message.kind.value.reason },
@@ -85,7 +201,7 @@ export async function startAgent(
       case "heartbeatAck":
         return;
       default:
-        // Bundles, approvals, kills and revocations are handled as their capabilities land.
+        // Approvals, kills and revocations are handled as their capabilities land.
         logger.debug({ kind: message.kind.case }, "control message not handled yet");
     }
   };
@@ -99,7 +215,7 @@ export async function startAgent(
       create(HelloSchema, {
         agentVersion: VERSION,
         hostname: hostname(),
-        bundleVersion,
+        bundleVersion: bundles.current()?.version ?? 0n,
         resources: config.resources.map((r) => ({
           name: r.name,
           type: TYPES[r.type],
@@ -122,13 +238,15 @@ export async function startAgent(
         host: config.admin.host,
         port: config.admin.port,
         registry,
+        ...(config.admin.decisionEndpoint ? { decide: (body: unknown) => decideFromJson(bundles, body) } : {}),
         status: () => ({
           status: "ok",
           agentId: identity.agentId,
           agentName: identity.agentName,
           version: VERSION,
           controlPlane: connection.state(),
-          bundleVersion: bundleVersion.toString(),
+          bundleVersion: (bundles.current()?.version ?? 0n).toString(),
+          bundleExpiresAt: bundles.current()?.notAfter.toISOString() ?? null,
           resources: config.resources.length,
         }),
       })
@@ -136,6 +254,7 @@ export async function startAgent(
 
   return {
     identity,
+    bundles,
     connection,
     adminPort: admin?.port,
     logger,

@@ -23,7 +23,7 @@ function problemsOf(yaml: string, env: NodeJS.ProcessEnv = {}): string {
 describe("agent config", () => {
   it("fills defaults", () => {
     const config = load("");
-    expect(config.admin).toEqual({ enabled: true, host: "127.0.0.1", port: 7072 });
+    expect(config.admin).toEqual({ enabled: true, host: "127.0.0.1", port: 7072, decisionEndpoint: false });
     expect(config.reconnect).toEqual({ initialDelayMs: 250, maxDelayMs: 4000 });
     expect(config.resources).toEqual([]);
     expect(config.controlPlane.plaintext).toBe(false);

@@ -65,6 +65,8 @@ export const AgentConfigSchema = Type.Object(
         enabled: Type.Boolean({ default: true }),
         host: Type.String({ default: "127.0.0.1" }),
         port: Type.Integer({ minimum: 0, maximum: 65535, default: 7072 }),
+        /** Answer POST /v1/decide (policy decisions from the local bundle, for troubleshooting). */
+        decisionEndpoint: Type.Boolean({ default: false }),
       },
       { ...strict, default: {} },
     ),

@@ -106,6 +106,11 @@ export async function ensureIdentity(options: {
           endpoint: address,
           caPem,
           enrolmentTokenHash: hashSecret(token),
+          bundleKeys: response.bundleKeys.map((k) => ({
+            keyId: k.keyId,
+            algorithm: k.algorithm,
+            jwk: JSON.parse(k.jwkJson) as Record<string, string>,
+          })),
         };
         writeIdentity(config.dataDir, identity);
         logger.info(

@@ -14,6 +14,15 @@ export interface AgentIdentity {
   caPem: string;
   /** SHA-256 of the enrolment token last used, so the same token is not replayed on restart. */
   enrolmentTokenHash: string;
+  /** Keys accepted on bundles: pinned at enrolment, then rotated by verified bundles. */
+  bundleKeys: TrustedKey[];
+}
+
+/** A public key the agent trusts, as a JWK. */
+export interface TrustedKey {
+  keyId: string;
+  algorithm: string;
+  jwk: Record<string, string>;
 }
 
 export function identityPath(dataDir: string): string {
@@ -38,6 +47,7 @@ export function readIdentity(dataDir: string): AgentIdentity | undefined {
     endpoint: parsed.endpoint,
     caPem: parsed.caPem ?? "",
     enrolmentTokenHash: parsed.enrolmentTokenHash ?? "",
+    bundleKeys: Array.isArray(parsed.bundleKeys) ? parsed.bundleKeys : [],
   };
 }
 

@@ -81,26 +81,41 @@ function open(masterKey: Buffer, sealed: string, aad: string): Buffer {
   }
 }
 
-export function createKeyring(deps: { store: Pick<Store, "signingKeys">; masterKey: Buffer }): Keyring {
+export function createKeyring(deps: { store: Pick<Store, "signingKeys" | "settings">; masterKey: Buffer }): Keyring {
   const { store, masterKey } = deps;
   const signers = new Map<string, Signer>();
 
+  const creating = new Map<KeyUse, Promise<void>>();
+
+  /** Creates the first key of `use`. Its id is `<use>-1`, so concurrent creators (replicas) cannot both win. */
+  async function createFirstKey(use: KeyUse): Promise<void> {
+    const { publicKey, privateKey } = generateKeyPairSync("ed25519");
+    const kid = `${use}-1-${randomId(8)}`;
+    const der = privateKey.export({ format: "der", type: "pkcs8" });
+    const winner = await store.settings.setIfAbsent(`signing-key.${use}.first`, kid);
+    if (winner !== kid) return; // another replica is creating it
+    await store.signingKeys.create({
+      id: kid,
+      use,
+      algorithm: "EdDSA",
+      publicJwk: JSON.stringify({ ...publicKey.export({ format: "jwk" }), kid, alg: "EdDSA", use: "sig" }),
+      privateKeyEnc: seal(masterKey, der, `${kid}:${use}`),
+    });
+  }
+
   async function activeRecords(use: KeyUse) {
-    let records = await store.signingKeys.listActive(use);
-    if (records.length === 0) {
-      const { publicKey, privateKey } = generateKeyPairSync("ed25519");
-      const kid = `${use}-${randomId(12)}`;
-      const der = privateKey.export({ format: "der", type: "pkcs8" });
-      await store.signingKeys.create({
-        id: kid,
-        use,
-        algorithm: "EdDSA",
-        publicJwk: JSON.stringify({ ...publicKey.export({ format: "jwk" }), kid, alg: "EdDSA", use: "sig" }),
-        privateKeyEnc: seal(masterKey, der, `${kid}:${use}`),
-      });
-      records = await store.signingKeys.listActive(use);
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const records = await store.signingKeys.listActive(use);
+      if (records.length > 0) return records;
+      let pending = creating.get(use);
+      if (!pending) {
+        pending = createFirstKey(use).finally(() => creating.delete(use));
+        creating.set(use, pending);
+      }
+      await pending;
+      if (attempt > 0) await new Promise((r) => setTimeout(r, 20)); // another replica is writing it
     }
-    return records;
+    throw new Error(`no ${use} signing key could be created`);
   }
 
   return {

@@ -163,10 +163,14 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
         version: request.agentVersion.slice(0, 64),
         hostname: request.hostname.slice(0, 255),
       })
-      .then(({ agent, credential }) => {
+      .then(async ({ agent, credential }) => {
+        const bundleKeys = await deps.bundles.bundleKeys();
         metrics.enrolments.labels("ok").inc();
         logger.info({ agentId: agent.id, agentName: agent.name, peer: call.getPeer() }, "agent enrolled");
-        callback(null, create(EnrolResponseSchema, { agentId: agent.id, agentName: agent.name, credential }));
+        callback(
+          null,
+          create(EnrolResponseSchema, { agentId: agent.id, agentName: agent.name, credential, bundleKeys }),
+        );
       })
       .catch((error: unknown) => {
         const status = statusOf(error);

@@ -95,7 +95,9 @@ export function createPolicyService(deps: {
   });
 
   async function snapshot() {
-    const revision = await store.counters.get("policy.revision");
+    let revision = await store.counters.get("policy.revision");
+    // Revision 0 would read as "no bundle" on the agents: the first bundle is revision 1.
+    if (revision === 0n) revision = await store.counters.increment("policy.revision");
     if (cache && cache.revision === revision) return cache;
     const documents = (await store.policies.list()).map((r) => JSON.parse(r.document) as PolicyDocument);
     cache = { revision, documents, compiled: compilePolicies(documents) };
