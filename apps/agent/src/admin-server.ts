@@ -2,7 +2,7 @@
  * The agent's local admin endpoint (loopback by default): /healthz for supervisors and /metrics
  * for Prometheus. Read-only; nothing here changes the agent.
  */
-import { createServer, type Server } from "node:http";
+import { createServer, type Server, type ServerResponse } from "node:http";
 import type { Registry } from "prom-client";
 
 export interface AdminStatus {
@@ -18,7 +18,7 @@ export interface AdminStatus {
 
 const MAX_BODY = 64 * 1024;
 
-function problem(res: import("node:http").ServerResponse, status: number, code: string, detail: string): void {
+function problem(res: ServerResponse, status: number, code: string, detail: string): void {
   res.writeHead(status, { "content-type": "application/problem+json" }).end(JSON.stringify({ status, code, detail }));
 }
 
