@@ -1,77 +1,13 @@
-import { generateKeyPairSync, sign, type KeyObject } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import {
-  BundleSchema,
-  create,
-  ResourceType,
-  SignedBundleSchema,
-  timestampFromDate,
-  toBinary,
-  type SignedBundle,
-} from "@moat/proto";
+import { create, SignedBundleSchema, type SignedBundle } from "@moat/proto";
 import { tempDir } from "@moat/testkit";
 import { createBundleHolder } from "./bundle.js";
-import type { TrustedKey } from "./identity-file.js";
+import { keyPair, NOW, signedBundle, type BundleOptions, type TestKey } from "./test-support/bundles.js";
 
-function keyPair(kid: string): { kid: string; privateKey: KeyObject; trusted: TrustedKey } {
-  const { publicKey, privateKey } = generateKeyPairSync("ed25519");
-  return {
-    kid,
-    privateKey,
-    trusted: { keyId: kid, algorithm: "EdDSA", jwk: publicKey.export({ format: "jwk" }) as Record<string, string> },
-  };
-}
-
-const NOW = new Date("2026-11-25T12:00:00Z");
-const POLICY = {
-  apiVersion: "moat.dev/v1",
-  kind: "Policy",
-  metadata: { name: "p" },
-  spec: {
-    subjects: { groups: ["eng"] },
-    resources: { names: ["db"] },
-    rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read"] }],
-  },
-};
-
-function bundle(
-  key: { kid: string; privateKey: KeyObject },
-  o: {
-    agentId?: string;
-    version?: bigint;
-    issuedAt?: Date;
-    ttlMs?: number;
-    policies?: string[];
-    bundleKeys?: TrustedKey[];
-    disabled?: string[];
-  } = {},
-): SignedBundle {
-  const issuedAt = o.issuedAt ?? NOW;
-  const payload = toBinary(
-    BundleSchema,
-    create(BundleSchema, {
-      agentId: o.agentId ?? "agent1",
-      version: o.version ?? 1n,
-      issuedAt: timestampFromDate(issuedAt),
-      notAfter: timestampFromDate(new Date(issuedAt.getTime() + (o.ttlMs ?? 3600_000))),
-      resources: [{ name: "db", type: ResourceType.POSTGRES, labels: [{ key: "env", value: "prod" }] }],
-      policyDocuments: o.policies ?? [JSON.stringify(POLICY)],
-      bundleKeys: (o.bundleKeys ?? []).map((k) => ({
-        keyId: k.keyId,
-        algorithm: k.algorithm,
-        jwkJson: JSON.stringify(k.jwk),
-      })),
-      disabledUsers: o.disabled ?? [],
-    }),
-  );
-  return create(SignedBundleSchema, {
-    payload,
-    signature: sign(null, payload, key.privateKey),
-    keyId: key.kid,
-    algorithm: "Ed25519",
-  });
+function bundle(key: TestKey, o: BundleOptions = {}): SignedBundle {
+  return signedBundle(key, o);
 }
 
 function setup() {

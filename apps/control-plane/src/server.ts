@@ -16,6 +16,7 @@ import { createKeyring, loadMasterKey } from "./keys.js";
 import { createAgentService, type AgentService } from "./services/agents.js";
 import { createBundleService } from "./services/bundles.js";
 import { createPolicyService, type PolicyService } from "./services/policies.js";
+import { createTokenService } from "./services/tokens.js";
 import { createIdentityService } from "./services/identity.js";
 import { openStore, type Store } from "./store/index.js";
 import { loadOrCreateTlsMaterial, serverNames } from "./tls.js";
@@ -92,7 +93,7 @@ export async function startControlPlane(
   // The gRPC port may be 0 (tests): the advertised address is known only after binding, and only
   // enrolment tokens (issued later) need it.
   let grpcAddress = "";
-  const identity = createIdentityService({ store, now });
+
   const agents = createAgentService({
     store,
     bus,
@@ -103,6 +104,16 @@ export async function startControlPlane(
     staleAfterMs: config.grpc.heartbeatSeconds * 3 * 1000,
   });
   const keyring = createKeyring({ store, masterKey: loadMasterKey(config.dataDir, options.masterKey) });
+  const tokens = createTokenService({
+    store,
+    keyring,
+    bus,
+    now,
+    issuer: config.tokens.issuer,
+    audience: config.tokens.audience,
+    ttlSeconds: config.tokens.ttlSeconds,
+  });
+  const identity = createIdentityService({ store, tokens, bus, now });
   const policies = createPolicyService({ store, bus });
   const bundles = createBundleService({
     store,
@@ -151,6 +162,7 @@ export async function startControlPlane(
     logger: logger.child({ module: "http" }),
     store,
     identity,
+    tokens,
     agents,
     policies,
     metrics,

@@ -11,12 +11,14 @@ import Fastify, { LogController } from "fastify";
 import type { ControlPlaneMetrics } from "../metrics.js";
 import type { AgentService } from "../services/agents.js";
 import type { PolicyService } from "../services/policies.js";
+import type { TokenService } from "../services/tokens.js";
 import type { IdentityService, Principal } from "../services/identity.js";
 import type { Role, Store } from "../store/index.js";
 import { problem, toAppError } from "./problem.js";
 import { agentRoutes } from "./routes/agents.js";
 import { healthRoutes } from "./routes/health.js";
 import { metaRoutes } from "./routes/meta.js";
+import { identityRoutes } from "./routes/identity.js";
 import { policyRoutes } from "./routes/policies.js";
 import { resourceRoutes } from "./routes/resources.js";
 
@@ -34,8 +36,9 @@ declare module "fastify" {
 
 export interface HttpDeps {
   logger: Logger;
-  store: Pick<Store, "ping" | "provider" | "resources">;
+  store: Pick<Store, "ping" | "provider" | "resources" | "accessTokens" | "groups">;
   identity: IdentityService;
+  tokens: TokenService;
   agents: AgentService;
   policies: PolicyService;
   metrics: ControlPlaneMetrics;
@@ -86,7 +89,7 @@ export async function buildHttpApp(deps: HttpDeps) {
     const header = request.headers.authorization;
     const match = typeof header === "string" ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
     if (!match?.[1]) throw new AppError("unauthenticated", "send an API key as 'Authorization: Bearer <key>'");
-    const principal = await deps.identity.authenticateApiKey(match[1]);
+    const principal = await deps.identity.authenticate(match[1]);
     if (!access.includes(principal.user.role)) {
       throw new AppError("permission_denied", `this action requires one of the roles: ${access.join(", ")}`);
     }
@@ -130,5 +133,6 @@ export async function buildHttpApp(deps: HttpDeps) {
   await app.register(agentRoutes, { deps });
   await app.register(resourceRoutes, { deps });
   await app.register(policyRoutes, { deps });
+  await app.register(identityRoutes, { deps });
   return app;
 }

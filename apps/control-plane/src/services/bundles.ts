@@ -36,7 +36,7 @@ export interface BundleService {
 }
 
 export function createBundleService(deps: {
-  store: Pick<Store, "resources">;
+  store: Pick<Store, "resources" | "accessTokens" | "users">;
   policies: Pick<PolicyService, "snapshot">;
   keyring: Keyring;
   now: () => Date;
@@ -56,18 +56,21 @@ export function createBundleService(deps: {
     bundleKeys: () => keys("bundle"),
 
     async build(agentId) {
-      const [resources, snapshot, tokenKeys, bundleKeys, signer] = await Promise.all([
+      const at = now();
+      const [resources, snapshot, tokenKeys, bundleKeys, signer, revokedTokenIds, disabledUsers] = await Promise.all([
         store.resources.list({ agentId }),
         deps.policies.snapshot(),
         keys("token"),
         keys("bundle"),
         keyring.signer("bundle"),
+        store.accessTokens.revokedUnexpired(at),
+        store.users.disabledEmails(),
       ]);
       const documents = snapshot.documents.filter((doc) => {
         const matches = resourceMatcher(doc.spec.resources);
         return resources.some((r) => matches({ name: r.name, type: r.type, labels: r.labels }));
       });
-      const issuedAt = now();
+      const issuedAt = at;
       const bundle = create(BundleSchema, {
         agentId,
         version: snapshot.revision,
@@ -75,8 +78,8 @@ export function createBundleService(deps: {
         notAfter: timestampFromDate(new Date(issuedAt.getTime() + deps.validitySeconds * 1000)),
         tokenKeys,
         bundleKeys,
-        revokedTokenIds: [],
-        disabledUsers: [],
+        revokedTokenIds,
+        disabledUsers,
         resources: resources.map((r) => ({
           name: r.name,
           type: PROTO_TYPES[r.type],

@@ -1,36 +1,98 @@
 /**
- * Who is calling the REST API: API-key authentication and the first-start admin. Keys are
- * `moat_ak_<id>_<secret>`; only SHA-256 hashes are stored, looked up by id, compared in constant time.
+ * Who is calling, and the identities Moat knows: users (people, optionally with a password),
+ * service accounts, groups, API keys. API keys are `moat_ak_<id>_<secret>`, stored as SHA-256
+ * hashes, looked up by id and compared in constant time; REST callers may also present an access
+ * token (JWT) issued by the token service.
  */
 import { AppError, generateSecret, parseSecret, randomId, SecretKind, verifySecret } from "@moat/common";
-import type { Role, Store, UserRecord } from "../store/index.js";
+import type { EventBus } from "../bus.js";
+import type { ApiKeyRecord, Role, Store, UserRecord } from "../store/index.js";
+import { hashPassword, passwordProblem, verifyPassword } from "./passwords.js";
+import type { IssuedToken, TokenService } from "./tokens.js";
 
-/** The authenticated caller of a request. */
+/** The authenticated caller of a request: with an API key or with an access token. */
 export interface Principal {
   user: UserRecord;
-  apiKeyId: string;
+  apiKeyId?: string;
+  tokenId?: string;
+}
+
+export interface NewUser {
+  email: string;
+  displayName?: string;
+  role: Role;
+  groups?: string[];
+  password?: string;
+}
+
+export interface UserPatch {
+  displayName?: string;
+  role?: Role;
+  groups?: string[];
+  disabled?: boolean;
+  password?: string;
 }
 
 export interface IdentityService {
   /** Creates the first admin and an API key for it when the store has no users; returns the key (shown once). */
   bootstrapAdmin(email: string): Promise<{ email: string; apiKey: string } | undefined>;
-  /**
-   * Issues a new API key for an existing admin (operator recovery from the control-plane host, when
-   * the bootstrap key is lost). Returns the key (shown once).
-   */
+  /** Issues a new API key for an existing admin (operator recovery from the control-plane host). */
   issueAdminKey(email: string, name: string): Promise<string>;
-  /** Resolves a presented API key to its principal; throws AppError("unauthenticated") otherwise. */
-  authenticateApiKey(presented: string): Promise<Principal>;
+  /** Resolves a presented API key or access token to its principal; throws AppError("unauthenticated"). */
+  authenticate(presented: string): Promise<Principal>;
+  /** Password login: an access token, or unauthenticated / rate_limited. */
+  login(email: string, password: string): Promise<IssuedToken>;
+  createUser(input: NewUser): Promise<UserRecord>;
+  createServiceAccount(input: { name: string; role?: Role; groups?: string[] }): Promise<UserRecord>;
+  updateUser(id: string, patch: UserPatch): Promise<UserRecord>;
+  getUser(id: string): Promise<UserRecord>;
+  listUsers(): Promise<UserRecord[]>;
+  createApiKey(userId: string, name: string, expiresInDays?: number): Promise<{ key: ApiKeyRecord; value: string }>;
+  listApiKeys(userId: string): Promise<ApiKeyRecord[]>;
+  /** Revokes an API key; `actor` must own it or be an admin. */
+  revokeApiKey(id: string, actor: UserRecord): Promise<void>;
 }
 
 const TOUCH_INTERVAL_MS = 60_000;
+const LOGIN_WINDOW_MS = 15 * 60_000;
+const LOGIN_MAX_FAILURES = 10;
+// Verified against when the user does not exist, so both paths cost one scrypt.
+const DUMMY_HASH = "scrypt$32768$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
 export function createIdentityService(deps: {
-  store: Pick<Store, "users" | "apiKeys">;
+  store: Pick<Store, "users" | "apiKeys" | "accessTokens">;
+  tokens?: TokenService;
+  bus?: Pick<EventBus, "publish">;
   now: () => Date;
 }): IdentityService {
   const { store, now } = deps;
-  const unauthenticated = () => new AppError("unauthenticated", "the API key is invalid, expired or revoked");
+  const unauthenticated = () => new AppError("unauthenticated", "the API key or token is invalid, expired or revoked");
+  const failures = new Map<string, { count: number; since: number }>();
+
+  function tokens(): TokenService {
+    if (!deps.tokens) throw new AppError("unavailable", "access tokens are not configured");
+    return deps.tokens;
+  }
+
+  async function mustGetUser(id: string): Promise<UserRecord> {
+    const user = await store.users.findById(id);
+    if (!user) throw new AppError("not_found", `no user with id "${id}"`);
+    return user;
+  }
+
+  async function authenticateApiKey(presented: string): Promise<Principal> {
+    const parsed = parseSecret(presented);
+    if (!parsed || parsed.kind !== SecretKind.apiKey) throw unauthenticated();
+    const key = await store.apiKeys.findById(parsed.id);
+    if (!key || !verifySecret(presented, key.hash)) throw unauthenticated();
+    const at = now();
+    if (key.revokedAt || (key.expiresAt && key.expiresAt <= at)) throw unauthenticated();
+    const user = await store.users.findById(key.userId);
+    if (!user || user.disabledAt) throw unauthenticated();
+    if (!key.lastUsedAt || at.getTime() - key.lastUsedAt.getTime() > TOUCH_INTERVAL_MS)
+      await store.apiKeys.touch(key.id, at);
+    return { user, apiKeyId: key.id };
+  }
 
   return {
     async bootstrapAdmin(email) {
@@ -43,32 +105,115 @@ export function createIdentityService(deps: {
 
     async issueAdminKey(email, name) {
       const user = await store.users.findByEmail(email);
-      if (!user || user.role !== "admin" || user.disabledAt) {
+      if (!user || user.role !== "admin" || user.disabledAt)
         throw new AppError("not_found", `no enabled admin user with email ${email}`);
-      }
       const key = generateSecret(SecretKind.apiKey);
       await store.apiKeys.create({ id: key.id, name, hash: key.hash, userId: user.id });
       return key.value;
     },
 
-    async authenticateApiKey(presented) {
-      const parsed = parseSecret(presented);
-      if (!parsed || parsed.kind !== SecretKind.apiKey) throw unauthenticated();
-      const key = await store.apiKeys.findById(parsed.id);
-      if (!key || !verifySecret(presented, key.hash)) throw unauthenticated();
-      const at = now();
-      if (key.revokedAt || (key.expiresAt && key.expiresAt <= at)) throw unauthenticated();
-      const user = await store.users.findById(key.userId);
-      if (!user || user.disabledAt) throw unauthenticated();
-      if (!key.lastUsedAt || at.getTime() - key.lastUsedAt.getTime() > TOUCH_INTERVAL_MS) {
-        await store.apiKeys.touch(key.id, at);
+    async authenticate(presented) {
+      if (presented.startsWith("eyJ")) {
+        const { user, tokenId } = await tokens().verify(presented);
+        return { user, tokenId };
       }
-      return { user, apiKeyId: key.id };
+      return authenticateApiKey(presented);
+    },
+
+    async login(email, password) {
+      const key = email.toLowerCase();
+      const at = now().getTime();
+      const record = failures.get(key);
+      if (record && at - record.since < LOGIN_WINDOW_MS && record.count >= LOGIN_MAX_FAILURES) {
+        throw new AppError("rate_limited", "too many failed logins for this account; try again later");
+      }
+      const user = await store.users.findByEmail(email);
+      const hash = user ? await store.users.passwordHashOf(user.id) : null;
+      const ok = await verifyPassword(password, hash ?? DUMMY_HASH);
+      if (!user || !hash || !ok || user.disabledAt || user.kind !== "user") {
+        const current = record && at - record.since < LOGIN_WINDOW_MS ? record : { count: 0, since: at };
+        current.count++;
+        failures.set(key, current);
+        if (failures.size > 10_000) failures.clear(); // bounded: a flood of names resets the window
+        throw new AppError("unauthenticated", "wrong email or password");
+      }
+      failures.delete(key);
+      return tokens().issue(user, "password");
+    },
+
+    async createUser(input) {
+      if (input.password !== undefined) {
+        const problem = passwordProblem(input.password);
+        if (problem)
+          throw new AppError("validation_failed", "the user is invalid: see errors", {
+            fields: [{ field: "body/password", message: problem }],
+          });
+      }
+      return store.users.create({
+        id: randomId(),
+        email: input.email.toLowerCase(),
+        displayName: input.displayName ?? input.email,
+        role: input.role,
+        kind: "user",
+        groups: input.groups ?? [],
+        passwordHash: input.password !== undefined ? await hashPassword(input.password) : null,
+      });
+    },
+
+    async createServiceAccount(input) {
+      return store.users.create({
+        id: randomId(),
+        email: input.name.toLowerCase(),
+        displayName: input.name,
+        role: input.role ?? "member",
+        kind: "service-account",
+        groups: input.groups ?? [],
+      });
+    },
+
+    async updateUser(id, patch) {
+      const before = await mustGetUser(id);
+      if (patch.password !== undefined) {
+        const problem = passwordProblem(patch.password);
+        if (problem)
+          throw new AppError("validation_failed", "the change is invalid: see errors", {
+            fields: [{ field: "body/password", message: problem }],
+          });
+        if (before.kind !== "user")
+          throw new AppError("bad_request", "service accounts have no password; use API keys");
+      }
+      const { password, ...rest } = patch;
+      const updated = await store.users.update(
+        id,
+        { ...rest, ...(password !== undefined ? { passwordHash: await hashPassword(password) } : {}) },
+        now(),
+      );
+      const identityChanged = patch.disabled !== undefined || patch.groups !== undefined;
+      if (patch.disabled === true && !before.disabledAt) await store.accessTokens.revokeAllOf(id, now());
+      if (identityChanged) await deps.bus?.publish("bundle.changed", { agentIds: "*" });
+      return updated;
+    },
+
+    getUser: mustGetUser,
+    listUsers: () => store.users.list(),
+
+    async createApiKey(userId, name, expiresInDays) {
+      const user = await mustGetUser(userId);
+      if (user.disabledAt) throw new AppError("permission_denied", "this account is disabled");
+      const secret = generateSecret(SecretKind.apiKey);
+      const expiresAt = expiresInDays ? new Date(now().getTime() + expiresInDays * 86_400_000) : null;
+      await store.apiKeys.create({ id: secret.id, name, hash: secret.hash, userId, expiresAt });
+      const key = await store.apiKeys.findById(secret.id);
+      return { key: key as ApiKeyRecord, value: secret.value };
+    },
+
+    listApiKeys: (userId) => store.apiKeys.listForUser(userId),
+
+    async revokeApiKey(id, actor) {
+      const key = await store.apiKeys.findById(id);
+      if (!key || (key.userId !== actor.id && actor.role !== "admin"))
+        throw new AppError("not_found", `no API key with id "${id}"`);
+      await store.apiKeys.revoke(id, now());
     },
   };
-}
-
-/** True when `role` is one of `allowed`. */
-export function hasRole(role: Role, allowed: readonly Role[]): boolean {
-  return allowed.includes(role);
 }

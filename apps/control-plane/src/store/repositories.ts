@@ -8,13 +8,27 @@ import type { PrismaClient } from "./generated/sqlite/client.js";
 export const ROLES = ["admin", "auditor", "reviewer", "member"] as const;
 export type Role = (typeof ROLES)[number];
 
+export type UserKind = "user" | "service-account";
+
 export interface UserRecord {
   id: string;
   email: string;
   displayName: string;
   role: Role;
+  kind: UserKind;
+  groups: string[];
+  hasPassword: boolean;
   disabledAt: Date | null;
   createdAt: Date;
+}
+
+export interface AccessTokenRecord {
+  id: string;
+  userId: string;
+  source: string;
+  issuedAt: Date;
+  expiresAt: Date;
+  revokedAt: Date | null;
 }
 
 export interface ApiKeyRecord {
@@ -108,37 +122,143 @@ function toResource(row: ResourceRow): ResourceRecord {
   return { ...row, type: row.type as ResourceType, labels: JSON.parse(row.labels) as Record<string, string> };
 }
 
-function toUser(row: UserRecord & { role: string }): UserRecord {
+type UserRow = {
+  id: string;
+  email: string;
+  displayName: string;
+  role: string;
+  kind: string;
+  passwordHash: string | null;
+  disabledAt: Date | null;
+  createdAt: Date;
+  groups?: { group: string }[];
+};
+
+function toUser(row: UserRow): UserRecord {
   return {
     id: row.id,
     email: row.email,
     displayName: row.displayName,
     role: row.role as Role,
+    kind: row.kind as UserKind,
+    groups: (row.groups ?? []).map((g) => g.group).sort(),
+    hasPassword: row.passwordHash !== null,
     disabledAt: row.disabledAt,
     createdAt: row.createdAt,
   };
 }
 
 export function createRepositories(db: PrismaClient) {
+  const withGroups = { groups: { select: { group: true } } } as const;
+
   const users = {
     count: () => db.user.count(),
     findById: async (id: string) => {
-      const row = await db.user.findUnique({ where: { id } });
-      return row ? toUser(row as UserRecord) : undefined;
+      const row = await db.user.findUnique({ where: { id }, include: withGroups });
+      return row ? toUser(row) : undefined;
     },
     findByEmail: async (email: string) => {
-      const row = await db.user.findUnique({ where: { email } });
-      return row ? toUser(row as UserRecord) : undefined;
+      const row = await db.user.findUnique({ where: { email }, include: withGroups });
+      return row ? toUser(row) : undefined;
     },
-    create: (input: { id: string; email: string; displayName: string; role: Role }) =>
-      mapConflict(`a user with email ${input.email} already exists`, async () =>
-        toUser((await db.user.create({ data: input })) as UserRecord),
+    list: async (filter: { kind?: UserKind } = {}) =>
+      (await db.user.findMany({ where: filter, include: withGroups, orderBy: { email: "asc" } })).map(toUser),
+    /** Password hash of a user, for login only. */
+    passwordHashOf: async (id: string): Promise<string | null> =>
+      (await db.user.findUnique({ where: { id }, select: { passwordHash: true } }))?.passwordHash ?? null,
+    create: (input: {
+      id: string;
+      email: string;
+      displayName: string;
+      role: Role;
+      kind?: UserKind;
+      groups?: string[];
+      passwordHash?: string | null;
+    }) =>
+      mapConflict(`a user or service account named ${input.email} already exists`, async () =>
+        db.$transaction(async (tx) => {
+          for (const name of input.groups ?? [])
+            await tx.group.upsert({ where: { name }, create: { name }, update: {} });
+          const row = await tx.user.create({
+            data: {
+              id: input.id,
+              email: input.email,
+              displayName: input.displayName,
+              role: input.role,
+              kind: input.kind ?? "user",
+              passwordHash: input.passwordHash ?? null,
+              groups: { create: (input.groups ?? []).map((group) => ({ group })) },
+            },
+            include: withGroups,
+          });
+          return toUser(row);
+        }),
       ),
+    update: async (
+      id: string,
+      patch: { displayName?: string; role?: Role; disabled?: boolean; passwordHash?: string | null; groups?: string[] },
+      at: Date,
+    ): Promise<UserRecord> =>
+      db.$transaction(async (tx) => {
+        if (patch.groups) {
+          for (const name of patch.groups) await tx.group.upsert({ where: { name }, create: { name }, update: {} });
+          await tx.userGroup.deleteMany({ where: { userId: id } });
+          await tx.userGroup.createMany({ data: patch.groups.map((group) => ({ userId: id, group })) });
+        }
+        const row = await tx.user.update({
+          where: { id },
+          data: {
+            ...(patch.displayName !== undefined ? { displayName: patch.displayName } : {}),
+            ...(patch.role !== undefined ? { role: patch.role } : {}),
+            ...(patch.disabled !== undefined ? { disabledAt: patch.disabled ? at : null } : {}),
+            ...(patch.passwordHash !== undefined ? { passwordHash: patch.passwordHash } : {}),
+          },
+          include: withGroups,
+        });
+        return toUser(row);
+      }),
+    /** Emails (lower case) of disabled users and service accounts, for bundles. */
+    disabledEmails: async (): Promise<string[]> =>
+      (await db.user.findMany({ where: { NOT: { disabledAt: null } }, select: { email: true } })).map((u) =>
+        u.email.toLowerCase(),
+      ),
+  };
+
+  const groups = {
+    list: () => db.group.findMany({ orderBy: { name: "asc" }, include: { _count: { select: { members: true } } } }),
+  };
+
+  const accessTokens = {
+    create: (input: Omit<AccessTokenRecord, "revokedAt">) => db.accessToken.create({ data: input }),
+    findById: async (id: string): Promise<AccessTokenRecord | undefined> =>
+      (await db.accessToken.findUnique({ where: { id } })) ?? undefined,
+    list: (filter: { userId?: string }, at: Date): Promise<AccessTokenRecord[]> =>
+      db.accessToken.findMany({
+        where: { ...filter, expiresAt: { gt: at } },
+        orderBy: { issuedAt: "desc" },
+        take: 1000,
+      }),
+    revoke: (id: string, at: Date) =>
+      db.accessToken.updateMany({ where: { id, revokedAt: null }, data: { revokedAt: at } }),
+    revokeAllOf: (userId: string, at: Date) =>
+      db.accessToken.updateMany({ where: { userId, revokedAt: null, expiresAt: { gt: at } }, data: { revokedAt: at } }),
+    /** Ids of revoked tokens that have not expired yet (what agents must refuse). */
+    revokedUnexpired: async (at: Date): Promise<string[]> =>
+      (
+        await db.accessToken.findMany({
+          where: { NOT: { revokedAt: null }, expiresAt: { gt: at } },
+          select: { id: true },
+        })
+      ).map((t) => t.id),
+    deleteExpired: (before: Date) => db.accessToken.deleteMany({ where: { expiresAt: { lt: before } } }),
   };
 
   const apiKeys = {
     findById: async (id: string): Promise<ApiKeyRecord | undefined> =>
       (await db.apiKey.findUnique({ where: { id } })) ?? undefined,
+    listForUser: (userId: string): Promise<ApiKeyRecord[]> =>
+      db.apiKey.findMany({ where: { userId }, orderBy: { createdAt: "asc" } }),
+    revoke: (id: string, at: Date) => db.apiKey.updateMany({ where: { id, revokedAt: null }, data: { revokedAt: at } }),
     create: (input: { id: string; name: string; hash: string; userId: string; expiresAt?: Date | null }) =>
       db.apiKey.create({ data: { ...input, expiresAt: input.expiresAt ?? null } }),
     touch: (id: string, at: Date) => db.apiKey.update({ where: { id }, data: { lastUsedAt: at } }),
@@ -313,7 +433,7 @@ export function createRepositories(db: PrismaClient) {
       db.signingKey.create({ data: input }),
   };
 
-  return { users, apiKeys, agents, resources, settings, policies, counters, signingKeys };
+  return { users, groups, accessTokens, apiKeys, agents, resources, settings, policies, counters, signingKeys };
 }
 
 export type Repositories = ReturnType<typeof createRepositories>;

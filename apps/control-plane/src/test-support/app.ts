@@ -2,6 +2,7 @@
  * Test support (not built into dist/): a REST app over a real SQLite store in a temp dir, with a
  * user and API key per role, for `app.inject` tests.
  */
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { createLogger, generateSecret, randomId, SecretKind } from "@moat/common";
 import { tempDir } from "@moat/testkit";
@@ -9,11 +10,14 @@ import { createInProcessBus, type EventBus } from "../bus.js";
 import { buildHttpApp } from "../http/app.js";
 import { createMetrics } from "../metrics.js";
 import { createAgentService } from "../services/agents.js";
+import { createKeyring } from "../keys.js";
 import { createIdentityService } from "../services/identity.js";
+import { createTokenService, type TokenService } from "../services/tokens.js";
 import { createPolicyService } from "../services/policies.js";
 import { openStore, ROLES, type Role, type Store } from "../store/index.js";
 
 export interface TestApp {
+  tokens: TokenService;
   app: Awaited<ReturnType<typeof buildHttpApp>>;
   store: Store;
   bus: EventBus;
@@ -27,7 +31,17 @@ export async function createTestApp(): Promise<TestApp> {
   const store = await openStore(`file:${join(tempDir(), "moat.db")}`);
   const now = () => new Date();
   const bus = createInProcessBus(() => undefined);
-  const identity = createIdentityService({ store, now });
+  const keyring = createKeyring({ store, masterKey: randomBytes(32) });
+  const tokens = createTokenService({
+    store,
+    keyring,
+    bus,
+    now,
+    issuer: "moat",
+    audience: "moat-agents",
+    ttlSeconds: 900,
+  });
+  const identity = createIdentityService({ store, tokens, bus, now });
   const agents = createAgentService({
     store,
     bus,
@@ -41,6 +55,7 @@ export async function createTestApp(): Promise<TestApp> {
     logger: createLogger({ name: "test", level: "silent" }),
     store,
     identity,
+    tokens,
     agents,
     policies: createPolicyService({ store, bus }),
     metrics: createMetrics({ defaultMetrics: false }),
@@ -60,6 +75,7 @@ export async function createTestApp(): Promise<TestApp> {
   }
   return {
     app,
+    tokens,
     store,
     bus,
     keys,

@@ -10,7 +10,10 @@ const Whoami = Type.Object({
   email: Type.String(),
   displayName: Type.String(),
   role: Type.String(),
-  apiKeyId: Type.String(),
+  kind: Type.String(),
+  groups: Type.Array(Type.String()),
+  apiKeyId: Type.Optional(Type.String()),
+  tokenId: Type.Optional(Type.String()),
 });
 
 const Status = Type.Object({
@@ -35,8 +38,17 @@ export const metaRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, { 
       },
     },
     async (request) => {
-      const { user, apiKeyId } = principalOf(request);
-      return { id: user.id, email: user.email, displayName: user.displayName, role: user.role, apiKeyId };
+      const { user, apiKeyId, tokenId } = principalOf(request);
+      return {
+        id: user.id,
+        email: user.email,
+        displayName: user.displayName,
+        role: user.role,
+        kind: user.kind,
+        groups: user.groups,
+        ...(apiKeyId ? { apiKeyId } : {}),
+        ...(tokenId ? { tokenId } : {}),
+      };
     },
   );
 
