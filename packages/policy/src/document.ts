@@ -59,7 +59,7 @@ export const ACTIONS = [
 export const TimeWindowSchema = Type.Object(
   {
     days: Type.Optional(Type.Array(Day, { minItems: 1, maxItems: 7 })),
-    /** Start, inclusive. A window whose `to` is earlier than `from` crosses midnight. */
+    /** Start, inclusive. A window whose `to` is not after `from` crosses midnight (`from` = `to`: all day). */
     from: Clock,
     /** End, exclusive. */
     to: Clock,
@@ -125,9 +125,10 @@ export const MaskRuleSchema = Type.Object(
     columns: Type.Optional(Patterns),
     /** Content detectors applied to every text value of the result. */
     detectors: Type.Optional(Type.Array(Type.Union(DETECTORS.map((d) => Type.Literal(d))), { minItems: 1 })),
-    style: Type.Union([Type.Literal("full"), Type.Literal("partial"), Type.Literal("hash"), Type.Literal("null")], {
-      default: "full",
-    }),
+    /** How values are redacted (default "full"). */
+    style: Type.Optional(
+      Type.Union([Type.Literal("full"), Type.Literal("partial"), Type.Literal("hash"), Type.Literal("null")]),
+    ),
   },
   strict,
 );

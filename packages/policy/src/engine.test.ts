@@ -208,8 +208,71 @@ spec:
     expect(verdict).toMatchObject({
       effect: "deny",
       rule: "c/r",
-      message: expect.stringContaining("a reason is required"),
+      message: "connect on orders-db requires a reason (policy rule c/r)",
     });
+  });
+});
+
+describe("commands, unknown actions, ties, defaults", () => {
+  const { compiled } = compilePolicyText(`
+apiVersion: moat.dev/v1
+kind: Policy
+metadata: { name: ops }
+spec:
+  subjects: { groups: [ops] }
+  resources: { types: [ssh] }
+  rules:
+    - { name: status, effect: allow, actions: [connect, "ssh:*"], commands: ["systemctl status *"] }
+    - { name: everything, effect: allow, actions: ["db:*"] }
+  masking:
+    - { columns: [email] }
+---
+apiVersion: moat.dev/v1
+kind: Policy
+metadata: { name: aaa }
+spec:
+  subjects: { groups: [ops] }
+  resources: { types: [ssh] }
+  rules:
+    - { name: also-db, effect: allow, actions: ["db:*"] }
+`);
+  const ssh = (action: string, command?: string) =>
+    evaluate(compiled, {
+      user: "o",
+      groups: ["ops"],
+      resource: { name: "web", type: "ssh", labels: {} },
+      action,
+      now: NOW,
+      ...(command !== undefined ? { command } : {}),
+    });
+
+  it("command patterns never stretch over shell control characters", () => {
+    expect(ssh("ssh:exec", "systemctl status nginx").effect).toBe("allow");
+    const evil = [
+      "systemctl status nginx; reboot",
+      "systemctl status a && rm -rf /",
+      "systemctl status $(reboot)",
+      "systemctl status `id`",
+      "systemctl status x | sh",
+      "systemctl status x\nreboot",
+      "systemctl status x > /etc/passwd",
+    ];
+    for (const command of evil) expect(ssh("ssh:exec", command).effect, command).toBe("deny");
+  });
+  it("a commands-scoped rule allows connect but not a shell", () => {
+    expect(ssh("connect").effect).toBe("allow");
+    expect(ssh("ssh:shell").effect).toBe("deny");
+    expect(ssh("ssh:sftp").effect).toBe("deny");
+  });
+  it("wildcards never allow an action the language does not define", () => {
+    expect(ssh("db:read").effect).toBe("allow");
+    expect(ssh("db:teleport")).toMatchObject({ effect: "deny", rule: "" });
+  });
+  it("ties between equally strong rules go to the first policy by name, whatever the input order", () => {
+    expect(ssh("db:read").rule).toBe("aaa/also-db");
+  });
+  it("masking style defaults to full", () => {
+    expect(ssh("db:read").obligations.mask).toEqual([{ columns: ["email"] }]);
   });
 });
 

@@ -20,6 +20,7 @@ import {
   anyOf,
   checkTimeZone,
   cidrMatcher,
+  commandMatcher,
   globMatcher,
   parseIp,
   timeWindowMatcher,
@@ -79,6 +80,8 @@ export interface Verdict {
 
 interface CompiledRule {
   id: string;
+  /** Position in the canonical order (policies by name, rules as written): breaks ties between equal effects. */
+  order: number;
   effect: Effect;
   rule: Rule;
   actionMatcher: Matcher;
@@ -158,7 +161,18 @@ export function compilePolicies(
   const generic: CompiledPolicy[] = [];
   let ruleCount = 0;
 
-  documents.forEach((doc, docIndex) => {
+  // Canonical order (by policy name) so that which of several equally strong rules is reported
+  // does not depend on the order documents arrive in (files, store, bundle).
+  const ordered = documents
+    .map((doc, docIndex) => ({ doc, docIndex }))
+    .sort((a, b) =>
+      a.doc.metadata.name < b.doc.metadata.name
+        ? -1
+        : a.doc.metadata.name > b.doc.metadata.name
+          ? 1
+          : a.docIndex - b.docIndex,
+    );
+  ordered.forEach(({ doc, docIndex }) => {
     const name = doc.metadata.name;
     const problem = (field: string, message: string) =>
       problems.push({ document: docIndex, field: `${name}: ${field}`, message });
@@ -231,11 +245,12 @@ export function compilePolicies(
       }
       rules.push({
         id: `${name}/${rule.name}`,
+        order: ruleCount + rules.length,
         effect: rule.effect,
         rule,
         actionMatcher: anyOf(rule.actions),
         ...(rule.tables ? { tables: tableMatcher(rule.tables) } : {}),
-        ...(rule.commands ? { commands: anyOf(rule.commands) } : {}),
+        ...(rule.commands ? { commands: commandMatcher(rule.commands) } : {}),
         when,
         requireReason: c.requireReason === true,
         ...(rule.effect === "review"
@@ -318,7 +333,11 @@ function messageOf(outcome: Outcome, req: PolicyRequest): string {
       : rule.effect === "review"
         ? `${what} requires approval (policy rule ${rule.id})`
         : `${what} is allowed by policy rule ${rule.id}`);
-  return outcome.reasonMissing ? `${base}: a reason is required` : base;
+  if (outcome.reasonMissing)
+    return rule.rule.message
+      ? `${rule.rule.message}: a reason is required`
+      : `${what} requires a reason (policy rule ${rule.id})`;
+  return base;
 }
 
 /** Whether `rule` applies to the request for one table (or none: `table` undefined). */
@@ -330,7 +349,13 @@ function applies(rule: CompiledRule, req: PolicyRequest, ctx: RequestContext, ta
       if (rule.effect !== "allow") return false;
     } else if (!rule.tables(table)) return false;
   }
-  if (rule.commands && (req.command === undefined || !rule.commands(req.command))) return false;
+  if (rule.commands) {
+    // `commands` narrows ssh:exec to matching command lines and keeps the rule away from the other
+    // SSH actions (a shell is not a listed command); connect and non-SSH actions are unaffected.
+    if (req.action === "ssh:exec") {
+      if (req.command === undefined || !rule.commands(req.command)) return false;
+    } else if (req.action.startsWith("ssh:")) return false;
+  }
   for (const condition of rule.when) if (!condition(req, ctx)) return false;
   return true;
 }
@@ -349,7 +374,13 @@ function decideOne(
       const reasonMissing = rule.requireReason && !req.reason?.trim();
       const effect: Effect = reasonMissing ? "deny" : rule.effect;
       matched?.push({ rule: rule.id, effect, ...(table !== undefined ? { table } : {}) });
-      if (!best || RANK[effect] > RANK[best.effect]) best = { effect, rule, table, reasonMissing };
+      if (
+        !best ||
+        RANK[effect] > RANK[best.effect] ||
+        (RANK[effect] === RANK[best.effect] && rule.order < (best.rule?.order ?? Infinity))
+      ) {
+        best = { effect, rule, table, reasonMissing };
+      }
     }
   }
   return best ?? { effect: "deny", rule: undefined, table, reasonMissing: false };
@@ -369,6 +400,15 @@ export function evaluate(policies: CompiledPolicies, req: PolicyRequest, options
   for (const p of policies.generic) if (p.resource(req.resource) && p.subject(req, ctx)) applicable.push(p);
 
   const rules: (readonly CompiledRule[])[] = [];
+  if (!KNOWN_ACTIONS.has(req.action) && !req.action.startsWith("k8s:")) {
+    // An action the policy language does not define is never allowed, whatever wildcards say.
+    return new LazyVerdict(
+      { effect: "deny", rule: undefined, table: undefined, reasonMissing: false },
+      req,
+      { mask: [], record: false },
+      [],
+    );
+  }
   if (KNOWN_ACTIONS.has(req.action)) {
     for (const p of applicable) {
       const list = p.byAction.get(req.action);

@@ -79,6 +79,26 @@ function inPrefix(ip: Uint16Array, base: Uint16Array, prefix: number): boolean {
 }
 
 /**
+ * Command-line patterns for ssh:exec. `*` stands for any run of characters EXCEPT shell control
+ * characters (; & | ` $ ( ) < > and line breaks), so `systemctl status *` cannot be stretched into
+ * `systemctl status nginx; reboot`. A command containing control characters matches only a
+ * pattern that spells them out literally.
+ */
+export function commandMatcher(patterns: readonly string[]): Matcher {
+  const regexes = patterns.map(
+    (pattern) =>
+      new RegExp(
+        `^${pattern
+          .split("*")
+          .map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"))
+          .join("[^;&|`$()<>\\r\\n]*")}$`,
+        "s",
+      ),
+  );
+  return (command) => regexes.some((r) => r.test(command));
+}
+
+/**
  * Parses a CIDR list into a matcher over addresses parsed by `parseIp`; throws with the bad entry.
  * IPv4 networks are held in their IPv4-mapped form, so `::ffff:10.1.2.3` matches 10.0.0.0/8.
  */

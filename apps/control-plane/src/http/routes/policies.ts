@@ -207,8 +207,13 @@ export const policyRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, 
         reason?: string;
       };
       const principal = principalOf(request);
-      if (principal.user.role === "member" && body.user.toLowerCase() !== principal.user.email.toLowerCase()) {
-        throw new AppError("permission_denied", "members may simulate only their own access");
+      if (principal.user.role === "member") {
+        if (body.user.toLowerCase() !== principal.user.email.toLowerCase()) {
+          throw new AppError("permission_denied", "members may simulate only their own access");
+        }
+        // ...as they are: their real groups and kind, not what the body claims.
+        body.groups = principal.user.groups;
+        body.serviceAccount = principal.user.kind === "service-account";
       }
       let resource: { name: string; type: ResourceType; labels: Record<string, string> };
       if (body.resourceType) resource = { name: body.resource, type: body.resourceType, labels: body.labels ?? {} };
