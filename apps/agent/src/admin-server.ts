@@ -28,7 +28,7 @@ export function startAdminServer(options: {
   registry: Registry;
   status: () => AdminStatus;
   /** When set, POST /v1/decide answers policy decisions with the agent's bundle (operators, tests). */
-  decide?: (body: unknown) => unknown;
+  decide?: (body: unknown) => Promise<unknown>;
 }): Promise<{ server: Server; port: number; close(): Promise<void> }> {
   const server = createServer((req, res) => {
     const path = (req.url ?? "/").split("?")[0];
@@ -54,11 +54,10 @@ export function startAdminServer(options: {
           problem(res, 400, "bad_request", "the body is not valid JSON");
           return;
         }
-        try {
-          res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(decide(body)));
-        } catch (error) {
-          problem(res, 400, "validation_failed", (error as Error).message);
-        }
+        decide(body).then(
+          (result) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(result)),
+          (error: unknown) => problem(res, 400, "validation_failed", (error as Error).message),
+        );
       });
       return;
     }

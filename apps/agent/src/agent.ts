@@ -21,6 +21,7 @@ import { createControlPlaneConnection, type ConnectionState, type ControlPlaneCo
 import { ensureIdentity } from "./enrol.js";
 import { writeIdentity, type AgentIdentity } from "./identity-file.js";
 import { createBundleHolder, type BundleHolder } from "./bundle.js";
+import { TokenRejected, verifyAccessToken } from "./tokens.js";
 import { VERSION } from "./version.js";
 
 const TYPES: Record<ResourceConfig["type"], ResourceType> = {
@@ -30,33 +31,56 @@ const TYPES: Record<ResourceConfig["type"], ResourceType> = {
   http: ResourceType.HTTP,
 };
 
-/** Reads a /v1/decide body (the shape of the control plane's simulate request) and decides it. */
-function decideFromJson(bundles: BundleHolder, body: unknown) {
+/**
+ * Reads a /v1/decide body (the control plane's simulate request, or `token` instead of
+ * user/groups: then the identity comes from verifying the access token, as an enforcer does).
+ */
+async function decideFromJson(bundles: BundleHolder, body: unknown) {
   const b = body as Record<string, unknown>;
   const str = (k: string) => (typeof b[k] === "string" ? (b[k] as string) : undefined);
-  const user = str("user");
   const resource = str("resource");
   const action = str("action");
-  if (!user || !resource || !action) throw new Error("user, resource and action are required");
   const time = str("time");
+  const now = time ? Date.parse(time) : Date.now();
+  const bundleVersion = (bundles.current()?.version ?? 0n).toString();
+  let who: { user: string; groups: string[]; serviceAccount: boolean };
+  const token = str("token");
+  if (token !== undefined) {
+    try {
+      const identity = await verifyAccessToken(token, bundles.current(), new Date(now));
+      who = { user: identity.user, groups: identity.groups, serviceAccount: identity.serviceAccount };
+    } catch (error) {
+      if (error instanceof TokenRejected)
+        return { effect: "deny", rule: "", message: `authentication failed: ${error.message}`, bundleVersion };
+      throw error;
+    }
+  } else {
+    const user = str("user");
+    if (!user) throw new Error("user (or token) is required");
+    who = {
+      user,
+      groups: Array.isArray(b.groups) ? b.groups.map(String) : [],
+      serviceAccount: b.serviceAccount === true,
+    };
+  }
+  if (!resource || !action) throw new Error("resource and action are required");
   const verdict = bundles.decide({
-    user,
-    groups: Array.isArray(b.groups) ? b.groups.map(String) : [],
-    serviceAccount: b.serviceAccount === true,
+    ...who,
     resource,
     action,
     ...(Array.isArray(b.tables) ? { tables: b.tables.map(String) } : {}),
     ...(str("command") !== undefined ? { command: str("command") as string } : {}),
     ...(str("sourceIp") ? { sourceIp: str("sourceIp") as string } : {}),
     ...(str("reason") !== undefined ? { reason: str("reason") as string } : {}),
-    now: time ? Date.parse(time) : Date.now(),
+    now,
   });
   return {
     effect: verdict.effect,
     rule: verdict.rule,
     message: verdict.message,
     obligations: verdict.obligations,
-    bundleVersion: (bundles.current()?.version ?? 0n).toString(),
+    user: who.user,
+    bundleVersion,
   };
 }
 
