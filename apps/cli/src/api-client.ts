@@ -4,6 +4,7 @@
  * the API's code and field errors; network failures into `unreachable`). It knows nothing of
  * commands, config files or output, and never puts the API key in an error message.
  */
+import type { Effect, MatchedRule, Obligations, PolicyDocument } from "@moat/policy";
 import { CliError, CliErrorCode, errorFromProblem, type Problem } from "./errors.js";
 import { VERSION } from "./version.js";
 
@@ -76,6 +77,56 @@ export interface CreatedAgent extends EnrolmentToken {
   agent: Agent;
 }
 
+/** A stored policy (GET /api/v1/policies/:name). */
+export interface Policy {
+  name: string;
+  /** The policy revision at which this document last changed. */
+  revision: string;
+  updatedBy: string;
+  updatedAt: string;
+  document: PolicyDocument;
+}
+
+/** POST /api/v1/policies/apply: what changed (or, in a dry run, would change), by policy name. */
+export interface ApplyResult {
+  dryRun: boolean;
+  /** The policy revision after the apply (unchanged by a dry run or a no-op). */
+  revision: string;
+  created: string[];
+  updated: string[];
+  unchanged: string[];
+  deleted: string[];
+}
+
+/** POST /api/v1/policies/simulate: a request as an agent would see it. */
+export interface SimulateRequest {
+  user: string;
+  groups?: string[];
+  serviceAccount?: boolean;
+  resource: string;
+  /** Given for a hypothetical resource; else the resource must be announced by an agent. */
+  resourceType?: ResourceType;
+  labels?: Record<string, string>;
+  action: string;
+  tables?: string[];
+  command?: string;
+  sourceIp?: string;
+  /** ISO 8601 date-time with an offset; default now. */
+  time?: string;
+  reason?: string;
+}
+
+/** The verdict of a simulation, with every rule that applied. */
+export interface SimulateVerdict {
+  effect: Effect;
+  /** The deciding rule (`policy/rule`), "" for the default deny. */
+  rule: string;
+  message: string;
+  revision: string;
+  obligations: Obligations;
+  matched: MatchedRule[];
+}
+
 /** The API calls the CLI makes. Every method rejects with a `CliError`. */
 export interface ApiClient {
   readonly server: string;
@@ -89,6 +140,11 @@ export interface ApiClient {
   issueEnrolmentToken(agentId: string): Promise<EnrolmentToken>;
   deleteAgent(agentId: string): Promise<void>;
   listResources(filter?: { type?: ResourceType; agentId?: string }): Promise<Resource[]>;
+  listPolicies(): Promise<Policy[]>;
+  getPolicy(name: string): Promise<Policy>;
+  deletePolicy(name: string): Promise<void>;
+  applyPolicies(input: { documents: PolicyDocument[]; prune: boolean; dryRun: boolean }): Promise<ApplyResult>;
+  simulatePolicy(request: SimulateRequest): Promise<SimulateVerdict>;
 }
 
 /** What a client needs: one control plane, optionally one API key, and a per-request timeout. */
@@ -246,5 +302,10 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
           query: { type: filter.type, agent: filter.agentId },
         })
       ).items,
+    listPolicies: async () => (await request<{ items: Policy[] }>("GET", "api/v1/policies")).items,
+    getPolicy: (name) => request("GET", `api/v1/policies/${encodeURIComponent(name)}`),
+    deletePolicy: (name) => request("DELETE", `api/v1/policies/${encodeURIComponent(name)}`),
+    applyPolicies: (input) => request("POST", "api/v1/policies/apply", { body: input }),
+    simulatePolicy: (input) => request("POST", "api/v1/policies/simulate", { body: input }),
   };
 }

@@ -6,6 +6,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { createApiClient } from "./api-client.js";
 import { registerAgentCommands } from "./commands/agents.js";
+import { registerPolicyCommands } from "./commands/policy.js";
 import { registerResourceCommands } from "./commands/resources.js";
 import { registerSessionCommands } from "./commands/session.js";
 import { registerStatusCommand } from "./commands/status.js";
@@ -126,6 +127,7 @@ export function buildProgram(io: CliIo): Command {
   registerStatusCommand(program, context);
   registerAgentCommands(program, context);
   registerResourceCommands(program, context);
+  registerPolicyCommands(program, context);
   return program;
 }
 

@@ -27,6 +27,10 @@ export const CliErrorCode = {
   configInvalid: "config_invalid",
   confirmationRequired: "confirmation_required",
   aborted: "aborted",
+  /** Local policy files that do not parse, validate or compile; nothing was sent anywhere. */
+  policyInvalid: "policy_invalid",
+  /** `moat policy test`: at least one of the policies' own test cases failed. */
+  testsFailed: "tests_failed",
 } as const;
 export type CliErrorCode = (typeof CliErrorCode)[keyof typeof CliErrorCode];
 
@@ -37,6 +41,7 @@ const exitCodeByCode: Readonly<Record<string, ExitCode>> = {
   confirmation_required: ExitCode.usage,
   // The control plane rejected what the user typed (e.g. an agent name): a usage error too.
   validation_failed: ExitCode.usage,
+  policy_invalid: ExitCode.usage,
   not_logged_in: ExitCode.unauthenticated,
   unauthenticated: ExitCode.unauthenticated,
   permission_denied: ExitCode.permissionDenied,
@@ -70,6 +75,8 @@ const localTitles: Record<CliErrorCode, string> = {
   config_invalid: "Configuration invalid",
   confirmation_required: "Confirmation required",
   aborted: "Aborted",
+  policy_invalid: "Invalid policy files",
+  tests_failed: "Policy tests failed",
 };
 
 /** Optional parts of a `CliError`. */

@@ -1,7 +1,8 @@
 /**
  * The CLI's edges to the terminal, injectable so commands run in-process in tests: output streams,
- * environment, stdin, clock and fetch. Also owns reading from stdin: one line, a y/N confirmation,
- * and a secret typed without echo. Nothing here knows about commands or the API.
+ * environment, stdin, clock and fetch. Also owns reading from stdin: one line, a y/N confirmation
+ * (and the confirmation rule of deletions), and a secret typed without echo. Nothing here knows
+ * about commands or the API.
  */
 import { CliError, CliErrorCode } from "./errors.js";
 
@@ -67,6 +68,25 @@ export async function confirm(io: Pick<CliIo, "stdin" | "stderr">, question: str
   io.stderr.write(`${question} [y/N] `);
   const answer = await readLine(io.stdin);
   return /^\s*y(es)?\s*$/i.test(answer ?? "");
+}
+
+/**
+ * The confirmation rule of every `delete` command: `--yes` skips it; otherwise a y/N question when
+ * stdin is a terminal, and a refusal (exit 2) when it is not, so a script never deletes by accident.
+ * `what` names the thing, e.g. `agent "edge-1"`; `question` is asked as is.
+ */
+export async function confirmDeletion(
+  io: Pick<CliIo, "stdin" | "stderr">,
+  options: { yes?: boolean; what: string; question: string },
+): Promise<void> {
+  if (options.yes) return;
+  if (!io.stdin.isTTY) {
+    throw new CliError(CliErrorCode.confirmationRequired, `refusing to delete ${options.what} without confirmation`, {
+      hint: "stdin is not a terminal, so nobody can answer a prompt: pass --yes",
+    });
+  }
+  if (!(await confirm(io, options.question)))
+    throw new CliError(CliErrorCode.aborted, `${options.what} was not deleted`);
 }
 
 /**

@@ -253,7 +253,12 @@ function fieldOf(path: string): string {
 export function schemaProblems(value: unknown): PolicyProblem[] {
   const problems: PolicyProblem[] = [];
   for (const error of Value.Errors(PolicySchema, value)) {
-    const message = error.message.startsWith("Unexpected property") ? "unknown field" : error.message.toLowerCase();
+    const choices = (error.schema as { anyOf?: { const?: unknown }[] }).anyOf?.map((branch) => branch.const);
+    const message = error.message.startsWith("Unexpected property")
+      ? "unknown field"
+      : choices && choices.length > 0 && choices.every((c) => typeof c === "string")
+        ? `must be one of: ${choices.join(", ")}`
+        : error.message.toLowerCase();
     problems.push({ field: fieldOf(error.path), message });
   }
   // Unions report one error per branch; keep one per field.

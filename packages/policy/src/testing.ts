@@ -40,7 +40,7 @@ export function runPolicyTests(
   const results: PolicyTestResult[] = [];
   for (const doc of documents) {
     for (const test of doc.spec.tests ?? []) {
-      const verdict = evaluate(compiled, testRequest(test, now));
+      const verdict = evaluate(compiled, testRequest(test, now), { explain: true });
       const passed =
         verdict.effect === test.expect && (test.expectRule === undefined || verdict.rule === test.expectRule);
       results.push({

@@ -6,8 +6,8 @@
 import type { Command } from "commander";
 import type { Agent, ApiClient, CreatedAgent, EnrolmentToken } from "../api-client.js";
 import type { CommandContext } from "../context.js";
-import { CliError, CliErrorCode } from "../errors.js";
-import { confirm, type CliIo } from "../io.js";
+import { CliError } from "../errors.js";
+import { confirmDeletion, type CliIo } from "../io.js";
 import { clean, formatFields, formatTable, relativeTime, timestamp, type Output } from "../output.js";
 
 /** Finds an agent by exact id, else by exact name; unknown is a `not_found` error (exit 5). */
@@ -148,22 +148,11 @@ export function createAgentCommands(deps: {
 
     async delete(ref: string, options: { yes?: boolean }): Promise<Agent> {
       const agent = await resolveAgent(client, ref);
-      if (!options.yes) {
-        if (!deps.io.stdin.isTTY) {
-          throw new CliError(
-            CliErrorCode.confirmationRequired,
-            `refusing to delete agent "${clean(agent.name)}" without confirmation`,
-            {
-              hint: "stdin is not a terminal, so nobody can answer a prompt: pass --yes",
-            },
-          );
-        }
-        const yes = await confirm(
-          deps.io,
-          `Delete agent ${clean(agent.name)} (id ${agent.id})? Its stream is cut and its credential stops working.`,
-        );
-        if (!yes) throw new CliError(CliErrorCode.aborted, `agent "${clean(agent.name)}" was not deleted`);
-      }
+      await confirmDeletion(deps.io, {
+        ...options,
+        what: `agent "${clean(agent.name)}"`,
+        question: `Delete agent ${clean(agent.name)} (id ${agent.id})? Its stream is cut and its credential stops working.`,
+      });
       await client.deleteAgent(agent.id);
       if (out.json) out.data({ deleted: true, agent });
       else
