@@ -64,6 +64,8 @@ export const ControlPlaneConfigSchema = Type.Object(
         audience: Type.String({ minLength: 1, default: "moat-agents" }),
         /** Lifetime of an access token. */
         ttlSeconds: Type.Integer({ minimum: 60, maximum: 24 * 3600, default: 900 }),
+        /** After a key rotation, how long the new key is published to agents before it signs tokens. */
+        keyActivationSeconds: Type.Integer({ minimum: 0, maximum: 3600, default: 10 }),
       },
       { ...strict, default: {} },
     ),
@@ -122,6 +124,7 @@ export const ENV_OVERRIDES: EnvOverride[] = [
   { variable: "MOAT_LOCAL_AGENT", path: "localAgent.enabled", type: "boolean" },
   { variable: "MOAT_REPLICA_ID", path: "replicaId", type: "string" },
   { variable: "MOAT_BUNDLE_VALIDITY_SECONDS", path: "bundles.validitySeconds", type: "number" },
+  { variable: "MOAT_TOKEN_KEY_ACTIVATION_SECONDS", path: "tokens.keyActivationSeconds", type: "number" },
 ];
 
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);

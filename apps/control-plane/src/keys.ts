@@ -38,6 +38,14 @@ export interface Signer {
 export interface Keyring {
   signer(use: KeyUse): Promise<Signer>;
   publicKeys(use: KeyUse): Promise<PublicKeyInfo[]>;
+  /**
+   * Adds a new token signing key. It is published at once (bundles carry every active key) and
+   * signs only after `activationDelayMs`, so agents know it before the first token it signs
+   * arrives. Keys older than the newest signing key by more than `retireAfterMs` are retired.
+   */
+  rotate(use: "token"): Promise<{ kid: string; signsFrom: Date }>;
+  /** Retires keys no token can still need (older than the signing key by `retireAfterMs`). */
+  retireExpired(use: "token"): Promise<string[]>;
 }
 
 /** Reads or creates the master key; throws when MOAT_MASTER_KEY is malformed. */
@@ -81,8 +89,19 @@ function open(masterKey: Buffer, sealed: string, aad: string): Buffer {
   }
 }
 
-export function createKeyring(deps: { store: Pick<Store, "signingKeys" | "settings">; masterKey: Buffer }): Keyring {
+export function createKeyring(deps: {
+  store: Pick<Store, "signingKeys" | "settings">;
+  masterKey: Buffer;
+  now?: () => Date;
+  /** How long a rotated-in token key is published before it signs. */
+  activationDelayMs?: number;
+  /** How long a replaced token key stays published (the token lifetime plus margin). */
+  retireAfterMs?: number;
+}): Keyring {
   const { store, masterKey } = deps;
+  const now = deps.now ?? (() => new Date());
+  const activationDelayMs = deps.activationDelayMs ?? 10_000;
+  const retireAfterMs = deps.retireAfterMs ?? 3_600_000;
   const signers = new Map<string, Signer>();
 
   const creating = new Map<KeyUse, Promise<void>>();
@@ -120,7 +139,10 @@ export function createKeyring(deps: { store: Pick<Store, "signingKeys" | "settin
 
   return {
     async signer(use) {
-      const record = (await activeRecords(use))[0];
+      const records = await activeRecords(use);
+      // The newest key that has been published long enough; the first key signs at once.
+      const ready = records.filter((r, i) => i === 0 || now().getTime() - r.createdAt.getTime() >= activationDelayMs);
+      const record = ready[ready.length - 1];
       if (!record) throw new Error(`no ${use} signing key`);
       let signer = signers.get(record.id);
       if (!signer) {
@@ -134,6 +156,37 @@ export function createKeyring(deps: { store: Pick<Store, "signingKeys" | "settin
       }
       return signer;
     },
+    async rotate(use) {
+      const existing = await store.signingKeys.listAll(use);
+      const { publicKey, privateKey } = generateKeyPairSync("ed25519");
+      const kid = `${use}-${existing.length + 1}-${randomId(8)}`;
+      await store.signingKeys.create({
+        id: kid,
+        use,
+        algorithm: "EdDSA",
+        publicJwk: JSON.stringify({ ...publicKey.export({ format: "jwk" }), kid, alg: "EdDSA", use: "sig" }),
+        privateKeyEnc: seal(masterKey, privateKey.export({ format: "der", type: "pkcs8" }), `${kid}:${use}`),
+      });
+      return { kid, signsFrom: new Date(now().getTime() + activationDelayMs) };
+    },
+
+    async retireExpired(use) {
+      const records = await store.signingKeys.listActive(use);
+      const signing = await this.signer(use);
+      const signingRecord = records.find((r) => r.id === signing.kid);
+      if (!signingRecord) return [];
+      // Tokens signed by an older key expire at most a token lifetime after the current one took over.
+      const takeover = signingRecord.createdAt.getTime() + activationDelayMs;
+      const retired: string[] = [];
+      for (const r of records) {
+        if (r.createdAt < signingRecord.createdAt && now().getTime() - takeover > retireAfterMs) {
+          await store.signingKeys.retire(r.id, now());
+          retired.push(r.id);
+        }
+      }
+      return retired;
+    },
+
     async publicKeys(use) {
       return (await activeRecords(use)).map((r) => ({
         kid: r.id,

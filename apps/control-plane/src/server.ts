@@ -103,7 +103,23 @@ export async function startControlPlane(
     enrolmentTtlMs: config.enrolment.tokenTtlSeconds * 1000,
     staleAfterMs: config.grpc.heartbeatSeconds * 3 * 1000,
   });
-  const keyring = createKeyring({ store, masterKey: loadMasterKey(config.dataDir, options.masterKey) });
+  const keyring = createKeyring({
+    store,
+    masterKey: loadMasterKey(config.dataDir, options.masterKey),
+    now,
+    activationDelayMs: config.tokens.keyActivationSeconds * 1000,
+    // A replaced token key stays published while tokens it signed can still be valid.
+    retireAfterMs: (config.tokens.ttlSeconds + 300) * 1000,
+  });
+  const retireTimer = setInterval(() => {
+    keyring.retireExpired("token").then(
+      async (retired) => {
+        if (retired.length > 0) await bus.publish("bundle.changed", { agentIds: "*" });
+      },
+      (error: unknown) => logger.error({ err: error }, "could not retire old token keys"),
+    );
+  }, 60_000);
+  retireTimer.unref();
   const tokens = createTokenService({
     store,
     keyring,
@@ -163,6 +179,8 @@ export async function startControlPlane(
     store,
     identity,
     tokens,
+    keyring,
+    bus,
     agents,
     policies,
     metrics,
@@ -206,6 +224,7 @@ export async function startControlPlane(
       if (closed) return;
       closed = true;
       ready = false;
+      clearInterval(retireTimer);
       channel.closeAll("the control plane is shutting down");
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {

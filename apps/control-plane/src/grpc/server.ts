@@ -52,6 +52,8 @@ interface LiveSession {
 }
 
 const MAX_RESOURCES = 1000;
+/** Bundles built and sent at once during a fan-out (bounds CPU bursts and memory). */
+const FAN_OUT_CONCURRENCY = 8;
 const MAX_LABELS = 64;
 const NAME_PATTERN = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
 
@@ -146,14 +148,33 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
     }
   }
 
-  deps.bus.subscribe("bundle.changed", async ({ agentIds }) => {
-    const targets = agentIds === "*" ? [...sessions.values()] : agentIds.flatMap((id) => sessions.get(id) ?? []);
-    await Promise.all(targets.map(pushBundle));
+  /**
+   * Pushes fresh bundles to `targets`, a few at a time, without holding up whoever caused the
+   * change. A newer fan-out supersedes an older one still running (it covers the same agents).
+   */
+  let fanOutGeneration = 0;
+  function fanOut(targets: LiveSession[], everyone: boolean): void {
+    const generation = everyone ? ++fanOutGeneration : fanOutGeneration;
+    deps.bundles.invalidate();
+    const queue = [...targets];
+    const worker = async () => {
+      for (let session = queue.shift(); session && generation === fanOutGeneration; session = queue.shift()) {
+        await pushBundle(session);
+      }
+    };
+    void Promise.all(Array.from({ length: Math.min(FAN_OUT_CONCURRENCY, queue.length) }, worker));
+  }
+
+  deps.bus.subscribe("bundle.changed", ({ agentIds }) => {
+    if (agentIds === "*") fanOut([...sessions.values()], true);
+    else
+      fanOut(
+        agentIds.flatMap((id) => sessions.get(id) ?? []),
+        false,
+      );
   });
 
-  const refreshTimer = setInterval(() => {
-    for (const session of sessions.values()) void pushBundle(session);
-  }, deps.bundleRefreshMs);
+  const refreshTimer = setInterval(() => fanOut([...sessions.values()], true), deps.bundleRefreshMs);
   refreshTimer.unref();
 
   function enrol(call: grpc.ServerUnaryCall<EnrolRequest, EnrolResponse>, callback: grpc.sendUnaryData<EnrolResponse>) {

@@ -234,6 +234,8 @@ describe("route x role matrix", () => {
     },
     { method: "DELETE", url: "/api/v1/api-keys/:id", allowed: ["admin", "auditor", "reviewer", "member"] },
     { method: "GET", url: "/api/v1/groups", allowed: ["admin", "auditor", "reviewer"] },
+    { method: "GET", url: "/api/v1/keys", allowed: ["admin", "auditor"] },
+    { method: "POST", url: "/api/v1/keys/rotate", allowed: ["admin"] },
     { method: "GET", url: "/api/v1/policies/:name", allowed: ["admin", "auditor", "reviewer"] },
     { method: "PUT", url: "/api/v1/policies/:name", allowed: ["admin"], payload: {} },
     { method: "DELETE", url: "/api/v1/policies/:name", allowed: ["admin"] },

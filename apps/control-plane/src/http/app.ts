@@ -8,10 +8,12 @@ import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import { AppError } from "@moat/common";
 import type { Logger } from "@moat/common";
 import Fastify, { LogController } from "fastify";
+import type { EventBus } from "../bus.js";
 import type { ControlPlaneMetrics } from "../metrics.js";
 import type { AgentService } from "../services/agents.js";
 import type { PolicyService } from "../services/policies.js";
 import type { TokenService } from "../services/tokens.js";
+import type { Keyring } from "../keys.js";
 import type { IdentityService, Principal } from "../services/identity.js";
 import type { Role, Store } from "../store/index.js";
 import { problem, toAppError } from "./problem.js";
@@ -19,6 +21,7 @@ import { agentRoutes } from "./routes/agents.js";
 import { healthRoutes } from "./routes/health.js";
 import { metaRoutes } from "./routes/meta.js";
 import { identityRoutes } from "./routes/identity.js";
+import { keyRoutes } from "./routes/keys.js";
 import { policyRoutes } from "./routes/policies.js";
 import { resourceRoutes } from "./routes/resources.js";
 
@@ -36,9 +39,11 @@ declare module "fastify" {
 
 export interface HttpDeps {
   logger: Logger;
-  store: Pick<Store, "ping" | "provider" | "resources" | "accessTokens" | "groups">;
+  store: Pick<Store, "ping" | "provider" | "resources" | "accessTokens" | "groups" | "signingKeys">;
+  bus: Pick<EventBus, "publish">;
   identity: IdentityService;
   tokens: TokenService;
+  keyring: Keyring;
   agents: AgentService;
   policies: PolicyService;
   metrics: ControlPlaneMetrics;
@@ -134,5 +139,6 @@ export async function buildHttpApp(deps: HttpDeps) {
   await app.register(resourceRoutes, { deps });
   await app.register(policyRoutes, { deps });
   await app.register(identityRoutes, { deps });
+  await app.register(keyRoutes, { deps });
   return app;
 }

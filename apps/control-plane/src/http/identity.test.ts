@@ -223,3 +223,43 @@ describe("service accounts and API keys", () => {
     expect(groups.find((g) => g.name === "engineers")?.members).toBeGreaterThanOrEqual(2);
   });
 });
+
+describe("token signing key rotation", () => {
+  it("publishes the new key, signs with it after the activation delay, keeps old tokens valid, then retires the old key", async () => {
+    const before = (await t.app.inject({ method: "POST", url: "/api/v1/tokens", headers: t.auth("admin") })).json()
+      .accessToken as string;
+    const oldKid = (JSON.parse(Buffer.from(before.split(".")[0] as string, "base64url").toString()) as { kid: string })
+      .kid;
+    const rotated = await t.app.inject({ method: "POST", url: "/api/v1/keys/rotate", headers: t.auth("admin") });
+    expect(rotated.statusCode).toBe(201);
+    const kidOf = (token: string) =>
+      (JSON.parse(Buffer.from(token.split(".")[0] as string, "base64url").toString()) as { kid: string }).kid;
+    const soon = (await t.app.inject({ method: "POST", url: "/api/v1/tokens", headers: t.auth("admin") })).json()
+      .accessToken as string;
+    expect(kidOf(soon)).toBe(oldKid);
+    expect((await t.keyring.publicKeys("token")).map((k) => k.kid)).toEqual([oldKid, rotated.json().kid]);
+
+    await new Promise((r) => setTimeout(r, 300));
+    const after = (await t.app.inject({ method: "POST", url: "/api/v1/tokens", headers: t.auth("admin") })).json()
+      .accessToken as string;
+    expect(kidOf(after)).toBe(rotated.json().kid);
+    for (const token of [before, after]) {
+      expect((await t.app.inject({ method: "GET", url: "/api/v1/whoami", headers: bearer(token) })).statusCode).toBe(
+        200,
+      );
+    }
+    const keys = (await t.app.inject({ method: "GET", url: "/api/v1/keys", headers: t.auth("auditor") })).json()
+      .items as { kid: string; use: string; signing: boolean }[];
+    expect(keys.filter((k) => k.use === "token").map((k) => [k.kid, k.signing])).toEqual([
+      [oldKid, false],
+      [rotated.json().kid, true],
+    ]);
+
+    await new Promise((r) => setTimeout(r, 1300));
+    expect(await t.keyring.retireExpired("token")).toEqual([oldKid]);
+    expect((await t.keyring.publicKeys("token")).map((k) => k.kid)).toEqual([rotated.json().kid]);
+    expect((await t.app.inject({ method: "GET", url: "/api/v1/whoami", headers: bearer(before) })).statusCode).toBe(
+      401,
+    );
+  });
+});

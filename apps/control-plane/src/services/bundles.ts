@@ -28,7 +28,11 @@ const PROTO_TYPES: Record<ResourceType, ProtoResourceType> = {
 
 export const BUNDLE_SIGNATURE_ALGORITHM = "Ed25519";
 
+const SHARED_MAX_AGE_MS = 5_000;
+
 export interface BundleService {
+  /** Drops the shared parts cached for building bundles (call when policies, keys or identities change). */
+  invalidate(): void;
   /** Compiles and signs the current bundle for `agentId`. */
   build(agentId: string): Promise<{ signed: SignedBundle; version: bigint; policies: number }>;
   /** The keys agents accept on bundles (sent at enrolment). */
@@ -52,24 +56,49 @@ export function createBundleService(deps: {
     );
   }
 
+  /** What every agent's bundle shares at one moment: loaded once, reused across a fan-out. */
+  async function loadShared() {
+    const at = now();
+    const [snapshot, tokenKeys, bundleKeys, signer, revokedTokenIds, disabledUsers] = await Promise.all([
+      deps.policies.snapshot(),
+      keys("token"),
+      keys("bundle"),
+      keyring.signer("bundle"),
+      store.accessTokens.revokedUnexpired(at),
+      store.users.disabledEmails(),
+    ]);
+    const selectors = snapshot.documents.map((doc) => ({
+      doc,
+      matches: resourceMatcher(doc.spec.resources),
+      json: canonicalJson(doc),
+    }));
+    return { snapshot, tokenKeys, bundleKeys, signer, revokedTokenIds, disabledUsers, selectors };
+  }
+  let shared: Promise<Awaited<ReturnType<typeof loadShared>>> | undefined;
+  let sharedAt = 0;
+
   return {
     bundleKeys: () => keys("bundle"),
 
+    invalidate() {
+      shared = undefined;
+    },
+
     async build(agentId) {
+      // Shared parts are reloaded after a change (invalidate) and at least every few seconds.
+      if (!shared || now().getTime() - sharedAt > SHARED_MAX_AGE_MS) {
+        sharedAt = now().getTime();
+        shared = loadShared().catch((error: unknown) => {
+          shared = undefined;
+          throw error;
+        });
+      }
+      const [resources, { snapshot, tokenKeys, bundleKeys, signer, revokedTokenIds, disabledUsers, selectors }] =
+        await Promise.all([store.resources.list({ agentId }), shared]);
       const at = now();
-      const [resources, snapshot, tokenKeys, bundleKeys, signer, revokedTokenIds, disabledUsers] = await Promise.all([
-        store.resources.list({ agentId }),
-        deps.policies.snapshot(),
-        keys("token"),
-        keys("bundle"),
-        keyring.signer("bundle"),
-        store.accessTokens.revokedUnexpired(at),
-        store.users.disabledEmails(),
-      ]);
-      const documents = snapshot.documents.filter((doc) => {
-        const matches = resourceMatcher(doc.spec.resources);
-        return resources.some((r) => matches({ name: r.name, type: r.type, labels: r.labels }));
-      });
+      const documents = selectors.filter((s) =>
+        resources.some((r) => s.matches({ name: r.name, type: r.type, labels: r.labels })),
+      );
       const issuedAt = at;
       const bundle = create(BundleSchema, {
         agentId,
@@ -85,7 +114,7 @@ export function createBundleService(deps: {
           type: PROTO_TYPES[r.type],
           labels: Object.entries(r.labels).map(([key, value]) => ({ key, value })),
         })),
-        policyDocuments: documents.map((d) => canonicalJson(d)),
+        policyDocuments: documents.map((d) => d.json),
         tokenIssuer: deps.tokenIssuer,
         tokenAudience: deps.tokenAudience,
       });

@@ -429,6 +429,8 @@ export function createRepositories(db: PrismaClient) {
       db.signingKey.findMany({ where: { use, retiredAt: null }, orderBy: { createdAt: "asc" } }),
     listAll: (use: string): Promise<SigningKeyRecord[]> =>
       db.signingKey.findMany({ where: { use }, orderBy: { createdAt: "asc" } }),
+    retire: (id: string, at: Date) =>
+      db.signingKey.updateMany({ where: { id, retiredAt: null }, data: { retiredAt: at } }),
     create: (input: Omit<SigningKeyRecord, "createdAt" | "retiredAt">): Promise<SigningKeyRecord> =>
       db.signingKey.create({ data: input }),
   };

@@ -10,7 +10,7 @@ import { createInProcessBus, type EventBus } from "../bus.js";
 import { buildHttpApp } from "../http/app.js";
 import { createMetrics } from "../metrics.js";
 import { createAgentService } from "../services/agents.js";
-import { createKeyring } from "../keys.js";
+import { createKeyring, type Keyring } from "../keys.js";
 import { createIdentityService } from "../services/identity.js";
 import { createTokenService, type TokenService } from "../services/tokens.js";
 import { createPolicyService } from "../services/policies.js";
@@ -18,6 +18,7 @@ import { openStore, ROLES, type Role, type Store } from "../store/index.js";
 
 export interface TestApp {
   tokens: TokenService;
+  keyring: Keyring;
   app: Awaited<ReturnType<typeof buildHttpApp>>;
   store: Store;
   bus: EventBus;
@@ -31,7 +32,7 @@ export async function createTestApp(): Promise<TestApp> {
   const store = await openStore(`file:${join(tempDir(), "moat.db")}`);
   const now = () => new Date();
   const bus = createInProcessBus(() => undefined);
-  const keyring = createKeyring({ store, masterKey: randomBytes(32) });
+  const keyring = createKeyring({ store, masterKey: randomBytes(32), activationDelayMs: 200, retireAfterMs: 1000 });
   const tokens = createTokenService({
     store,
     keyring,
@@ -56,6 +57,8 @@ export async function createTestApp(): Promise<TestApp> {
     store,
     identity,
     tokens,
+    keyring,
+    bus,
     agents,
     policies: createPolicyService({ store, bus }),
     metrics: createMetrics({ defaultMetrics: false }),
@@ -76,6 +79,7 @@ export async function createTestApp(): Promise<TestApp> {
   return {
     app,
     tokens,
+    keyring,
     store,
     bus,
     keys,
