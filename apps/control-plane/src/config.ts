@@ -69,6 +69,31 @@ export const ControlPlaneConfigSchema = Type.Object(
       },
       { ...strict, default: {} },
     ),
+    /** Federated login through an OpenID Connect issuer (optional). */
+    oidc: Type.Optional(
+      Type.Object(
+        {
+          issuer: Type.String({ minLength: 1, description: "Issuer URL, exactly as in its discovery document" }),
+          clientId: Type.String({
+            minLength: 1,
+            description: "Public client (PKCE) the CLI uses; ID tokens must be addressed to it",
+          }),
+          scopes: Type.Array(Type.String(), { default: ["openid", "email", "profile", "groups"] }),
+          emailClaim: Type.String({ default: "email" }),
+          groupsClaim: Type.String({ default: "groups" }),
+          groupMapping: Type.Optional(Type.Record(Type.String(), Type.String())),
+          defaultRole: Type.Union(
+            ["admin", "auditor", "reviewer", "member"].map((r) => Type.Literal(r)),
+            { default: "member" },
+          ),
+          allowedEmailDomains: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
+          syncGroups: Type.Boolean({ default: true }),
+          /** Least time between two fetches of the issuer's keys (a token with an unknown key triggers one). */
+          jwksRefreshCooldownSeconds: Type.Integer({ minimum: 0, maximum: 3600, default: 30 }),
+        },
+        strict,
+      ),
+    ),
     enrolment: Type.Object(
       {
         /** How long a new enrolment token stays valid. */
@@ -125,6 +150,8 @@ export const ENV_OVERRIDES: EnvOverride[] = [
   { variable: "MOAT_REPLICA_ID", path: "replicaId", type: "string" },
   { variable: "MOAT_BUNDLE_VALIDITY_SECONDS", path: "bundles.validitySeconds", type: "number" },
   { variable: "MOAT_TOKEN_KEY_ACTIVATION_SECONDS", path: "tokens.keyActivationSeconds", type: "number" },
+  { variable: "MOAT_OIDC_ISSUER", path: "oidc.issuer", type: "string" },
+  { variable: "MOAT_OIDC_CLIENT_ID", path: "oidc.clientId", type: "string" },
 ];
 
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);

@@ -17,6 +17,7 @@ import { createAgentService, type AgentService } from "./services/agents.js";
 import { createBundleService } from "./services/bundles.js";
 import { createPolicyService, type PolicyService } from "./services/policies.js";
 import { createTokenService } from "./services/tokens.js";
+import { createOidcService, type OidcConfig } from "./services/oidc.js";
 import { createIdentityService } from "./services/identity.js";
 import { openStore, type Store } from "./store/index.js";
 import { loadOrCreateTlsMaterial, serverNames } from "./tls.js";
@@ -130,6 +131,15 @@ export async function startControlPlane(
     ttlSeconds: config.tokens.ttlSeconds,
   });
   const identity = createIdentityService({ store, tokens, bus, now });
+  const oidc = config.oidc
+    ? createOidcService({
+        config: config.oidc as OidcConfig,
+        store,
+        bus,
+        now,
+        jwksCooldownMs: config.oidc.jwksRefreshCooldownSeconds * 1000,
+      })
+    : undefined;
   const policies = createPolicyService({ store, bus });
   const bundles = createBundleService({
     store,
@@ -181,6 +191,7 @@ export async function startControlPlane(
     tokens,
     keyring,
     bus,
+    ...(oidc ? { oidc } : {}),
     agents,
     policies,
     metrics,

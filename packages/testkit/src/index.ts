@@ -157,3 +157,4 @@ export async function startPostgres(): Promise<TestPostgres> {
     },
   };
 }
+export * from "./oidc-issuer.js";

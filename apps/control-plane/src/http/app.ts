@@ -13,6 +13,7 @@ import type { ControlPlaneMetrics } from "../metrics.js";
 import type { AgentService } from "../services/agents.js";
 import type { PolicyService } from "../services/policies.js";
 import type { TokenService } from "../services/tokens.js";
+import type { OidcService } from "../services/oidc.js";
 import type { Keyring } from "../keys.js";
 import type { IdentityService, Principal } from "../services/identity.js";
 import type { Role, Store } from "../store/index.js";
@@ -44,6 +45,8 @@ export interface HttpDeps {
   identity: IdentityService;
   tokens: TokenService;
   keyring: Keyring;
+  /** Present when an OpenID Connect issuer is configured. */
+  oidc?: OidcService;
   agents: AgentService;
   policies: PolicyService;
   metrics: ControlPlaneMetrics;

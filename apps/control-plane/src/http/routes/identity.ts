@@ -110,6 +110,62 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
     },
   );
 
+  app.get(
+    "/api/v1/auth/oidc",
+    {
+      config: { access: "public" },
+      schema: {
+        summary: "The OpenID Connect issuer to log in with (for `moat login --sso`): endpoints, client id, scopes",
+        tags: ["auth"],
+        security: [],
+        response: {
+          200: Type.Object({
+            issuer: Type.String(),
+            clientId: Type.String(),
+            scopes: Type.Array(Type.String()),
+            authorizationEndpoint: Type.String(),
+            tokenEndpoint: Type.String(),
+            deviceAuthorizationEndpoint: Type.Optional(Type.String()),
+          }),
+          ...errorResponses,
+        },
+      },
+    },
+    async () => {
+      if (!deps.oidc) throw new AppError("not_found", "single sign-on (OIDC) is not configured on this control plane");
+      return deps.oidc.publicConfig();
+    },
+  );
+
+  app.post(
+    "/api/v1/auth/oidc/token",
+    {
+      config: { access: "public" },
+      schema: {
+        summary:
+          "Exchange an ID token from the configured issuer for a Moat access token (users are created on first login, groups mapped from the groups claim)",
+        tags: ["auth"],
+        security: [],
+        body: Type.Object(
+          {
+            idToken: Type.String({ minLength: 10, maxLength: 16384 }),
+            nonce: Type.Optional(Type.String({ maxLength: 200 })),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: Token, ...errorResponses },
+      },
+    },
+    async (request) => {
+      if (!deps.oidc) throw new AppError("not_found", "single sign-on (OIDC) is not configured on this control plane");
+      const body = request.body as { idToken: string; nonce?: string };
+      const user = await deps.oidc.exchange(body.idToken, body.nonce);
+      const token = await tokens.issue(user, "oidc");
+      request.log.info({ user: user.email, tokenId: token.tokenId }, "OIDC login");
+      return token;
+    },
+  );
+
   app.post(
     "/api/v1/tokens",
     {
