@@ -90,7 +90,8 @@ describe("agent enrolment and connection", () => {
     const agent = await startAgent({ token, yaml: RESOURCES });
     await waitFor(async () => (await getAgent(cp, id)).connected, 15_000);
     const view = await getAgent(cp, id);
-    expect(view).toMatchObject({ state: "connected", version: "0.1.0", bundleVersion: "0" });
+    expect(view).toMatchObject({ state: "connected", version: "0.1.0" });
+    await waitFor(async () => (await getAgent(cp, id)).bundleVersion === "1", 10_000); // the first bundle, acknowledged
     expect((await agent.health()).controlPlane).toBe("connected");
 
     const resources = await api<{ items: { name: string; type: string; labels: object; agentName: string }[] }>(
