@@ -5,7 +5,14 @@
  */
 import { isAbsolute, resolve } from "node:path";
 import { Type, type Static } from "@sinclair/typebox";
-import { applyEnvOverrides, ConfigError, readConfigFile, validateConfig, type EnvOverride } from "@moat/common";
+import {
+  applyEnvOverrides,
+  ConfigError,
+  LogLevelSchema,
+  readConfigFile,
+  validateConfig,
+  type EnvOverride,
+} from "@moat/common";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "@moat/proto";
 
 const strict = { additionalProperties: false } as const;
@@ -31,10 +38,7 @@ export const ResourceConfigSchema = Type.Object(
 export const AgentConfigSchema = Type.Object(
   {
     dataDir: Type.String({ minLength: 1, default: ".moat/agent" }),
-    logLevel: Type.Union(
-      ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => Type.Literal(l)),
-      { default: "info" },
-    ),
+    logLevel: LogLevelSchema,
     /** One-time enrolment token (prefer MOAT_AGENT_ENROLMENT_TOKEN or enrolmentTokenFile). */
     enrolmentToken: Type.Optional(Type.String({ minLength: 1 })),
     enrolmentTokenFile: Type.Optional(Type.String({ minLength: 1 })),

@@ -4,7 +4,14 @@
  */
 import { isAbsolute, join, resolve } from "node:path";
 import { Type, type Static } from "@sinclair/typebox";
-import { applyEnvOverrides, ConfigError, readConfigFile, validateConfig, type EnvOverride } from "@moat/common";
+import {
+  applyEnvOverrides,
+  ConfigError,
+  LogLevelSchema,
+  readConfigFile,
+  validateConfig,
+  type EnvOverride,
+} from "@moat/common";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "@moat/proto";
 
 const Port = Type.Integer({ minimum: 0, maximum: 65535 });
@@ -14,10 +21,7 @@ export const ControlPlaneConfigSchema = Type.Object(
   {
     /** Where the SQLite store, the CA and the signing keys live. */
     dataDir: Type.String({ minLength: 1, default: ".moat/control-plane" }),
-    logLevel: Type.Union(
-      ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => Type.Literal(l)),
-      { default: "info" },
-    ),
+    logLevel: LogLevelSchema,
     /** SQLite `file:PATH` (default: `file:<dataDir>/moat.db`) or `postgresql://...`. */
     databaseUrl: Type.Optional(Type.String({ minLength: 1 })),
     http: Type.Object(

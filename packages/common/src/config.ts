@@ -3,9 +3,15 @@
  * against a TypeBox schema. Errors name the offending field ("grpc.port: must be <= 65535").
  */
 import { readFileSync } from "node:fs";
-import type { Static, TSchema } from "@sinclair/typebox";
+import { Type, type Static, type TSchema } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
 import { parse as parseYaml } from "yaml";
+
+/** Log levels every Moat process accepts (pino's, plus "silent"), default "info". */
+export const LogLevelSchema = Type.Union(
+  ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => Type.Literal(l)),
+  { default: "info" },
+);
 
 /** Thrown when config is missing or invalid; `problems` lists each field's problem. */
 export class ConfigError extends Error {
