@@ -1,11 +1,12 @@
 /**
  * A small typed client for the control plane's REST API (/api/v1). It owns the HTTP details:
- * bearer authentication, timeouts, and turning every failure into a `CliError` (problem+json into
- * the API's code and field errors; network failures into `unreachable`). It knows nothing of
- * commands, config files or output, and never puts the API key in an error message.
+ * bearer authentication (an API key or an access token), timeouts, and turning every failure into a
+ * `CliError` (problem+json into the API's code and field errors; a refused access token into
+ * "session expired"; network failures into `unreachable`). It knows nothing of commands, config
+ * files or output, and never puts a key, token or password in an error message.
  */
 import type { Effect, MatchedRule, Obligations, PolicyDocument } from "@moat/policy";
-import { CliError, CliErrorCode, errorFromProblem, type Problem } from "./errors.js";
+import { CliError, CliErrorCode, errorFromProblem, sessionExpired, type Problem } from "./errors.js";
 import { VERSION } from "./version.js";
 
 /** An agent as the API returns it (dates are ISO strings). */
@@ -42,13 +43,104 @@ export interface Resource {
   updatedAt: string;
 }
 
-/** GET /api/v1/whoami */
+/** The roles of users and service accounts. */
+export const ROLES = ["admin", "auditor", "reviewer", "member"] as const;
+export type Role = (typeof ROLES)[number];
+
+/** GET /api/v1/whoami: the caller, and the API key or access token it authenticated with. */
 export interface Whoami {
   id: string;
   email: string;
   displayName: string;
   role: string;
-  apiKeyId: string;
+  kind: UserKind;
+  groups: string[];
+  apiKeyId?: string;
+  tokenId?: string;
+}
+
+/** People log in with a password; service accounts (machines) use API keys only. */
+export type UserKind = "user" | "service-account";
+
+/** A user or service account (a service account's `email` is its name). */
+export interface User {
+  id: string;
+  email: string;
+  displayName: string;
+  role: string;
+  kind: UserKind;
+  groups: string[];
+  hasPassword: boolean;
+  disabled: boolean;
+  createdAt: string;
+}
+
+/** POST /api/v1/users */
+export interface NewUser {
+  email: string;
+  displayName?: string;
+  role: Role;
+  groups?: string[];
+  password?: string;
+}
+
+/** PATCH /api/v1/users/:id (at least one field). */
+export interface UserPatch {
+  displayName?: string;
+  role?: Role;
+  groups?: string[];
+  disabled?: boolean;
+  password?: string;
+}
+
+/** POST /api/v1/service-accounts */
+export interface NewServiceAccount {
+  name: string;
+  role?: Role;
+  groups?: string[];
+}
+
+/** An access token as issued by login or POST /api/v1/tokens (the token itself is a JWT). */
+export interface AccessToken {
+  accessToken: string;
+  tokenType: "Bearer";
+  tokenId: string;
+  expiresAt: string;
+}
+
+/** An issued access token's metadata (GET /api/v1/tokens); the token itself is never stored. */
+export interface AccessTokenInfo {
+  id: string;
+  userId: string;
+  /** How it was obtained: "password", "api-key" or "oidc". */
+  source: string;
+  issuedAt: string;
+  expiresAt: string;
+  revokedAt: string | null;
+}
+
+/** An API key's metadata; the key itself is shown once, when created. */
+export interface ApiKey {
+  id: string;
+  name: string;
+  createdAt: string;
+  expiresAt: string | null;
+  revokedAt: string | null;
+  lastUsedAt: string | null;
+}
+
+/** POST /api/v1/users/:id/api-keys */
+export interface CreatedApiKey {
+  key: ApiKey;
+  /** moat_ak_<id>_<secret>: shown once. */
+  apiKey: string;
+}
+
+/** A group with its member count. */
+export interface Group {
+  name: string;
+  description: string;
+  members: number;
 }
 
 /** GET /api/v1/status */
@@ -145,13 +237,37 @@ export interface ApiClient {
   deletePolicy(name: string): Promise<void>;
   applyPolicies(input: { documents: PolicyDocument[]; prune: boolean; dryRun: boolean }): Promise<ApplyResult>;
   simulatePolicy(request: SimulateRequest): Promise<SimulateVerdict>;
+  /** Password login (sent without any credential). */
+  login(email: string, password: string): Promise<AccessToken>;
+  /** An access token for the caller; the control plane issues them against an API key only. */
+  issueToken(): Promise<AccessToken>;
+  /** Tokens of `userId` (an id or "me"; default the caller). */
+  listTokens(userId?: string): Promise<AccessTokenInfo[]>;
+  revokeToken(tokenId: string): Promise<void>;
+  listUsers(): Promise<User[]>;
+  /** One user by id, or "me". */
+  getUser(id: string): Promise<User>;
+  createUser(input: NewUser): Promise<User>;
+  updateUser(id: string, patch: UserPatch): Promise<User>;
+  createServiceAccount(input: NewServiceAccount): Promise<User>;
+  /** API keys of a user (an id or "me"). */
+  listApiKeys(userId: string): Promise<ApiKey[]>;
+  createApiKey(userId: string, input: { name: string; expiresInDays?: number }): Promise<CreatedApiKey>;
+  revokeApiKey(keyId: string): Promise<void>;
+  listGroups(): Promise<Group[]>;
 }
 
-/** What a client needs: one control plane, optionally one API key, and a per-request timeout. */
+/**
+ * How a client authenticates, both sent as `Authorization: Bearer`: an API key, or the access token
+ * of a password login (whose refusal means "log in again", so the email is kept for the hint).
+ */
+export type ClientAuth = { apiKey: string } | { accessToken: string; email?: string };
+
+/** What a client needs: one control plane, optionally one credential, and a per-request timeout. */
 export interface ApiClientOptions {
   /** Base URL of the control plane, normalised (see `normalizeServer`). */
   server: string;
-  apiKey?: string;
+  auth?: ClientAuth;
   timeoutMs: number;
   /** Injected in tests; defaults to the global fetch. */
   fetch?: typeof fetch;
@@ -162,7 +278,7 @@ interface RequestOptions {
   query?: Record<string, string | undefined>;
   /** Statuses besides 2xx whose JSON body is a normal answer (e.g. /readyz's 503). */
   acceptStatuses?: number[];
-  /** Public routes (probes) are called without the key. */
+  /** Public routes (probes, password login) are called without the credential. */
   anonymous?: boolean;
 }
 
@@ -198,9 +314,11 @@ function isProblem(value: unknown): value is Problem {
   return typeof v === "object" && v !== null && typeof v.code === "string" && typeof v.detail === "string";
 }
 
-/** Creates a client for one control plane and (optionally) one API key. */
+/** Creates a client for one control plane and (optionally) one API key or access token. */
 export function createApiClient(options: ApiClientOptions): ApiClient {
   const doFetch = options.fetch ?? fetch;
+  const auth = options.auth;
+  const bearer = auth === undefined ? undefined : "apiKey" in auth ? auth.apiKey : auth.accessToken;
   // A trailing slash makes relative paths resolve under a path prefix (a control plane behind a
   // reverse proxy at https://host/moat/).
   const base = options.server.endsWith("/") ? options.server : `${options.server}/`;
@@ -212,7 +330,7 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
     for (const [key, value] of Object.entries(req.query ?? {}))
       if (value !== undefined) url.searchParams.set(key, value);
     const headers: Record<string, string> = { accept: "application/json", "user-agent": `moat-cli/${VERSION}` };
-    if (!req.anonymous && options.apiKey) headers.authorization = `Bearer ${options.apiKey}`;
+    if (!req.anonymous && bearer) headers.authorization = `Bearer ${bearer}`;
     if (req.body !== undefined) headers["content-type"] = "application/json";
 
     let response: Response;
@@ -264,8 +382,12 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
       return body as T;
     }
     if (isProblem(body)) {
+      // A refused access token (expired, revoked, or its user disabled) is fixed the same way every
+      // time: a new password login.
+      if (body.code === "unauthenticated" && !req.anonymous && auth && "accessToken" in auth)
+        throw sessionExpired(options.server, auth.email, errorFromProblem(body));
       const hint =
-        body.code === "unauthenticated"
+        body.code === "unauthenticated" && !req.anonymous
           ? `log in again: \`moat login --server ${options.server}\``
           : body.code === "permission_denied"
             ? "ask an admin for a key with a role that may do this"
@@ -307,5 +429,21 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
     deletePolicy: (name) => request("DELETE", `api/v1/policies/${encodeURIComponent(name)}`),
     applyPolicies: (input) => request("POST", "api/v1/policies/apply", { body: input }),
     simulatePolicy: (input) => request("POST", "api/v1/policies/simulate", { body: input }),
+    login: (email, password) => request("POST", "api/v1/auth/login", { body: { email, password }, anonymous: true }),
+    issueToken: () => request("POST", "api/v1/tokens"),
+    listTokens: async (userId) =>
+      (await request<{ items: AccessTokenInfo[] }>("GET", "api/v1/tokens", { query: { user: userId } })).items,
+    revokeToken: (tokenId) => request("DELETE", `api/v1/tokens/${encodeURIComponent(tokenId)}`),
+    listUsers: async () => (await request<{ items: User[] }>("GET", "api/v1/users")).items,
+    getUser: (id) => request("GET", `api/v1/users/${encodeURIComponent(id)}`),
+    createUser: (input) => request("POST", "api/v1/users", { body: input }),
+    updateUser: (id, patch) => request("PATCH", `api/v1/users/${encodeURIComponent(id)}`, { body: patch }),
+    createServiceAccount: (input) => request("POST", "api/v1/service-accounts", { body: input }),
+    listApiKeys: async (userId) =>
+      (await request<{ items: ApiKey[] }>("GET", `api/v1/users/${encodeURIComponent(userId)}/api-keys`)).items,
+    createApiKey: (userId, input) =>
+      request("POST", `api/v1/users/${encodeURIComponent(userId)}/api-keys`, { body: input }),
+    revokeApiKey: (keyId) => request("DELETE", `api/v1/api-keys/${encodeURIComponent(keyId)}`),
+    listGroups: async () => (await request<{ items: Group[] }>("GET", "api/v1/groups")).items,
   };
 }

@@ -4,15 +4,19 @@
  * injectable `CliIo`, so tests drive the real CLI in-process; `main.ts` only binds it to the process.
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
-import { createApiClient } from "./api-client.js";
+import { createApiClient, type ClientAuth } from "./api-client.js";
 import { registerAgentCommands } from "./commands/agents.js";
+import { registerApiKeyCommands } from "./commands/api-keys.js";
+import { registerGroupCommands } from "./commands/groups.js";
 import { registerPolicyCommands } from "./commands/policy.js";
 import { registerResourceCommands } from "./commands/resources.js";
 import { registerSessionCommands } from "./commands/session.js";
 import { registerStatusCommand } from "./commands/status.js";
+import { registerTokenCommands } from "./commands/tokens.js";
+import { registerUserCommands } from "./commands/users.js";
 import type { CommandContext, GlobalOptions } from "./context.js";
-import { configPath, isExposed, readConfig, resolveConnection } from "./credentials.js";
-import { CliError, CliErrorCode, ExitCode, notLoggedIn } from "./errors.js";
+import { configPath, isExpired, isExposed, readConfig, resolveConnection, type Connection } from "./credentials.js";
+import { CliError, CliErrorCode, ExitCode, notLoggedIn, sessionExpired } from "./errors.js";
 import type { CliIo } from "./io.js";
 import { createOutput } from "./output.js";
 import { VERSION } from "./version.js";
@@ -22,13 +26,15 @@ export const DEFAULT_TIMEOUT_SECONDS = 10;
 
 const HELP_FOOTER = `
 Configuration:
-  The server URL and API key are stored by \`moat login\` in $MOAT_CONFIG, else
-  $XDG_CONFIG_HOME/moat/config.json, else ~/.config/moat/config.json (mode 0600).
-  MOAT_SERVER and MOAT_API_KEY override the file; --server overrides MOAT_SERVER.
+  \`moat login\` stores the server URL and your credential (an API key, or the access
+  token of a password login) in $MOAT_CONFIG, else $XDG_CONFIG_HOME/moat/config.json,
+  else ~/.config/moat/config.json (mode 0600). MOAT_SERVER and MOAT_API_KEY override
+  the file; --server overrides MOAT_SERVER.
 
 Exit status:
-  0 ok, 1 other failure, 2 usage error or invalid input, 3 not logged in or key
-  rejected, 4 permission denied, 5 not found, 6 conflict, 7 control plane unreachable.
+  0 ok, 1 other failure, 2 usage error or invalid input, 3 not logged in, session
+  expired or credential rejected, 4 permission denied, 5 not found, 6 conflict,
+  7 control plane unreachable.
 
 See docs/cli.md for the full reference.`;
 
@@ -52,10 +58,10 @@ function createContext(io: CliIo): CommandContext {
       ...(io.now ? { now: io.now } : {}),
     });
   const path = () => configPath(io.env);
-  const client = (server: string, apiKey: string | undefined, command: Command) =>
+  const client = (server: string, auth: ClientAuth | undefined, command: Command) =>
     createApiClient({
       server,
-      ...(apiKey ? { apiKey } : {}),
+      ...(auth ? { auth } : {}),
       timeoutMs: globals(command).timeout,
       ...(io.fetch ? { fetch: io.fetch } : {}),
     });
@@ -75,27 +81,55 @@ function createContext(io: CliIo): CommandContext {
         env: io.env,
         stored,
       });
-      if (!connection.server) throw notLoggedIn();
-      const requireKey = options.requireKey ?? true;
-      if (requireKey && !connection.apiKey) {
-        throw notLoggedIn(
-          connection.server,
-          connection.storedServer
-            ? `the stored API key belongs to ${connection.storedServer} and is not sent to other servers`
-            : undefined,
-        );
+      const server = connection.server;
+      if (!server) throw notLoggedIn();
+      const authError = credentialProblem(
+        { ...connection, server },
+        stored.accessToken ? "access token" : "API key",
+        out.now(),
+      );
+      if (authError && (options.requireKey ?? true)) throw authError;
+      if (connection.keySource === "config" || connection.accessToken) {
+        const what = connection.accessToken ? "access token" : "API key";
+        if (isExposed(file))
+          out.note(`warning: ${file} holds your ${what} and other users can read it: run \`chmod 600 ${file}\``);
       }
-      if (connection.keySource === "config" && isExposed(file)) {
-        out.note(`warning: ${file} holds your API key and other users can read it: run \`chmod 600 ${file}\``);
-      }
+      const token = authError ? undefined : connection.accessToken;
+      const auth: ClientAuth | undefined = connection.apiKey
+        ? { apiKey: connection.apiKey }
+        : token
+          ? { accessToken: token.value, ...(token.email ? { email: token.email } : {}) }
+          : undefined;
       return {
         out,
-        client: client(connection.server, connection.apiKey, command),
-        server: connection.server,
+        client: client(server, auth, command),
+        server,
         connection,
+        ...(authError ? { authError } : {}),
       };
     },
   };
+}
+
+/** Why `connection` cannot authenticate: no credential for its server, or an expired access token. */
+function credentialProblem(
+  connection: Connection & { server: string },
+  storedKind: string,
+  now: Date,
+): CliError | undefined {
+  if (connection.apiKey) return undefined;
+  if (connection.accessToken) {
+    // Checked locally so an expired token is never sent, and the user learns why at once.
+    return isExpired(connection.accessToken, now)
+      ? sessionExpired(connection.server, connection.accessToken.email)
+      : undefined;
+  }
+  return notLoggedIn(
+    connection.server,
+    connection.storedServer
+      ? `the stored ${storedKind} belongs to ${connection.storedServer} and is not sent to other servers`
+      : undefined,
+  );
 }
 
 /** Builds a fresh program (commander keeps parse state, so one per invocation). */
@@ -128,6 +162,10 @@ export function buildProgram(io: CliIo): Command {
   registerAgentCommands(program, context);
   registerResourceCommands(program, context);
   registerPolicyCommands(program, context);
+  registerTokenCommands(program, context);
+  registerUserCommands(program, context);
+  registerApiKeyCommands(program, context);
+  registerGroupCommands(program, context);
   return program;
 }
 

@@ -4,8 +4,9 @@
  * Command modules depend on this interface only, never on how config or clients are built.
  */
 import type { Command } from "commander";
-import type { ApiClient } from "./api-client.js";
+import type { ApiClient, ClientAuth } from "./api-client.js";
 import type { Connection } from "./credentials.js";
+import type { CliError } from "./errors.js";
 import type { CliIo } from "./io.js";
 import type { Output } from "./output.js";
 
@@ -24,6 +25,11 @@ export interface Session {
   /** The normalised control-plane URL. */
   server: string;
   connection: Connection;
+  /**
+   * Why this invocation cannot authenticate (not logged in, or the session expired), when connected
+   * with `requireKey: false`; with it, `connect` throws this error instead.
+   */
+  authError?: CliError;
 }
 
 /** The composition root's services, as command modules see them. */
@@ -35,11 +41,12 @@ export interface CommandContext {
   output(command: Command): Output;
   /** Path of the config file for this invocation's environment. */
   configPath(): string;
-  /** Builds an API client for an explicit server and key (login verifies a key before storing it). */
-  client(server: string, apiKey: string | undefined, command: Command): ApiClient;
+  /** Builds an API client for an explicit server and credential (login checks one before storing it). */
+  client(server: string, auth: ClientAuth | undefined, command: Command): ApiClient;
   /**
-   * Resolves server and key from flags, environment and config file. Throws "not logged in" when
-   * there is no server or (unless `requireKey` is false) no key for it.
+   * Resolves server and credential from flags, environment and config file. Throws "not logged in"
+   * when there is no server or (unless `requireKey` is false) no key or token for it, and "session
+   * expired" (before sending anything) when the stored access token's expiry has passed.
    */
   connect(command: Command, options?: { requireKey?: boolean }): Session;
 }

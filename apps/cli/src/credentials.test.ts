@@ -3,7 +3,15 @@ import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { tempDir } from "@moat/testkit";
-import { configPath, normalizeServer, readConfig, resolveConnection, writeConfig } from "./credentials.js";
+import {
+  configPath,
+  isExpired,
+  normalizeServer,
+  readConfig,
+  resolveConnection,
+  withoutCredential,
+  writeConfig,
+} from "./credentials.js";
 import { CliError } from "./errors.js";
 
 describe("configPath", () => {
@@ -34,7 +42,7 @@ describe("readConfig / writeConfig", () => {
 
   it("rejects corrupt or mistyped files with the path in the message", () => {
     const path = join(tempDir(), "config.json");
-    for (const content of ["{", "[]", '{"server": 1}']) {
+    for (const content of ["{", "[]", '{"server": 1}', '{"accessToken": {}}', '{"accessTokenExpiresAt": 1}']) {
       writeFileSync(path, content);
       expect(() => readConfig(path)).toThrow(CliError);
       expect(() => readConfig(path)).toThrow(path);
@@ -83,5 +91,46 @@ describe("resolveConnection", () => {
 
   it("nothing configured: no server", () => {
     expect(resolveConnection({ env: {}, stored: {} })).toEqual({});
+  });
+});
+
+describe("access tokens of a password login", () => {
+  const stored = {
+    server: "http://a:1",
+    accessToken: "eyJ.token.sig",
+    accessTokenId: "t1",
+    accessTokenExpiresAt: "2030-01-01T00:00:00.000Z",
+    email: "dana@example.com",
+  };
+
+  it("are used with the stored server only, and MOAT_API_KEY still wins", () => {
+    expect(resolveConnection({ env: {}, stored })).toEqual({
+      server: "http://a:1",
+      accessToken: { value: "eyJ.token.sig", id: "t1", expiresAt: stored.accessTokenExpiresAt, email: stored.email },
+    });
+    const other = resolveConnection({ env: {}, stored, flagServer: "http://evil:1" });
+    expect(other).toEqual({ server: "http://evil:1", storedServer: "http://a:1" });
+    expect(resolveConnection({ env: { MOAT_API_KEY: "k" }, stored })).toEqual({
+      server: "http://a:1",
+      apiKey: "k",
+      keySource: "env",
+    });
+  });
+
+  it("without a stored expiry count as expired", () => {
+    const { accessTokenExpiresAt: _dropped, ...noExpiry } = stored;
+    const token = resolveConnection({ env: {}, stored: noExpiry }).accessToken!;
+    expect(isExpired(token, new Date())).toBe(true);
+  });
+
+  it("expire at their stored expiry", () => {
+    const expiresAt = "2030-01-01T00:00:00.000Z";
+    expect(isExpired({ expiresAt }, new Date("2029-12-31T23:59:59.999Z"))).toBe(false);
+    expect(isExpired({ expiresAt }, new Date(expiresAt))).toBe(true);
+    expect(isExpired({ expiresAt: "garbage" }, new Date(0))).toBe(true);
+  });
+
+  it("are removed with the rest of the credential, keeping the server and unknown keys", () => {
+    expect(withoutCredential({ ...stored, apiKey: "k", future: 1 })).toEqual({ server: "http://a:1", future: 1 });
   });
 });

@@ -1,5 +1,6 @@
 /**
- * Where the CLI keeps its server URL and API key, and how flags and environment override them.
+ * Where the CLI keeps its server URL and credential (an API key, or the access token of a password
+ * login), and how flags and environment override them.
  * Owns the config file: its location (`$MOAT_CONFIG`, XDG, ~/.config), its format, and writing it
  * atomically with mode 0600 in a 0700 directory. It does not talk to the network or print anything.
  */
@@ -9,11 +10,30 @@ import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { CliError, CliErrorCode } from "./errors.js";
 
-/** The config file's content. Unknown keys are kept when the CLI rewrites the file. */
+/**
+ * The config file's content. Unknown keys are kept when the CLI rewrites the file. It holds at most
+ * one credential: `apiKey`, or the access token of a password login with its id, expiry and email.
+ */
 export interface StoredConfig {
   server?: string;
   apiKey?: string;
+  accessToken?: string;
+  accessTokenId?: string;
+  /** ISO date-time; the token is not sent after it. */
+  accessTokenExpiresAt?: string;
+  /** Who logged in with a password: `moat login` offers it again. */
+  email?: string;
   [key: string]: unknown;
+}
+
+/** The config keys of a credential, removed together when another login or a logout replaces it. */
+export const CREDENTIAL_KEYS = ["apiKey", "accessToken", "accessTokenId", "accessTokenExpiresAt", "email"] as const;
+
+/** `config` without its credential (server and unknown keys are kept). */
+export function withoutCredential(config: StoredConfig): StoredConfig {
+  const rest: StoredConfig = { ...config };
+  for (const key of CREDENTIAL_KEYS) delete rest[key];
+  return rest;
 }
 
 type Env = Record<string, string | undefined>;
@@ -45,7 +65,7 @@ export function readConfig(path: string): StoredConfig {
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed))
     throw invalid(path, "it must be a JSON object");
   const config = parsed as StoredConfig;
-  for (const key of ["server", "apiKey"] as const) {
+  for (const key of ["server", ...CREDENTIAL_KEYS] as const) {
     if (config[key] !== undefined && typeof config[key] !== "string") throw invalid(path, `"${key}" must be a string`);
   }
   return config;
@@ -109,19 +129,29 @@ export function normalizeServer(raw: string): string {
   return url.toString().replace(/\/+$/, "");
 }
 
-/** What a command talks to: the server and, when logged in, the key (and where the key came from). */
+/** The access token of a password login, as stored. */
+export interface StoredAccessToken {
+  value: string;
+  id?: string;
+  expiresAt: string;
+  email?: string;
+}
+
+/** What a command talks to: the server and, when logged in, the key or token (and where it came from). */
 export interface Connection {
   server?: string;
   apiKey?: string;
   keySource?: "env" | "config";
-  /** Set when the config holds a key for another server than the one chosen (that key is not used). */
+  /** Set instead of `apiKey` after a password login (only from the config file). */
+  accessToken?: StoredAccessToken;
+  /** Set when the config holds a credential for another server than the one chosen (it is not used). */
   storedServer?: string;
 }
 
 /**
  * Precedence: `--server`, then `MOAT_SERVER`, then the config file; `MOAT_API_KEY`, then the config
- * file. The stored key is only used with the server it was stored for: pointing `--server` elsewhere
- * must not send your key to that other server.
+ * file's key or access token. The stored credential is only used with the server it was stored for:
+ * pointing `--server` elsewhere must not send your key or token to that other server.
  */
 export function resolveConnection(input: { flagServer?: string; env: Env; stored: StoredConfig }): Connection {
   const { env, stored } = input;
@@ -130,10 +160,27 @@ export function resolveConnection(input: { flagServer?: string; env: Env; stored
   const storedServer = stored.server === undefined ? undefined : safeNormalize(stored.server);
   const connection: Connection = server ? { server } : {};
   if (env.MOAT_API_KEY) return { ...connection, apiKey: env.MOAT_API_KEY.trim(), keySource: "env" };
-  if (stored.apiKey && server && storedServer === server)
-    return { ...connection, apiKey: stored.apiKey, keySource: "config" };
-  if (stored.apiKey && storedServer && storedServer !== server) return { ...connection, storedServer };
+  const sameServer = server !== undefined && storedServer === server;
+  if (stored.apiKey && sameServer) return { ...connection, apiKey: stored.apiKey, keySource: "config" };
+  if (stored.accessToken && sameServer) {
+    const accessToken: StoredAccessToken = {
+      value: stored.accessToken,
+      // A token without a stored expiry counts as expired: the user logs in again rather than guess.
+      expiresAt: stored.accessTokenExpiresAt ?? new Date(0).toISOString(),
+      ...(stored.accessTokenId ? { id: stored.accessTokenId } : {}),
+      ...(stored.email ? { email: stored.email } : {}),
+    };
+    return { ...connection, accessToken };
+  }
+  if ((stored.apiKey || stored.accessToken) && storedServer && storedServer !== server)
+    return { ...connection, storedServer };
   return connection;
+}
+
+/** True when a stored access token's expiry has passed at `now` (or cannot be read). */
+export function isExpired(token: Pick<StoredAccessToken, "expiresAt">, now: Date): boolean {
+  const expiresAt = Date.parse(token.expiresAt);
+  return Number.isNaN(expiresAt) || expiresAt <= now.getTime();
 }
 
 function safeNormalize(raw: string): string | undefined {

@@ -22,6 +22,8 @@ export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 export const CliErrorCode = {
   usage: "usage",
   notLoggedIn: "not_logged_in",
+  /** The stored access token (from a password login) has expired or was refused. */
+  sessionExpired: "session_expired",
   unreachable: "unreachable",
   unexpectedResponse: "unexpected_response",
   configInvalid: "config_invalid",
@@ -41,8 +43,10 @@ const exitCodeByCode: Readonly<Record<string, ExitCode>> = {
   confirmation_required: ExitCode.usage,
   // The control plane rejected what the user typed (e.g. an agent name): a usage error too.
   validation_failed: ExitCode.usage,
+  bad_request: ExitCode.usage,
   policy_invalid: ExitCode.usage,
   not_logged_in: ExitCode.unauthenticated,
+  session_expired: ExitCode.unauthenticated,
   unauthenticated: ExitCode.unauthenticated,
   permission_denied: ExitCode.permissionDenied,
   not_found: ExitCode.notFound,
@@ -70,6 +74,7 @@ export interface Problem {
 const localTitles: Record<CliErrorCode, string> = {
   usage: "Usage error",
   not_logged_in: "Not logged in",
+  session_expired: "Session expired",
   unreachable: "Control plane unreachable",
   unexpected_response: "Unexpected response",
   config_invalid: "Configuration invalid",
@@ -139,4 +144,15 @@ export function notLoggedIn(server?: string, hint?: string): CliError {
       ...(hint ? { hint } : {}),
     },
   );
+}
+
+/**
+ * The "log in again" error of an access token from a password login: expired by its stored expiry
+ * (checked before sending it), or refused by the control plane (expired, revoked, user disabled).
+ */
+export function sessionExpired(server?: string, email?: string, cause?: unknown): CliError {
+  return new CliError(CliErrorCode.sessionExpired, "your session expired: run moat login again", {
+    hint: `\`moat login --server ${server ?? "URL"} --email ${email ?? "EMAIL"}\``,
+    ...(cause === undefined ? {} : { cause }),
+  });
 }

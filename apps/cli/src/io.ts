@@ -1,7 +1,7 @@
 /**
  * The CLI's edges to the terminal, injectable so commands run in-process in tests: output streams,
  * environment, stdin, clock and fetch. Also owns reading from stdin: one line, a y/N confirmation
- * (and the confirmation rule of deletions), and a secret typed without echo. Nothing here knows
+ * (and the confirmation rule of deletions), a secret typed without echo, and a password. Nothing here knows
  * about commands or the API.
  */
 import { CliError, CliErrorCode } from "./errors.js";
@@ -120,4 +120,23 @@ export function promptSecret(io: Pick<CliIo, "stdin" | "stderr">, prompt: string
     stdin.on("data", onData);
     stdin.resume();
   });
+}
+
+/**
+ * Reads a password: typed without echo when stdin is a terminal (twice when `repeat` is given, so a
+ * typo does not become someone's password), else the first line of stdin, kept as is apart from
+ * its line ending. An empty password is a usage error.
+ */
+export async function readPassword(
+  io: Pick<CliIo, "stdin" | "stderr">,
+  options: { prompt: string; repeat?: string },
+): Promise<string> {
+  let password: string;
+  if (io.stdin.isTTY) {
+    password = await promptSecret(io, options.prompt);
+    if (password && options.repeat && (await promptSecret(io, options.repeat)) !== password)
+      throw new CliError(CliErrorCode.usage, "the passwords do not match");
+  } else password = (await readLine(io.stdin)) ?? "";
+  if (!password) throw new CliError(CliErrorCode.usage, "no password given: the line read was empty");
+  return password;
 }

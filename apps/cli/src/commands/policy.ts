@@ -21,6 +21,7 @@ import { CliError, CliErrorCode } from "../errors.js";
 import { confirmDeletion, type CliIo } from "../io.js";
 import { clean, formatFields, formatTable, relativeTime, type Output } from "../output.js";
 import { diffDocuments, orderPolicyDocument } from "../policy-documents.js";
+import { collect } from "../options.js";
 import { loadPolicyFiles, type PolicySet } from "../policy-files.js";
 
 /** Formats of `moat policy get`. */
@@ -287,11 +288,6 @@ function indent(text: string): string {
     .split("\n")
     .map((line) => `  ${line}`)
     .join("\n");
-}
-
-/** Repeatable option: each use adds a value. */
-function collect(value: string, previous: string[] | undefined): string[] {
-  return [...(previous ?? []), value];
 }
 
 /** `--label k=v`, repeatable, into a record. */

@@ -96,7 +96,8 @@ export async function buildHttpApp(deps: HttpDeps) {
     if (access === undefined || access === "public") return;
     const header = request.headers.authorization;
     const match = typeof header === "string" ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-    if (!match?.[1]) throw new AppError("unauthenticated", "send an API key as 'Authorization: Bearer <key>'");
+    if (!match?.[1])
+      throw new AppError("unauthenticated", "send an API key or access token as 'Authorization: Bearer <credential>'");
     const principal = await deps.identity.authenticate(match[1]);
     if (!access.includes(principal.user.role)) {
       throw new AppError("permission_denied", `this action requires one of the roles: ${access.join(", ")}`);

@@ -132,6 +132,36 @@ describe("users, login and access tokens", () => {
     expect(await t.store.users.disabledEmails()).toContain("erin@example.com");
   });
 
+  it("logs in whatever the email's case, and a change of groups or password revokes the user's tokens", async () => {
+    const user = await createUser("Frank@Example.com");
+    const token = (await login("FRANK@example.COM", PASSWORD)).json().accessToken as string;
+    expect(token).toBeDefined();
+    await t.app.inject({
+      method: "PATCH",
+      url: `/api/v1/users/${user.id}`,
+      headers: t.auth("admin"),
+      payload: { groups: ["engineers"] },
+    });
+    expect((await t.app.inject({ method: "GET", url: "/api/v1/whoami", headers: bearer(token) })).statusCode).toBe(200); // same groups: kept
+    await t.app.inject({
+      method: "PATCH",
+      url: `/api/v1/users/${user.id}`,
+      headers: t.auth("admin"),
+      payload: { groups: [] },
+    });
+    expect((await t.app.inject({ method: "GET", url: "/api/v1/whoami", headers: bearer(token) })).statusCode).toBe(401);
+    const second = (await login("frank@example.com", PASSWORD)).json().accessToken as string;
+    await t.app.inject({
+      method: "PATCH",
+      url: `/api/v1/users/${user.id}`,
+      headers: t.auth("admin"),
+      payload: { password: "another long password" },
+    });
+    expect((await t.app.inject({ method: "GET", url: "/api/v1/whoami", headers: bearer(second) })).statusCode).toBe(
+      401,
+    );
+  });
+
   it("admins cannot disable themselves or drop their own admin role", async () => {
     const res = await t.app.inject({
       method: "PATCH",

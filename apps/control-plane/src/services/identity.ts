@@ -97,14 +97,19 @@ export function createIdentityService(deps: {
   return {
     async bootstrapAdmin(email) {
       if ((await store.users.count()) > 0) return undefined;
-      const user = await store.users.create({ id: randomId(), email, displayName: "Administrator", role: "admin" });
+      const user = await store.users.create({
+        id: randomId(),
+        email: email.toLowerCase(),
+        displayName: "Administrator",
+        role: "admin",
+      });
       const key = generateSecret(SecretKind.apiKey);
       await store.apiKeys.create({ id: key.id, name: "bootstrap", hash: key.hash, userId: user.id });
       return { email, apiKey: key.value };
     },
 
     async issueAdminKey(email, name) {
-      const user = await store.users.findByEmail(email);
+      const user = await store.users.findByEmail(email.toLowerCase());
       if (!user || user.role !== "admin" || user.disabledAt)
         throw new AppError("not_found", `no enabled admin user with email ${email}`);
       const key = generateSecret(SecretKind.apiKey);
@@ -127,7 +132,7 @@ export function createIdentityService(deps: {
       if (record && at - record.since < LOGIN_WINDOW_MS && record.count >= LOGIN_MAX_FAILURES) {
         throw new AppError("rate_limited", "too many failed logins for this account; try again later");
       }
-      const user = await store.users.findByEmail(email);
+      const user = await store.users.findByEmail(key);
       const hash = user ? await store.users.passwordHashOf(user.id) : null;
       const ok = await verifyPassword(password, hash ?? DUMMY_HASH);
       if (!user || !hash || !ok || user.disabledAt || user.kind !== "user") {
@@ -188,8 +193,13 @@ export function createIdentityService(deps: {
         { ...rest, ...(password !== undefined ? { passwordHash: await hashPassword(password) } : {}) },
         now(),
       );
-      const identityChanged = patch.disabled !== undefined || patch.groups !== undefined;
-      if (patch.disabled === true && !before.disabledAt) await store.accessTokens.revokeAllOf(id, now());
+      // Tokens carry the groups and stand for the password they came from: a change to either (or
+      // disabling) revokes them, so no agent acts on an identity that no longer holds.
+      const groupsChanged =
+        patch.groups !== undefined && [...patch.groups].sort().join(",") !== before.groups.join(",");
+      const revokeTokens = (patch.disabled === true && !before.disabledAt) || groupsChanged || password !== undefined;
+      if (revokeTokens) await store.accessTokens.revokeAllOf(id, now());
+      const identityChanged = patch.disabled !== undefined || groupsChanged || revokeTokens;
       if (identityChanged) await deps.bus?.publish("bundle.changed", { agentIds: "*" });
       return updated;
     },
