@@ -80,6 +80,10 @@ export const ConditionsSchema = Type.Object(
     sourceCidrs: Type.Optional(
       Type.Array(Type.String({ minLength: 3, maxLength: 49 }), { minItems: 1, maxItems: 256 }),
     ),
+    /** The rule applies only to connections from outside all of these networks. */
+    exceptSourceCidrs: Type.Optional(
+      Type.Array(Type.String({ minLength: 3, maxLength: 49 }), { minItems: 1, maxItems: 256 }),
+    ),
     notBefore: Type.Optional(Type.String({ format: "date-time" })),
     expiresAt: Type.Optional(Type.String({ format: "date-time" })),
     /** The user must give a reason; without one, the rule denies and says so. */

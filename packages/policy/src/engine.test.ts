@@ -195,6 +195,31 @@ spec:
     expect(decide(c, { sourceIp: "not-an-ip" })).toBe("deny");
     expect(decide(c)).toBe("deny");
   });
+  it("networks fail closed when the source address is unknown: allows do not apply, denies do", () => {
+    const doc = (effect: string, key: string) => `
+apiVersion: moat.dev/v1
+kind: Policy
+metadata: { name: n }
+spec:
+  subjects: { users: ["*"] }
+  resources: { types: [postgres] }
+  rules:
+    - { name: base, effect: allow, actions: [connect] }
+    - { name: r, effect: ${effect}, actions: [connect], conditions: { ${key}: ["10.0.0.0/8"] } }
+`;
+    const decideWith = (text: string, sourceIp?: string) =>
+      evaluate(compilePolicyText(text).compiled, req({ action: "connect", ...(sourceIp ? { sourceIp } : {}) })).effect;
+    const denyOutsideVpn = doc("deny", "exceptSourceCidrs");
+    expect(decideWith(denyOutsideVpn, "10.1.1.1")).toBe("allow");
+    expect(decideWith(denyOutsideVpn, "203.0.113.1")).toBe("deny");
+    expect(decideWith(denyOutsideVpn)).toBe("deny");
+    expect(decideWith(denyOutsideVpn, "garbage")).toBe("deny");
+    const denyFromLan = doc("deny", "sourceCidrs");
+    expect(decideWith(denyFromLan, "10.1.1.1")).toBe("deny");
+    expect(decideWith(denyFromLan, "203.0.113.1")).toBe("allow");
+    expect(decideWith(denyFromLan)).toBe("deny");
+  });
+
   it("validity period", () => {
     const c = `{ notBefore: "2026-11-01T00:00:00Z", expiresAt: "2026-12-01T00:00:00Z" }`;
     expect(decide(c, { now: Date.parse("2026-11-15T00:00:00Z") })).toBe("allow");

@@ -212,13 +212,19 @@ export function compilePolicies(
       if (rule.approvers && rule.effect !== "review") problem(field("approvers"), "only review rules have approvers");
       const when: ((req: PolicyRequest, ctx: RequestContext) => boolean)[] = [];
       const c = rule.conditions ?? {};
-      try {
-        if (c.sourceCidrs) {
-          const inside = cidrMatcher(c.sourceCidrs);
-          when.push((_req, ctx) => ctx.ip !== undefined && inside(ctx.ip));
+      // An unknown or unparseable source address fails closed: allow and review rules that name
+      // networks do not apply, deny rules that name networks do.
+      const unknownSource = rule.effect === "deny";
+      for (const key of ["sourceCidrs", "exceptSourceCidrs"] as const) {
+        const cidrs = c[key];
+        if (!cidrs) continue;
+        try {
+          const inside = cidrMatcher(cidrs);
+          const wantInside = key === "sourceCidrs";
+          when.push((_req, ctx) => (ctx.ip === undefined ? unknownSource : inside(ctx.ip) === wantInside));
+        } catch (error) {
+          problem(field(`conditions.${key}`), (error as Error).message);
         }
-      } catch (error) {
-        problem(field("conditions.sourceCidrs"), (error as Error).message);
       }
       for (const key of ["timeWindows", "exceptTimeWindows"] as const) {
         const windows = c[key];
