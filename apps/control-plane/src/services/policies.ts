@@ -155,14 +155,14 @@ export function createPolicyService(deps: {
     async apply(documents, options, by) {
       const docs = documents.map((d, i) => validate(d, `${i}.`));
       const names = new Set<string>();
-      for (const d of docs) {
+      docs.forEach((d, i) => {
         if (names.has(d.metadata.name)) {
           throw new AppError("validation_failed", "the policy set is invalid: see errors", {
-            fields: [{ field: "metadata.name", message: `"${d.metadata.name}" appears twice` }],
+            fields: [{ field: `${i}.metadata.name`, message: `"${d.metadata.name}" appears twice` }],
           });
         }
         names.add(d.metadata.name);
-      }
+      });
       const stored = await store.policies.list();
       const byName = new Map(stored.map((r) => [r.name, r]));
       const result: ApplyResult = {

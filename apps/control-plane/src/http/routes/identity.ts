@@ -194,7 +194,8 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
     {
       config: { access: ROLES },
       schema: {
-        summary: "Unexpired access tokens of a user (default: the caller); others' only for admins and auditors",
+        summary:
+          "Access tokens of a user that have not expired yet, revoked ones included (default: the caller); others' only for admins and auditors",
         tags: ["auth"],
         querystring: Type.Object({ user: Type.Optional(Type.String()) }, { additionalProperties: false }),
         response: { 200: Type.Object({ items: Type.Array(TokenInfo) }), ...errorResponses },

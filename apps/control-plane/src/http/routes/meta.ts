@@ -10,7 +10,7 @@ const Whoami = Type.Object({
   email: Type.String(),
   displayName: Type.String(),
   role: Type.String(),
-  kind: Type.String(),
+  kind: Type.String({ enum: ["user", "service-account"] }),
   groups: Type.Array(Type.String()),
   apiKeyId: Type.Optional(Type.String()),
   tokenId: Type.Optional(Type.String()),
