@@ -1,0 +1,154 @@
+import { spawn } from "node:child_process";
+import { appendFileSync, closeSync, openSync, readdirSync, statSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+import { tempDir } from "@moat/testkit";
+import { AuditSpool, SpoolFullError } from "./spool.js";
+import { createUlidFactory } from "./ulid.js";
+
+const payload = (seq: bigint, size = 20) => Buffer.from(`event-${seq}-`.padEnd(size, "x"));
+
+async function fill(spool: AuditSpool, n: number, size = 20): Promise<void> {
+  for (let i = 0; i < n; i++) await spool.append((seq) => payload(seq, size));
+}
+
+describe("audit spool", () => {
+  it("appends in order, reads back, survives a reopen with the same sequence", async () => {
+    const dir = tempDir();
+    const { spool, recovery } = AuditSpool.open({ dir });
+    expect(recovery).toEqual({ truncatedBytes: 0, droppedSegments: 0, lastSeq: 0n, ackedSeq: 0n });
+    await fill(spool, 10);
+    expect(spool.read(1n, 100).map((e) => e.seq)).toEqual([1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n, 9n, 10n]);
+    expect(Buffer.from(spool.read(4n, 1)[0]!.payload).toString()).toMatch(/^event-4-/);
+    spool.close();
+    const again = AuditSpool.open({ dir });
+    expect(again.recovery.lastSeq).toBe(10n);
+    expect((await again.spool.append((seq) => payload(seq))).seq).toBe(11n);
+  });
+
+  it("groups concurrent appends into few fsyncs and keeps every one", async () => {
+    const { spool } = AuditSpool.open({ dir: tempDir() });
+    const results = await Promise.all(Array.from({ length: 500 }, () => spool.append((seq) => payload(seq))));
+    expect(results.map((r) => r.seq)).toEqual(Array.from({ length: 500 }, (_, i) => BigInt(i + 1)));
+    expect(spool.read(1n, 1000)).toHaveLength(500);
+  });
+
+  it("rolls segments, trims only acknowledged ones, and remembers the ack", async () => {
+    const dir = tempDir();
+    const { spool } = AuditSpool.open({ dir, segmentBytes: 200 });
+    await fill(spool, 30);
+    const segments = () => readdirSync(dir).filter((n) => n.endsWith(".seg"));
+    const before = segments().length;
+    expect(before).toBeGreaterThan(3);
+    spool.ack(12n);
+    expect(segments().length).toBeLessThan(before);
+    expect(spool.read(13n, 100).map((e) => e.seq)[0]).toBe(13n);
+    expect(spool.unshipped).toBe(18n);
+    spool.close();
+    const again = AuditSpool.open({ dir, segmentBytes: 200 });
+    expect(again.recovery.ackedSeq).toBe(12n);
+    expect(again.spool.read(13n, 100)).toHaveLength(18);
+  });
+
+  it("truncates a torn tail to the last whole event and reports it", async () => {
+    const dir = tempDir();
+    const { spool } = AuditSpool.open({ dir });
+    await fill(spool, 5);
+    spool.close();
+    const file = join(dir, readdirSync(dir).find((n) => n.endsWith(".seg")) as string);
+    const size = statSync(file).size;
+    appendFileSync(file, Buffer.from([40, 0, 0, 0, 1, 2, 3])); // a frame header cut short
+    const again = AuditSpool.open({ dir });
+    expect(again.recovery).toMatchObject({ truncatedBytes: 7, lastSeq: 5n });
+    expect(statSync(file).size).toBe(size);
+    expect((await again.spool.append((seq) => payload(seq))).seq).toBe(6n);
+  });
+
+  it("detects a corrupted event (checksum) and drops it and everything after", async () => {
+    const dir = tempDir();
+    const { spool } = AuditSpool.open({ dir });
+    await fill(spool, 5);
+    spool.close();
+    const file = join(dir, readdirSync(dir).find((n) => n.endsWith(".seg")) as string);
+    const frame = 16 + 20;
+    const fd = openSync(file, "r+");
+    writeSync(fd, Buffer.from("Y"), 0, 1, 3 * frame + 20); // inside event 4's payload
+    closeSync(fd);
+    const again = AuditSpool.open({ dir });
+    expect(again.recovery).toMatchObject({ truncatedBytes: 2 * frame, lastSeq: 3n });
+    expect(again.spool.read(1n, 10).map((e) => e.seq)).toEqual([1n, 2n, 3n]);
+  });
+
+  it("fails closed when full, or drops the oldest segment and reports the gap", async () => {
+    const closed = AuditSpool.open({ dir: tempDir(), segmentBytes: 150, maxBytes: 400, whenFull: "fail-closed" }).spool;
+    await expect(fill(closed, 20)).rejects.toBeInstanceOf(SpoolFullError);
+    const before = closed.peekNextSeq();
+    closed.ack(before - 1n);
+    await expect(closed.append((seq) => payload(seq))).resolves.toMatchObject({ seq: before });
+
+    const dropping = AuditSpool.open({
+      dir: tempDir(),
+      segmentBytes: 150,
+      maxBytes: 400,
+      whenFull: "drop-oldest",
+    }).spool;
+    const gaps = [];
+    for (let i = 0; i < 20; i++) {
+      const result = await dropping.append((seq) => payload(seq));
+      if (result.gap) gaps.push(result.gap);
+    }
+    expect(gaps.length).toBeGreaterThan(0);
+    expect(gaps[0]!.firstSeq).toBe(1n);
+    expect(dropping.totalBytes).toBeLessThanOrEqual(400);
+  });
+
+  it("loses no acknowledged event when the process is killed with SIGKILL mid-burst", async () => {
+    const dir = tempDir();
+    const spoolModule = join(fileURLToPath(new URL(".", import.meta.url)), "..", "..", "dist", "audit", "spool.js");
+    const script = `
+      const { AuditSpool } = await import(${JSON.stringify(spoolModule)});
+      const { spool } = AuditSpool.open({ dir: ${JSON.stringify(dir)}, segmentBytes: 4096 });
+      for (let i = 0; ; i++) {
+        const results = await Promise.all(Array.from({ length: 8 }, () => spool.append((seq) => Buffer.from("event-" + seq))));
+        process.stdout.write(results.map((r) => r.seq).join("\\n") + "\\n");
+      }`;
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const exited = new Promise((r) => child.once("exit", r));
+    let acknowledged = "";
+    child.stdout.on("data", (c: Buffer) => (acknowledged += c.toString()));
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(child.exitCode).toBeNull(); // still appending: killed mid-burst, not after a crash
+    child.kill("SIGKILL");
+    await exited;
+    const seen = acknowledged
+      .split("\n")
+      .filter((l) => /^\d+$/.test(l))
+      .map(BigInt);
+    expect(seen.length).toBeGreaterThan(100);
+    const { spool, recovery } = AuditSpool.open({ dir, segmentBytes: 4096 });
+    const stored = spool.read(1n, 1_000_000, 1 << 30);
+    const storedSeqs = stored.map((e) => e.seq);
+    expect(new Set(storedSeqs).size).toBe(storedSeqs.length);
+    expect(storedSeqs).toEqual(storedSeqs.map((_, i) => BigInt(i + 1)));
+    const max = seen.reduce((a, b) => (a > b ? a : b), 0n);
+    expect(recovery.lastSeq).toBeGreaterThanOrEqual(max);
+    for (const e of stored.slice(0, 50)) expect(Buffer.from(e.payload).toString()).toBe(`event-${e.seq}`);
+  });
+});
+
+describe("ulid", () => {
+  it("is 26 Crockford characters, time-ordered and unique", () => {
+    let t = 1_700_000_000_000;
+    const next = createUlidFactory(() => t);
+    const a = next();
+    const b = next();
+    t++;
+    const c = next();
+    expect(a).toMatch(/^[0-9A-HJKMNP-TV-Z]{26}$/);
+    expect(a < b && b < c).toBe(true);
+    expect(new Set(Array.from({ length: 1000 }, next)).size).toBe(1000);
+  });
+});

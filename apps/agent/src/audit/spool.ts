@@ -1,0 +1,333 @@
+/**
+ * The agent's durable audit spool: an append-only log of audit events in segment files, so that
+ * nothing the agent has acknowledged to a user is lost while the control plane is away, or when
+ * either side is killed.
+ *
+ * Frame: u32 LE payload length | u32 LE CRC-32 of (seq || payload) | u64 LE seq | payload (an
+ * AuditEvent, protobuf). Segment files are named by their first seq. Opening the spool validates
+ * every frame; a torn or corrupt tail (a crash mid-write) is truncated to the last whole frame and
+ * reported. Durability: `append` resolves only after the frame is fsynced; appends that arrive
+ * while an fsync runs are committed together by the next one (group commit). Events are trimmed
+ * only when acknowledged by the control plane (`ack`).
+ */
+import {
+  closeSync,
+  existsSync,
+  fsync,
+  fsyncSync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  unlinkSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
+import { join } from "node:path";
+import { crc32 } from "node:zlib";
+
+const HEADER = 16;
+/** Largest single event accepted (a query text is capped well below this by the enforcer). */
+export const MAX_EVENT_BYTES = 1024 * 1024;
+
+export type WhenFull = "fail-closed" | "drop-oldest";
+
+export interface SpoolOptions {
+  dir: string;
+  /** Start a new segment file after this many bytes. */
+  segmentBytes?: number;
+  /** Total spool size limit. */
+  maxBytes?: number;
+  whenFull?: WhenFull;
+}
+
+export interface SpooledEvent {
+  seq: bigint;
+  payload: Uint8Array;
+}
+
+export interface Recovery {
+  /** Bytes cut from a torn or corrupt tail (0 when the spool was clean). */
+  truncatedBytes: number;
+  /** Segment files removed because they followed a corrupt frame. */
+  droppedSegments: number;
+  lastSeq: bigint;
+  ackedSeq: bigint;
+}
+
+/** Events dropped to make room (drop-oldest); the caller records them as an audit gap. */
+export interface Gap {
+  firstSeq: bigint;
+  lastSeq: bigint;
+}
+
+export class SpoolFullError extends Error {
+  constructor(maxBytes: number) {
+    super(`the audit spool is full (${maxBytes} bytes of events not yet shipped to the control plane)`);
+    this.name = "SpoolFullError";
+  }
+}
+
+interface Segment {
+  firstSeq: bigint;
+  path: string;
+  bytes: number;
+  lastSeq: bigint;
+}
+
+function segmentName(firstSeq: bigint): string {
+  return `${firstSeq.toString().padStart(20, "0")}.seg`;
+}
+
+function frameCrc(seqAndPayload: Uint8Array): number {
+  return crc32(seqAndPayload) >>> 0;
+}
+
+/** Parses the frames of one segment; stops at the first torn or corrupt one. */
+function scan(
+  buffer: Buffer,
+  visit?: (seq: bigint, payload: Buffer) => void,
+): { goodBytes: number; lastSeq: bigint | undefined; count: number } {
+  let offset = 0;
+  let lastSeq: bigint | undefined;
+  let count = 0;
+  while (offset + HEADER <= buffer.length) {
+    const length = buffer.readUInt32LE(offset);
+    if (length > MAX_EVENT_BYTES || offset + HEADER + length > buffer.length) break;
+    const crc = buffer.readUInt32LE(offset + 4);
+    const body = buffer.subarray(offset + 8, offset + HEADER + length);
+    if (frameCrc(body) !== crc) break;
+    const seq = buffer.readBigUInt64LE(offset + 8);
+    if (lastSeq !== undefined && seq !== lastSeq + 1n) break;
+    visit?.(seq, buffer.subarray(offset + HEADER, offset + HEADER + length));
+    lastSeq = seq;
+    count++;
+    offset += HEADER + length;
+  }
+  return { goodBytes: offset, lastSeq, count };
+}
+
+export class AuditSpool {
+  private segments: Segment[] = [];
+  private fd = -1;
+  private nextSeq = 1n;
+  private acked = 0n;
+  private syncing = false;
+  private waiting: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  private closed = false;
+  /** Descriptors of finished segments, closed once no fsync is in flight. */
+  private retired: number[] = [];
+  private readonly segmentBytes: number;
+  private readonly maxBytes: number;
+  private readonly whenFull: WhenFull;
+
+  private constructor(
+    private readonly dir: string,
+    options: SpoolOptions,
+  ) {
+    this.segmentBytes = options.segmentBytes ?? 4 * 1024 * 1024;
+    this.maxBytes = options.maxBytes ?? 256 * 1024 * 1024;
+    this.whenFull = options.whenFull ?? "fail-closed";
+  }
+
+  /** Opens (creating or recovering) the spool in `options.dir`. */
+  static open(options: SpoolOptions): { spool: AuditSpool; recovery: Recovery } {
+    mkdirSync(options.dir, { recursive: true, mode: 0o700 });
+    const spool = new AuditSpool(options.dir, options);
+    const recovery = spool.recover();
+    return { spool, recovery };
+  }
+
+  private ackPath(): string {
+    return join(this.dir, "acked");
+  }
+
+  private recover(): Recovery {
+    const ackText = existsSync(this.ackPath()) ? readFileSync(this.ackPath(), "utf8").trim() : "0";
+    this.acked = /^\d+$/.test(ackText) ? BigInt(ackText) : 0n;
+    const names = readdirSync(this.dir)
+      .filter((n) => /^\d{20}\.seg$/.test(n))
+      .sort();
+    let truncatedBytes = 0;
+    let droppedSegments = 0;
+    let corrupt = false;
+    for (const name of names) {
+      const path = join(this.dir, name);
+      if (corrupt) {
+        // Everything after a corrupt frame is suspect (its order and chain cannot be checked).
+        unlinkSync(path);
+        droppedSegments++;
+        continue;
+      }
+      const firstSeq = BigInt(name.slice(0, 20));
+      const previous = this.segments[this.segments.length - 1];
+      const buffer = readFileSync(path);
+      let first: bigint | undefined;
+      const result = scan(buffer, (seq) => (first ??= seq));
+      const misplaced =
+        first !== undefined && (first !== firstSeq || (previous !== undefined && first !== previous.lastSeq + 1n));
+      if (misplaced || result.goodBytes < buffer.length) {
+        corrupt = true;
+        truncatedBytes += misplaced ? buffer.length : buffer.length - result.goodBytes;
+      }
+      if (misplaced || result.count === 0) {
+        unlinkSync(path);
+        if (misplaced) droppedSegments++;
+        continue;
+      }
+      if (result.goodBytes < buffer.length) {
+        const fd = openSync(path, "r+");
+        ftruncateSync(fd, result.goodBytes);
+        closeSync(fd);
+      }
+      this.segments.push({ firstSeq, path, bytes: result.goodBytes, lastSeq: result.lastSeq as bigint });
+    }
+    const last = this.segments[this.segments.length - 1];
+    this.nextSeq = last ? last.lastSeq + 1n : this.acked + 1n;
+    if (this.nextSeq <= this.acked) this.nextSeq = this.acked + 1n;
+    if (last) this.fd = openSync(last.path, "a");
+    return { truncatedBytes, droppedSegments, lastSeq: this.nextSeq - 1n, ackedSeq: this.acked };
+  }
+
+  /** Sequence number the next appended event gets. */
+  peekNextSeq(): bigint {
+    return this.nextSeq;
+  }
+
+  get ackedSeq(): bigint {
+    return this.acked;
+  }
+
+  get totalBytes(): number {
+    return this.segments.reduce((n, s) => n + s.bytes, 0);
+  }
+
+  /** Events appended but not yet acknowledged by the control plane. */
+  get unshipped(): bigint {
+    return this.nextSeq - 1n - this.acked;
+  }
+
+  /**
+   * Appends one serialized event at sequence `peekNextSeq()` (the caller builds the event with
+   * it). Returns once the event is on disk (fsync), plus any events dropped to make room.
+   */
+  async append(build: (seq: bigint) => Uint8Array): Promise<{ seq: bigint; gap?: Gap }> {
+    if (this.closed) throw new Error("the audit spool is closed");
+    const seq = this.nextSeq;
+    const payload = build(seq);
+    if (payload.length > MAX_EVENT_BYTES)
+      throw new Error(`audit event of ${payload.length} bytes is over the ${MAX_EVENT_BYTES}-byte limit`);
+    const frameBytes = HEADER + payload.length;
+    let gap: Gap | undefined;
+    while (this.totalBytes + frameBytes > this.maxBytes) {
+      if (this.whenFull === "fail-closed" || this.segments.length <= 1) throw new SpoolFullError(this.maxBytes);
+      const oldest = this.segments.shift() as Segment;
+      unlinkSync(oldest.path);
+      gap = { firstSeq: gap?.firstSeq ?? oldest.firstSeq, lastSeq: oldest.lastSeq };
+      if (this.acked < oldest.lastSeq) this.persistAck(oldest.lastSeq);
+    }
+    let current = this.segments[this.segments.length - 1];
+    if (!current || current.bytes + frameBytes > this.segmentBytes) {
+      if (this.fd >= 0) {
+        // Appends waiting for a group commit may be in this file: make them durable now, and close
+        // it only when no asynchronous fsync can still be using the descriptor.
+        fsyncSync(this.fd);
+        this.retired.push(this.fd);
+        this.closeRetired();
+      }
+      const path = join(this.dir, segmentName(seq));
+      this.fd = openSync(path, "a", 0o600);
+      current = { firstSeq: seq, path, bytes: 0, lastSeq: seq - 1n };
+      this.segments.push(current);
+    }
+    const frame = Buffer.allocUnsafe(frameBytes);
+    frame.writeUInt32LE(payload.length, 0);
+    frame.writeBigUInt64LE(seq, 8);
+    frame.set(payload, HEADER);
+    frame.writeUInt32LE(frameCrc(frame.subarray(8)), 4);
+    writeSync(this.fd, frame);
+    current.bytes += frameBytes;
+    current.lastSeq = seq;
+    this.nextSeq = seq + 1n;
+    await this.sync();
+    return gap ? { seq, gap } : { seq };
+  }
+
+  /** Group commit: one fsync covers every append made before it started. */
+  private sync(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ resolve, reject });
+      if (!this.syncing) this.flush();
+    });
+  }
+
+  private flush(): void {
+    if (this.waiting.length === 0 || this.fd < 0) return;
+    this.syncing = true;
+    const batch = this.waiting;
+    this.waiting = [];
+    fsync(this.fd, (error) => {
+      this.syncing = false;
+      this.closeRetired();
+      for (const w of batch) {
+        if (error) w.reject(error);
+        else w.resolve();
+      }
+      if (this.waiting.length > 0) this.flush();
+    });
+  }
+
+  private closeRetired(): void {
+    if (this.syncing) return;
+    for (const fd of this.retired.splice(0)) closeSync(fd);
+  }
+
+  /** Up to `maxEvents` events (at most `maxBytes` in all) from `fromSeq` on, in order. */
+  read(fromSeq: bigint, maxEvents: number, maxBytes = 4 * 1024 * 1024): SpooledEvent[] {
+    const out: SpooledEvent[] = [];
+    let bytes = 0;
+    for (const segment of this.segments) {
+      if (segment.lastSeq < fromSeq) continue;
+      const buffer = readFileSync(segment.path).subarray(0, segment.bytes);
+      let full = false;
+      scan(buffer, (seq, payload) => {
+        if (full || seq < fromSeq) return;
+        if (out.length >= maxEvents || (out.length > 0 && bytes + payload.length > maxBytes)) {
+          full = true;
+          return;
+        }
+        out.push({ seq, payload: Uint8Array.from(payload) });
+        bytes += payload.length;
+      });
+      if (full) break;
+    }
+    return out;
+  }
+
+  /** The control plane stored everything up to `seq`: forget it (whole segments at a time). */
+  ack(seq: bigint): void {
+    if (seq <= this.acked) return;
+    const upTo = seq > this.nextSeq - 1n ? this.nextSeq - 1n : seq;
+    this.persistAck(upTo);
+    while (this.segments.length > 1 && (this.segments[0] as Segment).lastSeq <= this.acked) {
+      unlinkSync((this.segments.shift() as Segment).path);
+    }
+  }
+
+  private persistAck(seq: bigint): void {
+    this.acked = seq;
+    const temp = `${this.ackPath()}.tmp`;
+    writeFileSync(temp, `${seq}\n`, { mode: 0o600 });
+    renameSync(temp, this.ackPath());
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.fd >= 0) this.retired.push(this.fd);
+    this.fd = -1;
+    this.closeRetired(); // or, with an fsync in flight, when it completes
+  }
+}
