@@ -7,6 +7,7 @@ export interface ControlPlaneMetrics {
   agentStreams: Gauge;
   agentStreamRejections: Counter<"reason">;
   enrolments: Counter<"result">;
+  auditEvents: Counter;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): ControlPlaneMetrics {
@@ -30,6 +31,11 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Contr
       name: "moat_cp_agent_stream_rejections_total",
       help: "Agent streams refused, by reason",
       labelNames: ["reason"],
+      registers: [registry],
+    }),
+    auditEvents: new Counter({
+      name: "moat_cp_audit_events_ingested_total",
+      help: "Audit events stored (duplicates of resent batches not counted)",
       registers: [registry],
     }),
     enrolments: new Counter({

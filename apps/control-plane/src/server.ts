@@ -17,6 +17,7 @@ import { createAgentService, type AgentService } from "./services/agents.js";
 import { createBundleService } from "./services/bundles.js";
 import { createPolicyService, type PolicyService } from "./services/policies.js";
 import { createTokenService } from "./services/tokens.js";
+import { createAuditService } from "./services/audit.js";
 import { createOidcService, type OidcConfig } from "./services/oidc.js";
 import { createIdentityService } from "./services/identity.js";
 import { openStore, type Store } from "./store/index.js";
@@ -150,10 +151,12 @@ export async function startControlPlane(
     tokenIssuer: config.tokens.issuer,
     tokenAudience: config.tokens.audience,
   });
+  const audit = createAuditService({ store });
   const channel = createAgentChannel({
     logger: logger.child({ module: "agent-channel" }),
     agents,
     bundles,
+    audit,
     bundleRefreshMs: Math.max(10_000, (config.bundles.validitySeconds * 1000) / 3),
     store,
     bus,
@@ -192,6 +195,7 @@ export async function startControlPlane(
     keyring,
     bus,
     ...(oidc ? { oidc } : {}),
+    audit,
     agents,
     policies,
     metrics,

@@ -23,12 +23,14 @@ import type { EventBus } from "../bus.js";
 import type { ControlPlaneMetrics } from "../metrics.js";
 import type { AgentService } from "../services/agents.js";
 import type { BundleService } from "../services/bundles.js";
+import type { AuditService } from "../services/audit.js";
 import type { ResourceInput, ResourceType, Store } from "../store/index.js";
 
 export interface AgentChannelDeps {
   logger: Logger;
   agents: AgentService;
   bundles: BundleService;
+  audit: Pick<AuditService, "ingest">;
   store: Pick<Store, "agents" | "resources">;
   bus: Pick<EventBus, "subscribe">;
   metrics: ControlPlaneMetrics;
@@ -52,6 +54,8 @@ interface LiveSession {
 }
 
 const MAX_RESOURCES = 1000;
+/** Most events one AuditBatch may carry (the agent sends at most 500). */
+const MAX_AUDIT_BATCH = 2000;
 /** Bundles built and sent at once during a fan-out (bounds CPU bursts and memory). */
 const FAN_OUT_CONCURRENCY = 8;
 const MAX_LABELS = 64;
@@ -329,7 +333,7 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
                 agentName,
                 serverTime: timestampFromDate(now()),
                 heartbeatIntervalSeconds: deps.heartbeatSeconds,
-                auditAckedSeq: 0n,
+                auditAckedSeq: (await store.agents.findById(agentId))?.auditSeq ?? 0n,
               },
             },
           }),
@@ -367,7 +371,14 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
           return;
         case "hello":
           throw new AppError("bad_request", "Hello may be sent only once per stream");
-        case "auditBatch":
+        case "auditBatch": {
+          if (kind.value.events.length > MAX_AUDIT_BATCH)
+            throw new AppError("bad_request", `audit batches are limited to ${MAX_AUDIT_BATCH} events`);
+          const { stored, lastSeq } = await deps.audit.ingest(agentId, kind.value.events);
+          send(create(ConnectResponseSchema, { kind: { case: "auditAck", value: { ackedSeq: lastSeq } } }));
+          if (stored > 0) metrics.auditEvents.inc(stored);
+          return;
+        }
         case "approvalRequest":
         case "sessionEnded":
           // Handled by the audit and approvals modules as they land; accepted and ignored until then.

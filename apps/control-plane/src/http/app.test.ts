@@ -235,6 +235,13 @@ describe("route x role matrix", () => {
     { method: "DELETE", url: "/api/v1/api-keys/:id", allowed: ["admin", "auditor", "reviewer", "member"] },
     { method: "GET", url: "/api/v1/groups", allowed: ["admin", "auditor", "reviewer"] },
     { method: "GET", url: "/api/v1/keys", allowed: ["admin", "auditor"] },
+    { method: "GET", url: "/api/v1/audit/events", allowed: ["admin", "auditor"] },
+    {
+      method: "GET",
+      url: "/api/v1/audit/verify",
+      allowed: ["admin", "auditor"],
+      path: "/api/v1/audit/verify?agent=none",
+    },
     { method: "GET", url: "/api/v1/auth/oidc", allowed: ["admin", "auditor", "reviewer", "member"], public: true },
     {
       method: "POST",

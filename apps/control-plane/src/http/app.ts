@@ -14,6 +14,7 @@ import type { AgentService } from "../services/agents.js";
 import type { PolicyService } from "../services/policies.js";
 import type { TokenService } from "../services/tokens.js";
 import type { OidcService } from "../services/oidc.js";
+import type { AuditService } from "../services/audit.js";
 import type { Keyring } from "../keys.js";
 import type { IdentityService, Principal } from "../services/identity.js";
 import type { Role, Store } from "../store/index.js";
@@ -23,6 +24,7 @@ import { healthRoutes } from "./routes/health.js";
 import { metaRoutes } from "./routes/meta.js";
 import { identityRoutes } from "./routes/identity.js";
 import { keyRoutes } from "./routes/keys.js";
+import { auditRoutes } from "./routes/audit.js";
 import { policyRoutes } from "./routes/policies.js";
 import { resourceRoutes } from "./routes/resources.js";
 
@@ -47,6 +49,7 @@ export interface HttpDeps {
   keyring: Keyring;
   /** Present when an OpenID Connect issuer is configured. */
   oidc?: OidcService;
+  audit: AuditService;
   agents: AgentService;
   policies: PolicyService;
   metrics: ControlPlaneMetrics;
@@ -144,5 +147,6 @@ export async function buildHttpApp(deps: HttpDeps) {
   await app.register(policyRoutes, { deps });
   await app.register(identityRoutes, { deps });
   await app.register(keyRoutes, { deps });
+  await app.register(auditRoutes, { deps });
   return app;
 }

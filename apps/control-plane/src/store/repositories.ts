@@ -42,6 +42,38 @@ export interface ApiKeyRecord {
   lastUsedAt: Date | null;
 }
 
+export interface AuditEventRow {
+  id: string;
+  agentId: string;
+  seq: bigint;
+  time: Date;
+  type: string;
+  user: string;
+  resource: string;
+  sessionId: string;
+  verdict: string;
+  rule: string;
+  text: string;
+  bundleVersion: bigint;
+  prevHash: string;
+  hash: string;
+  payload: Uint8Array;
+}
+
+export interface AuditFilter {
+  agentId?: string;
+  user?: string;
+  resource?: string;
+  type?: string;
+  verdict?: string;
+  since?: Date;
+  until?: Date;
+  /** Substring of the query text / command / message. */
+  text?: string;
+  /** Keyset cursor: events strictly older than (time, id). */
+  before?: { time: Date; id: string };
+}
+
 export interface AgentRecord {
   id: string;
   name: string;
@@ -58,6 +90,7 @@ export interface AgentRecord {
   lastSeenAt: Date | null;
   connectedTo: string;
   bundleVersion: bigint;
+  auditSeq: bigint;
   createdAt: Date;
 }
 
@@ -435,7 +468,63 @@ export function createRepositories(db: PrismaClient) {
       db.signingKey.create({ data: input }),
   };
 
-  return { users, groups, accessTokens, apiKeys, agents, resources, settings, policies, counters, signingKeys };
+  const auditEvents = {
+    /**
+     * Stores a batch idempotently (an event already stored, by agent and seq, is skipped) and
+     * advances the agent's stored sequence; returns how many were new.
+     */
+    ingest: async (agentId: string, rows: Omit<AuditEventRow, "agentId">[], lastSeq: bigint): Promise<number> =>
+      db.$transaction(async (tx) => {
+        const existing = new Set(
+          (
+            await tx.auditEvent.findMany({
+              where: { agentId, seq: { in: rows.map((r) => r.seq) } },
+              select: { seq: true },
+            })
+          ).map((r) => r.seq),
+        );
+        const fresh = rows.filter((r) => !existing.has(r.seq));
+        for (const r of fresh) {
+          await tx.auditEvent.create({ data: { ...r, agentId, payload: Buffer.from(r.payload) } });
+        }
+        await tx.agent.updateMany({ where: { id: agentId, auditSeq: { lt: lastSeq } }, data: { auditSeq: lastSeq } });
+        return fresh.length;
+      }),
+    search: async (filter: AuditFilter, limit: number): Promise<AuditEventRow[]> =>
+      db.auditEvent.findMany({
+        where: {
+          ...(filter.agentId ? { agentId: filter.agentId } : {}),
+          ...(filter.user ? { user: filter.user } : {}),
+          ...(filter.resource ? { resource: filter.resource } : {}),
+          ...(filter.type ? { type: filter.type } : {}),
+          ...(filter.verdict ? { verdict: filter.verdict } : {}),
+          ...(filter.text ? { text: { contains: filter.text } } : {}),
+          time: { ...(filter.since ? { gte: filter.since } : {}), ...(filter.until ? { lt: filter.until } : {}) },
+          ...(filter.before
+            ? { OR: [{ time: { lt: filter.before.time } }, { time: filter.before.time, id: { lt: filter.before.id } }] }
+            : {}),
+        },
+        orderBy: [{ time: "desc" }, { id: "desc" }],
+        take: limit,
+      }),
+    /** An agent's events in sequence order, from `fromSeq`, `limit` at a time (for chain verification). */
+    chain: (agentId: string, fromSeq: bigint, limit: number): Promise<AuditEventRow[]> =>
+      db.auditEvent.findMany({ where: { agentId, seq: { gte: fromSeq } }, orderBy: { seq: "asc" }, take: limit }),
+  };
+
+  return {
+    users,
+    groups,
+    accessTokens,
+    apiKeys,
+    agents,
+    resources,
+    settings,
+    policies,
+    counters,
+    signingKeys,
+    auditEvents,
+  };
 }
 
 export type Repositories = ReturnType<typeof createRepositories>;

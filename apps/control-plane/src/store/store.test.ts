@@ -36,7 +36,12 @@ describe.each(providers)("store on %s", (_name, makeUrl) => {
   beforeAll(async () => {
     url = await makeUrl();
     const opened = await openStore(url);
-    expect(opened.migrationsApplied).toEqual(["0001_init", "0002_policies_and_keys", "0003_identities"]);
+    expect(opened.migrationsApplied).toEqual([
+      "0001_init",
+      "0002_policies_and_keys",
+      "0003_identities",
+      "0004_audit_events",
+    ]);
     store = opened;
   });
   afterAll(async () => store?.close());

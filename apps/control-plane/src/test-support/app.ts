@@ -14,6 +14,7 @@ import { createKeyring, type Keyring } from "../keys.js";
 import { createIdentityService } from "../services/identity.js";
 import { createTokenService, type TokenService } from "../services/tokens.js";
 import { createPolicyService } from "../services/policies.js";
+import { createAuditService } from "../services/audit.js";
 import { openStore, ROLES, type Role, type Store } from "../store/index.js";
 
 export interface TestApp {
@@ -61,6 +62,7 @@ export async function createTestApp(): Promise<TestApp> {
     bus,
     agents,
     policies: createPolicyService({ store, bus }),
+    audit: createAuditService({ store }),
     metrics: createMetrics({ defaultMetrics: false }),
     isReady: () => true,
     version: "0.0.0-test",
