@@ -42,7 +42,12 @@ describe("control plane on PostgreSQL", () => {
     const credential = (JSON.parse(readFileSync(join(agent.dataDir, "agent.json"), "utf8")) as { credential: string })
       .credential;
     expect(rows[0]?.credentialHash).toBe(hashSecret(credential));
-    expect(migrations.map((m) => m.name)).toEqual(["0001_init", "0002_policies_and_keys", "0003_identities", "0004_audit_events"]);
+    expect(migrations.map((m) => m.name)).toEqual([
+      "0001_init",
+      "0002_policies_and_keys",
+      "0003_identities",
+      "0004_audit_events",
+    ]);
 
     // A second replica on the same database sees the same agents and resources.
     const replica = await startControlPlane({ env: { DATABASE_URL: url } });

@@ -13,6 +13,7 @@ export interface AdminStatus {
   controlPlane: string;
   bundleVersion: string;
   bundleExpiresAt: string | null;
+  auditUnshipped: string;
   resources: number;
 }
 

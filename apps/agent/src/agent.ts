@@ -3,6 +3,7 @@
  * endpoint, metrics. `main.ts` adds process concerns; tests call `startAgent` directly.
  */
 import { mkdirSync, chmodSync } from "node:fs";
+import { join } from "node:path";
 import { hostname } from "node:os";
 import { createLogger, type Logger } from "@moat/common";
 import {
@@ -22,6 +23,9 @@ import { ensureIdentity } from "./enrol.js";
 import { writeIdentity, type AgentIdentity } from "./identity-file.js";
 import { createBundleHolder, type BundleHolder } from "./bundle.js";
 import { TokenRejected, verifyAccessToken } from "./tokens.js";
+import { createAuditRecorder } from "./audit/recorder.js";
+import { createAuditShipper, type AuditShipper } from "./audit/shipper.js";
+import { AuditSpool } from "./audit/spool.js";
 import { VERSION } from "./version.js";
 
 const TYPES: Record<ResourceConfig["type"], ResourceType> = {
@@ -166,6 +170,54 @@ export async function startAgent(
     bundleVersionGauge.set(Number(b?.version ?? 0n));
     bundleExpiryGauge.set(b ? b.notAfter.getTime() / 1000 : 0);
   };
+  const { spool, recovery } = AuditSpool.open({
+    dir: join(config.dataDir, "audit"),
+    maxBytes: config.audit.maxBytes,
+    segmentBytes: config.audit.segmentBytes,
+    whenFull: config.audit.whenFull,
+  });
+  // Created once the connection exists; events recorded before that are shipped on connect.
+  const shipping: { shipper?: AuditShipper } = {};
+  const audit = createAuditRecorder({
+    spool,
+    bundleVersion: () => bundles.current()?.version ?? 0n,
+    onRecorded: () => shipping.shipper?.wake(),
+  });
+  const auditGauges = [
+    new Gauge({
+      name: "moat_agent_audit_spool_bytes",
+      help: "Bytes in the audit spool",
+      registers: [registry],
+      collect() {
+        this.set(spool.totalBytes);
+      },
+    }),
+    new Gauge({
+      name: "moat_agent_audit_unshipped_events",
+      help: "Audit events not yet stored by the control plane",
+      registers: [registry],
+      collect() {
+        this.set(Number(spool.unshipped));
+      },
+    }),
+  ];
+  void auditGauges;
+  if (recovery.truncatedBytes > 0) {
+    logger.error(
+      { truncatedBytes: recovery.truncatedBytes, droppedSegments: recovery.droppedSegments },
+      "the audit spool had a torn or corrupt tail; it was truncated",
+    );
+    await audit.record({
+      type: "audit.gap",
+      message: `the audit spool's tail was truncated after a crash (${recovery.truncatedBytes} bytes, ${recovery.droppedSegments} later segments dropped)`,
+      detail: {
+        case: "auditGap",
+        value: { firstMissingSeq: recovery.lastSeq + 1n, lastMissingSeq: 0n, reason: "torn or corrupt spool tail" },
+      },
+    });
+  }
+  await audit.record({ type: "agent.started", message: `agent ${VERSION} started on ${hostname()}` });
+
   const loaded = bundles.loadPersisted();
   if (loaded?.applied)
     logger.info(
@@ -205,6 +257,18 @@ export async function startAgent(
           );
         }
         showBundle();
+        audit
+          .record({
+            type: "bundle.applied",
+            message: result.applied
+              ? `bundle ${result.version} applied`
+              : `bundle ${result.version} rejected: ${result.error}`,
+            detail: {
+              case: "bundleApplied",
+              value: { version: result.version, applied: result.applied, error: result.applied ? "" : result.error },
+            },
+          })
+          .catch((error: unknown) => logger.error({ err: error }, "could not record a bundle event"));
         send(
           create(ConnectRequestSchema, {
             kind: {
@@ -222,6 +286,11 @@ export async function startAgent(
         );
         return;
       case "welcome":
+        shipping.shipper?.connected(message.kind.value.auditAckedSeq);
+        return;
+      case "auditAck":
+        shipping.shipper?.acknowledged(message.kind.value.ackedSeq);
+        return;
       case "heartbeatAck":
         return;
       default:
@@ -250,11 +319,13 @@ export async function startAgent(
       }),
     onMessage,
     onStateChange: (state: ConnectionState) => {
+      if (state !== "connected") shipping.shipper?.disconnected();
       connectedGauge.set(state === "connected" ? 1 : 0);
       stateChanges.labels(state).inc();
     },
     onFatal: (reason) => resolveRejected(reason),
   });
+  shipping.shipper = createAuditShipper({ spool, send: (m) => connection.send(m) });
   connection.start();
 
   const admin = config.admin.enabled
@@ -271,6 +342,7 @@ export async function startAgent(
           controlPlane: connection.state(),
           bundleVersion: (bundles.current()?.version ?? 0n).toString(),
           bundleExpiresAt: bundles.current()?.notAfter.toISOString() ?? null,
+          auditUnshipped: spool.unshipped.toString(),
           resources: config.resources.length,
         }),
       })
@@ -285,6 +357,7 @@ export async function startAgent(
     rejected,
     async close() {
       await connection.stop();
+      spool.close();
       client.close();
       await admin?.close();
     },

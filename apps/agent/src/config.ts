@@ -74,6 +74,17 @@ export const AgentConfigSchema = Type.Object(
       },
       { ...strict, default: {} },
     ),
+    /** The durable audit spool (dataDir/audit). */
+    audit: Type.Object(
+      {
+        /** Events not yet stored by the control plane may use this much disk. */
+        maxBytes: Type.Integer({ minimum: 1024 * 1024, default: 256 * 1024 * 1024 }),
+        segmentBytes: Type.Integer({ minimum: 64 * 1024, default: 4 * 1024 * 1024 }),
+        /** When full: refuse new sessions (fail-closed) or drop the oldest unshipped events, recording the gap. */
+        whenFull: Type.Union([Type.Literal("fail-closed"), Type.Literal("drop-oldest")], { default: "fail-closed" }),
+      },
+      { ...strict, default: {} },
+    ),
     resources: Type.Array(ResourceConfigSchema, { default: [], maxItems: 1000 }),
   },
   strict,

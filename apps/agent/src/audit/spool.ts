@@ -26,6 +26,7 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
+import { createHash } from "node:crypto";
 import { crc32 } from "node:zlib";
 
 const HEADER = 16;
@@ -117,6 +118,8 @@ export class AuditSpool {
   private syncing = false;
   private waiting: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private closed = false;
+  /** SHA-256 of the last event written (the next event's `prev_hash`); empty before the first. */
+  private lastPayloadHash: Uint8Array = new Uint8Array(0);
   /** Descriptors of finished segments, closed once no fsync is in flight. */
   private retired: number[] = [];
   private readonly segmentBytes: number;
@@ -185,6 +188,11 @@ export class AuditSpool {
       this.segments.push({ firstSeq, path, bytes: result.goodBytes, lastSeq: result.lastSeq as bigint });
     }
     const last = this.segments[this.segments.length - 1];
+    if (last) {
+      scan(readFileSync(last.path).subarray(0, last.bytes), (_seq, payload) => {
+        this.lastPayloadHash = createHash("sha256").update(payload).digest();
+      });
+    }
     this.nextSeq = last ? last.lastSeq + 1n : this.acked + 1n;
     if (this.nextSeq <= this.acked) this.nextSeq = this.acked + 1n;
     if (last) this.fd = openSync(last.path, "a");
@@ -194,6 +202,11 @@ export class AuditSpool {
   /** Sequence number the next appended event gets. */
   peekNextSeq(): bigint {
     return this.nextSeq;
+  }
+
+  /** SHA-256 of the last event in the spool, for the hash chain (survives restarts). */
+  get lastHash(): Uint8Array {
+    return this.lastPayloadHash;
   }
 
   get ackedSeq(): bigint {
@@ -248,6 +261,7 @@ export class AuditSpool {
     frame.set(payload, HEADER);
     frame.writeUInt32LE(frameCrc(frame.subarray(8)), 4);
     writeSync(this.fd, frame);
+    this.lastPayloadHash = createHash("sha256").update(payload).digest();
     current.bytes += frameBytes;
     current.lastSeq = seq;
     this.nextSeq = seq + 1n;
