@@ -108,6 +108,20 @@ export interface AccessToken {
   expiresAt: string;
 }
 
+/**
+ * GET /api/v1/auth/oidc: the OpenID Connect issuer the control plane trusts, and the client the CLI
+ * runs the login as (a public client: PKCE, no secret).
+ */
+export interface OidcConfig {
+  issuer: string;
+  clientId: string;
+  scopes: string[];
+  authorizationEndpoint: string;
+  tokenEndpoint: string;
+  /** Present when the issuer offers the device authorization grant (`moat login --sso --device`). */
+  deviceAuthorizationEndpoint?: string;
+}
+
 /** An issued access token's metadata (GET /api/v1/tokens); the token itself is never stored. */
 export interface AccessTokenInfo {
   id: string;
@@ -239,6 +253,10 @@ export interface ApiClient {
   simulatePolicy(request: SimulateRequest): Promise<SimulateVerdict>;
   /** Password login (sent without any credential). */
   login(email: string, password: string): Promise<AccessToken>;
+  /** The single sign-on issuer (public); `not_found` when single sign-on is not configured. */
+  oidcConfig(): Promise<OidcConfig>;
+  /** Exchanges the issuer's ID token (and the nonce the login sent) for an access token (public). */
+  oidcLogin(idToken: string, nonce?: string): Promise<AccessToken>;
   /** An access token for the caller; the control plane issues them against an API key only. */
   issueToken(): Promise<AccessToken>;
   /** Tokens of `userId` (an id or "me"; default the caller). */
@@ -259,9 +277,10 @@ export interface ApiClient {
 
 /**
  * How a client authenticates, both sent as `Authorization: Bearer`: an API key, or the access token
- * of a password login (whose refusal means "log in again", so the email is kept for the hint).
+ * of a password or single sign-on login (whose refusal means "log in again", so the email, or that
+ * it was single sign-on, is kept for the hint).
  */
-export type ClientAuth = { apiKey: string } | { accessToken: string; email?: string };
+export type ClientAuth = { apiKey: string } | { accessToken: string; email?: string; sso?: boolean };
 
 /** What a client needs: one control plane, optionally one credential, and a per-request timeout. */
 export interface ApiClientOptions {
@@ -299,7 +318,7 @@ const networkErrorNames: Record<string, string> = {
 };
 
 /** Why a fetch failed, in words: undici hides the socket error in `cause` (or in an AggregateError). */
-function describeNetworkError(error: unknown, timeoutMs: number): string {
+export function describeNetworkError(error: unknown, timeoutMs: number): string {
   const name = (error as { name?: string } | undefined)?.name;
   if (name === "TimeoutError" || name === "AbortError") return `no answer within ${timeoutMs / 1000}s`;
   let cause: unknown = (error as { cause?: unknown } | undefined)?.cause ?? error;
@@ -383,13 +402,16 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
     }
     if (isProblem(body)) {
       // A refused access token (expired, revoked, or its user disabled) is fixed the same way every
-      // time: a new password login.
-      if (body.code === "unauthenticated" && !req.anonymous && auth && "accessToken" in auth)
-        throw sessionExpired(options.server, auth.email, errorFromProblem(body));
+      // time: a new login, the same way as before.
+      if (body.code === "unauthenticated" && !req.anonymous && auth && "accessToken" in auth) {
+        const login = { ...(auth.email ? { email: auth.email } : {}), ...(auth.sso ? { sso: true } : {}) };
+        throw sessionExpired(options.server, login, errorFromProblem(body));
+      }
+      // A public route (login) refuses who you are, e.g. a disabled account, not a key's role: no hint.
       const hint =
         body.code === "unauthenticated" && !req.anonymous
           ? `log in again: \`moat login --server ${options.server}\``
-          : body.code === "permission_denied"
+          : body.code === "permission_denied" && !req.anonymous
             ? "ask an admin for a key with a role that may do this"
             : undefined;
       throw errorFromProblem(body, hint);
@@ -430,6 +452,12 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
     applyPolicies: (input) => request("POST", "api/v1/policies/apply", { body: input }),
     simulatePolicy: (input) => request("POST", "api/v1/policies/simulate", { body: input }),
     login: (email, password) => request("POST", "api/v1/auth/login", { body: { email, password }, anonymous: true }),
+    oidcConfig: () => request("GET", "api/v1/auth/oidc", { anonymous: true }),
+    oidcLogin: (idToken, nonce) =>
+      request("POST", "api/v1/auth/oidc/token", {
+        body: { idToken, ...(nonce === undefined ? {} : { nonce }) },
+        anonymous: true,
+      }),
     issueToken: () => request("POST", "api/v1/tokens"),
     listTokens: async (userId) =>
       (await request<{ items: AccessTokenInfo[] }>("GET", "api/v1/tokens", { query: { user: userId } })).items,

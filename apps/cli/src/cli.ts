@@ -27,14 +27,14 @@ export const DEFAULT_TIMEOUT_SECONDS = 10;
 const HELP_FOOTER = `
 Configuration:
   \`moat login\` stores the server URL and your credential (an API key, or the access
-  token of a password login) in $MOAT_CONFIG, else $XDG_CONFIG_HOME/moat/config.json,
-  else ~/.config/moat/config.json (mode 0600). MOAT_SERVER and MOAT_API_KEY override
-  the file; --server overrides MOAT_SERVER.
+  token of a password or single sign-on login) in $MOAT_CONFIG, else
+  $XDG_CONFIG_HOME/moat/config.json, else ~/.config/moat/config.json (mode 0600).
+  MOAT_SERVER and MOAT_API_KEY override the file; --server overrides MOAT_SERVER.
 
 Exit status:
   0 ok, 1 other failure, 2 usage error or invalid input, 3 not logged in, session
-  expired or credential rejected, 4 permission denied, 5 not found, 6 conflict,
-  7 control plane unreachable.
+  expired, credential rejected or single sign-on failed, 4 permission denied,
+  5 not found, 6 conflict, 7 control plane unreachable (or the identity provider).
 
 See docs/cli.md for the full reference.`;
 
@@ -98,7 +98,11 @@ function createContext(io: CliIo): CommandContext {
       const auth: ClientAuth | undefined = connection.apiKey
         ? { apiKey: connection.apiKey }
         : token
-          ? { accessToken: token.value, ...(token.email ? { email: token.email } : {}) }
+          ? {
+              accessToken: token.value,
+              ...(token.email ? { email: token.email } : {}),
+              ...(token.loginMethod === "sso" ? { sso: true } : {}),
+            }
           : undefined;
       return {
         out,
@@ -121,7 +125,10 @@ function credentialProblem(
   if (connection.accessToken) {
     // Checked locally so an expired token is never sent, and the user learns why at once.
     return isExpired(connection.accessToken, now)
-      ? sessionExpired(connection.server, connection.accessToken.email)
+      ? sessionExpired(connection.server, {
+          ...(connection.accessToken.email ? { email: connection.accessToken.email } : {}),
+          sso: connection.accessToken.loginMethod === "sso",
+        })
       : undefined;
   }
   return notLoggedIn(

@@ -1,6 +1,6 @@
 /**
  * Where the CLI keeps its server URL and credential (an API key, or the access token of a password
- * login), and how flags and environment override them.
+ * or single sign-on login), and how flags and environment override them.
  * Owns the config file: its location (`$MOAT_CONFIG`, XDG, ~/.config), its format, and writing it
  * atomically with mode 0600 in a 0700 directory. It does not talk to the network or print anything.
  */
@@ -12,7 +12,8 @@ import { CliError, CliErrorCode } from "./errors.js";
 
 /**
  * The config file's content. Unknown keys are kept when the CLI rewrites the file. It holds at most
- * one credential: `apiKey`, or the access token of a password login with its id, expiry and email.
+ * one credential: `apiKey`, or the access token of a login with its id, expiry, email and (for single
+ * sign-on) how it was obtained.
  */
 export interface StoredConfig {
   server?: string;
@@ -21,13 +22,25 @@ export interface StoredConfig {
   accessTokenId?: string;
   /** ISO date-time; the token is not sent after it. */
   accessTokenExpiresAt?: string;
-  /** Who logged in with a password: `moat login` offers it again. */
+  /** Who logged in: `moat login` offers it again. */
   email?: string;
+  /** "sso" after a single sign-on login (`moat login` then repeats it); absent after a password login. */
+  loginMethod?: string;
   [key: string]: unknown;
 }
 
+/** How a stored access token was obtained. */
+export type LoginMethod = "password" | "sso";
+
 /** The config keys of a credential, removed together when another login or a logout replaces it. */
-export const CREDENTIAL_KEYS = ["apiKey", "accessToken", "accessTokenId", "accessTokenExpiresAt", "email"] as const;
+export const CREDENTIAL_KEYS = [
+  "apiKey",
+  "accessToken",
+  "accessTokenId",
+  "accessTokenExpiresAt",
+  "email",
+  "loginMethod",
+] as const;
 
 /** `config` without its credential (server and unknown keys are kept). */
 export function withoutCredential(config: StoredConfig): StoredConfig {
@@ -129,12 +142,14 @@ export function normalizeServer(raw: string): string {
   return url.toString().replace(/\/+$/, "");
 }
 
-/** The access token of a password login, as stored. */
+/** The access token of a password or single sign-on login, as stored. */
 export interface StoredAccessToken {
   value: string;
   id?: string;
   expiresAt: string;
   email?: string;
+  /** Set for single sign-on only; a token without it came from a password login. */
+  loginMethod?: "sso";
 }
 
 /** What a command talks to: the server and, when logged in, the key or token (and where it came from). */
@@ -142,7 +157,7 @@ export interface Connection {
   server?: string;
   apiKey?: string;
   keySource?: "env" | "config";
-  /** Set instead of `apiKey` after a password login (only from the config file). */
+  /** Set instead of `apiKey` after a password or single sign-on login (only from the config file). */
   accessToken?: StoredAccessToken;
   /** Set when the config holds a credential for another server than the one chosen (it is not used). */
   storedServer?: string;
@@ -169,6 +184,7 @@ export function resolveConnection(input: { flagServer?: string; env: Env; stored
       expiresAt: stored.accessTokenExpiresAt ?? new Date(0).toISOString(),
       ...(stored.accessTokenId ? { id: stored.accessTokenId } : {}),
       ...(stored.email ? { email: stored.email } : {}),
+      ...(stored.loginMethod === "sso" ? { loginMethod: "sso" as const } : {}),
     };
     return { ...connection, accessToken };
   }

@@ -22,8 +22,13 @@ export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 export const CliErrorCode = {
   usage: "usage",
   notLoggedIn: "not_logged_in",
-  /** The stored access token (from a password login) has expired or was refused. */
+  /** The stored access token (from a password or single sign-on login) has expired or was refused. */
   sessionExpired: "session_expired",
+  /**
+   * Single sign-on did not complete at the identity provider: it refused the login, the browser came
+   * back with another login's state, or nobody answered in time.
+   */
+  ssoFailed: "sso_failed",
   unreachable: "unreachable",
   unexpectedResponse: "unexpected_response",
   configInvalid: "config_invalid",
@@ -47,6 +52,7 @@ const exitCodeByCode: Readonly<Record<string, ExitCode>> = {
   policy_invalid: ExitCode.usage,
   not_logged_in: ExitCode.unauthenticated,
   session_expired: ExitCode.unauthenticated,
+  sso_failed: ExitCode.unauthenticated,
   unauthenticated: ExitCode.unauthenticated,
   permission_denied: ExitCode.permissionDenied,
   not_found: ExitCode.notFound,
@@ -75,6 +81,7 @@ const localTitles: Record<CliErrorCode, string> = {
   usage: "Usage error",
   not_logged_in: "Not logged in",
   session_expired: "Session expired",
+  sso_failed: "Single sign-on failed",
   unreachable: "Control plane unreachable",
   unexpected_response: "Unexpected response",
   config_invalid: "Configuration invalid",
@@ -146,13 +153,22 @@ export function notLoggedIn(server?: string, hint?: string): CliError {
   );
 }
 
+/** How the expired session was opened, so the hint repeats the same login. */
+export interface SessionLogin {
+  email?: string;
+  /** Opened with single sign-on (`moat login --sso`) rather than a password. */
+  sso?: boolean;
+}
+
 /**
- * The "log in again" error of an access token from a password login: expired by its stored expiry
- * (checked before sending it), or refused by the control plane (expired, revoked, user disabled).
+ * The "log in again" error of an access token from a password or single sign-on login: expired by
+ * its stored expiry (checked before sending it), or refused by the control plane (expired, revoked,
+ * user disabled).
  */
-export function sessionExpired(server?: string, email?: string, cause?: unknown): CliError {
+export function sessionExpired(server?: string, login: SessionLogin = {}, cause?: unknown): CliError {
+  const how = login.sso ? "--sso" : `--email ${login.email ?? "EMAIL"}`;
   return new CliError(CliErrorCode.sessionExpired, "your session expired: run moat login again", {
-    hint: `\`moat login --server ${server ?? "URL"} --email ${email ?? "EMAIL"}\``,
+    hint: `\`moat login --server ${server ?? "URL"} ${how}\``,
     ...(cause === undefined ? {} : { cause }),
   });
 }

@@ -1,8 +1,8 @@
 /**
  * The CLI's edges to the terminal, injectable so commands run in-process in tests: output streams,
- * environment, stdin, clock and fetch. Also owns reading from stdin: one line, a y/N confirmation
- * (and the confirmation rule of deletions), a secret typed without echo, and a password. Nothing here knows
- * about commands or the API.
+ * environment, stdin, clock, fetch and the browser opener. Also owns reading from stdin: one line, a
+ * y/N confirmation (and the confirmation rule of deletions), a secret typed without echo, and a
+ * password. Nothing here knows about commands or the API.
  */
 import { CliError, CliErrorCode } from "./errors.js";
 
@@ -22,6 +22,8 @@ export interface CliIo {
   env: Record<string, string | undefined>;
   now?: () => Date;
   fetch?: typeof fetch;
+  /** Opens a URL in the user's browser (`moat login --sso`); injected in tests, else best effort. */
+  openBrowser?: (url: string) => void;
 }
 
 const MAX_LINE_BYTES = 64 * 1024;

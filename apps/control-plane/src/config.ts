@@ -92,6 +92,8 @@ export const ControlPlaneConfigSchema = Type.Object(
           ),
           allowedEmailDomains: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
           syncGroups: Type.Boolean({ default: true }),
+          /** Require `email_verified: true` in ID tokens; turn off only for issuers that never send it. */
+          requireVerifiedEmail: Type.Boolean({ default: true }),
           /** Least time between two fetches of the issuer's keys (a token with an unknown key triggers one). */
           jwksRefreshCooldownSeconds: Type.Integer({ minimum: 0, maximum: 3600, default: 30 }),
         },

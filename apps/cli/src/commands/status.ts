@@ -6,14 +6,17 @@
 import type { Command } from "commander";
 import type { ApiClient, ControlPlaneStatus, Readiness, Whoami } from "../api-client.js";
 import type { CommandContext } from "../context.js";
-import type { Connection } from "../credentials.js";
+import type { Connection, LoginMethod } from "../credentials.js";
 import { CliErrorCode, notLoggedIn, type CliError } from "../errors.js";
 import { clean, formatFields, timestamp, type Output } from "../output.js";
 
-/** How an invocation authenticated: an API key (from the environment or the config file), or an access token. */
+/**
+ * How an invocation authenticated: an API key (from the environment or the config file), or the
+ * access token of a password or single sign-on login.
+ */
 export type AuthInfo =
   | { method: "api-key"; source: "env" | "config"; apiKeyId: string | null }
-  | { method: "access-token"; tokenId: string | null; expiresAt: string };
+  | { method: "access-token"; tokenId: string | null; expiresAt: string; loginMethod: LoginMethod };
 
 /** What `--json` prints. */
 export interface StatusResult {
@@ -32,16 +35,21 @@ export function authInfo(connection: Connection, whoami: Whoami): AuthInfo {
       method: "access-token",
       tokenId: whoami.tokenId ?? connection.accessToken.id ?? null,
       expiresAt: connection.accessToken.expiresAt,
+      loginMethod: connection.accessToken.loginMethod ?? "password",
     };
   }
   return { method: "api-key", source: connection.keySource ?? "config", apiKeyId: whoami.apiKeyId ?? null };
 }
 
-/** "API key k1 (from MOAT_API_KEY)", "access token t1 (password login), expires 2025-... (in 14m)". */
+/**
+ * "API key k1 (from MOAT_API_KEY)", "access token t1 (password login), expires 2025-... (in 14m)",
+ * "access token t2 (single sign-on), expires ...".
+ */
 export function formatAuth(auth: AuthInfo, now: Date): string {
   if (auth.method === "api-key")
     return `API key ${clean(auth.apiKeyId)} (from ${auth.source === "env" ? "MOAT_API_KEY" : "the config file"})`;
-  return `access token ${clean(auth.tokenId)} (password login), expires ${timestamp(auth.expiresAt, now)}`;
+  const how = auth.loginMethod === "sso" ? "single sign-on" : "password login";
+  return `access token ${clean(auth.tokenId)} (${how}), expires ${timestamp(auth.expiresAt, now)}`;
 }
 
 /** The status command over narrow dependencies. */

@@ -1,8 +1,8 @@
 /**
  * `moat token`: a short-lived access token for scripts (`curl -H "Authorization: Bearer $(moat token)"`),
- * minted with the API key in use, or the token of the current password login while it is valid (a
- * token cannot mint another). `moat tokens list|revoke`: the access tokens issued to a user. The
- * metadata commands never print a token; `moat token` prints exactly one, to stdout.
+ * minted with the API key in use, or the token of the current password or single sign-on login while
+ * it is valid (a token cannot mint another). `moat tokens list|revoke`: the access tokens issued to a
+ * user. The metadata commands never print a token; `moat token` prints exactly one, to stdout.
  */
 import type { Command } from "commander";
 import type { AccessToken, AccessTokenInfo, ApiClient } from "../api-client.js";
@@ -96,7 +96,7 @@ export function registerTokenCommands(program: Command, context: CommandContext)
     .addHelpText(
       "after",
       "\nWith an API key (MOAT_API_KEY or `moat login --api-key`) a new token is issued each time; after a\n" +
-        "password login it is the token of that login, until it expires.\n\n" +
+        "password or single sign-on login it is the token of that login, until it expires.\n\n" +
         "Example:\n" +
         '  curl -H "Authorization: Bearer $(moat token)" "$MOAT_SERVER/api/v1/whoami"',
     )

@@ -127,6 +127,8 @@ describe("OIDC login", () => {
     expect((await exchange(await idp.idToken(bob, { aud: "other-client" }))).status).toBe(401);
     expect((await exchange(await idp.idToken(bob, { iss: "https://evil.example" }))).status).toBe(401);
     expect((await exchange(await idp.idToken(bob), "expected-nonce")).status).toBe(401);
+    expect((await exchange(await idp.idToken(bob, { nonce: "from-another-login" }))).status).toBe(401); // replay without the nonce
+    expect((await exchange(await idp.idToken(bob, { email_verified: undefined }))).status).toBe(401);
     expect((await exchange(await idp.idToken({ ...bob, emailVerified: false }))).body.detail).toContain("not verified");
     expect((await exchange(await idp.idToken(bob, { exp: Math.floor(Date.now() / 1000) - 120 }))).status).toBe(401);
     const { privateKey } = await generateKeyPair("RS256");

@@ -22,6 +22,8 @@ export interface OidcConfig {
   allowedEmailDomains?: string[];
   /** Replace the user's groups with the IdP's at every login. */
   syncGroups: boolean;
+  /** Require `email_verified: true` (default). Turn off only for issuers that never send the claim. */
+  requireVerifiedEmail?: boolean;
 }
 
 export interface OidcPublicConfig {
@@ -90,6 +92,12 @@ export function createOidcService(deps: {
   return {
     async publicConfig() {
       const { doc } = await discover();
+      if (typeof doc.authorization_endpoint !== "string" || typeof doc.token_endpoint !== "string") {
+        throw new AppError(
+          "unavailable",
+          "the identity provider's discovery document names no authorization or token endpoint",
+        );
+      }
       return {
         issuer: config.issuer,
         clientId: config.clientId,
@@ -117,13 +125,17 @@ export function createOidcService(deps: {
       } catch (error) {
         throw new AppError("unauthenticated", "the identity provider's token is invalid or expired", { cause: error });
       }
-      if (expectedNonce !== undefined && payload.nonce !== expectedNonce)
+      // A token minted for a browser login carries the login's nonce: it is only accepted with it,
+      // so a token lifted from someone else's login cannot be replayed here.
+      if ((payload.nonce !== undefined || expectedNonce !== undefined) && payload.nonce !== expectedNonce) {
         throw new AppError("unauthenticated", "the identity provider's token does not match this login (nonce)");
+      }
       const email = payload[config.emailClaim];
       if (typeof email !== "string" || !email.includes("@"))
         throw new AppError("unauthenticated", `the identity provider's token has no ${config.emailClaim} claim`);
-      if (payload.email_verified === false)
+      if (payload.email_verified !== true && (config.requireVerifiedEmail ?? true)) {
         throw new AppError("unauthenticated", "the identity provider has not verified this email address");
+      }
       const domain = email.split("@").pop()?.toLowerCase() ?? "";
       if (config.allowedEmailDomains && !config.allowedEmailDomains.map((d) => d.toLowerCase()).includes(domain)) {
         throw new AppError("permission_denied", `accounts of ${domain} may not log in here`);
