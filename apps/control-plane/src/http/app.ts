@@ -60,6 +60,29 @@ export interface HttpDeps {
   bodyLimitBytes?: number;
 }
 
+/**
+ * Records a control-plane action in the audit trail. A failure to record is logged, never turned
+ * into a failed request (the action has already happened).
+ */
+export async function auditAction(
+  deps: Pick<HttpDeps, "audit">,
+  request: { principal?: Principal; ip: string; log: { error(o: object, m: string): void } },
+  type: string,
+  message: string,
+  actor?: string,
+): Promise<void> {
+  try {
+    await deps.audit.recordControlPlane({
+      type,
+      actor: actor ?? request.principal?.user.email ?? "",
+      message,
+      sourceAddress: request.ip,
+    });
+  } catch (error) {
+    request.log.error({ err: error, type }, "could not record a control-plane audit event");
+  }
+}
+
 /** The principal of an authenticated request (routes with role access always have one). */
 export function principalOf(request: { principal?: Principal }): Principal {
   if (!request.principal) throw new AppError("unauthenticated", "authentication required");

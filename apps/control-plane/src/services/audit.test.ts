@@ -64,3 +64,76 @@ describe("audit ingestion", () => {
     expect((await t.store.agents.findById("auditagent000001"))?.auditSeq).toBe(10n);
   });
 });
+
+describe("control-plane actions in the audit trail", () => {
+  it("records policy, user, token and login events in a verifiable chain, without secrets", async () => {
+    const admin = t.auth("admin");
+    const policy = {
+      apiVersion: "moat.dev/v1",
+      kind: "Policy",
+      metadata: { name: "audited" },
+      spec: {
+        subjects: { users: ["*"] },
+        resources: { names: ["db"] },
+        rules: [{ name: "r", effect: "allow", actions: ["connect"] }],
+      },
+    };
+    expect(
+      (await t.app.inject({ method: "PUT", url: "/api/v1/policies/audited", headers: admin, payload: policy }))
+        .statusCode,
+    ).toBe(201);
+    const user = (
+      await t.app.inject({
+        method: "POST",
+        url: "/api/v1/users",
+        headers: admin,
+        payload: { email: "gina@example.com", role: "member", password: "correct horse battery staple" },
+      })
+    ).json();
+    await t.app.inject({
+      method: "POST",
+      url: "/api/v1/auth/login",
+      payload: { email: "gina@example.com", password: "wrong password!" },
+    });
+    const login = (
+      await t.app.inject({
+        method: "POST",
+        url: "/api/v1/auth/login",
+        payload: { email: "gina@example.com", password: "correct horse battery staple" },
+      })
+    ).json();
+    await t.app.inject({ method: "DELETE", url: `/api/v1/tokens/${login.tokenId}`, headers: admin });
+    await t.app.inject({
+      method: "PATCH",
+      url: `/api/v1/users/${user.id}`,
+      headers: admin,
+      payload: { disabled: true },
+    });
+
+    const res = await t.app.inject({
+      method: "GET",
+      url: "/api/v1/audit/events?agent=control-plane&limit=100",
+      headers: t.auth("auditor"),
+    });
+    const types = (res.json().items as { type: string }[]).map((e) => e.type).reverse();
+    expect(types).toEqual(
+      expect.arrayContaining([
+        "policy.changed",
+        "user.created",
+        "auth.login_failed",
+        "auth.login",
+        "token.revoked",
+        "user.changed",
+      ]),
+    );
+    expect(JSON.stringify(res.json())).not.toContain("correct horse battery staple");
+    expect(JSON.stringify(res.json())).not.toContain(login.accessToken);
+    const verify = await t.app.inject({
+      method: "GET",
+      url: "/api/v1/audit/verify?agent=control-plane",
+      headers: t.auth("auditor"),
+    });
+    expect(verify.json()).toMatchObject({ ok: true });
+    expect(verify.json().checked).toBeGreaterThanOrEqual(6);
+  });
+});

@@ -6,7 +6,17 @@
  */
 import { createHash } from "node:crypto";
 import { AppError } from "@moat/common";
-import { AuditEventSchema, fromBinary, timestampDate, Verdict, type AuditEvent } from "@moat/proto";
+import {
+  AuditEventSchema,
+  create,
+  fromBinary,
+  timestampDate,
+  timestampFromDate,
+  toBinary,
+  Verdict,
+  type AuditEvent,
+} from "@moat/proto";
+import { randomBytes } from "node:crypto";
 import type { AuditEventRow, AuditFilter, Store } from "../store/index.js";
 
 const VERDICTS: Record<number, string> = {
@@ -105,9 +115,52 @@ export interface ChainReport {
   firstBreak?: { seq: string; id?: string; problem: string };
 }
 
-export function createAuditService(deps: { store: Pick<Store, "auditEvents"> }) {
+/** A ULID (time-ordered id) for control-plane events. */
+function ulid(at: Date): string {
+  const alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+  let time = BigInt(at.getTime());
+  let random = BigInt(`0x${randomBytes(10).toString("hex")}`);
+  let out = "";
+  for (let i = 0; i < 16; i++, random >>= 5n) out = (alphabet[Number(random & 31n)] as string) + out;
+  for (let i = 0; i < 10; i++, time >>= 5n) out = (alphabet[Number(time & 31n)] as string) + out;
+  return out;
+}
+
+/** An action taken on the control plane, recorded in its own audit chain. */
+export interface ControlPlaneAction {
+  type: string;
+  /** Who did it (email or service-account name). */
+  actor: string;
+  /** What it concerned: a policy, agent, user or token, in words. */
+  message: string;
+  sourceAddress?: string;
+}
+
+export function createAuditService(deps: { store: Pick<Store, "auditEvents">; now?: () => Date }) {
   const { store } = deps;
+  const now = deps.now ?? (() => new Date());
   return {
+    /** Records a control-plane action (policy change, token issued or revoked, user or agent change). */
+    async recordControlPlane(action: ControlPlaneAction): Promise<void> {
+      const at = now();
+      await store.auditEvents.appendControlPlane((seq, prevHash) =>
+        toRow(
+          toBinary(
+            AuditEventSchema,
+            create(AuditEventSchema, {
+              id: ulid(at),
+              seq,
+              time: timestampFromDate(at),
+              type: action.type,
+              actor: { user: action.actor, sourceAddress: action.sourceAddress ?? "" },
+              message: action.message.slice(0, 1000),
+              prevHash,
+            }),
+          ),
+        ),
+      );
+    },
+
     async ingest(agentId: string, batch: Uint8Array[]): Promise<{ stored: number; lastSeq: bigint }> {
       const rows = batch.map(toRow);
       const lastSeq = rows.reduce((max, r) => (r.seq > max ? r.seq : max), 0n);

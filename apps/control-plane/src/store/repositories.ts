@@ -60,6 +60,9 @@ export interface AuditEventRow {
   payload: Uint8Array;
 }
 
+/** The pseudo-agent id under which the control plane's own actions are chained. */
+export const CONTROL_PLANE_AGENT_ID = "control-plane";
+
 export interface AuditFilter {
   agentId?: string;
   user?: string;
@@ -506,6 +509,30 @@ export function createRepositories(db: PrismaClient) {
         },
         orderBy: [{ time: "desc" }, { id: "desc" }],
         take: limit,
+      }),
+    /**
+     * Appends a control-plane event to the control plane's own chain: the next sequence number (an
+     * atomic counter, which also serialises concurrent writers, replicas included) and the hash of
+     * the previous control-plane event, in one transaction.
+     */
+    appendControlPlane: async (
+      build: (seq: bigint, prevHash: Uint8Array) => Omit<AuditEventRow, "agentId">,
+    ): Promise<AuditEventRow> =>
+      db.$transaction(async (tx) => {
+        const counter = await tx.counter.upsert({
+          where: { name: "audit.control-plane.seq" },
+          create: { name: "audit.control-plane.seq", value: 1n },
+          update: { value: { increment: 1n } },
+        });
+        const previous = await tx.auditEvent.findUnique({
+          where: { agentId_seq: { agentId: CONTROL_PLANE_AGENT_ID, seq: counter.value - 1n } },
+          select: { hash: true },
+        });
+        const row = build(counter.value, previous ? Buffer.from(previous.hash, "hex") : new Uint8Array(0));
+        await tx.auditEvent.create({
+          data: { ...row, agentId: CONTROL_PLANE_AGENT_ID, payload: Buffer.from(row.payload) },
+        });
+        return { ...row, agentId: CONTROL_PLANE_AGENT_ID };
       }),
     /** An agent's events in sequence order, from `fromSeq`, `limit` at a time (for chain verification). */
     chain: (agentId: string, fromSeq: bigint, limit: number): Promise<AuditEventRow[]> =>

@@ -1,7 +1,7 @@
 /** /api/v1/agents: create (with enrolment token), list, inspect, re-issue a token, delete (revoke). */
 import { Type } from "@sinclair/typebox";
 import type { FastifyPluginAsync } from "fastify";
-import type { HttpDeps } from "../app.js";
+import { auditAction, type HttpDeps } from "../app.js";
 import { DateTime, errorResponses, IdParams, NullableDateTime } from "../schemas.js";
 
 const Agent = Type.Object(
@@ -63,6 +63,7 @@ export const agentRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, {
         { agentId: created.agent.id, agentName: created.agent.name, by: request.principal?.user.id },
         "agent created",
       );
+      await auditAction(deps, request, "agent.created", `agent ${created.agent.name} (${created.agent.id}) created`);
       return reply.status(201).send(created);
     },
   );
@@ -105,6 +106,7 @@ export const agentRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, {
       const { id } = request.params as IdParams;
       const token = await deps.agents.issueEnrolmentToken(id);
       request.log.info({ agentId: id, by: request.principal?.user.id }, "enrolment token issued");
+      await auditAction(deps, request, "agent.enrolment_token_issued", `new enrolment token for agent ${id}`);
       return reply.status(201).send(token);
     },
   );
@@ -123,6 +125,7 @@ export const agentRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, {
     async (request, reply) => {
       const { id } = request.params as IdParams;
       await deps.agents.revoke(id);
+      await auditAction(deps, request, "agent.revoked", `agent ${id} revoked`);
       request.log.info({ agentId: id, by: request.principal?.user.id }, "agent revoked");
       return reply.status(204).send();
     },

@@ -8,7 +8,7 @@ import type { FastifyPluginAsync } from "fastify";
 import { AppError } from "@moat/common";
 import { ROLES, type Role, type UserRecord } from "../../store/index.js";
 import type { Principal } from "../../services/identity.js";
-import { principalOf, type HttpDeps } from "../app.js";
+import { auditAction, principalOf, type HttpDeps } from "../app.js";
 import { DateTime, errorResponses, NullableDateTime } from "../schemas.js";
 
 const RoleSchema = Type.String({ enum: [...ROLES] });
@@ -104,7 +104,20 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
     },
     async (request) => {
       const { email, password } = request.body as { email: string; password: string };
-      const token = await identity.login(email, password);
+      let token;
+      try {
+        token = await identity.login(email, password);
+      } catch (error) {
+        await auditAction(
+          deps,
+          request,
+          "auth.login_failed",
+          `password login refused for ${email.toLowerCase().slice(0, 320)}`,
+          email.toLowerCase().slice(0, 320),
+        );
+        throw error;
+      }
+      await auditAction(deps, request, "auth.login", `password login, token ${token.tokenId}`, email.toLowerCase());
       request.log.info({ user: email.toLowerCase(), tokenId: token.tokenId }, "password login");
       return token;
     },
@@ -161,6 +174,7 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
       const body = request.body as { idToken: string; nonce?: string };
       const user = await deps.oidc.exchange(body.idToken, body.nonce);
       const token = await tokens.issue(user, "oidc");
+      await auditAction(deps, request, "auth.login", `single sign-on login, token ${token.tokenId}`, user.email);
       request.log.info({ user: user.email, tokenId: token.tokenId }, "OIDC login");
       return token;
     },
@@ -184,6 +198,12 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
           "access tokens are issued against an API key or a login, not another token",
         );
       const token = await tokens.issue(principal.user, "api-key");
+      await auditAction(
+        deps,
+        request,
+        "token.issued",
+        `access token ${token.tokenId} issued against API key ${principal.apiKeyId}`,
+      );
       request.log.info({ user: principal.user.id, tokenId: token.tokenId }, "access token issued");
       return reply.status(201).send(token);
     },
@@ -226,6 +246,7 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
       if (!record || (record.userId !== principal.user.id && principal.user.role !== "admin"))
         throw new AppError("not_found", `no token with id "${id}"`);
       await tokens.revoke(id);
+      await auditAction(deps, request, "token.revoked", `access token ${id} revoked`);
       request.log.info({ tokenId: id, by: principal.user.id }, "access token revoked");
       return reply.status(204).send();
     },
@@ -273,6 +294,7 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
         password?: string;
       };
       const user = await identity.createUser(body);
+      await auditAction(deps, request, "user.created", `user ${user.email} created with role ${user.role}`);
       request.log.info({ userId: user.id, role: user.role, by: principalOf(request).user.id }, "user created");
       return reply.status(201).send(userView(user));
     },
@@ -299,6 +321,12 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
     async (request, reply) => {
       const body = request.body as { name: string; role?: Role; groups?: string[] };
       const account = await identity.createServiceAccount(body);
+      await auditAction(
+        deps,
+        request,
+        "user.created",
+        `service account ${account.email} created with role ${account.role}`,
+      );
       request.log.info({ userId: account.id, by: principalOf(request).user.id }, "service account created");
       return reply.status(201).send(userView(account));
     },
@@ -354,6 +382,7 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
         throw new AppError("bad_request", "you cannot disable yourself or drop your own admin role");
       }
       const user = await identity.updateUser(id, patch);
+      await auditAction(deps, request, "user.changed", `user ${user.email} changed: ${Object.keys(patch).join(", ")}`);
       request.log.info({ userId: id, fields: Object.keys(patch), by: principal.user.id }, "user changed");
       return userView(user);
     },
@@ -402,6 +431,12 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
       const userId = target(principal, (request.params as { id: string }).id, ["admin"]);
       const body = request.body as { name: string; expiresInDays?: number };
       const { key, value } = await identity.createApiKey(userId, body.name, body.expiresInDays);
+      await auditAction(
+        deps,
+        request,
+        "api_key.created",
+        `API key ${key.id} (${body.name}) created for user ${userId}`,
+      );
       request.log.info({ keyId: key.id, userId, by: principal.user.id }, "API key created");
       const { hash: _hash, userId: _u, ...view } = key;
       return reply.status(201).send({ key: view, apiKey: value });
@@ -422,6 +457,7 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
     async (request, reply) => {
       const principal = principalOf(request);
       await identity.revokeApiKey((request.params as { id: string }).id, principal.user);
+      await auditAction(deps, request, "api_key.revoked", `API key ${(request.params as { id: string }).id} revoked`);
       request.log.info({ keyId: (request.params as { id: string }).id, by: principal.user.id }, "API key revoked");
       return reply.status(204).send();
     },

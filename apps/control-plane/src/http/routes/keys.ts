@@ -1,7 +1,7 @@
 /** /api/v1/keys: the control plane's signing keys (public metadata only) and token key rotation. */
 import { Type } from "@sinclair/typebox";
 import type { FastifyPluginAsync } from "fastify";
-import { principalOf, type HttpDeps } from "../app.js";
+import { auditAction, principalOf, type HttpDeps } from "../app.js";
 import { DateTime, errorResponses, NullableDateTime } from "../schemas.js";
 
 const Key = Type.Object({
@@ -57,6 +57,7 @@ export const keyRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, { d
     async (request, reply) => {
       const rotated = await deps.keyring.rotate("token");
       await deps.bus.publish("bundle.changed", { agentIds: "*" });
+      await auditAction(deps, request, "key.rotated", `token signing key rotated: ${rotated.kid}`);
       request.log.info({ kid: rotated.kid, by: principalOf(request).user.id }, "token signing key rotated");
       return reply.status(201).send(rotated);
     },

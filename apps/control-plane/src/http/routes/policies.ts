@@ -8,7 +8,7 @@ import type { FastifyPluginAsync } from "fastify";
 import { AppError } from "@moat/common";
 import { RESOURCE_TYPES, type ResourceType } from "@moat/policy";
 import { ROLES } from "../../store/index.js";
-import { principalOf, type HttpDeps } from "../app.js";
+import { auditAction, principalOf, type HttpDeps } from "../app.js";
 import { DateTime, errorResponses } from "../schemas.js";
 
 const PolicyDocument = Type.Object(
@@ -131,6 +131,13 @@ export const policyRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, 
       const { view, created, changed } = await deps.policies.put(request.body, principalOf(request).user.email);
       if (changed)
         request.log.info({ policy: name, revision: view.revision, by: principalOf(request).user.id }, "policy changed");
+      if (changed)
+        await auditAction(
+          deps,
+          request,
+          "policy.changed",
+          `policy ${name} ${created ? "created" : "updated"} (revision ${view.revision})`,
+        );
       return reply.status(created ? 201 : 200).send(view);
     },
   );
@@ -149,6 +156,7 @@ export const policyRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, 
     async (request, reply) => {
       const { name } = request.params as { name: string };
       await deps.policies.remove(name, principalOf(request).user.email);
+      await auditAction(deps, request, "policy.changed", `policy ${name} deleted`);
       request.log.info({ policy: name, by: principalOf(request).user.id }, "policy deleted");
       return reply.status(204).send();
     },
@@ -174,6 +182,12 @@ export const policyRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, 
       );
       if (!body.dryRun && (result.created.length || result.updated.length || result.deleted.length)) {
         request.log.info({ ...result, by: principalOf(request).user.id }, "policies applied");
+        await auditAction(
+          deps,
+          request,
+          "policy.changed",
+          `policies applied (revision ${result.revision}): created ${result.created.join(", ") || "-"}; updated ${result.updated.join(", ") || "-"}; deleted ${result.deleted.join(", ") || "-"}`,
+        );
       }
       return result;
     },
