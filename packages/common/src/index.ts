@@ -5,3 +5,4 @@ export * from "./backoff.js";
 export * from "./logger.js";
 export * from "./enrolment.js";
 export * from "./config.js";
+export * from "./ulid.js";

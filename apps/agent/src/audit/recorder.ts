@@ -6,7 +6,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { create, AuditEventSchema, timestampFromDate, toBinary } from "@moat/proto";
 import type { AuditSpool, Gap } from "./spool.js";
-import { createUlidFactory } from "./ulid.js";
+import { createUlidFactory } from "@moat/common";
 
 export type AuditEventInit = Omit<
   Exclude<MessageInitShape<typeof AuditEventSchema>, { $typeName: string }>,

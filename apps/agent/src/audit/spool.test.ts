@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { tempDir } from "@moat/testkit";
 import { AuditSpool, SpoolFullError } from "./spool.js";
-import { createUlidFactory } from "./ulid.js";
+import { createUlidFactory } from "@moat/common";
 
 const payload = (seq: bigint, size = 20) => Buffer.from(`event-${seq}-`.padEnd(size, "x"));
 

@@ -5,7 +5,7 @@
  * previous event, so a removed or altered event breaks the chain at a known place).
  */
 import { createHash } from "node:crypto";
-import { AppError } from "@moat/common";
+import { AppError, createUlidFactory } from "@moat/common";
 import {
   AuditEventSchema,
   create,
@@ -16,7 +16,6 @@ import {
   Verdict,
   type AuditEvent,
 } from "@moat/proto";
-import { randomBytes } from "node:crypto";
 import type { AuditEventRow, AuditFilter, Store } from "../store/index.js";
 
 const VERDICTS: Record<number, string> = {
@@ -115,17 +114,6 @@ export interface ChainReport {
   firstBreak?: { seq: string; id?: string; problem: string };
 }
 
-/** A ULID (time-ordered id) for control-plane events. */
-function ulid(at: Date): string {
-  const alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-  let time = BigInt(at.getTime());
-  let random = BigInt(`0x${randomBytes(10).toString("hex")}`);
-  let out = "";
-  for (let i = 0; i < 16; i++, random >>= 5n) out = (alphabet[Number(random & 31n)] as string) + out;
-  for (let i = 0; i < 10; i++, time >>= 5n) out = (alphabet[Number(time & 31n)] as string) + out;
-  return out;
-}
-
 /** An action taken on the control plane, recorded in its own audit chain. */
 export interface ControlPlaneAction {
   type: string;
@@ -139,6 +127,7 @@ export interface ControlPlaneAction {
 export function createAuditService(deps: { store: Pick<Store, "auditEvents">; now?: () => Date }) {
   const { store } = deps;
   const now = deps.now ?? (() => new Date());
+  const ulid = createUlidFactory(() => now().getTime());
   return {
     /** Records a control-plane action (policy change, token issued or revoked, user or agent change). */
     async recordControlPlane(action: ControlPlaneAction): Promise<void> {
@@ -148,7 +137,7 @@ export function createAuditService(deps: { store: Pick<Store, "auditEvents">; no
           toBinary(
             AuditEventSchema,
             create(AuditEventSchema, {
-              id: ulid(at),
+              id: ulid(),
               seq,
               time: timestampFromDate(at),
               type: action.type,
