@@ -301,6 +301,74 @@ spec:
   });
 });
 
+describe("review findings", () => {
+  const base = (rules: string, resources = "{ types: [ssh] }") => `
+apiVersion: moat.dev/v1
+kind: Policy
+metadata: { name: f }
+spec:
+  subjects: { users: ["*"] }
+  resources: ${resources}
+  rules:
+${rules}`;
+  const on = (text: string, extra: Partial<PolicyRequest> & { action: string }) =>
+    evaluate(compilePolicyText(text).compiled, {
+      user: "u",
+      groups: [],
+      resource: { name: "web", type: "ssh", labels: {} },
+      now: NOW,
+      ...extra,
+    });
+
+  it("deny command patterns span shell control characters", () => {
+    const text = base(
+      `    - { name: any, effect: allow, actions: ["ssh:exec"], commands: ["*"] }\n    - { name: no-rm, effect: deny, actions: ["ssh:exec"], commands: ["rm *"] }\n`,
+    );
+    for (const command of ["rm -rf / ;", "rm -rf $HOME", "rm x | y"])
+      expect(on(text, { action: "ssh:exec", command }).effect, command).toBe("deny");
+    expect(on(text, { action: "ssh:exec", command: "ls -l" }).effect).toBe("allow");
+  });
+
+  it("command matching stays fast on adversarial input (no regex backtracking)", () => {
+    const text = base(`    - { name: ls, effect: allow, actions: ["ssh:exec"], commands: ["ls * * * * * * *"] }\n`);
+    const started = Date.now();
+    expect(on(text, { action: "ssh:exec", command: `ls ${"a ".repeat(2000)}!;` }).effect).toBe("deny");
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(on(text, { action: "ssh:exec", command: "x".repeat(9000) }).effect).toBe("deny");
+  });
+
+  it("review rules with networks apply when the source is unknown", () => {
+    const text = base(
+      `    - { name: w, effect: allow, actions: [connect] }\n    - { name: r, effect: review, actions: [connect], conditions: { exceptSourceCidrs: [10.0.0.0/8] } }\n`,
+    );
+    expect(on(text, { action: "connect", sourceIp: "10.1.1.1" }).effect).toBe("allow");
+    expect(on(text, { action: "connect" }).effect).toBe("review");
+    expect(on(text, { action: "connect", sourceIp: "nonsense" }).effect).toBe("review");
+  });
+
+  it("a time that is not a number decides nothing", () => {
+    const text = base(`    - { name: w, effect: allow, actions: [connect] }\n`);
+    expect(on(text, { action: "connect", now: Number.NaN }).effect).toBe("deny");
+  });
+
+  it("label selectors read only the resource's own labels", () => {
+    const text = base(`    - { name: w, effect: allow, actions: [connect] }\n`, "{ labels: { constructor: '*' } }");
+    expect(on(text, { action: "connect" }).effect).toBe("deny");
+  });
+
+  it("malformed CIDRs are refused", () => {
+    for (const cidr of ["10.0.0.0/8/99", "10.0.0.0/08", "10.0.0.0/", "10.0.0.0/-1"]) {
+      expect(
+        () =>
+          compilePolicyText(
+            base(`    - { name: w, effect: allow, actions: [connect], conditions: { sourceCidrs: ["${cidr}"] } }\n`),
+          ),
+        cidr,
+      ).toThrow(PolicyError);
+    }
+  });
+});
+
 describe("document errors point at the line and field", () => {
   const problems = (text: string) => {
     try {

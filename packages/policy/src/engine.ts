@@ -134,6 +134,8 @@ export interface CompiledPolicies {
 }
 
 const KNOWN_ACTIONS = new Set<string>(ACTIONS);
+/** Longest command line decided (longer ones are denied). */
+export const MAX_COMMAND_LENGTH = 8192;
 const lower = (s: string) => s.toLowerCase();
 
 function durationSeconds(text: string): number {
@@ -212,9 +214,9 @@ export function compilePolicies(
       if (rule.approvers && rule.effect !== "review") problem(field("approvers"), "only review rules have approvers");
       const when: ((req: PolicyRequest, ctx: RequestContext) => boolean)[] = [];
       const c = rule.conditions ?? {};
-      // An unknown or unparseable source address fails closed: allow and review rules that name
-      // networks do not apply, deny rules that name networks do.
-      const unknownSource = rule.effect === "deny";
+      // An unknown or unparseable source address fails closed: allow rules that name networks do
+      // not apply, deny and review rules that name networks do.
+      const unknownSource = rule.effect !== "allow";
       for (const key of ["sourceCidrs", "exceptSourceCidrs"] as const) {
         const cidrs = c[key];
         if (!cidrs) continue;
@@ -256,7 +258,9 @@ export function compilePolicies(
         rule,
         actionMatcher: anyOf(rule.actions),
         ...(rule.tables ? { tables: tableMatcher(rule.tables) } : {}),
-        ...(rule.commands ? { commands: commandMatcher(rule.commands) } : {}),
+        // Allow patterns are strict (`*` never spans shell control characters); deny and review
+        // patterns are broad (`*` spans anything), so `rm *` also catches `rm -rf / ;`.
+        ...(rule.commands ? { commands: commandMatcher(rule.commands, rule.effect === "allow") } : {}),
         when,
         requireReason: c.requireReason === true,
         ...(rule.effect === "review"
@@ -315,7 +319,7 @@ export function resourceMatcher(selector: PolicyDocument["spec"]["resources"]): 
   return (res) =>
     (!nameMatcher || nameMatcher(res.name)) &&
     (!types || types.has(res.type)) &&
-    labels.every(([k, m]) => res.labels[k] !== undefined && m(res.labels[k] as string));
+    labels.every(([k, m]) => Object.hasOwn(res.labels, k) && m(res.labels[k] as string));
 }
 
 const RANK: Record<Effect, number> = { allow: 1, review: 2, deny: 3 };
@@ -399,6 +403,15 @@ export interface EvaluateOptions {
 
 /** Decides `req` against `policies`. */
 export function evaluate(policies: CompiledPolicies, req: PolicyRequest, options: EvaluateOptions = {}): Verdict {
+  if (!Number.isFinite(req.now) || (req.command !== undefined && req.command.length > MAX_COMMAND_LENGTH)) {
+    // No valid time or an oversized command line: nothing can be decided, so nothing is allowed.
+    return new LazyVerdict(
+      { effect: "deny", rule: undefined, table: undefined, reasonMissing: false },
+      req,
+      { mask: [], record: false },
+      [],
+    );
+  }
   const ctx = new RequestContext(req);
   const applicable: CompiledPolicy[] = [];
   const candidates = policies.byResourceName.get(req.resource.name);

@@ -78,24 +78,45 @@ function inPrefix(ip: Uint16Array, base: Uint16Array, prefix: number): boolean {
   return true;
 }
 
+const SHELL_CONTROL = new Set([";", "&", "|", "`", "$", "(", ")", "<", ">", "\r", "\n"]);
+
 /**
- * Command-line patterns for ssh:exec. `*` stands for any run of characters EXCEPT shell control
- * characters (; & | ` $ ( ) < > and line breaks), so `systemctl status *` cannot be stretched into
- * `systemctl status nginx; reboot`. A command containing control characters matches only a
- * pattern that spells them out literally.
+ * Glob match of `text` against `pattern` where `*` spans any run of characters for which `spans`
+ * holds. Linear backtracking over the last star only (no regular expression, so no catastrophic
+ * backtracking): O(pattern x text) at worst.
  */
-export function commandMatcher(patterns: readonly string[]): Matcher {
-  const regexes = patterns.map(
-    (pattern) =>
-      new RegExp(
-        `^${pattern
-          .split("*")
-          .map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"))
-          .join("[^;&|`$()<>\\r\\n]*")}$`,
-        "s",
-      ),
-  );
-  return (command) => regexes.some((r) => r.test(command));
+function wildcardMatch(pattern: string, text: string, spans: (c: string) => boolean): boolean {
+  let p = 0;
+  let t = 0;
+  let star = -1;
+  let resume = 0;
+  while (t < text.length) {
+    if (p < pattern.length && pattern[p] !== "*" && pattern[p] === text[t]) {
+      p++;
+      t++;
+    } else if (p < pattern.length && pattern[p] === "*") {
+      star = p++;
+      resume = t;
+    } else if (star >= 0 && spans(text[resume] as string)) {
+      p = star + 1;
+      t = ++resume;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.length && pattern[p] === "*") p++;
+  return p === pattern.length;
+}
+
+/**
+ * Command-line patterns for ssh:exec. With `strict` (allow rules), `*` never spans shell control
+ * characters (; & | ` $ ( ) < > and line breaks), so `systemctl status *` cannot be stretched into
+ * `systemctl status nginx; reboot`; without it (deny and review rules), `*` spans anything, so
+ * `rm *` also catches `rm -rf / ;`.
+ */
+export function commandMatcher(patterns: readonly string[], strict: boolean): Matcher {
+  const spans = strict ? (c: string) => !SHELL_CONTROL.has(c) : () => true;
+  return (command) => patterns.some((pattern) => wildcardMatch(pattern, command, spans));
 }
 
 /**
@@ -104,7 +125,11 @@ export function commandMatcher(patterns: readonly string[]): Matcher {
  */
 export function cidrMatcher(cidrs: readonly string[]): (ip: Uint16Array) => boolean {
   const nets = cidrs.map((cidr) => {
-    const [address, prefixText] = cidr.split("/");
+    const parts = cidr.split("/");
+    if (parts.length > 2 || (parts[1] !== undefined && !/^(0|[1-9][0-9]{0,2})$/.test(parts[1]))) {
+      throw new Error(`"${cidr}" is not a CIDR (e.g. 10.0.0.0/8 or 2001:db8::/32)`);
+    }
+    const [address, prefixText] = parts;
     const family = isIP(address ?? "");
     const prefix = prefixText === undefined ? (family === 6 ? 128 : 32) : Number(prefixText);
     const base = parseIp(address ?? "");
