@@ -60,6 +60,17 @@ describe("users, login and access tokens", () => {
     expect(limited.json().code).toBe("rate_limited");
   });
 
+  it("counts parallel guesses too", async () => {
+    await createUser("henry@example.com");
+    const results = await Promise.all(
+      Array.from({ length: 30 }, () => login("henry@example.com", "guess guess guess")),
+    );
+    const codes = results.map((r) => r.statusCode);
+    expect(codes.filter((c) => c === 401).length).toBeLessThanOrEqual(10);
+    expect(codes.filter((c) => c === 429).length).toBeGreaterThanOrEqual(20);
+    expect((await login("henry@example.com", PASSWORD)).statusCode).toBe(429);
+  });
+
   it("rejects weak passwords with a field error", async () => {
     const res = await t.app.inject({
       method: "POST",

@@ -56,6 +56,8 @@ export interface IdentityService {
 const TOUCH_INTERVAL_MS = 60_000;
 const LOGIN_WINDOW_MS = 15 * 60_000;
 const LOGIN_MAX_FAILURES = 10;
+/** Accounts whose recent failures are remembered (per replica); the oldest are forgotten first. */
+const MAX_TRACKED_LOGINS = 100_000;
 // Verified against when the user does not exist, so both paths cost one scrypt.
 const DUMMY_HASH = "scrypt$32768$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
@@ -128,18 +130,21 @@ export function createIdentityService(deps: {
     async login(email, password) {
       const key = email.toLowerCase();
       const at = now().getTime();
-      const record = failures.get(key);
-      if (record && at - record.since < LOGIN_WINDOW_MS && record.count >= LOGIN_MAX_FAILURES) {
+      let record = failures.get(key);
+      if (!record || at - record.since >= LOGIN_WINDOW_MS) record = { count: 0, since: at };
+      if (record.count >= LOGIN_MAX_FAILURES) {
         throw new AppError("rate_limited", "too many failed logins for this account; try again later");
       }
+      // Count the attempt before the (slow) password check, so parallel guesses are counted too;
+      // a success takes it back.
+      record.count++;
+      failures.delete(key);
+      failures.set(key, record); // most recent last: the oldest entries go first when bounded
+      while (failures.size > MAX_TRACKED_LOGINS) failures.delete(failures.keys().next().value as string);
       const user = await store.users.findByEmail(key);
       const hash = user ? await store.users.passwordHashOf(user.id) : null;
       const ok = await verifyPassword(password, hash ?? DUMMY_HASH);
       if (!user || !hash || !ok || user.disabledAt || user.kind !== "user") {
-        const current = record && at - record.since < LOGIN_WINDOW_MS ? record : { count: 0, since: at };
-        current.count++;
-        failures.set(key, current);
-        if (failures.size > 10_000) failures.clear(); // bounded: a flood of names resets the window
         throw new AppError("unauthenticated", "wrong email or password");
       }
       failures.delete(key);
