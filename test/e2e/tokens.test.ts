@@ -38,13 +38,22 @@ describe("access tokens at the agent", () => {
     expect(user.status).toBe(201);
     await waitFor(async () => (await getAgent(cp, id)).bundleVersion !== "0", 15_000);
 
+    // A login returns a token for the REST API; what users present to agents is minted from it.
     const login = async () => {
       const res = await fetch(`${cp.url}/api/v1/auth/login`, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ email: "carol@example.com", password: "correct horse battery staple" }),
       });
-      return (await res.json()) as { accessToken: string; tokenId: string };
+      const session = (await res.json()) as { accessToken: string };
+      const minted = await fetch(`${cp.url}/api/v1/tokens`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${session.accessToken}` },
+      });
+      return {
+        ...((await minted.json()) as { accessToken: string; tokenId: string }),
+        sessionToken: session.accessToken,
+      };
     };
     const decide = async (token: string, action = "db:read") =>
       (await (
@@ -62,6 +71,8 @@ describe("access tokens at the agent", () => {
     await waitFor(async () => (await decide(first.accessToken)).effect === "allow", 10_000);
     expect(await decide(first.accessToken)).toMatchObject({ effect: "allow", user: "carol@example.com" });
     expect((await decide(first.accessToken, "db:write")).effect).toBe("deny");
+    // The REST session token is refused by the agent (another audience).
+    expect(await decide(first.sessionToken)).toMatchObject({ effect: "deny", message: expect.stringContaining("aud") });
     // Change one character well inside the signature (its last characters carry padding bits).
     const at = first.accessToken.length - 20;
     const tampered =

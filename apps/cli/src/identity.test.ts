@@ -311,25 +311,23 @@ describe("moat token", () => {
     const issued = parseJson<{ accessToken: string; tokenId: string }>(json.stdout);
     expect(issued).toMatchObject({ tokenType: "Bearer", accessToken: expect.stringMatching(JWT) });
     expect(issued.accessToken).not.toBe(token);
-    // The printed token works on the API.
+    // The printed token is for agents: the API refuses it.
+    expect(claimsOf(token)).toMatchObject({ aud: "moat-agents" });
     const whoami = await moat(["--json", "whoami"], { env: { MOAT_SERVER: cp.httpUrl, MOAT_API_KEY: token } });
-    expect(parseJson(whoami.stdout)).toMatchObject({ email: "admin@moat.local", tokenId: expect.any(String) });
+    expect(whoami.code).toBe(3);
   });
 
-  it("after a password login prints the stored token (a token cannot mint another)", async () => {
+  it("after a password login mints a token for agents with the login's token", async () => {
     const { email } = await createUser();
     const env = await passwordLogin(email);
     const stored = storedConfig(env);
     const result = await moat(["token"], { env });
     expect(result.code, result.stderr).toBe(0);
-    expect(result.stdout).toBe(`${stored.accessToken}\n`);
-    expect(result.requests).toEqual(["GET /api/v1/whoami"]);
-    expect(parseJson((await moat(["token", "--json"], { env })).stdout)).toEqual({
-      accessToken: stored.accessToken,
-      tokenType: "Bearer",
-      tokenId: stored.accessTokenId,
-      expiresAt: stored.accessTokenExpiresAt,
-    });
+    const token = result.stdout.trimEnd();
+    expect(token).not.toBe(stored.accessToken);
+    expect(result.requests).toEqual(["POST /api/v1/tokens"]);
+    expect(claimsOf(token)).toMatchObject({ sub: email, aud: "moat-agents" });
+    expect(claimsOf(stored.accessToken as string)).toMatchObject({ aud: "moat-api" });
   });
 });
 

@@ -64,8 +64,10 @@ export const ControlPlaneConfigSchema = Type.Object(
       {
         /** `iss` of access tokens; agents require it. */
         issuer: Type.String({ minLength: 1, default: "moat" }),
-        /** `aud` of access tokens; agents require it. */
+        /** `aud` of access tokens for agents (what users present to resources); agents require it. */
         audience: Type.String({ minLength: 1, default: "moat-agents" }),
+        /** `aud` of access tokens for the REST API (logins); agents refuse them, and REST refuses agent tokens. */
+        apiAudience: Type.String({ minLength: 1, default: "moat-api" }),
         /** Lifetime of an access token. */
         ttlSeconds: Type.Integer({ minimum: 60, maximum: 24 * 3600, default: 900 }),
         /** After a key rotation, how long the new key is published to agents before it signs tokens. */

@@ -129,6 +129,7 @@ export async function startControlPlane(
     now,
     issuer: config.tokens.issuer,
     audience: config.tokens.audience,
+    apiAudience: config.tokens.apiAudience,
     ttlSeconds: config.tokens.ttlSeconds,
   });
   const identity = createIdentityService({ store, tokens, bus, now });

@@ -22,27 +22,16 @@ export function tokenState(token: Pick<AccessTokenInfo, "revokedAt" | "expiresAt
 export function createTokenCommands(deps: {
   client: Pick<ApiClient, "issueToken" | "whoami" | "listTokens" | "revokeToken" | "listUsers">;
   out: Output;
-  /** The credential in use: an API key mints a token, a stored access token is handed out as is. */
+  /** The credential in use (an API key or the login's token): either mints tokens for agents. */
   connection: Pick<Connection, "apiKey" | "accessToken">;
 }) {
   const { client, out, connection } = deps;
 
   return {
     async token(): Promise<AccessToken> {
-      let token: AccessToken;
-      const stored = connection.accessToken;
-      if (connection.apiKey || !stored) token = await client.issueToken();
-      else {
-        // `connect` refused it if expired; asking the control plane also catches a revoked token or
-        // a disabled user (both end as "session expired"), so a script never gets a dead token.
-        const me = await client.whoami();
-        token = {
-          accessToken: stored.value,
-          tokenType: "Bearer",
-          tokenId: me.tokenId ?? stored.id ?? "",
-          expiresAt: stored.expiresAt,
-        };
-      }
+      // Always a fresh token for agents (what you present to resources). The login token stays in
+      // the config file for the REST API only: agents refuse it, and the API refuses agent tokens.
+      const token = await client.issueToken();
       if (out.json) out.data(token);
       else out.text(token.accessToken);
       return token;

@@ -38,14 +38,34 @@ describe("users, login and access tokens", () => {
       groups: ["engineers"],
       kind: "user",
       iss: "moat",
-      aud: "moat-agents",
+      aud: "moat-api",
       jti: tokenId,
     });
     expect((claims.exp as number) - (claims.iat as number)).toBe(900);
     const whoami = await t.app.inject({ method: "GET", url: "/api/v1/whoami", headers: bearer(accessToken) });
     expect(whoami.json()).toMatchObject({ email: "carol@example.com", tokenId });
-    const again = await t.app.inject({ method: "POST", url: "/api/v1/tokens", headers: bearer(accessToken) });
-    expect(again.statusCode).toBe(403);
+    // The login token (REST audience) mints tokens for agents; an agent token is refused by REST.
+    const forAgents = await t.app.inject({ method: "POST", url: "/api/v1/tokens", headers: bearer(accessToken) });
+    expect(forAgents.statusCode).toBe(201);
+    expect(decodeJwt(forAgents.json().accessToken)).toMatchObject({ aud: "moat-agents", sub: "carol@example.com" });
+    expect(
+      (await t.app.inject({ method: "GET", url: "/api/v1/whoami", headers: bearer(forAgents.json().accessToken) }))
+        .statusCode,
+    ).toBe(401);
+    expect(
+      (await t.app.inject({ method: "POST", url: "/users/me/api-keys", headers: bearer(forAgents.json().accessToken) }))
+        .statusCode,
+    ).toBe(404);
+    expect(
+      (
+        await t.app.inject({
+          method: "POST",
+          url: "/api/v1/users/me/api-keys",
+          headers: bearer(forAgents.json().accessToken),
+          payload: { name: "x" },
+        })
+      ).statusCode,
+    ).toBe(401);
   });
 
   it("refuses wrong passwords the same way for unknown users, then rate-limits", async () => {
@@ -267,22 +287,21 @@ describe("service accounts and API keys", () => {
 
 describe("token signing key rotation", () => {
   it("publishes the new key, signs with it after the activation delay, keeps old tokens valid, then retires the old key", async () => {
-    const before = (await t.app.inject({ method: "POST", url: "/api/v1/tokens", headers: t.auth("admin") })).json()
-      .accessToken as string;
+    const adminUser = (await t.store.users.findByEmail(t.emails.admin))!;
+    const apiToken = async () => (await t.tokens.issue(adminUser, "api-key", "api")).accessToken;
+    const before = await apiToken();
     const oldKid = (JSON.parse(Buffer.from(before.split(".")[0] as string, "base64url").toString()) as { kid: string })
       .kid;
     const rotated = await t.app.inject({ method: "POST", url: "/api/v1/keys/rotate", headers: t.auth("admin") });
     expect(rotated.statusCode).toBe(201);
     const kidOf = (token: string) =>
       (JSON.parse(Buffer.from(token.split(".")[0] as string, "base64url").toString()) as { kid: string }).kid;
-    const soon = (await t.app.inject({ method: "POST", url: "/api/v1/tokens", headers: t.auth("admin") })).json()
-      .accessToken as string;
+    const soon = await apiToken();
     expect(kidOf(soon)).toBe(oldKid);
     expect((await t.keyring.publicKeys("token")).map((k) => k.kid)).toEqual([oldKid, rotated.json().kid]);
 
     await new Promise((r) => setTimeout(r, 300));
-    const after = (await t.app.inject({ method: "POST", url: "/api/v1/tokens", headers: t.auth("admin") })).json()
-      .accessToken as string;
+    const after = await apiToken();
     expect(kidOf(after)).toBe(rotated.json().kid);
     for (const token of [before, after]) {
       expect((await t.app.inject({ method: "GET", url: "/api/v1/whoami", headers: bearer(token) })).statusCode).toBe(

@@ -148,7 +148,7 @@ export function createIdentityService(deps: {
         throw new AppError("unauthenticated", "wrong email or password");
       }
       failures.delete(key);
-      return tokens().issue(user, "password");
+      return tokens().issue(user, "password", "api");
     },
 
     async createUser(input) {

@@ -18,8 +18,19 @@ export interface IssuedToken {
   expiresAt: Date;
 }
 
+export type TokenAudience = "api" | "agents";
+
 export interface TokenService {
-  issue(user: UserRecord, source: "api-key" | "password" | "oidc"): Promise<IssuedToken>;
+  /**
+   * Issues a token for `audience`: "api" (the REST API: what logins return) or "agents" (what users
+   * present to resources). A token for one is refused by the other, so a token handed to a resource
+   * cannot act on the control plane.
+   */
+  issue(
+    user: UserRecord,
+    source: "api-key" | "password" | "oidc" | "token",
+    audience: TokenAudience,
+  ): Promise<IssuedToken>;
   /** Verifies a token presented to the REST API; returns the user it belongs to. */
   verify(token: string): Promise<{ user: UserRecord; tokenId: string }>;
   revoke(tokenId: string): Promise<void>;
@@ -31,14 +42,17 @@ export function createTokenService(deps: {
   bus: Pick<EventBus, "publish">;
   now: () => Date;
   issuer: string;
+  /** `aud` of agent tokens. */
   audience: string;
+  /** `aud` of REST API tokens. */
+  apiAudience: string;
   ttlSeconds: number;
 }): TokenService {
   const { store, keyring, now } = deps;
   const invalid = () => new AppError("unauthenticated", "the access token is invalid, expired or revoked");
 
   return {
-    async issue(user, source) {
+    async issue(user, source, audience) {
       if (user.disabledAt) throw new AppError("permission_denied", "this account is disabled");
       const signer = await keyring.signer("token");
       const issuedAt = now();
@@ -48,7 +62,7 @@ export function createTokenService(deps: {
       const accessToken = await new SignJWT({ groups: user.groups, kind: user.kind })
         .setProtectedHeader({ alg: "EdDSA", kid: signer.kid, typ: "JWT" })
         .setIssuer(deps.issuer)
-        .setAudience(deps.audience)
+        .setAudience(audience === "api" ? deps.apiAudience : deps.audience)
         .setSubject(user.email)
         .setJti(tokenId)
         .setIssuedAt(Math.floor(issuedAt.getTime() / 1000))
@@ -65,7 +79,7 @@ export function createTokenService(deps: {
         ({ payload } = await jwtVerify(token, createLocalJWKSet({ keys }), {
           algorithms: ["EdDSA"],
           issuer: deps.issuer,
-          audience: deps.audience,
+          audience: deps.apiAudience,
           requiredClaims: ["jti", "sub", "exp", "iat"],
           currentDate: now(),
         }));

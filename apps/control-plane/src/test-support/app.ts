@@ -41,6 +41,7 @@ export async function createTestApp(): Promise<TestApp> {
     now,
     issuer: "moat",
     audience: "moat-agents",
+    apiAudience: "moat-api",
     ttlSeconds: 900,
   });
   const identity = createIdentityService({ store, tokens, bus, now });

@@ -173,7 +173,7 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
       if (!deps.oidc) throw new AppError("not_found", "single sign-on (OIDC) is not configured on this control plane");
       const body = request.body as { idToken: string; nonce?: string };
       const user = await deps.oidc.exchange(body.idToken, body.nonce);
-      const token = await tokens.issue(user, "oidc");
+      const token = await tokens.issue(user, "oidc", "api");
       await auditAction(deps, request, "auth.login", `single sign-on login, token ${token.tokenId}`, user.email);
       request.log.info({ user: user.email, tokenId: token.tokenId }, "OIDC login");
       return token;
@@ -185,24 +185,20 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
     {
       config: { access: ROLES },
       schema: {
-        summary: "Issue an access token for the caller (authenticate with an API key)",
+        summary:
+          "Issue an access token for agents (what you present to resources, e.g. as the Postgres password); REST refuses it",
         tags: ["auth"],
         response: { 201: Token, ...errorResponses },
       },
     },
     async (request, reply) => {
       const principal = principalOf(request);
-      if (!principal.apiKeyId)
-        throw new AppError(
-          "permission_denied",
-          "access tokens are issued against an API key or a login, not another token",
-        );
-      const token = await tokens.issue(principal.user, "api-key");
+      const token = await tokens.issue(principal.user, principal.apiKeyId ? "api-key" : "token", "agents");
       await auditAction(
         deps,
         request,
         "token.issued",
-        `access token ${token.tokenId} issued against API key ${principal.apiKeyId}`,
+        `access token ${token.tokenId} for agents issued against ${principal.apiKeyId ? `API key ${principal.apiKeyId}` : `session token ${principal.tokenId}`}`,
       );
       request.log.info({ user: principal.user.id, tokenId: token.tokenId }, "access token issued");
       return reply.status(201).send(token);
