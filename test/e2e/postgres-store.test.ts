@@ -65,6 +65,38 @@ describe("control plane on PostgreSQL", () => {
     expect(resources.body.items.map((r) => r.name)).toEqual(["orders-db"]);
   });
 
+  it("a policy change made on another replica reaches agents connected elsewhere within seconds", async () => {
+    const url = await postgres.createDatabase(`cp_${randomId(8)}`);
+    const first = await startControlPlane({ env: { DATABASE_URL: url } });
+    const second = await startControlPlane({ env: { DATABASE_URL: url } });
+    const { id, token } = await createAgent(first, "replicated");
+    await startAgent({
+      token,
+      yaml: "resources:\n  - { name: shared-db, type: postgres, listen: '127.0.0.1:6432' }\n",
+    });
+    await waitFor(async () => (await getAgent(first, id)).bundleVersion !== "0", 15_000);
+    const policy = {
+      apiVersion: "moat.dev/v1",
+      kind: "Policy",
+      metadata: { name: "replicated" },
+      spec: {
+        subjects: { users: ["*"] },
+        resources: { names: ["shared-db"] },
+        rules: [{ name: "r", effect: "allow", actions: ["connect"] }],
+      },
+    };
+    const started = Date.now();
+    const put = await api<{ revision: string }>(
+      { url: second.url, adminKey: first.adminKey },
+      "PUT",
+      "/api/v1/policies/replicated",
+      policy,
+    );
+    expect(put.status).toBe(201);
+    await waitFor(async () => (await getAgent(first, id)).bundleVersion === put.body.revision, 10_000, 50);
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
+
   it("a revocation made on another replica cuts the stream by the next heartbeat", async () => {
     const url = await postgres.createDatabase(`cp_${randomId(8)}`);
     const env = { DATABASE_URL: url, MOAT_GRPC_HEARTBEAT_SECONDS: "1" };

@@ -4,7 +4,7 @@
  * used for every decision. With no valid bundle the agent decides nothing: it denies, and says why.
  */
 import { createPublicKey, verify as cryptoVerify } from "node:crypto";
-import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import {
   compilePolicies,
@@ -162,15 +162,29 @@ export function createBundleHolder(options: {
   }
 
   function activate(next: ActiveBundle, signed: SignedBundle, persist: boolean): void {
+    if (persist) {
+      // On disk (and synced) first: a bundle the agent enforces must survive a crash, or a restart
+      // would lose the version baseline that stops rollbacks. If this fails, nothing changes.
+      const temp = `${path}.tmp`;
+      const fd = openSync(temp, "w", 0o600);
+      try {
+        writeSync(fd, toBinary(SignedBundleSchema, signed));
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      renameSync(temp, path);
+      const dir = openSync(options.dataDir, "r");
+      try {
+        fsyncSync(dir);
+      } finally {
+        closeSync(dir);
+      }
+    }
     active = next; // one reference swap: decisions see the old bundle or the new one, never a mix
     if (next.bundleKeys.length > 0) {
       trusted = next.bundleKeys;
       options.onTrustedKeys?.(trusted);
-    }
-    if (persist) {
-      const temp = `${path}.tmp`;
-      writeFileSync(temp, toBinary(SignedBundleSchema, signed), { mode: 0o600 });
-      renameSync(temp, path);
     }
   }
 

@@ -129,6 +129,8 @@ export const ControlPlaneConfigSchema = Type.Object(
       },
       { ...strict, default: {} },
     ),
+    /** How often a replica checks the shared store for changes made on other replicas (ms). */
+    replicaPollMs: Type.Integer({ minimum: 100, maximum: 60_000, default: 1000 }),
     /** Identifies this replica in agent status ("connected to"). Default: hostname:pid. */
     replicaId: Type.Optional(Type.String()),
   },

@@ -113,6 +113,32 @@ export async function startControlPlane(
     // A replaced token key stays published while tokens it signed can still be valid.
     retireAfterMs: (config.tokens.ttlSeconds + 300) * 1000,
   });
+  // Replicas share no bus yet (NATS comes with scale-out): every change that reaches agents bumps a
+  // counter in the shared store, and each replica polls it and pushes fresh bundles to the agents
+  // connected to it. In one process this is a no-op (it saw its own change on the in-process bus).
+  let seenEpoch = await store.counters.get("bundle.epoch");
+  bus.subscribe("bundle.changed", async () => {
+    const epoch = await store.counters.increment("bundle.epoch");
+    if (epoch === seenEpoch + 1n) seenEpoch = epoch;
+  });
+  let polling = false;
+  const epochTimer = setInterval(() => {
+    if (polling) return;
+    polling = true;
+    store.counters
+      .get("bundle.epoch")
+      .then((epoch) => {
+        if (epoch > seenEpoch) {
+          seenEpoch = epoch;
+          channelRef.current?.pushAll();
+        }
+      })
+      .catch((error: unknown) => logger.warn({ err: error }, "could not poll for changes made on other replicas"))
+      .finally(() => (polling = false));
+  }, config.replicaPollMs);
+  epochTimer.unref();
+  const channelRef: { current?: AgentChannel } = {};
+
   const retireTimer = setInterval(() => {
     keyring.retireExpired("token").then(
       async (retired) => {
@@ -168,6 +194,7 @@ export async function startControlPlane(
     maxMessageBytes: config.grpc.maxMessageBytes,
   });
   // The chain includes the CA so that a new agent can find and pin it by fingerprint.
+  channelRef.current = channel;
   const credentials = tls
     ? grpc.ServerCredentials.createSsl(
         null,
@@ -241,6 +268,7 @@ export async function startControlPlane(
       closed = true;
       ready = false;
       clearInterval(retireTimer);
+      clearInterval(epochTimer);
       channel.closeAll("the control plane is shutting down");
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {

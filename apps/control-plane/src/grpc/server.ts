@@ -122,6 +122,8 @@ export interface AgentChannel {
   send(agentId: string, message: ConnectResponse): boolean;
   /** Ends every stream (graceful shutdown). */
   closeAll(details: string): void;
+  /** Rebuilds and pushes every connected agent's bundle (a change made on another replica). */
+  pushAll(): void;
 }
 
 export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
@@ -403,6 +405,9 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
       if (!session) return false;
       session.call.write(message);
       return true;
+    },
+    pushAll() {
+      fanOut([...sessions.values()], true);
     },
     closeAll(details) {
       clearInterval(refreshTimer);

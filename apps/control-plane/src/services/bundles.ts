@@ -64,7 +64,8 @@ export function createBundleService(deps: {
       keys("token"),
       keys("bundle"),
       keyring.signer("bundle"),
-      store.accessTokens.revokedUnexpired(at),
+      // Kept past expiry by the agents' clock tolerance (30 s) and a margin.
+      store.accessTokens.revokedUnexpired(new Date(at.getTime() - 120_000)),
       store.users.disabledEmails(),
     ]);
     const selectors = snapshot.documents.map((doc) => ({

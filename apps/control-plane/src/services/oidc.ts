@@ -46,7 +46,7 @@ const DISCOVERY_MAX_AGE_MS = 3600_000;
 
 export function createOidcService(deps: {
   config: OidcConfig;
-  store: Pick<Store, "users">;
+  store: Pick<Store, "users" | "accessTokens">;
   bus: Pick<EventBus, "publish">;
   now: () => Date;
   /** How soon an unknown `kid` may trigger a JWKS refetch (issuer key rotation). */
@@ -125,8 +125,9 @@ export function createOidcService(deps: {
       } catch (error) {
         throw new AppError("unauthenticated", "the identity provider's token is invalid or expired", { cause: error });
       }
-      // A token minted for a browser login carries the login's nonce: it is only accepted with it,
-      // so a token lifted from someone else's login cannot be replayed here.
+      // A token minted for a browser login carries that login's nonce and is accepted only together
+      // with it. (This binds the token to the CLI's login request; it does not stop a thief who has
+      // the token, since the nonce is readable in it: tokens are short-lived and go over TLS.)
       if ((payload.nonce !== undefined || expectedNonce !== undefined) && payload.nonce !== expectedNonce) {
         throw new AppError("unauthenticated", "the identity provider's token does not match this login (nonce)");
       }
@@ -147,6 +148,8 @@ export function createOidcService(deps: {
         if (existing.disabledAt) throw new AppError("permission_denied", "this account is disabled");
         if (config.syncGroups && groups.join(",") !== existing.groups.join(",")) {
           const updated = await store.users.update(existing.id, { groups }, now());
+          // Tokens carry the old groups: revoke them, as an admin's change of groups does.
+          await store.accessTokens.revokeAllOf(existing.id, now());
           await deps.bus.publish("bundle.changed", { agentIds: "*" });
           return updated;
         }

@@ -96,6 +96,7 @@ export function createTokenService(deps: {
     async revoke(tokenId) {
       const record = await store.accessTokens.findById(tokenId);
       if (!record) throw new AppError("not_found", `no token with id "${tokenId}"`);
+      if (record.revokedAt) return; // already revoked: nothing changes, nothing to push
       await store.accessTokens.revoke(tokenId, now());
       await deps.bus.publish("bundle.changed", { agentIds: "*" });
     },
