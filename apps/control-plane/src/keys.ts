@@ -107,19 +107,28 @@ export function createKeyring(deps: {
   const creating = new Map<KeyUse, Promise<void>>();
 
   /** Creates the first key of `use`. Its id is `<use>-1`, so concurrent creators (replicas) cannot both win. */
-  async function createFirstKey(use: KeyUse): Promise<void> {
+  /**
+   * Creates the first key of `use`. Replicas agree on its id through a first-writer-wins setting;
+   * `takeOver` lets a replica write the key under the agreed id when its creator never did (it
+   * crashed in between): the id is the primary key, so at most one such write succeeds.
+   */
+  async function createFirstKey(use: KeyUse, takeOver: boolean): Promise<void> {
     const { publicKey, privateKey } = generateKeyPairSync("ed25519");
-    const kid = `${use}-1-${randomId(8)}`;
+    const proposed = `${use}-1-${randomId(8)}`;
+    const kid = await store.settings.setIfAbsent(`signing-key.${use}.first`, proposed);
+    if (kid !== proposed && !takeOver) return; // another replica is creating it
     const der = privateKey.export({ format: "der", type: "pkcs8" });
-    const winner = await store.settings.setIfAbsent(`signing-key.${use}.first`, kid);
-    if (winner !== kid) return; // another replica is creating it
-    await store.signingKeys.create({
-      id: kid,
-      use,
-      algorithm: "EdDSA",
-      publicJwk: JSON.stringify({ ...publicKey.export({ format: "jwk" }), kid, alg: "EdDSA", use: "sig" }),
-      privateKeyEnc: seal(masterKey, der, `${kid}:${use}`),
-    });
+    try {
+      await store.signingKeys.create({
+        id: kid,
+        use,
+        algorithm: "EdDSA",
+        publicJwk: JSON.stringify({ ...publicKey.export({ format: "jwk" }), kid, alg: "EdDSA", use: "sig" }),
+        privateKeyEnc: seal(masterKey, der, `${kid}:${use}`),
+      });
+    } catch (error) {
+      if ((error as { code?: string }).code !== "P2002") throw error; // P2002: someone else wrote it
+    }
   }
 
   async function activeRecords(use: KeyUse) {
@@ -128,11 +137,12 @@ export function createKeyring(deps: {
       if (records.length > 0) return records;
       let pending = creating.get(use);
       if (!pending) {
-        pending = createFirstKey(use).finally(() => creating.delete(use));
+        // After a few seconds without the creator's key, take over (it crashed mid-way).
+        pending = createFirstKey(use, attempt >= 40).finally(() => creating.delete(use));
         creating.set(use, pending);
       }
       await pending;
-      if (attempt > 0) await new Promise((r) => setTimeout(r, 20)); // another replica is writing it
+      if (attempt > 0) await new Promise((r) => setTimeout(r, 50)); // another replica is writing it
     }
     throw new Error(`no ${use} signing key could be created`);
   }

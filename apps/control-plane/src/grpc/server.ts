@@ -158,29 +158,39 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
    * Pushes fresh bundles to `targets`, a few at a time, without holding up whoever caused the
    * change. A newer fan-out supersedes an older one still running (it covers the same agents).
    */
-  let fanOutGeneration = 0;
-  function fanOut(targets: LiveSession[], everyone: boolean): void {
-    const generation = everyone ? ++fanOutGeneration : fanOutGeneration;
+  const pending = new Set<LiveSession>();
+  let workers = 0;
+  /**
+   * Queues `targets` for a fresh bundle and works the queue a few at a time, off the request path.
+   * An agent already queued keeps its place (no restart from the head, so a stream of changes
+   * cannot starve the agents at the tail); each push builds from the latest shared content.
+   */
+  function fanOut(targets: LiveSession[]): void {
     deps.bundles.invalidate();
-    const queue = [...targets];
-    const worker = async () => {
-      for (let session = queue.shift(); session && generation === fanOutGeneration; session = queue.shift()) {
-        await pushBundle(session);
-      }
-    };
-    void Promise.all(Array.from({ length: Math.min(FAN_OUT_CONCURRENCY, queue.length) }, worker));
+    for (const session of targets) pending.add(session);
+    while (workers < FAN_OUT_CONCURRENCY && pending.size > workers) {
+      workers++;
+      void (async () => {
+        try {
+          for (;;) {
+            const next = pending.values().next();
+            if (next.done) break;
+            pending.delete(next.value);
+            await pushBundle(next.value);
+          }
+        } finally {
+          workers--;
+        }
+      })();
+    }
   }
 
   deps.bus.subscribe("bundle.changed", ({ agentIds }) => {
-    if (agentIds === "*") fanOut([...sessions.values()], true);
-    else
-      fanOut(
-        agentIds.flatMap((id) => sessions.get(id) ?? []),
-        false,
-      );
+    if (agentIds === "*") fanOut([...sessions.values()]);
+    else fanOut(agentIds.flatMap((id) => sessions.get(id) ?? []));
   });
 
-  const refreshTimer = setInterval(() => fanOut([...sessions.values()], true), deps.bundleRefreshMs);
+  const refreshTimer = setInterval(() => fanOut([...sessions.values()]), deps.bundleRefreshMs);
   refreshTimer.unref();
 
   function enrol(call: grpc.ServerUnaryCall<EnrolRequest, EnrolResponse>, callback: grpc.sendUnaryData<EnrolResponse>) {
@@ -407,7 +417,7 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
       return true;
     },
     pushAll() {
-      fanOut([...sessions.values()], true);
+      fanOut([...sessions.values()]);
     },
     closeAll(details) {
       clearInterval(refreshTimer);

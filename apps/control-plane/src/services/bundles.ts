@@ -68,12 +68,14 @@ export function createBundleService(deps: {
       store.accessTokens.revokedUnexpired(new Date(at.getTime() - 120_000)),
       store.users.disabledEmails(),
     ]);
-    const selectors = snapshot.documents.map((doc) => ({
-      doc,
-      matches: resourceMatcher(doc.spec.resources),
-      json: canonicalJson(doc),
-    }));
-    return { snapshot, tokenKeys, bundleKeys, signer, revokedTokenIds, disabledUsers, selectors };
+    // Policy tests are for authors and CI, not for agents: bundles carry the rules only.
+    const selectors = snapshot.documents.map((doc) => {
+      const { tests: _tests, ...spec } = doc.spec;
+      return { doc, matches: resourceMatcher(doc.spec.resources), json: canonicalJson({ ...doc, spec }) };
+    });
+    // Bundles are stamped with the moment their shared content was read (not when each is built),
+    // so a build that started before a change and finishes after it is older, and agents refuse it.
+    return { snapshot, tokenKeys, bundleKeys, signer, revokedTokenIds, disabledUsers, selectors, at };
   }
   let shared: Promise<Awaited<ReturnType<typeof loadShared>>> | undefined;
   let sharedAt = 0;
@@ -94,9 +96,8 @@ export function createBundleService(deps: {
           throw error;
         });
       }
-      const [resources, { snapshot, tokenKeys, bundleKeys, signer, revokedTokenIds, disabledUsers, selectors }] =
+      const [resources, { snapshot, tokenKeys, bundleKeys, signer, revokedTokenIds, disabledUsers, selectors, at }] =
         await Promise.all([store.resources.list({ agentId }), shared]);
-      const at = now();
       const documents = selectors.filter((s) =>
         resources.some((r) => s.matches({ name: r.name, type: r.type, labels: r.labels })),
       );
