@@ -2,42 +2,25 @@
 // every command, its text and --json output, and the exit status of every failure class.
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { PassThrough, Readable } from "node:stream";
+import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateSecret, randomId, SecretKind } from "@moat/common";
-import { loadControlPlaneConfig } from "@moat/control-plane/config";
-import { startControlPlane, type RunningControlPlane } from "@moat/control-plane/server";
+import { type RunningControlPlane } from "@moat/control-plane/server";
 import { freePort, tempDir } from "@moat/testkit";
 import { run } from "./cli.js";
 import type { Input } from "./io.js";
 import { VERSION } from "./version.js";
+import { addApiUser, bootstrapKey, fakeTty, startTestControlPlane } from "./test-support/fixtures.js";
 
 let cp: RunningControlPlane;
 let adminKey: string;
 const keys: Record<string, string> = {};
 
-async function addUser(role: "admin" | "auditor" | "reviewer" | "member"): Promise<string> {
-  const user = await cp.store.users.create({
-    id: randomId(),
-    email: `${role}-${randomId(4)}@example.com`,
-    displayName: role,
-    role,
-  });
-  const key = generateSecret(SecretKind.apiKey);
-  await cp.store.apiKeys.create({ id: key.id, name: "test", hash: key.hash, userId: user.id });
-  return key.value;
-}
-
 beforeAll(async () => {
-  const config = loadControlPlaneConfig({
-    env: {},
-    overrides: { dataDir: tempDir(), logLevel: "silent", http: { port: 0 }, grpc: { port: 0 } },
-  });
-  cp = await startControlPlane(config);
-  if (!cp.bootstrap) throw new Error("expected a first start with a bootstrap admin key");
-  adminKey = cp.bootstrap.apiKey;
-  keys.member = await addUser("member");
-  keys.auditor = await addUser("auditor");
+  cp = await startTestControlPlane();
+  adminKey = bootstrapKey(cp);
+  keys.member = (await addApiUser(cp, "member")).key;
+  keys.auditor = (await addApiUser(cp, "auditor")).key;
 }, 30_000);
 
 afterAll(async () => {
@@ -48,16 +31,6 @@ interface Result {
   code: number;
   stdout: string;
   stderr: string;
-}
-
-/** A fake terminal on stdin: answers are written after the CLI starts reading. */
-function fakeTty(answer: string): Input & { rawModes: boolean[] } {
-  const stream = new PassThrough() as unknown as Input & { rawModes: boolean[] } & PassThrough;
-  stream.isTTY = true;
-  stream.rawModes = [];
-  stream.setRawMode = (mode: boolean) => stream.rawModes.push(mode);
-  setTimeout(() => stream.write(answer), 20);
-  return stream;
 }
 
 /** Runs `moat argv` with its own config file (unless `env.MOAT_CONFIG` is given) and captures output. */

@@ -3,14 +3,14 @@
 // for scripts, tokens, users, service accounts, API keys and groups, with their exit statuses.
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { PassThrough, Readable } from "node:stream";
+import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { generateSecret, randomId, SecretKind } from "@moat/common";
-import { loadControlPlaneConfig } from "@moat/control-plane/config";
-import { startControlPlane, type RunningControlPlane } from "@moat/control-plane/server";
+import { randomId } from "@moat/common";
+import { type RunningControlPlane } from "@moat/control-plane/server";
 import { tempDir } from "@moat/testkit";
 import { run } from "./cli.js";
 import type { Input } from "./io.js";
+import { addApiUser, bootstrapKey, fakeTty, startTestControlPlane } from "./test-support/fixtures.js";
 
 const PASSWORD = "correct horse battery staple";
 const JWT = /^eyJ[\w-]+\.[\w-]+\.[\w-]+$/;
@@ -21,18 +21,11 @@ let memberKey: string;
 let memberEmail: string;
 
 beforeAll(async () => {
-  const config = loadControlPlaneConfig({
-    env: {},
-    overrides: { dataDir: tempDir(), logLevel: "silent", http: { port: 0 }, grpc: { port: 0 } },
-  });
-  cp = await startControlPlane(config);
-  if (!cp.bootstrap) throw new Error("expected a first start with a bootstrap admin key");
-  admin = { MOAT_SERVER: cp.httpUrl, MOAT_API_KEY: cp.bootstrap.apiKey };
-  memberEmail = `member-${randomId(4)}@example.com`;
-  const user = await cp.store.users.create({ id: randomId(), email: memberEmail, displayName: "m", role: "member" });
-  const key = generateSecret(SecretKind.apiKey);
-  await cp.store.apiKeys.create({ id: key.id, name: "test", hash: key.hash, userId: user.id });
-  memberKey = key.value;
+  cp = await startTestControlPlane();
+  admin = { MOAT_SERVER: cp.httpUrl, MOAT_API_KEY: bootstrapKey(cp) };
+  const member = await addApiUser(cp, "member");
+  memberEmail = member.email;
+  memberKey = member.key;
 }, 30_000);
 
 afterAll(async () => {
@@ -45,16 +38,6 @@ interface Result {
   stderr: string;
   /** Requests the CLI made. */
   requests: string[];
-}
-
-/** A fake terminal on stdin: the answer is written after the CLI starts reading. */
-function fakeTty(answer: string): Input & { rawModes: boolean[] } {
-  const stream = new PassThrough() as unknown as Input & { rawModes: boolean[] } & PassThrough;
-  stream.isTTY = true;
-  stream.rawModes = [];
-  stream.setRawMode = (mode: boolean) => stream.rawModes.push(mode);
-  setTimeout(() => stream.write(answer), 20);
-  return stream;
 }
 
 async function moat(

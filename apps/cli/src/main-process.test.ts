@@ -7,9 +7,9 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadControlPlaneConfig } from "@moat/control-plane/config";
-import { startControlPlane, type RunningControlPlane } from "@moat/control-plane/server";
+import { type RunningControlPlane } from "@moat/control-plane/server";
 import { freePort, tempDir } from "@moat/testkit";
+import { bootstrapKey, startTestControlPlane } from "./test-support/fixtures.js";
 
 const appDir = join(dirname(fileURLToPath(import.meta.url)), "..");
 const mainJs = join(appDir, "dist", "main.js");
@@ -22,12 +22,8 @@ beforeAll(async () => {
   // Always rebuild, as `pnpm build` does: a stale dist/ would test yesterday's CLI.
   const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
   execFileSync(process.execPath, [tsc, "-p", join(appDir, "tsconfig.build.json")], { cwd: appDir, stdio: "pipe" });
-  const config = loadControlPlaneConfig({
-    env: {},
-    overrides: { dataDir: tempDir(), logLevel: "silent", http: { port: 0 }, grpc: { port: 0 } },
-  });
-  cp = await startControlPlane(config);
-  adminKey = cp.bootstrap!.apiKey;
+  cp = await startTestControlPlane();
+  adminKey = bootstrapKey(cp);
   configFile = join(tempDir("moat-cli-proc-"), "config.json");
 });
 

@@ -7,13 +7,12 @@ import { dirname, join } from "node:path";
 import { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { generateSecret, randomId, SecretKind } from "@moat/common";
-import { loadControlPlaneConfig } from "@moat/control-plane/config";
-import { startControlPlane, type RunningControlPlane } from "@moat/control-plane/server";
+import { type RunningControlPlane } from "@moat/control-plane/server";
 import { tempDir } from "@moat/testkit";
 import { parsePolicyText } from "@moat/policy";
 import { run } from "./cli.js";
 import type { Input } from "./io.js";
+import { addApiUser, bootstrapKey, startTestControlPlane } from "./test-support/fixtures.js";
 
 const examples = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "examples", "policies");
 const exampleNames = [
@@ -30,23 +29,10 @@ let admin: Record<string, string>;
 let member: Record<string, string>;
 let memberEmail: string;
 
-async function addUser(role: "admin" | "member"): Promise<{ key: string; email: string }> {
-  const email = `${role}-${randomId(4)}@example.com`;
-  const user = await cp.store.users.create({ id: randomId(), email, displayName: role, role });
-  const key = generateSecret(SecretKind.apiKey);
-  await cp.store.apiKeys.create({ id: key.id, name: "test", hash: key.hash, userId: user.id });
-  return { key: key.value, email };
-}
-
 beforeAll(async () => {
-  const config = loadControlPlaneConfig({
-    env: {},
-    overrides: { dataDir: tempDir(), logLevel: "silent", http: { port: 0 }, grpc: { port: 0 } },
-  });
-  cp = await startControlPlane(config);
-  if (!cp.bootstrap) throw new Error("expected a first start with a bootstrap admin key");
-  admin = { MOAT_SERVER: cp.httpUrl, MOAT_API_KEY: cp.bootstrap.apiKey };
-  const m = await addUser("member");
+  cp = await startTestControlPlane();
+  admin = { MOAT_SERVER: cp.httpUrl, MOAT_API_KEY: bootstrapKey(cp) };
+  const m = await addApiUser(cp, "member");
   member = { MOAT_SERVER: cp.httpUrl, MOAT_API_KEY: m.key };
   memberEmail = m.email;
 }, 30_000);

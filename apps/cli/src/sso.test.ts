@@ -9,8 +9,7 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { randomId } from "@moat/common";
-import { loadControlPlaneConfig } from "@moat/control-plane/config";
-import { startControlPlane, type RunningControlPlane } from "@moat/control-plane/server";
+import { type RunningControlPlane } from "@moat/control-plane/server";
 import { startOidcIssuer, tempDir, type TestOidcIssuer } from "@moat/testkit";
 import type { OidcConfig } from "./api-client.js";
 import { run } from "./cli.js";
@@ -18,6 +17,7 @@ import { CliError } from "./errors.js";
 import type { Input } from "./io.js";
 import { createOutput } from "./output.js";
 import { deviceFlow } from "./sso.js";
+import { bootstrapKey, startTestControlPlane } from "./test-support/fixtures.js";
 
 const JWT = /^eyJ[\w-]+\.[\w-]+\.[\w-]+$/;
 
@@ -27,31 +27,17 @@ let cp: RunningControlPlane;
 let plain: RunningControlPlane;
 let admin: Record<string, string>;
 
-function controlPlaneConfig(oidc?: Record<string, unknown>) {
-  return loadControlPlaneConfig({
-    env: {},
-    overrides: {
-      dataDir: tempDir(),
-      logLevel: "silent",
-      http: { port: 0 },
-      grpc: { port: 0 },
-      ...(oidc ? { oidc } : {}),
-    },
-  });
-}
-
 beforeAll(async () => {
   idp = await startOidcIssuer({ clientId: "moat-cli" });
-  cp = await startControlPlane(
-    controlPlaneConfig({
+  cp = await startTestControlPlane({
+    oidc: {
       issuer: idp.issuer,
       clientId: "moat-cli",
       groupMapping: { "eng-all": "engineers", "sre-oncall": "oncall" },
-    }),
-  );
-  plain = await startControlPlane(controlPlaneConfig());
-  if (!cp.bootstrap) throw new Error("expected a first start with a bootstrap admin key");
-  admin = { MOAT_SERVER: cp.httpUrl, MOAT_API_KEY: cp.bootstrap.apiKey };
+    },
+  });
+  plain = await startTestControlPlane();
+  admin = { MOAT_SERVER: cp.httpUrl, MOAT_API_KEY: bootstrapKey(cp) };
 }, 60_000);
 
 afterAll(async () => {
