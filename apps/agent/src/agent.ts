@@ -27,6 +27,7 @@ import { createAuditRecorder } from "./audit/recorder.js";
 import { createAuditShipper, type AuditShipper } from "./audit/shipper.js";
 import { AuditSpool } from "./audit/spool.js";
 import { VERSION } from "./version.js";
+import { startPostgresListeners, type PgListener } from "./pg/index.js";
 
 const TYPES: Record<ResourceConfig["type"], ResourceType> = {
   postgres: ResourceType.POSTGRES,
@@ -93,6 +94,8 @@ export interface RunningAgent {
   bundles: BundleHolder;
   connection: ControlPlaneConnection;
   adminPort: number | undefined;
+  /** Postgres listeners by resource name. */
+  postgres: Map<string, PgListener>;
   logger: Logger;
   /** Resolves with the reason when the control plane rejects this agent for good. */
   rejected: Promise<string>;
@@ -257,6 +260,7 @@ export async function startAgent(
           );
         }
         showBundle();
+        if (result.applied) cutRevokedSessions();
         audit
           .record({
             type: "bundle.applied",
@@ -326,6 +330,27 @@ export async function startAgent(
     onFatal: (reason) => resolveRejected(reason),
   });
   shipping.shipper = createAuditShipper({ spool, send: (m) => connection.send(m) });
+
+  const pgResourceNames = config.resources.filter((r) => r.postgres).map((r) => r.name);
+  const pgListeners: PgListener[] = await startPostgresListeners({
+    config,
+    bundles,
+    audit,
+    logger,
+    registry,
+  });
+  // Revoking a token or disabling a user ends their live sessions as soon as the bundle saying so arrives.
+  function cutRevokedSessions() {
+    const b = bundles.current();
+    if (!b) return;
+    for (const l of pgListeners) {
+      const n = l.cut(
+        (id) => b.revokedTokenIds.has(id.tokenId) || b.disabledUsers.has(id.user.toLowerCase()),
+        "your access was revoked: the session is closed",
+      );
+      if (n > 0) logger.info({ sessions: n }, "sessions of revoked tokens or disabled users closed");
+    }
+  }
   connection.start();
 
   const admin = config.admin.enabled
@@ -353,9 +378,11 @@ export async function startAgent(
     bundles,
     connection,
     adminPort: admin?.port,
+    postgres: new Map(pgListeners.map((l, i) => [pgResourceNames[i] as string, l])),
     logger,
     rejected,
     async close() {
+      await Promise.all(pgListeners.map((l) => l.close()));
       await connection.stop();
       spool.close();
       client.close();

@@ -21,6 +21,54 @@ const HostPort = Type.String({
   description: "host:port",
 });
 
+/** How the agent reaches a Postgres target and with which credentials (they never leave this host). */
+export const PostgresTargetSchema = Type.Object(
+  {
+    host: Type.String({ minLength: 1 }),
+    port: Type.Integer({ minimum: 1, maximum: 65535, default: 5432 }),
+    /** Role the agent logs in as. */
+    user: Type.String({ minLength: 1 }),
+    /** Database to connect to; default: the one the client asks for. */
+    database: Type.Optional(Type.String({ minLength: 1 })),
+    /** The role's password, from a file (first line) or an environment variable; inline only for tests. */
+    passwordFile: Type.Optional(Type.String({ minLength: 1 })),
+    passwordEnv: Type.Optional(Type.String({ minLength: 1 })),
+    password: Type.Optional(Type.String()),
+    /** TLS to the target, with libpq's meanings. */
+    sslmode: Type.Union(
+      ["disable", "prefer", "require", "verify-ca", "verify-full"].map((m) => Type.Literal(m)),
+      { default: "prefer" },
+    ),
+    /** CA bundle for verify-ca / verify-full. */
+    caFile: Type.Optional(Type.String({ minLength: 1 })),
+    /** Name to verify for verify-full, when it differs from host. */
+    serverName: Type.Optional(Type.String({ minLength: 1 })),
+    connectTimeoutMs: Type.Integer({ minimum: 100, default: 10_000 }),
+  },
+  strict,
+);
+
+export const PostgresListenerSchema = Type.Object(
+  {
+    target: PostgresTargetSchema,
+    /** Certificate users' clients see. Default: one the agent issues itself (dataDir/pg-tls). */
+    tls: Type.Optional(
+      Type.Object({ certFile: Type.String({ minLength: 1 }), keyFile: Type.String({ minLength: 1 }) }, strict),
+    ),
+    /** Where tokens may be sent without TLS: only from loopback clients (default), never, or always. */
+    plaintextAuth: Type.Union([Type.Literal("loopback"), Type.Literal("never"), Type.Literal("always")], {
+      default: "loopback",
+    }),
+    /** Longest message accepted from a client or inspected from the target. */
+    maxMessageBytes: Type.Integer({ minimum: 64 * 1024, default: 64 * 1024 * 1024 }),
+    /** Most statement shapes whose classification is cached. */
+    classifierCacheEntries: Type.Integer({ minimum: 0, default: 10_000 }),
+    /** Most concurrent sessions on this resource. */
+    maxSessions: Type.Integer({ minimum: 1, default: 1000 }),
+  },
+  strict,
+);
+
 export const ResourceConfigSchema = Type.Object(
   {
     name: Type.String({ pattern: "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", maxLength: 63 }),
@@ -31,6 +79,8 @@ export const ResourceConfigSchema = Type.Object(
       default: {},
     }),
     description: Type.String({ maxLength: 500, default: "" }),
+    /** For type postgres: the target and how users reach it. */
+    postgres: Type.Optional(PostgresListenerSchema),
   },
   strict,
 );
@@ -92,6 +142,8 @@ export const AgentConfigSchema = Type.Object(
 
 export type AgentConfig = Static<typeof AgentConfigSchema>;
 export type ResourceConfig = Static<typeof ResourceConfigSchema>;
+export type PostgresListenerConfig = Static<typeof PostgresListenerSchema>;
+export type PostgresTargetConfig = Static<typeof PostgresTargetSchema>;
 
 export const AGENT_ENV_OVERRIDES: EnvOverride[] = [
   { variable: "MOAT_AGENT_DATA_DIR", path: "dataDir", type: "string" },
@@ -117,6 +169,12 @@ export function loadAgentConfig(options: { file?: string; env?: NodeJS.ProcessEn
   config.resources.forEach((r, i) => {
     if (names.has(r.name)) problems.push(`resources.${i}.name: "${r.name}" is used twice`);
     names.add(r.name);
+    if (r.type !== "postgres" && r.postgres) problems.push(`resources.${i}.postgres: only for postgres resources`);
+    const t = r.postgres?.target;
+    if (t && [t.password, t.passwordEnv, t.passwordFile].filter((x) => x !== undefined).length > 1)
+      problems.push(`resources.${i}.postgres.target: set one of password, passwordEnv, passwordFile`);
+    if (t && (t.sslmode === "verify-ca" || t.sslmode === "verify-full") && !t.caFile)
+      problems.push(`resources.${i}.postgres.target.caFile: required with sslmode ${t.sslmode}`);
   });
   if (config.reconnect.maxDelayMs < config.reconnect.initialDelayMs) {
     problems.push("reconnect.maxDelayMs: must be >= reconnect.initialDelayMs");
@@ -131,6 +189,22 @@ export function loadAgentConfig(options: { file?: string; env?: NodeJS.ProcessEn
     ...config,
     dataDir: abs(config.dataDir),
     ...(config.enrolmentTokenFile ? { enrolmentTokenFile: abs(config.enrolmentTokenFile) } : {}),
+    resources: config.resources.map((r) => {
+      const pg = r.postgres;
+      if (!pg) return r;
+      return {
+        ...r,
+        postgres: {
+          ...pg,
+          target: {
+            ...pg.target,
+            ...(pg.target.passwordFile ? { passwordFile: abs(pg.target.passwordFile) } : {}),
+            ...(pg.target.caFile ? { caFile: abs(pg.target.caFile) } : {}),
+          },
+          ...(pg.tls ? { tls: { certFile: abs(pg.tls.certFile), keyFile: abs(pg.tls.keyFile) } } : {}),
+        },
+      };
+    }),
     controlPlane: {
       ...config.controlPlane,
       ...(config.controlPlane.caFile ? { caFile: abs(config.controlPlane.caFile) } : {}),

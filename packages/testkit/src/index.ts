@@ -4,7 +4,7 @@
  * conditions. Tests only; never imported by product code.
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -69,6 +69,8 @@ export interface TestPostgres {
   url: string;
   /** A new empty database; returns its connection string. */
   createDatabase(name: string): Promise<string>;
+  /** Runs SQL as the superuser over the server's Unix socket (works whatever pg_hba says for TCP). */
+  sql(sql: string, db?: string): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -76,7 +78,16 @@ export interface TestPostgres {
  * Starts a throwaway PostgreSQL cluster on a free loopback port (trust auth, superuser
  * `postgres`). As root, the server runs as the `postgres` OS user (initdb refuses root).
  */
-export async function startPostgres(): Promise<TestPostgres> {
+export interface StartPostgresOptions {
+  /** `host` lines of pg_hba.conf (local socket connections stay trusted). Default: trust everything. */
+  hba?: string[];
+  /** Serve TLS with this certificate and key. */
+  ssl?: { certPem: string; keyPem: string };
+  /** Extra `-c name=value` settings. */
+  settings?: Record<string, string>;
+}
+
+export async function startPostgres(options: StartPostgresOptions = {}): Promise<TestPostgres> {
   const bin = postgresBinDir();
   const dir = tempDir("moat-pg-");
   chmodSync(dir, 0o755);
@@ -90,6 +101,24 @@ export async function startPostgres(): Promise<TestPostgres> {
   }
   const data = join(dir, "data");
   await asPostgres(join(bin, "initdb"), ["-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]);
+  const owner = asRoot
+    ? {
+        uid: Number((await run("id", ["-u", "postgres"])).stdout.trim()),
+        gid: Number((await run("id", ["-g", "postgres"])).stdout.trim()),
+      }
+    : undefined;
+  const own = (file: string, content: string, mode: number) => {
+    writeFileSync(file, content, { mode });
+    if (owner) chownSync(file, owner.uid, owner.gid);
+  };
+  const extra: string[] = [];
+  if (options.hba) own(join(data, "pg_hba.conf"), ["local all all trust", ...options.hba, ""].join("\n"), 0o600);
+  if (options.ssl) {
+    own(join(data, "server.crt"), options.ssl.certPem, 0o644);
+    own(join(data, "server.key"), options.ssl.keyPem, 0o600);
+    extra.push("-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key");
+  }
+  for (const [k, v] of Object.entries(options.settings ?? {})) extra.push("-c", `${k}=${v}`);
   const port = await freePort();
   const child: ChildProcess = spawn(
     asRoot ? "runuser" : join(bin, "postgres"),
@@ -109,6 +138,7 @@ export async function startPostgres(): Promise<TestPostgres> {
       "synchronous_commit=off",
       "-c",
       "full_page_writes=off",
+      ...extra,
     ],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
@@ -118,20 +148,7 @@ export async function startPostgres(): Promise<TestPostgres> {
   });
   const url = `postgresql://postgres@127.0.0.1:${port}/postgres`;
   const psql = (sql: string, db = "postgres") =>
-    run("psql", [
-      "-h",
-      "127.0.0.1",
-      "-p",
-      String(port),
-      "-U",
-      "postgres",
-      "-d",
-      db,
-      "-v",
-      "ON_ERROR_STOP=1",
-      "-Atc",
-      sql,
-    ]);
+    run("psql", ["-h", dir, "-p", String(port), "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-Atc", sql]);
   try {
     await waitFor(async () => (await psql("select 1")).stdout.trim() === "1", 15_000, 100);
   } catch (error) {
@@ -141,6 +158,9 @@ export async function startPostgres(): Promise<TestPostgres> {
   return {
     port,
     url,
+    async sql(sql: string, db = "postgres") {
+      return (await psql(sql, db)).stdout;
+    },
     async createDatabase(name: string) {
       if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error("database name must be a plain identifier");
       await psql(`CREATE DATABASE ${name}`);

@@ -1,0 +1,103 @@
+/**
+ * Starts the Postgres listeners of an agent's postgres resources: loads the SQL parser once, gives
+ * each listener its TLS certificate (configured, or issued by the agent itself into dataDir/pg-tls)
+ * and its metrics.
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { hostname } from "node:os";
+import { createCertificateAuthority, issueServerCertificate } from "@moat/pki";
+import { createClassifier, loadSqlParser } from "@moat/sql";
+import type { Logger } from "@moat/common";
+import { Counter, Gauge, type Registry } from "prom-client";
+import type { AgentConfig } from "../config.js";
+import type { BundleHolder } from "../bundle.js";
+import type { AuditRecorder } from "../audit/recorder.js";
+import { startPgListener, type PgListener } from "./listener.js";
+
+export type { PgListener } from "./listener.js";
+
+/** The agent's own certificate for Postgres clients (sslmode=require encrypts; verify-* needs `tls` configured). */
+export async function ensureListenerCertificate(dataDir: string): Promise<{ certPem: string; keyPem: string }> {
+  const dir = join(dataDir, "pg-tls");
+  const certFile = join(dir, "server.crt");
+  const keyFile = join(dir, "server.key");
+  if (existsSync(certFile) && existsSync(keyFile))
+    return { certPem: readFileSync(certFile, "utf8"), keyPem: readFileSync(keyFile, "utf8") };
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const ca = await createCertificateAuthority(`Moat agent ${hostname()} local CA`);
+  const cert = await issueServerCertificate(ca, ["localhost", "127.0.0.1", "::1", hostname()]);
+  writeFileSync(join(dir, "ca.crt"), ca.certPem, { mode: 0o644 });
+  writeFileSync(keyFile, cert.keyPem, { mode: 0o600 });
+  writeFileSync(certFile, cert.certPem + ca.certPem, { mode: 0o644 });
+  return { certPem: cert.certPem + ca.certPem, keyPem: cert.keyPem };
+}
+
+export async function startPostgresListeners(deps: {
+  config: AgentConfig;
+  bundles: BundleHolder;
+  audit: AuditRecorder;
+  logger: Logger;
+  registry: Registry;
+}): Promise<PgListener[]> {
+  const resources = deps.config.resources.filter((r) => r.type === "postgres");
+  for (const r of resources)
+    if (!r.postgres)
+      deps.logger.warn({ resource: r.name }, "postgres resource without a `postgres` section: announced, not served");
+  const served = resources.filter((r) => r.postgres);
+  if (served.length === 0) return [];
+  await loadSqlParser();
+  const registers = [deps.registry];
+  const sessions = new Gauge({
+    name: "moat_agent_pg_sessions",
+    help: "Open Postgres sessions",
+    labelNames: ["resource"],
+    registers,
+  });
+  const statements = new Counter({
+    name: "moat_agent_pg_statements_total",
+    help: "Statements decided, by verdict",
+    labelNames: ["resource", "verdict"],
+    registers,
+  });
+  const refused = new Counter({
+    name: "moat_agent_pg_refused_connections_total",
+    help: "Connections refused before a session started, by reason",
+    labelNames: ["resource", "reason"],
+    registers,
+  });
+  const generated = served.some((r) => !r.postgres?.tls)
+    ? await ensureListenerCertificate(deps.config.dataDir)
+    : undefined;
+  const listeners: PgListener[] = [];
+  for (const r of served) {
+    const pg = r.postgres as NonNullable<typeof r.postgres>;
+    const tls = pg.tls
+      ? { certPem: readFileSync(pg.tls.certFile, "utf8"), keyPem: readFileSync(pg.tls.keyFile, "utf8") }
+      : (generated as { certPem: string; keyPem: string });
+    const counters = {
+      allow: statements.labels(r.name, "allow"),
+      deny: statements.labels(r.name, "deny"),
+      review: statements.labels(r.name, "review"),
+    };
+    const gauge = sessions.labels(r.name);
+    listeners.push(
+      await startPgListener({
+        resource: r.name,
+        listen: r.listen,
+        config: pg,
+        tls,
+        bundles: deps.bundles,
+        audit: deps.audit,
+        classifier: createClassifier({ cacheEntries: pg.classifierCacheEntries }),
+        logger: deps.logger,
+        metrics: {
+          sessions: { inc: () => gauge.inc(), dec: () => gauge.dec() },
+          statement: (v) => counters[v].inc(),
+          refused: (reason) => refused.labels(r.name, reason).inc(),
+        },
+      }),
+    );
+  }
+  return listeners;
+}

@@ -1,0 +1,416 @@
+/**
+ * The Postgres listener of one resource: connection set-up in the protocol's own terms (SSLRequest
+ * -> TLS, direct TLS with ALPN `postgresql`, GSSENCRequest refused, CancelRequest routed through the
+ * agent's own keys), authentication of the user's access token (sent as the password), the
+ * `connect` decision, the agent's own login to the target, then a PgSession.
+ */
+import { createServer, isIP, type Server, type Socket } from "node:net";
+import { TLSSocket, createSecureContext, type SecureContext } from "node:tls";
+import { randomInt, timingSafeEqual } from "node:crypto";
+import {
+  authenticationRequest,
+  backendKeyData,
+  decodeInitial,
+  decodePassword,
+  errorResponse,
+  FrameReader,
+  ProtocolError,
+  readyForQuery,
+  SIMPLE_MESSAGES,
+} from "@moat/pg-wire";
+import type { Classifier } from "@moat/sql";
+import { createUlidFactory, type Logger } from "@moat/common";
+import { Verdict as ProtoVerdict } from "@moat/proto";
+import type { BundleHolder } from "../bundle.js";
+import type { AuditRecorder } from "../audit/recorder.js";
+import { SpoolFullError } from "../audit/spool.js";
+import type { PostgresListenerConfig } from "../config.js";
+import { TokenRejected, verifyAccessToken, type VerifiedIdentity } from "../tokens.js";
+import { cancelOnTarget, connectTarget, TargetError } from "./target.js";
+import { isSafeEncoding, PgSession, type SessionMetrics } from "./session.js";
+
+/** Startup parameters passed on to the target; anything else is dropped (or refused below). */
+const PASSED_PARAMETERS = new Set([
+  "application_name",
+  "client_encoding",
+  "datestyle",
+  "timezone",
+  "extra_float_digits",
+  "intervalstyle",
+  "search_path",
+  "lc_monetary",
+  "lc_numeric",
+  "lc_time",
+  "bytea_output",
+  "statement_timeout",
+  "lock_timeout",
+  "idle_in_transaction_session_timeout",
+]);
+
+export interface PgListenerOptions {
+  resource: string;
+  listen: string;
+  config: PostgresListenerConfig;
+  tls: { certPem: string; keyPem: string };
+  bundles: BundleHolder;
+  audit: AuditRecorder;
+  classifier: Classifier;
+  logger: Logger;
+  metrics: {
+    sessions: { inc(): void; dec(): void };
+    statement: SessionMetrics["statement"];
+    refused(reason: string): void;
+  };
+}
+
+export interface PgListener {
+  port: number;
+  address: string;
+  sessions(): number;
+  /** Ends sessions of a revoked token or a disabled user. */
+  cut(match: (identity: VerifiedIdentity) => boolean, message: string): number;
+  close(): Promise<void>;
+}
+
+interface CancelKey {
+  secretKey: number;
+  targetProcessId: number;
+  targetSecretKey: number;
+}
+
+function splitHostPort(listen: string): { host: string; port: number } {
+  const i = listen.lastIndexOf(":");
+  return { host: listen.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(listen.slice(i + 1)) };
+}
+
+function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  return address === "::1" || address.startsWith("127.") || address.startsWith("::ffff:127.");
+}
+
+const clientAddress = (s: Socket) => (s.remoteAddress ?? "").replace(/^::ffff:/, "");
+
+export async function startPgListener(options: PgListenerOptions): Promise<PgListener> {
+  const { config, logger } = options;
+  const secureContext: SecureContext = createSecureContext({ cert: options.tls.certPem, key: options.tls.keyPem });
+  const cancelKeys = new Map<number, CancelKey>();
+  const live = new Map<PgSession, VerifiedIdentity>();
+  const ulid = createUlidFactory();
+  let count = 0;
+
+  const refuse = (socket: Socket, code: string, message: string, reason: string) => {
+    options.metrics.refused(reason);
+    socket.end(errorResponse({ severity: "FATAL", code, message }));
+    socket.destroySoon();
+  };
+
+  const handle = (raw: Socket) => {
+    raw.setNoDelay(true);
+    raw.on("error", () => raw.destroy());
+    if (count >= config.maxSessions) {
+      refuse(raw, "53300", `too many sessions on ${options.resource} (at most ${config.maxSessions})`, "max-sessions");
+      return;
+    }
+    const source = clientAddress(raw);
+    const reader = new FrameReader(64 * 1024);
+    let socket: Socket = raw;
+    let tls = false;
+    let stage: "initial" | "password" | "busy" = "initial";
+    let startup: Map<string, string> | undefined;
+    const timer = setTimeout(() => refuse(socket, "08006", "authentication timed out", "timeout"), 30_000);
+
+    const upgrade = (head?: Buffer) => {
+      socket.off("data", onData);
+      if (head && head.length > 0) socket.unshift(head);
+      const t = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ["postgresql"] });
+      t.on("error", () => t.destroy());
+      t.on("data", onData);
+      socket = t;
+      tls = true;
+    };
+
+    const onData = (chunk: Buffer) => {
+      try {
+        if (stage === "initial" && !tls && reader.buffered === 0 && chunk[0] === 0x16) {
+          // A TLS ClientHello straight away (sslnegotiation=direct).
+          upgrade(chunk);
+          return;
+        }
+        reader.push(chunk);
+        while (stage === "initial") {
+          const payload = reader.nextInitial();
+          if (!payload) return;
+          const m = decodeInitial(payload);
+          if (m.kind === "ssl") {
+            if (tls) throw new ProtocolError("SSL request on an encrypted connection");
+            if (reader.buffered > 0) throw new ProtocolError("data after the SSL request");
+            socket.write(SIMPLE_MESSAGES.sslYes);
+            upgrade();
+            return;
+          }
+          if (m.kind === "gssenc") {
+            socket.write(SIMPLE_MESSAGES.sslNo);
+            continue;
+          }
+          if (m.kind === "cancel") {
+            clearTimeout(timer);
+            cancel(m.processId, m.secretKey);
+            socket.destroy();
+            return;
+          }
+          startup = m.parameters;
+          reader.initial = false;
+          stage = "password";
+          const problem = checkStartup(m.parameters);
+          if (problem) {
+            clearTimeout(timer);
+            refuse(socket, problem.code, problem.message, "startup");
+            return;
+          }
+          if (
+            !tls &&
+            config.plaintextAuth !== "always" &&
+            !(config.plaintextAuth === "loopback" && isLoopback(source))
+          ) {
+            clearTimeout(timer);
+            refuse(
+              socket,
+              "28000",
+              "Moat requires TLS to send an access token: connect with sslmode=require (or stronger)",
+              "no-tls",
+            );
+            return;
+          }
+          socket.write(authenticationRequest(3));
+        }
+        if (stage === "password") {
+          const f = reader.next();
+          if (!f) return;
+          if (f.type !== 0x70) throw new ProtocolError("expected a password message");
+          stage = "busy";
+          socket.off("data", onData);
+          socket.pause();
+          clearTimeout(timer);
+          void authenticate(socket, startup as Map<string, string>, decodePassword(f.body), source, reader.drain());
+        }
+      } catch (error) {
+        clearTimeout(timer);
+        const e = error instanceof ProtocolError ? error : new ProtocolError((error as Error).message);
+        refuse(socket, e.code, e.message, "protocol");
+      }
+    };
+    raw.on("data", onData);
+    raw.on("close", () => clearTimeout(timer));
+  };
+
+  function checkStartup(p: Map<string, string>): { code: string; message: string } | undefined {
+    if (!p.get("user")) return { code: "28000", message: "no user name in the startup packet" };
+    if (p.has("replication"))
+      return { code: "0A000", message: "replication connections are not supported through Moat" };
+    const opts = p.get("options");
+    if (opts !== undefined && opts.trim() !== "")
+      return {
+        code: "0A000",
+        message: "the startup option 'options' is not supported through Moat; use SET after connecting",
+      };
+    const enc = p.get("client_encoding");
+    if (enc !== undefined && enc.toLowerCase() !== "auto" && !isSafeEncoding(enc))
+      return { code: "0A000", message: `client_encoding ${enc} is not supported through Moat; use UTF8` };
+    return undefined;
+  }
+
+  function cancel(processId: number, secretKey: number) {
+    const key = cancelKeys.get(processId);
+    if (!key) return;
+    const a = Buffer.alloc(4);
+    const b = Buffer.alloc(4);
+    a.writeInt32BE(key.secretKey);
+    b.writeInt32BE(secretKey);
+    if (!timingSafeEqual(a, b)) return;
+    void cancelOnTarget(config.target, key.targetProcessId, key.targetSecretKey);
+  }
+
+  async function authenticate(
+    socket: Socket,
+    startup: Map<string, string>,
+    token: string,
+    source: string,
+    rest: Buffer,
+  ): Promise<void> {
+    const user = startup.get("user") as string;
+    const now = new Date();
+    let identity: VerifiedIdentity;
+    try {
+      identity = await verifyAccessToken(token, options.bundles.current(), now);
+    } catch (error) {
+      const message = error instanceof TokenRejected ? error.message : "the access token could not be verified";
+      refuse(socket, "28P01", `password authentication failed for user "${user}": ${message}`, "token");
+      return;
+    }
+    if (identity.user.toLowerCase() !== user.toLowerCase()) {
+      refuse(
+        socket,
+        "28000",
+        `the access token belongs to "${identity.user}", not "${user}": connect with user=${identity.user}`,
+        "user-mismatch",
+      );
+      return;
+    }
+    const sessionId = ulid();
+    const targetDatabase = config.target.database ?? startup.get("database") ?? user;
+    const verdict = options.bundles.decide({
+      user: identity.user,
+      groups: identity.groups,
+      serviceAccount: identity.serviceAccount,
+      resource: options.resource,
+      action: "connect",
+      sourceIp: source,
+      now: now.getTime(),
+    });
+    const actor = { user: identity.user, groups: identity.groups, sourceAddress: source, tokenId: identity.tokenId };
+    const start = {
+      protocol: "postgres",
+      targetUser: config.target.user,
+      targetDatabase,
+      clientApplication: startup.get("application_name") ?? "",
+    };
+    const allowed = verdict.effect === "allow";
+    const message = allowed
+      ? `session started on ${options.resource}`
+      : verdict.effect === "review"
+        ? `${verdict.message}; approval is required, and approvals are not available on this agent yet`
+        : verdict.message;
+    try {
+      await options.audit.record({
+        type: "session.start",
+        actor,
+        resource: options.resource,
+        sessionId,
+        verdict: allowed ? ProtoVerdict.ALLOW : verdict.effect === "review" ? ProtoVerdict.REVIEW : ProtoVerdict.DENY,
+        rule: verdict.rule,
+        message,
+        detail: { case: "sessionStart", value: start },
+      });
+    } catch (error) {
+      if (error instanceof SpoolFullError)
+        refuse(
+          socket,
+          "53100",
+          "the agent's audit spool is full: new sessions are refused until it drains",
+          "spool-full",
+        );
+      else refuse(socket, "58000", "the agent cannot record this session", "audit");
+      logger.error({ err: error }, "could not record a session start");
+      return;
+    }
+    if (!allowed) {
+      refuse(socket, "42501", message, "connect-denied");
+      return;
+    }
+
+    const passed: Record<string, string> = {};
+    for (const [k, v] of startup) if (PASSED_PARAMETERS.has(k.toLowerCase())) passed[k] = v;
+    let target;
+    try {
+      target = await connectTarget({ target: config.target, database: targetDatabase, parameters: passed });
+    } catch (error) {
+      const e = error instanceof TargetError ? error : new TargetError("cannot connect to the target");
+      logger.warn({ resource: options.resource, err: e.message }, "target connection failed");
+      refuse(socket, e.code, e.message, "target");
+      void options.audit
+        .record({
+          type: "session.end",
+          actor,
+          resource: options.resource,
+          sessionId,
+          message: e.message,
+          detail: { case: "sessionEnd", value: { reason: e.message, durationMs: 0n } },
+        })
+        .catch(() => undefined);
+      return;
+    }
+    if (socket.destroyed) {
+      target.socket.destroy();
+      return;
+    }
+    let processId = randomInt(1, 2 ** 31 - 1);
+    while (cancelKeys.has(processId)) processId = randomInt(1, 2 ** 31 - 1);
+    const secretKey = randomInt(-(2 ** 31), 2 ** 31 - 1);
+    cancelKeys.set(processId, { secretKey, targetProcessId: target.processId, targetSecretKey: target.secretKey });
+
+    const session = new PgSession(
+      {
+        sessionId,
+        resource: options.resource,
+        identity,
+        sourceAddress: source,
+        targetUser: config.target.user,
+        bundles: options.bundles,
+        audit: options.audit,
+        classifier: options.classifier,
+        logger,
+        maxMessageBytes: config.maxMessageBytes,
+        metrics: { statement: options.metrics.statement },
+      },
+      socket,
+      target.socket,
+      { searchPath: target.searchPath, parameters: target.parameters },
+    );
+    count++;
+    options.metrics.sessions.inc();
+    live.set(session, identity);
+    void session.done.then(() => {
+      count--;
+      options.metrics.sessions.dec();
+      live.delete(session);
+      cancelKeys.delete(processId);
+    });
+    socket.cork();
+    socket.write(authenticationRequest(0));
+    for (const p of target.parameterStatus) socket.write(p);
+    socket.write(backendKeyData(processId, secretKey));
+    socket.write(readyForQuery("I"));
+    socket.uncork();
+    session.start(target.leftover);
+    if (rest.length > 0) socket.unshift(rest);
+    socket.resume();
+    const maxSeconds = verdict.obligations.maxSessionSeconds;
+    if (maxSeconds !== undefined) {
+      const t = setTimeout(
+        () => session.terminate(`the session reached its maximum length (${maxSeconds} s)`),
+        maxSeconds * 1000,
+      );
+      t.unref();
+      void session.done.then(() => clearTimeout(t));
+    }
+  }
+
+  const { host, port } = splitHostPort(options.listen);
+  const server: Server = createServer({ noDelay: true }, handle);
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen({ host: host === "" ? undefined : host, port }, () => resolve());
+  });
+  server.on("error", (e) => logger.error({ err: e }, "postgres listener error"));
+  const address = server.address();
+  const boundPort = typeof address === "object" && address ? address.port : port;
+  logger.info({ resource: options.resource, listen: `${host}:${boundPort}` }, "postgres listener started");
+  return {
+    port: boundPort,
+    address: isIP(host) === 6 ? `[${host}]:${boundPort}` : `${host}:${boundPort}`,
+    sessions: () => count,
+    cut(match, message) {
+      let n = 0;
+      for (const [session, identity] of live)
+        if (match(identity)) {
+          session.terminate(message);
+          n++;
+        }
+      return n;
+    },
+    async close() {
+      for (const session of live.keys()) session.terminate("the agent is shutting down", "57P01");
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}

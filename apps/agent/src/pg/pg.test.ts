@@ -1,0 +1,368 @@
+/**
+ * The Postgres enforcer against a real PostgreSQL server with real clients (psql, pgbench,
+ * node-postgres, psycopg2): connection set-up, token authentication, statement decisions in the
+ * simple and extended protocols, transactions, masking, cancel, COPY, audit events.
+ */
+import { connect } from "node:net";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startPostgres, type TestPostgres } from "@moat/testkit";
+import { psql, run, startHarness, type Harness } from "../test-support/pg.js";
+
+const POLICIES = [
+  {
+    apiVersion: "moat.dev/v1",
+    kind: "Policy",
+    metadata: { name: "eng-read" },
+    spec: {
+      subjects: { groups: ["eng"] },
+      resources: { names: ["db"] },
+      rules: [
+        { name: "read", effect: "allow", actions: ["connect", "db:read", "db:copy-out"] },
+        {
+          name: "no-secrets",
+          effect: "deny",
+          actions: ["db:*"],
+          tables: ["public.secrets"],
+          message: "secrets are off limits",
+        },
+        { name: "writes-need-approval", effect: "review", actions: ["db:write"], tables: ["public.orders"] },
+      ],
+      masking: [
+        { columns: ["email"], style: "partial" },
+        { detectors: ["credit-card"], style: "full" },
+      ],
+    },
+  },
+  {
+    apiVersion: "moat.dev/v1",
+    kind: "Policy",
+    metadata: { name: "dba" },
+    spec: {
+      subjects: { groups: ["dba"] },
+      resources: { names: ["db"] },
+      rules: [{ name: "all", effect: "allow", actions: ["connect", "db:*"] }],
+    },
+  },
+];
+
+let pgServer: TestPostgres;
+let h: Harness;
+let alice: string;
+let dba: string;
+
+beforeAll(async () => {
+  pgServer = await startPostgres();
+  await pgServer.createDatabase("app");
+  const setup = await run("psql", [
+    `host=127.0.0.1 port=${pgServer.port} user=postgres dbname=app`,
+    "-X",
+    "-q",
+    "-v",
+    "ON_ERROR_STOP=1",
+    "-c",
+    `CREATE TABLE users (id int PRIMARY KEY, email text, note text);
+     INSERT INTO users SELECT i, 'user' || i || '@example.com', CASE WHEN i = 1 THEN 'card 4111 1111 1111 1111' ELSE 'ok' END FROM generate_series(1, 100) i;
+     CREATE TABLE secrets (id int, v text); INSERT INTO secrets VALUES (1, 'top');
+     CREATE TABLE orders (id int, amount int);
+     CREATE SCHEMA analytics; CREATE TABLE analytics.events (id int, kind text);
+     INSERT INTO analytics.events SELECT i, 'k' || i FROM generate_series(1, 1000) i;`,
+  ]);
+  expect(setup.stderr).toBe("");
+  h = await startHarness({ pg: pgServer, policies: POLICIES });
+  alice = await h.token("alice@example.com", ["eng"]);
+  dba = await h.token("dba@example.com", ["dba"]);
+}, 120_000);
+
+afterAll(async () => {
+  await h?.close();
+  await pgServer?.stop();
+});
+
+describe("connection set-up and authentication", () => {
+  it("serves psql over TLS with the token as password", async () => {
+    const r = await psql(h, alice, "SELECT count(*) FROM users");
+    expect(r.stderr).toBe("");
+    expect(r.stdout.trim()).toBe("100");
+    const ssl = await psql(h, alice, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
+    expect(ssl.code).toBe(0);
+  });
+
+  it("refuses a bad token, another user's token and a wrong user name with the protocol's errors", async () => {
+    const bad = await psql(h, "not-a-token", "SELECT 1");
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/password authentication failed for user "alice@example.com"/);
+    const other = await psql(h, dba, "SELECT 1");
+    expect(other.stderr).toMatch(/belongs to "dba@example.com"/);
+  });
+
+  it("refuses connect when no policy allows it", async () => {
+    const nobody = await h.token("mallory@example.com", ["guests"]);
+    const r = await psql(h, nobody, "SELECT 1", { user: "mallory@example.com" });
+    expect(r.stderr).toMatch(/no policy allows connect on db for mallory@example.com/);
+  });
+
+  it("answers GSSENCRequest with N, then serves the session (gssencmode=prefer)", async () => {
+    const r = await psql(h, alice, "SELECT 1", { extra: [] });
+    expect(r.stdout.trim()).toBe("1");
+  });
+
+  it("refuses the startup option `options` and replication connections", async () => {
+    const r = await run(
+      "psql",
+      [
+        `host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require options='-c search_path=x'`,
+        "-Atc",
+        "SELECT 1",
+      ],
+      { PGPASSWORD: alice },
+    );
+    expect(r.stderr).toMatch(/'options' is not supported/);
+  });
+});
+
+describe("statement decisions", () => {
+  it("allows reads, denies writes with 42501 and the session stays usable", async () => {
+    const r = await psql(h, alice, "", {
+      extra: ["-c", "SELECT count(*) FROM users", "-c", "DELETE FROM users", "-c", "SELECT count(*) FROM users"],
+    });
+    expect(r.stdout.trim().split("\n")).toEqual(["100", "100"]);
+    expect(r.stderr).toMatch(/ERROR: {2}no policy allows db:write on db/);
+  });
+
+  it("denies by table with the rule's message, and review says approval is required", async () => {
+    const r = await psql(h, alice, "SELECT * FROM secrets");
+    expect(r.stderr).toMatch(/secrets are off limits/);
+    const w = await psql(h, alice, "INSERT INTO orders VALUES (1, 1)");
+    expect(w.stderr).toMatch(/requires approval/);
+  });
+
+  it("decides a whole multi-statement query before any of it runs", async () => {
+    const r = await psql(h, dba, "CREATE TABLE IF NOT EXISTS t1 (x int)", { user: "dba@example.com" });
+    expect(r.code).toBe(0);
+    const m = await psql(h, alice, "SELECT 1; DELETE FROM users");
+    expect(m.stderr).toMatch(/db:write/);
+    const count = await psql(h, alice, "SELECT count(*) FROM users");
+    expect(count.stdout.trim()).toBe("100");
+  });
+
+  it("inside a transaction, a denial aborts it as PostgreSQL would", async () => {
+    const script = [
+      "BEGIN;",
+      "SELECT count(*) FROM users;",
+      "DELETE FROM users;",
+      "SELECT 1;",
+      "ROLLBACK;",
+      "SELECT 'after';",
+    ].join("\n");
+    const r = await psql(h, alice, "", { input: script, extra: ["-v", "ON_ERROR_STOP=0"] });
+    expect(r.stdout.trim().split("\n")).toEqual(["100", "after"]);
+    expect(r.stderr).toMatch(/no policy allows db:write/);
+    expect(r.stderr).toMatch(/current transaction is aborted/);
+  });
+
+  it("reports syntax errors like PostgreSQL (42601) without reaching the target", async () => {
+    const r = await psql(h, alice, "SELEC 1");
+    expect(r.stderr).toMatch(/syntax error at or near "SELEC"/);
+  });
+
+  it("denies the read-only escapes", async () => {
+    for (const sql of [
+      "WITH d AS (DELETE FROM users RETURNING *) SELECT count(*) FROM d",
+      "SELECT * INTO users_copy FROM users",
+      "EXPLAIN ANALYZE DELETE FROM users",
+      "COPY users TO PROGRAM 'cat > /tmp/x'",
+      "DO $$ BEGIN DELETE FROM users; END $$",
+      "SELECT set_config('role', 'postgres', false)",
+      "SET ROLE postgres",
+      "SELECT pg_terminate_backend(1)",
+      "PREPARE p AS DELETE FROM users",
+    ]) {
+      const r = await psql(h, alice, sql);
+      expect(r.stderr, sql).toMatch(/ERROR: /);
+      expect(r.stderr, sql).not.toMatch(/syntax error/);
+    }
+    const count = await psql(h, alice, "SELECT count(*) FROM users");
+    expect(count.stdout.trim()).toBe("100");
+  });
+
+  it("qualifies unqualified names with the search path, also when a statement of the same message changes it", async () => {
+    const setup = await psql(
+      h,
+      dba,
+      "CREATE SCHEMA IF NOT EXISTS hidden; CREATE TABLE IF NOT EXISTS hidden.secrets (v text)",
+      {
+        user: "dba@example.com",
+      },
+    );
+    expect(setup.stderr).toBe("");
+    const r = await psql(h, alice, "SET search_path = hidden, public; SELECT * FROM secrets");
+    expect(r.stderr).toMatch(/db:read on db \(table hidden\.secrets\)|secrets are off limits/);
+    const two = await psql(h, alice, "", { extra: ["-c", "SET search_path = hidden", "-c", "SELECT * FROM secrets"] });
+    expect(two.stderr).toMatch(/ERROR/);
+  });
+
+  it("lets the DBA do everything, including DDL and writes", async () => {
+    const r = await psql(h, dba, "CREATE TABLE dba_t (x int); INSERT INTO dba_t VALUES (1); DROP TABLE dba_t", {
+      user: "dba@example.com",
+    });
+    expect(r.stderr).toBe("");
+  });
+});
+
+describe("masking", () => {
+  it("masks columns by name and values by detector, in text and with the extended protocol", async () => {
+    const r = await psql(h, alice, "SELECT email, note FROM users WHERE id = 1");
+    expect(r.stdout).not.toContain("user1@example.com");
+    expect(r.stdout).not.toContain("4111 1111 1111 1111");
+    expect(r.stdout).toMatch(/\*\*\*\*/);
+    const c = new pg.Client({
+      host: "127.0.0.1",
+      port: h.port,
+      user: "alice@example.com",
+      password: alice,
+      database: "app",
+    });
+    await c.connect();
+    const q = await c.query("SELECT id, email, note FROM users WHERE id = $1", [1]);
+    expect(q.rows[0].email).not.toBe("user1@example.com");
+    expect(String(q.rows[0].note)).not.toContain("4111");
+    await c.end();
+  });
+});
+
+describe("extended protocol (node-postgres)", () => {
+  it("runs parameterized and named statements, denies writes and keeps the connection usable", async () => {
+    const c = new pg.Client({
+      host: "127.0.0.1",
+      port: h.port,
+      user: "alice@example.com",
+      password: alice,
+      database: "app",
+    });
+    await c.connect();
+    for (let i = 0; i < 10; i++) {
+      const q = await c.query({ name: "by-id", text: "SELECT id FROM users WHERE id = $1", values: [i + 1] });
+      expect(q.rows[0].id).toBe(i + 1);
+    }
+    await expect(c.query("DELETE FROM users WHERE id = $1", [1])).rejects.toMatchObject({ code: "42501" });
+    await expect(c.query({ name: "del", text: "DELETE FROM users WHERE id = $1", values: [1] })).rejects.toMatchObject({
+      code: "42501",
+    });
+    const after = await c.query("SELECT count(*)::int AS n FROM users");
+    expect(after.rows[0].n).toBe(100);
+    await c.end();
+  });
+});
+
+describe("clients", () => {
+  it("runs pgbench in simple, extended and prepared modes", async () => {
+    const init = await run("pgbench", [
+      "-i",
+      "-s",
+      "1",
+      "-q",
+      `host=127.0.0.1 port=${pgServer.port} user=postgres dbname=app`,
+    ]);
+    expect(init.code).toBe(0);
+    for (const mode of ["simple", "extended", "prepared"]) {
+      const r = await run(
+        "pgbench",
+        [
+          "-n",
+          "-S",
+          "-M",
+          mode,
+          "-c",
+          "2",
+          "-t",
+          "200",
+          `host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require`,
+        ],
+        { PGPASSWORD: alice },
+      );
+      expect(r.stderr + r.stdout, mode).toMatch(/number of transactions actually processed: 400\/400/);
+    }
+    const w = await run(
+      "pgbench",
+      [
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        "2",
+        "-t",
+        "50",
+        `host=127.0.0.1 port=${h.port} user=dba@example.com dbname=app sslmode=require`,
+      ],
+      { PGPASSWORD: dba },
+    );
+    expect(w.stderr + w.stdout).toMatch(/processed: 100\/100/);
+  });
+
+  it("runs psql meta-commands", async () => {
+    const r = await psql(h, alice, "", { extra: ["-c", "\\dt", "-c", "\\d users"] });
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toContain("users");
+  });
+
+  it("copies out (allowed) and in (denied for a reader, allowed for the DBA)", async () => {
+    const out = await psql(h, alice, "\\copy analytics.events TO STDOUT");
+    expect(out.stdout.trim().split("\n")).toHaveLength(1000);
+    const denied = await psql(h, alice, "\\copy orders FROM STDIN", { input: "1\t2\n\\.\n" });
+    expect(denied.stderr).toMatch(/ERROR/);
+    const ok = await psql(h, dba, "\\copy orders FROM STDIN", { user: "dba@example.com", input: "7\t8\n\\.\n" });
+    expect(ok.stderr).toBe("");
+    expect((await psql(h, alice, "SELECT amount FROM orders WHERE id = 7")).stdout.trim()).toBe("8");
+  });
+
+  it("cancels a running query through the agent (psycopg2), and a guessed key cancels nothing", async () => {
+    const script = `
+import psycopg2, threading, time, sys
+c = psycopg2.connect(host="127.0.0.1", port=${h.port}, user="alice@example.com", password=sys.argv[1], dbname="app", sslmode="require")
+cur = c.cursor()
+threading.Timer(0.5, c.cancel).start()
+t = time.time()
+try:
+    cur.execute("SELECT pg_sleep(20)")
+    print("not cancelled")
+except psycopg2.extensions.QueryCanceledError:
+    print("cancelled after %.1f" % (time.time() - t))
+`;
+    const r = await run("/usr/bin/python3", ["-c", script, alice]);
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toMatch(/cancelled after [0-2]\./);
+
+    // A cancel request with made-up keys goes nowhere (and does not crash the listener).
+    await new Promise<void>((resolve) => {
+      const s = connect(h.port, "127.0.0.1", () => {
+        const b = Buffer.alloc(16);
+        b.writeInt32BE(16, 0);
+        b.writeInt32BE(80877102, 4);
+        b.writeInt32BE(12345, 8);
+        b.writeInt32BE(678, 12);
+        s.end(b);
+      });
+      s.on("close", () => resolve());
+    });
+    expect((await psql(h, alice, "SELECT 1")).stdout.trim()).toBe("1");
+  });
+});
+
+describe("audit", () => {
+  it("records sessions and statements with verdicts, and never the token", async () => {
+    const events = h.events();
+    const types = new Set(events.map((e) => e.type));
+    expect(types).toContain("session.start");
+    expect(types).toContain("session.end");
+    expect(types).toContain("db.query");
+    const denied = events.find(
+      (e) =>
+        e.type === "db.query" && e.detail.case === "dbQuery" && e.detail.value.text.startsWith("DELETE FROM users"),
+    );
+    expect(denied?.verdict).toBe(2);
+    const json = JSON.stringify(events, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v));
+    expect(json).not.toContain(alice);
+    expect(json).not.toContain(alice.split(".")[2]);
+  });
+});

@@ -1,0 +1,214 @@
+/**
+ * The extended protocol at the byte level, through the agent to a real PostgreSQL: pipelined batches
+ * with a denial in the middle, the skip-until-Sync rule, named statements and portals (pgjdbc-style
+ * `S_1`), re-Parse of an existing name, unknown statements, oversized messages, garbage input.
+ */
+import { connect, type Socket } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { decodeErrorFields, serialize } from "@moat/pg-wire";
+import { startPostgres, type TestPostgres } from "@moat/testkit";
+import { startHarness, type Harness } from "../test-support/pg.js";
+
+let server: TestPostgres;
+let h: Harness;
+
+beforeAll(async () => {
+  server = await startPostgres();
+  await server.createDatabase("app");
+  await server.sql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10);", "app");
+  h = await startHarness({
+    pg: server,
+    policies: [
+      {
+        apiVersion: "moat.dev/v1",
+        kind: "Policy",
+        metadata: { name: "read" },
+        spec: {
+          subjects: { groups: ["eng"] },
+          resources: { names: ["db"] },
+          rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read"] }],
+        },
+      },
+    ],
+    listener: { maxMessageBytes: 1024 * 1024 },
+  });
+}, 120_000);
+
+afterAll(async () => {
+  await h?.close();
+  await server?.stop();
+});
+
+interface Msg {
+  type: string;
+  body: Buffer;
+}
+
+/** A raw protocol client: collects backend messages, waits for the n-th ReadyForQuery. */
+class Raw {
+  private buf = Buffer.alloc(0);
+  readonly messages: Msg[] = [];
+  private waiters: (() => void)[] = [];
+  closed = false;
+  constructor(readonly socket: Socket) {
+    socket.on("data", (c: Buffer) => {
+      this.buf = Buffer.concat([this.buf, c]);
+      while (this.buf.length >= 5) {
+        const len = this.buf.readInt32BE(1);
+        if (this.buf.length < len + 1) break;
+        this.messages.push({ type: String.fromCharCode(this.buf[0] as number), body: this.buf.subarray(5, len + 1) });
+        this.buf = this.buf.subarray(len + 1);
+      }
+      for (const w of this.waiters.splice(0)) w();
+    });
+    socket.on("close", () => {
+      this.closed = true;
+      for (const w of this.waiters.splice(0)) w();
+    });
+  }
+  async until(pred: (m: Msg[]) => boolean, ms = 5000): Promise<Msg[]> {
+    const deadline = Date.now() + ms;
+    while (!pred(this.messages)) {
+      if (this.closed) return this.messages;
+      if (Date.now() > deadline) throw new Error(`timeout; got ${this.messages.map((m) => m.type).join("")}`);
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 100);
+      });
+    }
+    return this.messages;
+  }
+  /** Sends and returns the message types received up to the next ReadyForQuery. */
+  async exchange(...parts: Buffer[]): Promise<Msg[]> {
+    const start = this.messages.length;
+    this.socket.write(Buffer.concat(parts));
+    await this.until((m) => m.slice(start).some((x) => x.type === "Z"));
+    return this.messages.slice(start);
+  }
+}
+
+async function open(): Promise<Raw> {
+  const token = await h.token();
+  const socket = connect(h.port, "127.0.0.1");
+  const raw = new Raw(socket);
+  await new Promise((r) => socket.once("connect", r));
+  socket.write(serialize.startup({ user: "alice@example.com", database: "app" }));
+  await raw.until((m) => m.some((x) => x.type === "R"));
+  socket.write(serialize.password(token));
+  await raw.until((m) => m.some((x) => x.type === "Z"));
+  raw.messages.length = 0;
+  return raw;
+}
+
+const types = (ms: Msg[]) => ms.map((m) => m.type).join("");
+const errors = (ms: Msg[]) => ms.filter((m) => m.type === "E").map((m) => decodeErrorFields(m.body));
+
+describe("extended protocol through the agent", () => {
+  it("runs a pipelined batch, denies the write in the middle and skips to Sync like PostgreSQL", async () => {
+    const c = await open();
+    const ms = await c.exchange(
+      serialize.parse({ name: "", text: "SELECT count(*) FROM t" }),
+      serialize.bind({}),
+      serialize.execute({}),
+      serialize.parse({ name: "", text: "DELETE FROM t" }),
+      serialize.bind({}),
+      serialize.execute({}),
+      serialize.sync(),
+      serialize.query("SELECT count(*) FROM t"),
+    );
+    expect(types(ms)).toMatch(/^12DCEZ/);
+    expect(errors(ms)[0]).toMatchObject({ code: "42501" });
+    const after = await c.until((m) => m.filter((x) => x.type === "Z").length >= 2);
+    expect(types(after)).toBe("12DCEZTDCZ");
+    expect(await server.sql("SELECT count(*) FROM t", "app")).toMatch(/^10/);
+    c.socket.destroy();
+  });
+
+  it("inside a transaction, a denied Parse leaves it aborted (status E)", async () => {
+    const c = await open();
+    await c.exchange(serialize.query("BEGIN"));
+    const ms = await c.exchange(serialize.parse({ name: "", text: "DELETE FROM t" }), serialize.sync());
+    expect(types(ms)).toBe("EZ");
+    expect(ms.at(-1)?.body.toString()).toBe("E");
+    const next = await c.exchange(serialize.query("SELECT 1"));
+    expect(errors(next)[0]?.code).toBe("25P02");
+    const rb = await c.exchange(serialize.query("ROLLBACK"));
+    expect(rb.at(-1)?.body.toString()).toBe("I");
+    c.socket.destroy();
+  });
+
+  it("tracks named statements and portals separately (pgjdbc S_1/P_1), and re-Parse of a live name keeps the old one", async () => {
+    const c = await open();
+    const ms = await c.exchange(
+      serialize.parse({ name: "S_1", text: "SELECT id FROM t WHERE id = $1" }),
+      serialize.bind({ portal: "P_1", statement: "S_1", values: ["3"] }),
+      serialize.describe({ type: "P", name: "P_1" }),
+      serialize.execute({ portal: "P_1", rows: 0 }),
+      serialize.sync(),
+    );
+    expect(types(ms)).toBe("12TDCZ");
+    // The same name again: PostgreSQL refuses it and keeps S_1; the agent must keep deciding S_1 as the SELECT.
+    const again = await c.exchange(serialize.parse({ name: "S_1", text: "SELECT 2" }), serialize.sync());
+    expect(errors(again)[0]?.code).toBe("42P05");
+    const reuse = await c.exchange(
+      serialize.bind({ portal: "", statement: "S_1", values: ["4"] }),
+      serialize.execute({}),
+      serialize.sync(),
+    );
+    expect(types(reuse)).toBe("2DCZ");
+    c.socket.destroy();
+  });
+
+  it("refuses a Bind of a statement it never saw prepared, and the fast-path function call", async () => {
+    const c = await open();
+    const ms = await c.exchange(serialize.bind({ statement: "nope" }), serialize.execute({}), serialize.sync());
+    expect(errors(ms)[0]?.message).toMatch(/not prepared through Moat/);
+    const fc = Buffer.from([0x46, 0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    fc.writeInt32BE(4 + 4 + 2 + 2 + 2, 1);
+    const fast = await c.exchange(fc.subarray(0, 15));
+    expect(errors(fast)[0]?.message).toMatch(/fast-path function call/);
+    const ok = await c.exchange(serialize.query("SELECT 1"));
+    expect(types(ok)).toBe("TDCZ");
+    c.socket.destroy();
+  });
+
+  it("pages a portal with a row limit and audits it once", async () => {
+    const before = h.events().length;
+    const c = await open();
+    const ms = await c.exchange(
+      serialize.parse({ name: "", text: "SELECT id FROM t ORDER BY id" }),
+      serialize.bind({}),
+      serialize.execute({ rows: 4 }),
+      serialize.execute({ rows: 4 }),
+      serialize.execute({ rows: 4 }),
+      serialize.sync(),
+    );
+    expect(types(ms)).toBe("12DDDDsDDDDsDDCZ");
+    c.socket.destroy();
+    await new Promise((r) => setTimeout(r, 200));
+    const queries = h
+      .events()
+      .slice(before)
+      .filter((e) => e.type === "db.query");
+    expect(queries).toHaveLength(1);
+    const d = queries[0]?.detail;
+    expect(d?.case === "dbQuery" && d.value.rows).toBe(10n);
+  });
+
+  it("ends only the offending session on an oversized or malformed message", async () => {
+    const good = await open();
+    const bad = await open();
+    const huge = Buffer.alloc(5);
+    huge[0] = 0x51;
+    huge.writeInt32BE(2 * 1024 * 1024, 1);
+    bad.socket.write(huge);
+    await bad.until(() => bad.closed);
+    expect(errors(bad.messages)[0]).toMatchObject({ severity: "FATAL", code: "54000" });
+    const worse = await open();
+    worse.socket.write(Buffer.from([0x7a, 0, 0, 0, 4]));
+    await worse.until(() => worse.closed);
+    expect(errors(worse.messages)[0]?.message).toMatch(/unexpected message type/);
+    expect(types(await good.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+    good.socket.destroy();
+  });
+});

@@ -1,0 +1,910 @@
+/**
+ * One proxied Postgres session after authentication: every client message is decoded and every
+ * statement classified (real parser, cached shapes) and decided against the bundle in force before
+ * anything reaches the target; results are relayed without copying, and rewritten only where
+ * masking applies. Audit events are written to the spool before the response they describe is
+ * forwarded.
+ *
+ * Denials keep client and target in step: the agent forwards a statement that fails on the target
+ * (`POISON`) in place of the denied one, so the target aborts a transaction, skips to Sync and
+ * answers exactly as if the statement had failed there; the agent then replaces the target's error
+ * with its own (SQLSTATE 42501 and the rule's message).
+ */
+import type { Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
+import {
+  bindNames,
+  decodeBind,
+  decodeCommandComplete,
+  decodeDataRow,
+  decodeErrorFields,
+  decodeExecute,
+  decodeParameterStatus,
+  decodeParse,
+  decodeQuery,
+  decodeRowDescription,
+  decodeTarget,
+  dataRow,
+  errorResponse,
+  FrameReader,
+  ProtocolError,
+  RelayScanner,
+  renderParameters,
+  serialize,
+  type ErrorInit,
+  type Frame,
+  type RelayHandler,
+  type RowField,
+  type TransactionStatus,
+} from "@moat/pg-wire";
+import { qualifyTables, type Classification, type Classifier, type StatementInfo } from "@moat/sql";
+import { compileMasks, type MaskPlanner, type ResultPlan } from "@moat/masking";
+import { Verdict as ProtoVerdict } from "@moat/proto";
+import type { Logger } from "@moat/common";
+import type { BundleHolder } from "../bundle.js";
+import type { AuditRecorder } from "../audit/recorder.js";
+import type { VerifiedIdentity } from "../tokens.js";
+
+/** A statement the target is sure to refuse (at Parse time too), whose error the agent replaces. */
+export const POISON = "SELECT 'moat: statement denied by policy'::pg_catalog.int4";
+/** A prepared statement name no client uses, so a denied Bind fails on the target. */
+const POISON_STATEMENT = "moat: statement denied by policy";
+
+/** Client encodings in which every byte below 0x80 is ASCII (the parser reads what the server reads). */
+const SAFE_ENCODINGS = new Set([
+  "UTF8",
+  "UNICODE",
+  "SQL_ASCII",
+  "LATIN1",
+  "LATIN2",
+  "LATIN3",
+  "LATIN4",
+  "LATIN5",
+  "LATIN6",
+  "LATIN7",
+  "LATIN8",
+  "LATIN9",
+  "LATIN10",
+  "WIN1250",
+  "WIN1251",
+  "WIN1252",
+  "WIN1253",
+  "WIN1254",
+  "WIN1255",
+  "WIN1256",
+  "WIN1257",
+  "WIN1258",
+  "WIN866",
+  "WIN874",
+  "KOI8R",
+  "KOI8U",
+  "ISO_8859_5",
+  "ISO_8859_6",
+  "ISO_8859_7",
+  "ISO_8859_8",
+  "EUC_JP",
+  "EUC_CN",
+  "EUC_KR",
+  "EUC_TW",
+  "EUC_JIS_2004",
+  "MULE_INTERNAL",
+]);
+
+export function isSafeEncoding(name: string): boolean {
+  return SAFE_ENCODINGS.has(
+    name
+      .toUpperCase()
+      .replace(/[-\s]/g, "_")
+      .replace(/^UTF_8$/, "UTF8"),
+  );
+}
+
+export interface SessionContext {
+  sessionId: string;
+  resource: string;
+  identity: VerifiedIdentity;
+  sourceAddress: string;
+  targetUser: string;
+  bundles: BundleHolder;
+  audit: AuditRecorder;
+  classifier: Classifier;
+  logger: Logger;
+  maxMessageBytes: number;
+  metrics: SessionMetrics;
+  now?: () => number;
+}
+
+export interface SessionMetrics {
+  statement(verdict: "allow" | "deny" | "review"): void;
+}
+
+/** A decided statement, waiting for its outcome to be audited. */
+interface Run {
+  info: StatementInfo;
+  text: string;
+  statementClass: string;
+  tables: string[];
+  rule: string;
+  started: number;
+  rows: number;
+  masked: Set<string>;
+  recorded: boolean;
+}
+
+interface PreparedStatement {
+  classification: Extract<Classification, { ok: true }>;
+  text: string;
+  fields?: RowField[];
+}
+
+interface Portal {
+  statement: PreparedStatement;
+  run: Run | undefined;
+  params: string;
+  resultFormats: number[];
+  fields?: RowField[];
+}
+
+type Pending =
+  | { kind: "query"; runs: Run[]; index: number; replaceError?: Buffer }
+  | {
+      kind: "parse";
+      replaceError?: Buffer;
+      /** The statement name and what it held before, restored if the target refuses this Parse. */
+      name?: string;
+      previous?: PreparedStatement | undefined;
+    }
+  | { kind: "bind"; replaceError?: Buffer }
+  | { kind: "describe"; target: "S" | "P"; name: string; injected: boolean }
+  | { kind: "execute"; portal: Portal | undefined; portalName: string }
+  | { kind: "close" }
+  | { kind: "sync" };
+
+interface Decision {
+  effect: "allow" | "deny" | "review";
+  rule: string;
+  message: string;
+  tables: string[];
+}
+
+const VERDICTS = { allow: ProtoVerdict.ALLOW, deny: ProtoVerdict.DENY, review: ProtoVerdict.REVIEW } as const;
+const MAX_AUDIT_TEXT = 64 * 1024;
+
+export class PgSession {
+  private readonly reader: FrameReader;
+  private readonly scanner: RelayScanner;
+  private readonly pending: Pending[] = [];
+  private readonly statements = new Map<string, PreparedStatement>();
+  private readonly portals = new Map<string, Portal>();
+  /** SQL-level PREPARE names -> what they run (EXECUTE is decided as that). */
+  private readonly sqlPrepared = new Map<string, StatementInfo>();
+  private searchPath: string[];
+  private standardConformingStrings = true;
+  private unsafeEncoding: string | undefined;
+  private status: TransactionStatus = "I";
+  private plan: ResultPlan | undefined;
+  /** DataRows relayed since the last statement completed. */
+  private rowsSeen = 0;
+  private masks: { version: bigint; planner: MaskPlanner | undefined } | undefined;
+  private closed = false;
+  private readonly started = Date.now();
+  private readonly now: () => number;
+  /** Resolves when the session is over, with the reason. */
+  readonly done: Promise<string>;
+  private finish: (reason: string) => void = () => undefined;
+
+  constructor(
+    private readonly ctx: SessionContext,
+    private readonly client: Socket | TLSSocket,
+    private readonly target: Socket | TLSSocket,
+    options: { searchPath: string[]; parameters: Map<string, string> },
+  ) {
+    this.now = ctx.now ?? Date.now;
+    this.searchPath = options.searchPath;
+    this.trackParameter("standard_conforming_strings", options.parameters.get("standard_conforming_strings") ?? "on");
+    this.trackParameter("client_encoding", options.parameters.get("client_encoding") ?? "UTF8");
+    this.reader = new FrameReader(ctx.maxMessageBytes);
+    this.reader.initial = false;
+    this.done = new Promise((r) => (this.finish = r));
+    const handler: RelayHandler = {
+      streamable: (t) => (t === 0x44 ? this.plan === undefined : t === 0x64),
+      streamed: (t) => {
+        if (t === 0x44) this.rowsSeen++;
+      },
+      message: (t, raw) => this.onServerMessage(t, raw),
+      forward: (b) => {
+        if (!this.client.write(b)) this.target.pause();
+      },
+    };
+    this.scanner = new RelayScanner(handler, ctx.maxMessageBytes);
+  }
+
+  start(leftover: Buffer): void {
+    const { client, target } = this;
+    client.on("drain", () => target.resume());
+    target.on("drain", () => client.resume());
+    client.on("data", (chunk: Buffer) => this.onClientData(chunk));
+    target.on("data", (chunk: Buffer) => {
+      try {
+        client.cork();
+        this.scanner.push(chunk);
+        client.uncork();
+      } catch (error) {
+        client.uncork();
+        this.fail(error, "the target sent an invalid message");
+      }
+    });
+    client.on("close", () => this.end("client disconnected"));
+    target.on("close", () => this.end("target closed the connection"));
+    client.on("error", () => this.end("client connection error"));
+    target.on("error", () => this.end("target connection error"));
+    if (leftover.length > 0) this.scanner.push(leftover);
+  }
+
+  /** Ends the session from outside (token revoked, user disabled, session too long). */
+  terminate(message: string, code = "57P01"): void {
+    if (this.closed) return;
+    this.client.end(errorResponse({ severity: "FATAL", code, message }));
+    this.end(message);
+  }
+
+  private end(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const p of this.portals.values()) this.recordRun(p.run, "allow", "");
+    this.client.destroySoon?.();
+    this.target.end(serialize.end());
+    this.target.destroySoon?.();
+    const durationMs = BigInt(Date.now() - this.started);
+    this.ctx.audit
+      .record({
+        type: "session.end",
+        ...this.common(),
+        message: reason,
+        detail: { case: "sessionEnd", value: { reason, durationMs } },
+      })
+      .catch((error: unknown) => this.ctx.logger.error({ err: error }, "could not record the end of a session"));
+    this.finish(reason);
+  }
+
+  private fail(error: unknown, context: string): void {
+    const e = error instanceof ProtocolError ? error : new ProtocolError(`${context}: ${(error as Error).message}`);
+    if (!this.closed) {
+      this.ctx.logger.warn({ session: this.ctx.sessionId, err: e.message }, context);
+      this.client.end(errorResponse({ severity: "FATAL", code: e.code, message: e.message }));
+    }
+    this.end(`${context}: ${e.message}`);
+  }
+
+  private common() {
+    const id = this.ctx.identity;
+    return {
+      actor: { user: id.user, groups: id.groups, sourceAddress: this.ctx.sourceAddress, tokenId: id.tokenId },
+      resource: this.ctx.resource,
+      sessionId: this.ctx.sessionId,
+    };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Client -> target
+
+  private onClientData(chunk: Buffer): void {
+    if (this.closed) return;
+    const out: Buffer[] = [];
+    try {
+      this.reader.push(chunk);
+      for (let f = this.reader.next(); f; f = this.reader.next()) {
+        const r = this.onClientMessage(f);
+        if (r === undefined) continue;
+        if (Buffer.isBuffer(r)) out.push(r);
+        else out.push(...r);
+        if (this.closed) return;
+      }
+    } catch (error) {
+      this.fail(error, "invalid message from the client");
+      return;
+    }
+    if (out.length === 0) return;
+    this.target.cork();
+    let ok = true;
+    for (const b of out) ok = this.target.write(b) && ok;
+    this.target.uncork();
+    if (!ok) this.client.pause();
+  }
+
+  private onClientMessage(f: Frame): Buffer | Buffer[] | undefined {
+    switch (f.type) {
+      case 0x51: // Query
+        return this.onQuery(decodeQuery(f.body), f.raw);
+      case 0x50: // Parse
+        return this.onParse(f);
+      case 0x42: // Bind
+        return this.onBind(f);
+      case 0x45: {
+        // Execute
+        const { portal: name } = decodeExecute(f.body);
+        const portal = this.portals.get(name);
+        if (portal && portal.fields === undefined && portal.statement.fields === undefined && this.planner()) {
+          // Masking needs the result's columns: ask the target, keep its answer to ourselves.
+          this.push({ kind: "describe", target: "P", name, injected: true });
+          this.push({ kind: "execute", portal, portalName: name });
+          return [serialize.describe({ type: "P", name }), f.raw];
+        }
+        this.push({ kind: "execute", portal, portalName: name });
+        return f.raw;
+      }
+      case 0x44: {
+        // Describe
+        const d = decodeTarget(f.body);
+        this.push({ kind: "describe", target: d.target, name: d.name, injected: false });
+        return f.raw;
+      }
+      case 0x43: {
+        // Close
+        const c = decodeTarget(f.body);
+        if (c.target === "S") this.statements.delete(c.name);
+        else this.dropPortal(c.name);
+        this.push({ kind: "close" });
+        return f.raw;
+      }
+      case 0x53: // Sync
+        this.push({ kind: "sync" });
+        return f.raw;
+      case 0x48: // Flush
+      case 0x64: // CopyData
+      case 0x63: // CopyDone
+      case 0x66: // CopyFail
+        return f.raw;
+      case 0x58: // Terminate
+        this.target.write(f.raw);
+        this.end("client terminated the session");
+        return undefined;
+      case 0x46: {
+        // FunctionCall: a function by OID, nothing to inspect.
+        const error = this.denialError(
+          "the fast-path function call interface is not allowed through Moat; call the function in a query",
+          "42501",
+        );
+        this.push({ kind: "query", runs: [], index: 0, replaceError: error });
+        return serialize.query(POISON);
+      }
+      default:
+        throw new ProtocolError(`unexpected message type '${String.fromCharCode(f.type)}' from the client`);
+    }
+  }
+
+  private denialError(message: string, code = "42501", extra: Partial<ErrorInit> = {}): Buffer {
+    return errorResponse({ code, message, ...extra });
+  }
+
+  private classify(text: string): Classification {
+    return this.ctx.classifier.classify(text, { standardConformingStrings: this.standardConformingStrings });
+  }
+
+  private onQuery(text: string, raw: Buffer): Buffer {
+    const c = this.classify(text);
+    if (!c.ok) {
+      this.recordDenied(text, "dynamic", [], "", c.error.message);
+      const error = this.denialError(c.error.message, c.error.sqlstate, {});
+      this.push({ kind: "query", runs: [], index: 0, replaceError: error });
+      this.ctx.metrics.statement("deny");
+      return serialize.query(POISON);
+    }
+    const runs: Run[] = [];
+    let denied: { decision: Decision; info: StatementInfo } | undefined;
+    for (const info of c.statements) {
+      const decision = this.decide(info);
+      if (decision.effect !== "allow") {
+        denied ??= { decision, info };
+        continue;
+      }
+      runs.push(this.newRun(info, info.text, decision));
+      // A search_path set by this statement applies to the next ones of the same message.
+      this.widenSearchPath(info);
+    }
+    if (denied) {
+      // The whole message is refused: nothing of it runs.
+      const { decision, info } = denied;
+      this.ctx.metrics.statement(decision.effect);
+      this.recordDenied(
+        info.text,
+        info.statementClass,
+        decision.tables,
+        decision.rule,
+        decision.message,
+        decision.effect,
+        c.fingerprint,
+      );
+      this.push({
+        kind: "query",
+        runs: [],
+        index: 0,
+        replaceError: this.denialError(decision.message),
+      });
+      return serialize.query(POISON);
+    }
+    for (let i = 0; i < runs.length; i++) this.ctx.metrics.statement("allow");
+    for (const info of c.statements) this.afterAllowed(info);
+    this.push({ kind: "query", runs, index: 0 });
+    return raw;
+  }
+
+  /**
+   * Conservative search path: unqualified names are checked in every schema the path has held in
+   * this session (SET, SET LOCAL, RESET: none of them ever narrows it).
+   */
+  private widenSearchPath(info: StatementInfo): void {
+    if (info.searchPath === undefined) return;
+    const next = info.searchPath ?? ["$user", "public"];
+    this.searchPath = [...new Set([...this.searchPath, ...next])];
+  }
+
+  /** Session state an allowed statement changes, known before the target runs it. */
+  private afterAllowed(info: StatementInfo): void {
+    this.widenSearchPath(info);
+    if (info.prepare) this.sqlPrepared.set(info.prepare.name, info);
+    if (info.deallocate) {
+      if (info.deallocate.name === null) this.sqlPrepared.clear();
+      else this.sqlPrepared.delete(info.deallocate.name);
+    }
+  }
+
+  private onParse(f: Frame): Buffer {
+    const parse = decodeParse(f.body);
+    const previous = this.statements.get(parse.name);
+    this.statements.delete(parse.name);
+    const c = this.classify(parse.query);
+    const poison = (message: string, code = "42501") => {
+      this.push({ kind: "parse", replaceError: this.denialError(message, code) });
+      return serialize.parse({ name: parse.name, text: POISON });
+    };
+    if (!c.ok) {
+      this.ctx.metrics.statement("deny");
+      this.recordDenied(parse.query, "dynamic", [], "", c.error.message);
+      return poison(c.error.message, c.error.sqlstate);
+    }
+    for (const info of c.statements) {
+      const decision = this.decide(info);
+      if (decision.effect !== "allow") {
+        this.ctx.metrics.statement(decision.effect);
+        this.recordDenied(
+          info.text,
+          info.statementClass,
+          decision.tables,
+          decision.rule,
+          decision.message,
+          decision.effect,
+          c.fingerprint,
+        );
+        return poison(decision.message);
+      }
+    }
+    // Known at once, so that a Bind pipelined right behind this Parse finds it; undone if the target
+    // refuses the Parse (a named statement that already exists keeps its old text there).
+    this.statements.set(parse.name, { classification: c, text: parse.query });
+    this.push({ kind: "parse", name: parse.name, previous });
+    return f.raw;
+  }
+
+  private onBind(f: Frame): Buffer {
+    const { portal: portalName, statement: statementName } = bindNames(f.body);
+    this.dropPortal(portalName);
+    const statement = this.statements.get(statementName) ?? this.fromSqlPrepare(statementName);
+    const poison = (message: string) => {
+      this.push({ kind: "bind", replaceError: this.denialError(message) });
+      return serialize.bind({ portal: portalName, statement: POISON_STATEMENT, values: [] });
+    };
+    if (!statement) {
+      this.ctx.metrics.statement("deny");
+      return poison(`prepared statement "${statementName}" was not prepared through Moat`);
+    }
+    // Decided again at each Bind: a policy change or revocation applies to prepared statements too.
+    const infos = statement.classification.statements;
+    let run: Run | undefined;
+    for (const info of infos) {
+      const decision = this.decide(info);
+      if (decision.effect !== "allow") {
+        this.ctx.metrics.statement(decision.effect);
+        this.recordDenied(
+          info.text,
+          info.statementClass,
+          decision.tables,
+          decision.rule,
+          decision.message,
+          decision.effect,
+          statement.classification.fingerprint,
+        );
+        return poison(decision.message);
+      }
+      run ??= this.newRun(info, statement.text, decision);
+    }
+    this.ctx.metrics.statement("allow");
+    const bind = decodeBind(f.body);
+    const params = bind.parameters.length > 0 ? renderParameters(bind) : "";
+    if (run && params) run.text = `${run.text} -- parameters: ${params}`;
+    for (const info of infos) this.afterAllowed(info);
+    const fields = statement.fields?.map((fl, i) => ({
+      ...fl,
+      format: formatOf(bind.resultFormats, i),
+    }));
+    this.portals.set(portalName, {
+      statement,
+      run,
+      params,
+      resultFormats: bind.resultFormats,
+      ...(fields ? { fields } : {}),
+    });
+    this.push({ kind: "bind" });
+    return f.raw;
+  }
+
+  /** A statement prepared with SQL PREPARE, bound through the protocol (they share one namespace). */
+  private fromSqlPrepare(name: string): PreparedStatement | undefined {
+    const info = this.sqlPrepared.get(name);
+    if (!info || name === "") return undefined;
+    return { classification: { ok: true, statements: [info], fingerprint: "", cached: false }, text: info.text };
+  }
+
+  private dropPortal(name: string): void {
+    const p = this.portals.get(name);
+    if (!p) return;
+    this.recordRun(p.run, "allow", "");
+    this.portals.delete(name);
+  }
+
+  private newRun(info: StatementInfo, text: string, decision: Decision): Run {
+    return {
+      info,
+      text,
+      statementClass: info.statementClass,
+      tables: decision.tables,
+      rule: decision.rule,
+      started: performance.now(),
+      rows: 0,
+      masked: new Set(),
+      recorded: false,
+    };
+  }
+
+  /** The bundle's verdict for one statement: every action it needs, the strictest wins. */
+  private decide(info: StatementInfo): Decision {
+    const now = this.now();
+    const id = this.ctx.identity;
+    const bundle = this.ctx.bundles.current();
+    if (bundle?.revokedTokenIds.has(id.tokenId)) {
+      queueMicrotask(() => this.terminate("your access token was revoked"));
+      return { effect: "deny", rule: "", message: "access denied: your access token was revoked", tables: [] };
+    }
+    if (this.unsafeEncoding !== undefined && !info.lexicalChange) {
+      return {
+        effect: "deny",
+        rule: "",
+        message: `access denied: client_encoding ${this.unsafeEncoding} is not supported through Moat (its multibyte characters can hide quotes); use UTF8`,
+        tables: [],
+      };
+    }
+    let actions = info.actions;
+    if (info.execute) {
+      const prepared = this.sqlPrepared.get(info.execute.name);
+      if (!prepared)
+        return {
+          effect: "deny",
+          rule: "",
+          message: `access denied: prepared statement "${info.execute.name}" was not prepared through Moat`,
+          tables: [],
+        };
+      // What the prepared statement does, plus what EXECUTE's own arguments call.
+      actions = [...prepared.actions, ...info.actions.filter((a) => a.action !== "db:dynamic")];
+    }
+    if (actions.length === 0) {
+      if (info.statementClass === "session") return { effect: "allow", rule: "", message: "", tables: [] };
+      return {
+        effect: "deny",
+        rule: "",
+        message: info.reason ?? "access denied: the statement could not be classified",
+        tables: [],
+      };
+    }
+    let best: Decision | undefined;
+    const allTables: string[] = [];
+    for (const use of actions) {
+      const tables = qualifyTables(use.tables, { searchPath: this.searchPath, user: this.ctx.targetUser });
+      for (const t of tables) allTables.push(t);
+      const v = this.ctx.bundles.decide({
+        user: id.user,
+        groups: id.groups,
+        serviceAccount: id.serviceAccount,
+        resource: this.ctx.resource,
+        action: use.action,
+        ...(tables.length > 0 ? { tables } : {}),
+        sourceIp: this.ctx.sourceAddress,
+        now,
+      });
+      let message = v.message;
+      if (v.effect !== "allow" && use.action === "db:dynamic" && info.reason) message = `${message}: ${info.reason}`;
+      if (v.effect === "review")
+        message = `${message}; approval is required, and approvals are not available on this agent yet`;
+      const rank = v.effect === "deny" ? 3 : v.effect === "review" ? 2 : 1;
+      const bestRank = best ? (best.effect === "deny" ? 3 : best.effect === "review" ? 2 : 1) : 0;
+      if (rank > bestRank) best = { effect: v.effect, rule: v.rule, message, tables: [] };
+      if (rank === 3) break;
+    }
+    const decision = best as Decision;
+    decision.tables = allTables;
+    return decision;
+  }
+
+  private recordDenied(
+    text: string,
+    statementClass: string,
+    tables: string[],
+    rule: string,
+    message: string,
+    effect: "allow" | "deny" | "review" = "deny",
+    fingerprint = "",
+  ): void {
+    this.ctx.audit
+      .record({
+        type: "db.query",
+        ...this.common(),
+        verdict: VERDICTS[effect === "allow" ? "deny" : effect],
+        rule,
+        message,
+        detail: {
+          case: "dbQuery",
+          value: { text: clip(text), fingerprint, statementClass, tables, durationUs: 0n, rows: 0n, maskedColumns: [] },
+        },
+      })
+      .catch((error: unknown) => this.auditFailed(error));
+  }
+
+  private recordRun(run: Run | undefined, effect: "allow" | "deny", message: string): void {
+    if (!run || run.recorded) return;
+    run.recorded = true;
+    this.ctx.audit
+      .record({
+        type: "db.query",
+        ...this.common(),
+        verdict: VERDICTS[effect],
+        rule: run.rule,
+        message,
+        detail: {
+          case: "dbQuery",
+          value: {
+            text: clip(run.text),
+            fingerprint: "",
+            statementClass: run.statementClass,
+            tables: run.tables,
+            durationUs: BigInt(Math.round((performance.now() - run.started) * 1000)),
+            rows: BigInt(run.rows),
+            maskedColumns: [...run.masked],
+          },
+        },
+      })
+      .catch((error: unknown) => this.auditFailed(error));
+  }
+
+  private auditFailed(error: unknown): void {
+    this.ctx.logger.error(
+      { err: error, session: this.ctx.sessionId },
+      "could not record a query event; ending the session",
+    );
+    this.terminate(
+      "the agent cannot record audit events (its audit spool is full or failing); the session is closed",
+      "53100",
+    );
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Target -> client
+
+  private planner(): MaskPlanner | undefined {
+    const bundle = this.ctx.bundles.current();
+    const version = bundle?.version ?? 0n;
+    if (this.masks?.version === version) return this.masks.planner;
+    const id = this.ctx.identity;
+    const v = this.ctx.bundles.decide({
+      user: id.user,
+      groups: id.groups,
+      serviceAccount: id.serviceAccount,
+      resource: this.ctx.resource,
+      action: "connect",
+      sourceIp: this.ctx.sourceAddress,
+      now: this.now(),
+    });
+    const planner = compileMasks(v.obligations.mask);
+    this.masks = { version, planner };
+    return planner;
+  }
+
+  private startResult(fields: RowField[] | undefined, run: Run | undefined): void {
+    const planner = fields ? this.planner() : undefined;
+    this.plan = planner?.plan(
+      (fields as RowField[]).map((f) => ({ name: f.name, typeOid: f.typeOid, format: f.format === 1 ? 1 : 0 })),
+    );
+    if (this.plan && run) for (const c of this.plan.maskedColumns) run.masked.add(c);
+  }
+
+  private push(p: Pending): void {
+    this.pending.push(p);
+    if (this.pending.length === 1 && p.kind === "execute" && p.portal) this.startResult(p.portal.fields, p.portal.run);
+  }
+
+  /** Drops the oldest pending response; an Execute reaching the head sets up its result's masking. */
+  private shift(): void {
+    this.pending.shift();
+    this.plan = undefined;
+    const head = this.pending[0];
+    if (head?.kind === "execute" && head.portal) this.startResult(head.portal.fields, head.portal.run);
+  }
+
+  private maskRow(raw: Buffer): Buffer[] | undefined {
+    const plan = this.plan as ResultPlan;
+    const values = decodeDataRow(raw.subarray(5));
+    let changed = false;
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i];
+      if (v === null || v === undefined || plan.columns[i] === undefined) continue;
+      const masked = plan.maskValue(i, v);
+      if (masked !== v) {
+        values[i] = masked;
+        changed = true;
+      }
+    }
+    return changed ? [dataRow(values)] : undefined;
+  }
+
+  private onServerMessage(type: number, raw: Buffer): Buffer[] | undefined {
+    switch (type) {
+      case 0x44: // DataRow
+        this.rowsSeen++;
+        return this.plan ? this.maskRow(raw) : undefined;
+      case 0x54: {
+        // RowDescription
+        const head = this.pending[0];
+        const fields = decodeRowDescription(raw.subarray(5));
+        if (head?.kind === "describe") {
+          if (head.target === "S") {
+            const st = this.statements.get(head.name);
+            if (st) st.fields = fields;
+          } else {
+            const p = this.portals.get(head.name);
+            if (p) p.fields = fields;
+          }
+          this.shift();
+          return head.injected ? [] : undefined;
+        }
+        if (head?.kind === "query") this.startResult(fields, head.runs[head.index]);
+        return undefined;
+      }
+      case 0x6e: {
+        // NoData
+        const head = this.pending[0];
+        if (head?.kind === "describe") {
+          this.shift();
+          return head.injected ? [] : undefined;
+        }
+        return undefined;
+      }
+      case 0x74: // ParameterDescription: part of Describe S; RowDescription or NoData follows.
+        return undefined;
+      case 0x31: // ParseComplete
+      case 0x32: // BindComplete
+      case 0x33: // CloseComplete
+        this.shift();
+        return undefined;
+      case 0x43: // CommandComplete
+      case 0x49: {
+        // EmptyQueryResponse
+        const tagged = type === 0x43 ? decodeCommandComplete(raw.subarray(5)).rows : 0;
+        this.completeStatement(tagged ?? this.rowsSeen);
+        this.rowsSeen = 0;
+        return undefined;
+      }
+      case 0x73: {
+        // PortalSuspended: the portal stays open for more Executes.
+        const head = this.pending[0];
+        if (head?.kind === "execute") {
+          if (head.portal?.run) head.portal.run.rows += this.rowsSeen;
+          this.shift();
+        }
+        this.rowsSeen = 0;
+        return undefined;
+      }
+      case 0x45: // ErrorResponse
+        return this.onServerError(raw);
+      case 0x5a: {
+        // ReadyForQuery
+        this.status = String.fromCharCode(raw[5] as number) as TransactionStatus;
+        while (this.pending.length > 0) {
+          const p = this.pending[0] as Pending;
+          this.shift();
+          if (p.kind === "sync" || p.kind === "query") break;
+        }
+        this.plan = undefined;
+        this.rowsSeen = 0;
+        if (this.status === "I") {
+          // Unnamed portals do not outlive their transaction.
+          for (const name of [...this.portals.keys()]) if (name === "") this.dropPortal(name);
+        }
+        return undefined;
+      }
+      case 0x53: {
+        // ParameterStatus
+        const p = decodeParameterStatus(raw.subarray(5));
+        this.trackParameter(p.name, p.value);
+        return undefined;
+      }
+      case 0x47: // CopyInResponse
+      case 0x48: // CopyOutResponse
+      case 0x57: // CopyBothResponse
+        return undefined;
+      default:
+        return undefined;
+    }
+  }
+
+  private completeStatement(rows: number): void {
+    const head = this.pending[0];
+    this.plan = undefined;
+    if (head?.kind === "query") {
+      const run = head.runs[head.index++];
+      if (run) {
+        run.rows = rows;
+        this.recordRun(run, "allow", "");
+      }
+      return;
+    }
+    if (head?.kind === "execute") {
+      this.shift();
+      const run = head.portal?.run;
+      if (run) {
+        run.rows += rows;
+        this.recordRun(run, "allow", "");
+      }
+    }
+  }
+
+  private onServerError(raw: Buffer): Buffer[] | undefined {
+    const head = this.pending[0];
+    this.plan = undefined;
+    this.rowsSeen = 0;
+    if (!head) return undefined; // asynchronous (FATAL from the target): relay as is
+    const replace = "replaceError" in head ? head.replaceError : undefined;
+    if (head.kind === "query") {
+      const run = head.runs[head.index];
+      if (run) {
+        head.runs.length = head.index; // the rest of the message does not run
+        this.recordRun(run, "allow", `failed on the target: ${decodeErrorFields(raw.subarray(5)).message}`);
+      }
+    } else {
+      if (head.kind === "execute" && head.portal?.run)
+        this.recordRun(head.portal.run, "allow", `failed on the target: ${decodeErrorFields(raw.subarray(5)).message}`);
+      // After an error the target ignores everything up to Sync: Parses it skipped created nothing.
+      while (this.pending.length > 0 && this.pending[0]?.kind !== "sync") {
+        const p = this.pending[0] as Pending;
+        if (p.kind === "parse" && p.name !== undefined) {
+          if (p.previous) this.statements.set(p.name, p.previous);
+          else this.statements.delete(p.name);
+        }
+        this.shift();
+      }
+    }
+    return replace ? [replace] : undefined;
+  }
+
+  private trackParameter(name: string, value: string): void {
+    if (name === "standard_conforming_strings") this.standardConformingStrings = value !== "off";
+    if (name === "client_encoding") this.unsafeEncoding = isSafeEncoding(value) ? undefined : value;
+  }
+}
+
+function formatOf(formats: readonly number[], i: number): number {
+  if (formats.length === 0) return 0;
+  if (formats.length === 1) return formats[0] as number;
+  return formats[i] ?? 0;
+}
+
+function clip(text: string): string {
+  return text.length > MAX_AUDIT_TEXT ? `${text.slice(0, MAX_AUDIT_TEXT)}…` : text;
+}

@@ -1,0 +1,330 @@
+/**
+ * The agent's own connection to a Postgres target: TCP, optional TLS with libpq's sslmode
+ * meanings, startup, and authentication with credentials that live only on the agent's host
+ * (trust, cleartext, md5, SCRAM-SHA-256). Returns once the target is ready for queries, with what
+ * the client must be told (parameter statuses) and the target's cancel key (never shown to users).
+ */
+import { connect as netConnect, type Socket } from "node:net";
+import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import { readFileSync } from "node:fs";
+import {
+  decodeAuthentication,
+  decodeBackendKeyData,
+  decodeDataRow,
+  decodeErrorFields,
+  decodeParameterStatus,
+  md5Password,
+  ProtocolError,
+  ScramClient,
+  serialize,
+} from "@moat/pg-wire";
+import type { PostgresTargetConfig } from "../config.js";
+
+export interface TargetConnection {
+  socket: Socket | TLSSocket;
+  /** ParameterStatus messages as received, to replay to the client. */
+  parameterStatus: Buffer[];
+  parameters: Map<string, string>;
+  processId: number;
+  secretKey: number;
+  /** The schemas of the role's search path at start (`current_schemas(false)`). */
+  searchPath: string[];
+  /** Bytes the target sent after its first ReadyForQuery (normally none). */
+  leftover: Buffer;
+}
+
+/** A failure to reach or log in to the target; `message` is safe to show (no credentials). */
+export class TargetError extends Error {
+  constructor(
+    message: string,
+    readonly code = "08006",
+  ) {
+    super(message);
+  }
+}
+
+export function readTargetPassword(target: PostgresTargetConfig): string | undefined {
+  if (target.password !== undefined) return target.password;
+  if (target.passwordEnv) {
+    const v = process.env[target.passwordEnv];
+    if (v === undefined) throw new TargetError(`the target password variable ${target.passwordEnv} is not set`);
+    return v;
+  }
+  if (target.passwordFile) {
+    try {
+      return (readFileSync(target.passwordFile, "utf8").split(/\r?\n/)[0] ?? "").trimEnd();
+    } catch {
+      throw new TargetError(`the target password file ${target.passwordFile} cannot be read`);
+    }
+  }
+  return undefined;
+}
+
+/** Reads typed messages from a socket during set-up (small, bounded). */
+class SetupReader {
+  private buf: Buffer = Buffer.alloc(0);
+  private waiter: (() => void) | undefined;
+  private failure: Error | undefined;
+  constructor(private socket: Socket) {
+    this.attach(socket);
+  }
+  private readonly onData = (chunk: Buffer) => {
+    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    if (this.buf.length > 1024 * 1024) this.fail(new TargetError("the target sent too much during set-up"));
+    this.waiter?.();
+  };
+  private readonly onClose = () => this.fail(new TargetError("the target closed the connection during set-up"));
+  private readonly onError = (e: Error) => this.fail(new TargetError(`cannot reach the target: ${e.message}`));
+  attach(socket: Socket) {
+    this.socket = socket;
+    socket.on("data", this.onData);
+    socket.on("close", this.onClose);
+    socket.on("error", this.onError);
+  }
+  detach(): Buffer {
+    this.socket.off("data", this.onData);
+    this.socket.off("close", this.onClose);
+    this.socket.off("error", this.onError);
+    const rest = this.buf;
+    this.buf = Buffer.alloc(0);
+    return rest;
+  }
+  fail(e: Error) {
+    this.failure ??= e;
+    this.waiter?.();
+  }
+  private async wait(): Promise<void> {
+    if (this.failure) throw this.failure;
+    await new Promise<void>((r) => (this.waiter = r));
+    this.waiter = undefined;
+    if (this.failure) throw this.failure;
+  }
+  async byte(): Promise<number> {
+    while (this.buf.length < 1) await this.wait();
+    const b = this.buf[0] as number;
+    this.buf = this.buf.subarray(1);
+    return b;
+  }
+  async message(): Promise<{ type: string; body: Buffer }> {
+    for (;;) {
+      if (this.buf.length >= 5) {
+        const len = this.buf.readInt32BE(1);
+        if (len < 4 || len > 1024 * 1024) throw new TargetError("the target sent an invalid message");
+        if (this.buf.length >= len + 1) {
+          const type = String.fromCharCode(this.buf[0] as number);
+          const body = this.buf.subarray(5, len + 1);
+          this.buf = this.buf.subarray(len + 1);
+          return { type, body };
+        }
+      }
+      await this.wait();
+    }
+  }
+}
+
+function targetFailure(body: Buffer): TargetError {
+  const e = decodeErrorFields(body);
+  return new TargetError(`the target refused the connection: ${e.message}`, e.code === "57P03" ? "57P03" : "08006");
+}
+
+export async function connectTarget(options: {
+  target: PostgresTargetConfig;
+  database: string;
+  /** Startup parameters passed through from the client (application_name, client_encoding...). */
+  parameters: Record<string, string>;
+  signal?: AbortSignal;
+}): Promise<TargetConnection> {
+  const { target } = options;
+  const password = readTargetPassword(target);
+  let socket: Socket | TLSSocket = await new Promise<Socket>((resolve, reject) => {
+    const s = netConnect({ host: target.host, port: target.port });
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(
+        new TargetError(`the target ${target.host}:${target.port} did not answer in ${target.connectTimeoutMs} ms`),
+      );
+    }, target.connectTimeoutMs);
+    s.once("connect", () => {
+      clearTimeout(timer);
+      s.setNoDelay(true);
+      resolve(s);
+    });
+    s.once("error", (e) => {
+      clearTimeout(timer);
+      reject(new TargetError(`cannot reach the target ${target.host}:${target.port}: ${e.message}`));
+    });
+  });
+  const deadline = setTimeout(() => socket.destroy(new Error("set-up timed out")), target.connectTimeoutMs);
+  try {
+    let reader = new SetupReader(socket);
+    if (target.sslmode !== "disable") {
+      socket.write(serialize.requestSsl());
+      const answer = await reader.byte();
+      if (answer === 0x53) {
+        reader.detach();
+        const verify = target.sslmode === "verify-ca" || target.sslmode === "verify-full";
+        const tlsSocket = tlsConnect({
+          socket,
+          servername: target.serverName ?? target.host,
+          rejectUnauthorized: verify,
+          ...(target.caFile ? { ca: readFileSync(target.caFile) } : {}),
+          ...(target.sslmode === "verify-ca" ? { checkServerIdentity: () => undefined } : {}),
+        });
+        await new Promise<void>((resolve, reject) => {
+          tlsSocket.once("secureConnect", resolve);
+          tlsSocket.once("error", (e) => reject(new TargetError(`TLS to the target failed: ${e.message}`)));
+        });
+        socket = tlsSocket;
+        reader = new SetupReader(socket);
+      } else if (answer === 0x4e) {
+        if (target.sslmode !== "prefer")
+          throw new TargetError(`the target does not accept TLS, and sslmode is ${target.sslmode}`);
+      } else throw new TargetError("the target answered the TLS request with nonsense");
+    }
+    socket.write(serialize.startup({ ...options.parameters, user: target.user, database: options.database }));
+
+    const parameterStatus: Buffer[] = [];
+    const parameters = new Map<string, string>();
+    let processId = 0;
+    let secretKey = 0;
+    let scram: ScramClient | undefined;
+    const needPassword = () => {
+      if (password === undefined)
+        throw new TargetError("the target asks for a password and none is configured for it on the agent");
+      return password;
+    };
+    for (;;) {
+      const m = await reader.message();
+      if (m.type === "E") throw targetFailure(m.body);
+      if (m.type === "R") {
+        const auth = decodeAuthentication(m.body);
+        switch (auth.kind) {
+          case "ok":
+            break;
+          case "cleartext":
+            socket.write(serialize.password(needPassword()));
+            break;
+          case "md5":
+            socket.write(serialize.password(md5Password(target.user, needPassword(), auth.salt)));
+            break;
+          case "sasl":
+            if (!auth.mechanisms.includes("SCRAM-SHA-256"))
+              throw new TargetError(`the target offers no supported SASL mechanism (${auth.mechanisms.join(", ")})`);
+            scram = new ScramClient(needPassword());
+            socket.write(serialize.sendSASLInitialResponseMessage(scram.mechanism, scram.first()));
+            break;
+          case "sasl-continue":
+            if (!scram) throw new TargetError("the target sent SASL data out of order");
+            socket.write(serialize.sendSCRAMClientFinalMessage(scram.final(auth.data)));
+            break;
+          case "sasl-final":
+            if (!scram) throw new TargetError("the target sent SASL data out of order");
+            scram.verify(auth.data);
+            break;
+          default:
+            throw new TargetError(`the target asks for an unsupported authentication method (${auth.code})`);
+        }
+        continue;
+      }
+      if (m.type === "S") {
+        const p = decodeParameterStatus(m.body);
+        parameters.set(p.name, p.value);
+        const raw = Buffer.allocUnsafe(m.body.length + 5);
+        raw[0] = 0x53;
+        raw.writeInt32BE(m.body.length + 4, 1);
+        m.body.copy(raw, 5);
+        parameterStatus.push(raw);
+        continue;
+      }
+      if (m.type === "K") {
+        ({ processId, secretKey } = decodeBackendKeyData(m.body));
+        continue;
+      }
+      if (m.type === "Z") break;
+      // NoticeResponse and anything else during start-up: nothing the client needs.
+    }
+
+    // The schemas unqualified names resolve in (existing ones, "$user" resolved), to qualify table
+    // names for policy decisions.
+    socket.write(serialize.query("SELECT pg_catalog.current_schemas(false)"));
+    let searchPath = ["public"];
+    for (;;) {
+      const m = await reader.message();
+      if (m.type === "D") {
+        const v = decodeDataRow(m.body)[0];
+        if (v) searchPath = parseTextArray(v.toString("utf8"));
+      } else if (m.type === "E") throw targetFailure(m.body);
+      else if (m.type === "Z") break;
+    }
+    const leftover = reader.detach();
+    clearTimeout(deadline);
+    return { socket, parameterStatus, parameters, processId, secretKey, searchPath, leftover };
+  } catch (error) {
+    clearTimeout(deadline);
+    socket.destroy();
+    if (error instanceof TargetError) throw error;
+    if (error instanceof ProtocolError) throw new TargetError(`authentication to the target failed: ${error.message}`);
+    throw new TargetError(`cannot set up the target connection: ${(error as Error).message}`);
+  }
+}
+
+/** A one-dimensional text array in PostgreSQL's output format: `{public,"my schema"}`. */
+export function parseTextArray(text: string): string[] {
+  if (!text.startsWith("{") || !text.endsWith("}")) return [];
+  const out: string[] = [];
+  let i = 1;
+  while (i < text.length - 1) {
+    let item = "";
+    if (text[i] === '"') {
+      i++;
+      while (i < text.length - 1 && text[i] !== '"') {
+        if (text[i] === "\\") i++;
+        item += text[i++];
+      }
+      i++;
+    } else {
+      while (i < text.length - 1 && text[i] !== ",") item += text[i++];
+    }
+    out.push(item);
+    if (text[i] === ",") i++;
+  }
+  return out;
+}
+
+/** Sends a CancelRequest for the target's own process and key (a new connection, as libpq does). */
+export async function cancelOnTarget(
+  target: PostgresTargetConfig,
+  processId: number,
+  secretKey: number,
+): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const s = netConnect({ host: target.host, port: target.port });
+    const done = () => {
+      s.destroy();
+      resolve();
+    };
+    s.setTimeout(target.connectTimeoutMs, done);
+    s.once("error", done);
+    s.once("close", done);
+    s.once("connect", () => {
+      if (target.sslmode === "disable" || target.sslmode === "prefer") {
+        s.end(serialize.cancel(processId, secretKey));
+        return;
+      }
+      s.write(serialize.requestSsl());
+      s.once("data", (b: Buffer) => {
+        if (b[0] !== 0x53) return done();
+        const t = tlsConnect({
+          socket: s,
+          servername: target.serverName ?? target.host,
+          rejectUnauthorized: target.sslmode !== "require",
+          ...(target.caFile ? { ca: readFileSync(target.caFile) } : {}),
+          ...(target.sslmode === "verify-ca" ? { checkServerIdentity: () => undefined } : {}),
+        });
+        t.once("secureConnect", () => t.end(serialize.cancel(processId, secretKey)));
+        t.once("error", done);
+        t.once("close", done);
+      });
+    });
+  });
+}

@@ -1,0 +1,161 @@
+/**
+ * Test support (not built into dist/): a Postgres listener of the agent in-process, in front of a
+ * real PostgreSQL server, with a signed bundle, a real audit spool and locally minted tokens; plus
+ * helpers to run real clients (psql, pgbench) through it.
+ */
+import { execFile } from "node:child_process";
+import { join } from "node:path";
+import { SignJWT } from "jose";
+import { createLogger } from "@moat/common";
+import { AuditEventSchema, fromBinary, type AuditEvent } from "@moat/proto";
+import { createClassifier, loadSqlParser } from "@moat/sql";
+import { tempDir, type TestPostgres } from "@moat/testkit";
+import { createBundleHolder, type BundleHolder } from "../bundle.js";
+import { AuditSpool } from "../audit/spool.js";
+import { createAuditRecorder } from "../audit/recorder.js";
+import type { PostgresListenerConfig, PostgresTargetConfig } from "../config.js";
+import { ensureListenerCertificate } from "../pg/index.js";
+import { startPgListener, type PgListener } from "../pg/listener.js";
+import { keyPair, signedBundle } from "./bundles.js";
+
+export const bundleKey = keyPair("bundle-1");
+export const tokenKey = keyPair("token-1");
+
+export interface Harness {
+  listener: PgListener;
+  bundles: BundleHolder;
+  port: number;
+  dataDir: string;
+  /** A token for `user` in `groups`, as the control plane would mint it. */
+  token(user?: string, groups?: string[], o?: { jti?: string; serviceAccount?: boolean }): Promise<string>;
+  /** Replaces the bundle's policies (a newer version). */
+  setPolicies(policies: object[], o?: { revoked?: string[]; disabled?: string[] }): void;
+  events(): AuditEvent[];
+  close(): Promise<void>;
+}
+
+let version = 1n;
+
+export async function startHarness(options: {
+  pg: TestPostgres;
+  policies: object[];
+  target?: Partial<PostgresTargetConfig>;
+  listener?: Partial<PostgresListenerConfig>;
+}): Promise<Harness> {
+  await loadSqlParser();
+  const dataDir = tempDir("moat-pg-agent-");
+  const bundles = createBundleHolder({ agentId: "agent1", dataDir, trustedKeys: [bundleKey.trusted] });
+  const apply = (policies: object[], o: { revoked?: string[]; disabled?: string[] } = {}) => {
+    version++;
+    const r = bundles.apply(
+      signedBundle(bundleKey, {
+        version,
+        issuedAt: new Date(),
+        ttlMs: 3600_000,
+        tokenKeys: [tokenKey.trusted],
+        policies: policies.map((p) => JSON.stringify(p)),
+        ...o,
+      }),
+      new Date(),
+    );
+    if (!r.applied) throw new Error(r.error);
+  };
+  apply(options.policies);
+  const { spool } = AuditSpool.open({
+    dir: join(dataDir, "audit"),
+    maxBytes: 64 * 1024 * 1024,
+    segmentBytes: 4 * 1024 * 1024,
+    whenFull: "fail-closed",
+  });
+  const audit = createAuditRecorder({ spool, bundleVersion: () => bundles.current()?.version ?? 0n });
+  const logger = createLogger({ name: "pg-test", level: process.env.MOAT_TEST_LOG === "1" ? "debug" : "silent" });
+  const listener = await startPgListener({
+    resource: "db",
+    listen: "127.0.0.1:0",
+    config: {
+      plaintextAuth: "loopback",
+      maxMessageBytes: 64 * 1024 * 1024,
+      classifierCacheEntries: 10_000,
+      maxSessions: 1000,
+      ...options.listener,
+      target: {
+        host: "127.0.0.1",
+        port: options.pg.port,
+        user: "postgres",
+        sslmode: "disable",
+        connectTimeoutMs: 5000,
+        ...options.target,
+      },
+    },
+    tls: await ensureListenerCertificate(dataDir),
+    bundles,
+    audit,
+    classifier: createClassifier(),
+    logger,
+    metrics: { sessions: { inc() {}, dec() {} }, statement() {}, refused() {} },
+  });
+  let jti = 0;
+  return {
+    listener,
+    bundles,
+    port: listener.port,
+    dataDir,
+    async token(user = "alice@example.com", groups = ["eng"], o = {}) {
+      const now = Math.floor(Date.now() / 1000);
+      return new SignJWT({ groups, kind: o.serviceAccount ? "service-account" : "user" })
+        .setProtectedHeader({ alg: "EdDSA", kid: tokenKey.kid, typ: "JWT" })
+        .setIssuer("moat")
+        .setAudience("moat-agents")
+        .setSubject(user)
+        .setJti(o.jti ?? `tok-${++jti}`)
+        .setIssuedAt(now - 5)
+        .setNotBefore(now - 5)
+        .setExpirationTime(now + 900)
+        .sign(tokenKey.privateKey);
+    },
+    setPolicies: apply,
+    events: () => spool.read(1n, 1_000_000, 1 << 30).map((e) => fromBinary(AuditEventSchema, e.payload)),
+    async close() {
+      await listener.close();
+      spool.close();
+    },
+  };
+}
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program to completion (never throws on a non-zero exit). */
+export function run(cmd: string, args: string[], env: Record<string, string> = {}, input?: string): Promise<Run> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      cmd,
+      args,
+      { env: { ...process.env, ...env }, timeout: 60_000, maxBuffer: 64 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
+        resolve({ code, stdout: stdout.toString(), stderr: stderr.toString() });
+      },
+    );
+    if (input !== undefined) child.stdin?.end(input);
+  });
+}
+
+/** psql through the agent: `-X -q -A -t` and ON_ERROR_STOP off unless given. */
+export function psql(
+  h: Harness,
+  token: string,
+  sql: string,
+  o: { user?: string; db?: string; sslmode?: string; extra?: string[]; input?: string } = {},
+): Promise<Run> {
+  const conn = `host=127.0.0.1 port=${h.port} user=${o.user ?? "alice@example.com"} dbname=${o.db ?? "app"} sslmode=${o.sslmode ?? "require"}`;
+  return run(
+    "psql",
+    [conn, "-X", "-q", "-A", "-t", ...(o.extra ?? []), ...(sql ? ["-c", sql] : [])],
+    { PGPASSWORD: token },
+    o.input,
+  );
+}

@@ -1,0 +1,428 @@
+import { createHmac } from "node:crypto";
+import type { MaskRule } from "@moat/policy";
+import { describe, expect, it } from "vitest";
+import type { ColumnInfo } from "./columns.js";
+import { compileMasks, type MaskPlanner, type ResultPlan } from "./planner.js";
+
+const KEY = Buffer.alloc(32, 7);
+const USERS = { schema: "public", name: "users" };
+const ORDERS = { schema: "public", name: "orders" };
+
+const TEXT = 25;
+const INT4 = 23;
+const INT8 = 20;
+const UUID = 2950;
+const TIMESTAMPTZ = 1184;
+const JSON_OID = 114;
+const JSONB = 3802;
+
+function col(name: string, extra: Partial<ColumnInfo> = {}): ColumnInfo {
+  return { name, typeOid: TEXT, format: 0, ...extra };
+}
+
+function planner(rules: MaskRule[]): MaskPlanner {
+  const compiled = compileMasks(rules, { hashKey: KEY });
+  if (!compiled) throw new Error("no planner");
+  return compiled;
+}
+
+function plan(rules: MaskRule[], columns: ColumnInfo[]): ResultPlan {
+  const result = planner(rules).plan(columns);
+  if (!result) throw new Error("no plan");
+  return result;
+}
+
+/** Masks one text value of a one-column result. */
+function maskOne(rules: MaskRule[], value: string | Buffer, column: ColumnInfo = col("c")): string | null {
+  const out = plan(rules, [column]).maskValue(0, Buffer.isBuffer(value) ? value : Buffer.from(value));
+  return out === null ? null : out.toString();
+}
+
+function hmac16(value: string | Buffer): string {
+  return createHmac("sha256", KEY).update(value).digest("hex").slice(0, 16);
+}
+
+describe("compileMasks", () => {
+  it("returns undefined without rules", () => {
+    expect(compileMasks([])).toBeUndefined();
+  });
+
+  it("rejects a hash key shorter than 16 bytes", () => {
+    expect(() => compileMasks([{ columns: ["a"], style: "hash" }], { hashKey: Buffer.alloc(15) })).toThrow(RangeError);
+    expect(compileMasks([{ columns: ["a"], style: "hash" }], { hashKey: Buffer.alloc(16) })).toBeDefined();
+  });
+
+  it("defaults the style to full", () => {
+    expect(maskOne([{ columns: ["c"] }], "secret value")).toBe("****");
+  });
+
+  it("copies the hash key", () => {
+    const key = Buffer.alloc(32, 7);
+    const masks = compileMasks([{ columns: ["c"], style: "hash" }], { hashKey: key })!;
+    key.fill(0);
+    const out = masks.plan([col("c")])!.maskValue(0, Buffer.from("x"));
+    expect(out!.toString()).toBe(`hash:${hmac16("x")}`);
+  });
+
+  it("uses one random key per process by default", () => {
+    const a = compileMasks([{ columns: ["c"], style: "hash" }])!.plan([col("c")])!;
+    const b = compileMasks([{ columns: ["c"], style: "hash" }])!.plan([col("c")])!;
+    const value = Buffer.from("alice");
+    expect(a.maskValue(0, value)!.toString()).toBe(b.maskValue(0, value)!.toString());
+    expect(a.maskValue(0, value)!.toString()).not.toBe(`hash:${hmac16("alice")}`);
+  });
+});
+
+describe("plans", () => {
+  it("is undefined when no column needs work", () => {
+    const masks = planner([{ columns: ["email"], style: "full" }]);
+    expect(masks.plan([col("id", { typeOid: INT4 }), col("name")])).toBeUndefined();
+    expect(masks.plan([])).toBeUndefined();
+  });
+
+  it("is undefined for detectors when no column can hold a match", () => {
+    const masks = planner([{ detectors: ["email", "credit-card"], style: "full" }]);
+    expect(
+      masks.plan([
+        col("id", { typeOid: INT4 }),
+        col("uid", { typeOid: UUID }),
+        col("at", { typeOid: TIMESTAMPTZ }),
+        col("big", { typeOid: INT8, format: 1 }),
+      ]),
+    ).toBeUndefined();
+  });
+
+  it("marks exactly the columns that need work, with reasons for audit", () => {
+    const result = plan(
+      [
+        { columns: ["users.email"], style: "partial" },
+        { detectors: ["credit-card"], style: "full" },
+      ],
+      [
+        col("id", { table: USERS, typeOid: INT4 }),
+        col("email", { table: USERS }),
+        col("note", { table: USERS }),
+        col("total", { table: ORDERS, typeOid: INT8, format: 1 }),
+      ],
+    );
+    expect(result.columns[0]).toBeUndefined();
+    expect(result.columns[1]).toEqual({
+      style: "partial",
+      detectors: [{ detector: "credit-card", style: "full" }],
+      reason: "column users.email (partial); detectors credit-card",
+      valueKind: "text",
+    });
+    expect(result.columns[2]).toEqual({
+      detectors: [{ detector: "credit-card", style: "full" }],
+      reason: "detectors credit-card",
+      valueKind: "text",
+    });
+    expect(result.columns[3]).toBeUndefined();
+    expect(result.maskedColumns).toEqual(["users.email", "users.note"]);
+  });
+
+  it("returns the same buffer for unplanned columns and out-of-range indexes", () => {
+    const result = plan([{ columns: ["email"], style: "full" }], [col("id"), col("email")]);
+    const value = Buffer.from("42");
+    expect(result.maskValue(0, value)).toBe(value);
+    expect(result.maskValue(7, value)).toBe(value);
+  });
+});
+
+describe("column patterns", () => {
+  const masked = (pattern: string, column: ColumnInfo): boolean =>
+    planner([{ columns: [pattern], style: "full" }]).plan([column]) !== undefined;
+
+  it("matches a bare column name in any table, or none", () => {
+    expect(masked("email", col("email", { table: USERS }))).toBe(true);
+    expect(masked("email", col("email", { table: ORDERS }))).toBe(true);
+    expect(masked("email", col("email"))).toBe(true);
+    expect(masked("email", col("email2", { table: USERS }))).toBe(false);
+  });
+
+  it("globs with *", () => {
+    expect(masked("*_ssn", col("user_ssn"))).toBe(true);
+    expect(masked("*_ssn", col("ssn"))).toBe(false);
+    expect(masked("*.card_number", col("card_number", { table: ORDERS }))).toBe(true);
+    expect(masked("*", col("anything"))).toBe(true);
+    expect(masked("users.*", col("anything", { table: USERS }))).toBe(true);
+    expect(masked("users.*", col("anything", { table: ORDERS }))).toBe(false);
+    expect(masked("pub*.users.e*l", col("email", { table: USERS }))).toBe(true);
+  });
+
+  it("qualifies by table and schema", () => {
+    expect(masked("users.email", col("email", { table: USERS }))).toBe(true);
+    expect(masked("users.email", col("email", { table: { schema: "audit", name: "users" } }))).toBe(true);
+    expect(masked("users.email", col("email", { table: ORDERS }))).toBe(false);
+    expect(masked("public.users.email", col("email", { table: USERS }))).toBe(true);
+    expect(masked("public.users.email", col("email", { table: { schema: "audit", name: "users" } }))).toBe(false);
+  });
+
+  it("matches qualified patterns on the column part when the table is unknown (fail closed)", () => {
+    expect(masked("users.email", col("email"))).toBe(true);
+    expect(masked("public.users.email", col("email"))).toBe(true);
+    expect(masked("public.users.email", col("name"))).toBe(false);
+  });
+
+  it("ignores case", () => {
+    expect(masked("Users.EMAIL", col("email", { table: USERS }))).toBe(true);
+    expect(masked("email", col("Email", { table: { schema: "Public", name: "Users" } }))).toBe(true);
+    expect(masked("PUBLIC.users.email", col("EMAIL", { table: { schema: "public", name: "USERS" } }))).toBe(true);
+  });
+});
+
+describe("whole-value styles", () => {
+  const rule = (style: MaskRule["style"]): MaskRule[] => [{ columns: ["c"], style }];
+
+  it("full is four stars whatever the length", () => {
+    expect(maskOne(rule("full"), "")).toBe("****");
+    expect(maskOne(rule("full"), "x")).toBe("****");
+    expect(maskOne(rule("full"), "x".repeat(1000))).toBe("****");
+  });
+
+  it("null sends SQL NULL", () => {
+    expect(maskOne(rule("null"), "anything")).toBeNull();
+  });
+
+  it("hash is a keyed, stable, truncated HMAC of the bytes", () => {
+    expect(maskOne(rule("hash"), "alice@example.com")).toBe(`hash:${hmac16("alice@example.com")}`);
+    expect(maskOne(rule("hash"), "alice@example.com")).toMatch(/^hash:[0-9a-f]{16}$/);
+    const other = compileMasks(rule("hash"), { hashKey: Buffer.alloc(32, 8) })!.plan([col("c")])!;
+    expect(other.maskValue(0, Buffer.from("alice@example.com"))!.toString()).not.toBe(
+      maskOne(rule("hash"), "alice@example.com"),
+    );
+  });
+
+  it("partial keeps the last four characters of values longer than eight", () => {
+    expect(maskOne(rule("partial"), "4111111111111111")).toBe("****1111");
+    expect(maskOne(rule("partial"), "123456789")).toBe("****6789");
+    expect(maskOne(rule("partial"), "12345678")).toBe("****");
+    expect(maskOne(rule("partial"), "1234")).toBe("****");
+    expect(maskOne(rule("partial"), "")).toBe("****");
+  });
+
+  it("partial counts characters, not bytes", () => {
+    expect(maskOne(rule("partial"), "αβγδεζηθικ")).toBe("****ηθικ");
+    expect(maskOne(rule("partial"), "😀".repeat(9))).toBe("****" + "😀".repeat(4));
+    expect(maskOne(rule("partial"), "😀".repeat(8))).toBe("****");
+    expect(maskOne(rule("partial"), "ñandú-ñandú")).toBe("****andú");
+  });
+
+  it("partial keeps an email's first character and domain", () => {
+    expect(maskOne(rule("partial"), "john.doe@example.com")).toBe("j***@example.com");
+    expect(maskOne(rule("partial"), "a@x.io")).toBe("a***@x.io");
+    expect(maskOne(rule("partial"), "élodie@exemple.fr")).toBe("é***@exemple.fr");
+    // Not an email as a whole: the generic rule.
+    expect(maskOne(rule("partial"), "mail: john@example.com")).toBe("****.com");
+  });
+});
+
+describe("union of rules", () => {
+  const strongest = (styles: NonNullable<MaskRule["style"]>[]): string | null =>
+    maskOne(
+      styles.map((style) => ({ columns: ["c"], style })),
+      "4111111111111111",
+    );
+
+  it("the strongest style wins: null > full > hash > partial", () => {
+    expect(strongest(["partial", "null"])).toBeNull();
+    expect(strongest(["null", "full", "hash", "partial"])).toBeNull();
+    expect(strongest(["hash", "full"])).toBe("****");
+    expect(strongest(["partial", "hash"])).toBe(`hash:${hmac16("4111111111111111")}`);
+    expect(strongest(["partial", "partial"])).toBe("****1111");
+  });
+
+  it("a detector enabled twice keeps its strongest style", () => {
+    const rules: MaskRule[] = [
+      { detectors: ["email"], style: "partial" },
+      { detectors: ["email", "phone"], style: "hash" },
+    ];
+    expect(maskOne(rules, "to alice@example.com")).toBe(`to hash:${hmac16("alice@example.com")}`);
+  });
+
+  it("a rule's columns and detectors act independently", () => {
+    const result = plan([{ columns: ["note"], detectors: ["email"], style: "full" }], [col("note"), col("other")]);
+    expect(result.maskValue(0, Buffer.from("nothing sensitive"))!.toString()).toBe("****");
+    expect(result.maskValue(1, Buffer.from("mail bob@x.io"))!.toString()).toBe("mail ****");
+  });
+
+  it("a rule with neither columns nor detectors masks every column", () => {
+    const result = plan([{ style: "full" }], [col("a"), col("b", { typeOid: INT4 })]);
+    expect(result.maskValue(0, Buffer.from("x"))!.toString()).toBe("****");
+    expect(result.maskValue(1, Buffer.from("1"))).toBeNull();
+  });
+
+  it("a stronger detector raises a column's whole-value style when it matches", () => {
+    const rules: MaskRule[] = [
+      { columns: ["c"], style: "partial" },
+      { detectors: ["credit-card"], style: "full" },
+      { detectors: ["api-key"], style: "null" },
+    ];
+    expect(maskOne(rules, "card 4111 1111 1111 1111")).toBe("****");
+    expect(maskOne(rules, "key AKIAIOSFODNN7EXAMPLE")).toBeNull();
+    expect(maskOne(rules, "just a long note")).toBe("****note");
+  });
+
+  it("weaker detectors do not run on a column masked whole", () => {
+    const result = plan(
+      [
+        { columns: ["c"], style: "full" },
+        { detectors: ["email"], style: "partial" },
+      ],
+      [col("c")],
+    );
+    expect(result.columns[0]!.detectors).toBeUndefined();
+    expect(result.maskValue(0, Buffer.from("alice@example.com"))!.toString()).toBe("****");
+  });
+});
+
+describe("detector substitution", () => {
+  const ALL: MaskRule["detectors"] = ["email", "credit-card", "phone", "iban", "national-id", "api-key", "jwt"];
+  const text = "contact alice@example.com or 4111 1111 1111 1111, ssn 123-45-6789.";
+
+  it("replaces only the matches, each by its style", () => {
+    expect(maskOne([{ detectors: ALL, style: "full" }], text)).toBe("contact **** or ****, ssn ****.");
+    expect(maskOne([{ detectors: ALL, style: "partial" }], text)).toBe(
+      "contact a***@example.com or ****1111, ssn ****6789.",
+    );
+    expect(maskOne([{ detectors: ALL, style: "hash" }], text)).toBe(
+      `contact hash:${hmac16("alice@example.com")} or hash:${hmac16("4111 1111 1111 1111")}, ssn hash:${hmac16("123-45-6789")}.`,
+    );
+    // null cannot null part of a text: the substring is masked as full.
+    expect(maskOne([{ detectors: ALL, style: "null" }], text)).toBe("contact **** or ****, ssn ****.");
+  });
+
+  it("mixes styles of different rules", () => {
+    const rules: MaskRule[] = [
+      { detectors: ["email"], style: "partial" },
+      { detectors: ["credit-card"], style: "hash" },
+      { detectors: ["national-id"], style: "full" },
+    ];
+    expect(maskOne(rules, text)).toBe(`contact a***@example.com or hash:${hmac16("4111 1111 1111 1111")}, ssn ****.`);
+  });
+
+  it("partial keeps short matches fully masked", () => {
+    expect(maskOne([{ detectors: ["national-id"], style: "partial" }], "id AB123456C")).toBe("id ****456C");
+    expect(
+      maskOne([{ detectors: ["national-id"], style: "partial" }], "id 123456789".replace("123456789", "CE123456D")),
+    ).toBe("id ****456D");
+  });
+
+  it("merges overlapping matches with the strongest style", () => {
+    const rules: MaskRule[] = [
+      { detectors: ["email"], style: "partial" },
+      { detectors: ["phone"], style: "full" },
+    ];
+    expect(maskOne(rules, "sms +12125551234@sms.example.com now")).toBe("sms **** now");
+  });
+
+  it("rescans until masking exposes nothing more", () => {
+    const rules: MaskRule[] = [{ detectors: ["email", "credit-card"], style: "full" }];
+    expect(maskOne(rules, "bob@x.io-4111111111111111")).toBe("****-****");
+  });
+
+  it("returns the very same buffer when nothing matches", () => {
+    const result = plan([{ detectors: ALL, style: "full" }], [col("c")]);
+    for (const s of ["", "hello", "4111111111111112", "2024-01-15 10:30:00", "550e8400-e29b-41d4-a716-446655440000"]) {
+      const value = Buffer.from(s);
+      expect(result.maskValue(0, value)).toBe(value);
+    }
+  });
+
+  it("keeps the bytes around matches as they were, even invalid UTF-8 and unicode", () => {
+    const value = Buffer.concat([
+      Buffer.from([0xff, 0xfe]),
+      Buffer.from(" 名前 alice@example.com ✓ "),
+      Buffer.from([0xc3]),
+    ]);
+    const out = plan([{ detectors: ["email"], style: "full" }], [col("c")]).maskValue(0, value)!;
+    expect(out).toEqual(Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(" 名前 **** ✓ "), Buffer.from([0xc3])]));
+  });
+
+  it("masks every match of a long value", () => {
+    const value = Array.from({ length: 200 }, (_, i) => `user${i}@example.com`).join(", ");
+    const out = maskOne([{ detectors: ["email"], style: "full" }], value)!;
+    expect(out).toBe(Array.from({ length: 200 }, () => "****").join(", "));
+  });
+});
+
+describe("representations", () => {
+  const detect: MaskRule[] = [{ detectors: ["credit-card", "email"], style: "full" }];
+
+  it("masks binary text-like types as text", () => {
+    for (const typeOid of [25, 1043, 1042, 19, 705, 142]) {
+      expect(maskOne(detect, "card 4111111111111111", col("c", { typeOid, format: 1 }))).toBe("card ****");
+      expect(
+        maskOne([{ columns: ["c"], style: "partial" }], "4111111111111111", col("c", { typeOid, format: 1 })),
+      ).toBe("****1111");
+    }
+  });
+
+  it("nulls masked values of other binary types and skips their detectors", () => {
+    const big = col("c", { typeOid: INT8, format: 1 });
+    const value = Buffer.alloc(8);
+    value.writeBigInt64BE(4111111111111111n);
+    const result = plan([{ columns: ["c"], style: "partial" }], [big]);
+    expect(result.columns[0]!.valueKind).toBe("typed");
+    expect(result.maskValue(0, value)).toBeNull();
+    expect(planner(detect).plan([big])).toBeUndefined();
+  });
+
+  it("nulls typed text-format values on a column rule or a detector match", () => {
+    expect(maskOne([{ columns: ["c"], style: "hash" }], "42", col("c", { typeOid: INT4 }))).toBeNull();
+    expect(maskOne(detect, "4111111111111111", col("c", { typeOid: INT8 }))).toBeNull();
+    expect(maskOne(detect, "4111111111111111.00", col("c", { typeOid: 1700 }))).toBeNull();
+    const value = Buffer.from("1234");
+    expect(plan(detect, [col("c", { typeOid: INT8 })]).maskValue(0, value)).toBe(value);
+  });
+
+  it("treats unknown types as text in text format and opaque in binary", () => {
+    const citext = 16_500;
+    expect(maskOne(detect, "mail bob@x.io", col("c", { typeOid: citext }))).toBe("mail ****");
+    expect(maskOne([{ columns: ["c"], style: "full" }], "x", col("c", { typeOid: citext }))).toBe("****");
+    const binary = col("c", { typeOid: citext, format: 1 });
+    expect(plan(detect, [binary]).columns[0]!.valueKind).toBe("opaque");
+    expect(maskOne(detect, "mail bob@x.io", binary)).toBeNull();
+    expect(maskOne([{ columns: ["c"], style: "full" }], "x", binary)).toBeNull();
+    const clean = Buffer.from([0, 0, 0, 1, 0, 0, 0, 0x19]);
+    expect(plan(detect, [binary]).maskValue(0, clean)).toBe(clean);
+  });
+
+  it("keeps json valid: whole values become JSON strings", () => {
+    const json = col("c", { typeOid: JSON_OID });
+    expect(maskOne([{ columns: ["c"], style: "full" }], '{"a":1}', json)).toBe('"****"');
+    expect(maskOne([{ columns: ["c"], style: "partial" }], '"alice@example.com"', json)).toBe('"****"');
+    expect(maskOne([{ columns: ["c"], style: "hash" }], '{"a":1}', json)).toBe(`"hash:${hmac16('{"a":1}')}"`);
+    expect(maskOne([{ columns: ["c"], style: "null" }], '{"a":1}', json)).toBeNull();
+  });
+
+  it("keeps json valid: detector replacements respect escapes and string ends", () => {
+    const json = col("c", { typeOid: JSON_OID });
+    const doc = JSON.stringify({ note: "line\nalice@example.com", raw: "\u0040x", ok: true });
+    const out = maskOne([{ detectors: ["email"], style: "full" }], doc, json)!;
+    expect(JSON.parse(out)).toEqual({ note: "line\n****", raw: "@x", ok: true });
+    const pem = JSON.stringify({ key: "-----BEGIN PRIVATE KEY-----\nMIIB", after: 1 });
+    const masked = maskOne([{ detectors: ["api-key"], style: "full" }], pem, json)!;
+    expect(JSON.parse(masked)).toEqual({ key: "****", after: 1 });
+    const unicodeEscape = '{"a":"\\u00e9alice@example.com"}';
+    expect(JSON.parse(maskOne([{ detectors: ["email"], style: "full" }], unicodeEscape, json)!)).toEqual({
+      a: "é****",
+    });
+  });
+
+  it("handles binary jsonb's version byte", () => {
+    const jsonb = col("c", { typeOid: JSONB, format: 1 });
+    const value = Buffer.concat([Buffer.from([1]), Buffer.from('{"email": "bob@x.io"}')]);
+    const out = plan([{ detectors: ["email"], style: "full" }], [jsonb]).maskValue(0, value)!;
+    expect(out).toEqual(Buffer.concat([Buffer.from([1]), Buffer.from('{"email": "****"}')]));
+    const whole = plan([{ columns: ["c"], style: "full" }], [jsonb]).maskValue(0, value)!;
+    expect(whole).toEqual(Buffer.concat([Buffer.from([1]), Buffer.from('"****"')]));
+    // An unknown version is not understood: fail closed.
+    const v2 = Buffer.concat([Buffer.from([2]), Buffer.from("{}")]);
+    expect(plan([{ detectors: ["email"], style: "full" }], [jsonb]).maskValue(0, v2)).toBeNull();
+    // Text-format jsonb has no version byte.
+    expect(maskOne([{ detectors: ["email"], style: "full" }], '{"e":"bob@x.io"}', col("c", { typeOid: JSONB }))).toBe(
+      '{"e":"****"}',
+    );
+  });
+});

@@ -1,0 +1,255 @@
+import { describe, expect, it } from "vitest";
+import {
+  FrameReader,
+  ProtocolError,
+  RelayScanner,
+  decodeBind,
+  decodeInitial,
+  decodeParse,
+  decodeDataRow,
+  decodeErrorFields,
+  decodeRowDescription,
+  decodeCommandComplete,
+  errorResponse,
+  dataRow,
+  rowDescription,
+  renderParameters,
+  serialize,
+  md5Password,
+  type RelayHandler,
+} from "./index.js";
+
+const startup = (params: Record<string, string>) => serialize.startup(params);
+
+/** A realistic client stream: startup then a batch of extended and simple messages. */
+function clientStream(): { initial: Buffer; typed: Buffer } {
+  return {
+    initial: startup({ user: "alice@example.com", database: "app" }),
+    typed: Buffer.concat([
+      serialize.query("SELECT 1; SELECT 'x'"),
+      serialize.parse({ name: "s1", text: "SELECT $1::int + $10::int", types: [23] }),
+      serialize.bind({ portal: "p1", statement: "s1", values: ["1", null, Buffer.from([1, 2])] }),
+      serialize.describe({ type: "P", name: "p1" }),
+      serialize.execute({ portal: "p1", rows: 10 }),
+      serialize.sync(),
+      serialize.end(),
+    ]),
+  };
+}
+
+function readAll(chunks: Buffer[]): { initial: Buffer[]; frames: { type: number; len: number }[] } {
+  const r = new FrameReader(1 << 20);
+  const initial: Buffer[] = [];
+  const frames: { type: number; len: number }[] = [];
+  for (const c of chunks) {
+    r.push(c);
+    for (;;) {
+      if (r.initial) {
+        const p = r.nextInitial();
+        if (!p) break;
+        initial.push(Buffer.from(p));
+        r.initial = false;
+        continue;
+      }
+      const f = r.next();
+      if (!f) break;
+      frames.push({ type: f.type, len: f.raw.length });
+    }
+  }
+  return { initial, frames };
+}
+
+describe("FrameReader", () => {
+  it("reads the same messages whatever the chunking (split at every byte)", () => {
+    const { initial, typed } = clientStream();
+    const all = Buffer.concat([initial, typed]);
+    const whole = readAll([all]);
+    expect(whole.frames.map((f) => String.fromCharCode(f.type)).join("")).toBe("QPBDESX");
+    for (let i = 1; i < all.length; i++) {
+      expect(readAll([all.subarray(0, i), all.subarray(i)])).toEqual(whole);
+    }
+    // one byte at a time
+    expect(readAll([...all].map((b) => Buffer.from([b])))).toEqual(whole);
+  });
+
+  it("decodes startup, SSL, GSSENC and cancel requests", () => {
+    const s = decodeInitial(startup({ user: "a", database: "b" }).subarray(4));
+    expect(s).toMatchObject({ kind: "startup" });
+    if (s.kind === "startup") expect(Object.fromEntries(s.parameters)).toMatchObject({ user: "a", database: "b" });
+    expect(decodeInitial(serialize.requestSsl().subarray(4))).toEqual({ kind: "ssl" });
+    const gss = Buffer.alloc(4);
+    gss.writeInt32BE(80877104);
+    expect(decodeInitial(gss)).toEqual({ kind: "gssenc" });
+    expect(decodeInitial(serialize.cancel(42, -7).subarray(4))).toEqual({
+      kind: "cancel",
+      processId: 42,
+      secretKey: -7,
+    });
+    const v2 = Buffer.alloc(8);
+    v2.writeInt32BE(2 << 16);
+    expect(() => decodeInitial(v2)).toThrow(/unsupported frontend protocol 2\.0/);
+  });
+
+  it("bounds message length and rejects nonsense lengths", () => {
+    const r = new FrameReader(1024);
+    r.initial = false;
+    const big = Buffer.alloc(5);
+    big[0] = 0x51;
+    big.writeInt32BE(4096, 1);
+    r.push(big);
+    expect(() => r.next()).toThrow(ProtocolError);
+    const r2 = new FrameReader(1024);
+    r2.initial = false;
+    const neg = Buffer.from([0x51, 0xff, 0xff, 0xff, 0xff]);
+    r2.push(neg);
+    expect(() => r2.next()).toThrow(/invalid message length/);
+    const r3 = new FrameReader(1024);
+    r3.push(Buffer.from([0, 0, 0, 2]));
+    expect(() => r3.nextInitial()).toThrow(/invalid startup packet length/);
+  });
+
+  it("reassembles a large message from many chunks without losing bytes", () => {
+    const text = "SELECT '" + "x".repeat(300_000) + "'";
+    const msg = serialize.query(text);
+    const r = new FrameReader(1 << 20);
+    r.initial = false;
+    let got: Buffer | undefined;
+    for (let i = 0; i < msg.length; i += 1000) {
+      r.push(msg.subarray(i, i + 1000));
+      const f = r.next();
+      if (f) got = f.raw;
+    }
+    expect(got?.equals(msg)).toBe(true);
+  });
+
+  it("decodes Parse and Bind (statement and portal names in the right order, formats, NULL)", () => {
+    const p = decodeParse(serialize.parse({ name: "S_1", text: "SELECT $1", types: [25] }).subarray(5));
+    expect(p).toEqual({ name: "S_1", query: "SELECT $1", parameterTypes: [25] });
+    const b = decodeBind(
+      serialize
+        .bind({ portal: "P_1", statement: "S_1", values: ["it's", null, Buffer.from([0xde, 0xad])] })
+        .subarray(5),
+    );
+    expect(b.portal).toBe("P_1");
+    expect(b.statement).toBe("S_1");
+    expect(b.parameters[1]).toBeNull();
+    expect(b.parameterFormats).toEqual([0, 0, 1]);
+    expect(renderParameters(b)).toBe("$1 = 'it''s', $2 = NULL, $3 = '\\xdead'");
+  });
+
+  it("renders $10 as the tenth parameter", () => {
+    const values = Array.from({ length: 10 }, (_, i) => String(i + 1));
+    const b = decodeBind(serialize.bind({ values }).subarray(5));
+    expect(renderParameters(b)).toContain("$10 = '10'");
+    expect(renderParameters(b)).toContain("$1 = '1',");
+  });
+
+  it("never throws anything but ProtocolError on random input (fuzz)", () => {
+    let seed = 7;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff), seed);
+    for (let n = 0; n < 3000; n++) {
+      const len = rand() % 64;
+      const b = Buffer.alloc(len);
+      for (let i = 0; i < len; i++) b[i] = rand() & 0xff;
+      for (const fn of [
+        decodeParse,
+        decodeBind,
+        decodeInitial,
+        decodeRowDescription,
+        decodeDataRow,
+        decodeErrorFields,
+      ]) {
+        try {
+          fn(b);
+        } catch (error) {
+          expect(error).toBeInstanceOf(ProtocolError);
+        }
+      }
+    }
+  });
+});
+
+function relay(
+  chunks: Buffer[],
+  opts: { stream: boolean; rewrite?: (type: number, raw: Buffer) => Buffer[] | undefined },
+) {
+  const out: Buffer[] = [];
+  const seen: string[] = [];
+  const handler: RelayHandler = {
+    streamable: (t) => opts.stream && t === 0x44,
+    message: (t, raw) => {
+      seen.push(String.fromCharCode(t));
+      return opts.rewrite?.(t, raw);
+    },
+    streamed: (t) => seen.push(`~${String.fromCharCode(t)}`),
+    forward: (b) => out.push(Buffer.from(b)),
+  };
+  const s = new RelayScanner(handler, 1 << 16);
+  for (const c of chunks) s.push(c);
+  return { bytes: Buffer.concat(out), seen };
+}
+
+describe("RelayScanner", () => {
+  const fields = [
+    { name: "id", tableOid: 1, columnNumber: 1, typeOid: 23, typeSize: 4, typeModifier: -1, format: 0 },
+    { name: "email", tableOid: 1, columnNumber: 2, typeOid: 25, typeSize: -1, typeModifier: -1, format: 0 },
+  ];
+  const server = Buffer.concat([
+    rowDescription(fields),
+    dataRow([Buffer.from("1"), Buffer.from("a@example.com")]),
+    dataRow([Buffer.from("2"), null]),
+    dataRow([Buffer.from("3"), Buffer.from("x".repeat(200))]),
+    Buffer.from([0x43, 0, 0, 0, 13, ...Buffer.from("SELECT 3\0")]),
+    Buffer.from([0x5a, 0, 0, 0, 5, 0x49]),
+  ]);
+
+  it("forwards everything unchanged, split at every byte, streaming or not", () => {
+    for (const stream of [false, true]) {
+      for (let i = 1; i < server.length; i++) {
+        const r = relay([server.subarray(0, i), server.subarray(i)], { stream });
+        expect(r.bytes.equals(server)).toBe(true);
+      }
+    }
+  });
+
+  it("rewrites whole messages at every split point", () => {
+    const rewrite = (t: number, raw: Buffer) => {
+      if (t !== 0x44) return undefined;
+      const values = decodeDataRow(raw.subarray(5));
+      return [dataRow(values.map((v, i) => (i === 1 && v ? Buffer.from("****") : v)))];
+    };
+    const whole = relay([server], { stream: false, rewrite }).bytes;
+    expect(whole.includes(Buffer.from("a@example.com"))).toBe(false);
+    expect(whole.includes(Buffer.from("****"))).toBe(true);
+    for (let i = 1; i < server.length; i++) {
+      expect(relay([server.subarray(0, i), server.subarray(i)], { stream: false, rewrite }).bytes.equals(whole)).toBe(
+        true,
+      );
+    }
+  });
+
+  it("streams a row larger than the message limit when it needs no inspection, refuses it otherwise", () => {
+    const big = dataRow([Buffer.alloc(200_000, 0x61)]);
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < big.length; i += 65536) chunks.push(big.subarray(i, i + 65536));
+    const r = relay(chunks, { stream: true });
+    expect(r.bytes.equals(big)).toBe(true);
+    expect(r.seen).toEqual(["~D"]);
+    expect(() => relay(chunks, { stream: false })).toThrow(/over this proxy's limit/);
+  });
+
+  it("decodes what the agent inspects", () => {
+    expect(decodeRowDescription(rowDescription(fields).subarray(5))).toEqual(fields);
+    expect(decodeCommandComplete(Buffer.from("INSERT 0 7\0"))).toEqual({ tag: "INSERT 0 7", rows: 7 });
+    expect(decodeCommandComplete(Buffer.from("BEGIN\0")).rows).toBeUndefined();
+    const e = decodeErrorFields(errorResponse({ code: "42501", message: "denied", hint: "ask" }).subarray(5));
+    expect(e).toMatchObject({ severity: "ERROR", code: "42501", message: "denied", hint: "ask" });
+  });
+});
+
+describe("auth", () => {
+  it("computes PostgreSQL's md5 password", () => {
+    // md5 of md5("secret" + "bob") + salt, computed independently
+    expect(md5Password("bob", "secret", Buffer.from([1, 2, 3, 4]))).toMatch(/^md5[0-9a-f]{32}$/);
+  });
+});

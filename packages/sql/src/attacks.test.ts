@@ -1,0 +1,192 @@
+// Read-only escapes: texts a user allowed only db:read might send to change something. None may
+// come out as nothing but reads (or session statements), cached or not.
+import { beforeAll, describe, expect, it } from "vitest";
+import { createClassifier, loadSqlParser, type Classification, type Classifier } from "./index.js";
+import { OFF, ON } from "./test-helpers.js";
+
+let uncached: Classifier;
+let cached: Classifier;
+beforeAll(async () => {
+  await loadSqlParser();
+  uncached = createClassifier({ cacheEntries: 0 });
+  cached = createClassifier();
+});
+
+const ATTACKS: string[] = [
+  // writable CTEs, nested anywhere
+  "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x",
+  "WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT 1",
+  "WITH x AS (INSERT INTO t VALUES (1) RETURNING *) SELECT 1",
+  "SELECT * FROM (WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x) s",
+  "SELECT (WITH x AS (DELETE FROM t RETURNING 1) SELECT * FROM x)",
+  "SELECT 1 WHERE 1 IN (WITH x AS (DELETE FROM t RETURNING 1) SELECT * FROM x)",
+  "SELECT * FROM a, LATERAL (WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x) l",
+  "WITH a AS (SELECT 1), b AS (WITH c AS (DELETE FROM t RETURNING 1) SELECT * FROM c) SELECT * FROM b",
+  "WITH RECURSIVE r AS (SELECT 1 UNION ALL SELECT 1 FROM r), d AS (DELETE FROM t) SELECT * FROM r",
+  "SELECT 1 UNION ALL (WITH x AS (DELETE FROM t RETURNING 1) SELECT * FROM x)",
+  "VALUES ((WITH x AS (DELETE FROM t RETURNING 1) SELECT * FROM x))",
+  "WITH x AS (MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE RETURNING *) SELECT 1",
+  // SELECT INTO, CREATE TABLE AS
+  "SELECT * INTO copy_of_secrets FROM secrets",
+  "SELECT * INTO TEMP t FROM secrets",
+  "CREATE TABLE x AS SELECT 1",
+  "CREATE MATERIALIZED VIEW mv AS SELECT 1",
+  // EXPLAIN ANALYZE executes
+  "EXPLAIN ANALYZE DELETE FROM t",
+  "EXPLAIN (ANALYZE) DELETE FROM t",
+  "EXPLAIN (ANALYZE TRUE, FORMAT JSON) DELETE FROM t",
+  "EXPLAIN (ANALYZE on) UPDATE t SET a = 1",
+  "EXPLAIN (ANALYZE 'yes please') INSERT INTO t VALUES (1)",
+  "EXPLAIN (ANALYZE false, ANALYZE) DELETE FROM t",
+  "EXPLAIN ANALYZE WITH x AS (DELETE FROM t RETURNING 1) SELECT 1",
+  "EXPLAIN SELECT pg_terminate_backend(1)",
+  "EXPLAIN SELECT * FROM t WHERE x = query_to_xml('DELETE FROM t RETURNING 1', true, true, '')::text",
+  // COPY
+  "COPY t TO PROGRAM 'rm -rf /'",
+  "COPY (SELECT 1) TO PROGRAM 'sh -c id'",
+  "COPY t FROM '/etc/passwd'",
+  "COPY t TO '/tmp/out'",
+  "COPY t FROM STDIN",
+  "COPY t TO STDOUT",
+  "COPY (SELECT * FROM secrets) TO STDOUT",
+  // procedural and prepared
+  "DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$",
+  "DO $body$ BEGIN NULL; END $body$",
+  "PREPARE p AS DELETE FROM t",
+  "EXECUTE p",
+  "EXPLAIN ANALYZE EXECUTE p",
+  "CREATE TABLE x AS EXECUTE p",
+  "CALL p()",
+  "CALL public.harmless_looking()",
+  // roles and settings
+  "SET ROLE postgres",
+  "SET role = 'postgres'",
+  'SET "role" TO postgres',
+  "SET SESSION AUTHORIZATION postgres",
+  "SET LOCAL SESSION AUTHORIZATION postgres",
+  "SELECT set_config('role', 'postgres', false)",
+  "SELECT pg_catalog.set_config('search_path', 'evil', false)",
+  "ALTER SYSTEM SET shared_preload_libraries = 'evil'",
+  "ALTER ROLE me SUPERUSER",
+  "GRANT ALL ON secrets TO me",
+  // admin functions
+  "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+  "SELECT pg_catalog.pg_terminate_backend(1)",
+  'SELECT "pg_terminate_backend"(1)',
+  "SELECT PG_TERMINATE_BACKEND(1)",
+  "SELECT lo_import('/etc/passwd')",
+  "SELECT lo_export(16385, '/tmp/x')",
+  "SELECT lo_unlink(16385)",
+  "SELECT dblink_exec('dbname=x', 'DROP TABLE t')",
+  "SELECT extensions.dblink_exec('dbname=x', 'DROP TABLE t')",
+  "SELECT * FROM dblink('dbname=x', 'DELETE FROM t RETURNING 1') AS r(a int)",
+  "SELECT pg_read_file('/etc/passwd')",
+  "SELECT pg_read_binary_file('postgresql.conf')",
+  "SELECT query_to_xml('delete from t returning 1', true, true, '')",
+  "SELECT query_to_xml_and_xmlschema('delete from t returning 1', true, true, '')",
+  "SELECT pg_reload_conf()",
+  "SELECT pg_advisory_lock(42)",
+  "SELECT nextval('orders_id_seq')",
+  // functions hidden everywhere
+  "SELECT my_func()",
+  "SELECT * FROM t ORDER BY my_func()",
+  "SELECT * FROM t ORDER BY pg_terminate_backend(1)",
+  "SELECT * FROM t LIMIT my_func()",
+  "SELECT * FROM t OFFSET (SELECT pg_terminate_backend(1))::int",
+  "SELECT * FROM t WHERE id = (SELECT my_func())",
+  "SELECT * FROM t GROUP BY my_func(x)",
+  "SELECT * FROM t GROUP BY x HAVING my_func(count(*))",
+  "VALUES (my_func())",
+  "VALUES (1), (pg_terminate_backend(1))",
+  "SELECT * FROM (VALUES (my_func())) v",
+  "WITH c AS (SELECT my_func()) SELECT * FROM c",
+  "SELECT * FROM t, LATERAL my_srf(t.id)",
+  "SELECT * FROM ROWS FROM (generate_series(1, 2), my_srf())",
+  "SELECT count(*) FILTER (WHERE my_func(x)) FROM t",
+  "SELECT sum(x) OVER (PARTITION BY my_func(y)) FROM t",
+  "SELECT CASE WHEN true THEN my_func() END",
+  "SELECT coalesce(NULL, my_func())",
+  "SELECT ARRAY[my_func()]",
+  "SELECT ROW(my_func())",
+  "SELECT (my_func()).x",
+  'SELECT x::text COLLATE "C" FROM t WHERE my_func() IS NULL',
+  "SELECT 1 FROM t WHERE x = ANY (ARRAY(SELECT my_func()))",
+  "SELECT json_agg(my_func()) FROM t",
+  "SELECT * FROM xmltable('/a' PASSING my_func() COLUMNS x int)",
+  "SELECT * FROM t TABLESAMPLE my_sampler(1)",
+  "SELECT 1 +=+ 2",
+  "SELECT 1 OPERATOR(evil.=) 1",
+  "SELECT myschema.lower('x')",
+  "SELECT pg_catalog.my_func()",
+  "SELECT x FROM t ORDER BY x USING ~<~~",
+  // locking reads
+  "SELECT * FROM t FOR UPDATE",
+  "SELECT * FROM t FOR SHARE",
+  "SELECT * FROM t FOR NO KEY UPDATE",
+  "SELECT * FROM t FOR KEY SHARE",
+  "SELECT * FROM (SELECT * FROM t FOR UPDATE) s",
+  "DECLARE c CURSOR FOR SELECT * FROM t FOR UPDATE",
+  // DDL
+  "CREATE RULE r AS ON SELECT TO t DO INSTEAD SELECT 1",
+  "CREATE TRIGGER t BEFORE INSERT ON x FOR EACH ROW EXECUTE FUNCTION f()",
+  "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'DELETE FROM t RETURNING 1'",
+  "CREATE OR REPLACE VIEW v AS SELECT 1",
+  "CREATE INDEX ON t (x)",
+  "ALTER TABLE t ADD COLUMN x int",
+  "DROP TABLE t",
+  "TRUNCATE t",
+  "LOCK t",
+  "NOTIFY c",
+  "VACUUM FULL t",
+  "REFRESH MATERIALIZED VIEW mv",
+  "COMMENT ON TABLE t IS 'pwned'",
+  "PREPARE TRANSACTION 'x'",
+  // multi-statement
+  "SELECT 1; DELETE FROM t",
+  "SELECT 1;DELETE FROM t",
+  "SELECT ';'; DELETE FROM t",
+  'SELECT 1 AS ";"; DELETE FROM t',
+  "SELECT $$;$$; DELETE FROM t",
+  "SELECT 1 -- ; \n; DELETE FROM t",
+  "SELECT /* ; */ 1; DELETE FROM t",
+  "BEGIN; DELETE FROM t; COMMIT",
+  "SET search_path = public; DROP TABLE t",
+  // comments and odd quoting around keywords
+  "/* harmless */ DELETE /* from */ FROM t",
+  "-- select\nDELETE FROM t",
+  "DELETE--\nFROM t",
+  "DeLeTe FrOm t",
+  "\tDELETE\nFROM\r\nt",
+  'DELETE FROM "t"',
+  'DELETE FROM "select"',
+  'DELETE FROM U&"t"',
+  "SELECT 1 /* nested /* comment */ still comment */; DELETE FROM t",
+  'WITH "x" AS (DELETE FROM t RETURNING *) SELECT * FROM "x"',
+  "SELECT E'\\''; DELETE FROM t; -- '",
+  "SELECT U&'\\0027'; DELETE FROM t",
+  "SELECT $a$ $b$ $a$; DELETE FROM t",
+  "SELECT 'a'\n'b'; DELETE FROM t",
+  "SELECT 1e1; DELETE FROM t",
+  "SELECT 0x1F; DELETE FROM t",
+];
+
+function notOnlyReads(result: Classification): boolean {
+  return !result.ok || result.statements.some((s) => s.statementClass !== "read" && s.statementClass !== "session");
+}
+
+describe("read-only escapes", () => {
+  it.each(ATTACKS)("%s", (sql) => {
+    for (const lexical of [ON, OFF]) {
+      const fresh = uncached.classify(sql, lexical);
+      expect(notOnlyReads(fresh), JSON.stringify(fresh)).toBe(true);
+      // Twice through the cache: the miss, then the hit.
+      expect(cached.classify(sql, lexical)).toEqual(fresh);
+      expect(notOnlyReads(cached.classify(sql, lexical))).toBe(true);
+    }
+  });
+
+  it("keeps the table of `SELECT * FROM secrets` visible next to a same-named CTE in a subquery", () => {
+    const result = uncached.classify("SELECT * FROM secrets, (WITH secrets AS (SELECT 1) SELECT * FROM secrets) s", ON);
+    expect(result.ok && result.statements[0]!.tables).toEqual([{ name: "secrets" }]);
+  });
+});

@@ -1,0 +1,795 @@
+/**
+ * Classifies ONE parsed statement (a libpg-query parse node) into the permissions it needs. Pure:
+ * parse tree in, shape out; no parser, cache or text here.
+ *
+ * The walker visits every node of the tree generically (every field of every object), so anything
+ * nested anywhere (a writable CTE inside a subquery inside an INSERT, a function in ORDER BY) is
+ * seen. Only a few node types get special treatment: table references (RangeVar), function calls,
+ * operators, SELECT (CTE scopes, row locks, SELECT INTO) and INSERT/UPDATE/DELETE/MERGE (their
+ * target). Statement kinds are decided by explicit tables; an unknown kind is dynamic, never read.
+ *
+ * libpg-query writes `Node` fields wrapped (`{ "RangeVar": {...} }`) but fields of one specific
+ * type unwrapped; the generated NODE_FIELD_TYPES table says which is which.
+ */
+import { functionVerdict, isBuiltinOperator } from "./functions.js";
+import { NODE_FIELD_TYPES } from "./gen/node-fields.js";
+import {
+  actionRank,
+  classOfActions,
+  type ActionUse,
+  type DbAction,
+  type StatementInfo,
+  type TableRef,
+} from "./types.js";
+
+type Obj = Record<string, unknown>;
+
+/** A statement's classification without its text. */
+export type StatementShape = Omit<StatementInfo, "text">;
+
+export interface ShapeResult {
+  shape: StatementShape;
+  /** The result depends on literal values (SET arguments, EXPLAIN option values): cache by exact text only. */
+  literalSensitive: boolean;
+}
+
+interface Use {
+  action: DbAction;
+  table?: TableRef;
+  fn?: string;
+  /** Needed because of a function or operator call (kept by EXPLAIN without ANALYZE: planning may run functions). */
+  viaFunction: boolean;
+}
+
+/** Statement-level facts other than actions. */
+type Extra = Pick<
+  StatementShape,
+  "reason" | "searchPath" | "searchPathLocal" | "lexicalChange" | "prepare" | "execute" | "deallocate"
+>;
+
+class Collector {
+  readonly uses: Use[] = [];
+  readonly functions = new Set<string>();
+  readonly extra: Extra = {};
+  literalSensitive = false;
+
+  /** Records that the statement needs `action` (possibly on no table at all). */
+  action(action: DbAction): void {
+    this.uses.push({ action, viaFunction: false });
+  }
+
+  table(action: DbAction, table: TableRef): void {
+    this.uses.push({ action, table, viaFunction: false });
+  }
+
+  viaFunction(action: DbAction, fn: string, reason?: string): void {
+    this.uses.push({ action, fn, viaFunction: true });
+    if (reason !== undefined) this.dynamicReason(reason);
+  }
+
+  dynamic(reason: string): void {
+    this.uses.push({ action: "db:dynamic", viaFunction: false });
+    this.dynamicReason(reason);
+  }
+
+  private dynamicReason(reason: string): void {
+    this.extra.reason ??= reason;
+  }
+}
+
+interface CteNames {
+  names: readonly string[];
+  parent: CteNames | undefined;
+}
+
+/** What the walker knows at a point of the tree. */
+interface Scope {
+  /** The action a plain table reference found here needs. */
+  mode: DbAction;
+  /** Inside a FROM item that a locking clause (FOR UPDATE/SHARE) locks: reads become writes. */
+  locked: boolean;
+  /** CTE names visible here, innermost first. */
+  ctes: CteNames | undefined;
+}
+
+const ROOT: Scope = { mode: "db:read", locked: false, ctes: undefined };
+const withMode = (scope: Scope, mode: DbAction): Scope => ({ ...scope, mode });
+
+const isObj = (value: unknown): value is Obj => value !== null && typeof value === "object" && !Array.isArray(value);
+
+/** `{ "Kind": {...} }` -> ["Kind", {...}]; anything else -> undefined. */
+function unwrap(value: unknown): [string, Obj] | undefined {
+  if (!isObj(value)) return undefined;
+  const keys = Object.keys(value);
+  if (keys.length !== 1) return undefined;
+  const kind = keys[0] as string;
+  const code = kind.charCodeAt(0);
+  if (code < 65 || code > 90) return undefined;
+  const node = value[kind];
+  return isObj(node) ? [kind, node] : undefined;
+}
+
+/** The strings of a name list (`[{String:{sval}}...]`). */
+function nameParts(list: unknown): string[] {
+  if (!Array.isArray(list)) return [];
+  return list.map((item) => {
+    const node = unwrap(item);
+    return node && node[0] === "String" ? String(node[1].sval ?? "") : "?";
+  });
+}
+
+function tableRef(rangeVar: Obj): TableRef {
+  const ref: TableRef = { name: String(rangeVar.relname ?? "") };
+  if (typeof rangeVar.schemaname === "string") ref.schema = rangeVar.schemaname;
+  if (typeof rangeVar.catalogname === "string") ref.catalog = rangeVar.catalogname;
+  return ref;
+}
+
+/** A table ref from a qualified name list ([schema,] name), e.g. DROP TABLE's objects. */
+function tableFromParts(parts: readonly string[]): TableRef | undefined {
+  const name = parts[parts.length - 1];
+  if (name === undefined || name === "") return undefined;
+  const ref: TableRef = { name };
+  if (parts.length >= 2) ref.schema = parts[parts.length - 2] as string;
+  if (parts.length >= 3) ref.catalog = parts[parts.length - 3] as string;
+  return ref;
+}
+
+function isCte(scope: Scope, name: string): boolean {
+  for (let ctes = scope.ctes; ctes; ctes = ctes.parent) if (ctes.names.includes(name)) return true;
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The generic walk
+
+function walk(value: unknown, type: string | undefined, scope: Scope, out: Collector): void {
+  if (value === null || typeof value !== "object") return;
+  if (Array.isArray(value)) {
+    for (const item of value) walk(item, undefined, scope, out);
+    return;
+  }
+  const obj = value as Obj;
+  if (type !== undefined) {
+    walkNode(type, obj, scope, out);
+    return;
+  }
+  const wrapped = unwrap(obj);
+  if (wrapped) {
+    walkNode(wrapped[0], wrapped[1], scope, out);
+  } else if (typeof obj.relname === "string") {
+    // Defence in depth: an unwrapped RangeVar in a field the generated table does not know.
+    visitRangeVar(obj, scope, out);
+  } else {
+    walkFields(obj, undefined, scope, out);
+  }
+}
+
+function walkFields(node: Obj, type: string | undefined, scope: Scope, out: Collector, skip?: ReadonlySet<string>) {
+  const fieldTypes = type === undefined ? undefined : NODE_FIELD_TYPES[type];
+  for (const key in node) {
+    if (skip?.has(key)) continue;
+    const value = node[key];
+    if (value !== null && typeof value === "object") walk(value, fieldTypes?.[key], scope, out);
+  }
+}
+
+function walkNode(type: string, node: Obj, scope: Scope, out: Collector): void {
+  switch (type) {
+    case "RangeVar":
+      visitRangeVar(node, scope, out);
+      return;
+    case "FuncCall":
+      visitFuncCall(node, scope, out, false);
+      return;
+    case "A_Expr":
+      if (node.kind === "AEXPR_OP" || node.kind === "AEXPR_OP_ANY" || node.kind === "AEXPR_OP_ALL") {
+        visitOperator(node.name, out);
+      }
+      break;
+    case "SubLink":
+      if (node.operName !== undefined) visitOperator(node.operName, out);
+      break;
+    case "SortBy":
+      if (node.useOp !== undefined) visitOperator(node.useOp, out);
+      break;
+    case "RangeTableSample":
+      // TABLESAMPLE method(...) calls the method's handler function.
+      visitFunctionName(nameParts(node.method), out, false);
+      break;
+    case "SelectStmt":
+      visitSelect(node, scope, out);
+      return;
+    case "InsertStmt":
+    case "UpdateStmt":
+    case "DeleteStmt":
+    case "MergeStmt":
+      visitModify(type, node, scope, out);
+      return;
+    case "ExecuteStmt":
+      // Wherever it is (CREATE TABLE AS EXECUTE, EXPLAIN EXECUTE), EXECUTE runs unseen SQL.
+      classifyExecute(node, out);
+      return;
+  }
+  walkFields(node, type, scope, out);
+}
+
+function visitRangeVar(node: Obj, scope: Scope, out: Collector): void {
+  const name = node.relname;
+  if (typeof name !== "string" || name === "") return;
+  // An unqualified name matching a CTE in scope is the CTE, not a table.
+  if (node.schemaname === undefined && node.catalogname === undefined && isCte(scope, name)) return;
+  out.table(scope.locked && scope.mode === "db:read" ? "db:write" : scope.mode, tableRef(node));
+}
+
+function visitFunctionName(parts: string[], out: Collector, procedure: boolean): void {
+  const written = parts.join(".");
+  out.functions.add(written);
+  const verdict = functionVerdict(parts, procedure);
+  if (verdict.action) out.viaFunction(verdict.action, written, verdict.reason);
+}
+
+function visitFuncCall(node: Obj, scope: Scope, out: Collector, procedure: boolean): void {
+  visitFunctionName(nameParts(node.funcname), out, procedure);
+  walkFields(node, "FuncCall", scope, out, SKIP_FUNCNAME);
+}
+const SKIP_FUNCNAME: ReadonlySet<string> = new Set(["funcname"]);
+
+function visitOperator(list: unknown, out: Collector): void {
+  const parts = nameParts(list);
+  if (parts.length > 0 && !isBuiltinOperator(parts)) out.viaFunction("db:function", `OPERATOR(${parts.join(".")})`);
+}
+
+/** WITH: walks the CTE bodies with the right names visible; returns the scope for the main query. */
+function visitWith(withClause: Obj, scope: Scope, out: Collector): CteNames | undefined {
+  const ctes = (Array.isArray(withClause.ctes) ? withClause.ctes : [])
+    .map(unwrap)
+    .filter((cte): cte is [string, Obj] => cte !== undefined);
+  const names = ctes.map(([, cte]) => String(cte.ctename ?? ""));
+  if (withClause.recursive === true) {
+    // WITH RECURSIVE: every CTE of the list is visible in every CTE body.
+    const all: CteNames = { names, parent: scope.ctes };
+    for (const [kind, cte] of ctes) walk(cte, kind, { ...scope, ctes: all }, out);
+    return all;
+  }
+  // Plain WITH: a CTE body sees only the CTEs before it; its own name there is a table.
+  let visible = scope.ctes;
+  ctes.forEach(([kind, cte], i) => {
+    walk(cte, kind, { ...scope, ctes: visible }, out);
+    visible = { names: [names[i] as string], parent: visible };
+  });
+  return visible;
+}
+
+const SKIP_SELECT: ReadonlySet<string> = new Set(["withClause", "intoClause", "lockingClause"]);
+const SKIP_SELECT_LOCKED: ReadonlySet<string> = new Set(["withClause", "intoClause", "lockingClause", "fromClause"]);
+
+function visitSelect(node: Obj, outer: Scope, out: Collector): void {
+  let scope: Scope = { mode: "db:read", locked: outer.locked, ctes: outer.ctes };
+  if (isObj(node.withClause)) scope = { ...scope, ctes: visitWith(node.withClause, scope, out) };
+  if (isObj(node.intoClause)) {
+    // SELECT INTO creates a table.
+    out.action("db:ddl");
+    walk(node.intoClause, "IntoClause", withMode(scope, "db:ddl"), out);
+  }
+  const locking = Array.isArray(node.lockingClause) ? node.lockingClause : [];
+  if (locking.length === 0) {
+    walkFields(node, "SelectStmt", scope, out, SKIP_SELECT);
+    return;
+  }
+  out.action("db:write");
+  const locked = lockedNames(locking);
+  for (const item of Array.isArray(node.fromClause) ? node.fromClause : []) walkFromItem(item, locked, scope, out);
+  walkFields(node, "SelectStmt", scope, out, SKIP_SELECT_LOCKED);
+}
+
+/** The FROM-item names a locking clause names; undefined when one locks everything. */
+function lockedNames(locking: unknown[]): Set<string> | undefined {
+  const names = new Set<string>();
+  for (const clause of locking) {
+    const node = unwrap(clause)?.[1];
+    const rels = node && Array.isArray(node.lockedRels) ? node.lockedRels : [];
+    if (rels.length === 0) return undefined;
+    for (const rel of rels) {
+      const rangeVar = unwrap(rel)?.[1];
+      if (rangeVar && typeof rangeVar.relname === "string") names.add(rangeVar.relname);
+    }
+  }
+  return names;
+}
+
+function aliasOf(node: Obj): string | undefined {
+  return isObj(node.alias) && typeof node.alias.aliasname === "string" ? node.alias.aliasname : undefined;
+}
+
+/** Walks one FROM item of a SELECT with a locking clause; locked items' tables need db:write. */
+function walkFromItem(item: unknown, locked: Set<string> | undefined, scope: Scope, out: Collector): void {
+  const lockedScope: Scope = { ...scope, locked: true };
+  const wrapped = unwrap(item);
+  if (locked === undefined || !wrapped) {
+    walk(item, undefined, locked === undefined ? lockedScope : scope, out);
+    return;
+  }
+  const [kind, node] = wrapped;
+  if (kind === "JoinExpr") {
+    const alias = aliasOf(node);
+    if (alias !== undefined && locked.has(alias)) {
+      walk(item, undefined, lockedScope, out);
+    } else {
+      walkFromItem(node.larg, locked, scope, out);
+      walkFromItem(node.rarg, locked, scope, out);
+      walkFields(node, kind, scope, out, SKIP_JOIN_SIDES);
+    }
+    return;
+  }
+  let name = aliasOf(node);
+  if (name === undefined && kind === "RangeVar" && typeof node.relname === "string") name = node.relname;
+  if (name === undefined && kind === "RangeTableSample") {
+    const relation = unwrap(node.relation)?.[1];
+    if (relation) name = aliasOf(relation) ?? (typeof relation.relname === "string" ? relation.relname : undefined);
+  }
+  walk(item, undefined, name !== undefined && locked.has(name) ? lockedScope : scope, out);
+}
+const SKIP_JOIN_SIDES: ReadonlySet<string> = new Set(["larg", "rarg"]);
+
+const SKIP_MODIFY: ReadonlySet<string> = new Set(["relation", "withClause"]);
+
+/** INSERT/UPDATE/DELETE/MERGE: db:write on the target (never a CTE), reads elsewhere. */
+function visitModify(type: string, node: Obj, outer: Scope, out: Collector): void {
+  let scope: Scope = { mode: "db:read", locked: outer.locked, ctes: outer.ctes };
+  if (isObj(node.withClause)) scope = { ...scope, ctes: visitWith(node.withClause, scope, out) };
+  out.action("db:write");
+  if (isObj(node.relation)) out.table("db:write", tableRef(node.relation));
+  walkFields(node, type, scope, out, SKIP_MODIFY);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statement kinds
+
+/** Need no permission: transaction control, session settings, cursors already declared, LISTEN. */
+const SESSION_KINDS: ReadonlySet<string> = new Set([
+  "VariableShowStmt",
+  "ListenStmt",
+  "UnlistenStmt",
+  "FetchStmt",
+  "ClosePortalStmt",
+  "ConstraintsSetStmt",
+]);
+
+/** Change data (or state other sessions see) without being INSERT/UPDATE/DELETE/MERGE. */
+const WRITE_KINDS: ReadonlySet<string> = new Set(["LockStmt", "TruncateStmt", "RefreshMatViewStmt", "NotifyStmt"]);
+
+/** Schema changes inside the database. */
+const DDL_KINDS: ReadonlySet<string> = new Set([
+  "CreateStmt",
+  "CreateSchemaStmt",
+  "CreateForeignTableStmt",
+  "CreatePolicyStmt",
+  "AlterPolicyStmt",
+  "CreateTrigStmt",
+  "CreateSeqStmt",
+  "AlterSeqStmt",
+  "DefineStmt",
+  "CreateDomainStmt",
+  "AlterDomainStmt",
+  "CreateOpClassStmt",
+  "CreateOpFamilyStmt",
+  "AlterOpFamilyStmt",
+  "IndexStmt",
+  "CreateStatsStmt",
+  "AlterStatsStmt",
+  "CreateFunctionStmt",
+  "AlterFunctionStmt",
+  "AlterObjectDependsStmt",
+  "AlterOperatorStmt",
+  "AlterTypeStmt",
+  "RuleStmt",
+  "CompositeTypeStmt",
+  "CreateEnumStmt",
+  "CreateRangeStmt",
+  "AlterEnumStmt",
+  "ViewStmt",
+  "CreateConversionStmt",
+  "CreateCastStmt",
+  "CreateTransformStmt",
+  "AlterTSDictionaryStmt",
+  "AlterTSConfigurationStmt",
+  "AlterCollationStmt",
+  "ReplicaIdentityStmt",
+]);
+
+/** Privileges, roles, cluster and server configuration, maintenance, replication, foreign servers. */
+const ADMIN_KINDS: ReadonlySet<string> = new Set([
+  "GrantStmt",
+  "GrantRoleStmt",
+  "CreateRoleStmt",
+  "AlterRoleStmt",
+  "AlterRoleSetStmt",
+  "DropRoleStmt",
+  "AlterSystemStmt",
+  "LoadStmt",
+  "CreatedbStmt",
+  "DropdbStmt",
+  "AlterDatabaseStmt",
+  "AlterDatabaseSetStmt",
+  "AlterDatabaseRefreshCollStmt",
+  "CreateExtensionStmt",
+  "AlterExtensionStmt",
+  "AlterExtensionContentsStmt",
+  "AlterDefaultPrivilegesStmt",
+  "CreateFdwStmt",
+  "AlterFdwStmt",
+  "CreateForeignServerStmt",
+  "AlterForeignServerStmt",
+  "CreateUserMappingStmt",
+  "AlterUserMappingStmt",
+  "DropUserMappingStmt",
+  "ImportForeignSchemaStmt",
+  "SecLabelStmt",
+  "CreateTableSpaceStmt",
+  "DropTableSpaceStmt",
+  "AlterTableSpaceOptionsStmt",
+  "AlterTableMoveAllStmt",
+  "CreateSubscriptionStmt",
+  "AlterSubscriptionStmt",
+  "DropSubscriptionStmt",
+  "CreatePublicationStmt",
+  "AlterPublicationStmt",
+  "ReassignOwnedStmt",
+  "DropOwnedStmt",
+  "CreateEventTrigStmt",
+  "AlterEventTrigStmt",
+  "CreatePLangStmt",
+  "CreateAmStmt",
+  // Ownership changes give objects away: a privilege change like GRANT.
+  "AlterOwnerStmt",
+  "VacuumStmt",
+  "ClusterStmt",
+  "ReindexStmt",
+  "CheckPointStmt",
+]);
+
+/** Object types whose DROP/RENAME/ALTER ... SET SCHEMA reach beyond one database's schema. */
+const ADMIN_OBJECT_TYPES: ReadonlySet<string> = new Set([
+  "OBJECT_DATABASE",
+  "OBJECT_ROLE",
+  "OBJECT_TABLESPACE",
+  "OBJECT_EXTENSION",
+  "OBJECT_FOREIGN_SERVER",
+  "OBJECT_FDW",
+  "OBJECT_USER_MAPPING",
+  "OBJECT_SUBSCRIPTION",
+  "OBJECT_PUBLICATION",
+  "OBJECT_EVENT_TRIGGER",
+  "OBJECT_LANGUAGE",
+  "OBJECT_ACCESS_METHOD",
+  "OBJECT_PARAMETER_ACL",
+]);
+
+/** Object types named by a relation name, and those named "[schema.]table.object". */
+const RELATION_OBJECT_TYPES: ReadonlySet<string> = new Set([
+  "OBJECT_TABLE",
+  "OBJECT_VIEW",
+  "OBJECT_MATVIEW",
+  "OBJECT_SEQUENCE",
+  "OBJECT_FOREIGN_TABLE",
+  "OBJECT_INDEX",
+]);
+const TABLE_MEMBER_OBJECT_TYPES: ReadonlySet<string> = new Set([
+  "OBJECT_COLUMN",
+  "OBJECT_POLICY",
+  "OBJECT_TRIGGER",
+  "OBJECT_RULE",
+  "OBJECT_TABCONSTRAINT",
+]);
+
+/** The table an object name of a DROP/COMMENT refers to, when obvious. */
+function objectTable(objectType: unknown, object: unknown): TableRef | undefined {
+  const list = unwrap(object);
+  const parts = list && list[0] === "List" ? nameParts(list[1].items) : [];
+  if (RELATION_OBJECT_TYPES.has(String(objectType))) return tableFromParts(parts);
+  if (TABLE_MEMBER_OBJECT_TYPES.has(String(objectType))) return tableFromParts(parts.slice(0, -1));
+  return undefined;
+}
+
+/** The value of a constant argument (A_Const or a bare value node), as a string. */
+function constantText(value: unknown): string | undefined {
+  const wrapped = unwrap(value);
+  if (!wrapped) return undefined;
+  let [kind, node] = wrapped;
+  if (kind === "A_Const") {
+    const inner = Object.entries(node).find(([key]) => key !== "location" && key !== "isnull");
+    if (!inner || !isObj(inner[1])) return undefined;
+    node = inner[1];
+    kind = inner[0];
+  }
+  if (kind === "sval" || kind === "String") return String(node.sval ?? "");
+  if (kind === "ival" || kind === "Integer") return String(node.ival ?? 0);
+  if (kind === "fval" || kind === "Float") return String(node.fval ?? "");
+  if (kind === "boolval" || kind === "Boolean") return node.boolval === true ? "true" : "false";
+  return undefined;
+}
+
+/** EXPLAIN's ANALYZE option: on unless clearly turned off (PostgreSQL's defGetBoolean). */
+function explainAnalyzes(options: unknown): boolean {
+  if (!Array.isArray(options)) return false;
+  let analyze = false;
+  for (const option of options) {
+    const node = unwrap(option)?.[1];
+    if (!node || node.defname !== "analyze") continue;
+    if (node.arg === undefined) {
+      analyze = true;
+      continue;
+    }
+    const value = constantText(node.arg)?.toLowerCase();
+    if (value !== "false" && value !== "off" && value !== "0") analyze = true;
+  }
+  return analyze;
+}
+
+const LEXICAL_SETTINGS: ReadonlySet<string> = new Set(["standard_conforming_strings", "client_encoding"]);
+
+function classifySet(node: Obj, out: Collector): void {
+  out.literalSensitive = true;
+  const kind = node.kind;
+  // GUC names are case-insensitive: SET "Search_Path" = x sets search_path.
+  const name = typeof node.name === "string" ? node.name.toLowerCase() : "";
+  const resets = kind === "VAR_RESET" || kind === "VAR_SET_DEFAULT";
+  if (kind === "VAR_RESET_ALL") {
+    out.extra.lexicalChange = true;
+    out.extra.searchPath = null;
+    return;
+  }
+  const args = Array.isArray(node.args) ? node.args : [];
+  if (LEXICAL_SETTINGS.has(name)) out.extra.lexicalChange = true;
+  if (name === "search_path") {
+    if (resets) out.extra.searchPath = null;
+    else if (kind === "VAR_SET_VALUE") out.extra.searchPath = args.map((arg) => constantText(arg) ?? "");
+    if (out.extra.searchPath !== undefined && node.is_local === true) out.extra.searchPathLocal = true;
+  }
+  if (name === "role") {
+    // RESET ROLE, SET ROLE NONE and SET role TO DEFAULT return to the session user: no new power.
+    const none = kind === "VAR_SET_VALUE" && args.length === 1 && constantText(args[0]) === "none";
+    if (!resets && !none) out.action("db:admin");
+  } else if (name === "session_authorization") {
+    if (!resets) out.action("db:admin");
+  } else if (name === "session_replication_role") {
+    // Turns off triggers and foreign keys (superuser only): admin whatever the value.
+    out.action("db:admin");
+  }
+}
+
+/** Adds what one statement node (`kind` with its fields) needs to `out`. */
+function classifyInto(kind: string, node: Obj, out: Collector): void {
+  switch (kind) {
+    case "SelectStmt":
+      out.action("db:read");
+      visitSelect(node, ROOT, out);
+      return;
+    case "InsertStmt":
+    case "UpdateStmt":
+    case "DeleteStmt":
+    case "MergeStmt":
+      visitModify(kind, node, ROOT, out);
+      return;
+    case "ExplainStmt":
+      classifyExplain(node, out);
+      return;
+    case "CopyStmt":
+      classifyCopy(node, out);
+      return;
+    case "PrepareStmt":
+      out.extra.prepare = { name: String(node.name ?? "") };
+      classifyInner(node.query, out);
+      return;
+    case "DeclareCursorStmt":
+      classifyInner(node.query, out);
+      return;
+    case "ExecuteStmt":
+      classifyExecute(node, out);
+      return;
+    case "DoStmt":
+      out.dynamic("DO blocks run procedural code that cannot be inspected");
+      return;
+    case "CallStmt":
+      if (isObj(node.funccall)) visitFuncCall(node.funccall, ROOT, out, true);
+      return;
+    case "VariableSetStmt":
+      classifySet(node, out);
+      return;
+    case "TransactionStmt":
+      // Two-phase commit: a prepared transaction outlives the session and holds its locks; COMMIT or
+      // ROLLBACK PREPARED can finish another session's transaction.
+      if (
+        node.kind === "TRANS_STMT_PREPARE" ||
+        node.kind === "TRANS_STMT_COMMIT_PREPARED" ||
+        node.kind === "TRANS_STMT_ROLLBACK_PREPARED"
+      ) {
+        out.action("db:admin");
+      }
+      return;
+    case "DiscardStmt":
+      if (node.target === "DISCARD_ALL") {
+        out.extra.lexicalChange = true;
+        out.extra.searchPath = null;
+        out.extra.deallocate = { name: null };
+      }
+      return;
+    case "DeallocateStmt":
+      out.extra.deallocate = { name: node.isall === true || typeof node.name !== "string" ? null : node.name };
+      return;
+    case "CreateTableAsStmt":
+      // CREATE TABLE AS / CREATE MATERIALIZED VIEW: a new table filled by the query.
+      out.action("db:ddl");
+      walk(node.into, "IntoClause", withMode(ROOT, "db:ddl"), out);
+      classifyInner(node.query, out);
+      return;
+    case "AlterTableStmt": {
+      out.action("db:ddl");
+      const cmds = Array.isArray(node.cmds) ? node.cmds : [];
+      if (cmds.some((cmd) => unwrap(cmd)?.[1].subtype === "AT_ChangeOwner")) {
+        out.action("db:admin");
+        if (isObj(node.relation)) out.table("db:admin", tableRef(node.relation));
+      }
+      walkFields(node, kind, withMode(ROOT, "db:ddl"), out);
+      return;
+    }
+    case "DropStmt":
+    case "CommentStmt": {
+      const objectType = kind === "DropStmt" ? node.removeType : node.objtype;
+      const action: DbAction =
+        kind === "DropStmt" && ADMIN_OBJECT_TYPES.has(String(objectType)) ? "db:admin" : "db:ddl";
+      out.action(action);
+      const objects = kind === "DropStmt" ? (Array.isArray(node.objects) ? node.objects : []) : [node.object];
+      for (const object of objects) {
+        const table = objectTable(objectType, object);
+        if (table) out.table(action, table);
+      }
+      return;
+    }
+    case "RenameStmt":
+    case "AlterObjectSchemaStmt": {
+      const objectType = kind === "RenameStmt" ? node.renameType : node.objectType;
+      const action: DbAction = ADMIN_OBJECT_TYPES.has(String(objectType)) ? "db:admin" : "db:ddl";
+      out.action(action);
+      const table = objectTable(objectType, node.object);
+      if (table) out.table(action, table);
+      walkFields(node, kind, withMode(ROOT, action), out);
+      return;
+    }
+  }
+  if (SESSION_KINDS.has(kind)) return;
+  const action: DbAction | undefined = WRITE_KINDS.has(kind)
+    ? "db:write"
+    : DDL_KINDS.has(kind)
+      ? "db:ddl"
+      : ADMIN_KINDS.has(kind)
+        ? "db:admin"
+        : undefined;
+  if (action === undefined) {
+    out.dynamic(`statement kind ${kind} is not classified`);
+    return;
+  }
+  out.action(action);
+  walkFields(node, kind, withMode(ROOT, action), out);
+}
+
+/** EXECUTE name (params): dynamic until the caller resolves the name; the parameters are visible. */
+function classifyExecute(node: Obj, out: Collector): void {
+  const name = String(node.name ?? "");
+  out.extra.execute = { name };
+  out.dynamic(`EXECUTE runs the prepared statement "${name}", which was not resolved`);
+  walkFields(node, "ExecuteStmt", ROOT, out);
+}
+
+/** Classifies a wrapped statement node (PREPARE's, DECLARE's, EXPLAIN's inner statement). */
+function classifyInner(value: unknown, out: Collector): void {
+  const inner = unwrap(value);
+  if (inner) classifyInto(inner[0], inner[1], out);
+  else out.dynamic("the statement has no inner statement the classifier understands");
+}
+
+function classifyExplain(node: Obj, out: Collector): void {
+  const options = Array.isArray(node.options) ? node.options : [];
+  // EXPLAIN (ANALYZE 'off') and (ANALYZE 'on') share a normalized cache key.
+  if (options.some((option) => unwrap(option)?.[1].arg !== undefined)) out.literalSensitive = true;
+  const inner = new Collector();
+  classifyInner(node.query, inner);
+  if (inner.literalSensitive) out.literalSensitive = true;
+  for (const fn of inner.functions) out.functions.add(fn);
+  Object.assign(out.extra, inner.extra);
+  if (explainAnalyzes(options)) {
+    // EXPLAIN ANALYZE runs the statement.
+    out.uses.push(...inner.uses);
+    return;
+  }
+  // Plain EXPLAIN only plans: tables are read (for the plan). Planning can still call functions
+  // (constant folding, selectivity estimates evaluate immutable and stable functions), so
+  // function-derived actions and dynamic ones stay.
+  out.action("db:read");
+  for (const use of inner.uses) {
+    if (use.viaFunction || use.action === "db:dynamic") out.uses.push(use);
+    else if (use.table) out.table("db:read", use.table);
+  }
+}
+
+function classifyCopy(node: Obj, out: Collector): void {
+  const relation = isObj(node.relation) ? tableRef(node.relation) : undefined;
+  if (node.filename !== undefined || node.is_program === true) {
+    // Server-side files and programs run with the server's OS account.
+    out.action("db:admin");
+    if (relation) out.table("db:admin", relation);
+    walk(node.query, undefined, ROOT, out);
+    walk(node.whereClause, undefined, ROOT, out);
+    return;
+  }
+  if (node.is_from === true) {
+    out.action("db:copy-in");
+    if (relation) out.table("db:copy-in", relation);
+    walk(node.whereClause, undefined, ROOT, out);
+    return;
+  }
+  out.action("db:copy-out");
+  if (relation) out.table("db:copy-out", relation);
+  const before = out.uses.length;
+  walk(node.query, undefined, ROOT, out);
+  for (const use of out.uses.slice(before)) if (use.table && !use.viaFunction) out.table("db:copy-out", use.table);
+}
+
+const tableKey = (table: TableRef) => `${table.catalog ?? ""}\u0000${table.schema ?? ""}\u0000${table.name}`;
+
+function finish(kind: string, out: Collector): ShapeResult {
+  const byAction = new Map<DbAction, { tables: Map<string, TableRef>; functions: Set<string> }>();
+  const tables = new Map<string, TableRef>();
+  for (const use of out.uses) {
+    let entry = byAction.get(use.action);
+    if (!entry) byAction.set(use.action, (entry = { tables: new Map(), functions: new Set() }));
+    if (use.table) {
+      const key = tableKey(use.table);
+      if (!entry.tables.has(key)) entry.tables.set(key, use.table);
+      if (!tables.has(key)) tables.set(key, use.table);
+    }
+    if (use.fn !== undefined) entry.functions.add(use.fn);
+  }
+  const actions: ActionUse[] = [...byAction]
+    .sort(([a], [b]) => actionRank(b) - actionRank(a))
+    .map(([action, entry]) => {
+      const use: ActionUse = { action, tables: [...entry.tables.values()] };
+      if (entry.functions.size > 0) use.functions = [...entry.functions];
+      return use;
+    });
+  const shape: StatementShape = {
+    kind,
+    statementClass: classOfActions(actions),
+    actions,
+    tables: [...tables.values()],
+    functions: [...out.functions],
+    ...out.extra,
+  };
+  if (shape.statementClass !== "dynamic") delete shape.reason;
+  return { shape, literalSensitive: out.literalSensitive };
+}
+
+/** Classifies one statement from libpg-query's `stmts[i].stmt` (`{ "SelectStmt": {...} }`). */
+export function classifyStatement(stmt: unknown): ShapeResult {
+  const wrapped = unwrap(stmt);
+  const out = new Collector();
+  if (!wrapped) {
+    out.dynamic("the statement could not be read");
+    return finish("", out);
+  }
+  classifyInto(wrapped[0], wrapped[1], out);
+  return finish(wrapped[0], out);
+}
+
+/** A statement that must be refused as dynamic whatever it is, for `reason`. */
+export function dynamicShape(kind: string, reason: string): StatementShape {
+  return {
+    kind,
+    statementClass: "dynamic",
+    actions: [{ action: "db:dynamic", tables: [] }],
+    tables: [],
+    functions: [],
+    reason,
+  };
+}

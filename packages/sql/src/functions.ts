@@ -1,0 +1,133 @@
+/**
+ * What calling a function (or using an operator) needs. Built-in functions of pg_catalog need
+ * nothing of their own, except the lists below: functions with side effects outside the rows a
+ * statement names (admin), functions that run SQL given as a string (dynamic), and functions that
+ * change shared state (write). Everything else, user-defined or from an extension, is db:function.
+ *
+ * The danger lists match the bare name in ANY schema (an extension installs dblink_exec wherever it
+ * likes; a same-named user function gets the stricter treatment, which is safe). The built-in list
+ * matches only unqualified names and `pg_catalog.x`: `myschema.lower(...)` is a user function.
+ */
+import { PG_CATALOG_FUNCTIONS, PG_CATALOG_OPERATORS } from "./gen/pg-catalog.js";
+import type { DbAction } from "./types.js";
+
+/** Side effects on the server, files, other sessions, replication or configuration. */
+const ADMIN_FUNCTIONS: ReadonlySet<string> = new Set([
+  "pg_terminate_backend",
+  "pg_cancel_backend",
+  "pg_reload_conf",
+  "pg_rotate_logfile",
+  "pg_rotate_logfile_old",
+  "pg_switch_wal",
+  "pg_create_restore_point",
+  "pg_backup_start",
+  "pg_backup_stop",
+  "pg_start_backup",
+  "pg_stop_backup",
+  "pg_promote",
+  "pg_logical_emit_message",
+  "pg_read_file",
+  "pg_read_file_old",
+  "pg_read_binary_file",
+  "pg_stat_file",
+  "loread",
+  "lowrite",
+  // set_config('role', ...) is SET ROLE, set_config('search_path', ...) moves every unqualified name.
+  "set_config",
+  "pg_import_system_collations",
+  "pg_log_backend_memory_contexts",
+  "pg_log_standby_snapshot",
+  "pg_nextoid",
+  "pg_stop_making_pinned_objects",
+  "pg_extension_config_dump",
+  // Index maintenance, like VACUUM.
+  "gin_clean_pending_list",
+  "brin_summarize_new_values",
+  "brin_summarize_range",
+  "brin_desummarize_range",
+  "dblink_exec",
+]);
+
+const ADMIN_PATTERNS: readonly RegExp[] = [
+  /^pg_wal_replay_/,
+  /replication_slot/,
+  /^pg_replication_origin_/,
+  /^pg_logical_slot_/,
+  /^pg_ls_/,
+  /^pg_file_/,
+  /^lo_/,
+  /^pg_stat_(.*_)?reset/,
+  /^binary_upgrade_/,
+  /^dblink_connect/,
+  /^pg_(restore|clear)_\w*stats$/,
+];
+
+/** Run SQL (or read whole tables, schemas, databases) named in a string argument. */
+const DYNAMIC_FUNCTIONS: ReadonlySet<string> = new Set([
+  "query_to_xml",
+  "query_to_xml_and_xmlschema",
+  "query_to_xmlschema",
+  // ts_stat(sqlquery) and ts_rewrite(query, select) execute their text argument.
+  "ts_stat",
+  "ts_rewrite",
+]);
+
+const DYNAMIC_PATTERNS: readonly RegExp[] = [
+  /^cursor_to_xml/,
+  /^table_to_xml/,
+  /^schema_to_xml/,
+  /^database_to_xml/,
+  /^dblink/,
+];
+
+/**
+ * Change state other sessions see, without naming a table: sequences, notifications, and advisory
+ * locks. Advisory locks change no data, but holding one blocks other sessions and steers
+ * applications that coordinate through them, like LOCK TABLE (a write); admin would be too much
+ * for what applications call routinely.
+ */
+const WRITE_FUNCTIONS: ReadonlySet<string> = new Set(["nextval", "setval", "pg_notify"]);
+const WRITE_PATTERNS: readonly RegExp[] = [/^pg_(try_)?advisory_/];
+
+/** What a call needs: an action (with a reason for dynamic), or nothing for a plain built-in. */
+export interface FunctionVerdict {
+  action?: DbAction;
+  reason?: string;
+}
+
+const matches = (name: string, set: ReadonlySet<string>, patterns: readonly RegExp[]) =>
+  set.has(name) || patterns.some((pattern) => pattern.test(name));
+
+/** True when `parts` (a possibly qualified name) names a built-in function of pg_catalog. */
+export function isBuiltinFunction(parts: readonly string[]): boolean {
+  const name = parts[parts.length - 1];
+  if (name === undefined || !PG_CATALOG_FUNCTIONS.has(name)) return false;
+  return parts.length === 1 || (parts.length === 2 && parts[0] === "pg_catalog");
+}
+
+/**
+ * The action a function call needs. `procedure` is set for CALL: procedures always need
+ * db:function (there are no built-in procedures worth exempting).
+ */
+export function functionVerdict(parts: readonly string[], procedure = false): FunctionVerdict {
+  const name = parts[parts.length - 1] ?? "";
+  if (ADMIN_FUNCTIONS.has(name) || ADMIN_PATTERNS.some((pattern) => pattern.test(name))) {
+    return { action: "db:admin" };
+  }
+  if (matches(name, DYNAMIC_FUNCTIONS, DYNAMIC_PATTERNS)) {
+    return { action: "db:dynamic", reason: `${name}() runs SQL given as text, which cannot be inspected` };
+  }
+  if (matches(name, WRITE_FUNCTIONS, WRITE_PATTERNS)) return { action: "db:write" };
+  if (!procedure && isBuiltinFunction(parts)) return {};
+  return { action: "db:function" };
+}
+
+/**
+ * True when an operator name (possibly `schema.op`) is one of pg_catalog's. Others are
+ * user-defined and run a user function, so they need db:function like one.
+ */
+export function isBuiltinOperator(parts: readonly string[]): boolean {
+  const name = parts[parts.length - 1];
+  if (name === undefined || !PG_CATALOG_OPERATORS.has(name)) return false;
+  return parts.length === 1 || (parts.length === 2 && parts[0] === "pg_catalog");
+}

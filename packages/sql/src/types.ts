@@ -1,0 +1,126 @@
+/**
+ * The data types of @moat/sql: what a statement needs (actions on tables), and what the classifier
+ * returns. Types and the action ranking only; no logic that looks at SQL.
+ */
+
+/** A permission a statement needs. Policies grant these per table (or per function). */
+export type DbAction =
+  "db:read" | "db:write" | "db:ddl" | "db:admin" | "db:dynamic" | "db:copy-in" | "db:copy-out" | "db:function";
+
+/**
+ * Every action, weakest first. The order is a judgement used only to pick a statement's summary
+ * class: a bulk copy is stronger than the row-level action it resembles; a user-defined function
+ * can do anything its body does; schema changes outlive the session; admin actions reach beyond the
+ * database's data; dynamic SQL could be any of them.
+ */
+export const DB_ACTIONS: readonly DbAction[] = [
+  "db:read",
+  "db:copy-out",
+  "db:write",
+  "db:copy-in",
+  "db:function",
+  "db:ddl",
+  "db:admin",
+  "db:dynamic",
+];
+
+/** The rank of an action in {@link DB_ACTIONS} (higher is stronger). */
+export function actionRank(action: DbAction): number {
+  return DB_ACTIONS.indexOf(action);
+}
+
+/** The strongest of some actions, or undefined for none. */
+export function strongestAction(actions: Iterable<DbAction>): DbAction | undefined {
+  let best: DbAction | undefined;
+  for (const action of actions) if (best === undefined || actionRank(action) > actionRank(best)) best = action;
+  return best;
+}
+
+/** A table (or view, sequence, index) as written, names case-folded by the parser. */
+export interface TableRef {
+  /** Absent when the name was not qualified. */
+  schema?: string;
+  name: string;
+  /** The database part of a three-part name (`db.schema.table`), rare. */
+  catalog?: string;
+}
+
+/** One permission a statement needs and what it needs it on. */
+export interface ActionUse {
+  action: DbAction;
+  tables: TableRef[];
+  /** The functions (or `OPERATOR(x)`s) that need this action, when functions are the reason. */
+  functions?: string[];
+}
+
+export type StatementClass =
+  "read" | "write" | "ddl" | "admin" | "dynamic" | "copy-in" | "copy-out" | "function" | "session";
+
+/**
+ * One statement of a query text. Objects returned by the classifier are shared with its cache and
+ * frozen: treat them as read-only.
+ */
+export interface StatementInfo {
+  /** Parse node name, e.g. "SelectStmt"; "" when the text could not be split into statements. */
+  kind: string;
+  /** This statement's own text, trimmed. */
+  text: string;
+  /** The strongest action, or "session" for statements that need no permission. */
+  statementClass: StatementClass;
+  /** Every permission the statement needs, strongest first; [] for "session" statements. */
+  actions: ActionUse[];
+  /** Every table touched, deduplicated, in order of appearance. */
+  tables: TableRef[];
+  /** Every function called, as written ("pg_catalog.lower" or "lower"), deduplicated. */
+  functions: string[];
+  /** Why a dynamic statement cannot be classified (safe to show to the user). */
+  reason?: string;
+  /** SET search_path: the new path; RESET/DEFAULT: null (back to the server's default). */
+  searchPath?: string[] | null;
+  /** The search_path change is SET LOCAL: it ends with the transaction. */
+  searchPathLocal?: boolean;
+  /** Changes how the server reads the following text (standard_conforming_strings, client_encoding). */
+  lexicalChange?: boolean;
+  /** PREPARE name AS ...: the statement is classified as its inner statement. */
+  prepare?: { name: string };
+  /** EXECUTE name: dynamic unless the caller resolves the name to the prepared statement's class. */
+  execute?: { name: string };
+  /** DEALLOCATE name, or null for DEALLOCATE ALL / DISCARD ALL. */
+  deallocate?: { name: string | null };
+}
+
+export interface SqlSyntaxError {
+  message: string;
+  /** 1-based character position like PostgreSQL's, 0 when unknown. */
+  position: number;
+  sqlstate: "42601";
+}
+
+export type Classification =
+  | { ok: true; statements: StatementInfo[]; fingerprint: string; cached: boolean }
+  | { ok: false; error: SqlSyntaxError };
+
+/** The session settings that change how PostgreSQL lexes text. */
+export interface LexicalState {
+  standardConformingStrings: boolean;
+}
+
+export interface ClassifierOptions {
+  /** Maximum cached classifications (default 10 000; 0 disables the cache). */
+  cacheEntries?: number;
+  /** Texts longer than this (in UTF-16 units) are classified without caching (default 16 KiB). */
+  maxCachedTextLength?: number;
+  /** Bound on the total length of cached keys, in UTF-16 units (default 8 Mi, about 16 MiB). */
+  maxCacheChars?: number;
+}
+
+export interface Classifier {
+  classify(text: string, lexical: LexicalState): Classification;
+  readonly cacheSize: number;
+}
+
+/** The summary class of a set of actions. */
+export function classOfActions(actions: readonly ActionUse[]): StatementClass {
+  const best = strongestAction(actions.map((use) => use.action));
+  return best === undefined ? "session" : (best.slice(3) as StatementClass);
+}

@@ -1,0 +1,147 @@
+/**
+ * The Postgres enforcer end to end, as a new user meets it: a control plane, an agent process with
+ * a postgres resource in front of a real PostgreSQL server, a user and a policy made through the
+ * REST API, an access token minted by the control plane, stock psql through the agent. Statements
+ * are decided locally, audit events reach the control plane's store, and revoking the token cuts
+ * the live session.
+ */
+import { spawn } from "node:child_process";
+import { afterAll, describe, expect, it } from "vitest";
+import { freePort, startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
+import { api, cleanup, createAgent, getAgent, startAgent, startControlPlane } from "./support.js";
+
+let pgServer: TestPostgres | undefined;
+afterAll(async () => {
+  await cleanup();
+  await pgServer?.stop();
+});
+
+const POLICY = {
+  apiVersion: "moat.dev/v1",
+  kind: "Policy",
+  metadata: { name: "prod-readonly" },
+  spec: {
+    subjects: { groups: ["engineers"] },
+    resources: { names: ["prod-db"] },
+    rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read"] }],
+    masking: [{ columns: ["email"], style: "partial" }],
+  },
+};
+
+function psql(port: number, token: string, sql: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(
+      "psql",
+      [`host=127.0.0.1 port=${port} user=carol@example.com dbname=app sslmode=require`, "-X", "-A", "-t", "-c", sql],
+      { env: { ...process.env, PGPASSWORD: token } },
+    );
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    child.on("exit", (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+describe("postgres through the agent", () => {
+  it("enforces policy on psql with a control-plane token, audits to the control plane, cuts revoked sessions", async () => {
+    pgServer = await startPostgres();
+    await pgServer.createDatabase("app");
+    await pgServer.sql(
+      "CREATE TABLE customers (id int, email text); INSERT INTO customers VALUES (1, 'jane.doe@example.com');",
+      "app",
+    );
+    const cp = await startControlPlane();
+    const { id, token: enrolment } = await createAgent(cp, "edge-pg");
+    const listen = await freePort();
+    const agent = await startAgent({
+      token: enrolment,
+      yaml: [
+        "resources:",
+        "  - name: prod-db",
+        "    type: postgres",
+        `    listen: 127.0.0.1:${listen}`,
+        "    labels: { env: prod }",
+        "    postgres:",
+        `      target: { host: 127.0.0.1, port: ${pgServer.port}, user: postgres, sslmode: disable }`,
+        "",
+      ].join("\n"),
+    });
+    expect((await api(cp, "PUT", "/api/v1/policies/prod-readonly", POLICY)).status).toBe(201);
+    const user = await api<{ id: string }>(cp, "POST", "/api/v1/users", {
+      email: "carol@example.com",
+      role: "member",
+      groups: ["engineers"],
+      password: "correct horse battery staple",
+    });
+    expect(user.status).toBe(201);
+    await waitFor(async () => (await getAgent(cp, id)).bundleVersion !== "0", 15_000);
+
+    const login = await fetch(`${cp.url}/api/v1/auth/login`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ email: "carol@example.com", password: "correct horse battery staple" }),
+    });
+    const session = (await login.json()) as { accessToken: string };
+    const minted = (await (
+      await fetch(`${cp.url}/api/v1/tokens`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${session.accessToken}` },
+      })
+    ).json()) as { accessToken: string; tokenId: string };
+    const token = minted.accessToken;
+    await waitFor(async () => (await psql(listen, token, "SELECT 1")).stdout.trim() === "1", 10_000);
+
+    const read = await psql(listen, token, "SELECT id, email FROM customers");
+    expect(read.stderr).toBe("");
+    expect(read.stdout).toMatch(/^1\|j\*+@example\.com/);
+    const write = await psql(listen, token, "DELETE FROM customers");
+    expect(write.stderr).toMatch(/ERROR: {2}no policy allows db:write on prod-db \(table public\.customers\)/);
+    expect(await pgServer.sql("SELECT count(*) FROM customers", "app")).toMatch(/^1/);
+
+    // Audit events reach the control plane, with the statement, verdict and masked columns.
+    await waitFor(async () => {
+      const events = await api<{ items: { type: string; verdict: string; detail?: unknown }[] }>(
+        cp,
+        "GET",
+        "/api/v1/audit/events?resource=prod-db&type=db.query&limit=50",
+      );
+      return events.body.items.length >= 3;
+    }, 10_000);
+    const all = await api<{ items: Record<string, unknown>[] }>(
+      cp,
+      "GET",
+      "/api/v1/audit/events?resource=prod-db&limit=100",
+    );
+    const text = JSON.stringify(all.body.items);
+    expect(text).toContain("DELETE FROM customers");
+    expect(text).toContain("session.start");
+    expect(text).not.toContain(token);
+    expect(text).not.toContain("jane.doe@example.com");
+
+    // Revoking the token ends a live session within a second.
+    const child = spawn(
+      "psql",
+      [
+        `host=127.0.0.1 port=${listen} user=carol@example.com dbname=app sslmode=require`,
+        "-X",
+        "-c",
+        "SELECT pg_sleep(30)",
+      ],
+      { env: { ...process.env, PGPASSWORD: token } },
+    );
+    let stderr = "";
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    const exited = new Promise<number>((r) => child.on("exit", (code) => r(code ?? -1)));
+    await new Promise((r) => setTimeout(r, 700));
+    const started = Date.now();
+    expect((await api(cp, "DELETE", `/api/v1/tokens/${minted.tokenId}`)).status).toBe(204);
+    expect(await exited).not.toBe(0);
+    const cutAfter = Date.now() - started;
+    console.log(`revocation cut the live session in ${cutAfter} ms`);
+    expect(cutAfter).toBeLessThan(2_000);
+    expect(stderr).toMatch(/revoked/);
+    expect((await psql(listen, token, "SELECT 1")).stderr).toMatch(/revoked/);
+    await agent.stop();
+  });
+});
