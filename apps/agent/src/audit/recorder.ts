@@ -7,6 +7,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { create, AuditEventSchema, timestampFromDate, toBinary } from "@moat/proto";
 import type { AuditSpool, Gap } from "./spool.js";
 import { createUlidFactory } from "@moat/common";
+import { encodeDbQueryEvent } from "./fast-encode.js";
 
 export type AuditEventInit = Omit<
   Exclude<MessageInitShape<typeof AuditEventSchema>, { $typeName: string }>,
@@ -14,7 +15,14 @@ export type AuditEventInit = Omit<
 >;
 
 export interface AuditRecorder {
+  /** Records an event and resolves once it is fsynced. */
   record(event: AuditEventInit): Promise<{ seq: bigint; id: string }>;
+  /**
+   * Records a high-rate event (one per statement) without waiting: written to the spool file at the
+   * end of this event-loop turn, fsynced within milliseconds (AuditSpool.appendSoon). Throws
+   * SpoolFullError when the spool is full and fail-closed.
+   */
+  recordSoon(event: AuditEventInit): { seq: bigint; id: string };
 }
 
 export function createAuditRecorder(deps: {
@@ -25,24 +33,78 @@ export function createAuditRecorder(deps: {
 }): AuditRecorder {
   const now = deps.now ?? (() => new Date());
   const ulid = createUlidFactory(() => now().getTime());
+  const encode = (event: AuditEventInit, id: string, seq: bigint): Uint8Array => {
+    const d = event.detail;
+    if (d?.case === "dbQuery" && event.actor) {
+      const a = event.actor;
+      const q = d.value;
+      return encodeDbQueryEvent({
+        id,
+        seq,
+        time: now(),
+        type: event.type ?? "",
+        actor: {
+          user: a.user ?? "",
+          groups: a.groups ?? [],
+          sourceAddress: a.sourceAddress ?? "",
+          tokenId: a.tokenId ?? "",
+        },
+        resource: event.resource ?? "",
+        sessionId: event.sessionId ?? "",
+        verdict: event.verdict ?? 0,
+        rule: event.rule ?? "",
+        message: event.message ?? "",
+        bundleVersion: deps.bundleVersion(),
+        prevHash: deps.spool.lastHash,
+        query: {
+          text: q.text ?? "",
+          fingerprint: q.fingerprint ?? "",
+          statementClass: q.statementClass ?? "",
+          tables: q.tables ?? [],
+          durationUs: q.durationUs ?? 0n,
+          rows: q.rows ?? 0n,
+          maskedColumns: q.maskedColumns ?? [],
+        },
+      });
+    }
+    return toBinary(
+      AuditEventSchema,
+      create(AuditEventSchema, {
+        ...event,
+        id,
+        seq,
+        time: timestampFromDate(now()),
+        prevHash: deps.spool.lastHash,
+        bundleVersion: deps.bundleVersion(),
+      }),
+    );
+  };
+  // The shipper is woken once per turn, after the turn's events are written.
+  let wakeScheduled = false;
+  const scheduleWake = () => {
+    if (wakeScheduled) return;
+    wakeScheduled = true;
+    setImmediate(() => {
+      wakeScheduled = false;
+      deps.onRecorded?.();
+    });
+  };
   const recorder: AuditRecorder = {
     async record(event) {
       const id = ulid();
-      const result = await deps.spool.append((seq) =>
-        toBinary(
-          AuditEventSchema,
-          create(AuditEventSchema, {
-            ...event,
-            id,
-            seq,
-            time: timestampFromDate(now()),
-            prevHash: deps.spool.lastHash,
-            bundleVersion: deps.bundleVersion(),
-          }),
-        ),
-      );
+      const result = await deps.spool.append((seq) => encode(event, id, seq));
       if (result.gap) await recordGap(result.gap, "the audit spool was full: the oldest unshipped events were dropped");
       deps.onRecorded?.();
+      return { seq: result.seq, id };
+    },
+    recordSoon(event) {
+      const id = ulid();
+      const result = deps.spool.appendSoon((seq) => encode(event, id, seq));
+      if (result.gap)
+        void recordGap(result.gap, "the audit spool was full: the oldest unshipped events were dropped").catch(
+          () => undefined,
+        );
+      scheduleWake();
       return { seq: result.seq, id };
     },
   };

@@ -32,6 +32,10 @@ import { crc32 } from "node:zlib";
 const HEADER = 16;
 /** Largest single event accepted (a query text is capped well below this by the enforcer). */
 export const MAX_EVENT_BYTES = 1024 * 1024;
+/** Events written with `appendSoon` are fsynced within this delay. */
+export const SYNC_DELAY_MS = 5;
+/** Latest events kept in memory for shipping. */
+const TAIL_BYTES = 8 * 1024 * 1024;
 
 export type WhenFull = "fail-closed" | "drop-oldest";
 
@@ -112,6 +116,16 @@ function scan(
 
 export class AuditSpool {
   private segments: Segment[] = [];
+  /** Frames numbered and chained but not yet written (written at the end of the turn). */
+  private staged: Buffer[] = [];
+  private writeScheduled = false;
+  private dirty = false;
+  private syncTimer: NodeJS.Timeout | undefined;
+  /** Bytes of all segments (kept, not recomputed per append). */
+  private bytes = 0;
+  /** The latest events in memory, so shipping rarely reads segment files back. */
+  private tail: SpooledEvent[] = [];
+  private tailBytes = 0;
   private fd = -1;
   private nextSeq = 1n;
   private acked = 0n;
@@ -196,6 +210,7 @@ export class AuditSpool {
     this.nextSeq = last ? last.lastSeq + 1n : this.acked + 1n;
     if (this.nextSeq <= this.acked) this.nextSeq = this.acked + 1n;
     if (last) this.fd = openSync(last.path, "a");
+    this.bytes = this.segments.reduce((n, seg) => n + seg.bytes, 0);
     return { truncatedBytes, droppedSegments, lastSeq: this.nextSeq - 1n, ackedSeq: this.acked };
   }
 
@@ -214,7 +229,7 @@ export class AuditSpool {
   }
 
   get totalBytes(): number {
-    return this.segments.reduce((n, s) => n + s.bytes, 0);
+    return this.bytes;
   }
 
   /** Events appended but not yet acknowledged by the control plane. */
@@ -227,6 +242,33 @@ export class AuditSpool {
    * it). Returns once the event is on disk (fsync), plus any events dropped to make room.
    */
   async append(build: (seq: bigint) => Uint8Array): Promise<{ seq: bigint; gap?: Gap }> {
+    const result = this.stage(build);
+    this.writeStaged();
+    await this.sync();
+    return result;
+  }
+
+  /**
+   * Appends like `append` but without waiting: the event is written to the segment file in a batch
+   * at the end of the current event-loop turn (one write for every event staged in that turn, by all
+   * sessions) and fsynced within `SYNC_DELAY_MS` by a group commit. For high-rate events (one per
+   * statement) whose response must not wait for the disk. Throws SpoolFullError like `append`.
+   */
+  appendSoon(build: (seq: bigint) => Uint8Array): { seq: bigint; gap?: Gap } {
+    const result = this.stage(build);
+    if (!this.writeScheduled) {
+      this.writeScheduled = true;
+      setImmediate(() => {
+        this.writeScheduled = false;
+        if (!this.closed) this.writeStaged();
+        this.syncSoon();
+      });
+    }
+    return result;
+  }
+
+  /** Numbers, frames and chains one event; the bytes reach the file with `writeStaged`. */
+  private stage(build: (seq: bigint) => Uint8Array): { seq: bigint; gap?: Gap } {
     if (this.closed) throw new Error("the audit spool is closed");
     const seq = this.nextSeq;
     const payload = build(seq);
@@ -236,13 +278,17 @@ export class AuditSpool {
     let gap: Gap | undefined;
     while (this.totalBytes + frameBytes > this.maxBytes) {
       if (this.whenFull === "fail-closed" || this.segments.length <= 1) throw new SpoolFullError(this.maxBytes);
+      this.writeStaged();
       const oldest = this.segments.shift() as Segment;
       unlinkSync(oldest.path);
+      this.bytes -= oldest.bytes;
       gap = { firstSeq: gap?.firstSeq ?? oldest.firstSeq, lastSeq: oldest.lastSeq };
       if (this.acked < oldest.lastSeq) this.persistAck(oldest.lastSeq);
+      this.dropTail(oldest.lastSeq);
     }
     let current = this.segments[this.segments.length - 1];
     if (!current || current.bytes + frameBytes > this.segmentBytes) {
+      this.writeStaged();
       if (this.fd >= 0) {
         // Appends waiting for a group commit may be in this file: make them durable now, and close
         // it only when no asynchronous fsync can still be using the descriptor.
@@ -260,13 +306,41 @@ export class AuditSpool {
     frame.writeBigUInt64LE(seq, 8);
     frame.set(payload, HEADER);
     frame.writeUInt32LE(frameCrc(frame.subarray(8)), 4);
-    writeSync(this.fd, frame);
+    this.staged.push(frame);
     this.lastPayloadHash = createHash("sha256").update(payload).digest();
     current.bytes += frameBytes;
     current.lastSeq = seq;
+    this.bytes += frameBytes;
     this.nextSeq = seq + 1n;
-    await this.sync();
+    this.tail.push({ seq, payload: frame.subarray(HEADER) });
+    this.tailBytes += payload.length;
+    while (this.tailBytes > TAIL_BYTES && this.tail.length > 1)
+      this.tailBytes -= (this.tail.shift() as SpooledEvent).payload.length;
     return gap ? { seq, gap } : { seq };
+  }
+
+  /** Writes every staged frame to the current segment in one call. */
+  private writeStaged(): void {
+    if (this.staged.length === 0) return;
+    const frames = this.staged;
+    this.staged = [];
+    writeSync(this.fd, frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames));
+    this.dirty = true;
+  }
+
+  /** Schedules an fsync of what was written without one. */
+  private syncSoon(): void {
+    if (this.syncTimer || this.closed) return;
+    this.syncTimer = setTimeout(() => {
+      this.syncTimer = undefined;
+      if (this.dirty && !this.closed) void this.sync().catch(() => undefined);
+    }, SYNC_DELAY_MS);
+    this.syncTimer.unref();
+  }
+
+  private dropTail(uptoSeq: bigint): void {
+    while (this.tail.length > 0 && (this.tail[0] as SpooledEvent).seq <= uptoSeq)
+      this.tailBytes -= (this.tail.shift() as SpooledEvent).payload.length;
   }
 
   /** Group commit: one fsync covers every append made before it started. */
@@ -282,6 +356,7 @@ export class AuditSpool {
     this.syncing = true;
     const batch = this.waiting;
     this.waiting = [];
+    this.dirty = false;
     fsync(this.fd, (error) => {
       this.syncing = false;
       this.closeRetired();
@@ -302,6 +377,17 @@ export class AuditSpool {
   read(fromSeq: bigint, maxEvents: number, maxBytes = 4 * 1024 * 1024): SpooledEvent[] {
     const out: SpooledEvent[] = [];
     let bytes = 0;
+    this.writeStaged(); // never ship an event before it is in the file
+    const first = this.tail[0];
+    if (first && fromSeq >= first.seq) {
+      for (let i = Number(fromSeq - first.seq); i < this.tail.length; i++) {
+        const e = this.tail[i] as SpooledEvent;
+        if (out.length >= maxEvents || (out.length > 0 && bytes + e.payload.length > maxBytes)) break;
+        out.push(e);
+        bytes += e.payload.length;
+      }
+      return out;
+    }
     for (const segment of this.segments) {
       if (segment.lastSeq < fromSeq) continue;
       const buffer = readFileSync(segment.path).subarray(0, segment.bytes);
@@ -325,8 +411,11 @@ export class AuditSpool {
     if (seq <= this.acked) return;
     const upTo = seq > this.nextSeq - 1n ? this.nextSeq - 1n : seq;
     this.persistAck(upTo);
+    this.dropTail(upTo);
     while (this.segments.length > 1 && (this.segments[0] as Segment).lastSeq <= this.acked) {
-      unlinkSync((this.segments.shift() as Segment).path);
+      const gone = this.segments.shift() as Segment;
+      this.bytes -= gone.bytes;
+      unlinkSync(gone.path);
     }
   }
 
@@ -339,6 +428,8 @@ export class AuditSpool {
 
   close(): void {
     if (this.closed) return;
+    if (this.fd >= 0) this.writeStaged();
+    if (this.syncTimer) clearTimeout(this.syncTimer);
     this.closed = true;
     if (this.fd >= 0) this.retired.push(this.fd);
     this.fd = -1;

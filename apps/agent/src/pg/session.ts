@@ -643,45 +643,49 @@ export class PgSession {
     effect: "allow" | "deny" | "review" = "deny",
     fingerprint = "",
   ): void {
-    this.ctx.audit
-      .record({
-        type: "db.query",
-        ...this.common(),
-        verdict: VERDICTS[effect === "allow" ? "deny" : effect],
-        rule,
-        message,
-        detail: {
-          case: "dbQuery",
-          value: { text: clip(text), fingerprint, statementClass, tables, durationUs: 0n, rows: 0n, maskedColumns: [] },
-        },
-      })
-      .catch((error: unknown) => this.auditFailed(error));
+    this.soon({
+      type: "db.query",
+      ...this.common(),
+      verdict: VERDICTS[effect === "allow" ? "deny" : effect],
+      rule,
+      message,
+      detail: {
+        case: "dbQuery",
+        value: { text: clip(text), fingerprint, statementClass, tables, durationUs: 0n, rows: 0n, maskedColumns: [] },
+      },
+    });
   }
 
   private recordRun(run: Run | undefined, effect: "allow" | "deny", message: string): void {
     if (!run || run.recorded) return;
     run.recorded = true;
-    this.ctx.audit
-      .record({
-        type: "db.query",
-        ...this.common(),
-        verdict: VERDICTS[effect],
-        rule: run.rule,
-        message,
-        detail: {
-          case: "dbQuery",
-          value: {
-            text: clip(run.text),
-            fingerprint: "",
-            statementClass: run.statementClass,
-            tables: run.tables,
-            durationUs: BigInt(Math.round((performance.now() - run.started) * 1000)),
-            rows: BigInt(run.rows),
-            maskedColumns: [...run.masked],
-          },
+    this.soon({
+      type: "db.query",
+      ...this.common(),
+      verdict: VERDICTS[effect],
+      rule: run.rule,
+      message,
+      detail: {
+        case: "dbQuery",
+        value: {
+          text: clip(run.text),
+          fingerprint: "",
+          statementClass: run.statementClass,
+          tables: run.tables,
+          durationUs: BigInt(Math.round((performance.now() - run.started) * 1000)),
+          rows: BigInt(run.rows),
+          maskedColumns: [...run.masked],
         },
-      })
-      .catch((error: unknown) => this.auditFailed(error));
+      },
+    });
+  }
+
+  private soon(event: Parameters<AuditRecorder["recordSoon"]>[0]): void {
+    try {
+      this.ctx.audit.recordSoon(event);
+    } catch (error) {
+      queueMicrotask(() => this.auditFailed(error));
+    }
   }
 
   private auditFailed(error: unknown): void {
