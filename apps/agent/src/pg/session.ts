@@ -384,10 +384,9 @@ export class PgSession {
   private onQuery(text: string, raw: Buffer): Buffer {
     const c = this.classify(text);
     if (!c.ok) {
-      this.recordDenied(text, "dynamic", [], "", c.error.message);
+      this.unparsed(text, c.error.message);
       const error = this.denialError(c.error.message, c.error.sqlstate, {});
       this.push({ kind: "query", runs: [], index: 0, replaceError: error });
-      this.ctx.metrics.statement("deny");
       return serialize.query(POISON);
     }
     const runs: Run[] = [];
@@ -405,16 +404,7 @@ export class PgSession {
     if (denied) {
       // The whole message is refused: nothing of it runs.
       const { decision, info } = denied;
-      this.ctx.metrics.statement(decision.effect);
-      this.recordDenied(
-        info.text,
-        info.statementClass,
-        decision.tables,
-        decision.rule,
-        decision.message,
-        decision.effect,
-        c.fingerprint,
-      );
+      this.refused(info, decision, c.fingerprint);
       this.push({
         kind: "query",
         runs: [],
@@ -459,23 +449,13 @@ export class PgSession {
       return serialize.parse({ name: parse.name, text: POISON });
     };
     if (!c.ok) {
-      this.ctx.metrics.statement("deny");
-      this.recordDenied(parse.query, "dynamic", [], "", c.error.message);
+      this.unparsed(parse.query, c.error.message);
       return poison(c.error.message, c.error.sqlstate);
     }
     for (const info of c.statements) {
       const decision = this.decide(info);
       if (decision.effect !== "allow") {
-        this.ctx.metrics.statement(decision.effect);
-        this.recordDenied(
-          info.text,
-          info.statementClass,
-          decision.tables,
-          decision.rule,
-          decision.message,
-          decision.effect,
-          c.fingerprint,
-        );
+        this.refused(info, decision, c.fingerprint);
         return poison(decision.message);
       }
     }
@@ -504,16 +484,7 @@ export class PgSession {
     for (const info of infos) {
       const decision = this.decide(info);
       if (decision.effect !== "allow") {
-        this.ctx.metrics.statement(decision.effect);
-        this.recordDenied(
-          info.text,
-          info.statementClass,
-          decision.tables,
-          decision.rule,
-          decision.message,
-          decision.effect,
-          statement.classification.fingerprint,
-        );
+        this.refused(info, decision, statement.classification.fingerprint);
         return poison(decision.message);
       }
       run ??= this.newRun(info, statement.text, decision);
@@ -634,19 +605,24 @@ export class PgSession {
     return decision;
   }
 
-  private recordDenied(
-    text: string,
-    statementClass: string,
-    tables: string[],
-    rule: string,
-    message: string,
-    effect: "allow" | "deny" | "review" = "deny",
-    fingerprint = "",
-  ): void {
+  /** Counts and audits a statement the policy refused (deny or review). */
+  private refused(info: StatementInfo, decision: Decision, fingerprint: string): void {
+    this.ctx.metrics.statement(decision.effect);
+    this.recordRefusal(info.text, info.statementClass, decision, fingerprint);
+  }
+
+  /** Counts and audits a statement the parser could not read (denied as dynamic). */
+  private unparsed(text: string, message: string): void {
+    this.ctx.metrics.statement("deny");
+    this.recordRefusal(text, "dynamic", { effect: "deny", rule: "", message, tables: [] }, "");
+  }
+
+  private recordRefusal(text: string, statementClass: string, decision: Decision, fingerprint: string): void {
+    const { effect, rule, message, tables } = decision;
     this.soon({
       type: "db.query",
       ...this.common(),
-      verdict: VERDICTS[effect === "allow" ? "deny" : effect],
+      verdict: VERDICTS[effect === "review" ? "review" : "deny"],
       rule,
       message,
       detail: {
