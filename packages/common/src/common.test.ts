@@ -1,6 +1,7 @@
 import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
 import { backoffDelay } from "./backoff.js";
+import { createUlidFactory } from "./ulid.js";
 import { decodeEnrolmentToken, encodeEnrolmentToken, newEnrolmentSecret } from "./enrolment.js";
 import { AppError, grpcStatusByCode, httpStatusByCode, isAppError, ErrorCode } from "./errors.js";
 import { createLogger } from "./logger.js";
@@ -130,5 +131,49 @@ describe("logger", () => {
     await new Promise((r) => setImmediate(r));
     expect(out).toContain("visible");
     for (const secret of ["p4ss", "k3y", "t0k", '"c"', "zzz"]) expect(out).not.toContain(secret);
+  });
+});
+
+describe("ulid", () => {
+  const ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+  const decode = (id: string) => {
+    let v = 0n;
+    for (const c of id) v = v * 32n + BigInt(ALPHABET.indexOf(c));
+    return { time: Number(v >> 80n), random: v & ((1n << 80n) - 1n) };
+  };
+
+  it("encodes the time and 80 random bits in Crockford base32", () => {
+    const id = createUlidFactory(() => 1_700_000_123_456)();
+    expect(id).toMatch(/^[0-9A-HJKMNP-TV-Z]{26}$/);
+    expect(decode(id).time).toBe(1_700_000_123_456);
+    expect(createUlidFactory(() => 0)().slice(0, 10)).toBe("0000000000");
+    expect(createUlidFactory(() => 2 ** 48 - 1)().slice(0, 10)).toBe("7ZZZZZZZZZ");
+  });
+
+  it("increments the random part by one within a millisecond, carries included", () => {
+    const next = createUlidFactory(() => 42);
+    let previous = next();
+    let prev = decode(previous);
+    for (let i = 0; i < 50_000; i++) {
+      const id = next();
+      const cur = decode(id);
+      expect(cur.time).toBe(42);
+      expect(cur.random).toBe((prev.random + 1n) & ((1n << 80n) - 1n));
+      if (cur.random !== 0n) expect(id > previous).toBe(true);
+      previous = id;
+      prev = cur;
+    }
+  });
+
+  it("orders by time and draws new randomness each millisecond", () => {
+    let t = 1_000;
+    const next = createUlidFactory(() => t);
+    const ids: string[] = [];
+    for (let i = 0; i < 2_000; i++) {
+      t += 1;
+      ids.push(next());
+    }
+    expect([...ids].sort()).toEqual(ids);
+    expect(new Set(ids.map((id) => id.slice(10))).size).toBe(ids.length);
   });
 });

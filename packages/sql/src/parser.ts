@@ -3,6 +3,7 @@
  * and calling it. Converts its UTF-8 byte offsets to string offsets and its errors to
  * PostgreSQL-like ones (1-based character positions).
  */
+import "./wasm-tiering.js"; // before libpg-query: see the file
 import { fingerprintSync, loadModule, parseSync } from "libpg-query";
 import type { SqlSyntaxError } from "./types.js";
 

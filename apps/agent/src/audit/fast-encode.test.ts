@@ -8,7 +8,7 @@ function reference(e: DbQueryEvent): Uint8Array {
     create(AuditEventSchema, {
       id: e.id,
       seq: e.seq,
-      time: timestampFromDate(e.time),
+      time: timestampFromDate(new Date(e.time)),
       type: e.type,
       actor: { ...e.actor, groups: [...e.actor.groups] },
       resource: e.resource,
@@ -39,8 +39,12 @@ describe("encodeDbQueryEvent", () => {
     for (let i = 0; i < 500; i++) {
       const e: DbQueryEvent = {
         id: str(),
-        seq: BigInt(rnd(3) === 0 ? 0 : rnd(2 ** 31)) * BigInt(rnd(3) === 0 ? 2 ** 20 : 1),
-        time: new Date(rnd(2) === 0 ? 0 : 1_700_000_000_000 + rnd(2 ** 30)),
+        // Up to 2^63 - 1: beyond 2^53 the encoder switches from numbers to bigints.
+        seq:
+          rnd(6) === 0
+            ? 2n ** 63n - 1n - BigInt(rnd(1000))
+            : BigInt(rnd(3) === 0 ? 0 : rnd(2 ** 31)) * BigInt(rnd(3) === 0 ? 2 ** 20 : 1),
+        time: rnd(2) === 0 ? 0 : 1_700_000_000_000 + rnd(2 ** 30),
         type: "db.query",
         actor: { user: str(), groups: Array.from({ length: rnd(3) }, str), sourceAddress: str(), tokenId: str() },
         resource: str(),
@@ -56,7 +60,7 @@ describe("encodeDbQueryEvent", () => {
           statementClass: str(),
           tables: Array.from({ length: rnd(3) }, str),
           durationUs: BigInt(rnd(1_000_000)),
-          rows: BigInt(rnd(3) === 0 ? 0 : rnd(2 ** 31)) * 1000n,
+          rows: rnd(5) === 0 ? 2n ** 53n + BigInt(rnd(1000)) : BigInt(rnd(3) === 0 ? 0 : rnd(2 ** 31)) * 1000n,
           maskedColumns: Array.from({ length: rnd(3) }, str),
         },
       };

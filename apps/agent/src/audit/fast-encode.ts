@@ -9,7 +9,8 @@ import type { Verdict } from "@moat/proto";
 export interface DbQueryEvent {
   id: string;
   seq: bigint;
-  time: Date;
+  /** Milliseconds since the epoch. */
+  time: number;
   type: string;
   actor: { user: string; groups: readonly string[]; sourceAddress: string; tokenId: string };
   resource: string;
@@ -31,7 +32,7 @@ export interface DbQueryEvent {
 }
 
 class Writer {
-  buf = Buffer.allocUnsafe(512);
+  buf = Buffer.allocUnsafe(1024);
   pos = 0;
   ensure(n: number) {
     if (this.pos + n <= this.buf.length) return;
@@ -48,6 +49,10 @@ class Writer {
     this.buf[this.pos++] = v;
   }
   varint64(v: bigint) {
+    if (v >= 0n && v <= MAX_SAFE) {
+      this.varint(Number(v));
+      return;
+    }
     this.ensure(10);
     let x = BigInt.asUintN(64, v);
     while (x > 0x7fn) {
@@ -61,8 +66,20 @@ class Writer {
   }
   string(field: number, s: string, always = false) {
     if (s.length === 0 && !always) return;
-    const n = Buffer.byteLength(s);
     this.tag(field, 2);
+    // ASCII strings (nearly all) are written without measuring them first.
+    if (s.length < 128) {
+      this.ensure(1 + s.length * 3);
+      const at = this.pos++;
+      const n = this.buf.write(s, this.pos, "utf8");
+      if (n < 128) {
+        this.buf[at] = n;
+        this.pos += n;
+        return;
+      }
+      this.pos = at;
+    }
+    const n = Buffer.byteLength(s);
     this.varint(n);
     this.ensure(n);
     this.pos += this.buf.write(s, this.pos, "utf8");
@@ -80,10 +97,8 @@ class Writer {
     this.tag(field, 0);
     this.varint64(v);
   }
-  /** A nested message written by `body`, length-prefixed (skipped when empty unless `always`). */
-  message(field: number, body: (w: Writer) => void, always = false) {
-    const inner = new Writer();
-    body(inner);
+  /** Appends `inner`'s bytes as a length-prefixed nested message (skipped when empty unless `always`). */
+  nested(field: number, inner: Writer, always = false) {
     if (inner.pos === 0 && !always) return;
     this.tag(field, 2);
     this.varint(inner.pos);
@@ -93,38 +108,43 @@ class Writer {
   }
 }
 
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+/** Reused for every event: encoding allocates nothing once the buffers have grown to fit. */
+const outer = new Writer();
+const inner = new Writer();
+
+/**
+ * Encodes one event. The bytes returned are a view of a buffer the next call overwrites: copy them
+ * (the spool does, into its frame) before encoding another event.
+ */
 export function encodeDbQueryEvent(e: DbQueryEvent): Uint8Array {
-  const w = new Writer();
+  const w = outer;
+  w.pos = 0;
   w.string(1, e.id);
   w.uint64(2, e.seq);
-  const ms = e.time.getTime();
+  const ms = e.time;
   const seconds = Math.floor(ms / 1000);
   const nanos = (ms - seconds * 1000) * 1_000_000;
-  w.message(
-    3,
-    (t) => {
-      if (seconds !== 0) {
-        t.tag(1, 0);
-        t.varint64(BigInt(seconds));
-      }
-      if (nanos !== 0) {
-        t.tag(2, 0);
-        t.varint(nanos);
-      }
-    },
-    true,
-  );
+  const t = inner;
+  t.pos = 0;
+  if (seconds !== 0) {
+    t.tag(1, 0);
+    if (seconds > 0) t.varint(seconds);
+    else t.varint64(BigInt(seconds));
+  }
+  if (nanos !== 0) {
+    t.tag(2, 0);
+    t.varint(nanos);
+  }
+  w.nested(3, t, true);
   w.string(4, e.type);
-  w.message(
-    5,
-    (a) => {
-      a.string(1, e.actor.user);
-      for (const g of e.actor.groups) a.string(2, g, true);
-      a.string(3, e.actor.sourceAddress);
-      a.string(4, e.actor.tokenId);
-    },
-    true,
-  );
+  const a = inner;
+  a.pos = 0;
+  a.string(1, e.actor.user);
+  for (const g of e.actor.groups) a.string(2, g, true);
+  a.string(3, e.actor.sourceAddress);
+  a.string(4, e.actor.tokenId);
+  w.nested(5, a, true);
   w.string(6, e.resource);
   w.string(7, e.sessionId);
   if (e.verdict !== 0) {
@@ -135,18 +155,15 @@ export function encodeDbQueryEvent(e: DbQueryEvent): Uint8Array {
   w.string(10, e.message);
   w.uint64(11, e.bundleVersion);
   w.bytes(12, e.prevHash);
-  w.message(
-    22,
-    (q) => {
-      q.string(1, e.query.text);
-      q.string(2, e.query.fingerprint);
-      q.string(3, e.query.statementClass);
-      for (const t of e.query.tables) q.string(4, t, true);
-      q.uint64(5, e.query.durationUs);
-      q.uint64(6, e.query.rows);
-      for (const c of e.query.maskedColumns) q.string(7, c, true);
-    },
-    true,
-  );
+  const q = inner;
+  q.pos = 0;
+  q.string(1, e.query.text);
+  q.string(2, e.query.fingerprint);
+  q.string(3, e.query.statementClass);
+  for (const tb of e.query.tables) q.string(4, tb, true);
+  q.uint64(5, e.query.durationUs);
+  q.uint64(6, e.query.rows);
+  for (const c of e.query.maskedColumns) q.string(7, c, true);
+  w.nested(22, q, true);
   return w.buf.subarray(0, w.pos);
 }

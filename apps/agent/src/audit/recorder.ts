@@ -31,8 +31,8 @@ export function createAuditRecorder(deps: {
   now?: () => Date;
   onRecorded?: () => void;
 }): AuditRecorder {
-  const now = deps.now ?? (() => new Date());
-  const ulid = createUlidFactory(() => now().getTime());
+  const nowMs = deps.now ? () => (deps.now as () => Date)().getTime() : Date.now;
+  const ulid = createUlidFactory(nowMs);
   const encode = (event: AuditEventInit, id: string, seq: bigint): Uint8Array => {
     const d = event.detail;
     if (d?.case === "dbQuery" && event.actor) {
@@ -41,7 +41,7 @@ export function createAuditRecorder(deps: {
       return encodeDbQueryEvent({
         id,
         seq,
-        time: now(),
+        time: nowMs(),
         type: event.type ?? "",
         actor: {
           user: a.user ?? "",
@@ -73,7 +73,7 @@ export function createAuditRecorder(deps: {
         ...event,
         id,
         seq,
-        time: timestampFromDate(now()),
+        time: timestampFromDate(new Date(nowMs())),
         prevHash: deps.spool.lastHash,
         bundleVersion: deps.bundleVersion(),
       }),

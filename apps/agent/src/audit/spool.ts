@@ -26,10 +26,16 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { crc32 } from "node:zlib";
 
 const HEADER = 16;
+/** SHA-256 of an event's bytes (one-shot: no Hash object per event). */
+function sha256(bytes: Uint8Array): Buffer {
+  return hash("sha256", bytes, "buffer");
+}
+/** Size of the buffers frames are staged in (a bigger frame gets an arena of its own). */
+const ARENA_BYTES = 256 * 1024;
 /** Largest single event accepted (a query text is capped well below this by the enforcer). */
 export const MAX_EVENT_BYTES = 1024 * 1024;
 /** Events written with `appendSoon` are fsynced within this delay. */
@@ -116,15 +122,22 @@ function scan(
 
 export class AuditSpool {
   private segments: Segment[] = [];
-  /** Frames numbered and chained but not yet written (written at the end of the turn). */
-  private staged: Buffer[] = [];
+  /**
+   * Frames are built in place in an arena: `arena[written, pos)` is staged (numbered and chained,
+   * written to the file at the end of the turn in one call). The in-memory tail holds slices of
+   * arenas, so a full arena is replaced, never reused.
+   */
+  private arena = Buffer.allocUnsafe(ARENA_BYTES);
+  private arenaPos = 0;
+  private arenaWritten = 0;
   private writeScheduled = false;
   private dirty = false;
   private syncTimer: NodeJS.Timeout | undefined;
   /** Bytes of all segments (kept, not recomputed per append). */
   private bytes = 0;
-  /** The latest events in memory, so shipping rarely reads segment files back. */
-  private tail: SpooledEvent[] = [];
+  /** The latest events in memory, so shipping rarely reads segment files back: `tail[tailHead..]`. */
+  private tail: (SpooledEvent | undefined)[] = [];
+  private tailHead = 0;
   private tailBytes = 0;
   private fd = -1;
   private nextSeq = 1n;
@@ -204,7 +217,7 @@ export class AuditSpool {
     const last = this.segments[this.segments.length - 1];
     if (last) {
       scan(readFileSync(last.path).subarray(0, last.bytes), (_seq, payload) => {
-        this.lastPayloadHash = createHash("sha256").update(payload).digest();
+        this.lastPayloadHash = sha256(payload);
       });
     }
     this.nextSeq = last ? last.lastSeq + 1n : this.acked + 1n;
@@ -301,30 +314,59 @@ export class AuditSpool {
       current = { firstSeq: seq, path, bytes: 0, lastSeq: seq - 1n };
       this.segments.push(current);
     }
-    const frame = Buffer.allocUnsafe(frameBytes);
+    if (this.arenaPos + frameBytes > this.arena.length) {
+      this.writeStaged();
+      this.arena = Buffer.allocUnsafe(Math.max(ARENA_BYTES, frameBytes));
+      this.arenaPos = 0;
+      this.arenaWritten = 0;
+    }
+    const start = this.arenaPos;
+    const frame = this.arena.subarray(start, start + frameBytes);
+    this.arenaPos += frameBytes;
     frame.writeUInt32LE(payload.length, 0);
     frame.writeBigUInt64LE(seq, 8);
     frame.set(payload, HEADER);
     frame.writeUInt32LE(frameCrc(frame.subarray(8)), 4);
-    this.staged.push(frame);
-    this.lastPayloadHash = createHash("sha256").update(payload).digest();
+    const stored = frame.subarray(HEADER);
+    this.lastPayloadHash = sha256(stored);
     current.bytes += frameBytes;
     current.lastSeq = seq;
     this.bytes += frameBytes;
     this.nextSeq = seq + 1n;
-    this.tail.push({ seq, payload: frame.subarray(HEADER) });
+    this.tail.push({ seq, payload: stored });
     this.tailBytes += payload.length;
-    while (this.tailBytes > TAIL_BYTES && this.tail.length > 1)
-      this.tailBytes -= (this.tail.shift() as SpooledEvent).payload.length;
+    while (this.tailBytes > TAIL_BYTES && this.tailLength() > 1) this.shiftTail();
     return gap ? { seq, gap } : { seq };
+  }
+
+  private tailLength(): number {
+    return this.tail.length - this.tailHead;
+  }
+
+  private tailFirst(): SpooledEvent | undefined {
+    return this.tail[this.tailHead];
+  }
+
+  /** Drops the oldest tail event (a queue: no O(n) `shift` on a long array). */
+  private shiftTail(): void {
+    const e = this.tail[this.tailHead] as SpooledEvent;
+    this.tail[this.tailHead++] = undefined;
+    this.tailBytes -= e.payload.length;
+    if (this.tailHead === this.tail.length) {
+      this.tail = [];
+      this.tailHead = 0;
+    } else if (this.tailHead >= 4096 && this.tailHead * 2 >= this.tail.length) {
+      this.tail = this.tail.slice(this.tailHead);
+      this.tailHead = 0;
+    }
   }
 
   /** Writes every staged frame to the current segment in one call. */
   private writeStaged(): void {
-    if (this.staged.length === 0) return;
-    const frames = this.staged;
-    this.staged = [];
-    writeSync(this.fd, frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames));
+    if (this.arenaPos === this.arenaWritten) return;
+    const staged = this.arena.subarray(this.arenaWritten, this.arenaPos);
+    this.arenaWritten = this.arenaPos;
+    writeSync(this.fd, staged);
     this.dirty = true;
   }
 
@@ -339,8 +381,7 @@ export class AuditSpool {
   }
 
   private dropTail(uptoSeq: bigint): void {
-    while (this.tail.length > 0 && (this.tail[0] as SpooledEvent).seq <= uptoSeq)
-      this.tailBytes -= (this.tail.shift() as SpooledEvent).payload.length;
+    for (let e = this.tailFirst(); e !== undefined && e.seq <= uptoSeq; e = this.tailFirst()) this.shiftTail();
   }
 
   /** Group commit: one fsync covers every append made before it started. */
@@ -378,9 +419,9 @@ export class AuditSpool {
     const out: SpooledEvent[] = [];
     let bytes = 0;
     this.writeStaged(); // never ship an event before it is in the file
-    const first = this.tail[0];
+    const first = this.tailFirst();
     if (first && fromSeq >= first.seq) {
-      for (let i = Number(fromSeq - first.seq); i < this.tail.length; i++) {
+      for (let i = this.tailHead + Number(fromSeq - first.seq); i < this.tail.length; i++) {
         const e = this.tail[i] as SpooledEvent;
         if (out.length >= maxEvents || (out.length > 0 && bytes + e.payload.length > maxBytes)) break;
         out.push(e);
