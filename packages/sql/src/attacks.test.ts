@@ -65,7 +65,9 @@ const ATTACKS: string[] = [
   "SET SESSION AUTHORIZATION postgres",
   "SET LOCAL SESSION AUTHORIZATION postgres",
   "SELECT set_config('role', 'postgres', false)",
-  "SELECT pg_catalog.set_config('search_path', 'evil', false)",
+  // (set_config('search_path', 'evil', false) with constants is SET search_path: tracked, see classify.test.ts)
+  "SELECT pg_catalog.set_config('search_path', current_setting('my.path'), false)",
+  "SELECT set_config('search_path', v, false) FROM t",
   "ALTER SYSTEM SET shared_preload_libraries = 'evil'",
   "ALTER ROLE me SUPERUSER",
   "GRANT ALL ON secrets TO me",

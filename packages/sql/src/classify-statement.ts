@@ -230,8 +230,76 @@ function visitFunctionName(parts: string[], out: Collector, procedure: boolean):
 }
 
 function visitFuncCall(node: Obj, scope: Scope, out: Collector, procedure: boolean): void {
-  visitFunctionName(nameParts(node.funcname), out, procedure);
+  const parts = nameParts(node.funcname);
+  if (!procedure && setsSearchPath(parts, node.args, out)) {
+    out.functions.add(parts.join("."));
+    walkFields(node, "FuncCall", scope, out, SKIP_FUNCNAME);
+    return;
+  }
+  visitFunctionName(parts, out, procedure);
   walkFields(node, "FuncCall", scope, out, SKIP_FUNCNAME);
+}
+
+/**
+ * `set_config('search_path', 'a, b', is_local)` with constant arguments (pg_dump starts with it) is
+ * `SET search_path`: no power of its own, and the new path is known, so the session can check
+ * unqualified names in it too. Anything else about set_config (another setting, computed
+ * arguments) stays an admin function.
+ */
+function setsSearchPath(parts: string[], args: unknown, out: Collector): boolean {
+  const name = parts.length === 1 || (parts.length === 2 && parts[0] === "pg_catalog") ? parts[parts.length - 1] : "";
+  if (name !== "set_config" || !Array.isArray(args) || args.length !== 3) return false;
+  const setting = constantText(args[0]);
+  const value = constantText(args[1]);
+  const local = constantText(args[2]);
+  if (setting?.trim().toLowerCase() !== "search_path" || value === undefined || local === undefined) return false;
+  const path = splitSearchPath(value);
+  if (path === undefined) return false;
+  out.literalSensitive = true;
+  // Several in one statement: the session widens with all of them.
+  out.extra.searchPath = [...(out.extra.searchPath ?? []), ...path];
+  if (local === "true" || local === "t" || local === "on") out.extra.searchPathLocal = true;
+  return true;
+}
+
+/** A search_path value as PostgreSQL reads it: comma-separated names, unquoted ones folded to lower case. */
+export function splitSearchPath(value: string): string[] | undefined {
+  const names: string[] = [];
+  let i = 0;
+  const skipSpace = () => {
+    while (i < value.length && /\s/.test(value[i] as string)) i++;
+  };
+  skipSpace();
+  if (i === value.length) return [];
+  for (;;) {
+    skipSpace();
+    let name = "";
+    if (value[i] === '"') {
+      i++;
+      for (;;) {
+        if (i >= value.length) return undefined;
+        if (value[i] === '"') {
+          if (value[i + 1] === '"') {
+            name += '"';
+            i += 2;
+            continue;
+          }
+          i++;
+          break;
+        }
+        name += value[i++];
+      }
+    } else {
+      while (i < value.length && value[i] !== "," && !/\s/.test(value[i] as string)) name += value[i++];
+      if (name === "") return undefined;
+      name = name.toLowerCase();
+    }
+    names.push(name);
+    skipSpace();
+    if (i === value.length) return names;
+    if (value[i] !== ",") return undefined;
+    i++;
+  }
 }
 const SKIP_FUNCNAME: ReadonlySet<string> = new Set(["funcname"]);
 
@@ -355,6 +423,9 @@ const SESSION_KINDS: ReadonlySet<string> = new Set([
   "ClosePortalStmt",
   "ConstraintsSetStmt",
 ]);
+
+/** LockStmt.mode of LOCK ... IN ACCESS SHARE MODE (PostgreSQL's lockdefs.h). */
+const ACCESS_SHARE_LOCK = 1;
 
 /** Change data (or state other sessions see) without being INSERT/UPDATE/DELETE/MERGE. */
 const WRITE_KINDS: ReadonlySet<string> = new Set(["LockStmt", "TruncateStmt", "RefreshMatViewStmt", "NotifyStmt"]);
@@ -588,6 +659,14 @@ function classifyInto(kind: string, node: Obj, out: Collector): void {
     case "ExecuteStmt":
       classifyExecute(node, out);
       return;
+    case "LockStmt":
+      if (node.mode === ACCESS_SHARE_LOCK) {
+        // The lock every SELECT takes (pg_dump takes it explicitly on what it dumps): a read.
+        out.action("db:read");
+        walkFields(node, kind, withMode(ROOT, "db:read"), out);
+        return;
+      }
+      break; // stronger locks block other sessions' writes or reads: a write (below)
     case "DoStmt":
       out.dynamic("DO blocks run procedural code that cannot be inspected");
       return;

@@ -387,6 +387,62 @@ describe("statement facts", () => {
     expect(one("SELECT 1").searchPath).toBeUndefined();
   });
 
+  it("treats set_config('search_path', constant, constant) as SET search_path (pg_dump's first statement)", () => {
+    const dump = one("SELECT pg_catalog.set_config('search_path', '', false)");
+    expect(dump.statementClass).toBe("read");
+    expect(dump.actions.map((a) => a.action)).toEqual(["db:read"]);
+    expect(dump.searchPath).toEqual([]);
+    expect(one("SELECT set_config('search_path', 'evil, \"My Schema\", $user', false)").searchPath).toEqual([
+      "evil",
+      "My Schema",
+      "$user",
+    ]);
+    const local = one("SELECT set_config('Search_Path', 'x', true)");
+    expect(local.searchPath).toEqual(["x"]);
+    expect(local.searchPathLocal).toBe(true);
+    // Two in one statement: the session widens with both.
+    expect(
+      one("SELECT set_config('search_path', 'a', false), set_config('search_path', 'b', false)").searchPath,
+    ).toEqual(["a", "b"]);
+    // Anything not constant, another setting, or an unreadable path stays an admin function.
+    for (const sql of [
+      "SELECT set_config('search_path', current_setting('x'), false)",
+      "SELECT set_config(name, 'evil', false) FROM t",
+      "SELECT set_config('search_path', 'evil', is_local) FROM t",
+      "SELECT set_config('role', 'postgres', false)",
+      "SELECT set_config('search_path', 'a b', false)",
+      "SELECT set_config('search_path', '\"unterminated', false)",
+      "SELECT myschema.set_config('search_path', 'x', false)",
+    ]) {
+      expect(
+        one(sql).actions.map((a) => a.action),
+        sql,
+      ).toContain("db:admin");
+      expect(one(sql).searchPath, sql).toBeUndefined();
+    }
+    // Different paths are different statements for the cache.
+    expect(one("SELECT pg_catalog.set_config('search_path', 'a', false)").searchPath).toEqual(["a"]);
+    expect(one("SELECT pg_catalog.set_config('search_path', 'b', false)").searchPath).toEqual(["b"]);
+  });
+
+  it("reads LOCK ... IN ACCESS SHARE MODE as a read and every stronger lock as a write", () => {
+    const share = one("LOCK TABLE public.users IN ACCESS SHARE MODE");
+    expect(share.statementClass).toBe("read");
+    expect(share.actions).toEqual([{ action: "db:read", tables: [{ schema: "public", name: "users" }] }]);
+    for (const mode of [
+      "",
+      " IN ROW SHARE MODE",
+      " IN SHARE MODE",
+      " IN ACCESS EXCLUSIVE MODE",
+      " IN EXCLUSIVE MODE",
+    ]) {
+      expect(
+        one(`LOCK TABLE users${mode}`).actions.map((a) => a.action),
+        mode,
+      ).toEqual(["db:write"]);
+    }
+  });
+
   it("marks lexical changes", () => {
     for (const sql of [
       "SET standard_conforming_strings = off",

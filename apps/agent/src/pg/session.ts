@@ -576,6 +576,16 @@ export class PgSession {
         tables: [],
       };
     }
+    if (actions.some((a) => a.action === "db:copy-out") && this.planner() !== undefined) {
+      // COPY's output is CopyData, not rows: the agent cannot mask it, so it is not sent at all.
+      return {
+        effect: "deny",
+        rule: "",
+        message:
+          "access denied: COPY ... TO STDOUT is not available while masking rules apply to you on this resource; use SELECT, whose results are masked",
+        tables: [],
+      };
+    }
     let best: Decision | undefined;
     const allTables: string[] = [];
     for (const use of actions) {
