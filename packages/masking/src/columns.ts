@@ -6,9 +6,15 @@
 
 /** One column of a RowDescription, with its table when the proxy could resolve the table OID. */
 export interface ColumnInfo {
+  /** The result's column label (an alias, when the query gave one). */
   name: string;
   /** Absent for computed columns, or when the table OID could not be resolved. */
   table?: { schema: string; name: string };
+  /**
+   * The table column the values come from, when the proxy resolved it (`SELECT email AS e FROM
+   * users`: name `e`, sourceColumn `email`). Patterns match the label or the source column.
+   */
+  sourceColumn?: string;
   typeOid: number;
   /** 0 text, 1 binary. */
   format: 0 | 1;
@@ -36,19 +42,26 @@ function segmentMatcher(segment: string): SegmentMatcher {
  * fully qualified column; `*` in a part matches within that part. Matching is case-insensitive
  * (unquoted SQL identifiers fold case, and over-masking beats missing a quoted `"Email"`).
  *
+ * The column part matches the result's label or, when known, the table column the values come
+ * from: an alias does not hide `users.email`, and a label that looks like a masked column is masked
+ * even when it holds something else (over-masking beats a leak).
+ *
  * When the column's table is unknown (a computed column, or a table OID the proxy could not
  * resolve), a qualified pattern matches on its column part alone: `users.email` also masks
  * `lower(email) AS email` and an `email` column of an unresolved table. Masking fails closed.
  */
 export function columnPattern(pattern: string): (column: ColumnInfo) => boolean {
   const parts = pattern.toLowerCase().split(".");
-  const columnPart = segmentMatcher(parts[parts.length - 1]!);
-  if (parts.length === 1) return (column) => columnPart(column.name.toLowerCase());
+  const labelOrSource = segmentMatcher(parts[parts.length - 1]!);
+  const columnPart = (column: ColumnInfo) =>
+    labelOrSource(column.name.toLowerCase()) ||
+    (column.sourceColumn !== undefined && labelOrSource(column.sourceColumn.toLowerCase()));
+  if (parts.length === 1) return columnPart;
   // Schema names holding dots are written as the leading parts of longer patterns.
   const tablePart = segmentMatcher(parts[parts.length - 2]!);
   const schemaPart = parts.length > 2 ? segmentMatcher(parts.slice(0, -2).join(".")) : undefined;
   return (column) => {
-    if (!columnPart(column.name.toLowerCase())) return false;
+    if (!columnPart(column)) return false;
     const table = column.table;
     if (!table) return true;
     return tablePart(table.name.toLowerCase()) && (!schemaPart || schemaPart(table.schema.toLowerCase()));

@@ -164,6 +164,20 @@ describe("column patterns", () => {
     expect(masked("public.users.email", col("name"))).toBe(false);
   });
 
+  it("matches the source column behind an alias, and still the label", () => {
+    const aliased = col("e", { table: USERS, sourceColumn: "email" });
+    expect(masked("email", aliased)).toBe(true);
+    expect(masked("users.email", aliased)).toBe(true);
+    expect(masked("public.users.email", aliased)).toBe(true);
+    expect(masked("orders.email", aliased)).toBe(false);
+    expect(masked("e*l", col("x", { table: USERS, sourceColumn: "Email" }))).toBe(true);
+    // A label that looks masked is masked even when it holds another column (over-masking).
+    expect(masked("email", col("email", { table: USERS, sourceColumn: "note" }))).toBe(true);
+    expect(masked("users.note", col("email", { table: USERS, sourceColumn: "note" }))).toBe(true);
+    expect(masked("users.id", col("email", { table: USERS, sourceColumn: "note" }))).toBe(false);
+    expect(plan([{ columns: ["users.email"] }], [aliased]).maskedColumns).toEqual(["users.email"]);
+  });
+
   it("ignores case", () => {
     expect(masked("Users.EMAIL", col("email", { table: USERS }))).toBe(true);
     expect(masked("email", col("Email", { table: { schema: "Public", name: "Users" } }))).toBe(true);

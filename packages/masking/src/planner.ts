@@ -109,7 +109,7 @@ export function compileMasks(rules: readonly MaskRule[], options: CompileMasksOp
         const planned = planColumn(column, columnRules, detectors, key);
         plans.push(planned?.plan);
         maskers.push(planned?.masker);
-        if (planned) maskedColumns.push(column.table ? `${column.table.name}.${column.name}` : column.name);
+        if (planned) maskedColumns.push(columnLabel(column));
       }
       if (maskedColumns.length === 0) return undefined;
       return {
@@ -143,7 +143,7 @@ function planColumn(
 
   const reasons: string[] = [];
   if (style !== undefined) {
-    const label = column.table ? `${column.table.name}.${column.name}` : column.name;
+    const label = columnLabel(column);
     reasons.push(`column ${label} (${style})`);
   }
   if (active.length > 0) reasons.push(`detectors ${active.map((d) => d.detector).join(", ")}`);
@@ -290,4 +290,9 @@ function jsonSafe(text: string, found: readonly DetectorMatch[], offset: number)
     if (end > start) out.push({ start: start + offset, end: end + offset, detector: m.detector });
   }
   return out;
+}
+
+/** `table.column` (the source column when known) for audit, or the result's label. */
+function columnLabel(column: ColumnInfo): string {
+  return column.table ? `${column.table.name}.${column.sourceColumn ?? column.name}` : column.name;
 }

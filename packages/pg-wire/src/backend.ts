@@ -7,6 +7,13 @@ import { BodyReader, ProtocolError } from "./frontend.js";
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Returned by `RelayHandler.message` to stop the relay at that message: it and everything after it
+ * are kept (nothing is forwarded or lost) until `RelayScanner.resume()`, which delivers the same
+ * message again. For work the relay must wait for, e.g. looking up a result's columns.
+ */
+export const HOLD: unique symbol = Symbol("hold");
+
 /** What the relay does with each server message. */
 export interface RelayHandler {
   /**
@@ -16,9 +23,9 @@ export interface RelayHandler {
   streamable(type: number): boolean;
   /**
    * A whole message (`raw` includes the 5-byte header). Return undefined to forward it unchanged,
-   * or the buffers to send instead of it (empty to drop it).
+   * or the buffers to send instead of it (empty to drop it), or HOLD to stop before it.
    */
-  message(type: number, raw: Buffer): Buffer[] | undefined;
+  message(type: number, raw: Buffer): Buffer[] | undefined | typeof HOLD;
   /** A message started being streamed through (`streamable` said yes and it was not whole). */
   streamed?(type: number): void;
   /** Bytes to forward, in order. */
@@ -36,13 +43,33 @@ export class RelayScanner {
   private wanted = 0;
   /** Bytes still to pass through of a message being streamed. */
   private passthrough = 0;
+  /** Stopped by HOLD: `pending` starts with the held message. */
+  private held = false;
 
   constructor(
     private readonly handler: RelayHandler,
     private readonly maxMessageBytes: number,
   ) {}
 
+  /** Whether the relay is stopped by HOLD (what arrives meanwhile is kept, in order). */
+  get isHeld(): boolean {
+    return this.held;
+  }
+
+  /** Continues after HOLD, starting with the held message. */
+  resume(): void {
+    if (!this.held) return;
+    this.held = false;
+    const rest = this.pending;
+    this.pending = EMPTY;
+    if (rest.length > 0) this.push(rest);
+  }
+
   push(chunk: Buffer): void {
+    if (this.held) {
+      this.pending = Buffer.concat([this.pending, chunk]);
+      return;
+    }
     let buf: Buffer;
     if (this.parts.length > 0) {
       this.parts.push(chunk);
@@ -67,6 +94,12 @@ export class RelayScanner {
       const end = pos + length + 1;
       if (end <= buf.length) {
         const replacement = h.message(type, buf.subarray(pos, end));
+        if (replacement === HOLD) {
+          if (pos > runStart) h.forward(buf.subarray(runStart, pos));
+          this.pending = buf.subarray(pos);
+          this.held = true;
+          return;
+        }
         if (replacement !== undefined) {
           if (pos > runStart) h.forward(buf.subarray(runStart, pos));
           for (const r of replacement) h.forward(r);

@@ -3,6 +3,7 @@ import {
   FrameReader,
   ProtocolError,
   RelayScanner,
+  HOLD,
   decodeBind,
   decodeInitial,
   decodeParse,
@@ -236,6 +237,41 @@ describe("RelayScanner", () => {
     expect(r.bytes.equals(big)).toBe(true);
     expect(r.seen).toEqual(["~D"]);
     expect(() => relay(chunks, { stream: false })).toThrow(/over this proxy's limit/);
+  });
+
+  it("holds at a message and resumes with it, whatever arrives meanwhile, split at every pair of points", () => {
+    // Holds at the RowDescription the first time it sees it; resumes after the k-th later chunk.
+    for (let i = 1; i < server.length; i += 3) {
+      for (let j = i; j < server.length; j += 5) {
+        const chunks = [server.subarray(0, i), server.subarray(i, j), server.subarray(j)];
+        for (let resumeAfter = 0; resumeAfter < 3; resumeAfter++) {
+          const out: Buffer[] = [];
+          let holds = 0;
+          let heldBeforeResume = false;
+          const handler: RelayHandler = {
+            streamable: (t) => t === 0x44,
+            message: (t) => (t === 0x54 && holds++ === 0 ? HOLD : undefined),
+            forward: (b) => out.push(Buffer.from(b)),
+          };
+          const scanner = new RelayScanner(handler, 1 << 16);
+          chunks.forEach((c, k) => {
+            scanner.push(c);
+            if (k === resumeAfter && scanner.isHeld) {
+              heldBeforeResume = true;
+              expect(Buffer.concat(out).length).toBe(0); // nothing of the held message went out
+              scanner.resume();
+            }
+          });
+          if (scanner.isHeld) {
+            heldBeforeResume = true;
+            scanner.resume();
+          }
+          expect(heldBeforeResume).toBe(true);
+          expect(holds).toBe(2); // delivered again after resume
+          expect(Buffer.concat(out).equals(server), `${i}/${j}/${resumeAfter}`).toBe(true);
+        }
+      }
+    }
   });
 
   it("decodes what the agent inspects", () => {

@@ -27,6 +27,7 @@ import { SpoolFullError } from "../audit/spool.js";
 import type { PostgresListenerConfig } from "../config.js";
 import { TokenRejected, verifyAccessToken, type VerifiedIdentity } from "../tokens.js";
 import { cancelOnTarget, connectTarget, TargetError } from "./target.js";
+import { CatalogCache } from "./catalog.js";
 import { isSafeEncoding, PgSession, type SessionMetrics } from "./session.js";
 
 /** Startup parameters passed on to the target; anything else is dropped (or refused below). */
@@ -94,6 +95,11 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
   const { config, logger } = options;
   const secureContext: SecureContext = createSecureContext({ cert: options.tls.certPem, key: options.tls.keyPem });
   const cancelKeys = new Map<number, CancelKey>();
+  // Result columns' tables, for masking (a connection of the agent's own per database, on demand).
+  const catalog = new CatalogCache({
+    open: (database) =>
+      connectTarget({ target: config.target, database, parameters: { application_name: "moat-agent (catalog)" } }),
+  });
   const live = new Map<PgSession, VerifiedIdentity>();
   const ulid = createUlidFactory();
   let count = 0;
@@ -345,6 +351,8 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
         identity,
         sourceAddress: source,
         targetUser: config.target.user,
+        database: targetDatabase,
+        catalog,
         bundles: options.bundles,
         audit: options.audit,
         classifier: options.classifier,
@@ -409,6 +417,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       return n;
     },
     async close() {
+      catalog.close();
       for (const session of live.keys()) session.terminate("the agent is shutting down", "57P01");
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },

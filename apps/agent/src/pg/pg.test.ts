@@ -31,6 +31,7 @@ const POLICIES = [
       masking: [
         { columns: ["email"], style: "partial" },
         { detectors: ["credit-card"], style: "full" },
+        { columns: ["analytics.events.kind"], style: "full" },
       ],
     },
   },
@@ -243,6 +244,50 @@ describe("masking", () => {
     expect(q.rows[0].email).not.toBe("user1@example.com");
     expect(String(q.rows[0].note)).not.toContain("4111");
     await c.end();
+  });
+
+  it("resolves result columns to their tables: an alias does not unmask, a table-qualified rule masks only its table", async () => {
+    const setup = await psql(h, dba, "CREATE TABLE kinds (kind text); INSERT INTO kinds VALUES ('visible')", {
+      user: "dba@example.com",
+    });
+    expect(setup.stderr).toBe("");
+    const rows = async (sql: string) => {
+      const r = await psql(h, alice, sql);
+      expect(r.stderr, sql).toBe("");
+      return r.stdout.trim().split("\n");
+    };
+    // Aliases, in the simple protocol (the first query waits for the catalog lookup).
+    expect(await rows("SELECT email AS e, id FROM users WHERE id = 2")).toEqual(["u***@example.com|2"]);
+    expect(await rows("SELECT u.email AS contact FROM users u WHERE id = 3")).toEqual(["u***@example.com"]);
+    expect(await rows("SELECT kind AS k FROM analytics.events WHERE id = 1")).toEqual(["****"]);
+    expect(await rows("SELECT e.kind FROM analytics.events e JOIN kinds k ON true WHERE e.id = 1")).toEqual(["****"]);
+    // The same column name in another table is not masked by analytics.events.kind ...
+    expect(await rows("SELECT kind FROM kinds")).toEqual(["visible"]);
+    // ... but a computed column labelled like it is (its table is unknown: fail closed).
+    expect(await rows("SELECT 'computed' AS kind")).toEqual(["****"]);
+    // Extended protocol (node-postgres): aliases in prepared statements too.
+    const c = new pg.Client({
+      host: "127.0.0.1",
+      port: h.port,
+      user: "alice@example.com",
+      password: alice,
+      database: "app",
+    });
+    await c.connect();
+    try {
+      const q = await c.query({ name: "aliased", text: "SELECT email AS x FROM users WHERE id = $1", values: [4] });
+      expect(q.rows[0].x).toBe("u***@example.com");
+      const k = await c.query("SELECT kind AS label FROM kinds");
+      expect(k.rows[0].label).toBe("visible");
+    } finally {
+      await c.end();
+    }
+    const audit = h
+      .events()
+      .filter(
+        (e) => e.type === "db.query" && e.detail.case === "dbQuery" && e.detail.value.text.includes("AS contact"),
+      );
+    expect(audit[0]?.detail.case === "dbQuery" && audit[0].detail.value.maskedColumns).toEqual(["users.email"]);
   });
 });
 

@@ -27,6 +27,7 @@ import {
   dataRow,
   errorResponse,
   FrameReader,
+  HOLD,
   ProtocolError,
   RelayScanner,
   renderParameters,
@@ -44,6 +45,7 @@ import type { Logger } from "@moat/common";
 import type { BundleHolder } from "../bundle.js";
 import type { AuditRecorder } from "../audit/recorder.js";
 import type { VerifiedIdentity } from "../tokens.js";
+import type { CatalogCache } from "./catalog.js";
 
 /** A statement the target is sure to refuse (at Parse time too), whose error the agent replaces. */
 export const POISON = "SELECT 'moat: statement denied by policy'::pg_catalog.int4";
@@ -105,6 +107,10 @@ export interface SessionContext {
   identity: VerifiedIdentity;
   sourceAddress: string;
   targetUser: string;
+  /** The target database (table OIDs are per database). */
+  database: string;
+  /** Resolves result columns to their tables for masking; without it, columns match by label only. */
+  catalog?: CatalogCache;
   bundles: BundleHolder;
   audit: AuditRecorder;
   classifier: Classifier;
@@ -187,6 +193,8 @@ export class PgSession {
   private rowsSeen = 0;
   private masks: { version: bigint; planner: MaskPlanner | undefined } | undefined;
   private closed = false;
+  /** The client's socket buffer is full: reading from the target is paused until it drains. */
+  private clientBlocked = false;
   private readonly started = Date.now();
   private readonly now: () => number;
   /** Resolves when the session is over, with the reason. */
@@ -213,7 +221,10 @@ export class PgSession {
       },
       message: (t, raw) => this.onServerMessage(t, raw),
       forward: (b) => {
-        if (!this.client.write(b)) this.target.pause();
+        if (!this.client.write(b)) {
+          this.clientBlocked = true;
+          this.target.pause();
+        }
       },
     };
     this.scanner = new RelayScanner(handler, ctx.maxMessageBytes);
@@ -221,7 +232,10 @@ export class PgSession {
 
   start(leftover: Buffer): void {
     const { client, target } = this;
-    client.on("drain", () => target.resume());
+    client.on("drain", () => {
+      this.clientBlocked = false;
+      if (!this.scanner.isHeld) target.resume();
+    });
     target.on("drain", () => client.resume());
     client.on("data", (chunk: Buffer) => this.onClientData(chunk));
     target.on("data", (chunk: Buffer) => {
@@ -709,8 +723,17 @@ export class PgSession {
 
   private startResult(fields: RowField[] | undefined, run: Run | undefined): void {
     const planner = fields ? this.planner() : undefined;
+    const { catalog, database } = this.ctx;
     this.plan = planner?.plan(
-      (fields as RowField[]).map((f) => ({ name: f.name, typeOid: f.typeOid, format: f.format === 1 ? 1 : 0 })),
+      (fields as RowField[]).map((f) => {
+        const source = f.tableOid !== 0 ? catalog?.lookup(database, f.tableOid, f.columnNumber) : undefined;
+        return {
+          name: f.name,
+          typeOid: f.typeOid,
+          format: f.format === 1 ? 1 : 0,
+          ...(source ? { table: { schema: source.schema, name: source.table }, sourceColumn: source.column } : {}),
+        };
+      }),
     );
     if (this.plan && run) for (const c of this.plan.maskedColumns) run.masked.add(c);
   }
@@ -744,7 +767,42 @@ export class PgSession {
     return changed ? [dataRow(values)] : undefined;
   }
 
-  private onServerMessage(type: number, raw: Buffer): Buffer[] | undefined {
+  /**
+   * Whether a result's columns must be looked up in the catalog before it can be masked (masking
+   * applies and some of its tables are not known yet). If so, starts the lookup and pauses the
+   * target; the relay resumes with the same RowDescription once it is done.
+   */
+  private awaitCatalog(fields: RowField[]): boolean {
+    const catalog = this.ctx.catalog;
+    if (!catalog || this.planner() === undefined) return false;
+    const missing = catalog.missing(
+      this.ctx.database,
+      fields.map((f) => f.tableOid),
+    );
+    if (missing.length === 0) return false;
+    this.target.pause();
+    catalog.resolve(this.ctx.database, missing).then(
+      () => this.resumeRelay(),
+      (error: unknown) => this.fail(error, "cannot look up the result's columns for masking"),
+    );
+    return true;
+  }
+
+  private resumeRelay(): void {
+    if (this.closed) return;
+    this.client.cork();
+    try {
+      this.scanner.resume();
+    } catch (error) {
+      this.client.uncork();
+      this.fail(error, "the target sent an invalid message");
+      return;
+    }
+    this.client.uncork();
+    if (!this.scanner.isHeld && !this.clientBlocked) this.target.resume();
+  }
+
+  private onServerMessage(type: number, raw: Buffer): Buffer[] | undefined | typeof HOLD {
     switch (type) {
       case 0x44: // DataRow
         this.rowsSeen++;
@@ -753,6 +811,7 @@ export class PgSession {
         // RowDescription
         const head = this.pending[0];
         const fields = decodeRowDescription(raw.subarray(5));
+        if (this.awaitCatalog(fields)) return HOLD;
         if (head?.kind === "describe") {
           if (head.target === "S") {
             const st = this.statements.get(head.name);

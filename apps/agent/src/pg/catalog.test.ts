@@ -1,0 +1,109 @@
+/**
+ * The catalog cache that resolves result columns (table OID + column number) to table columns for
+ * masking, against a real PostgreSQL: lookups, tables the catalog does not know, renames seen after
+ * the TTL, shared concurrent lookups, and failures (which the session turns into closing itself).
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startPostgres, type TestPostgres } from "@moat/testkit";
+import { CatalogCache } from "./catalog.js";
+import { connectTarget, TargetError } from "./target.js";
+
+let server: TestPostgres;
+let usersOid: number;
+let ordersOid: number;
+
+beforeAll(async () => {
+  server = await startPostgres();
+  await server.createDatabase("cat");
+  await server.sql(
+    `CREATE SCHEMA "My Schema"; CREATE TABLE users (id int, email text, dropped int, "Note" text);
+     ALTER TABLE users DROP COLUMN dropped; CREATE TABLE "My Schema".orders (id int, card text);`,
+    "cat",
+  );
+  const oids = await server.sql(
+    `SELECT 'users'::regclass::oid::int || ',' || '"My Schema".orders'::regclass::oid::int`,
+    "cat",
+  );
+  [usersOid, ordersOid] = oids.trim().split(",").map(Number) as [number, number];
+}, 120_000);
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+const open = (database: string) =>
+  connectTarget({
+    target: { host: "127.0.0.1", port: server.port, user: "postgres", sslmode: "disable", connectTimeoutMs: 5000 },
+    database,
+    parameters: {},
+  });
+
+describe("catalog cache", () => {
+  it("resolves columns by table OID and number, skipping dropped columns, quoting kept", async () => {
+    const catalog = new CatalogCache({ open });
+    try {
+      expect(catalog.missing("cat", [usersOid, 0, ordersOid, usersOid]).sort()).toEqual([usersOid, ordersOid].sort());
+      await catalog.resolve("cat", [usersOid, ordersOid]);
+      expect(catalog.missing("cat", [usersOid, ordersOid])).toEqual([]);
+      expect(catalog.lookup("cat", usersOid, 2)).toEqual({ schema: "public", table: "users", column: "email" });
+      expect(catalog.lookup("cat", usersOid, 3)).toBeUndefined(); // dropped
+      expect(catalog.lookup("cat", usersOid, 4)).toEqual({ schema: "public", table: "users", column: "Note" });
+      expect(catalog.lookup("cat", ordersOid, 2)).toEqual({ schema: "My Schema", table: "orders", column: "card" });
+      // OIDs are per database.
+      expect(catalog.lookup("postgres", usersOid, 2)).toBeUndefined();
+      expect(catalog.missing("postgres", [usersOid])).toEqual([usersOid]);
+    } finally {
+      catalog.close();
+    }
+  });
+
+  it("remembers OIDs the catalog does not know, and looks tables up again after the TTL", async () => {
+    let now = 1_000_000;
+    let opened = 0;
+    const catalog = new CatalogCache({ open: (db) => (opened++, open(db)), ttlMs: 1000, now: () => now });
+    try {
+      await catalog.resolve("cat", [4_000_000_000]);
+      expect(catalog.missing("cat", [4_000_000_000])).toEqual([]);
+      expect(catalog.lookup("cat", 4_000_000_000, 1)).toBeUndefined();
+      await catalog.resolve("cat", [usersOid]);
+      await server.sql("ALTER TABLE users RENAME COLUMN email TO mail", "cat");
+      expect(catalog.lookup("cat", usersOid, 2)?.column).toBe("email"); // until the TTL
+      now += 1001;
+      expect(catalog.missing("cat", [usersOid])).toEqual([usersOid]);
+      await catalog.resolve("cat", [usersOid]);
+      expect(catalog.lookup("cat", usersOid, 2)?.column).toBe("mail");
+      expect(opened).toBe(1); // one connection for all of it
+      await server.sql("ALTER TABLE users RENAME COLUMN mail TO email", "cat");
+      // Concurrent asks for the same tables share one query.
+      now += 1001;
+      await Promise.all([catalog.resolve("cat", [usersOid]), catalog.resolve("cat", [usersOid])]);
+      expect(catalog.lookup("cat", usersOid, 2)?.column).toBe("email");
+    } finally {
+      catalog.close();
+    }
+  });
+
+  it("fails a lookup it cannot make, and recovers with a new connection", async () => {
+    let fail = true;
+    const catalog = new CatalogCache({
+      open: (db) => (fail ? Promise.reject(new TargetError("cannot reach the target")) : open(db)),
+    });
+    try {
+      await expect(catalog.resolve("cat", [usersOid])).rejects.toThrow(/cannot reach the target/);
+      fail = false;
+      await catalog.resolve("cat", [usersOid]);
+      expect(catalog.lookup("cat", usersOid, 1)?.column).toBe("id");
+      // The connection dies under it: the next lookup opens another.
+      await server.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'cat' AND pid <> pg_backend_pid()",
+        "cat",
+      );
+      await new Promise((r) => setTimeout(r, 100));
+      await catalog.resolve("cat", [ordersOid]);
+      expect(catalog.lookup("cat", ordersOid, 2)?.column).toBe("card");
+    } finally {
+      catalog.close();
+    }
+    await expect(catalog.resolve("cat", [usersOid])).rejects.toThrow(/stopping/);
+  });
+});

@@ -1,0 +1,234 @@
+/**
+ * Where result columns come from, for masking: a RowDescription names each column's table by OID
+ * and position (for plain column references, aliased or not); the agent asks the target's catalog
+ * what those are, over a connection of its own per database, and caches the answer.
+ *
+ * Resolution is asked for only while masking rules apply to a session, and only for table OIDs not
+ * seen recently, so results of unmasked sessions never wait for it.
+ */
+import type { Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
+import { decodeDataRow, decodeErrorFields, serialize } from "@moat/pg-wire";
+import type { TargetConnection } from "./target.js";
+
+export interface SourceColumn {
+  schema: string;
+  table: string;
+  column: string;
+}
+
+interface TableEntry {
+  schema: string;
+  table: string;
+  columns: Map<number, string>;
+  resolvedAt: number;
+}
+
+export interface CatalogOptions {
+  /** Opens a connection to `database` as the agent's target user. */
+  open: (database: string) => Promise<TargetConnection>;
+  /** A table seen longer ago than this is looked up again (renames). Default 60 s. */
+  ttlMs?: number;
+  /** A catalog connection unused for this long is closed. Default 30 s. */
+  idleMs?: number;
+  /** Tables kept per database before the cache starts over. Default 20 000. */
+  maxTables?: number;
+  /** A lookup taking longer fails (the session asking is closed: masking fails closed). Default 10 s. */
+  timeoutMs?: number;
+  now?: () => number;
+}
+
+export class CatalogCache {
+  private readonly databases = new Map<string, Map<number, TableEntry>>();
+  private readonly connections = new Map<string, CatalogConnection>();
+  private readonly inflight = new Map<string, Promise<void>>();
+  private readonly ttlMs: number;
+  private readonly idleMs: number;
+  private readonly maxTables: number;
+  private readonly timeoutMs: number;
+  private readonly now: () => number;
+  private closed = false;
+
+  constructor(private readonly options: CatalogOptions) {
+    this.ttlMs = options.ttlMs ?? 60_000;
+    this.idleMs = options.idleMs ?? 30_000;
+    this.maxTables = options.maxTables ?? 20_000;
+    this.timeoutMs = options.timeoutMs ?? 10_000;
+    this.now = options.now ?? Date.now;
+  }
+
+  /** The table column behind (tableOid, attnum), if resolved (stale entries included). */
+  lookup(database: string, tableOid: number, columnNumber: number): SourceColumn | undefined {
+    const entry = this.databases.get(database)?.get(tableOid);
+    const column = entry?.columns.get(columnNumber);
+    return entry && column !== undefined ? { schema: entry.schema, table: entry.table, column } : undefined;
+  }
+
+  /** Table OIDs among `oids` not resolved, or resolved longer ago than the TTL. */
+  missing(database: string, oids: Iterable<number>): number[] {
+    const tables = this.databases.get(database);
+    const now = this.now();
+    const out = new Set<number>();
+    for (const oid of oids) {
+      if (oid === 0) continue;
+      const entry = tables?.get(oid);
+      if (!entry || now - entry.resolvedAt > this.ttlMs) out.add(oid);
+    }
+    return [...out];
+  }
+
+  /** Looks the tables up (one query; concurrent asks for the same set share it). */
+  resolve(database: string, oids: number[]): Promise<void> {
+    if (this.closed) return Promise.reject(new Error("the agent is stopping"));
+    const key = `${database}\0${[...oids].sort((a, b) => a - b).join(",")}`;
+    let p = this.inflight.get(key);
+    if (!p) {
+      p = this.fetch(database, oids).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, p);
+    }
+    return p;
+  }
+
+  private async fetch(database: string, oids: number[]): Promise<void> {
+    // OIDs are numbers from the target's own RowDescription: a literal list is safe.
+    const list = oids.map((o) => String(Math.trunc(o) >>> 0)).join(",");
+    const sql =
+      "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname FROM pg_catalog.pg_class c " +
+      "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace " +
+      "LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped " +
+      `WHERE c.oid IN (${list})`;
+    const rows = await this.connection(database).query(sql, this.timeoutMs);
+    let tables = this.databases.get(database);
+    if (!tables || tables.size + oids.length > this.maxTables) {
+      tables = new Map();
+      this.databases.set(database, tables);
+    }
+    const now = this.now();
+    const fresh = new Map<number, TableEntry>();
+    for (const [oid, schema, table, attnum, attname] of rows) {
+      const id = Number(oid);
+      let entry = fresh.get(id);
+      if (!entry) {
+        entry = { schema: schema ?? "", table: table ?? "", columns: new Map(), resolvedAt: now };
+        fresh.set(id, entry);
+      }
+      if (attnum !== null && attnum !== undefined && attname !== null && attname !== undefined)
+        entry.columns.set(Number(attnum), attname);
+    }
+    // A table the catalog does not know (dropped meanwhile): remembered as unknown, so its columns
+    // are matched by their labels only, and not asked for again until the TTL.
+    for (const oid of oids)
+      tables.set(oid, fresh.get(oid) ?? { schema: "", table: "", columns: new Map(), resolvedAt: now });
+  }
+
+  private connection(database: string): CatalogConnection {
+    let c = this.connections.get(database);
+    if (!c || c.broken) {
+      c = new CatalogConnection(
+        () => this.options.open(database),
+        this.idleMs,
+        () => {
+          if (this.connections.get(database) === c) this.connections.delete(database);
+        },
+      );
+      this.connections.set(database, c);
+    }
+    return c;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const c of this.connections.values()) c.close();
+    this.connections.clear();
+  }
+}
+
+/** One catalog connection: simple-protocol queries, one at a time, closed when idle. */
+class CatalogConnection {
+  broken = false;
+  private socket: Socket | TLSSocket | undefined;
+  private opening: Promise<Socket | TLSSocket> | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly open: () => Promise<TargetConnection>,
+    private readonly idleMs: number,
+    private readonly onClose: () => void,
+  ) {}
+
+  query(sql: string, timeoutMs: number): Promise<(string | null)[][]> {
+    const run = this.queue.then(() => this.run(sql, timeoutMs));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async run(sql: string, timeoutMs: number): Promise<(string | null)[][]> {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.opening ??= this.open().then((t) => {
+      t.socket.on("error", () => this.fail());
+      t.socket.on("close", () => this.fail());
+      return t.socket;
+    });
+    let socket: Socket | TLSSocket;
+    try {
+      socket = await this.opening;
+    } catch (error) {
+      this.fail();
+      throw error;
+    }
+    this.socket = socket;
+    try {
+      return await new Promise<(string | null)[][]>((resolve, reject) => {
+        const rows: (string | null)[][] = [];
+        let error: string | undefined;
+        let buf: Buffer = Buffer.alloc(0);
+        const timer = setTimeout(() => done(new Error(`the catalog lookup took over ${timeoutMs} ms`)), timeoutMs);
+        const onData = (chunk: Buffer) => {
+          buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+          while (buf.length >= 5) {
+            const length = buf.readInt32BE(1);
+            if (buf.length < length + 1) return;
+            const type = buf[0];
+            const body = buf.subarray(5, length + 1);
+            buf = buf.subarray(length + 1);
+            if (type === 0x44) rows.push(decodeDataRow(body).map((v) => (v === null ? null : v.toString("utf8"))));
+            else if (type === 0x45) error = decodeErrorFields(body).message;
+            else if (type === 0x5a) return done(error === undefined ? undefined : new Error(error));
+          }
+        };
+        const onClose = () => done(new Error("the catalog connection closed"));
+        const done = (e?: Error) => {
+          clearTimeout(timer);
+          socket.off("data", onData);
+          socket.off("close", onClose);
+          if (e) {
+            this.fail();
+            reject(e);
+          } else resolve(rows);
+        };
+        socket.on("data", onData);
+        socket.on("close", onClose);
+        socket.write(serialize.query(sql));
+      });
+    } finally {
+      if (!this.broken) {
+        this.idleTimer = setTimeout(() => this.close(), this.idleMs);
+        this.idleTimer.unref();
+      }
+    }
+  }
+
+  private fail(): void {
+    if (this.broken) return;
+    this.broken = true;
+    this.socket?.destroy();
+    this.onClose();
+  }
+
+  close(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    if (this.socket && !this.broken) this.socket.end(serialize.end());
+    this.fail();
+  }
+}
