@@ -28,10 +28,17 @@ export function migrateSqlite(file: string, dir: string): string[] {
       (db.prepare('SELECT "name" FROM "_moat_migrations"').all() as { name: string }[]).map((r) => r.name),
     );
     const applied: string[] = [];
+    // SQLite changes a table by creating a new one, copying and dropping the old: with foreign keys
+    // on, that drop would cascade to every referencing row. They are off while migrating (the pragma
+    // has no effect inside a transaction, hence here) and checked before the migration commits.
+    db.pragma("foreign_keys = OFF");
     for (const migration of listMigrations(dir)) {
       if (done.has(migration.name)) continue;
       db.transaction(() => {
         db.exec(migration.sql);
+        const broken = db.pragma("foreign_key_check") as unknown[];
+        if (broken.length > 0)
+          throw new Error(`migration ${migration.name} leaves ${broken.length} row(s) with dangling foreign keys`);
         db.prepare('INSERT INTO "_moat_migrations" ("name", "appliedAt") VALUES (?, ?)').run(
           migration.name,
           new Date().toISOString(),
@@ -39,6 +46,7 @@ export function migrateSqlite(file: string, dir: string): string[] {
       })();
       applied.push(migration.name);
     }
+    db.pragma("foreign_keys = ON");
     return applied;
   } finally {
     db.close();
