@@ -40,9 +40,14 @@ export class ScramClient {
     /** The server certificate's hash for `tls-server-end-point` channel binding, or undefined. */
     private readonly channelBinding?: Buffer,
     nonce?: string,
+    /**
+     * Without binding data: whether the connection could have bound (TLS). Then the client says so
+     * (`y`), and a server that did offer SCRAM-SHA-256-PLUS refuses — a stripped offer is detected.
+     */
+    couldBind = false,
   ) {
     this.nonce = nonce ?? randomBytes(18).toString("base64");
-    this.gs2 = channelBinding ? "p=tls-server-end-point,," : "n,,";
+    this.gs2 = channelBinding ? "p=tls-server-end-point,," : couldBind ? "y,," : "n,,";
   }
 
   get mechanism(): string {

@@ -17,6 +17,7 @@ import {
   renderParameters,
   serialize,
   md5Password,
+  ScramClient,
   type RelayHandler,
 } from "./index.js";
 
@@ -284,6 +285,14 @@ describe("RelayScanner", () => {
 });
 
 describe("auth", () => {
+  it("says in SCRAM's gs2 header whether it binds, could bind, or cannot", () => {
+    expect(new ScramClient("pw", undefined, "nonce").first()).toBe("n,,n=,r=nonce");
+    expect(new ScramClient("pw", undefined, "nonce", true).first()).toBe("y,,n=,r=nonce");
+    const bound = new ScramClient("pw", Buffer.alloc(32, 1), "nonce");
+    expect(bound.mechanism).toBe("SCRAM-SHA-256-PLUS");
+    expect(bound.first()).toBe("p=tls-server-end-point,,n=,r=nonce");
+  });
+
   it("computes PostgreSQL's md5 password", () => {
     // md5 of md5("secret" + "bob") + salt, computed independently
     expect(md5Password("bob", "secret", Buffer.from([1, 2, 3, 4]))).toMatch(/^md5[0-9a-f]{32}$/);

@@ -119,3 +119,16 @@ export function describeCertificate(certPem: string): { subjectAltNames: string[
     .filter(Boolean);
   return { subjectAltNames: names, notAfter: new Date(cert.validTo) };
 }
+
+/**
+ * The hash algorithm of a certificate's signature (`SHA-256`, `SHA-384`, `SHA-1`...), for TLS channel
+ * binding (`tls-server-end-point`); undefined when it cannot be told (e.g. Ed25519).
+ */
+export function certificateSignatureHash(der: Buffer): string | undefined {
+  try {
+    const algorithm = new x509.X509Certificate(der).signatureAlgorithm as { hash?: { name?: string } };
+    return algorithm.hash?.name;
+  } catch {
+    return undefined;
+  }
+}

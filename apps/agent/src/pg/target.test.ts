@@ -4,6 +4,8 @@
  * when the agent's credentials are wrong (never the password itself).
  */
 import { writeFileSync } from "node:fs";
+import { connect, createServer, type AddressInfo, type Socket } from "node:net";
+import { connect as tlsConnect, TLSSocket } from "node:tls";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCertificateAuthority, issueServerCertificate } from "@moat/pki";
@@ -67,6 +69,58 @@ describe("target authentication", () => {
     });
     expect("encrypted" in c.socket && c.socket.encrypted).toBe(true);
     c.socket.destroy();
+  });
+
+  it("binds SCRAM to the target's TLS certificate: an interceptor with its own certificate cannot relay the login", async () => {
+    // sslmode=require does not verify the certificate; channel binding (SCRAM-SHA-256-PLUS) still
+    // ties the password proof to the TLS session the target itself terminates.
+    const direct = await connectTarget({
+      target: target("scram_user", { sslmode: "require" }),
+      database: "postgres",
+      parameters: {},
+    });
+    direct.socket.destroy();
+
+    const interceptorCa = await createCertificateAuthority("interceptor");
+    const interceptorCert = await issueServerCertificate(interceptorCa, ["127.0.0.1"]);
+    const sockets: Socket[] = [];
+    const relay = createServer((agentSide) => {
+      sockets.push(agentSide);
+      agentSide.once("data", () => {
+        // The agent's SSLRequest: accept it with our own certificate, then reach the target the same way.
+        agentSide.write("S");
+        const fromAgent = new TLSSocket(agentSide, {
+          isServer: true,
+          cert: interceptorCert.certPem,
+          key: interceptorCert.keyPem,
+        });
+        const up = connect(server.port, "127.0.0.1", () => {
+          up.write(Buffer.from([0, 0, 0, 8, 4, 210, 22, 47]));
+          up.once("data", () => {
+            const toTarget = tlsConnect({ socket: up, rejectUnauthorized: false });
+            sockets.push(toTarget);
+            fromAgent.pipe(toTarget).pipe(fromAgent);
+            fromAgent.on("error", () => toTarget.destroy());
+            toTarget.on("error", () => fromAgent.destroy());
+          });
+        });
+        sockets.push(up);
+      });
+    });
+    await new Promise<void>((r) => relay.listen(0, "127.0.0.1", () => r()));
+    try {
+      const port = (relay.address() as AddressInfo).port;
+      await expect(
+        connectTarget({
+          target: target("scram_user", { sslmode: "require", port }),
+          database: "postgres",
+          parameters: {},
+        }),
+      ).rejects.toThrow(/channel binding/i);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => relay.close(r));
+    }
   });
 
   it("refuses a target whose certificate is not signed by the configured CA", async () => {

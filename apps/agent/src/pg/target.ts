@@ -5,7 +5,7 @@
  * the client must be told (parameter statuses) and the target's cancel key (never shown to users).
  */
 import { connect as netConnect, type Socket } from "node:net";
-import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import { connect as tlsConnect, TLSSocket } from "node:tls";
 import { readFileSync } from "node:fs";
 import {
   decodeAuthentication,
@@ -17,7 +17,9 @@ import {
   ProtocolError,
   ScramClient,
   serialize,
+  tlsServerEndPoint,
 } from "@moat/pg-wire";
+import { certificateSignatureHash } from "@moat/pki";
 import type { PostgresTargetConfig } from "../config.js";
 
 export interface TargetConnection {
@@ -207,12 +209,26 @@ export async function connectTarget(options: {
           case "md5":
             socket.write(serialize.password(md5Password(target.user, needPassword(), auth.salt)));
             break;
-          case "sasl":
-            if (!auth.mechanisms.includes("SCRAM-SHA-256"))
+          case "sasl": {
+            // Over TLS, bind the SCRAM exchange to the target's certificate when it offers
+            // SCRAM-SHA-256-PLUS: a TLS interceptor between agent and target (possible unless
+            // sslmode=verify-full) then cannot relay the login.
+            const tls = socket instanceof TLSSocket;
+            const binding =
+              socket instanceof TLSSocket && auth.mechanisms.includes("SCRAM-SHA-256-PLUS")
+                ? channelBindingOf(socket)
+                : undefined;
+            if (!binding && !auth.mechanisms.includes("SCRAM-SHA-256"))
               throw new TargetError(`the target offers no supported SASL mechanism (${auth.mechanisms.join(", ")})`);
-            scram = new ScramClient(needPassword());
+            scram = new ScramClient(
+              needPassword(),
+              binding,
+              undefined,
+              tls && binding === undefined && !auth.mechanisms.includes("SCRAM-SHA-256-PLUS"),
+            );
             socket.write(serialize.sendSASLInitialResponseMessage(scram.mechanism, scram.first()));
             break;
+          }
           case "sasl-continue":
             if (!scram) throw new TargetError("the target sent SASL data out of order");
             socket.write(serialize.sendSCRAMClientFinalMessage(scram.final(auth.data)));
@@ -266,6 +282,17 @@ export async function connectTarget(options: {
     if (error instanceof ProtocolError) throw new TargetError(`authentication to the target failed: ${error.message}`);
     throw new TargetError(`cannot set up the target connection: ${(error as Error).message}`);
   }
+}
+
+/**
+ * `tls-server-end-point` data for the target's certificate, or undefined when its signature has no
+ * usable hash (e.g. Ed25519: PostgreSQL cannot bind those either).
+ */
+function channelBindingOf(socket: TLSSocket): Buffer | undefined {
+  const cert = socket.getPeerX509Certificate();
+  if (!cert) return undefined;
+  const hash = certificateSignatureHash(cert.raw);
+  return hash ? tlsServerEndPoint(cert.raw, hash) : undefined;
 }
 
 /** A one-dimensional text array in PostgreSQL's output format: `{public,"my schema"}`. */
