@@ -203,6 +203,14 @@ export async function startAgent(
         this.set(Number(spool.unshipped));
       },
     }),
+    new Gauge({
+      name: "moat_agent_audit_oldest_unshipped_age_seconds",
+      help: "Age of the oldest audit event not yet stored by the control plane (0 when none)",
+      registers: [registry],
+      collect() {
+        this.set(spool.oldestUnshippedAgeMs() / 1000);
+      },
+    }),
   ];
   void auditGauges;
   if (recovery.truncatedBytes > 0) {
@@ -368,6 +376,7 @@ export async function startAgent(
           bundleVersion: (bundles.current()?.version ?? 0n).toString(),
           bundleExpiresAt: bundles.current()?.notAfter.toISOString() ?? null,
           auditUnshipped: spool.unshipped.toString(),
+          auditOldestUnshippedSeconds: Math.round(spool.oldestUnshippedAgeMs() / 100) / 10,
           resources: config.resources.length,
         }),
       })

@@ -56,6 +56,29 @@ describe("audit spool", () => {
     again.spool.close();
   });
 
+  it("reports the age of the oldest unshipped event, from memory or from its segment after a restart", async () => {
+    const dir = tempDir();
+    const { spool } = AuditSpool.open({ dir, segmentBytes: 200 });
+    expect(spool.oldestUnshippedAgeMs()).toBe(0);
+    const t0 = Date.now();
+    await fill(spool, 3);
+    await new Promise((r) => setTimeout(r, 60));
+    await fill(spool, 20);
+    const age = spool.oldestUnshippedAgeMs();
+    expect(age).toBeGreaterThanOrEqual(55);
+    expect(age).toBeLessThanOrEqual(Date.now() - t0 + 5);
+    spool.ack(3n); // the old ones are stored: the oldest left is recent
+    expect(spool.oldestUnshippedAgeMs()).toBeLessThan(55);
+    spool.ack(23n);
+    expect(spool.oldestUnshippedAgeMs()).toBe(0);
+    await fill(spool, 5);
+    spool.close();
+    await new Promise((r) => setTimeout(r, 60));
+    const again = AuditSpool.open({ dir, segmentBytes: 200 });
+    expect(again.spool.oldestUnshippedAgeMs()).toBeGreaterThanOrEqual(55); // from the segment file
+    again.spool.close();
+  });
+
   it("groups concurrent appends into few fsyncs and keeps every one", async () => {
     const { spool } = AuditSpool.open({ dir: tempDir() });
     const results = await Promise.all(Array.from({ length: 500 }, () => spool.append((seq) => payload(seq))));

@@ -20,6 +20,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  statSync,
   renameSync,
   unlinkSync,
   writeFileSync,
@@ -86,6 +87,13 @@ interface Segment {
   path: string;
   bytes: number;
   lastSeq: bigint;
+  /** When its first event was written (ms since the epoch; from the file's times after a restart). */
+  firstAt: number;
+}
+
+/** An event of the in-memory tail, with when it was written. */
+interface TailEvent extends SpooledEvent {
+  at: number;
 }
 
 function segmentName(firstSeq: bigint): string {
@@ -136,7 +144,7 @@ export class AuditSpool {
   /** Bytes of all segments (kept, not recomputed per append). */
   private bytes = 0;
   /** The latest events in memory, so shipping rarely reads segment files back: `tail[tailHead..]`. */
-  private tail: (SpooledEvent | undefined)[] = [];
+  private tail: (TailEvent | undefined)[] = [];
   private tailHead = 0;
   private tailBytes = 0;
   private fd = -1;
@@ -212,7 +220,9 @@ export class AuditSpool {
         ftruncateSync(fd, result.goodBytes);
         closeSync(fd);
       }
-      this.segments.push({ firstSeq, path, bytes: result.goodBytes, lastSeq: result.lastSeq as bigint });
+      const times = statSync(path);
+      const firstAt = Math.min(times.birthtimeMs || times.mtimeMs, times.mtimeMs);
+      this.segments.push({ firstSeq, path, bytes: result.goodBytes, lastSeq: result.lastSeq as bigint, firstAt });
     }
     const last = this.segments[this.segments.length - 1];
     if (last) {
@@ -243,6 +253,22 @@ export class AuditSpool {
 
   get totalBytes(): number {
     return this.bytes;
+  }
+
+  /**
+   * Age in ms of the oldest event the control plane has not acknowledged (0 when none): exact for
+   * events still in memory, else from when its segment file was started (an upper bound).
+   */
+  oldestUnshippedAgeMs(now = Date.now()): number {
+    if (this.unshipped <= 0n) return 0;
+    const oldest = this.acked + 1n;
+    const first = this.tailFirst();
+    if (first && oldest >= first.seq) {
+      const e = this.tail[this.tailHead + Number(oldest - first.seq)];
+      if (e) return Math.max(0, now - e.at);
+    }
+    const segment = this.segments.find((seg) => seg.lastSeq >= oldest);
+    return segment ? Math.max(0, now - segment.firstAt) : 0;
   }
 
   /** Events appended but not yet acknowledged by the control plane. */
@@ -311,7 +337,7 @@ export class AuditSpool {
       }
       const path = join(this.dir, segmentName(seq));
       this.fd = openSync(path, "a", 0o600);
-      current = { firstSeq: seq, path, bytes: 0, lastSeq: seq - 1n };
+      current = { firstSeq: seq, path, bytes: 0, lastSeq: seq - 1n, firstAt: Date.now() };
       this.segments.push(current);
     }
     if (this.arenaPos + frameBytes > this.arena.length) {
@@ -333,7 +359,7 @@ export class AuditSpool {
     current.lastSeq = seq;
     this.bytes += frameBytes;
     this.nextSeq = seq + 1n;
-    this.tail.push({ seq, payload: stored });
+    this.tail.push({ seq, payload: stored, at: Date.now() });
     this.tailBytes += payload.length;
     while (this.tailBytes > TAIL_BYTES && this.tailLength() > 1) this.shiftTail();
     return gap ? { seq, gap } : { seq };
@@ -343,7 +369,7 @@ export class AuditSpool {
     return this.tail.length - this.tailHead;
   }
 
-  private tailFirst(): SpooledEvent | undefined {
+  private tailFirst(): TailEvent | undefined {
     return this.tail[this.tailHead];
   }
 
