@@ -23,6 +23,11 @@ export interface AuditRecorder {
    * SpoolFullError when the spool is full and fail-closed.
    */
   recordSoon(event: AuditEventInit): { seq: bigint; id: string };
+  /**
+   * Whether an event of up to `bytes` can be recorded now (false only when the spool is full and
+   * fail-closed). Enforcers ask before running what they would have to audit.
+   */
+  hasRoom(bytes?: number): boolean;
 }
 
 export function createAuditRecorder(deps: {
@@ -90,6 +95,7 @@ export function createAuditRecorder(deps: {
     });
   };
   const recorder: AuditRecorder = {
+    hasRoom: (bytes) => deps.spool.hasRoom(bytes),
     async record(event) {
       const id = ulid();
       const result = await deps.spool.append((seq) => encode(event, id, seq));

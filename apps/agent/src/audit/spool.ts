@@ -271,6 +271,11 @@ export class AuditSpool {
     return segment ? Math.max(0, now - segment.firstAt) : 0;
   }
 
+  /** Whether `bytes` more can be appended now: always with drop-oldest, else within `maxBytes`. */
+  hasRoom(bytes = 64 * 1024): boolean {
+    return this.whenFull === "drop-oldest" || this.bytes + HEADER + bytes <= this.maxBytes;
+  }
+
   /** Events appended but not yet acknowledged by the control plane. */
   get unshipped(): bigint {
     return this.nextSeq - 1n - this.acked;

@@ -286,6 +286,18 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       : verdict.effect === "review"
         ? `${verdict.message}; approval is required, and approvals are not available on this agent yet`
         : verdict.message;
+    if (!options.audit.hasRoom()) {
+      // A session that could not audit its statements is not started (the spool is full and
+      // fail-closed); the same answer as when the start itself cannot be recorded.
+      refuse(
+        socket,
+        "53100",
+        "the agent's audit spool is full: new sessions are refused until it drains",
+        "spool-full",
+      );
+      logger.warn({ resource: options.resource }, "audit spool full: session refused");
+      return;
+    }
     try {
       await options.audit.record({
         type: "session.start",

@@ -304,6 +304,11 @@ export class PgSession {
 
   private onClientData(chunk: Buffer): void {
     if (this.closed) return;
+    if (!this.ctx.audit.hasRoom()) {
+      // Fail closed: nothing runs that could not be audited.
+      this.auditFailed(new Error("the audit spool is full"));
+      return;
+    }
     const out: Buffer[] = [];
     try {
       this.reader.push(chunk);

@@ -31,6 +31,9 @@ export interface Harness {
   /** Replaces the bundle's policies (a newer version). */
   setPolicies(policies: object[], o?: { revoked?: string[]; disabled?: string[] }): void;
   events(): AuditEvent[];
+  /** Reasons of connections the listener refused, in order (its `refused` metric). */
+  refusals: string[];
+  spool: AuditSpool;
   close(): Promise<void>;
 }
 
@@ -41,6 +44,8 @@ export async function startHarness(options: {
   policies: object[];
   target?: Partial<PostgresTargetConfig>;
   listener?: Partial<PostgresListenerConfig>;
+  /** Audit spool limits (default: 64 MiB, fail-closed). */
+  spool?: { maxBytes?: number; segmentBytes?: number; whenFull?: "fail-closed" | "drop-oldest" };
 }): Promise<Harness> {
   await loadSqlParser();
   const dataDir = tempDir("moat-pg-agent-");
@@ -61,11 +66,13 @@ export async function startHarness(options: {
     if (!r.applied) throw new Error(r.error);
   };
   apply(options.policies);
+  const refusals: string[] = [];
   const { spool } = AuditSpool.open({
     dir: join(dataDir, "audit"),
     maxBytes: 64 * 1024 * 1024,
     segmentBytes: 4 * 1024 * 1024,
     whenFull: "fail-closed",
+    ...options.spool,
   });
   const audit = createAuditRecorder({ spool, bundleVersion: () => bundles.current()?.version ?? 0n });
   const logger = createLogger({ name: "pg-test", level: process.env.MOAT_TEST_LOG === "1" ? "debug" : "silent" });
@@ -92,10 +99,16 @@ export async function startHarness(options: {
     audit,
     classifier: createClassifier(),
     logger,
-    metrics: { sessions: { inc() {}, dec() {} }, statement() {}, refused() {} },
+    metrics: {
+      sessions: { inc() {}, dec() {} },
+      statement() {},
+      refused: (reason: string) => refusals.push(reason),
+    },
   });
   let jti = 0;
   return {
+    refusals,
+    spool,
     listener,
     bundles,
     port: listener.port,
