@@ -355,17 +355,20 @@ class Fleet {
       const call = this.clientFor(agent.index).connect(metadata);
       agent.call = call;
       agent.live = true;
-      agent.maxVersion = 0n;
+      agent.maxMark = 0n;
       agent.arrivals = new Map();
       call.on("data", (message) => {
         const kind = message.kind;
         if (kind.case === "bundle") {
           const at = performance.now();
-          const version = fromBinary(BundleSchema, kind.value.payload).version;
+          const bundle = fromBinary(BundleSchema, kind.value.payload);
+          const version = bundle.version;
           call.write(create(ConnectRequestSchema, { kind: { case: "bundleAck", value: { version, applied: true } } }));
-          if (version > agent.maxVersion) {
-            agent.maxVersion = version;
-            agent.arrivals.set(version, at);
+          // Bundle versions are per agent; which change a bundle carries is read from its policy.
+          const mark = markOf(bundle);
+          if (mark > agent.maxMark) {
+            agent.maxMark = mark;
+            agent.arrivals.set(mark, at);
           }
           resolve();
         } else if (kind.case === "welcome") {
@@ -423,10 +426,10 @@ class Fleet {
     return this.agents.filter((a) => a.live);
   }
 
-  /** When agent `a` first received a bundle at `version` or newer. */
-  arrivalOf(agent, version) {
+  /** When agent `a` first received a bundle holding change `mark` or a later one. */
+  arrivalOf(agent, mark) {
     let best = Infinity;
-    for (const [v, at] of agent.arrivals) if (v >= version && at < best) best = at;
+    for (const [m, at] of agent.arrivals) if (m >= mark && at < best) best = at;
     return best;
   }
 
@@ -447,6 +450,16 @@ class Fleet {
 // One agent count: start, enrol, connect, K policy changes, stop
 
 const POLICY_NAME = "bench-propagation";
+/** Which change a bundle holds: iteration + 1 of the bench policy's table name, 0 without it. */
+function markOf(bundle) {
+  let mark = 0n;
+  for (const doc of bundle.policyDocuments) {
+    const m = /bench_(\d+)/.exec(doc);
+    if (m) mark = BigInt(m[1]) + 1n;
+  }
+  return mark;
+}
+
 function policy(iteration) {
   return {
     apiVersion: "moat.dev/v1",
@@ -506,13 +519,10 @@ async function measure(n) {
     result.channels = fleet.clients.length;
 
     // The control plane has recorded every initial ack (and the fleet is quiet) before measuring.
-    const initialVersion = fleet.agents.reduce((m, a) => (a.maxVersion > m ? a.maxVersion : m), 0n);
-    await waitForAcks(cp, fleet, initialVersion);
+    await waitForAcks(cp, fleet, (a) => a.bundleVersion !== "0");
     await sleep(PAUSE_BETWEEN_CHANGES_MS);
     result.connectedMemory = memoryOf(cp.pid);
-    progress(
-      `N=${n}: all connected at bundle v${initialVersion}; control plane RSS ${mib(result.connectedMemory.rss)}`,
-    );
+    progress(`N=${n}: all connected with their first bundle; control plane RSS ${mib(result.connectedMemory.rss)}`);
 
     // 4. Warm-up change, then RUNS measured changes.
     for (let iteration = 0; iteration <= RUNS; iteration++) {
@@ -537,17 +547,16 @@ async function measure(n) {
   return result;
 }
 
-/** Polls GET /api/v1/agents until every live bench agent shows bundleVersion >= version. */
-async function waitForAcks(cp, fleet, version) {
+/** Polls GET /api/v1/agents until every live bench agent's acknowledged state satisfies `done`. */
+async function waitForAcks(cp, fleet, done) {
   const ids = new Set(fleet.live().map((a) => a.id));
   const deadline = performance.now() + ACK_TIMEOUT_MS;
   for (;;) {
     const { items } = await cp.api("GET", "/api/v1/agents");
     const at = performance.now();
-    const behind = items.filter((a) => ids.has(a.id) && BigInt(a.bundleVersion) < version).length;
+    const behind = items.filter((a) => ids.has(a.id) && !done(a)).length;
     if (behind === 0) return at;
-    if (at > deadline)
-      throw new Error(`${behind} agents' acks of v${version} not recorded within ${ACK_TIMEOUT_MS} ms`);
+    if (at > deadline) throw new Error(`${behind} agents' acks not recorded within ${ACK_TIMEOUT_MS} ms`);
     await sleep(ACK_POLL_MS);
   }
 }
@@ -562,12 +571,13 @@ async function change(cp, fleet, iteration) {
   const view = await cp.api("PUT", `/api/v1/policies/${POLICY_NAME}`, policy(iteration));
   const putMs = performance.now() - t0;
   const version = BigInt(view.revision);
+  const mark = BigInt(iteration) + 1n;
 
   // Every agent has it, or lost its stream (counted as a drop).
-  const settled = () => expected.every((a) => a.maxVersion >= version || !a.live);
+  const settled = () => expected.every((a) => a.maxMark >= mark || !a.live);
   await until(settled, PROPAGATION_TIMEOUT_MS);
   const latencies = expected
-    .map((a) => fleet.arrivalOf(a, version) - t0)
+    .map((a) => fleet.arrivalOf(a, mark) - t0)
     .filter(Number.isFinite)
     .sort((a, b) => a - b);
   const clientElu = performance.eventLoopUtilization(elu).utilization;
@@ -588,7 +598,7 @@ async function change(cp, fleet, iteration) {
     return run;
   }
   try {
-    run.acksMs = (await waitForAcks(cp, fleet, version)) - t0;
+    run.acksMs = (await waitForAcks(cp, fleet, (a) => BigInt(a.policyRevision ?? "0") >= version)) - t0;
   } catch (error) {
     run.error = error.message;
   }

@@ -68,6 +68,8 @@ const USAGE = `usage: node bench/pg-proxy.mjs [options]
                        the bench's temp dir. E.g. /dev/shm to see the agent without the fsync cost
   --agent-node-args A  extra node flags for the agent, space-separated
                        (e.g. --agent-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it)
+  --sessions N         idle psql sessions opened through the agent at the end to read its RSS
+                       (default 200; 0: skip)
   --max-minutes T      hard stop for the whole script (default 90)`;
 
 let args;
@@ -88,6 +90,7 @@ try {
       "agent-node-args": { type: "string", default: "" },
       "agent-data-dir": { type: "string", default: "" },
       "max-minutes": { type: "string", default: "90" },
+      sessions: { type: "string", default: "200" },
       help: { type: "boolean", short: "h", default: false },
     },
   }).values;
@@ -124,8 +127,10 @@ for (const p of PATHS)
 const SCALE = positiveInt("scale", args.scale);
 const WARMUP = args.warmup === "0" ? 0 : positiveInt("warmup", args.warmup);
 const MAX_MINUTES = positiveInt("max-minutes", args["max-minutes"]);
+const SESSIONS = args.sessions === "0" ? 0 : positiveInt("sessions", args.sessions);
+if (SESSIONS > 250) usageError("--sessions: at most 250 (the server allows 300 connections)");
 const MAX_CLIENTS = Math.max(...CLIENTS, 8);
-if (MAX_CLIENTS > 150) usageError("--clients: at most 150 (the server allows 200 connections)");
+if (MAX_CLIENTS > 150) usageError("--clients: at most 150 (the server allows 300 connections, 250 for --sessions)");
 
 const started = performance.now();
 const progress = (message) =>
@@ -469,7 +474,7 @@ async function startPostgres() {
       "-c",
       "listen_addresses=127.0.0.1",
       "-c",
-      "max_connections=200",
+      "max_connections=300",
       "-c",
       "shared_buffers=256MB",
       "-c",
@@ -711,7 +716,7 @@ async function startMoat(pgPort) {
 
   // Policies: everything allowed on both resources; masking on bench-db-masked.
   const subjects = { serviceAccounts: [user] };
-  const applied = await api("POST", "/api/v1/policies/apply", {
+  await api("POST", "/api/v1/policies/apply", {
     documents: [
       {
         apiVersion: "moat.dev/v1",
@@ -739,7 +744,6 @@ async function startMoat(pgPort) {
       },
     ],
   });
-  const revision = BigInt(applied.revision ?? 1);
 
   // Agent.
   const { enrolmentToken } = await api("POST", "/api/v1/agents", { name: "bench-agent" });
@@ -797,7 +801,9 @@ async function startMoat(pgPort) {
       const h = await (
         await fetch(`http://127.0.0.1:${adminPort}/healthz`, { signal: globalThis.AbortSignal.timeout(2_000) })
       ).json();
-      return h.bundleVersion !== "0" && BigInt(h.bundleVersion) >= revision ? h : undefined;
+      // The agent is created after the policies are applied: its first bundle holds them. (Bundle
+      // versions are per agent, not policy revisions.)
+      return h.bundleVersion !== "0" ? h : undefined;
     },
     60_000,
     200,
@@ -1126,6 +1132,41 @@ try {
       }
     }
   }
+  if (moat && paths.has("agent") && SESSIONS > 0 && !stopping) {
+    // Memory with many open sessions: SESSIONS psql clients connect through the agent, run one
+    // query and stay connected (idle) while the agent's RSS is read.
+    const p = paths.get("agent");
+    const env = pgEnv({ port: p.port, user: p.user, password: await p.password() });
+    const clients = [];
+    for (let i = 0; i < SESSIONS; i++) {
+      const child = spawn("psql", ["-X", "-A", "-t"], { env, stdio: ["pipe", "pipe", "pipe"] });
+      commands.add(child);
+      let output = "";
+      const ready = new Promise((resolve) => {
+        child.stdout.on("data", (c) => {
+          output += c;
+          if (output.includes("1")) resolve(true);
+        });
+        child.once("exit", () => resolve(false));
+      });
+      child.stdin.write("SELECT 1;\n");
+      clients.push({ child, ready });
+    }
+    const ok = (await Promise.all(clients.map((c) => c.ready))).filter(Boolean).length;
+    await sleep(1000);
+    agentMemory.sessions = { open: ok, ...memoryOf(moat.pid) };
+    progress(`${ok}/${SESSIONS} idle sessions open through the agent: RSS ${mib(agentMemory.sessions.rss)}`);
+    await Promise.all(
+      clients.map(
+        ({ child }) =>
+          new Promise((resolve) => {
+            if (child.exitCode !== null) return resolve();
+            child.once("exit", resolve);
+            child.stdin.end();
+          }),
+      ),
+    );
+  }
   if (moat) {
     agentMemory.end = memoryOf(moat.pid);
     agentMemory.peak = Math.max(agentMemory.peak ?? 0, agentMemory.end.hwm || 0);
@@ -1276,6 +1317,9 @@ try {
     out();
     out(
       `agent RSS: idle ${mib(agentMemory.idle?.rss)}, after the pgbench runs ${mib(agentMemory.afterMain?.rss)}, ` +
+        (agentMemory.sessions
+          ? `with ${agentMemory.sessions.open} idle sessions open ${mib(agentMemory.sessions.rss)}, `
+          : "") +
         `at the end ${mib(agentMemory.end?.rss)}, peak ${mib(agentMemory.peak)} (VmHWM)`,
     );
     if (agentMemory.unshippedAfterMain !== undefined)

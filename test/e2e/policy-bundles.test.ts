@@ -101,8 +101,9 @@ describe("policies reach the agent as a signed bundle", () => {
       documents,
     });
     expect(applied.status).toBe(200);
-    await waitFor(async () => (await getAgent(cp, agentId)).bundleVersion === applied.body.revision, 10_000, 20);
+    await waitFor(async () => (await getAgent(cp, agentId)).policyRevision === applied.body.revision, 10_000, 20);
     const enforcedAfterMs = Date.now() - started;
+    const enforcing = await getAgent(cp, agentId);
     expect(enforcedAfterMs).toBeLessThan(5_000);
     const allowed = await decide(agent, {
       user: "alice@example.com",
@@ -111,10 +112,11 @@ describe("policies reach the agent as a signed bundle", () => {
       action: "db:read",
       tables: ["public.orders"],
     });
+    // The agent decides with the bundle the control plane compiled from that revision.
     expect(allowed).toMatchObject({
       effect: "allow",
       rule: "prod-readonly/read",
-      bundleVersion: applied.body.revision,
+      bundleVersion: enforcing.bundleVersion,
     });
   });
 

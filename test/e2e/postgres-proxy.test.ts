@@ -6,9 +6,12 @@
  * the live session.
  */
 import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { freePort, startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
 import { api, cleanup, createAgent, getAgent, startAgent, startControlPlane } from "./support.js";
+
+const CLI = fileURLToPath(new URL("../../apps/cli/dist/main.js", import.meta.url));
 
 let pgServer: TestPostgres | undefined;
 afterAll(async () => {
@@ -142,6 +145,53 @@ describe("postgres through the agent", () => {
     expect(cutAfter).toBeLessThan(2_000);
     expect(stderr).toMatch(/revoked/);
     expect((await psql(listen, token, "SELECT 1")).stderr).toMatch(/revoked/);
+
+    // `moat connect`: the CLI mints a fresh token with carol's API key and runs the real psql.
+    const key = await api<{ apiKey: string }>(cp, "POST", `/api/v1/users/${user.body.id}/api-keys`, { name: "laptop" });
+    expect(key.status).toBe(201);
+    const moat = (...args: string[]) =>
+      new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, [CLI, ...args], {
+          env: { ...process.env, MOAT_SERVER: cp.url, MOAT_API_KEY: key.body.apiKey, PGPASSWORD: "" },
+        });
+        let stdout = "";
+        let stderr = "";
+        child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
+        child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+        child.on("exit", (code) => resolve({ code: code ?? -1, stdout, stderr }));
+      });
+    const connected = await moat(
+      "connect",
+      "prod-db",
+      "--db",
+      "app",
+      "--",
+      "-X",
+      "-A",
+      "-t",
+      "-c",
+      "SELECT email FROM customers",
+    );
+    expect(connected.stderr).toBe("");
+    expect(connected.code).toBe(0);
+    expect(connected.stdout.trim()).toMatch(/^j\*+@example\.com$/);
+    const failed = await moat(
+      "connect",
+      "prod-db",
+      "--db",
+      "app",
+      "--",
+      "-X",
+      "-v",
+      "ON_ERROR_STOP=1",
+      "-c",
+      "DELETE FROM customers",
+    );
+    expect(failed.stderr).toMatch(/no policy allows db:write/);
+    expect(failed.code).toBe(1); // psql's own exit status
+    const printed = await moat("connect", "prod-db", "--db", "app", "--print");
+    expect(printed.stdout).toContain(`postgresql://carol%40example.com@127.0.0.1:${listen}/app?sslmode=require`);
+    expect(printed.stdout).not.toMatch(/eyJ/); // no token
     await agent.stop();
   });
 });

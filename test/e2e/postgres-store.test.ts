@@ -47,7 +47,15 @@ describe("control plane on PostgreSQL", () => {
       "0002_policies_and_keys",
       "0003_identities",
       "0004_audit_events",
+      "0005_identity_binding",
+      "0006_audit_sessions",
     ]);
+
+    // The agent's audit trail lands in PostgreSQL through the batched ingestion, and its chain verifies.
+    const events = async () =>
+      (await api<{ items: { type: string }[] }>(cp, "GET", `/api/v1/audit/events?agent=${id}`)).body.items;
+    await waitFor(async () => (await events()).some((e) => e.type === "bundle.applied"), 15_000);
+    expect((await api(cp, "GET", `/api/v1/audit/verify?agent=${id}`)).body).toMatchObject({ ok: true });
 
     // A second replica on the same database sees the same agents and resources.
     const replica = await startControlPlane({ env: { DATABASE_URL: url } });
@@ -93,7 +101,7 @@ describe("control plane on PostgreSQL", () => {
       policy,
     );
     expect(put.status).toBe(201);
-    await waitFor(async () => (await getAgent(first, id)).bundleVersion === put.body.revision, 10_000, 50);
+    await waitFor(async () => (await getAgent(first, id)).policyRevision === put.body.revision, 10_000, 50);
     expect(Date.now() - started).toBeLessThan(5_000);
   });
 

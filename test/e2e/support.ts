@@ -167,6 +167,9 @@ export interface AgentView {
   connected: boolean;
   version: string;
   bundleVersion: string;
+  policyRevision: string;
+  bundleKeyId: string;
+  bundleError: string;
 }
 
 export async function createAgent(cp: ControlPlaneProc, name: string): Promise<{ id: string; token: string }> {

@@ -89,7 +89,11 @@ export function createBundleHolder(options: {
     if (signed.algorithm !== "Ed25519")
       throw new BundleRejected(`unsupported signature algorithm "${signed.algorithm}"`);
     const key = trusted.find((k) => k.keyId === signed.keyId);
-    if (!key) throw new BundleRejected(`signed by an unknown key "${signed.keyId}"`);
+    if (!key)
+      throw new BundleRejected(
+        `signed by an unknown key "${signed.keyId}" (this agent trusts ${trusted.map((k) => `"${k.keyId}"`).join(", ") || "no key"}; ` +
+          "an agent offline through a bundle-key rotation for longer than the control plane's grace period must be re-enrolled)",
+      );
     let ok = false;
     try {
       ok = cryptoVerify(null, signed.payload, createPublicKey({ key: key.jwk, format: "jwk" }), signed.signature);

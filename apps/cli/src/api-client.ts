@@ -22,6 +22,10 @@ export interface Agent {
   version: string;
   hostname: string;
   bundleVersion: string;
+  /** Policy revision of the bundle it enforces (absent from older servers). */
+  policyRevision?: string;
+  /** Why its latest bundle was not delivered or not applied ("" when fine; absent from older servers). */
+  bundleError?: string;
   connectedTo: string;
   createdAt: string;
 }
@@ -73,6 +77,8 @@ export interface User {
   hasPassword: boolean;
   disabled: boolean;
   createdAt: string;
+  /** The identity-provider account single sign-on logs this user in as (absent from older servers). */
+  oidc?: { issuer: string; subject: string } | null;
 }
 
 /** POST /api/v1/users */
@@ -233,6 +239,58 @@ export interface SimulateVerdict {
   matched: MatchedRule[];
 }
 
+/** An audit event as the API shows it (GET /api/v1/audit/events, one line of /audit/export). */
+export interface AuditEvent {
+  id: string;
+  agentId: string;
+  seq: string;
+  time: string;
+  type: string;
+  user: string;
+  resource: string;
+  sessionId: string;
+  verdict: string;
+  rule: string;
+  message: string;
+  bundleVersion: string;
+  /** The event's detail (`kind`: dbQuery, sshExec, sessionStart, ...), null for none. */
+  detail: ({ kind: string } & Record<string, unknown>) | null;
+}
+
+/** Filters of the audit search and export (`agent` is an agent id, or "control-plane"). */
+export interface AuditEventFilter {
+  agent?: string;
+  user?: string;
+  resource?: string;
+  type?: string;
+  verdict?: "allow" | "deny" | "review";
+  /** ISO 8601 date-times. */
+  since?: string;
+  until?: string;
+  /** Text in the query, command or message. */
+  q?: string;
+}
+
+/** A session in the audit trail (GET /api/v1/audit/sessions). */
+export interface AuditSession {
+  sessionId: string;
+  agentId: string;
+  user: string;
+  resource: string;
+  startedAt: string;
+  endedAt: string | null;
+  lastEventAt: string;
+  eventCount: number;
+  statementCount: number;
+  deniedCount: number;
+}
+
+/** A page of a keyset-paginated list: pass `nextCursor` back as `cursor` for the next one. */
+export interface Page<T> {
+  items: T[];
+  nextCursor?: string;
+}
+
 /** The API calls the CLI makes. Every method rejects with a `CliError`. */
 export interface ApiClient {
   readonly server: string;
@@ -267,12 +325,34 @@ export interface ApiClient {
   getUser(id: string): Promise<User>;
   createUser(input: NewUser): Promise<User>;
   updateUser(id: string, patch: UserPatch): Promise<User>;
+  /** Links a user to an identity-provider account (issuer default: the server's configured one). */
+  linkOidc(id: string, input: { subject: string; issuer?: string }): Promise<User>;
+  unlinkOidc(id: string): Promise<void>;
   createServiceAccount(input: NewServiceAccount): Promise<User>;
   /** API keys of a user (an id or "me"). */
   listApiKeys(userId: string): Promise<ApiKey[]>;
   createApiKey(userId: string, input: { name: string; expiresInDays?: number }): Promise<CreatedApiKey>;
   revokeApiKey(keyId: string): Promise<void>;
   listGroups(): Promise<Group[]>;
+  /** One page of audit events, newest first (`order: "asc"`: oldest first). */
+  searchAuditEvents(
+    filter: AuditEventFilter & { limit?: number; cursor?: string; order?: "asc" | "desc" },
+  ): Promise<Page<AuditEvent>>;
+  listAuditSessions(
+    filter: Pick<AuditEventFilter, "agent" | "user" | "resource" | "since" | "until"> & {
+      limit?: number;
+      cursor?: string;
+    },
+  ): Promise<Page<AuditSession>>;
+  getAuditSession(
+    id: string,
+    options?: { agent?: string; limit?: number; cursor?: string },
+  ): Promise<Page<AuditEvent> & { session: AuditSession }>;
+  /**
+   * The audit export (JSON Lines), as a stream of chunks. The timeout covers the wait for the
+   * answer to start, not the whole transfer, which may take minutes.
+   */
+  exportAuditEvents(filter: AuditEventFilter): Promise<AsyncIterable<Uint8Array>>;
 }
 
 /**
@@ -344,6 +424,56 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
   const unreachable = (detail: string, cause?: unknown) =>
     new CliError(CliErrorCode.unreachable, `cannot reach the control plane at ${options.server}: ${detail}`, { cause });
 
+  /** Query parameters from an object: numbers as decimal strings, undefined left out. */
+  const params = (query: object): Record<string, string | undefined> =>
+    Object.fromEntries(Object.entries(query).map(([k, v]) => [k, v === undefined ? undefined : String(v)]));
+
+  /**
+   * GET `path` and hand back the body as a stream once the answer starts (2xx); errors become
+   * CliErrors as in `request`, which reads the error body whole.
+   */
+  async function stream(path: string, query: Record<string, string | undefined>): Promise<AsyncIterable<Uint8Array>> {
+    const url = new URL(path, base);
+    for (const [key, value] of Object.entries(query)) if (value !== undefined) url.searchParams.set(key, value);
+    const headers: Record<string, string> = { accept: "application/x-ndjson", "user-agent": `moat-cli/${VERSION}` };
+    if (bearer) headers.authorization = `Bearer ${bearer}`;
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new DOMException("timed out", "TimeoutError")), options.timeoutMs);
+    let response: Response;
+    try {
+      response = await doFetch(url, { method: "GET", headers, redirect: "manual", signal: controller.signal });
+    } catch (error) {
+      throw unreachable(describeNetworkError(error, options.timeoutMs), error);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (response.status >= 200 && response.status < 300 && response.body) {
+      const body = response.body;
+      return (async function* () {
+        try {
+          for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) yield chunk;
+        } catch (error) {
+          throw unreachable(`the answer broke off: ${describeNetworkError(error, options.timeoutMs)}`, error);
+        }
+      })();
+    }
+    if (response.status >= 300 && response.status < 400) {
+      await response.body?.cancel().catch(() => undefined);
+      throw new CliError(
+        CliErrorCode.unexpectedResponse,
+        `the server answered ${url.pathname} with a redirect (HTTP ${response.status})`,
+        { hint: "use the final URL of the control plane with --server" },
+      );
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(await response.text());
+    } catch {
+      body = undefined;
+    }
+    failed("GET", url, response.status, body, false);
+  }
+
   async function request<T>(method: string, path: string, req: RequestOptions = {}): Promise<T> {
     const url = new URL(path, base);
     for (const [key, value] of Object.entries(req.query ?? {}))
@@ -400,29 +530,33 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
       }
       return body as T;
     }
+    failed(method, url, response.status, body, req.anonymous === true);
+  }
+
+  /** Turns an answer that is not a success into the right CliError. */
+  function failed(method: string, url: URL, status: number, body: unknown, anonymous: boolean): never {
     if (isProblem(body)) {
       // A refused access token (expired, revoked, or its user disabled) is fixed the same way every
       // time: a new login, the same way as before.
-      if (body.code === "unauthenticated" && !req.anonymous && auth && "accessToken" in auth) {
+      if (body.code === "unauthenticated" && !anonymous && auth && "accessToken" in auth) {
         const login = { ...(auth.email ? { email: auth.email } : {}), ...(auth.sso ? { sso: true } : {}) };
         throw sessionExpired(options.server, login, errorFromProblem(body));
       }
       // A public route (login) refuses who you are, e.g. a disabled account, not a key's role: no hint.
       const hint =
-        body.code === "unauthenticated" && !req.anonymous
+        body.code === "unauthenticated" && !anonymous
           ? `log in again: \`moat login --server ${options.server}\``
-          : body.code === "permission_denied" && !req.anonymous
+          : body.code === "permission_denied" && !anonymous
             ? "ask an admin for a key with a role that may do this"
             : undefined;
       throw errorFromProblem(body, hint);
     }
     // No problem document: something between us and the control plane answered (a proxy, or a
     // different service). Gateway errors mean the control plane itself is not answering.
-    if ([502, 503, 504].includes(response.status))
-      throw unreachable(`HTTP ${response.status} from the server or a proxy in front of it`);
+    if ([502, 503, 504].includes(status)) throw unreachable(`HTTP ${status} from the server or a proxy in front of it`);
     throw new CliError(
       CliErrorCode.unexpectedResponse,
-      `the server answered ${method} ${url.pathname} with HTTP ${response.status}`,
+      `the server answered ${method} ${url.pathname} with HTTP ${status}`,
       {
         hint: "check that --server points at a Moat control plane",
       },
@@ -466,6 +600,8 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
     getUser: (id) => request("GET", `api/v1/users/${encodeURIComponent(id)}`),
     createUser: (input) => request("POST", "api/v1/users", { body: input }),
     updateUser: (id, patch) => request("PATCH", `api/v1/users/${encodeURIComponent(id)}`, { body: patch }),
+    linkOidc: (id, input) => request("POST", `api/v1/users/${encodeURIComponent(id)}/oidc-link`, { body: input }),
+    unlinkOidc: (id) => request("DELETE", `api/v1/users/${encodeURIComponent(id)}/oidc-link`),
     createServiceAccount: (input) => request("POST", "api/v1/service-accounts", { body: input }),
     listApiKeys: async (userId) =>
       (await request<{ items: ApiKey[] }>("GET", `api/v1/users/${encodeURIComponent(userId)}/api-keys`)).items,
@@ -473,5 +609,10 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
       request("POST", `api/v1/users/${encodeURIComponent(userId)}/api-keys`, { body: input }),
     revokeApiKey: (keyId) => request("DELETE", `api/v1/api-keys/${encodeURIComponent(keyId)}`),
     listGroups: async () => (await request<{ items: Group[] }>("GET", "api/v1/groups")).items,
+    searchAuditEvents: (filter) => request("GET", "api/v1/audit/events", { query: params(filter) }),
+    listAuditSessions: (filter) => request("GET", "api/v1/audit/sessions", { query: params(filter) }),
+    getAuditSession: (id, query = {}) =>
+      request("GET", `api/v1/audit/sessions/${encodeURIComponent(id)}`, { query: params(query) }),
+    exportAuditEvents: (filter) => stream("api/v1/audit/export", params(filter)),
   };
 }

@@ -7,9 +7,11 @@ import { Command, CommanderError, InvalidArgumentError, Option } from "commander
 import { createApiClient, type ClientAuth } from "./api-client.js";
 import { registerAgentCommands } from "./commands/agents.js";
 import { registerApiKeyCommands } from "./commands/api-keys.js";
+import { registerAuditCommands } from "./commands/audit.js";
 import { registerGroupCommands } from "./commands/groups.js";
 import { registerPolicyCommands } from "./commands/policy.js";
 import { registerResourceCommands } from "./commands/resources.js";
+import { registerConnectCommand } from "./commands/connect.js";
 import { registerSessionCommands } from "./commands/session.js";
 import { registerStatusCommand } from "./commands/status.js";
 import { registerTokenCommands } from "./commands/tokens.js";
@@ -45,7 +47,7 @@ function parseTimeout(value: string): number {
   return Math.round(seconds * 1000);
 }
 
-function createContext(io: CliIo): CommandContext {
+function createContext(io: CliIo, status: { code: number }): CommandContext {
   const globals = (command: Command): GlobalOptions => {
     const options = command.optsWithGlobals<Partial<GlobalOptions>>();
     return { ...options, timeout: options.timeout ?? DEFAULT_TIMEOUT_SECONDS * 1000 };
@@ -72,6 +74,9 @@ function createContext(io: CliIo): CommandContext {
     output,
     configPath: path,
     client,
+    setExitCode(code) {
+      status.code = code;
+    },
     connect(command, options = {}) {
       const file = path();
       const stored = readConfig(file);
@@ -140,7 +145,7 @@ function credentialProblem(
 }
 
 /** Builds a fresh program (commander keeps parse state, so one per invocation). */
-export function buildProgram(io: CliIo): Command {
+export function buildProgram(io: CliIo, status: { code: number } = { code: 0 }): Command {
   const program = new Command("moat");
   program
     .description("Command-line client of the Moat control plane")
@@ -163,7 +168,7 @@ export function buildProgram(io: CliIo): Command {
     .exitOverride()
     .addHelpText("after", HELP_FOOTER);
 
-  const context = createContext(io);
+  const context = createContext(io, status);
   registerSessionCommands(program, context);
   registerStatusCommand(program, context);
   registerAgentCommands(program, context);
@@ -173,6 +178,8 @@ export function buildProgram(io: CliIo): Command {
   registerUserCommands(program, context);
   registerApiKeyCommands(program, context);
   registerGroupCommands(program, context);
+  registerAuditCommands(program, context);
+  registerConnectCommand(program, context);
   return program;
 }
 
@@ -225,10 +232,11 @@ export function reportError(error: CliError, io: Pick<CliIo, "stderr" | "env">, 
  * Never throws and never calls process.exit.
  */
 export async function run(argv: readonly string[], io: CliIo): Promise<number> {
-  const program = buildProgram(io);
+  const status = { code: ExitCode.ok as number };
+  const program = buildProgram(io, status);
   try {
     await program.parseAsync([...argv], { from: "user" });
-    return ExitCode.ok;
+    return status.code;
   } catch (error) {
     if (error instanceof CommanderError) {
       // --help and --version end parsing with exit code 0; a bare `moat agents` printed its help to stderr.

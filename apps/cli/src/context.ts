@@ -49,4 +49,6 @@ export interface CommandContext {
    * expired" (before sending anything) when the stored access token's expiry has passed.
    */
   connect(command: Command, options?: { requireKey?: boolean }): Session;
+  /** Makes `moat` exit with this status when the command returns (a program it ran, like psql). */
+  setExitCode(code: number): void;
 }

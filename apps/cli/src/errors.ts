@@ -55,6 +55,7 @@ const exitCodeByCode: Readonly<Record<string, ExitCode>> = {
   sso_failed: ExitCode.unauthenticated,
   unauthenticated: ExitCode.unauthenticated,
   permission_denied: ExitCode.permissionDenied,
+  identity_not_linked: ExitCode.permissionDenied,
   not_found: ExitCode.notFound,
   conflict: ExitCode.conflict,
   unreachable: ExitCode.unreachable,

@@ -475,6 +475,39 @@ describe("moat users", () => {
     expect((await moat(["users", "password", email], { env: admin, stdin: newPassword })).code).toBe(2);
   });
 
+  it("link-oidc and unlink-oidc bind a user to an identity-provider account (admins only)", async () => {
+    const email = `sso-${randomId(6).toLowerCase()}@example.com`;
+    expect((await moat(["users", "create", email, "--role", "member"], { env: admin })).code).toBe(0);
+    // Without single sign-on configured here, the issuer must be given.
+    const noIssuer = await moat(["users", "link-oidc", email, "--subject", "abc"], { env: admin });
+    expect(noIssuer.code).toBe(2);
+    const link = await moat(["users", "link-oidc", email, "--subject", "abc", "--issuer", "https://idp.example"], {
+      env: admin,
+    });
+    expect(link.code, link.stderr).toBe(0);
+    expect(link.stdout).toContain(`Linked ${email} to the identity-provider account abc of https://idp.example`);
+    expect((await moat(["users", "get", email], { env: admin })).stdout).toMatch(
+      /Single sign-on: +abc at https:\/\/idp\.example/,
+    );
+    // One account, one user.
+    const other = `sso-${randomId(6).toLowerCase()}@example.com`;
+    expect((await moat(["users", "create", other, "--role", "member"], { env: admin })).code).toBe(0);
+    const taken = await moat(["users", "link-oidc", other, "--subject", "abc", "--issuer", "https://idp.example"], {
+      env: admin,
+    });
+    expect(taken.code).toBe(6);
+    const member = { MOAT_SERVER: cp.httpUrl, MOAT_API_KEY: memberKey };
+    expect(
+      (await moat(["users", "link-oidc", "me", "--subject", "x", "--issuer", "https://idp.example"], { env: member }))
+        .code,
+    ).toBe(4);
+    const unlink = await moat(["users", "unlink-oidc", email], { env: admin });
+    expect(unlink.code, unlink.stderr).toBe(0);
+    expect(parseJson((await moat(["--json", "users", "get", email], { env: admin })).stdout)).toMatchObject({
+      oidc: null,
+    });
+  });
+
   it("a member cannot list, create or change users (exit 4), but may get themselves", async () => {
     const member = { MOAT_SERVER: cp.httpUrl, MOAT_API_KEY: memberKey };
     const list = await moat(["users", "list"], { env: member });

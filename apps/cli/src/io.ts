@@ -24,6 +24,17 @@ export interface CliIo {
   fetch?: typeof fetch;
   /** Opens a URL in the user's browser (`moat login --sso`); injected in tests, else best effort. */
   openBrowser?: (url: string) => void;
+  /**
+   * Calls `handler` on Ctrl-C (SIGINT) or SIGTERM instead of ending the process, until the returned
+   * function is called; a second Ctrl-C ends the process as usual. Commands that run until
+   * interrupted (`moat audit tail -f`) use it to stop cleanly with status 0. Absent: no interrupts.
+   */
+  onInterrupt?: (handler: () => void) => () => void;
+  /**
+   * Runs a program attached to this terminal (`moat connect` runs psql) and resolves with its exit
+   * status; rejects if it cannot be started (e.g. ENOENT). Absent: spawned with inherited stdio.
+   */
+  exec?: (command: string, args: readonly string[], env: Record<string, string | undefined>) => Promise<number>;
 }
 
 const MAX_LINE_BYTES = 64 * 1024;

@@ -99,4 +99,27 @@ describe("the built moat binary", () => {
     expect(rejected.code).toBe(3);
     expect(JSON.parse(rejected.stderr)).toMatchObject({ code: "unauthenticated", status: 401 });
   });
+
+  it("stops `audit tail -f` on Ctrl-C (SIGINT) with status 0", async () => {
+    const env = { MOAT_SERVER: cp.httpUrl, MOAT_API_KEY: adminKey };
+    expect((await moat(["agents", "create", "tail-edge"], { env })).code).toBe(0); // an agent.created event
+    const child = spawn(
+      process.execPath,
+      [mainJs, "audit", "tail", "-f", "--agent", "control-plane", "-n", "1", "--interval", "0.2"],
+      { env: { PATH: process.env.PATH ?? "", HOME: tempDir("moat-home-"), ...env }, stdio: ["pipe", "pipe", "pipe"] },
+    );
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    for (let i = 0; i < 200 && !stdout.includes("agent.created"); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(stdout, stderr).toContain("agent.created");
+    await new Promise((r) => setTimeout(r, 500)); // a few polls
+    child.kill("SIGINT");
+    const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+    expect(await exited).toBe(0);
+    clearTimeout(timer);
+    expect(stderr).toBe("");
+  });
 });

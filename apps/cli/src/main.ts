@@ -16,4 +16,15 @@ process.exitCode = await run(process.argv.slice(2), {
   stderr: process.stderr,
   stdin: process.stdin,
   env: process.env,
+  onInterrupt: (handler) => {
+    const signals = ["SIGINT", "SIGTERM"] as const;
+    const once = () => {
+      for (const s of signals) process.removeListener(s, once);
+      handler();
+    };
+    for (const s of signals) process.on(s, once);
+    return () => {
+      for (const s of signals) process.removeListener(s, once);
+    };
+  },
 });

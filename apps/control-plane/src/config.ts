@@ -13,6 +13,7 @@ import {
   type EnvOverride,
 } from "@moat/common";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "@moat/proto";
+import { AuditSinksSchema, resolveAuditSinks, type ResolvedAuditSinks } from "./audit-sinks/config.js";
 
 const Port = Type.Integer({ minimum: 0, maximum: 65535 });
 const strict = { additionalProperties: false } as const;
@@ -57,6 +58,11 @@ export const ControlPlaneConfigSchema = Type.Object(
       {
         /** An agent that has heard nothing for this long stops trusting its bundle and denies everything. */
         validitySeconds: Type.Integer({ minimum: 60, default: 24 * 3600 }),
+        /**
+         * After a bundle-key rotation, how long the older keys stay published and usable. An agent
+         * that reconnects later than this after the rotation must be re-enrolled.
+         */
+        keyGraceSeconds: Type.Integer({ minimum: 1, default: 7 * 24 * 3600 }),
       },
       { ...strict, default: {} },
     ),
@@ -129,6 +135,27 @@ export const ControlPlaneConfigSchema = Type.Object(
       },
       { ...strict, default: {} },
     ),
+    audit: Type.Object(
+      {
+        /** Where stored audit events are also delivered: signed webhooks, NATS JetStream (docs/audit.md). */
+        sinks: AuditSinksSchema,
+        /** How long stored audit events are kept (docs/audit.md). Nothing is deleted unless a limit is set. */
+        retention: Type.Object(
+          {
+            /** Delete events older than this many days. */
+            days: Type.Optional(Type.Integer({ minimum: 1, maximum: 36_500 })),
+            /** Keep about this many events at most, the newest; older ones are deleted. */
+            maxEvents: Type.Optional(Type.Integer({ minimum: 1 })),
+            /** Minutes between retention runs (one also runs at start). */
+            intervalMinutes: Type.Integer({ minimum: 1, maximum: 24 * 60, default: 60 }),
+            /** Events deleted per transaction. */
+            batchSize: Type.Integer({ minimum: 100, maximum: 100_000, default: 5000 }),
+          },
+          { ...strict, default: {} },
+        ),
+      },
+      { ...strict, default: {} },
+    ),
     /** How often a replica checks the shared store for changes made on other replicas (ms). */
     replicaPollMs: Type.Integer({ minimum: 100, maximum: 60_000, default: 1000 }),
     /** Identifies this replica in agent status ("connected to"). Default: hostname:pid. */
@@ -137,8 +164,12 @@ export const ControlPlaneConfigSchema = Type.Object(
   strict,
 );
 
-export type ControlPlaneConfig = Static<typeof ControlPlaneConfigSchema> & {
+type ConfigShape = Static<typeof ControlPlaneConfigSchema>;
+
+export type ControlPlaneConfig = Omit<ConfigShape, "audit"> & {
   databaseUrl: string;
+  /** Audit sinks with paths made absolute and the secrets they name by environment variable read. */
+  audit: Omit<ConfigShape["audit"], "sinks"> & { sinks: ResolvedAuditSinks };
 };
 
 export const ENV_OVERRIDES: EnvOverride[] = [
@@ -159,7 +190,10 @@ export const ENV_OVERRIDES: EnvOverride[] = [
   { variable: "MOAT_LOCAL_AGENT", path: "localAgent.enabled", type: "boolean" },
   { variable: "MOAT_REPLICA_ID", path: "replicaId", type: "string" },
   { variable: "MOAT_BUNDLE_VALIDITY_SECONDS", path: "bundles.validitySeconds", type: "number" },
+  { variable: "MOAT_BUNDLE_KEY_GRACE_SECONDS", path: "bundles.keyGraceSeconds", type: "number" },
   { variable: "MOAT_TOKEN_KEY_ACTIVATION_SECONDS", path: "tokens.keyActivationSeconds", type: "number" },
+  { variable: "MOAT_AUDIT_RETENTION_DAYS", path: "audit.retention.days", type: "number" },
+  { variable: "MOAT_AUDIT_RETENTION_MAX_EVENTS", path: "audit.retention.maxEvents", type: "number" },
   { variable: "MOAT_OIDC_ISSUER", path: "oidc.issuer", type: "string" },
   { variable: "MOAT_OIDC_CLIENT_ID", path: "oidc.clientId", type: "string" },
 ];
@@ -200,9 +234,12 @@ export function loadControlPlaneConfig(options: {
   if (tlsFiles !== 0 && tlsFiles !== 3) {
     problems.push("grpc.certFile, grpc.keyFile and grpc.caFile: set all three or none");
   }
+  const sinks = resolveAuditSinks(config.audit.sinks, env, abs);
+  problems.push(...sinks.problems);
   if (problems.length > 0) throw new ConfigError(source, problems);
   return {
     ...config,
+    audit: { ...config.audit, sinks: sinks.sinks },
     dataDir,
     databaseUrl: config.databaseUrl ?? `file:${join(dataDir, "moat.db")}`,
     grpc: {

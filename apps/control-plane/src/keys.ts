@@ -1,7 +1,9 @@
 /**
  * Signing keys of the control plane: Ed25519 keys for bundles and for access tokens, kept in the
  * store with their private halves encrypted (AES-256-GCM) under the master key, so a database dump
- * alone signs nothing. Created on first need; the oldest active key of a use signs.
+ * alone signs nothing. Created on first need. Token keys: the newest key published long enough
+ * signs. Bundle keys: the bundle service picks, per agent, the newest key the agent is known to
+ * trust (see services/bundles.ts); the others stay published until the grace period retires them.
  *
  * The master key comes from MOAT_MASTER_KEY (base64, 32 bytes; the same on every replica) or, on
  * the embedded default, from <dataDir>/master.key (created on first start, mode 0600).
@@ -18,7 +20,7 @@ import {
   type KeyObject,
 } from "node:crypto";
 import { randomId } from "@moat/common";
-import type { Store } from "./store/index.js";
+import type { SigningKeyRecord, Store } from "./store/index.js";
 
 export type KeyUse = "bundle" | "token";
 
@@ -36,16 +38,21 @@ export interface Signer {
 }
 
 export interface Keyring {
+  /** The key that signs now: for tokens, the newest published long enough; for bundles, the newest. */
   signer(use: KeyUse): Promise<Signer>;
+  /** The signer of one active key (bundles: the key chosen for an agent); throws when it is not active. */
+  signerFor(use: KeyUse, kid: string): Promise<Signer>;
+  /** Active keys, oldest first. */
   publicKeys(use: KeyUse): Promise<PublicKeyInfo[]>;
   /**
-   * Adds a new token signing key. It is published at once (bundles carry every active key) and
-   * signs only after `activationDelayMs`, so agents know it before the first token it signs
-   * arrives. Keys older than the newest signing key by more than `retireAfterMs` are retired.
+   * Adds a new signing key, published at once (bundles carry every active key). A token key signs
+   * only after `activationDelayMs`, so agents know it before the first token it signs arrives; a
+   * bundle key signs an agent's bundles once the agent has acknowledged a bundle carrying it.
+   * Older keys are retired `retireAfterMs` (tokens) or `bundleRetireAfterMs` (bundles) later.
    */
-  rotate(use: "token"): Promise<{ kid: string; signsFrom: Date }>;
-  /** Retires keys no token can still need (older than the signing key by `retireAfterMs`). */
-  retireExpired(use: "token"): Promise<string[]>;
+  rotate(use: KeyUse): Promise<{ kid: string; signsFrom: Date; retiresOthersAt: Date }>;
+  /** Retires keys that are no longer needed (older than the newest by the use's grace period). */
+  retireExpired(use: KeyUse): Promise<string[]>;
 }
 
 /** Reads or creates the master key; throws when MOAT_MASTER_KEY is malformed. */
@@ -97,11 +104,17 @@ export function createKeyring(deps: {
   activationDelayMs?: number;
   /** How long a replaced token key stays published (the token lifetime plus margin). */
   retireAfterMs?: number;
+  /**
+   * How long a replaced bundle key stays published and usable: agents offline longer than this
+   * since the rotation cannot verify the next bundle and must be re-enrolled.
+   */
+  bundleRetireAfterMs?: number;
 }): Keyring {
   const { store, masterKey } = deps;
   const now = deps.now ?? (() => new Date());
   const activationDelayMs = deps.activationDelayMs ?? 10_000;
   const retireAfterMs = deps.retireAfterMs ?? 3_600_000;
+  const bundleRetireAfterMs = deps.bundleRetireAfterMs ?? 7 * 86_400_000;
   const signers = new Map<string, Signer>();
 
   const creating = new Map<KeyUse, Promise<void>>();
@@ -147,25 +160,41 @@ export function createKeyring(deps: {
     throw new Error(`no ${use} signing key could be created`);
   }
 
+  function signerOf(record: SigningKeyRecord, use: KeyUse): Signer {
+    let signer = signers.get(record.id);
+    if (!signer) {
+      const privateKey = createPrivateKey({
+        key: open(masterKey, record.privateKeyEnc, `${record.id}:${use}`),
+        format: "der",
+        type: "pkcs8",
+      });
+      const created: Signer = { kid: record.id, privateKey, sign: (data) => cryptoSign(null, data, privateKey) };
+      signers.set(record.id, created);
+      signer = created;
+    }
+    return signer;
+  }
+
   return {
     async signer(use) {
       const records = await activeRecords(use);
-      // The newest key that has been published long enough; the first key signs at once.
-      const ready = records.filter((r, i) => i === 0 || now().getTime() - r.createdAt.getTime() >= activationDelayMs);
+      // Tokens: the newest key that has been published long enough; the first key signs at once.
+      // Bundles: the newest (agents that do not know it yet get bundles signed by a key they trust).
+      const ready =
+        use === "bundle"
+          ? records
+          : records.filter((r, i) => i === 0 || now().getTime() - r.createdAt.getTime() >= activationDelayMs);
       const record = ready[ready.length - 1];
       if (!record) throw new Error(`no ${use} signing key`);
-      let signer = signers.get(record.id);
-      if (!signer) {
-        const privateKey = createPrivateKey({
-          key: open(masterKey, record.privateKeyEnc, `${record.id}:${use}`),
-          format: "der",
-          type: "pkcs8",
-        });
-        signer = { kid: record.id, privateKey, sign: (data) => cryptoSign(null, data, privateKey) };
-        signers.set(record.id, signer);
-      }
-      return signer;
+      return signerOf(record, use);
     },
+
+    async signerFor(use, kid) {
+      const record = (await activeRecords(use)).find((r) => r.id === kid);
+      if (!record) throw new Error(`the ${use} key ${kid} is not active`);
+      return signerOf(record, use);
+    },
+
     async rotate(use) {
       const existing = await store.signingKeys.listAll(use);
       const { publicKey, privateKey } = generateKeyPairSync("ed25519");
@@ -177,7 +206,14 @@ export function createKeyring(deps: {
         publicJwk: JSON.stringify({ ...publicKey.export({ format: "jwk" }), kid, alg: "EdDSA", use: "sig" }),
         privateKeyEnc: seal(masterKey, privateKey.export({ format: "der", type: "pkcs8" }), `${kid}:${use}`),
       });
-      return { kid, signsFrom: new Date(now().getTime() + activationDelayMs) };
+      const at = now().getTime();
+      return use === "bundle"
+        ? { kid, signsFrom: new Date(at), retiresOthersAt: new Date(at + bundleRetireAfterMs) }
+        : {
+            kid,
+            signsFrom: new Date(at + activationDelayMs),
+            retiresOthersAt: new Date(at + activationDelayMs + retireAfterMs),
+          };
     },
 
     async retireExpired(use) {
@@ -185,11 +221,14 @@ export function createKeyring(deps: {
       const signing = await this.signer(use);
       const signingRecord = records.find((r) => r.id === signing.kid);
       if (!signingRecord) return [];
-      // Tokens signed by an older key expire at most a token lifetime after the current one took over.
-      const takeover = signingRecord.createdAt.getTime() + activationDelayMs;
+      // Tokens signed by an older key expire at most a token lifetime after the current one took
+      // over; an agent needs an older bundle key until it has acknowledged the newest one, which
+      // the grace period bounds.
+      const takeover = signingRecord.createdAt.getTime() + (use === "token" ? activationDelayMs : 0);
+      const grace = use === "token" ? retireAfterMs : bundleRetireAfterMs;
       const retired: string[] = [];
       for (const r of records) {
-        if (r.createdAt < signingRecord.createdAt && now().getTime() - takeover > retireAfterMs) {
+        if (r.createdAt < signingRecord.createdAt && now().getTime() - takeover > grace) {
           await store.signingKeys.retire(r.id, now());
           retired.push(r.id);
         }

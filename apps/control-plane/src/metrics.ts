@@ -8,6 +8,7 @@ export interface ControlPlaneMetrics {
   agentStreamRejections: Counter<"reason">;
   enrolments: Counter<"result">;
   auditEvents: Counter;
+  bundleFailures: Counter<"reason">;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): ControlPlaneMetrics {
@@ -36,6 +37,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Contr
     auditEvents: new Counter({
       name: "moat_cp_audit_events_ingested_total",
       help: "Audit events stored (duplicates of resent batches not counted)",
+      registers: [registry],
+    }),
+    bundleFailures: new Counter({
+      name: "moat_cp_bundle_failures_total",
+      help: "Bundles not delivered (too_large: over the size budget, not sent) or refused by the agent (rejected)",
+      labelNames: ["reason"],
       registers: [registry],
     }),
     enrolments: new Counter({

@@ -7,6 +7,7 @@ import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { createLogger, type Logger } from "@moat/common";
 import * as grpc from "@grpc/grpc-js";
+import { startAuditSinks, type AuditSinks } from "./audit-sinks/index.js";
 import { createInProcessBus, type EventBus } from "./bus.js";
 import type { ControlPlaneConfig } from "./config.js";
 import { createAgentChannel, type AgentChannel } from "./grpc/server.js";
@@ -14,10 +15,11 @@ import { buildHttpApp } from "./http/app.js";
 import { createMetrics } from "./metrics.js";
 import { createKeyring, loadMasterKey } from "./keys.js";
 import { createAgentService, type AgentService } from "./services/agents.js";
-import { createBundleService } from "./services/bundles.js";
+import { bundleBudgetBytes, createBundleService, type BundleService } from "./services/bundles.js";
 import { createPolicyService, type PolicyService } from "./services/policies.js";
 import { createTokenService } from "./services/tokens.js";
-import { createAuditService } from "./services/audit.js";
+import { createAuditService, type AuditService } from "./services/audit.js";
+import { createAuditRetention, type AuditRetention } from "./services/audit-retention.js";
 import { createOidcService, type OidcConfig } from "./services/oidc.js";
 import { createIdentityService } from "./services/identity.js";
 import { openStore, type Store } from "./store/index.js";
@@ -32,6 +34,12 @@ export interface RunningControlPlane {
   agents: AgentService;
   policies: PolicyService;
   channel: AgentChannel;
+  /** Delivery of stored audit events to the configured sinks (webhooks, NATS JetStream). */
+  auditSinks: AuditSinks;
+  /** Audit ingestion, search, sessions, export and verification (what the agent channel and REST use). */
+  audit: AuditService;
+  /** The audit retention job (`audit.retention`); runs at start and then periodically when a limit is set. */
+  auditRetention: AuditRetention;
   /** Base URL of the REST API, e.g. http://127.0.0.1:7070 */
   httpUrl: string;
   /** host:port agents dial. */
@@ -112,6 +120,7 @@ export async function startControlPlane(
     activationDelayMs: config.tokens.keyActivationSeconds * 1000,
     // A replaced token key stays published while tokens it signed can still be valid.
     retireAfterMs: (config.tokens.ttlSeconds + 300) * 1000,
+    bundleRetireAfterMs: config.bundles.keyGraceSeconds * 1000,
   });
   // Replicas share no bus yet (NATS comes with scale-out): every change that reaches agents bumps a
   // counter in the shared store, and each replica polls it and pushes fresh bundles to the agents
@@ -139,14 +148,20 @@ export async function startControlPlane(
   epochTimer.unref();
   const channelRef: { current?: AgentChannel } = {};
 
+  // Checked often enough that a short bundle-key grace period (tests) ends on time.
+  const retireCheckMs = Math.min(60_000, Math.max(1_000, (config.bundles.keyGraceSeconds * 1000) / 4));
   const retireTimer = setInterval(() => {
-    keyring.retireExpired("token").then(
-      async (retired) => {
-        if (retired.length > 0) await bus.publish("bundle.changed", { agentIds: "*" });
-      },
-      (error: unknown) => logger.error({ err: error }, "could not retire old token keys"),
-    );
-  }, 60_000);
+    for (const use of ["token", "bundle"] as const) {
+      keyring.retireExpired(use).then(
+        async (retired) => {
+          if (retired.length === 0) return;
+          logger.info({ use, retired }, "old signing keys retired");
+          await bus.publish("bundle.changed", { agentIds: "*" });
+        },
+        (error: unknown) => logger.error({ err: error, use }, "could not retire old signing keys"),
+      );
+    }
+  }, retireCheckMs);
   retireTimer.unref();
   const tokens = createTokenService({
     store,
@@ -168,8 +183,13 @@ export async function startControlPlane(
         jwksCooldownMs: config.oidc.jwksRefreshCooldownSeconds * 1000,
       })
     : undefined;
-  const policies = createPolicyService({ store, bus });
-  const bundles = createBundleService({
+  // Policy writes are checked against the bundles they would produce (bundles is defined below).
+  const policies = createPolicyService({
+    store,
+    bus,
+    checkBundles: (current, proposed) => bundles.checkBudget(current, proposed),
+  });
+  const bundles: BundleService = createBundleService({
     store,
     policies,
     keyring,
@@ -177,8 +197,16 @@ export async function startControlPlane(
     validitySeconds: config.bundles.validitySeconds,
     tokenIssuer: config.tokens.issuer,
     tokenAudience: config.tokens.audience,
+    maxBytes: bundleBudgetBytes(config.grpc.maxMessageBytes),
   });
   const audit = createAuditService({ store });
+  const auditRetention = createAuditRetention({
+    store,
+    audit,
+    logger: logger.child({ module: "audit-retention" }),
+    config: config.audit.retention,
+    now,
+  });
   const channel = createAgentChannel({
     logger: logger.child({ module: "agent-channel" }),
     agents,
@@ -237,10 +265,19 @@ export async function startControlPlane(
   const httpPort = typeof address === "object" && address ? address.port : config.http.port;
   const httpUrl = `http://${formatHostPort(config.http.host === "0.0.0.0" ? "127.0.0.1" : config.http.host, httpPort)}`;
   ready = true;
+  const auditSinks = startAuditSinks({
+    config: config.audit.sinks,
+    store,
+    bus,
+    logger,
+    registry: metrics.registry,
+    replicaId,
+  });
   logger.info(
     { http: httpUrl, grpc: grpcAddress, tls: !!tls, store: store.provider, version: VERSION },
     "control plane ready",
   );
+  auditRetention.start();
 
   let closed = false;
   return {
@@ -251,6 +288,9 @@ export async function startControlPlane(
     agents,
     policies,
     channel,
+    auditSinks,
+    audit,
+    auditRetention,
     httpUrl,
     grpcAddress,
     grpcPort,
@@ -269,6 +309,8 @@ export async function startControlPlane(
       ready = false;
       clearInterval(retireTimer);
       clearInterval(epochTimer);
+      await auditRetention.stop();
+      await auditSinks.close();
       channel.closeAll("the control plane is shutting down");
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {

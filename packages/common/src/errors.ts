@@ -14,6 +14,10 @@ export const ErrorCode = {
   conflict: "conflict",
   enrolmentTokenInvalid: "enrolment_token_invalid",
   agentRevoked: "agent_revoked",
+  /** A single sign-on identity that is not linked to the existing Moat user with its email. */
+  identityNotLinked: "identity_not_linked",
+  /** A change that would make some agent's policy bundle larger than the agent channel carries. */
+  bundleTooLarge: "bundle_too_large",
   payloadTooLarge: "payload_too_large",
   unsupportedMediaType: "unsupported_media_type",
   rateLimited: "rate_limited",
@@ -32,6 +36,8 @@ export const httpStatusByCode: Record<ErrorCode, number> = {
   conflict: 409,
   enrolment_token_invalid: 401,
   agent_revoked: 403,
+  identity_not_linked: 403,
+  bundle_too_large: 422,
   payload_too_large: 413,
   unsupported_media_type: 415,
   rate_limited: 429,
@@ -49,6 +55,8 @@ export const grpcStatusByCode: Record<ErrorCode, number> = {
   conflict: 6, // ALREADY_EXISTS
   enrolment_token_invalid: 16, // UNAUTHENTICATED
   agent_revoked: 7, // PERMISSION_DENIED
+  identity_not_linked: 7, // PERMISSION_DENIED
+  bundle_too_large: 8, // RESOURCE_EXHAUSTED
   payload_too_large: 8, // RESOURCE_EXHAUSTED
   unsupported_media_type: 3, // INVALID_ARGUMENT
   rate_limited: 8, // RESOURCE_EXHAUSTED

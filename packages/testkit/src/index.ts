@@ -1,7 +1,7 @@
 /**
  * @moat/testkit: real services for tests. Starts throwaway PostgreSQL servers (the Debian
  * postgresql package's binaries), finds free loopback ports, makes temp dirs, waits for
- * conditions. Tests only; never imported by product code.
+ * conditions, and runs throwaway NATS servers (nats-server.ts). Tests only; never imported by product code.
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -178,3 +178,4 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
   };
 }
 export * from "./oidc-issuer.js";
+export * from "./nats-server.js";

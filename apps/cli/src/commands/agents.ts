@@ -120,7 +120,14 @@ export function createAgentCommands(deps: {
           ["Connected to", clean(agent.connectedTo)],
           ["Version", clean(agent.version)],
           ["Hostname", clean(agent.hostname)],
-          ["Bundle", clean(agent.bundleVersion)],
+          [
+            "Bundle",
+            clean(agent.bundleVersion) +
+              (agent.policyRevision && agent.policyRevision !== "0"
+                ? ` (policy revision ${clean(agent.policyRevision)})`
+                : ""),
+          ],
+          ...(agent.bundleError ? [["Bundle error", clean(agent.bundleError)] as [string, string]] : []),
           ["Created", timestamp(agent.createdAt, now)],
           ["Enrolled", timestamp(agent.enrolledAt, now)],
           ["Connected at", timestamp(agent.connectedAt, now)],

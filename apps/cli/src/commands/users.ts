@@ -62,7 +62,17 @@ export interface SetUserOptions {
 
 /** The user commands over narrow dependencies. */
 export function createUserCommands(deps: {
-  client: Pick<ApiClient, "listUsers" | "getUser" | "createUser" | "updateUser" | "createServiceAccount" | "whoami">;
+  client: Pick<
+    ApiClient,
+    | "listUsers"
+    | "getUser"
+    | "createUser"
+    | "updateUser"
+    | "createServiceAccount"
+    | "whoami"
+    | "linkOidc"
+    | "unlinkOidc"
+  >;
   out: Output;
   io: Pick<CliIo, "stdin" | "stderr">;
   /** The server, for the login command printed after creating a user with a password. */
@@ -82,6 +92,14 @@ export function createUserCommands(deps: {
         ["Groups", clean(user.groups.join(", "))],
         ["Password", user.kind === "service-account" ? "- (API keys only)" : user.hasPassword ? "set" : "none"],
         ["Status", user.disabled ? "disabled" : "active"],
+        ...(user.kind === "user"
+          ? [
+              [
+                "Single sign-on",
+                user.oidc ? `${clean(user.oidc.subject)} at ${clean(user.oidc.issuer)}` : "not linked",
+              ] as [string, string],
+            ]
+          : []),
         ["Created", timestamp(user.createdAt, now)],
       ]),
     );
@@ -200,6 +218,32 @@ export function createUserCommands(deps: {
       return user;
     },
 
+    async linkOidc(ref: string, options: { subject: string; issuer?: string }): Promise<User> {
+      const target = await resolveUser(client, ref);
+      const user = await client.linkOidc(target.id, {
+        subject: options.subject,
+        ...(options.issuer ? { issuer: options.issuer } : {}),
+      });
+      if (out.json) out.data(user);
+      else
+        out.text(
+          `Linked ${clean(user.email)} to the identity-provider account ${clean(user.oidc?.subject ?? options.subject)}` +
+            ` of ${clean(user.oidc?.issuer ?? options.issuer ?? "")}: single sign-on as that account logs in as this user.`,
+        );
+      return user;
+    },
+
+    async unlinkOidc(ref: string): Promise<void> {
+      const target = await resolveUser(client, ref);
+      await client.unlinkOidc(target.id);
+      if (out.json) out.data({ id: target.id, oidc: null });
+      else
+        out.text(
+          `Unlinked ${clean(target.label)} from single sign-on; their access tokens are revoked. ` +
+            "Until linked again, single sign-on cannot log in as this user.",
+        );
+    },
+
     async createServiceAccount(name: string, options: { role?: Role; group?: string[] }): Promise<User> {
       const account = await client.createServiceAccount({
         name,
@@ -297,6 +341,27 @@ export function registerUserCommands(program: Command, context: CommandContext):
     .option("--password-stdin", "read the password from stdin (required when stdin is not a terminal)")
     .action(async (ref: string, options: { passwordStdin?: boolean }, command: Command) => {
       await commands(command).password(ref, options);
+    });
+
+  users
+    .command("link-oidc")
+    .description(
+      "link a user to an account of the identity provider, so single sign-on as that account logs in as them " +
+        "(users are never linked by email)",
+    )
+    .argument("<user>", "email or id")
+    .requiredOption("--subject <sub>", "the account's subject (`sub` claim), as the refused login reported it")
+    .option("--issuer <url>", "the identity provider's issuer (default: the one the control plane is configured with)")
+    .action(async (ref: string, options: { subject: string; issuer?: string }, command: Command) => {
+      await commands(command).linkOidc(ref, options);
+    });
+
+  users
+    .command("unlink-oidc")
+    .description("remove a user's single sign-on link (their access tokens are revoked)")
+    .argument("<user>", "email or id")
+    .action(async (ref: string, _options: unknown, command: Command) => {
+      await commands(command).unlinkOidc(ref);
     });
 
   const accounts = program

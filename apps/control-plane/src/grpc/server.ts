@@ -22,7 +22,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { EventBus } from "../bus.js";
 import type { ControlPlaneMetrics } from "../metrics.js";
 import type { AgentService } from "../services/agents.js";
-import type { BundleService } from "../services/bundles.js";
+import { BUNDLE_ENVELOPE_HEADROOM_BYTES, type BundleService, type OversizedBundleResult } from "../services/bundles.js";
 import type { AuditService } from "../services/audit.js";
 import type { ResourceInput, ResourceType, Store } from "../store/index.js";
 
@@ -30,9 +30,9 @@ export interface AgentChannelDeps {
   logger: Logger;
   agents: AgentService;
   bundles: BundleService;
-  audit: Pick<AuditService, "ingest">;
+  audit: Pick<AuditService, "ingest" | "recordControlPlane">;
   store: Pick<Store, "agents" | "resources">;
-  bus: Pick<EventBus, "subscribe">;
+  bus: Pick<EventBus, "subscribe" | "publish">;
   metrics: ControlPlaneMetrics;
   now: () => Date;
   replicaId: string;
@@ -46,11 +46,29 @@ export interface AgentChannelDeps {
 
 type DuplexCall = grpc.ServerDuplexStream<ConnectRequest, ConnectResponse>;
 
+/** What the control plane sent in one bundle, to read the agent's acknowledgement of it. */
+interface SentBundle {
+  keyId: string;
+  bundleKeyIds: string[];
+  policyRevision: bigint;
+  /** Signed with the oldest active key because the agent's trusted keys were not known yet. */
+  transition: boolean;
+}
+
 interface LiveSession {
   agentId: string;
+  agentName: string;
   connectedAt: Date;
   call: DuplexCall;
   close(code: grpc.status, details: string): void;
+  /**
+   * Bundle keys the agent trusts: those of the last bundle it acknowledged on this stream. Unknown
+   * at first (it may have been offline through a key rotation), so its first bundles are signed
+   * with the oldest active key.
+   */
+  trustedKeyIds?: Set<string>;
+  /** Bundles sent on this stream and not yet acknowledged, by version (bounded). */
+  sent: Map<bigint, SentBundle>;
 }
 
 const MAX_RESOURCES = 1000;
@@ -59,6 +77,8 @@ const MAX_AUDIT_BATCH = 2000;
 /** Bundles built and sent at once during a fan-out (bounds CPU bursts and memory). */
 const FAN_OUT_CONCURRENCY = 8;
 const MAX_LABELS = 64;
+/** Sent bundles remembered per stream until acknowledged. */
+const MAX_UNACKED_BUNDLES = 32;
 const NAME_PATTERN = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
 
 const TYPE_NAMES: Record<number, ResourceType | undefined> = {
@@ -145,12 +165,72 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
   /** Builds, signs and sends the agent's current bundle on its live stream. */
   async function pushBundle(session: LiveSession): Promise<void> {
     try {
-      const { signed, version, policies } = await deps.bundles.build(session.agentId);
+      const trusted = session.trustedKeyIds;
+      const built = await deps.bundles.build(session.agentId, trusted ? { trustedKeyIds: trusted } : {});
       if (sessions.get(session.agentId) !== session) return;
-      session.call.write(create(ConnectResponseSchema, { kind: { case: "bundle", value: signed } }));
-      logger.debug({ agentId: session.agentId, version: version.toString(), policies }, "bundle sent");
+      if (built.kind === "too_large") {
+        await refuseOversized(session, built);
+        return;
+      }
+      session.sent.set(built.version, {
+        keyId: built.keyId,
+        bundleKeyIds: built.bundleKeyIds,
+        policyRevision: built.policyRevision,
+        transition: trusted === undefined,
+      });
+      for (const version of session.sent.keys()) {
+        if (session.sent.size <= MAX_UNACKED_BUNDLES) break;
+        session.sent.delete(version);
+      }
+      session.call.write(create(ConnectResponseSchema, { kind: { case: "bundle", value: built.signed } }));
+      logger.debug(
+        {
+          agentId: session.agentId,
+          version: built.version.toString(),
+          policyRevision: built.policyRevision.toString(),
+          keyId: built.keyId,
+          policies: built.policies,
+          bytes: built.bytes,
+        },
+        "bundle sent",
+      );
     } catch (error) {
       logger.error({ err: error, agentId: session.agentId }, "could not build the agent's bundle");
+    }
+  }
+
+  /**
+   * A bundle over the size budget is not sent (the agent keeps enforcing its last one): the
+   * agent's bundle status says why, and the first time (per distinct problem) it is audited.
+   */
+  async function refuseOversized(session: LiveSession, built: OversizedBundleResult): Promise<void> {
+    const { agentId, agentName } = session;
+    metrics.bundleFailures.labels("too_large").inc();
+    const error =
+      `the policy bundle is ${built.bytes} bytes, over the ${built.budget}-byte budget ` +
+      `(grpc.maxMessageBytes minus ${BUNDLE_ENVELOPE_HEADROOM_BYTES} for the envelope): it was not sent and the ` +
+      "agent keeps enforcing its last bundle; shorten or narrow the policies that select this agent's resources, " +
+      "or raise grpc.maxMessageBytes (and the agent's controlPlane.maxMessageBytes)";
+    logger.error(
+      {
+        agentId,
+        agentName,
+        version: built.version.toString(),
+        policyRevision: built.policyRevision.toString(),
+        policies: built.policies,
+        bytes: built.bytes,
+        budget: built.budget,
+      },
+      "bundle over the size budget: not sent; the agent keeps its last bundle",
+    );
+    if (await store.agents.setBundleError(agentId, built.version, error, now())) {
+      await deps.audit
+        .recordControlPlane({
+          type: "bundle.refused",
+          actor: "control-plane",
+          message: `bundle for agent ${agentName} (${agentId}) at policy revision ${built.policyRevision} not sent: ${error}`,
+        })
+        .catch((err: unknown) => logger.error({ err, agentId }, "could not record a control-plane audit event"));
     }
   }
 
@@ -325,9 +405,11 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
         if (ended) return;
         session = {
           agentId,
+          agentName,
           connectedAt,
           call,
           close: (code, details) => fail(code, details),
+          sent: new Map(),
         };
         sessions.get(agentId)?.close(grpc.status.ABORTED, "replaced by a newer connection of the same agent");
         sessions.set(agentId, session);
@@ -371,16 +453,46 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
             }),
           );
           return;
-        case "bundleAck":
-          if (kind.value.applied) {
-            await store.agents.setBundleVersion(agentId, kind.value.version);
-            logger.info({ agentId, version: kind.value.version.toString() }, "agent enforces bundle");
-          } else
-            logger.warn(
-              { agentId, version: kind.value.version.toString(), error: kind.value.error },
-              "agent rejected a bundle",
+        case "bundleAck": {
+          const ack = kind.value;
+          const sent = session.sent.get(ack.version);
+          for (const version of session.sent.keys()) if (version <= ack.version) session.sent.delete(version);
+          if (ack.applied) {
+            // The agent now trusts exactly the keys that bundle carried.
+            if (sent) session.trustedKeyIds = new Set(sent.bundleKeyIds);
+            await store.agents.recordBundleApplied(agentId, {
+              version: ack.version,
+              ...(sent ? { policyRevision: sent.policyRevision, keyId: sent.keyId } : {}),
+            });
+            logger.info(
+              {
+                agentId,
+                version: ack.version.toString(),
+                policyRevision: sent?.policyRevision.toString(),
+                keyId: sent?.keyId,
+              },
+              "agent enforces bundle",
             );
+            return;
+          }
+          metrics.bundleFailures.labels("rejected").inc();
+          const unknownKey = ack.error.includes("unknown key");
+          // Sign the next one with the oldest active key again (what the agent trusts is unclear).
+          if (unknownKey) session.trustedKeyIds = undefined;
+          const reason =
+            `the agent rejected bundle ${ack.version}: ${ack.error}` +
+            (unknownKey && sent?.transition
+              ? " (it trusts none of the control plane's active bundle keys: it was offline through a bundle-key " +
+                "rotation for longer than bundles.keyGraceSeconds; re-enrol it with a new enrolment token, " +
+                "POST /api/v1/agents/{id}/enrolment-token)"
+              : "");
+          await store.agents.setBundleError(agentId, ack.version, reason, now());
+          logger.warn(
+            { agentId, version: ack.version.toString(), error: ack.error, keyId: sent?.keyId },
+            "agent rejected a bundle",
+          );
           return;
+        }
         case "hello":
           throw new AppError("bad_request", "Hello may be sent only once per stream");
         case "auditBatch": {
@@ -389,6 +501,8 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
           const { stored, lastSeq } = await deps.audit.ingest(agentId, kind.value.events);
           send(create(ConnectResponseSchema, { kind: { case: "auditAck", value: { ackedSeq: lastSeq } } }));
           if (stored > 0) metrics.auditEvents.inc(stored);
+          if (stored > 0)
+            void deps.bus.publish("audit.ingested", { agentId, count: stored, lastSeq: lastSeq.toString() });
           return;
         }
         case "approvalRequest":

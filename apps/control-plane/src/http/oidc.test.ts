@@ -1,7 +1,9 @@
 /**
  * Single sign-on against a real OpenID Connect issuer on loopback: the authorization code flow with
  * PKCE (as the CLI runs it), ID token exchange, group mapping, key rotation at the issuer, and the
- * attacks: wrong audience, wrong issuer, unverified email, forged signature, disabled user.
+ * attacks: wrong audience, wrong issuer, unverified email, forged signature, disabled user. Users
+ * are bound to the issuer and subject: another account with the same email is refused, local users
+ * are never taken over, an email change at the issuer follows the binding, and admins link users.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { decodeJwt, SignJWT, generateKeyPair } from "jose";
@@ -36,6 +38,20 @@ afterAll(async () => {
   await cp?.close();
   await idp?.close();
 });
+
+/** Calls the REST API as the bootstrap admin. */
+async function asAdmin(method: string, path: string, body?: unknown) {
+  const res = await fetch(`${cp.httpUrl}${path}`, {
+    method,
+    headers: {
+      authorization: `Bearer ${cp.bootstrap?.apiKey}`,
+      ...(body !== undefined ? { "content-type": "application/json" } : {}),
+    },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await res.text();
+  return { status: res.status, body: (text ? JSON.parse(text) : undefined) as Record<string, unknown> };
+}
 
 async function exchange(idToken: string, nonce?: string) {
   const res = await fetch(`${cp.httpUrl}/api/v1/auth/oidc/token`, {
@@ -109,7 +125,11 @@ describe("OIDC login", () => {
       kind: "user",
     });
     const user = await cp.store.users.findByEmail("alice@example.com");
-    expect(user).toMatchObject({ role: "member", groups: ["engineers", "oncall"] });
+    expect(user).toMatchObject({
+      role: "member",
+      groups: ["engineers", "oncall"],
+      oidc: { issuer: idp.issuer, subject: "1" },
+    });
 
     idp.setUser({ sub: "1", email: "alice@example.com", groups: ["eng-all"] });
     const again = await exchange(await idp.idToken({ sub: "1", email: "alice@example.com", groups: ["eng-all"] }));
@@ -143,6 +163,94 @@ describe("OIDC login", () => {
     expect((await exchange(forged)).status).toBe(401);
     const none = `${Buffer.from(JSON.stringify({ alg: "none" })).toString("base64url")}.${Buffer.from(JSON.stringify({ iss: idp.issuer, aud: "moat-cli", sub: "x", email: "root@example.com", iat: 1, exp: 9999999999 })).toString("base64url")}.`;
     expect((await exchange(none)).status).toBe(401);
+  });
+
+  it("refuses another account of the issuer with a user's email, and does not touch the user", async () => {
+    const alice = await cp.store.users.findByEmail("alice@example.com");
+    // An issuer admin gives a second account alice's (verified) email.
+    const res = await exchange(await idp.idToken({ sub: "attacker-9", email: "alice@example.com" }));
+    expect(res).toMatchObject({ status: 403, body: { code: "identity_not_linked" } });
+    expect(res.body.detail).toContain('subject "attacker-9"');
+    expect(res.body).not.toHaveProperty("accessToken");
+    expect(await cp.store.users.findByEmail("alice@example.com")).toEqual(alice);
+    // Case does not help either.
+    const upper = await exchange(await idp.idToken({ sub: "attacker-9", email: "ALICE@example.com" }));
+    expect(upper.body.code).toBe("identity_not_linked");
+    // The refusal is in the audit trail.
+    const audit = await asAdmin("GET", "/api/v1/audit/events?type=auth.login_failed");
+    expect(JSON.stringify(audit.body)).toContain("attacker-9");
+  });
+
+  it("follows an email change at the issuer for the same subject: same user, new email", async () => {
+    const first = await exchange(await idp.idToken({ sub: "carol-7", email: "carol@example.com" }));
+    expect(first.status).toBe(200);
+    const carol = await cp.store.users.findByEmail("carol@example.com");
+    const renamed = await exchange(await idp.idToken({ sub: "carol-7", email: "carol.new@example.com" }));
+    expect(renamed.status).toBe(200);
+    expect(decodeJwt(renamed.body.accessToken as string).sub).toBe("carol.new@example.com");
+    expect(await cp.store.users.findByEmail("carol@example.com")).toBeUndefined();
+    expect(await cp.store.users.findByEmail("carol.new@example.com")).toMatchObject({
+      id: carol?.id,
+      oidc: { issuer: idp.issuer, subject: "carol-7" },
+    });
+    // The token carrying the old email no longer works.
+    const whoami = await fetch(`${cp.httpUrl}/api/v1/whoami`, {
+      headers: { authorization: `Bearer ${first.body.accessToken as string}` },
+    });
+    expect(whoami.status).toBe(401);
+    // Someone else's email is not followed: the stored one stays, the login still works.
+    const taken = await exchange(await idp.idToken({ sub: "carol-7", email: "bob@example.com" }));
+    expect(taken.status).toBe(200);
+    expect(decodeJwt(taken.body.accessToken as string).sub).toBe("carol.new@example.com");
+    expect((await cp.store.users.findByEmail("bob@example.com"))?.oidc?.subject).toBe("2");
+  });
+
+  it("never takes over a local user with the same email; an admin links it explicitly", async () => {
+    // The bootstrap admin is a local user: an issuer account with its email is not it.
+    const adminEmail = cp.config.bootstrap.adminEmail;
+    const takeover = await exchange(await idp.idToken({ sub: "evil-admin", email: adminEmail }));
+    expect(takeover).toMatchObject({ status: 403, body: { code: "identity_not_linked" } });
+    const admin = await cp.store.users.findByEmail(adminEmail);
+    expect(admin).toMatchObject({ role: "admin", oidc: null });
+
+    const created = await asAdmin("POST", "/api/v1/users", {
+      email: "dana@example.com",
+      role: "reviewer",
+      password: "correct horse battery staple",
+    });
+    expect(created.status).toBe(201);
+    const dana = created.body as { id: string };
+    expect((await exchange(await idp.idToken({ sub: "dana-3", email: "dana@example.com" }))).status).toBe(403);
+
+    const linked = await asAdmin("POST", `/api/v1/users/${dana.id}/oidc-link`, { subject: "dana-3" });
+    expect(linked).toMatchObject({
+      status: 200,
+      body: { id: dana.id, oidc: { issuer: idp.issuer, subject: "dana-3" } },
+    });
+    const login = await exchange(await idp.idToken({ sub: "dana-3", email: "dana@example.com" }));
+    expect(login.status).toBe(200);
+    expect(decodeJwt(login.body.accessToken as string)).toMatchObject({ sub: "dana@example.com" });
+    expect(await cp.store.users.findByEmail("dana@example.com")).toMatchObject({ id: dana.id, role: "reviewer" });
+
+    // An account already linked to another user cannot be linked again; service accounts cannot be.
+    const alice = await cp.store.users.findByEmail("alice@example.com");
+    expect((await asAdmin("POST", `/api/v1/users/${alice?.id}/oidc-link`, { subject: "dana-3" })).body.code).toBe(
+      "conflict",
+    );
+    const sa = await asAdmin("POST", "/api/v1/service-accounts", { name: "ci-bot" });
+    expect(
+      (await asAdmin("POST", `/api/v1/users/${(sa.body as { id: string }).id}/oidc-link`, { subject: "x" })).status,
+    ).toBe(400);
+
+    // Unlinking revokes the user's tokens and refuses the account again.
+    expect((await asAdmin("DELETE", `/api/v1/users/${dana.id}/oidc-link`)).status).toBe(204);
+    const whoami = await fetch(`${cp.httpUrl}/api/v1/whoami`, {
+      headers: { authorization: `Bearer ${login.body.accessToken as string}` },
+    });
+    expect(whoami.status).toBe(401);
+    expect((await exchange(await idp.idToken({ sub: "dana-3", email: "dana@example.com" }))).body.code).toBe(
+      "identity_not_linked",
+    );
   });
 
   it("refuses disabled users", async () => {

@@ -25,6 +25,8 @@ const TITLES: Record<ErrorCode, string> = {
   conflict: "Conflict",
   enrolment_token_invalid: "Enrolment token invalid",
   agent_revoked: "Agent revoked",
+  identity_not_linked: "Identity not linked",
+  bundle_too_large: "Policy bundle too large",
   payload_too_large: "Payload too large",
   unsupported_media_type: "Unsupported media type",
   rate_limited: "Too many requests",

@@ -31,6 +31,13 @@ export interface AgentStatus {
   version: string;
   hostname: string;
   bundleVersion: string;
+  /** Policy revision of the bundle the agent enforces ("0" when unknown or none). */
+  policyRevision: string;
+  /** Key that signed the bundle the agent enforces ("" when unknown). */
+  bundleKeyId: string;
+  /** Why the agent's latest bundle was not delivered or not applied ("" when fine). */
+  bundleError: string;
+  bundleErrorAt: Date | null;
   connectedTo: string;
   createdAt: Date;
 }
@@ -84,6 +91,10 @@ export function createAgentService(deps: {
       version: agent.version,
       hostname: agent.hostname,
       bundleVersion: agent.bundleVersion.toString(),
+      policyRevision: agent.policyRevision.toString(),
+      bundleKeyId: agent.bundleKeyId,
+      bundleError: agent.bundleError,
+      bundleErrorAt: agent.bundleErrorAt,
       connectedTo: connected ? agent.connectedTo : "",
       createdAt: agent.createdAt,
     };

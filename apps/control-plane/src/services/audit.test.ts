@@ -1,8 +1,11 @@
 import { createHash } from "node:crypto";
+import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createLogger, createUlidFactory } from "@moat/common";
 import { AuditEventSchema, create, timestampFromDate, toBinary, Verdict } from "@moat/proto";
 import { createTestApp, type TestApp } from "../test-support/app.js";
 import { createAuditService } from "./audit.js";
+import { createAuditRetention } from "./audit-retention.js";
 
 let t: TestApp;
 beforeAll(async () => {
@@ -135,5 +138,408 @@ describe("control-plane actions in the audit trail", () => {
     });
     expect(verify.json()).toMatchObject({ ok: true });
     expect(verify.json().checked).toBeGreaterThanOrEqual(6);
+  });
+});
+
+// ------------------------------------------------------------------------------------------------
+// Sessions, export and retention (REST through app.inject, and a real socket for backpressure).
+
+const ulid = createUlidFactory();
+
+/**
+ * An agent's chain from `start`: sessions of `sessionSize` events (session.start, db.query...,
+ * session.end), one event a minute from `base`; every 7th statement denied.
+ */
+function sessionChain(
+  n: number,
+  options: { base: number; sessionSize?: number; start?: number; prev?: Uint8Array; text?: (i: number) => string },
+): { events: Uint8Array[]; sessions: string[]; last: Uint8Array } {
+  const size = options.sessionSize ?? 5;
+  const events: Uint8Array[] = [];
+  const sessions: string[] = [];
+  let prev = options.prev ?? new Uint8Array(0);
+  const start = options.start ?? 1;
+  for (let i = 0; i < n; i++) {
+    const seq = start + i;
+    const pos = (seq - 1) % size;
+    if (pos === 0) sessions.push(ulid());
+    const sessionId = sessions[sessions.length - 1] as string;
+    const type = pos === 0 ? "session.start" : pos === size - 1 ? "session.end" : "db.query";
+    const bytes = toBinary(
+      AuditEventSchema,
+      create(AuditEventSchema, {
+        id: ulid(),
+        seq: BigInt(seq),
+        time: timestampFromDate(new Date(options.base + seq * 60_000)),
+        type,
+        actor: { user: `user${Math.floor((seq - 1) / size) % 2}@example.com` },
+        resource: "orders-db",
+        sessionId,
+        verdict: type === "db.query" && seq % 7 === 0 ? Verdict.DENY : Verdict.ALLOW,
+        prevHash: prev,
+        ...(type === "db.query"
+          ? { detail: { case: "dbQuery" as const, value: { text: options.text?.(seq) ?? `select ${seq}` } } }
+          : {}),
+      }),
+    );
+    prev = createHash("sha256").update(bytes).digest();
+    events.push(bytes);
+  }
+  return { events, sessions, last: prev };
+}
+
+async function newAgent(name: string): Promise<string> {
+  const agent = await t.store.agents.create({
+    id: `${name.replace(/[^a-z0-9]/g, "")}${Date.now().toString(36)}`.slice(0, 24),
+    name,
+    description: "",
+    enrolmentHash: "x",
+    enrolmentExpiresAt: new Date(),
+  });
+  return agent.id;
+}
+
+const get = async (url: string, role: "admin" | "auditor" | "member" = "auditor") =>
+  t.app.inject({ method: "GET", url, headers: t.auth(role) });
+
+describe("sessions", () => {
+  it("lists an agent's sessions newest first with counts, and shows one session's events in order", async () => {
+    const agentId = await newAgent("sessions-agent");
+    const audit = createAuditService({ store: t.store });
+    const { events, sessions } = sessionChain(23, { base: Date.UTC(2030, 0, 1) }); // 4 whole sessions, 1 open
+    for (let i = 0; i < events.length; i += 4) await audit.ingest(agentId, events.slice(i, i + 4));
+
+    const page1 = await get(`/api/v1/audit/sessions?agent=${agentId}&limit=3`);
+    expect(page1.statusCode).toBe(200);
+    const body1 = page1.json();
+    expect(body1.items.map((s: { sessionId: string }) => s.sessionId)).toEqual([...sessions].reverse().slice(0, 3));
+    expect(body1.items[0]).toEqual({
+      sessionId: sessions[4],
+      agentId,
+      user: "user0@example.com",
+      resource: "orders-db",
+      startedAt: new Date(Date.UTC(2030, 0, 1) + 21 * 60_000).toISOString(),
+      endedAt: null,
+      lastEventAt: new Date(Date.UTC(2030, 0, 1) + 23 * 60_000).toISOString(),
+      eventCount: 3,
+      statementCount: 2,
+      deniedCount: 0,
+    });
+    expect(body1.items[1]).toMatchObject({
+      sessionId: sessions[3],
+      endedAt: new Date(Date.UTC(2030, 0, 1) + 20 * 60_000).toISOString(),
+      eventCount: 5,
+      statementCount: 3,
+      deniedCount: 0,
+    });
+    // Statement 7 and 14 were denied: sessions 2 (seq 6-10) and 3 (seq 11-15).
+    const page2 = (await get(`/api/v1/audit/sessions?agent=${agentId}&limit=3&cursor=${body1.nextCursor}`)).json();
+    expect(page2.items.map((s: { sessionId: string }) => s.sessionId)).toEqual([sessions[1], sessions[0]]);
+    expect(page2.items[0].deniedCount).toBe(1);
+    expect(page2.nextCursor).toBeUndefined();
+    const byUser = (await get(`/api/v1/audit/sessions?agent=${agentId}&user=user1@example.com`)).json();
+    expect(byUser.items.map((s: { sessionId: string }) => s.sessionId)).toEqual([sessions[3], sessions[1]]);
+    const ranged = await get(
+      `/api/v1/audit/sessions?agent=${agentId}&since=${new Date(Date.UTC(2030, 0, 1) + 12 * 60_000).toISOString()}` +
+        `&until=${new Date(Date.UTC(2030, 0, 1) + 17 * 60_000).toISOString()}`,
+    );
+    expect(ranged.json().items.map((s: { sessionId: string }) => s.sessionId)).toEqual([sessions[3], sessions[2]]);
+
+    const one = (await get(`/api/v1/audit/sessions/${sessions[1]}?limit=3`)).json();
+    expect(one.session).toMatchObject({ sessionId: sessions[1], agentId, eventCount: 5 });
+    expect(one.items.map((e: { seq: string }) => e.seq)).toEqual(["6", "7", "8"]);
+    expect(one.items[1]).toMatchObject({ verdict: "deny", detail: { kind: "dbQuery", text: "select 7" } });
+    const rest = (await get(`/api/v1/audit/sessions/${sessions[1]}?limit=3&cursor=${one.nextCursor}`)).json();
+    expect(rest.items.map((e: { seq: string }) => e.seq)).toEqual(["9", "10"]);
+    expect(rest.nextCursor).toBeUndefined();
+  });
+
+  it("answers an unknown session with 404 and a bad cursor with 400, as problem+json", async () => {
+    const missing = await get("/api/v1/audit/sessions/01JDNOSUCHSESSION000000000");
+    expect(missing.statusCode).toBe(404);
+    expect(missing.headers["content-type"]).toContain("application/problem+json");
+    expect(missing.json().code).toBe("not_found");
+    expect((await get("/api/v1/audit/sessions?cursor=bm90LWpzb24")).json().code).toBe("bad_request");
+    expect((await get("/api/v1/audit/sessions", "member")).statusCode).toBe(403);
+  });
+});
+
+describe("export", () => {
+  it("streams every matching event oldest first as JSON Lines, across several store pages", async () => {
+    const agentId = await newAgent("export-agent");
+    const audit = createAuditService({ store: t.store });
+    const { events } = sessionChain(1234, { base: Date.UTC(2029, 0, 1) });
+    for (let i = 0; i < events.length; i += 500) await audit.ingest(agentId, events.slice(i, i + 500));
+
+    const res = await get(`/api/v1/audit/export?agent=${agentId}`);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers["content-type"]).toBe("application/x-ndjson; charset=utf-8");
+    const lines = res.body.split("\n");
+    expect(lines.pop()).toBe(""); // every line ends with a newline
+    const items = lines.map((l) => JSON.parse(l) as { seq: string; time: string; agentId: string; type: string });
+    expect(items).toHaveLength(1234); // three pages of 500
+    expect(items.map((e) => Number(e.seq))).toEqual(items.map((_, i) => i + 1));
+    expect(items[0]).toMatchObject({
+      agentId,
+      type: "session.start",
+      time: new Date(Date.UTC(2029, 0, 1) + 60_000).toISOString(),
+    });
+
+    const denied = (await get(`/api/v1/audit/export?agent=${agentId}&verdict=deny&q=select`)).body.trim().split("\n");
+    expect(denied.map((l) => JSON.parse(l).verdict)).toEqual(denied.map(() => "deny"));
+    expect(denied.length).toBeGreaterThan(100);
+    expect((await get(`/api/v1/audit/export?agent=nobody`)).body).toBe("");
+    expect((await get(`/api/v1/audit/export?agent=${agentId}`, "member")).statusCode).toBe(403);
+    expect((await get(`/api/v1/audit/export?limit=5`)).json().code).toBe("validation_failed");
+  });
+
+  it("reads the store page by page as the client reads: a client that stops reading stops the export", async () => {
+    const agentId = await newAgent("export-slow");
+    const audit = createAuditService({ store: t.store });
+    // ~4 KiB of text per event: 3 000 events are ~13 MiB, far more than the socket buffers hold.
+    const { events } = sessionChain(3000, {
+      base: Date.UTC(2028, 0, 1),
+      text: (i) => `select '${"x".repeat(4000)}' -- ${i}`,
+    });
+    for (let i = 0; i < events.length; i += 500) await audit.ingest(agentId, events.slice(i, i + 500));
+    const search = t.store.auditEvents.search;
+    let pages = 0;
+    t.store.auditEvents.search = (...args) => {
+      if (args[0].agentId === agentId) pages++;
+      return search(...args);
+    };
+    const address = await t.app.listen({ port: 0, host: "127.0.0.1" });
+    try {
+      const { request } = await import("node:http");
+      const received = await new Promise<{ lines: number; pagesWhilePaused: number }>((resolve, reject) => {
+        const req = request(
+          `${address}/api/v1/audit/export?agent=${agentId}`,
+          { headers: t.auth("auditor") },
+          (res) => {
+            let text = "";
+            let pagesWhilePaused = -1;
+            res.once("data", (chunk: Buffer) => {
+              text += chunk.toString();
+              res.pause();
+              setTimeout(() => {
+                pagesWhilePaused = pages;
+                res.on("data", (c: Buffer) => (text += c.toString()));
+                res.resume();
+              }, 500);
+            });
+            res.on("end", () => resolve({ lines: text.split("\n").filter(Boolean).length, pagesWhilePaused }));
+            res.on("error", reject);
+          },
+        );
+        req.on("error", reject);
+        req.end();
+      });
+      // Six pages hold everything; while the client was paused only the first few had been read.
+      expect(received.pagesWhilePaused).toBeGreaterThanOrEqual(1);
+      expect(received.pagesWhilePaused).toBeLessThan(6);
+      expect(received.lines).toBe(3000);
+      expect(pages).toBe(7); // six full pages, then an empty one ends it
+    } finally {
+      t.store.auditEvents.search = search;
+    }
+  });
+
+  it("fetches pages lazily from the store (the generator itself)", async () => {
+    const agentId = await newAgent("export-lazy");
+    const counting = { ...t.store.auditEvents };
+    let calls = 0;
+    counting.search = (...args) => {
+      calls++;
+      return t.store.auditEvents.search(...args);
+    };
+    const audit = createAuditService({
+      store: { auditEvents: counting, auditTrail: t.store.auditTrail },
+      exportBatch: 10,
+    });
+    await audit.ingest(agentId, sessionChain(95, { base: Date.UTC(2027, 0, 1) }).events);
+    const lines = audit.exportLines({ agentId });
+    const first = await lines.next();
+    expect(first.value.split("\n").filter(Boolean)).toHaveLength(10);
+    expect(calls).toBe(1);
+    let total = 10;
+    for await (const chunk of lines) total += chunk.split("\n").filter(Boolean).length;
+    expect(total).toBe(95);
+    expect(calls).toBe(10);
+  });
+});
+
+describe("events in both orders", () => {
+  it("pages oldest first with order=asc and the same cursor scheme", async () => {
+    const agentId = await newAgent("order-agent");
+    await createAuditService({ store: t.store }).ingest(
+      agentId,
+      sessionChain(7, { base: Date.UTC(2026, 0, 1) }).events,
+    );
+    const page = (await get(`/api/v1/audit/events?agent=${agentId}&order=asc&limit=3`)).json();
+    expect(page.items.map((e: { seq: string }) => e.seq)).toEqual(["1", "2", "3"]);
+    const next = (
+      await get(`/api/v1/audit/events?agent=${agentId}&order=asc&limit=3&cursor=${page.nextCursor}`)
+    ).json();
+    expect(next.items.map((e: { seq: string }) => e.seq)).toEqual(["4", "5", "6"]);
+    const newest = (await get(`/api/v1/audit/events?agent=${agentId}&limit=3`)).json();
+    expect(newest.items.map((e: { seq: string }) => e.seq)).toEqual(["7", "6", "5"]);
+  });
+});
+
+describe("retention", () => {
+  const silent = createLogger({ name: "test", level: "silent" });
+  const DAY = 24 * 3600 * 1000;
+
+  function tamper(sql: string, ...params: unknown[]): void {
+    const db = new Database(t.dbFile);
+    try {
+      db.prepare(sql).run(...params);
+    } finally {
+      db.close();
+    }
+  }
+
+  it("prunes old events, records audit.retention, and verify starts the chain at the horizon", async () => {
+    const agentId = await newAgent("retention-agent");
+    const audit = createAuditService({ store: t.store });
+    const base = Date.UTC(2001, 0, 1);
+    const first = sessionChain(40, { base });
+    await audit.ingest(agentId, first.events);
+    // 30 days after event 25: events 1-24 are older than that.
+    const now = () => new Date(base + 25 * 60_000 + 30 * DAY);
+    const retention = createAuditRetention({
+      store: t.store,
+      audit,
+      logger: silent,
+      config: { days: 30, intervalMinutes: 60, batchSize: 100 },
+      now,
+    });
+    const run = await retention.runOnce();
+    expect(run).toMatchObject({ pruned: 24, agents: 1, cutoff: new Date(base + 25 * 60_000) });
+    const report = await audit.verify(agentId);
+    expect(report).toEqual({
+      agentId,
+      checked: 16,
+      ok: true,
+      horizon: { seq: "24", time: new Date(base + 24 * 60_000), pruned: "24" },
+    });
+    const recorded = (await get("/api/v1/audit/events?agent=control-plane&type=audit.retention")).json();
+    expect(recorded.items[0].message).toMatch(
+      /^retention \(30 days\) pruned 24 audit events of 1 chain\(s\) recorded before 2001-/,
+    );
+    const verified = (await get(`/api/v1/audit/verify?agent=${agentId}`)).json();
+    expect(verified).toMatchObject({ ok: true, horizon: { seq: "24" } });
+    // Sessions of pruned events are gone; the one that straddles the horizon stays.
+    expect(await t.store.auditTrail.session(first.sessions[0] as string)).toBeUndefined();
+    expect((await t.store.auditTrail.session(first.sessions[4] as string))?.eventCount).toBe(5);
+
+    // The chain goes on after pruning.
+    await audit.ingest(agentId, sessionChain(5, { base, start: 41, prev: first.last }).events);
+    expect(await audit.verify(agentId)).toMatchObject({ ok: true, checked: 21 });
+  });
+
+  it("still names events altered or deleted inside the retained range", async () => {
+    const audit = createAuditService({ store: t.store });
+    const base = Date.UTC(2002, 0, 1);
+    const setUp = async (name: string) => {
+      const agentId = await newAgent(name);
+      await audit.ingest(agentId, sessionChain(30, { base }).events);
+      await t.store.auditTrail.prune({ cutoff: new Date(base + 11 * 60_000), batchSize: 4, now: () => new Date() });
+      expect(await audit.verify(agentId)).toMatchObject({ ok: true, checked: 20, horizon: { seq: "10" } });
+      return agentId;
+    };
+    const altered = await setUp("ret-altered");
+    tamper(`UPDATE "AuditEvent" SET "text" = 'nothing to see' WHERE "agentId" = ? AND "seq" = 14`, altered);
+    expect(await audit.verify(altered)).toMatchObject({
+      ok: false,
+      firstBreak: { seq: "14", problem: expect.stringContaining("altered") },
+    });
+    const middle = await setUp("ret-middle");
+    tamper(`DELETE FROM "AuditEvent" WHERE "agentId" = ? AND "seq" = 20`, middle);
+    expect(await audit.verify(middle)).toMatchObject({
+      ok: false,
+      firstBreak: { seq: "20", problem: "events 20..20 are missing" },
+    });
+    // The oldest retained events deleted by hand (not by retention): the horizon says where the chain starts.
+    const start = await setUp("ret-start");
+    tamper(`DELETE FROM "AuditEvent" WHERE "agentId" = ? AND "seq" IN (11, 12)`, start);
+    expect(await audit.verify(start)).toMatchObject({
+      ok: false,
+      firstBreak: { seq: "11", problem: "events 11..12 are missing" },
+    });
+    // A forged horizon does not match the hash the first retained event carries.
+    const forged = await setUp("ret-forged");
+    tamper(`UPDATE "AuditHorizon" SET "hash" = ? WHERE "agentId" = ?`, "0".repeat(64), forged);
+    expect(await audit.verify(forged)).toMatchObject({
+      ok: false,
+      firstBreak: { seq: "11", problem: expect.stringContaining("retention horizon") },
+    });
+    // Without any horizon, a chain must start at 1.
+    const headless = await newAgent("no-horizon");
+    await audit.ingest(headless, sessionChain(5, { base }).events);
+    tamper(`DELETE FROM "AuditEvent" WHERE "agentId" = ? AND "seq" = 1`, headless);
+    expect(await audit.verify(headless)).toMatchObject({
+      ok: false,
+      firstBreak: { seq: "1", problem: "events 1..1 are missing" },
+    });
+  });
+
+  it("keeps at most maxEvents, the control plane's own chain included, which still verifies and grows", async () => {
+    const own = await createTestApp();
+    try {
+      const audit = createAuditService({ store: own.store });
+      for (let i = 0; i < 12; i++)
+        await audit.recordControlPlane({ type: "user.created", actor: "admin@example.com", message: `user ${i}` });
+      const retention = createAuditRetention({
+        store: own.store,
+        audit,
+        logger: silent,
+        config: { maxEvents: 5, intervalMinutes: 60, batchSize: 100 },
+      });
+      const run = await retention.runOnce();
+      expect(run?.pruned).toBeGreaterThanOrEqual(7);
+      const events = await own.store.auditEvents.search({ agentId: "control-plane" }, 100);
+      // Five kept (ties at the cutoff's millisecond may go too), plus the audit.retention event itself.
+      expect(events.length).toBeLessThanOrEqual(6);
+      expect(events[0]?.type).toBe("audit.retention");
+      const report = await audit.verify("control-plane");
+      expect(report).toMatchObject({ ok: true, checked: events.length });
+      expect(report.horizon?.pruned).toBe(String(run?.pruned));
+      await audit.recordControlPlane({ type: "user.created", actor: "admin@example.com", message: "after" });
+      expect(await audit.verify("control-plane")).toMatchObject({ ok: true, checked: events.length + 1 });
+    } finally {
+      await own.close();
+    }
+  });
+
+  it("does nothing without a limit, and runs at start and then on its interval", async () => {
+    const none = createAuditRetention({
+      store: t.store,
+      audit: createAuditService({ store: t.store }),
+      logger: silent,
+      config: { intervalMinutes: 60, batchSize: 100 },
+    });
+    expect(none.enabled).toBe(false);
+    expect(await none.runOnce()).toBeUndefined();
+    let runs = 0;
+    const store = {
+      auditTrail: {
+        ...t.store.auditTrail,
+        countCutoff: async () => {
+          runs++;
+          return undefined;
+        },
+      },
+    };
+    const job = createAuditRetention({
+      store,
+      audit: createAuditService({ store: t.store }),
+      logger: silent,
+      config: { maxEvents: 1_000_000, intervalMinutes: 60, batchSize: 100 },
+    });
+    job.start();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(runs).toBe(1);
+    await job.stop();
   });
 });

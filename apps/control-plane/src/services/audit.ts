@@ -1,10 +1,11 @@
 /**
- * Audit on the control plane: idempotent ingestion of the batches agents ship (events keyed by
- * agent and sequence number; a resent batch stores nothing twice), search with keyset pagination,
- * and hash-chain verification (each event carries the SHA-256 of the bytes of the agent's
- * previous event, so a removed or altered event breaks the chain at a known place).
+ * Audit on the control plane: idempotent, batched ingestion of the batches agents ship (events
+ * keyed by agent and sequence number; a resent batch stores nothing twice), search with keyset
+ * pagination, sessions, a streamed export, and hash-chain verification (each event carries the
+ * SHA-256 of the bytes of the agent's previous event, so a removed or altered event breaks the
+ * chain at a known place; after retention pruned a chain's start, it starts at the recorded horizon).
  */
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { AppError, createUlidFactory } from "@moat/common";
 import {
   AuditEventSchema,
@@ -16,7 +17,16 @@ import {
   Verdict,
   type AuditEvent,
 } from "@moat/proto";
-import type { AuditEventRow, AuditFilter, Store } from "../store/index.js";
+import type {
+  AuditEventRow,
+  AuditFilter,
+  AuditHorizonRecord,
+  AuditSessionFilter,
+  AuditSessionRecord,
+  IngestRow,
+  Store,
+} from "../store/index.js";
+import { decodeAuditFields, type DecodedAuditFields } from "./audit-decode.js";
 
 const VERDICTS: Record<number, string> = {
   [Verdict.ALLOW]: "allow",
@@ -25,38 +35,57 @@ const VERDICTS: Record<number, string> = {
 };
 const MAX_TEXT = 4096;
 
-export const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
+export const sha256 = (bytes: Uint8Array) => hash("sha256", bytes, "hex");
 
-function textOf(event: AuditEvent): string {
-  const d = event.detail;
-  const text = d.case === "dbQuery" ? d.value.text : d.case === "sshExec" ? d.value.command : event.message;
-  return text.slice(0, MAX_TEXT);
-}
-
-/** Decodes one shipped event into a row; throws AppError("bad_request") for a malformed one. */
-export function toRow(bytes: Uint8Array): Omit<AuditEventRow, "agentId"> {
+/** The stored fields through protobuf-es, for events the direct reader leaves to it. */
+function decodeWithProtobuf(bytes: Uint8Array): DecodedAuditFields {
   let event: AuditEvent;
   try {
     event = fromBinary(AuditEventSchema, bytes);
   } catch (error) {
     throw new AppError("bad_request", "an audit event is not a valid AuditEvent", { cause: error });
   }
-  if (event.seq === 0n || !/^[0-9A-HJKMNP-TV-Z]{26}$/.test(event.id) || !event.type) {
-    throw new AppError("bad_request", "an audit event lacks an id, a sequence number or a type");
-  }
+  const d = event.detail;
   return {
     id: event.id,
     seq: event.seq,
-    time: event.time ? timestampDate(event.time) : new Date(0),
+    timeMs: event.time ? timestampDate(event.time).getTime() : 0,
+    type: event.type,
+    user: event.actor?.user ?? "",
+    resource: event.resource,
+    sessionId: event.sessionId,
+    verdict: event.verdict,
+    rule: event.rule,
+    message: event.message,
+    bundleVersion: event.bundleVersion,
+    prevHash: event.prevHash,
+    detailCase: d.case ?? "",
+    detailText: d.case === "dbQuery" ? d.value.text : d.case === "sshExec" ? d.value.command : "",
+  };
+}
+
+/** Decodes one shipped event into a row; throws AppError("bad_request") for a malformed one. */
+export function toRow(bytes: Uint8Array): IngestRow {
+  const event = decodeAuditFields(bytes) ?? decodeWithProtobuf(bytes);
+  if (event.seq === 0n || !/^[0-9A-HJKMNP-TV-Z]{26}$/.test(event.id) || !event.type) {
+    throw new AppError("bad_request", "an audit event lacks an id, a sequence number or a type");
+  }
+  const time = new Date(event.timeMs);
+  if (Number.isNaN(time.getTime())) throw new AppError("bad_request", "an audit event's time is out of range");
+  const text = event.detailCase === "dbQuery" || event.detailCase === "sshExec" ? event.detailText : event.message;
+  return {
+    id: event.id,
+    seq: event.seq,
+    time,
     type: event.type.slice(0, 64),
-    user: (event.actor?.user ?? "").slice(0, 320),
+    user: event.user.slice(0, 320),
     resource: event.resource.slice(0, 63),
     sessionId: event.sessionId.slice(0, 64),
     verdict: VERDICTS[event.verdict] ?? "",
     rule: event.rule.slice(0, 200),
-    text: textOf(event),
+    text: text.slice(0, MAX_TEXT),
     bundleVersion: event.bundleVersion,
-    prevHash: Buffer.from(event.prevHash).toString("hex"),
+    prevHash: Buffer.from(event.prevHash.buffer, event.prevHash.byteOffset, event.prevHash.byteLength).toString("hex"),
     hash: sha256(bytes),
     payload: bytes,
   };
@@ -112,6 +141,24 @@ export interface ChainReport {
   ok: boolean;
   /** The first problem: a missing sequence number or an event whose predecessor's hash does not match. */
   firstBreak?: { seq: string; id?: string; problem: string };
+  /** Present once retention pruned the chain's start: the last pruned event, where checking starts. */
+  horizon?: { seq: string; time: Date; pruned: string };
+}
+
+/** A session as summarised from its events (GET /api/v1/audit/sessions). */
+export interface SessionView {
+  sessionId: string;
+  agentId: string;
+  user: string;
+  resource: string;
+  startedAt: Date;
+  /** When its session.end event was recorded; null while it runs (or if that event is not stored). */
+  endedAt: Date | null;
+  lastEventAt: Date;
+  eventCount: number;
+  /** db.query and ssh.exec events. */
+  statementCount: number;
+  deniedCount: number;
 }
 
 /** An action taken on the control plane, recorded in its own audit chain. */
@@ -124,10 +171,53 @@ export interface ControlPlaneAction {
   sourceAddress?: string;
 }
 
-export function createAuditService(deps: { store: Pick<Store, "auditEvents">; now?: () => Date }) {
+/** Events per store query when exporting (each one page of the keyset). */
+export const EXPORT_BATCH = 500;
+
+const encodeCursor = (parts: string[]) => Buffer.from(JSON.stringify(parts)).toString("base64url");
+
+function decodeCursorParts(cursor: string, count: number): string[] {
+  let parts: unknown;
+  try {
+    parts = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8"));
+  } catch {
+    parts = undefined;
+  }
+  if (!Array.isArray(parts) || parts.length !== count || !parts.every((p) => typeof p === "string"))
+    throw new AppError("bad_request", "the cursor is not valid");
+  return parts as string[];
+}
+
+function toSessionView(s: AuditSessionRecord): SessionView {
+  return {
+    sessionId: s.sessionId,
+    agentId: s.agentId,
+    user: s.user,
+    resource: s.resource,
+    startedAt: s.startedAt,
+    endedAt: s.endedAt,
+    lastEventAt: s.lastEventAt,
+    eventCount: s.eventCount,
+    statementCount: s.statementCount,
+    deniedCount: s.deniedCount,
+  };
+}
+
+export function createAuditService(deps: {
+  store: Pick<Store, "auditEvents" | "auditTrail">;
+  now?: () => Date;
+  /** Events per store query when exporting (default EXPORT_BATCH). */
+  exportBatch?: number;
+}) {
   const { store } = deps;
   const now = deps.now ?? (() => new Date());
   const ulid = createUlidFactory(() => now().getTime());
+  const exportBatch = deps.exportBatch ?? EXPORT_BATCH;
+
+  function eventCursor(row: AuditEventRow): string {
+    return Buffer.from(`${row.time.toISOString()}|${row.id}`).toString("base64url");
+  }
+
   return {
     /** Records a control-plane action (policy change, token issued or revoked, user or agent change). */
     async recordControlPlane(action: ControlPlaneAction): Promise<void> {
@@ -150,22 +240,33 @@ export function createAuditService(deps: { store: Pick<Store, "auditEvents">; no
       );
     },
 
+    /**
+     * Stores an agent's batch: every event decoded and checked first (one malformed event refuses
+     * the whole batch), then one transaction. Returns how many were new and the highest sequence
+     * number in the batch (what the agent may forget).
+     */
     async ingest(agentId: string, batch: Uint8Array[]): Promise<{ stored: number; lastSeq: bigint }> {
       const rows = batch.map(toRow);
       const lastSeq = rows.reduce((max, r) => (r.seq > max ? r.seq : max), 0n);
-      const stored = rows.length > 0 ? await store.auditEvents.ingest(agentId, rows, lastSeq) : 0;
+      const stored = rows.length > 0 ? await store.auditTrail.ingest(agentId, rows, lastSeq, now()) : 0;
       return { stored, lastSeq };
     },
 
-    async search(filter: AuditFilter, limit: number): Promise<{ items: AuditView[]; nextCursor?: string }> {
-      const rows = await store.auditEvents.search(filter, limit + 1);
+    /**
+     * One page of events, newest first (`order: "asc"`: oldest first); `nextCursor` continues in the
+     * same order. With "asc", `filter.after` is the cursor; with "desc", `filter.before`.
+     */
+    async search(
+      filter: AuditFilter,
+      limit: number,
+      order: "asc" | "desc" = "desc",
+    ): Promise<{ items: AuditView[]; nextCursor?: string }> {
+      const rows = await store.auditEvents.search(filter, limit + 1, order);
       const page = rows.slice(0, limit);
       const last = page[page.length - 1];
       return {
         items: page.map(toView),
-        ...(rows.length > limit && last
-          ? { nextCursor: Buffer.from(`${last.time.toISOString()}|${last.id}`).toString("base64url") }
-          : {}),
+        ...(rows.length > limit && last ? { nextCursor: eventCursor(last) } : {}),
       };
     },
 
@@ -176,8 +277,89 @@ export function createAuditService(deps: { store: Pick<Store, "auditEvents">; no
       return { time: date, id };
     },
 
-    /** Recomputes an agent's chain from its first stored event. */
+    /**
+     * Every event matching `filter`, oldest first, as JSON Lines: one chunk (string) per store page
+     * of `exportBatch` events, fetched only when the consumer asks for the next chunk, so memory
+     * stays at about one page whatever the result's size.
+     */
+    async *exportLines(filter: Omit<AuditFilter, "before" | "after">): AsyncGenerator<string> {
+      let after: { time: Date; id: string } | undefined;
+      for (;;) {
+        const rows = await store.auditEvents.search({ ...filter, ...(after ? { after } : {}) }, exportBatch, "asc");
+        if (rows.length === 0) return;
+        let chunk = "";
+        for (const row of rows) chunk += `${JSON.stringify(toView(row))}\n`;
+        yield chunk;
+        if (rows.length < exportBatch) return;
+        const last = rows[rows.length - 1] as AuditEventRow;
+        after = { time: last.time, id: last.id };
+      }
+    },
+
+    /** Sessions, most recently started first, keyset-paginated. */
+    async sessions(
+      filter: Omit<AuditSessionFilter, "before">,
+      limit: number,
+      cursor?: string,
+    ): Promise<{ items: SessionView[]; nextCursor?: string }> {
+      let before: AuditSessionFilter["before"];
+      if (cursor) {
+        const [startedAt, sessionId, agentId] = decodeCursorParts(cursor, 3) as [string, string, string];
+        const date = new Date(startedAt);
+        if (Number.isNaN(date.getTime())) throw new AppError("bad_request", "the cursor is not valid");
+        before = { startedAt: date, sessionId, agentId };
+      }
+      const rows = await store.auditTrail.sessions({ ...filter, ...(before ? { before } : {}) }, limit + 1);
+      const page = rows.slice(0, limit);
+      const last = page[page.length - 1];
+      return {
+        items: page.map(toSessionView),
+        ...(rows.length > limit && last
+          ? { nextCursor: encodeCursor([last.startedAt.toISOString(), last.sessionId, last.agentId]) }
+          : {}),
+      };
+    },
+
+    /** A session and one page of its events in order; not_found when no agent recorded it. */
+    async session(
+      sessionId: string,
+      options: { agentId?: string; limit: number; cursor?: string },
+    ): Promise<{ session: SessionView; items: AuditView[]; nextCursor?: string }> {
+      const session = await store.auditTrail.session(sessionId, options.agentId);
+      if (!session) throw new AppError("not_found", `no session with id "${sessionId}" in the audit trail`);
+      let afterSeq = 0n;
+      if (options.cursor) {
+        const [seq] = decodeCursorParts(options.cursor, 1) as [string];
+        if (!/^\d{1,20}$/.test(seq)) throw new AppError("bad_request", "the cursor is not valid");
+        afterSeq = BigInt(seq);
+      }
+      const rows = await store.auditTrail.sessionEvents(session.agentId, sessionId, afterSeq, options.limit + 1);
+      const page = rows.slice(0, options.limit);
+      const last = page[page.length - 1];
+      return {
+        session: toSessionView(session),
+        items: page.map(toView),
+        ...(rows.length > options.limit && last ? { nextCursor: encodeCursor([last.seq.toString()]) } : {}),
+      };
+    },
+
+    /**
+     * Recomputes an agent's chain from its first stored event. Without a retention horizon the chain
+     * must start at sequence number 1; with one, at the event after the last pruned one, which must
+     * carry that event's hash. Pruning may run meanwhile: a gap at the start is checked again
+     * against the horizon as it is then.
+     */
     async verify(agentId: string): Promise<ChainReport> {
+      let horizon = await store.auditTrail.horizon(agentId);
+      const report = (extra: Partial<ChainReport> & { checked: number; ok: boolean }): ChainReport => ({
+        agentId,
+        ...extra,
+        ...(horizon
+          ? { horizon: { seq: horizon.seq.toString(), time: horizon.time, pruned: horizon.pruned.toString() } }
+          : {}),
+      });
+      /** The expected start: the event after the horizon (whose hash it must carry), else seq 1. */
+      const startOf = (h: AuditHorizonRecord | undefined) => ({ seq: h ? h.seq + 1n : 1n, prevHash: h?.hash });
       let previous: AuditEventRow | undefined;
       let checked = 0;
       for (let from = 0n; ;) {
@@ -186,8 +368,7 @@ export function createAuditService(deps: { store: Pick<Store, "auditEvents">; no
           checked++;
           // Stored bytes must still be what the agent sent: the row's hash and fields derive from them.
           if (sha256(row.payload) !== row.hash) {
-            return {
-              agentId,
+            return report({
               checked,
               ok: false,
               firstBreak: {
@@ -195,7 +376,7 @@ export function createAuditService(deps: { store: Pick<Store, "auditEvents">; no
                 id: row.id,
                 problem: "the stored event was altered (its bytes no longer match its hash)",
               },
-            };
+            });
           }
           const decoded = toRow(row.payload);
           if (
@@ -206,44 +387,54 @@ export function createAuditService(deps: { store: Pick<Store, "auditEvents">; no
             decoded.text !== row.text ||
             decoded.verdict !== row.verdict
           ) {
-            return {
-              agentId,
+            return report({
               checked,
               ok: false,
               firstBreak: { seq: row.seq.toString(), id: row.id, problem: "the stored event's fields were altered" },
-            };
+            });
           }
-          if (previous) {
-            if (row.seq !== previous.seq + 1n) {
-              return {
-                agentId,
-                checked,
-                ok: false,
-                firstBreak: {
-                  seq: (previous.seq + 1n).toString(),
-                  problem: `events ${previous.seq + 1n}..${row.seq - 1n} are missing`,
-                },
-              };
+          let expected = previous ? { seq: previous.seq + 1n, prevHash: previous.hash } : startOf(horizon);
+          if (row.seq !== expected.seq) {
+            // Pruning may have moved the horizon past what was read so far: the chain then restarts there.
+            const now = await store.auditTrail.horizon(agentId);
+            if (now && now.seq + 1n === row.seq && (!horizon || now.seq > horizon.seq)) {
+              horizon = now;
+              expected = startOf(now);
             }
-            if (row.prevHash !== previous.hash) {
-              return {
-                agentId,
-                checked,
-                ok: false,
-                firstBreak: {
-                  seq: row.seq.toString(),
-                  id: row.id,
-                  problem: "the previous event does not match the hash this event carries",
-                },
-              };
-            }
+          }
+          if (row.seq !== expected.seq) {
+            return report({
+              checked,
+              ok: false,
+              firstBreak:
+                row.seq > expected.seq
+                  ? { seq: expected.seq.toString(), problem: `events ${expected.seq}..${row.seq - 1n} are missing` }
+                  : {
+                      seq: row.seq.toString(),
+                      id: row.id,
+                      problem: "the event is at or before the retention horizon, which should have removed it",
+                    },
+            });
+          }
+          if (expected.prevHash !== undefined && row.prevHash !== expected.prevHash) {
+            return report({
+              checked,
+              ok: false,
+              firstBreak: {
+                seq: row.seq.toString(),
+                id: row.id,
+                problem: previous
+                  ? "the previous event does not match the hash this event carries"
+                  : "the last pruned event (the retention horizon) does not match the hash this event carries",
+              },
+            });
           }
           previous = row;
         }
         if (rows.length < 1000) break;
         from = (rows[rows.length - 1] as AuditEventRow).seq + 1n;
       }
-      return { agentId, checked, ok: true };
+      return report({ checked, ok: true });
     },
   };
 }

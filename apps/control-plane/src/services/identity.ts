@@ -6,7 +6,7 @@
  */
 import { AppError, generateSecret, parseSecret, randomId, SecretKind, verifySecret } from "@moat/common";
 import type { EventBus } from "../bus.js";
-import type { ApiKeyRecord, Role, Store, UserRecord } from "../store/index.js";
+import type { ApiKeyRecord, OidcBinding, Role, Store, UserRecord } from "../store/index.js";
 import { hashPassword, passwordProblem, verifyPassword } from "./passwords.js";
 import type { IssuedToken, TokenService } from "./tokens.js";
 
@@ -45,6 +45,14 @@ export interface IdentityService {
   createUser(input: NewUser): Promise<UserRecord>;
   createServiceAccount(input: { name: string; role?: Role; groups?: string[] }): Promise<UserRecord>;
   updateUser(id: string, patch: UserPatch): Promise<UserRecord>;
+  /**
+   * Binds a user to an identity provider's account, so single sign-on as that account logs in as
+   * this user (admin only; the explicit path for users that exist before their first SSO login).
+   * Conflict when another user is bound to it; replacing a binding revokes the user's tokens.
+   */
+  linkOidc(id: string, binding: OidcBinding): Promise<UserRecord>;
+  /** Removes a user's single sign-on binding (its tokens are revoked); a no-op without one. */
+  unlinkOidc(id: string): Promise<UserRecord>;
   getUser(id: string): Promise<UserRecord>;
   listUsers(): Promise<UserRecord[]>;
   createApiKey(userId: string, name: string, expiresInDays?: number): Promise<{ key: ApiKeyRecord; value: string }>;
@@ -80,6 +88,12 @@ export function createIdentityService(deps: {
     const user = await store.users.findById(id);
     if (!user) throw new AppError("not_found", `no user with id "${id}"`);
     return user;
+  }
+
+  /** Revokes a user's tokens (a login they came from no longer stands) and tells the agents. */
+  async function revokeSessions(id: string): Promise<void> {
+    await store.accessTokens.revokeAllOf(id, now());
+    await deps.bus?.publish("bundle.changed", { agentIds: "*" });
   }
 
   async function authenticateApiKey(presented: string): Promise<Principal> {
@@ -206,6 +220,27 @@ export function createIdentityService(deps: {
       if (revokeTokens) await store.accessTokens.revokeAllOf(id, now());
       const identityChanged = patch.disabled !== undefined || groupsChanged || revokeTokens;
       if (identityChanged) await deps.bus?.publish("bundle.changed", { agentIds: "*" });
+      return updated;
+    },
+
+    async linkOidc(id, binding) {
+      const user = await mustGetUser(id);
+      if (user.kind !== "user")
+        throw new AppError("bad_request", "service accounts do not log in with single sign-on; use API keys");
+      const holder = await store.users.findByOidc(binding);
+      if (holder && holder.id !== id)
+        throw new AppError("conflict", `this identity-provider account is already linked to ${holder.email}`);
+      if (user.oidc?.issuer === binding.issuer && user.oidc.subject === binding.subject) return user;
+      const updated = await store.users.update(id, { oidc: binding }, now());
+      if (user.oidc) await revokeSessions(id);
+      return updated;
+    },
+
+    async unlinkOidc(id) {
+      const user = await mustGetUser(id);
+      if (!user.oidc) return user;
+      const updated = await store.users.update(id, { oidc: null }, now());
+      await revokeSessions(id);
       return updated;
     },
 

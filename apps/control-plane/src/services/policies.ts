@@ -82,6 +82,11 @@ function validate(document: unknown, prefix = ""): PolicyDocument {
 export function createPolicyService(deps: {
   store: Pick<Store, "policies" | "counters">;
   bus: Pick<EventBus, "publish">;
+  /**
+   * Refuses a change of the set from `current` to `proposed` that some agent's bundle could not
+   * carry (bundle_too_large); the bundle service's `checkBudget`.
+   */
+  checkBundles?: (current: PolicyDocument[], proposed: PolicyDocument[]) => Promise<void>;
 }): PolicyService {
   const { store, bus } = deps;
   let cache: { revision: bigint; documents: PolicyDocument[]; compiled: CompiledPolicies } | undefined;
@@ -139,6 +144,10 @@ export function createPolicyService(deps: {
         .filter((r) => r.name !== doc.metadata.name)
         .map((r) => JSON.parse(r.document) as PolicyDocument);
       checkSet([...others, doc]);
+      await deps.checkBundles?.(existing ? [...others, JSON.parse(existing.document) as PolicyDocument] : others, [
+        ...others,
+        doc,
+      ]);
       await store.policies.change({ upsert: [{ name: doc.metadata.name, document: text }], remove: [] }, by, () =>
         randomId(),
       );
@@ -190,6 +199,11 @@ export function createPolicyService(deps: {
         .filter((r) => !names.has(r.name) && !result.deleted.includes(r.name))
         .map((r) => JSON.parse(r.document) as PolicyDocument);
       checkSet([...kept, ...docs]);
+      if (upsert.length > 0)
+        await deps.checkBundles?.(
+          stored.map((r) => JSON.parse(r.document) as PolicyDocument),
+          [...kept, ...docs],
+        );
       if (options.dryRun || (upsert.length === 0 && result.deleted.length === 0)) return result;
       result.revision = (
         await store.policies.change({ upsert, remove: result.deleted }, by, () => randomId())

@@ -20,6 +20,14 @@ export interface UserRecord {
   hasPassword: boolean;
   disabledAt: Date | null;
   createdAt: Date;
+  /** The single sign-on identity this user logs in as (issuer and subject), if bound. */
+  oidc: OidcBinding | null;
+}
+
+/** An identity provider's account: its issuer and the subject (`sub`) it gives the account. */
+export interface OidcBinding {
+  issuer: string;
+  subject: string;
 }
 
 export interface AccessTokenRecord {
@@ -75,6 +83,8 @@ export interface AuditFilter {
   text?: string;
   /** Keyset cursor: events strictly older than (time, id). */
   before?: { time: Date; id: string };
+  /** Keyset cursor for oldest-first order: events strictly newer than (time, id). */
+  after?: { time: Date; id: string };
 }
 
 export interface AgentRecord {
@@ -93,6 +103,16 @@ export interface AgentRecord {
   lastSeenAt: Date | null;
   connectedTo: string;
   bundleVersion: bigint;
+  /** Last bundle version issued to the agent (store-issued, strictly increasing). */
+  bundleSeq: bigint;
+  /** Policy revision of the bundle the agent enforces, as it acknowledged it (0: unknown or none). */
+  policyRevision: bigint;
+  /** Key that signed the bundle the agent enforces ("" when unknown). */
+  bundleKeyId: string;
+  /** Why the agent's latest bundle was not delivered or not applied ("" when fine). */
+  bundleError: string;
+  bundleErrorVersion: bigint;
+  bundleErrorAt: Date | null;
   auditSeq: bigint;
   createdAt: Date;
 }
@@ -167,6 +187,8 @@ type UserRow = {
   passwordHash: string | null;
   disabledAt: Date | null;
   createdAt: Date;
+  oidcIssuer: string | null;
+  oidcSubject: string | null;
   groups?: { group: string }[];
 };
 
@@ -181,6 +203,8 @@ function toUser(row: UserRow): UserRecord {
     hasPassword: row.passwordHash !== null,
     disabledAt: row.disabledAt,
     createdAt: row.createdAt,
+    oidc:
+      row.oidcIssuer !== null && row.oidcSubject !== null ? { issuer: row.oidcIssuer, subject: row.oidcSubject } : null,
   };
 }
 
@@ -197,6 +221,14 @@ export function createRepositories(db: PrismaClient) {
       const row = await db.user.findUnique({ where: { email }, include: withGroups });
       return row ? toUser(row) : undefined;
     },
+    /** The user bound to an identity provider's account (issuer and subject), if any. */
+    findByOidc: async (binding: OidcBinding) => {
+      const row = await db.user.findUnique({
+        where: { oidcIssuer_oidcSubject: { oidcIssuer: binding.issuer, oidcSubject: binding.subject } },
+        include: withGroups,
+      });
+      return row ? toUser(row) : undefined;
+    },
     list: async (filter: { kind?: UserKind } = {}) =>
       (await db.user.findMany({ where: filter, include: withGroups, orderBy: { email: "asc" } })).map(toUser),
     /** Password hash of a user, for login only. */
@@ -210,6 +242,7 @@ export function createRepositories(db: PrismaClient) {
       kind?: UserKind;
       groups?: string[];
       passwordHash?: string | null;
+      oidc?: OidcBinding;
     }) =>
       mapConflict(`a user or service account named ${input.email} already exists`, async () =>
         db.$transaction(async (tx) => {
@@ -223,6 +256,8 @@ export function createRepositories(db: PrismaClient) {
               role: input.role,
               kind: input.kind ?? "user",
               passwordHash: input.passwordHash ?? null,
+              oidcIssuer: input.oidc?.issuer ?? null,
+              oidcSubject: input.oidc?.subject ?? null,
               groups: { create: (input.groups ?? []).map((group) => ({ group })) },
             },
             include: withGroups,
@@ -232,27 +267,42 @@ export function createRepositories(db: PrismaClient) {
       ),
     update: async (
       id: string,
-      patch: { displayName?: string; role?: Role; disabled?: boolean; passwordHash?: string | null; groups?: string[] },
+      patch: {
+        displayName?: string;
+        role?: Role;
+        disabled?: boolean;
+        passwordHash?: string | null;
+        groups?: string[];
+        email?: string;
+        /** A binding to set, or null to remove it. */
+        oidc?: OidcBinding | null;
+      },
       at: Date,
     ): Promise<UserRecord> =>
-      db.$transaction(async (tx) => {
-        if (patch.groups) {
-          for (const name of patch.groups) await tx.group.upsert({ where: { name }, create: { name }, update: {} });
-          await tx.userGroup.deleteMany({ where: { userId: id } });
-          await tx.userGroup.createMany({ data: patch.groups.map((group) => ({ userId: id, group })) });
-        }
-        const row = await tx.user.update({
-          where: { id },
-          data: {
-            ...(patch.displayName !== undefined ? { displayName: patch.displayName } : {}),
-            ...(patch.role !== undefined ? { role: patch.role } : {}),
-            ...(patch.disabled !== undefined ? { disabledAt: patch.disabled ? at : null } : {}),
-            ...(patch.passwordHash !== undefined ? { passwordHash: patch.passwordHash } : {}),
-          },
-          include: withGroups,
-        });
-        return toUser(row);
-      }),
+      mapConflict("another user already has this email or single sign-on identity", () =>
+        db.$transaction(async (tx) => {
+          if (patch.groups) {
+            for (const name of patch.groups) await tx.group.upsert({ where: { name }, create: { name }, update: {} });
+            await tx.userGroup.deleteMany({ where: { userId: id } });
+            await tx.userGroup.createMany({ data: patch.groups.map((group) => ({ userId: id, group })) });
+          }
+          const row = await tx.user.update({
+            where: { id },
+            data: {
+              ...(patch.displayName !== undefined ? { displayName: patch.displayName } : {}),
+              ...(patch.role !== undefined ? { role: patch.role } : {}),
+              ...(patch.disabled !== undefined ? { disabledAt: patch.disabled ? at : null } : {}),
+              ...(patch.passwordHash !== undefined ? { passwordHash: patch.passwordHash } : {}),
+              ...(patch.email !== undefined ? { email: patch.email } : {}),
+              ...(patch.oidc !== undefined
+                ? { oidcIssuer: patch.oidc?.issuer ?? null, oidcSubject: patch.oidc?.subject ?? null }
+                : {}),
+            },
+            include: withGroups,
+          });
+          return toUser(row);
+        }),
+      ),
     /** Emails (lower case) of disabled users and service accounts, for bundles. */
     disabledEmails: async (): Promise<string[]> =>
       (await db.user.findMany({ where: { NOT: { disabledAt: null } }, select: { email: true } })).map((u) =>
@@ -334,20 +384,97 @@ export function createRepositories(db: PrismaClient) {
       });
       return result.count === 1;
     },
-    markConnected: (
+    /**
+     * Records a new stream. The bundle the agent reports becomes the one it enforces (its policy
+     * revision and key unknown until it acknowledges a bundle, unless it is the one on record), and
+     * the agent's bundle sequence is raised to it, so the next bundle issued is newer whatever the
+     * store's history (a restored backup, say).
+     */
+    markConnected: async (
       id: string,
       details: { version: string; hostname: string; connectedTo: string; bundleVersion: bigint },
       at: Date,
-    ) =>
-      db.agent.update({ where: { id }, data: { ...details, connectedAt: at, lastSeenAt: at, disconnectedAt: null } }),
+    ): Promise<void> => {
+      await db.$transaction(async (tx) => {
+        const known = await tx.agent.findUnique({ where: { id }, select: { bundleVersion: true } });
+        await tx.agent.update({
+          where: { id },
+          data: {
+            ...details,
+            ...(known?.bundleVersion === details.bundleVersion ? {} : { policyRevision: 0n, bundleKeyId: "" }),
+            connectedAt: at,
+            lastSeenAt: at,
+            disconnectedAt: null,
+          },
+        });
+        await tx.agent.updateMany({
+          where: { id, bundleSeq: { lt: details.bundleVersion } },
+          data: { bundleSeq: details.bundleVersion },
+        });
+      });
+    },
     /** Records a heartbeat; false when the agent is gone or revoked (the caller cuts the stream). */
     markSeen: async (id: string, at: Date): Promise<boolean> =>
       (await db.agent.updateMany({ where: { id, revokedAt: null }, data: { lastSeenAt: at } })).count === 1,
     /** Marks the agent disconnected unless a newer connection (after `connectedAt`) took over. */
     markDisconnected: (id: string, connectedAt: Date, at: Date) =>
       db.agent.updateMany({ where: { id, connectedAt }, data: { disconnectedAt: at } }),
-    setBundleVersion: (id: string, bundleVersion: bigint) =>
-      db.agent.updateMany({ where: { id }, data: { bundleVersion } }),
+    /**
+     * Issues the agent's next bundle version: its sequence, incremented atomically in the store, so
+     * two replicas never issue the same version or an older one. Throws not_found for an unknown agent.
+     */
+    nextBundleVersion: async (id: string): Promise<bigint> => {
+      try {
+        return (
+          await db.agent.update({ where: { id }, data: { bundleSeq: { increment: 1n } }, select: { bundleSeq: true } })
+        ).bundleSeq;
+      } catch (error) {
+        if ((error as { code?: unknown }).code === "P2025")
+          throw new AppError("not_found", `no agent with id "${id}"`, { cause: error });
+        throw error;
+      }
+    },
+    /**
+     * Records the bundle an agent acknowledged as applied: its version and, when known, the policy
+     * revision it was compiled from and the key that signed it. An error about an older bundle is cleared.
+     */
+    recordBundleApplied: async (
+      id: string,
+      applied: { version: bigint; policyRevision?: bigint; keyId?: string },
+    ): Promise<void> => {
+      await db.$transaction([
+        db.agent.updateMany({
+          where: { id },
+          data: {
+            bundleVersion: applied.version,
+            policyRevision: applied.policyRevision ?? 0n,
+            bundleKeyId: applied.keyId ?? "",
+          },
+        }),
+        db.agent.updateMany({
+          where: { id, bundleErrorVersion: { lt: applied.version } },
+          data: { bundleError: "", bundleErrorVersion: 0n, bundleErrorAt: null },
+        }),
+      ]);
+    },
+    /**
+     * Marks the agent's bundle status with an error about bundle `version` (unless the agent has
+     * applied a newer bundle since). Returns false when the same error was already on record, so
+     * callers report a state change once, not at every push.
+     */
+    setBundleError: async (id: string, version: bigint, error: string, at: Date): Promise<boolean> => {
+      const changed = await db.agent.updateMany({
+        where: { id, bundleVersion: { lt: version }, NOT: { bundleError: error } },
+        data: { bundleError: error, bundleErrorVersion: version, bundleErrorAt: at },
+      });
+      if (changed.count === 1) return true;
+      // The same error again, about a newer bundle: keep it attached to the newest one.
+      await db.agent.updateMany({
+        where: { id, bundleVersion: { lt: version }, bundleErrorVersion: { lt: version } },
+        data: { bundleErrorVersion: version },
+      });
+      return false;
+    },
     /** Revokes: credential and enrolment cleared, resources removed, the record kept for audit. */
     revoke: async (id: string, at: Date): Promise<void> => {
       await db.$transaction([
@@ -472,28 +599,9 @@ export function createRepositories(db: PrismaClient) {
   };
 
   const auditEvents = {
-    /**
-     * Stores a batch idempotently (an event already stored, by agent and seq, is skipped) and
-     * advances the agent's stored sequence; returns how many were new.
-     */
-    ingest: async (agentId: string, rows: Omit<AuditEventRow, "agentId">[], lastSeq: bigint): Promise<number> =>
-      db.$transaction(async (tx) => {
-        const existing = new Set(
-          (
-            await tx.auditEvent.findMany({
-              where: { agentId, seq: { in: rows.map((r) => r.seq) } },
-              select: { seq: true },
-            })
-          ).map((r) => r.seq),
-        );
-        const fresh = rows.filter((r) => !existing.has(r.seq));
-        for (const r of fresh) {
-          await tx.auditEvent.create({ data: { ...r, agentId, payload: Buffer.from(r.payload) } });
-        }
-        await tx.agent.updateMany({ where: { id: agentId, auditSeq: { lt: lastSeq } }, data: { auditSeq: lastSeq } });
-        return fresh.length;
-      }),
-    search: async (filter: AuditFilter, limit: number): Promise<AuditEventRow[]> =>
+    // Ingestion (batched, raw SQL on the driver) lives in audit-trail.ts.
+    /** Events matching `filter`, newest first (`order: "asc"`: oldest first), at most `limit`. */
+    search: async (filter: AuditFilter, limit: number, order: "asc" | "desc" = "desc"): Promise<AuditEventRow[]> =>
       db.auditEvent.findMany({
         where: {
           ...(filter.agentId ? { agentId: filter.agentId } : {}),
@@ -503,11 +611,27 @@ export function createRepositories(db: PrismaClient) {
           ...(filter.verdict ? { verdict: filter.verdict } : {}),
           ...(filter.text ? { text: { contains: filter.text } } : {}),
           time: { ...(filter.since ? { gte: filter.since } : {}), ...(filter.until ? { lt: filter.until } : {}) },
-          ...(filter.before
-            ? { OR: [{ time: { lt: filter.before.time } }, { time: filter.before.time, id: { lt: filter.before.id } }] }
-            : {}),
+          AND: [
+            ...(filter.before
+              ? [
+                  {
+                    OR: [
+                      { time: { lt: filter.before.time } },
+                      { time: filter.before.time, id: { lt: filter.before.id } },
+                    ],
+                  },
+                ]
+              : []),
+            ...(filter.after
+              ? [
+                  {
+                    OR: [{ time: { gt: filter.after.time } }, { time: filter.after.time, id: { gt: filter.after.id } }],
+                  },
+                ]
+              : []),
+          ],
         },
-        orderBy: [{ time: "desc" }, { id: "desc" }],
+        orderBy: [{ time: order }, { id: order }],
         take: limit,
       }),
     /**

@@ -41,6 +41,8 @@ describe.each(providers)("store on %s", (_name, makeUrl) => {
       "0002_policies_and_keys",
       "0003_identities",
       "0004_audit_events",
+      "0005_identity_binding",
+      "0006_audit_sessions",
     ]);
     store = opened;
   });

@@ -22,6 +22,8 @@ export interface TestApp {
   keyring: Keyring;
   app: Awaited<ReturnType<typeof buildHttpApp>>;
   store: Store;
+  /** The store's SQLite file (tests that tamper with stored rows open it directly). */
+  dbFile: string;
   bus: EventBus;
   keys: Record<Role, string>;
   emails: Record<Role, string>;
@@ -30,7 +32,8 @@ export interface TestApp {
 }
 
 export async function createTestApp(): Promise<TestApp> {
-  const store = await openStore(`file:${join(tempDir(), "moat.db")}`);
+  const dbFile = join(tempDir(), "moat.db");
+  const store = await openStore(`file:${dbFile}`);
   const now = () => new Date();
   const bus = createInProcessBus(() => undefined);
   const keyring = createKeyring({ store, masterKey: randomBytes(32), activationDelayMs: 200, retireAfterMs: 1000 });
@@ -84,6 +87,7 @@ export async function createTestApp(): Promise<TestApp> {
     tokens,
     keyring,
     store,
+    dbFile,
     bus,
     keys,
     emails,

@@ -16,7 +16,19 @@ const Agent = Type.Object(
     connectedAt: NullableDateTime,
     version: Type.String(),
     hostname: Type.String(),
-    bundleVersion: Type.String({ description: "Version of the policy bundle the agent enforces (0: none yet)" }),
+    bundleVersion: Type.String({
+      description:
+        "Version of the policy bundle the agent enforces (0: none yet); issued per agent, strictly increasing",
+    }),
+    policyRevision: Type.String({
+      description: "Policy revision that bundle was compiled from (0: none or not known yet)",
+    }),
+    bundleKeyId: Type.String({ description: "Bundle key that signed it (empty when not known yet)" }),
+    bundleError: Type.String({
+      description:
+        "Why the agent's latest bundle was not delivered (over the size budget) or not applied (rejected by the agent); empty when fine",
+    }),
+    bundleErrorAt: NullableDateTime,
     connectedTo: Type.String({ description: "Control-plane replica holding the agent's stream" }),
     createdAt: DateTime,
   },

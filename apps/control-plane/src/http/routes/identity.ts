@@ -1,11 +1,11 @@
 /**
  * Identities over REST: password login, access tokens (issue, list, revoke), users, service
- * accounts, API keys, groups. `:id` may be `me`. Members see and manage only their own tokens and
- * keys; admins manage everyone's; auditors read.
+ * accounts, API keys, groups, single sign-on links. `:id` may be `me`. Members see and manage only
+ * their own tokens and keys; admins manage everyone's; auditors read.
  */
 import { Type } from "@sinclair/typebox";
 import type { FastifyPluginAsync } from "fastify";
-import { AppError } from "@moat/common";
+import { AppError, isAppError } from "@moat/common";
 import { ROLES, type Role, type UserRecord } from "../../store/index.js";
 import type { Principal } from "../../services/identity.js";
 import { auditAction, principalOf, type HttpDeps } from "../app.js";
@@ -25,6 +25,9 @@ const User = Type.Object(
     hasPassword: Type.Boolean(),
     disabled: Type.Boolean(),
     createdAt: DateTime,
+    oidc: Type.Union([Type.Object({ issuer: Type.String(), subject: Type.String() }), Type.Null()], {
+      description: "The identity-provider account (issuer and subject) single sign-on logs this user in as",
+    }),
   },
   { $id: "User" },
 );
@@ -67,6 +70,7 @@ function userView(u: UserRecord) {
     hasPassword: u.hasPassword,
     disabled: u.disabledAt !== null,
     createdAt: u.createdAt,
+    oidc: u.oidc,
   };
 }
 
@@ -172,7 +176,38 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
     async (request) => {
       if (!deps.oidc) throw new AppError("not_found", "single sign-on (OIDC) is not configured on this control plane");
       const body = request.body as { idToken: string; nonce?: string };
-      const user = await deps.oidc.exchange(body.idToken, body.nonce);
+      let login;
+      try {
+        login = await deps.oidc.exchange(body.idToken, body.nonce);
+      } catch (error) {
+        if (isAppError(error) && error.code === "identity_not_linked") {
+          request.log.warn({ reason: error.message }, "single sign-on refused: identity not linked");
+          await auditAction(deps, request, "auth.login_failed", `single sign-on refused: ${error.message}`);
+        }
+        throw error;
+      }
+      const { user } = login;
+      if (login.created)
+        await auditAction(
+          deps,
+          request,
+          "user.created",
+          `user ${user.email} created at their first single sign-on login (subject ${user.oidc?.subject})`,
+          user.email,
+        );
+      if (login.previousEmail)
+        await auditAction(
+          deps,
+          request,
+          "user.changed",
+          `user ${login.previousEmail} changed: email ${user.email} (from the identity provider)`,
+          user.email,
+        );
+      if (login.emailNotFollowed)
+        request.log.warn(
+          { userId: user.id, email: user.email, identityProviderEmail: login.emailNotFollowed },
+          "single sign-on: the identity provider's new email belongs to another user; the stored email is kept",
+        );
       const token = await tokens.issue(user, "oidc", "api");
       await auditAction(deps, request, "auth.login", `single sign-on login, token ${token.tokenId}`, user.email);
       request.log.info({ user: user.email, tokenId: token.tokenId }, "OIDC login");
@@ -381,6 +416,74 @@ export const identityRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app
       await auditAction(deps, request, "user.changed", `user ${user.email} changed: ${Object.keys(patch).join(", ")}`);
       request.log.info({ userId: id, fields: Object.keys(patch), by: principal.user.id }, "user changed");
       return userView(user);
+    },
+  );
+
+  app.post(
+    "/api/v1/users/:id/oidc-link",
+    {
+      config: { access: ["admin"] },
+      schema: {
+        summary:
+          "Link a user to an identity-provider account (issuer and subject), so single sign-on as that account logs in as this user; users are never linked by email",
+        tags: ["users"],
+        params: IdParams,
+        body: Type.Object(
+          {
+            subject: Type.String({ minLength: 1, maxLength: 255, description: "The account's `sub` claim" }),
+            issuer: Type.Optional(
+              Type.String({ minLength: 1, maxLength: 2048, description: "Default: the configured issuer" }),
+            ),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: User, ...errorResponses },
+      },
+    },
+    async (request) => {
+      const principal = principalOf(request);
+      const id = target(principal, (request.params as { id: string }).id, ["admin"]);
+      const body = request.body as { subject: string; issuer?: string };
+      const issuer = body.issuer ?? deps.oidc?.issuer;
+      if (!issuer) throw new AppError("bad_request", "single sign-on (OIDC) is not configured here: give the issuer");
+      const user = await identity.linkOidc(id, { issuer, subject: body.subject });
+      await auditAction(
+        deps,
+        request,
+        "user.changed",
+        `user ${user.email} linked to the identity-provider account ${body.subject} of ${issuer}`,
+      );
+      request.log.info({ userId: id, issuer, subject: body.subject, by: principal.user.id }, "user linked for SSO");
+      return userView(user);
+    },
+  );
+
+  app.delete(
+    "/api/v1/users/:id/oidc-link",
+    {
+      config: { access: ["admin"] },
+      schema: {
+        summary: "Remove a user's single sign-on link (their access tokens are revoked)",
+        tags: ["users"],
+        params: IdParams,
+        response: { 204: Type.Null(), ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      const principal = principalOf(request);
+      const id = target(principal, (request.params as { id: string }).id, ["admin"]);
+      const before = await identity.getUser(id);
+      const user = await identity.unlinkOidc(id);
+      if (before.oidc) {
+        await auditAction(
+          deps,
+          request,
+          "user.changed",
+          `user ${user.email} unlinked from the identity-provider account ${before.oidc.subject} of ${before.oidc.issuer}`,
+        );
+        request.log.info({ userId: id, by: principal.user.id }, "user unlinked from SSO");
+      }
+      return reply.status(204).send();
     },
   );
 

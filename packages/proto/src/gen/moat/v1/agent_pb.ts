@@ -588,7 +588,8 @@ export type Bundle = Message<"moat.v1.Bundle"> & {
   agentId: string;
 
   /**
-   * The control plane's policy revision this bundle was compiled from. Never goes backwards.
+   * Issued by the control plane's store for this agent: strictly increasing, whichever replica
+   * builds the bundle (never a replica's clock). The agent refuses a version older than its own.
    *
    * @generated from field: uint64 version = 2;
    */
