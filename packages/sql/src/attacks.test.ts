@@ -65,9 +65,21 @@ const ATTACKS: string[] = [
   "SET SESSION AUTHORIZATION postgres",
   "SET LOCAL SESSION AUTHORIZATION postgres",
   "SELECT set_config('role', 'postgres', false)",
-  // (set_config('search_path', 'evil', false) with constants is SET search_path: tracked, see classify.test.ts)
+  "SELECT set_config('ROLE', 'postgres', true)",
+  "SELECT set_config('session_authorization', 'postgres', false)",
+  "SELECT set_config('session_replication_role', 'replica', false)",
+  // (set_config with constants is the SET it equals: search_path tracked, work_mem harmless; see set-config.test.ts)
   "SELECT pg_catalog.set_config('search_path', current_setting('my.path'), false)",
   "SELECT set_config('search_path', v, false) FROM t",
+  "SELECT set_config('client_encoding', 'UTF8', false), 'x'",
+  // pg_dump's pg_settings form, only in its exact shape and for a harmless setting
+  "SELECT set_config(name, 'postgres', false) FROM pg_settings WHERE name = 'role'",
+  "SELECT set_config(name, 'postgres', false) FROM pg_settings WHERE name LIKE '%'",
+  "SELECT set_config(name, 'postgres', false) FROM pg_settings WHERE name = 'work_mem' OR true",
+  "SELECT set_config(name, 'postgres', false) FROM pg_settings WHERE name = 'work_mem' OR name = 'role'",
+  "SELECT set_config(name, 'postgres', false) FROM pg_settings, (VALUES (1)) v WHERE name = 'work_mem'",
+  "SELECT set_config(name, 'postgres', false) FROM (SELECT 'role' AS name) pg_settings WHERE name = 'role'",
+  "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'work_mem' UNION ALL SELECT set_config('role', 'x', false)",
   "ALTER SYSTEM SET shared_preload_libraries = 'evil'",
   "ALTER ROLE me SUPERUSER",
   "GRANT ALL ON secrets TO me",

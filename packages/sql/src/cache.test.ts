@@ -47,6 +47,18 @@ describe("the classification cache", () => {
       ["EXPLAIN (ANALYZE 'off') DELETE FROM t", "EXPLAIN (ANALYZE 'on') DELETE FROM t"],
       ["EXPLAIN (ANALYZE 'false') DELETE FROM t", "EXPLAIN (ANALYZE 'true') DELETE FROM t"],
       ["SELECT 1; SET ROLE 'none'", "SELECT 1; SET ROLE 'x'"],
+      // set_config: the setting's name and the value decide, whichever comes first.
+      ["SELECT set_config('role', 'x', false)", "SELECT set_config('search_path', 'x', false)"],
+      ["SELECT set_config('work_mem', 'x', false)", "SELECT set_config('role', 'x', false)"],
+      ["SELECT set_config('role', 'x', false)", "SELECT set_config('role', 'none', false)"],
+      [
+        "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'role'",
+        "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'work_mem'",
+      ],
+      [
+        "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'work_mem'",
+        "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'session_authorization'",
+      ],
     ];
     for (const [a, b] of pairs) {
       expect(normalizeForCache(a)?.key).toBe(normalizeForCache(b)?.key);

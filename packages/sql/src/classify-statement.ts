@@ -52,6 +52,11 @@ class Collector {
   readonly functions = new Set<string>();
   readonly extra: Extra = {};
   literalSensitive = false;
+  /**
+   * A set_config call whose setting-name argument (a column) is proven to hold this constant:
+   * pg_dump's `SELECT set_config(name, ...) FROM pg_settings WHERE name = '<setting>'`.
+   */
+  knownSetting: { call: Obj; name: string } | undefined;
 
   /** Records that the statement needs `action` (possibly on no table at all). */
   action(action: DbAction): void {
@@ -96,6 +101,9 @@ const ROOT: Scope = { mode: "db:read", locked: false, ctes: undefined };
 const withMode = (scope: Scope, mode: DbAction): Scope => ({ ...scope, mode });
 
 const isObj = (value: unknown): value is Obj => value !== null && typeof value === "object" && !Array.isArray(value);
+
+/** True when every field of `node` is one of `keys` (libpg-query leaves out fields at their defaults). */
+const hasOnlyKeys = (node: Obj, keys: ReadonlySet<string>): boolean => Object.keys(node).every((key) => keys.has(key));
 
 /** `{ "Kind": {...} }` -> ["Kind", {...}]; anything else -> undefined. */
 function unwrap(value: unknown): [string, Obj] | undefined {
@@ -231,7 +239,7 @@ function visitFunctionName(parts: string[], out: Collector, procedure: boolean):
 
 function visitFuncCall(node: Obj, scope: Scope, out: Collector, procedure: boolean): void {
   const parts = nameParts(node.funcname);
-  if (!procedure && setsSearchPath(parts, node.args, out)) {
+  if (!procedure && setConfigAsSet(parts, node, out)) {
     out.functions.add(parts.join("."));
     walkFields(node, "FuncCall", scope, out, SKIP_FUNCNAME);
     return;
@@ -240,25 +248,81 @@ function visitFuncCall(node: Obj, scope: Scope, out: Collector, procedure: boole
   walkFields(node, "FuncCall", scope, out, SKIP_FUNCNAME);
 }
 
+/** Settings that change how the server reads the text that follows. */
+const LEXICAL_SETTINGS: ReadonlySet<string> = new Set(["standard_conforming_strings", "client_encoding"]);
+
+/** What a set_config call changes: one setting (name in lower case), to one value. */
+interface SettingChange {
+  name: string;
+  value: string;
+  local: boolean;
+}
+
 /**
- * `set_config('search_path', 'a, b', is_local)` with constant arguments (pg_dump starts with it) is
- * `SET search_path`: no power of its own, and the new path is known, so the session can check
- * unqualified names in it too. Anything else about set_config (another setting, computed
- * arguments) stays an admin function.
+ * A GUC name PostgreSQL could accept: an identifier, or dotted identifiers (custom settings). Its
+ * names compare case-insensitively in ASCII only, so anything else (spaces, quotes, non-ASCII
+ * letters that JavaScript would fold) stays unrecognised and set_config with it an admin function.
  */
-function setsSearchPath(parts: string[], args: unknown, out: Collector): boolean {
-  const name = parts.length === 1 || (parts.length === 2 && parts[0] === "pg_catalog") ? parts[parts.length - 1] : "";
-  if (name !== "set_config" || !Array.isArray(args) || args.length !== 3) return false;
-  const setting = constantText(args[0]);
-  const value = constantText(args[1]);
+const SETTING_NAME = /^[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)*$/;
+
+/** The fields of a plain call `f(a, b, c)`: no FILTER, OVER, ORDER BY, DISTINCT, VARIADIC or `*`. */
+const PLAIN_CALL_KEYS: ReadonlySet<string> = new Set(["funcname", "args", "funcformat", "location"]);
+
+/** True when `parts` names the built-in set_config (unqualified or pg_catalog's). */
+function isSetConfig(parts: readonly string[]): boolean {
+  return (parts.length === 1 || (parts.length === 2 && parts[0] === "pg_catalog")) && parts.at(-1) === "set_config";
+}
+
+/**
+ * The change `set_config(<setting>, <value>, <is_local>)` makes, when all three are constants (or
+ * the setting is proven constant, see {@link Collector.knownSetting}); undefined otherwise.
+ */
+function setConfigChange(node: Obj, out: Collector): SettingChange | undefined {
+  if (node.funcformat !== "COERCE_EXPLICIT_CALL" || !hasOnlyKeys(node, PLAIN_CALL_KEYS)) return undefined;
+  const args = node.args;
+  if (!Array.isArray(args) || args.length !== 3) return undefined;
+  const setting = out.knownSetting?.call === node ? out.knownSetting.name : stringConstant(args[0]);
+  const value = stringConstant(args[1]);
   const local = constantText(args[2]);
-  if (setting?.trim().toLowerCase() !== "search_path" || value === undefined || local === undefined) return false;
-  const path = splitSearchPath(value);
-  if (path === undefined) return false;
+  if (setting === undefined || !SETTING_NAME.test(setting) || value === undefined || local === undefined) {
+    return undefined;
+  }
+  return { name: setting.toLowerCase(), value, local: local === "true" || local === "t" || local === "on" };
+}
+
+/**
+ * `set_config('<setting>', '<value>', <is_local>)` with constant arguments is
+ * `SET [LOCAL] <setting> = '<value>'` and needs what that SET needs (see {@link classifySet}):
+ * nothing for ordinary settings, the new path for search_path. Returns false when that SET is
+ * privileged (role, session_authorization, session_replication_role) or the call is anything else
+ * (computed arguments, a NULL value, an unknown name): the caller then treats it as the admin
+ * function it is.
+ *
+ * search_path: pg_dump starts with `set_config('search_path', '', false)`; the new path is known,
+ * so the session can check unqualified names in it too. Unlike SET (whose string arguments are
+ * each one name), set_config's value is the whole list, read as PostgreSQL reads it.
+ *
+ * The lexical settings (standard_conforming_strings, client_encoding) stay admin, as before: the
+ * agent lets a statement that changes them through while the session's encoding is unsafe (so
+ * the user can switch back), which is safe for a SET, whose grammar holds only the value, but not
+ * for a SELECT, which can carry any expression next to the call.
+ */
+function setConfigAsSet(parts: readonly string[], node: Obj, out: Collector): boolean {
+  if (!isSetConfig(parts)) return false;
+  // Whatever the outcome, it depends on the literals: `set_config('role', ...)` and
+  // `set_config('work_mem', ...)` share a normalized cache key.
   out.literalSensitive = true;
-  // Several in one statement: the session widens with all of them.
-  out.extra.searchPath = [...(out.extra.searchPath ?? []), ...path];
-  if (local === "true" || local === "t" || local === "on") out.extra.searchPathLocal = true;
+  const change = setConfigChange(node, out);
+  if (!change || LEXICAL_SETTINGS.has(change.name) || settingIsPrivileged(change.name, false, change.value)) {
+    return false;
+  }
+  if (change.name === "search_path") {
+    const path = splitSearchPath(change.value);
+    if (path === undefined) return false;
+    // Several in one statement: the session widens with all of them.
+    out.extra.searchPath = [...(out.extra.searchPath ?? []), ...path];
+    if (change.local) out.extra.searchPathLocal = true;
+  }
   return true;
 }
 
@@ -581,6 +645,13 @@ function constantText(value: unknown): string | undefined {
   return undefined;
 }
 
+/** The value of a string constant (`'x'`, `E'x'`, `$$x$$`, ...), undefined for anything else (NULL, numbers, casts). */
+function stringConstant(value: unknown): string | undefined {
+  const wrapped = unwrap(value);
+  if (!wrapped || wrapped[0] !== "A_Const" || !isObj(wrapped[1].sval)) return undefined;
+  return String(wrapped[1].sval.sval ?? "");
+}
+
 /** EXPLAIN's ANALYZE option: on unless clearly turned off (PostgreSQL's defGetBoolean). */
 function explainAnalyzes(options: unknown): boolean {
   if (!Array.isArray(options)) return false;
@@ -598,7 +669,24 @@ function explainAnalyzes(options: unknown): boolean {
   return analyze;
 }
 
-const LEXICAL_SETTINGS: ReadonlySet<string> = new Set(["standard_conforming_strings", "client_encoding"]);
+/**
+ * True when setting `name` (lower case) needs db:admin, SET and set_config alike: a new role or
+ * session user is new power, except going back to the login user (RESET ROLE, SET ROLE NONE:
+ * `value` "none", exactly as PostgreSQL compares it; RESET/DEFAULT: `resets`);
+ * session_replication_role turns off triggers and foreign keys (superuser only), whatever the value.
+ */
+function settingIsPrivileged(name: string, resets: boolean, value: string | undefined): boolean {
+  switch (name) {
+    case "role":
+      return !resets && value !== "none";
+    case "session_authorization":
+      return !resets;
+    case "session_replication_role":
+      return true;
+    default:
+      return false;
+  }
+}
 
 function classifySet(node: Obj, out: Collector): void {
   out.literalSensitive = true;
@@ -618,16 +706,75 @@ function classifySet(node: Obj, out: Collector): void {
     else if (kind === "VAR_SET_VALUE") out.extra.searchPath = args.map((arg) => constantText(arg) ?? "");
     if (out.extra.searchPath !== undefined && node.is_local === true) out.extra.searchPathLocal = true;
   }
-  if (name === "role") {
-    // RESET ROLE, SET ROLE NONE and SET role TO DEFAULT return to the session user: no new power.
-    const none = kind === "VAR_SET_VALUE" && args.length === 1 && constantText(args[0]) === "none";
-    if (!resets && !none) out.action("db:admin");
-  } else if (name === "session_authorization") {
-    if (!resets) out.action("db:admin");
-  } else if (name === "session_replication_role") {
-    // Turns off triggers and foreign keys (superuser only): admin whatever the value.
-    out.action("db:admin");
-  }
+  const value = kind === "VAR_SET_VALUE" && args.length === 1 ? constantText(args[0]) : undefined;
+  if (settingIsPrivileged(name, resets, value)) out.action("db:admin");
+}
+
+const SETTINGS_SELECT_KEYS: ReadonlySet<string> = new Set([
+  "targetList",
+  "fromClause",
+  "whereClause",
+  "limitOption",
+  "op",
+]);
+const SETTINGS_RELATION_KEYS: ReadonlySet<string> = new Set([
+  "relname",
+  "schemaname",
+  "inh",
+  "relpersistence",
+  "location",
+]);
+const TARGET_KEYS: ReadonlySet<string> = new Set(["val", "location"]);
+const COLUMN_REF_KEYS: ReadonlySet<string> = new Set(["fields", "location"]);
+const EXPR_KEYS: ReadonlySet<string> = new Set(["kind", "name", "lexpr", "rexpr", "location"]);
+
+/** True when `value` is the bare column reference `name`. */
+function isNameColumn(value: unknown): boolean {
+  const ref = unwrap(value);
+  if (!ref || ref[0] !== "ColumnRef" || !hasOnlyKeys(ref[1], COLUMN_REF_KEYS)) return false;
+  const fields = nameParts(ref[1].fields);
+  return fields.length === 1 && fields[0] === "name";
+}
+
+/**
+ * Recognises pg_dump's (15.8+) way of setting a setting only where the server has it:
+ * `SELECT set_config(name, <const>, <const>) FROM [pg_catalog.]pg_settings WHERE name = '<setting>'`.
+ * Every row it calls set_config for has name = '<setting>', so the call is
+ * `set_config('<setting>', ...)`: returns that call and the setting. Exactly this shape, nothing
+ * more: another target, table, alias, join, clause, operator or a computed comparison (OR, LIKE,
+ * casts, subqueries) could call set_config for other settings, so anything else gets undefined and
+ * the call stays an admin function.
+ */
+function pgSettingsSetConfig(select: Obj): { call: Obj; name: string } | undefined {
+  if (!hasOnlyKeys(select, SETTINGS_SELECT_KEYS)) return undefined;
+  if (select.op !== undefined && select.op !== "SETOP_NONE") return undefined;
+  if (select.limitOption !== undefined && select.limitOption !== "LIMIT_OPTION_DEFAULT") return undefined;
+  const { targetList, fromClause } = select;
+  if (!Array.isArray(targetList) || targetList.length !== 1) return undefined;
+  if (!Array.isArray(fromClause) || fromClause.length !== 1) return undefined;
+
+  const target = unwrap(targetList[0]);
+  if (!target || target[0] !== "ResTarget" || !hasOnlyKeys(target[1], TARGET_KEYS)) return undefined;
+  const call = unwrap(target[1].val);
+  if (!call || call[0] !== "FuncCall" || !isSetConfig(nameParts(call[1].funcname))) return undefined;
+  const args = call[1].args;
+  if (!Array.isArray(args) || !isNameColumn(args[0])) return undefined;
+
+  const from = unwrap(fromClause[0]);
+  if (!from || from[0] !== "RangeVar" || !hasOnlyKeys(from[1], SETTINGS_RELATION_KEYS)) return undefined;
+  const relation = from[1];
+  if (relation.relname !== "pg_settings") return undefined;
+  if (relation.schemaname !== undefined && relation.schemaname !== "pg_catalog") return undefined;
+  if (relation.relpersistence !== undefined && relation.relpersistence !== "p") return undefined;
+
+  const where = unwrap(select.whereClause);
+  if (!where || where[0] !== "A_Expr" || !hasOnlyKeys(where[1], EXPR_KEYS)) return undefined;
+  const operator = nameParts(where[1].name);
+  const equals = operator.length === 1 || (operator.length === 2 && operator[0] === "pg_catalog");
+  if (where[1].kind !== "AEXPR_OP" || !equals || operator.at(-1) !== "=") return undefined;
+  if (!isNameColumn(where[1].lexpr)) return undefined;
+  const name = stringConstant(where[1].rexpr);
+  return name === undefined ? undefined : { call: call[1], name };
 }
 
 /** Adds what one statement node (`kind` with its fields) needs to `out`. */
@@ -635,6 +782,7 @@ function classifyInto(kind: string, node: Obj, out: Collector): void {
   switch (kind) {
     case "SelectStmt":
       out.action("db:read");
+      out.knownSetting = pgSettingsSetConfig(node);
       visitSelect(node, ROOT, out);
       return;
     case "InsertStmt":

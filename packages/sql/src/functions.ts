@@ -32,7 +32,9 @@ const ADMIN_FUNCTIONS: ReadonlySet<string> = new Set([
   "pg_stat_file",
   "loread",
   "lowrite",
-  // set_config('role', ...) is SET ROLE, set_config('search_path', ...) moves every unqualified name.
+  // set_config('role', ...) is SET ROLE; a computed setting name could be anything. A call with
+  // constant arguments (or pg_dump's pg_settings form) of an ordinary setting is read as the SET it
+  // equals before it gets here (classify-statement.ts); what is left is admin.
   "set_config",
   "pg_import_system_collations",
   "pg_log_backend_memory_contexts",

@@ -51,6 +51,32 @@ const POLICIES = [
   {
     apiVersion: "moat.dev/v1",
     kind: "Policy",
+    metadata: { name: "backup" },
+    spec: {
+      subjects: { groups: ["backup"] },
+      resources: { names: ["db"] },
+      rules: [
+        { name: "connect", effect: "allow", actions: ["connect"] },
+        { name: "dump-public", effect: "allow", actions: ["db:read", "db:copy-out"], tables: ["public.*"] },
+      ],
+    },
+  },
+  {
+    apiVersion: "moat.dev/v1",
+    kind: "Policy",
+    metadata: { name: "reader" },
+    spec: {
+      subjects: { groups: ["readers"] },
+      resources: { names: ["db"] },
+      rules: [
+        { name: "connect", effect: "allow", actions: ["connect"] },
+        { name: "read-public", effect: "allow", actions: ["db:read"], tables: ["public.*"] },
+      ],
+    },
+  },
+  {
+    apiVersion: "moat.dev/v1",
+    kind: "Policy",
     metadata: { name: "dba" },
     spec: {
       subjects: { groups: ["dba"] },
@@ -65,6 +91,8 @@ let h: Harness;
 let alice: string;
 let dba: string;
 let etl: string;
+let backup: string;
+let reader: string;
 
 beforeAll(async () => {
   pgServer = await startPostgres();
@@ -88,6 +116,8 @@ beforeAll(async () => {
   alice = await h.token("alice@example.com", ["eng"]);
   dba = await h.token("dba@example.com", ["dba"]);
   etl = await h.token("etl@example.com", ["etl"]);
+  backup = await h.token("backup@example.com", ["backup"]);
+  reader = await h.token("reader@example.com", ["readers"]);
 }, 120_000);
 
 afterAll(async () => {
@@ -414,19 +444,67 @@ describe("clients", () => {
     ).toBe("100");
   });
 
-  it("refuses pg_dump to a reader whose policy does not allow what it needs, saying why", async () => {
+  it("dumps with pg_dump as a user allowed only db:read and db:copy-out, and the dump restores", async () => {
     const dump = await run(
+      "pg_dump",
+      [`host=127.0.0.1 port=${h.port} user=backup@example.com dbname=app sslmode=require`, "--no-owner", "-t", "users"],
+      { PGPASSWORD: backup },
+    );
+    // pg_dump 15.8+ also runs `SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings
+    // WHERE name = 'restrict_nonsystem_relation_kind'`: the SET of a harmless setting, so a read.
+    expect(dump.stderr).toBe("");
+    expect(dump.code).toBe(0);
+    expect(dump.stdout).toContain("CREATE TABLE public.users");
+    expect(dump.stdout).toContain("user42@example.com"); // no masking rule applies to this user
+    await pgServer.createDatabase("restored_from_backup");
+    const restore = await psql(h, dba, "", {
+      user: "dba@example.com",
+      db: "restored_from_backup",
+      extra: ["-v", "ON_ERROR_STOP=1"],
+      input: dump.stdout,
+    });
+    expect(restore.stderr).toBe("");
+    const restored = await psql(h, dba, "SELECT count(*), min(email) FILTER (WHERE id = 42) FROM users", {
+      user: "dba@example.com",
+      db: "restored_from_backup",
+    });
+    expect(restored.stdout.trim()).toBe("100|user42@example.com");
+    // Audited as what it is: a read.
+    const settings = h
+      .events()
+      .find(
+        (e) =>
+          e.type === "db.query" &&
+          e.actor?.user === "backup@example.com" &&
+          e.detail.case === "dbQuery" &&
+          e.detail.value.text.includes("restrict_nonsystem_relation_kind"),
+      );
+    expect(settings?.verdict).toBe(1);
+    expect(settings?.detail.case === "dbQuery" && settings.detail.value.statementClass).toBe("read");
+  });
+
+  it("refuses pg_dump to a reader whose policy does not allow what it needs, saying why", async () => {
+    // Reading is not enough: the data comes out with COPY ... TO STDOUT.
+    const readOnly = await run(
+      "pg_dump",
+      [`host=127.0.0.1 port=${h.port} user=reader@example.com dbname=app sslmode=require`, "-t", "users"],
+      { PGPASSWORD: reader },
+    );
+    expect(readOnly.code).not.toBe(0);
+    expect(readOnly.stdout).not.toContain("user42@example.com");
+    expect(readOnly.stderr).toContain(
+      "ERROR:  no policy allows db:copy-out on db (table public.users) for reader@example.com",
+    );
+    expect(readOnly.stderr).toContain("Query was: COPY public.users");
+    // COPY output cannot be masked: under masking rules it is refused, whatever the policy allows.
+    const masked = await run(
       "pg_dump",
       [`host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require`, "-t", "users"],
       { PGPASSWORD: alice },
     );
-    expect(dump.code).not.toBe(0);
-    // pg_dump 15.8+ sets restrict_nonsystem_relation_kind through set_config with the setting's name
-    // read from pg_settings: not provably harmless, so an admin function. (Its other set-up —
-    // set_config('search_path', ''), LOCK ... IN ACCESS SHARE MODE — classifies as reads; and a COPY
-    // under masking rules would be refused.)
-    expect(dump.stderr).toMatch(/no policy allows db:admin/);
-    expect(dump.stderr).toContain("restrict_nonsystem_relation_kind");
+    expect(masked.code).not.toBe(0);
+    expect(masked.stdout).not.toContain("user42@example.com");
+    expect(masked.stderr).toMatch(/COPY \.\.\. TO STDOUT is not available while masking rules apply/);
   });
 
   it("delivers LISTEN/NOTIFY notifications through the agent", async () => {

@@ -212,3 +212,103 @@ describe("extended protocol through the agent", () => {
     good.socket.destroy();
   });
 });
+
+/** A Query message carrying exactly `bytes` (not necessarily UTF-8). */
+function rawQuery(...parts: (string | number[])[]): Buffer {
+  const text = Buffer.concat(parts.map((p) => (typeof p === "string" ? Buffer.from(p, "latin1") : Buffer.from(p))));
+  const msg = Buffer.alloc(text.length + 6);
+  msg[0] = 0x51;
+  msg.writeInt32BE(text.length + 5, 1);
+  text.copy(msg, 5);
+  return msg;
+}
+
+/** Sends `parts` in one write; the messages received up to the `answers`-th ReadyForQuery after it. */
+async function pipeline(c: Raw, answers: number, ...parts: Buffer[]): Promise<Msg[]> {
+  const start = c.messages.length;
+  c.socket.write(Buffer.concat(parts));
+  await c.until((m) => m.slice(start).filter((x) => x.type === "Z").length >= answers);
+  return c.messages.slice(start);
+}
+
+describe("texts the server could read differently from the agent (lexical settings)", () => {
+  const rows = async () => (await server.sql("SELECT count(*) FROM t", "app")).trim();
+  // Under SJIS, 0x81 is a lead byte: 0x81 + backslash is one character, so the server ends the
+  // string at the quote after it and runs what follows; the agent (UTF-8) reads one SET.
+  const sjisTrick = rawQuery("SET client_encoding = E'UTF8", [0x81], "\\'; DELETE FROM t; --'");
+  // With standard_conforming_strings off, \' does not end a string: the server runs the DELETE,
+  // while a reader with it on sees a harmless concatenation.
+  const backslashTrick = serialize.query("SELECT 'a\\' || ' ; DELETE FROM t; -- '");
+
+  it("refuses non-ASCII text while the client encoding is one whose characters can hide quotes", async () => {
+    const c = await open();
+    expect(errors(await c.exchange(serialize.query("SET client_encoding = 'SJIS'")))).toEqual([]);
+    const ms = await c.exchange(sjisTrick);
+    expect(errors(ms)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("client_encoding SJIS") });
+    expect(await rows()).toMatch(/^10/);
+    // Pure ASCII reads the same in every encoding: switching back works, then everything does.
+    expect(errors(await c.exchange(serialize.query("SET client_encoding = 'UTF8'")))).toEqual([]);
+    expect(types(await c.exchange(serialize.query("SELECT 'é' AS x")))).toBe("TDCZ");
+    c.socket.destroy();
+  });
+
+  it("reads text pipelined behind an unanswered lexical change pessimistically", async () => {
+    // Simple protocol: the SET and the trick in one write, before the server has answered the SET.
+    const a = await open();
+    const sjis = await a.exchange(serialize.query("SET client_encoding = 'SJIS'"), sjisTrick);
+    await a.until((m) => m.filter((x) => x.type === "Z").length >= 2);
+    expect(errors(a.messages)[0]).toMatchObject({
+      code: "42501",
+      message: expect.stringContaining("not been answered"),
+    });
+    expect(sjis.length).toBeGreaterThan(0);
+    a.socket.destroy();
+    expect(await rows()).toMatch(/^10/);
+
+    const b = await open();
+    await b.exchange(serialize.query("SET standard_conforming_strings = off"), backslashTrick);
+    await b.until((m) => m.filter((x) => x.type === "Z").length >= 2);
+    expect(errors(b.messages)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("backslash") });
+    // Answered now: the agent knows it is off, and still refuses backslashes (as it did before).
+    const later = await b.exchange(backslashTrick);
+    expect(errors(later)[0]?.code).toBe("42501");
+    b.socket.destroy();
+    expect(await rows()).toMatch(/^10/);
+
+    // Extended protocol: the change bound and synced, the trick parsed right behind it.
+    const c = await open();
+    c.socket.write(
+      Buffer.concat([
+        serialize.parse({ name: "", text: "SET standard_conforming_strings = off" }),
+        serialize.bind({}),
+        serialize.execute({}),
+        serialize.sync(),
+        serialize.parse({ name: "", text: "SELECT 'a\\' || ' ; DELETE FROM t; -- '" }),
+        serialize.bind({}),
+        serialize.execute({}),
+        serialize.sync(),
+      ]),
+    );
+    await c.until((m) => m.filter((x) => x.type === "Z").length >= 2);
+    expect(errors(c.messages)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("backslash") });
+    c.socket.destroy();
+    expect(await rows()).toMatch(/^10/);
+  });
+
+  it("treats the end of a transaction as a lexical change once the session made one (it can revert it)", async () => {
+    const c = await open();
+    for (const sql of ["SET standard_conforming_strings = off", "BEGIN", "SET LOCAL standard_conforming_strings = on"])
+      expect(errors(await c.exchange(serialize.query(sql)))).toEqual([]);
+    // The agent now knows "on"; COMMIT reverts the server to "off" before the trick is read.
+    const ms = await pipeline(c, 2, serialize.query("COMMIT"), backslashTrick);
+    expect(errors(ms).at(-1)).toMatchObject({ code: "42501", message: expect.stringContaining("backslash") });
+    c.socket.destroy();
+    expect(await rows()).toMatch(/^10/);
+  });
+
+  it("leaves ordinary pipelines alone (no lexical change in flight)", async () => {
+    const c = await open();
+    expect(errors(await pipeline(c, 2, serialize.query("SELECT 'é'"), serialize.query("SELECT 'a\\b'")))).toEqual([]);
+    c.socket.destroy();
+  });
+});

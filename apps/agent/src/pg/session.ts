@@ -152,7 +152,14 @@ interface Portal {
 }
 
 type Pending =
-  | { kind: "query"; runs: Run[]; index: number; replaceError?: Buffer }
+  | {
+      kind: "query";
+      runs: Run[];
+      index: number;
+      replaceError?: Buffer;
+      /** It may change how the server reads text (see `lexicalInFlight`). */
+      lexical?: boolean;
+    }
   | {
       kind: "parse";
       replaceError?: Buffer;
@@ -164,7 +171,7 @@ type Pending =
   | { kind: "describe"; target: "S" | "P"; name: string; injected: boolean }
   | { kind: "execute"; portal: Portal | undefined; portalName: string }
   | { kind: "close" }
-  | { kind: "sync" };
+  | { kind: "sync"; lexical?: boolean };
 
 interface Decision {
   effect: "allow" | "deny" | "review";
@@ -187,6 +194,19 @@ export class PgSession {
   private searchPath: string[];
   private standardConformingStrings = true;
   private unsafeEncoding: string | undefined;
+  /**
+   * Messages forwarded that may change how the server reads text — a SET / RESET of
+   * client_encoding or standard_conforming_strings, RESET ALL, DISCARD ALL, or (once the session
+   * has changed one of those) the end of a transaction, which can revert it — and not answered yet.
+   * The agent learns the new settings only from the answer (ParameterStatus), so texts pipelined
+   * behind such a message are read pessimistically until then: a backslash as if
+   * standard_conforming_strings were off, a non-ASCII character as if the encoding were unsafe.
+   */
+  private lexicalInFlight = 0;
+  /** A statement bound (extended protocol) may change the lexical settings: in flight from its Sync on. */
+  private lexicalUntilSync = false;
+  /** This session changed a lexical setting (so the end of a transaction may revert it). */
+  private lexicalTouched = false;
   private status: TransactionStatus = "I";
   private plan: ResultPlan | undefined;
   /** DataRows relayed since the last statement completed. */
@@ -366,9 +386,14 @@ export class PgSession {
         this.push({ kind: "close" });
         return f.raw;
       }
-      case 0x53: // Sync
-        this.push({ kind: "sync" });
+      case 0x53: {
+        // Sync
+        const lexical = this.lexicalUntilSync;
+        this.lexicalUntilSync = false;
+        if (lexical) this.lexicalInFlight++;
+        this.push({ kind: "sync", lexical });
         return f.raw;
+      }
       case 0x48: // Flush
       case 0x64: // CopyData
       case 0x63: // CopyDone
@@ -396,11 +421,38 @@ export class PgSession {
     return errorResponse({ code, message, ...extra });
   }
 
+  /**
+   * With a client encoding whose multibyte characters can contain ASCII bytes (SJIS, BIG5, GBK, UHC,
+   * GB18030), the server may read a text differently from the agent (a lead byte swallows the quote
+   * or backslash after it), so the agent reads nothing as SQL then: a text that is not pure ASCII is
+   * refused whole (pure ASCII reads the same in every encoding), and `decide` lets through only
+   * statements changing the lexical settings (back to a safe encoding).
+   */
+  private encodingRefusal(text: string): string | undefined {
+    if (this.unsafeEncoding === undefined && !this.lexicalUncertain) return undefined;
+    for (let i = 0; i < text.length; i++) {
+      if (text.charCodeAt(i) < 0x80) continue;
+      return this.unsafeEncoding !== undefined
+        ? `access denied: client_encoding ${this.unsafeEncoding} is not supported through Moat (its multibyte characters can hide quotes); use UTF8`
+        : "access denied: a change of client_encoding or standard_conforming_strings sent earlier has not been answered yet; send text with non-ASCII characters after its result";
+    }
+    return undefined;
+  }
+
   private classify(text: string): Classification {
-    return this.ctx.classifier.classify(text, { standardConformingStrings: this.standardConformingStrings });
+    // While a lexical change is in flight, a backslash is read as if standard_conforming_strings were off.
+    return this.ctx.classifier.classify(text, {
+      standardConformingStrings: this.standardConformingStrings && !this.lexicalUncertain,
+    });
   }
 
   private onQuery(text: string, raw: Buffer): Buffer {
+    const refusal = this.encodingRefusal(text);
+    if (refusal) {
+      this.unparsed(text, refusal);
+      this.push({ kind: "query", runs: [], index: 0, replaceError: this.denialError(refusal) });
+      return serialize.query(POISON);
+    }
     const c = this.classify(text);
     if (!c.ok) {
       this.unparsed(text, c.error.message);
@@ -433,8 +485,10 @@ export class PgSession {
       return serialize.query(POISON);
     }
     for (let i = 0; i < runs.length; i++) this.ctx.metrics.statement("allow");
+    const lexical = c.statements.some((info) => this.lexicalRisk(info));
     for (const info of c.statements) this.afterAllowed(info);
-    this.push({ kind: "query", runs, index: 0 });
+    if (lexical) this.lexicalInFlight++;
+    this.push({ kind: "query", runs, index: 0, lexical });
     return raw;
   }
 
@@ -449,7 +503,17 @@ export class PgSession {
   }
 
   /** Session state an allowed statement changes, known before the target runs it. */
+  /** Whether running `info` may change how the server reads the session's next texts. */
+  private lexicalRisk(info: StatementInfo): boolean {
+    return info.lexicalChange === true || (this.lexicalTouched && info.kind === "TransactionStmt");
+  }
+
+  private get lexicalUncertain(): boolean {
+    return this.lexicalInFlight > 0 || this.lexicalUntilSync;
+  }
+
   private afterAllowed(info: StatementInfo): void {
+    if (info.lexicalChange) this.lexicalTouched = true;
     this.widenSearchPath(info);
     if (info.prepare) this.sqlPrepared.set(info.prepare.name, info);
     if (info.deallocate) {
@@ -462,11 +526,16 @@ export class PgSession {
     const parse = decodeParse(f.body);
     const previous = this.statements.get(parse.name);
     this.statements.delete(parse.name);
-    const c = this.classify(parse.query);
     const poison = (message: string, code = "42501") => {
       this.push({ kind: "parse", replaceError: this.denialError(message, code) });
       return serialize.parse({ name: parse.name, text: POISON });
     };
+    const refusal = this.encodingRefusal(parse.query);
+    if (refusal) {
+      this.unparsed(parse.query, refusal);
+      return poison(refusal);
+    }
+    const c = this.classify(parse.query);
     if (!c.ok) {
       this.unparsed(parse.query, c.error.message);
       return poison(c.error.message, c.error.sqlstate);
@@ -512,6 +581,7 @@ export class PgSession {
     const bind = decodeBind(f.body);
     const params = bind.parameters.length > 0 ? renderParameters(bind) : "";
     if (run && params) run.text = `${run.text} -- parameters: ${params}`;
+    if (infos.some((info) => this.lexicalRisk(info))) this.lexicalUntilSync = true;
     for (const info of infos) this.afterAllowed(info);
     const fields = statement.fields?.map((fl, i) => ({
       ...fl,
@@ -750,7 +820,8 @@ export class PgSession {
 
   /** Drops the oldest pending response; an Execute reaching the head sets up its result's masking. */
   private shift(): void {
-    this.pending.shift();
+    const p = this.pending.shift();
+    if ((p?.kind === "query" || p?.kind === "sync") && p.lexical) this.lexicalInFlight--;
     this.plan = undefined;
     const head = this.pending[0];
     if (head?.kind === "execute" && head.portal) this.startResult(head.portal.fields, head.portal.run);
