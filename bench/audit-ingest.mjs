@@ -432,6 +432,9 @@ function run(cmd, argv, { timeoutMs = 60_000, env, uid, gid } = {}) {
 }
 
 function startProcess(name, cmd, argv, { env, uid, gid, cwd } = {}) {
+  // MOAT_BENCH_NODE_ARGS: extra flags for the Node processes it starts (e.g. --cpu-prof to profile them).
+  if (cmd === process.execPath && process.env.MOAT_BENCH_NODE_ARGS)
+    argv = [...process.env.MOAT_BENCH_NODE_ARGS.split(/\s+/).filter(Boolean), ...argv];
   const child = spawn(cmd, argv, {
     detached: true,
     cwd: cwd ?? ROOT,

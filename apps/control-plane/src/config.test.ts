@@ -51,13 +51,17 @@ describe("control-plane config", () => {
 
 describe("audit retention config", () => {
   it("keeps everything by default, and takes limits from the file or the environment", () => {
-    expect(loadControlPlaneConfig({ env: {} }).audit.retention).toEqual({ intervalMinutes: 60, batchSize: 5000 });
+    expect(loadControlPlaneConfig({ env: {} }).audit.retention).toEqual({
+      intervalMinutes: 60,
+      batchSize: 5000,
+      holdForSinks: true,
+    });
     const dir = tempDir();
     const file = join(dir, "cp.yaml");
     writeFileSync(file, "audit:\n  retention:\n    days: 90\n    intervalMinutes: 15\n");
     expect(
       loadControlPlaneConfig({ file, env: { MOAT_AUDIT_RETENTION_MAX_EVENTS: "5000000" } }).audit.retention,
-    ).toEqual({ days: 90, maxEvents: 5_000_000, intervalMinutes: 15, batchSize: 5000 });
+    ).toEqual({ days: 90, maxEvents: 5_000_000, intervalMinutes: 15, batchSize: 5000, holdForSinks: true });
     expect(() => loadControlPlaneConfig({ env: { MOAT_AUDIT_RETENTION_DAYS: "0" } })).toThrow(/audit.retention.days/);
   });
 });

@@ -150,6 +150,8 @@ export const ControlPlaneConfigSchema = Type.Object(
             intervalMinutes: Type.Integer({ minimum: 1, maximum: 24 * 60, default: 60 }),
             /** Events deleted per transaction. */
             batchSize: Type.Integer({ minimum: 100, maximum: 100_000, default: 5000 }),
+            /** Keep events a configured audit sink has not delivered yet, whatever their age. */
+            holdForSinks: Type.Boolean({ default: true }),
           },
           { ...strict, default: {} },
         ),

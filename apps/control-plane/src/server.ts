@@ -7,7 +7,7 @@ import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { createLogger, type Logger } from "@moat/common";
 import * as grpc from "@grpc/grpc-js";
-import { startAuditSinks, type AuditSinks } from "./audit-sinks/index.js";
+import { auditSinkIds, startAuditSinks, type AuditSinks } from "./audit-sinks/index.js";
 import { createInProcessBus, type EventBus } from "./bus.js";
 import type { ControlPlaneConfig } from "./config.js";
 import { createAgentChannel, type AgentChannel } from "./grpc/server.js";
@@ -205,6 +205,7 @@ export async function startControlPlane(
     audit,
     logger: logger.child({ module: "audit-retention" }),
     config: config.audit.retention,
+    sinkIds: auditSinkIds(config.audit.sinks),
     now,
   });
   const channel = createAgentChannel({

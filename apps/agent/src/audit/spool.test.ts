@@ -56,6 +56,46 @@ describe("audit spool", () => {
     again.spool.close();
   });
 
+  it("drains a backlog from the files batch after batch, across segments, restarts of the read and acks", async () => {
+    const dir = tempDir();
+    // Small segments: batches cross segment boundaries; a tail trimmed early: most reads hit the files.
+    const { spool } = AuditSpool.open({ dir, segmentBytes: 64 * 1024 });
+    const n = 40_000;
+    const size = (seq: bigint) => 100 + Number((seq * 7919n) % 400n);
+    for (let i = 0; i < n; i++) {
+      spool.appendSoon((seq) => payload(seq, size(seq)));
+      if (i % 500 === 499) await new Promise((r) => setImmediate(r));
+    }
+    const drain = (from: bigint, until: bigint, batch: number, maxBytes: number) => {
+      const seen: bigint[] = [];
+      for (let next = from; next <= until;) {
+        const got = spool.read(next, batch, maxBytes);
+        expect(got.length).toBeGreaterThan(0);
+        let bytes = 0;
+        for (const e of got) {
+          expect(Buffer.from(e.payload).equals(payload(e.seq, size(e.seq)))).toBe(true);
+          bytes += e.payload.length;
+        }
+        expect(got.length <= batch && (got.length === 1 || bytes <= maxBytes)).toBe(true);
+        seen.push(...got.map((e) => e.seq));
+        next = (got[got.length - 1] as { seq: bigint }).seq + 1n;
+      }
+      return seen.filter((s) => s <= until);
+    };
+    const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => BigInt(from + i));
+    expect(drain(1n, 12_000n, 500, 1024 * 1024)).toEqual(range(1, 12_000));
+    // Small byte budgets cut batches short of their count, in the middle of segments.
+    expect(drain(12_001n, 15_000n, 500, 3000)).toEqual(range(12_001, 15_000));
+    // A resend from an earlier point (a reconnect), then from a point in the middle of a segment.
+    expect(drain(5_000n, 9_000n, 333, 1024 * 1024)).toEqual(range(5_000, 9_000));
+    expect(drain(7_777n, 8_100n, 50, 1024 * 1024)).toEqual(range(7_777, 8_100));
+    // Acks drop whole segments behind the reader; the drain goes on to the end (files, then memory).
+    spool.ack(15_000n);
+    expect(drain(15_001n, BigInt(n), 500, 1024 * 1024)).toEqual(range(15_001, n));
+    expect(spool.read(BigInt(n) + 1n, 10)).toEqual([]);
+    spool.close();
+  });
+
   it("reports the age of the oldest unshipped event, from memory or from its segment after a restart", async () => {
     const dir = tempDir();
     const { spool } = AuditSpool.open({ dir, segmentBytes: 200 });

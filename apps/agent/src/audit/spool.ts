@@ -20,6 +20,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  readSync,
   statSync,
   renameSync,
   unlinkSync,
@@ -100,6 +101,23 @@ function segmentName(firstSeq: bigint): string {
   return `${firstSeq.toString().padStart(20, "0")}.seg`;
 }
 
+/** `length` bytes of the file at `path` from `position`. */
+function readChunk(path: string, position: number, length: number): Buffer {
+  const buffer = Buffer.allocUnsafe(length);
+  const fd = openSync(path, "r");
+  try {
+    let done = 0;
+    while (done < length) {
+      const n = readSync(fd, buffer, done, length - done, position + done);
+      if (n === 0) break;
+      done += n;
+    }
+    return buffer.subarray(0, done);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 function frameCrc(seqAndPayload: Uint8Array): number {
   return crc32(seqAndPayload) >>> 0;
 }
@@ -107,7 +125,7 @@ function frameCrc(seqAndPayload: Uint8Array): number {
 /** Parses the frames of one segment; stops at the first torn or corrupt one. */
 function scan(
   buffer: Buffer,
-  visit?: (seq: bigint, payload: Buffer) => void,
+  visit?: (seq: bigint, payload: Buffer, end: number) => void,
 ): { goodBytes: number; lastSeq: bigint | undefined; count: number } {
   let offset = 0;
   let lastSeq: bigint | undefined;
@@ -120,7 +138,7 @@ function scan(
     if (frameCrc(body) !== crc) break;
     const seq = buffer.readBigUInt64LE(offset + 8);
     if (lastSeq !== undefined && seq !== lastSeq + 1n) break;
-    visit?.(seq, buffer.subarray(offset + HEADER, offset + HEADER + length));
+    visit?.(seq, buffer.subarray(offset + HEADER, offset + HEADER + length), offset + HEADER + length);
     lastSeq = seq;
     count++;
     offset += HEADER + length;
@@ -445,6 +463,13 @@ export class AuditSpool {
     for (const fd of this.retired.splice(0)) closeSync(fd);
   }
 
+  /**
+   * Where the last read from the files stopped: the next frame of `segment` is at `offset` and
+   * numbered `seq`. A backlog is read in order, so the next read usually starts there, and each read
+   * costs what it returns, not the segment's size up to it.
+   */
+  private readCursor: { segment: Segment; offset: number; seq: bigint } | undefined;
+
   /** Up to `maxEvents` events (at most `maxBytes` in all) from `fromSeq` on, in order. */
   read(fromSeq: bigint, maxEvents: number, maxBytes = 4 * 1024 * 1024): SpooledEvent[] {
     const out: SpooledEvent[] = [];
@@ -460,20 +485,45 @@ export class AuditSpool {
       }
       return out;
     }
+    let want = fromSeq;
     for (const segment of this.segments) {
-      if (segment.lastSeq < fromSeq) continue;
-      const buffer = readFileSync(segment.path).subarray(0, segment.bytes);
+      if (segment.lastSeq < want) continue;
+      // Where `want` starts in this segment, when known without scanning the segment from its start.
+      const cursor = this.readCursor;
+      const known =
+        cursor?.segment === segment && cursor.seq === want ? cursor.offset : want === segment.firstSeq ? 0 : undefined;
+      let buffer: Buffer;
+      let base: number;
+      if (known !== undefined) {
+        // One chunk: the batch's bytes and room for a whole frame more (the last one may be cut:
+        // the scan stops before it, and the next read starts there).
+        base = known;
+        buffer = readChunk(segment.path, base, Math.min(segment.bytes - base, maxBytes + HEADER + MAX_EVENT_BYTES));
+      } else {
+        base = 0;
+        buffer = readFileSync(segment.path).subarray(0, segment.bytes);
+      }
+      const whole = known === undefined; // payloads are copied out of a whole segment's buffer
       let full = false;
-      scan(buffer, (seq, payload) => {
-        if (full || seq < fromSeq) return;
+      let offset = base;
+      scan(buffer, (seq, payload, end) => {
+        if (full) return;
+        if (seq < want) {
+          offset = base + end;
+          return;
+        }
         if (out.length >= maxEvents || (out.length > 0 && bytes + payload.length > maxBytes)) {
           full = true;
           return;
         }
-        out.push({ seq, payload: Uint8Array.from(payload) });
+        // A chunk is this read's own buffer (never reused): its slices need no copy.
+        out.push({ seq, payload: whole ? Uint8Array.from(payload) : payload });
         bytes += payload.length;
+        offset = base + end;
+        want = seq + 1n;
       });
-      if (full) break;
+      this.readCursor = { segment, offset, seq: want };
+      if (full || out.length >= maxEvents || offset < segment.bytes) break;
     }
     return out;
   }

@@ -10,13 +10,18 @@ import type { EventBus } from "../bus.js";
 import type { Store } from "../store/index.js";
 import type { ResolvedAuditSinks } from "./config.js";
 import { createSinkMetrics } from "./metrics.js";
-import { createNatsSink } from "./nats.js";
+import { createNatsSink, NATS_SINK_ID } from "./nats.js";
 import type { AuditSink } from "./sink.js";
-import { createWebhookSink } from "./webhook.js";
+import { createWebhookSink, webhookSinkId } from "./webhook.js";
 import { createSinkWorker, type SinkWorker } from "./worker.js";
 
 export { AuditSinksSchema, resolveAuditSinks, type ResolvedAuditSinks } from "./config.js";
 export { signWebhookBody, verifyWebhookSignature } from "./webhook.js";
+
+/** The ids of the sinks `config` configures (each sink's cursor is stored under its id). */
+export function auditSinkIds(config: ResolvedAuditSinks): string[] {
+  return [...config.webhooks.map((w) => webhookSinkId(w.name)), ...(config.nats ? [NATS_SINK_ID] : [])];
+}
 
 export interface AuditSinks {
   workers: SinkWorker[];

@@ -53,6 +53,9 @@ function failure(what: string, error: unknown, delivered = 0): SinkError {
   return new SinkError(`${what}: ${message}`, reasonOf(error), { cause: error, delivered });
 }
 
+/** The NATS sink's id (its cursor and lease are stored under it). */
+export const NATS_SINK_ID = "nats";
+
 export function createNatsSink(config: ResolvedNatsSink, deps: { logger: Logger }): AuditSink {
   const logger = deps.logger.child({ sink: "nats" });
   let connection: Promise<{ nc: NatsConnection; js: JetStreamClient }> | undefined;
@@ -113,7 +116,7 @@ export function createNatsSink(config: ResolvedNatsSink, deps: { logger: Logger 
   };
 
   return {
-    id: "nats",
+    id: NATS_SINK_ID,
     async deliver(events: AuditView[]) {
       const { js } = await connected();
       const publish = (event: AuditView): Promise<PubAck> =>

@@ -108,6 +108,9 @@ function post(
   });
 }
 
+/** A webhook sink's id (its cursor and lease are stored under it): renaming a webhook starts a new sink. */
+export const webhookSinkId = (name: string): string => `webhook.${name}`;
+
 export function createWebhookSink(
   config: ResolvedWebhookSink,
   options: { now?: () => Date } = {},
@@ -135,7 +138,7 @@ export function createWebhookSink(
   ].filter((v) => v.length >= 4);
   const redact = (text: string) => confidential.reduce((t, v) => t.split(v).join("[redacted]"), text);
   return {
-    id: `webhook.${config.name}`,
+    id: webhookSinkId(config.name),
     /** Scheme, host and path, for logs (never the query, which may carry a token). */
     target: `${url.origin}${url.pathname}`,
     async deliver(events) {

@@ -19,6 +19,7 @@ import {
   EnrolResponseSchema,
 } from "@moat/proto";
 import * as grpc from "@grpc/grpc-js";
+import type { Http2Session } from "node:http2";
 import type { EventBus } from "../bus.js";
 import type { ControlPlaneMetrics } from "../metrics.js";
 import type { AgentService } from "../services/agents.js";
@@ -74,6 +75,37 @@ interface LiveSession {
 const MAX_RESOURCES = 1000;
 /** Most events one AuditBatch may carry (the agent sends at most 500). */
 const MAX_AUDIT_BATCH = 2000;
+
+/** HTTP/2 receive windows for agent streams (see widenReceiveWindow). */
+const STREAM_WINDOW_BYTES = 4 * 1024 * 1024;
+const SESSION_WINDOW_BYTES = 16 * 1024 * 1024;
+
+/**
+ * Agents ship audit batches of a few hundred KiB, several in flight; HTTP/2's default 64 KiB
+ * receive window made each batch wait for WINDOW_UPDATEs, which a busy event loop (a batch being
+ * stored) sends late, so the stream idled half the time. grpc-js has no server option for the
+ * window (only the client's `grpc-node.flow_control_window`), so it is raised on the call's HTTP/2
+ * session: a larger window for the connection and, through SETTINGS, for its streams. Best effort:
+ * without access to the session nothing changes but speed.
+ */
+function widenReceiveWindow(call: DuplexCall): void {
+  try {
+    let inner = (call as unknown as { call?: unknown }).call as
+      { stream?: { session?: Http2Session }; nextCall?: unknown } | undefined;
+    for (let depth = 0; inner && !inner.stream && depth < 8; depth++) inner = inner.nextCall as typeof inner;
+    const session = inner?.stream?.session;
+    if (!session || session.destroyed) return;
+    const marked = session as unknown as { moatWindow?: boolean };
+    if (marked.moatWindow) return;
+    marked.moatWindow = true;
+    session.setLocalWindowSize(SESSION_WINDOW_BYTES);
+    session.settings({ initialWindowSize: STREAM_WINDOW_BYTES });
+  } catch {
+    // best effort
+  }
+}
+/** Audit batches of one stream stored at a time (the agent keeps 4 in flight). */
+const MAX_PIPELINED_BATCHES = 8;
 /** Bundles built and sent at once during a fan-out (bounds CPU bursts and memory). */
 const FAN_OUT_CONCURRENCY = 8;
 const MAX_LABELS = 64;
@@ -300,6 +332,7 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
 
   function connect(call: DuplexCall) {
     const peer = call.getPeer();
+    widenReceiveWindow(call);
     let session: LiveSession | undefined;
     let ended = false;
     let livenessTimer: NodeJS.Timeout | undefined;
@@ -360,18 +393,23 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
         );
 
     let queue = Promise.resolve();
+    // Audit batches being stored, and their acks in arrival order (see "auditBatch" below).
+    let acks = Promise.resolve();
+    let pendingIngests = 0;
+    let agentIdForLogs: string | undefined;
+    const failWith = (error: unknown) => {
+      if (ended) return;
+      const status = statusOf(error);
+      if (status.code === grpc.status.INTERNAL)
+        logger.error({ err: error, agentId: agentIdForLogs }, "agent message failed");
+      fail(status.code, status.details);
+    };
     authenticated.then(
       (agent) => {
-        // Messages are handled strictly in order, one at a time.
+        agentIdForLogs = agent.id;
+        // Messages are handled in order, one at a time (audit batches are stored pipelined).
         call.on("data", (message: ConnectRequest) => {
-          queue = queue
-            .then(() => handle(agent.id, agent.name, message))
-            .catch((error: unknown) => {
-              const status = statusOf(error);
-              if (status.code === grpc.status.INTERNAL)
-                logger.error({ err: error, agentId: agent.id }, "agent message failed");
-              fail(status.code, status.details);
-            });
+          queue = queue.then(() => handle(agent.id, agent.name, message)).catch(failWith);
         });
       },
       (error: unknown) => {
@@ -498,11 +536,22 @@ export function createAgentChannel(deps: AgentChannelDeps): AgentChannel {
         case "auditBatch": {
           if (kind.value.events.length > MAX_AUDIT_BATCH)
             throw new AppError("bad_request", `audit batches are limited to ${MAX_AUDIT_BATCH} events`);
-          const { stored, lastSeq } = await deps.audit.ingest(agentId, kind.value.events);
-          send(create(ConnectResponseSchema, { kind: { case: "auditAck", value: { ackedSeq: lastSeq } } }));
-          if (stored > 0) metrics.auditEvents.inc(stored);
-          if (stored > 0)
-            void deps.bus.publish("audit.ingested", { agentId, count: stored, lastSeq: lastSeq.toString() });
+          // Pipelined: the next messages are read while this batch is stored, so an agent's batches
+          // in flight reach the store together (one group commit); acks go out in arrival order, and
+          // none after a batch that failed (the stream fails: the agent resends what is unacked).
+          const ingesting = deps.audit.ingest(agentId, kind.value.events);
+          ingesting.catch(() => undefined); // handled through the ack chain below
+          pendingIngests++;
+          acks = acks.then(async () => {
+            const { stored, lastSeq } = await ingesting.finally(() => pendingIngests--);
+            send(create(ConnectResponseSchema, { kind: { case: "auditAck", value: { ackedSeq: lastSeq } } }));
+            if (stored > 0) metrics.auditEvents.inc(stored);
+            if (stored > 0)
+              void deps.bus.publish("audit.ingested", { agentId, count: stored, lastSeq: lastSeq.toString() });
+          });
+          acks.catch(failWith);
+          // Backpressure: at most MAX_PIPELINED_BATCHES stored at a time per stream.
+          if (pendingIngests >= MAX_PIPELINED_BATCHES) await acks;
           return;
         }
         case "approvalRequest":

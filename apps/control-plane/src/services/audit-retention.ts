@@ -5,8 +5,13 @@
  * its horizon). Each run that deletes something records an `audit.retention` event in the control
  * plane's own chain. With PostgreSQL and several replicas, one replica prunes at a time (an
  * advisory lock); the others skip that run.
+ *
+ * Events a configured audit sink has not delivered yet are kept whatever their age (unless
+ * `holdForSinks` is off): each chain is pruned no further than the lowest of the sinks' cursors for
+ * it, read at the start of the run (cursors only move forward, so an older reading is the safe one).
  */
 import type { Logger } from "@moat/common";
+import { decodeCursor, positionOf, type Cursor } from "../audit-sinks/cursor.js";
 import type { PruneReport, Store } from "../store/index.js";
 import type { AuditService } from "./audit.js";
 
@@ -19,6 +24,8 @@ export interface AuditRetentionConfig {
   intervalMinutes: number;
   /** Events deleted per transaction. */
   batchSize: number;
+  /** Keep events the configured sinks have not delivered yet, whatever their age. */
+  holdForSinks: boolean;
 }
 
 /** The outcome of one run: undefined when no limit is set or another replica was pruning. */
@@ -27,13 +34,16 @@ export type RetentionRun = (PruneReport & { cutoff: Date }) | undefined;
 const DAY_MS = 24 * 3600 * 1000;
 
 export function createAuditRetention(deps: {
-  store: Pick<Store, "auditTrail">;
+  store: Pick<Store, "auditTrail" | "auditSinks">;
   audit: Pick<AuditService, "recordControlPlane">;
   logger: Logger;
   config: AuditRetentionConfig;
+  /** Ids of the configured audit sinks (`webhook.<name>`, `nats`): see audit-sinks/. */
+  sinkIds?: readonly string[];
   now?: () => Date;
 }) {
   const { store, audit, logger, config } = deps;
+  const sinkIds = config.holdForSinks ? (deps.sinkIds ?? []) : [];
   const now = deps.now ?? (() => new Date());
   const enabled = config.days !== undefined || config.maxEvents !== undefined;
   let timer: NodeJS.Timeout | undefined;
@@ -61,20 +71,56 @@ export function createAuditRetention(deps: {
       .join(", ");
   }
 
+  /**
+   * Each sink's cursor (undefined: the sink has not started, or its cursor is unreadable: it holds
+   * every chain at 0, i.e. nothing of any chain goes until it has delivered).
+   */
+  async function sinkCursors(): Promise<{ id: string; cursor: Cursor | undefined }[]> {
+    return Promise.all(
+      sinkIds.map(async (id) => {
+        const stored = await store.auditSinks.getState(`audit.sink.${id}.cursor`);
+        try {
+          return { id, cursor: stored === undefined ? undefined : decodeCursor(stored) };
+        } catch {
+          return { id, cursor: undefined };
+        }
+      }),
+    );
+  }
+
   async function run(): Promise<RetentionRun> {
     if (!enabled) return undefined;
     const cutoff = await cutoffNow();
-    if (!cutoff) return { pruned: 0, agents: 0, sessions: 0, cutoff: new Date(0) };
+    if (!cutoff) return { pruned: 0, agents: 0, sessions: 0, held: 0, cutoff: new Date(0) };
     const started = Date.now();
+    const cursors = await sinkCursors();
     const report = await store.auditTrail.prune({
       cutoff,
       batchSize: config.batchSize,
       now,
       shouldStop: () => stopping,
+      ...(cursors.length > 0
+        ? {
+            ceiling: (agentId: string) => {
+              let ceiling: bigint | undefined;
+              for (const { cursor } of cursors) {
+                const delivered = cursor ? positionOf(cursor, agentId) : 0n;
+                if (ceiling === undefined || delivered < ceiling) ceiling = delivered;
+              }
+              return Promise.resolve(ceiling);
+            },
+          }
+        : {}),
     });
     if (!report) {
       logger.debug("audit retention skipped: another replica is pruning");
       return undefined;
+    }
+    if (report.held > 0) {
+      logger.warn(
+        { chains: report.held, sinks: sinkIds, cutoff: cutoff.toISOString() },
+        "audit retention kept events older than the cutoff that audit sinks have not delivered yet",
+      );
     }
     if (report.pruned > 0) {
       logger.info(
@@ -87,7 +133,8 @@ export function createAuditRetention(deps: {
           actor: "moat-control-plane",
           message:
             `retention (${describeLimits()}) pruned ${report.pruned} audit events of ${report.agents} ` +
-            `chain(s) recorded before ${cutoff.toISOString()}, and ${report.sessions} session summaries`,
+            `chain(s) recorded before ${cutoff.toISOString()}, and ${report.sessions} session summaries` +
+            (report.held > 0 ? `; ${report.held} chain(s) kept older events audit sinks had not delivered yet` : ""),
         });
       } catch (error) {
         logger.error({ err: error }, "could not record the audit.retention event");

@@ -411,7 +411,7 @@ describe("retention", () => {
       store: t.store,
       audit,
       logger: silent,
-      config: { days: 30, intervalMinutes: 60, batchSize: 100 },
+      config: { days: 30, intervalMinutes: 60, batchSize: 100, holdForSinks: true },
       now,
     });
     const run = await retention.runOnce();
@@ -436,6 +436,64 @@ describe("retention", () => {
     // The chain goes on after pruning.
     await audit.ingest(agentId, sessionChain(5, { base, start: 41, prev: first.last }).events);
     expect(await audit.verify(agentId)).toMatchObject({ ok: true, checked: 21 });
+  });
+
+  it("keeps events a configured sink has not delivered yet, and prunes them once it has", async () => {
+    const agentId = await newAgent("held-by-sink");
+    const audit = createAuditService({ store: t.store });
+    const base = Date.UTC(2003, 0, 1);
+    const chain = sessionChain(40, { base });
+    await audit.ingest(agentId, chain.events);
+    const now = () => new Date(base + 25 * 60_000 + 30 * DAY); // events 1-24 are past 30 days
+    const cursorKey = (sink: string) => `audit.sink.${sink}.cursor`;
+    const setCursor = (sink: string, value: string) =>
+      tamper(
+        `INSERT INTO "Setting" ("key", "value", "updatedAt") VALUES (?, ?, ?)
+         ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value"`,
+        cursorKey(sink),
+        value,
+        new Date().toISOString(),
+      );
+    const cursor = (seq: number) => JSON.stringify({ v: 1, sources: { [agentId]: String(seq) } });
+    const retention = (holdForSinks: boolean, sinkIds: string[]) =>
+      createAuditRetention({
+        store: t.store,
+        audit,
+        logger: silent,
+        config: { days: 30, intervalMinutes: 60, batchSize: 7, holdForSinks },
+        sinkIds,
+        now,
+      });
+    const stored = async () => (await t.store.auditEvents.search({ agentId }, 100)).length;
+
+    // A sink that has not started yet (no cursor) holds the whole chain.
+    // (Other tests' chains share this store: counts are checked on this chain.)
+    expect((await retention(true, ["webhook.siem"]).runOnce())?.held).toBeGreaterThanOrEqual(1);
+    expect(await stored()).toBe(40);
+    // An unreadable cursor is no licence either.
+    setCursor("webhook.siem", "{not json");
+    expect((await retention(true, ["webhook.siem"]).runOnce())?.held).toBeGreaterThanOrEqual(1);
+    expect(await stored()).toBe(40);
+    // Two sinks: the slower one decides. Delivered up to 10 and up to 15: 1-10 go.
+    setCursor("webhook.siem", cursor(15));
+    setCursor("nats", cursor(10));
+    await retention(true, ["webhook.siem", "nats"]).runOnce();
+    expect(await stored()).toBe(30);
+    expect(await audit.verify(agentId)).toMatchObject({ ok: true, horizon: { seq: "10" } });
+    const recorded = (await get("/api/v1/audit/events?agent=control-plane&type=audit.retention")).json();
+    expect(recorded.items[0].message).toMatch(/chain\(s\) kept older events audit sinks had not delivered yet/);
+    // Both caught up past the cutoff: everything older than it goes (the cursor is not a floor).
+    setCursor("webhook.siem", cursor(40));
+    setCursor("nats", cursor(30));
+    await retention(true, ["webhook.siem", "nats"]).runOnce();
+    expect(await stored()).toBe(16);
+    expect(await audit.verify(agentId)).toMatchObject({ ok: true, horizon: { seq: "24" } });
+
+    // holdForSinks: false prunes by age alone.
+    const other = await newAgent("not-held");
+    await audit.ingest(other, sessionChain(40, { base }).events);
+    expect(await retention(false, ["webhook.siem"]).runOnce()).toMatchObject({ held: 0 });
+    expect((await t.store.auditEvents.search({ agentId: other }, 100)).length).toBe(16);
   });
 
   it("still names events altered or deleted inside the retained range", async () => {
@@ -494,7 +552,7 @@ describe("retention", () => {
         store: own.store,
         audit,
         logger: silent,
-        config: { maxEvents: 5, intervalMinutes: 60, batchSize: 100 },
+        config: { maxEvents: 5, intervalMinutes: 60, batchSize: 100, holdForSinks: true },
       });
       const run = await retention.runOnce();
       expect(run?.pruned).toBeGreaterThanOrEqual(7);
@@ -517,12 +575,13 @@ describe("retention", () => {
       store: t.store,
       audit: createAuditService({ store: t.store }),
       logger: silent,
-      config: { intervalMinutes: 60, batchSize: 100 },
+      config: { intervalMinutes: 60, batchSize: 100, holdForSinks: true },
     });
     expect(none.enabled).toBe(false);
     expect(await none.runOnce()).toBeUndefined();
     let runs = 0;
     const store = {
+      auditSinks: t.store.auditSinks,
       auditTrail: {
         ...t.store.auditTrail,
         countCutoff: async () => {
@@ -535,7 +594,7 @@ describe("retention", () => {
       store,
       audit: createAuditService({ store: t.store }),
       logger: silent,
-      config: { maxEvents: 1_000_000, intervalMinutes: 60, batchSize: 100 },
+      config: { maxEvents: 1_000_000, intervalMinutes: 60, batchSize: 100, holdForSinks: true },
     });
     job.start();
     await new Promise((r) => setTimeout(r, 50));

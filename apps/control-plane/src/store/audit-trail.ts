@@ -65,6 +65,8 @@ export interface PruneReport {
   agents: number;
   /** Session summaries deleted (sessions none of whose events remain). */
   sessions: number;
+  /** Chains whose pruning stopped at their ceiling with older events left (see `prune`'s `ceiling`). */
+  held: number;
 }
 
 /** What one batch of fresh events adds to a session's summary. */
@@ -541,57 +543,73 @@ function createPostgresAuditSql(connectionString: string): AuditSql {
       ).rowCount ?? 0,
   });
 
+  async function ingestNow(agentId: string, rows: readonly IngestRow[], lastSeq: bigint, at: Date): Promise<number> {
+    const client = await pool.connect();
+    try {
+      return await transaction(client, async () => {
+        const inserted = await client.query<{ seq: string }>(insertEvents, [
+          agentId,
+          pgTime(at),
+          rows.map((r) => r.id),
+          rows.map((r) => r.seq.toString()),
+          rows.map((r) => pgTime(r.time)),
+          rows.map((r) => r.type),
+          rows.map((r) => r.user),
+          rows.map((r) => r.resource),
+          rows.map((r) => r.sessionId),
+          rows.map((r) => r.verdict),
+          rows.map((r) => r.rule),
+          rows.map((r) => r.text),
+          rows.map((r) => r.bundleVersion.toString()),
+          rows.map((r) => r.prevHash),
+          rows.map((r) => r.hash),
+          rows.map((r) => Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength)),
+        ]);
+        const freshSeqs = new Set(inserted.rows.map((r) => String(r.seq)));
+        const fresh = rows.filter((r) => freshSeqs.has(r.seq.toString()));
+        const sessions = summariseSessions(fresh);
+        if (sessions.length > 0) {
+          await client.query(upsertSessions, [
+            agentId,
+            sessions.map((s) => s.sessionId),
+            sessions.map((s) => s.user),
+            sessions.map((s) => s.resource),
+            sessions.map((s) => pgTime(s.startedAt)),
+            sessions.map((s) => (s.endedAt ? pgTime(s.endedAt) : null)),
+            sessions.map((s) => pgTime(s.lastEventAt)),
+            sessions.map((s) => s.eventCount),
+            sessions.map((s) => s.statementCount),
+            sessions.map((s) => s.deniedCount),
+          ]);
+        }
+        await client.query(
+          `UPDATE "Agent" SET "auditSeq" = $1, "updatedAt" = $2::timestamp(3) WHERE "id" = $3 AND "auditSeq" < $1`,
+          [lastSeq.toString(), pgTime(at), agentId],
+        );
+        return fresh.length;
+      });
+    } finally {
+      client.release();
+    }
+  }
+
+  // One agent's batches are written one at a time, in order (the agent channel pipelines them):
+  // concurrent transactions on the same Agent and AuditSession rows would only wait for each other,
+  // or deadlock when they touch the sessions in different orders.
+  const agentWrites = new Map<string, Promise<unknown>>();
+  const inOrder = <T>(agentId: string, work: () => Promise<T>): Promise<T> => {
+    const result = (agentWrites.get(agentId) ?? Promise.resolve()).then(work, work);
+    const tail = result.catch(() => undefined);
+    agentWrites.set(agentId, tail);
+    void tail.then(() => {
+      if (agentWrites.get(agentId) === tail) agentWrites.delete(agentId);
+    });
+    return result;
+  };
+
   return {
     walAutoCheckpoint: () => undefined,
-    async ingest(agentId, rows, lastSeq, at) {
-      const client = await pool.connect();
-      try {
-        return await transaction(client, async () => {
-          const inserted = await client.query<{ seq: string }>(insertEvents, [
-            agentId,
-            pgTime(at),
-            rows.map((r) => r.id),
-            rows.map((r) => r.seq.toString()),
-            rows.map((r) => pgTime(r.time)),
-            rows.map((r) => r.type),
-            rows.map((r) => r.user),
-            rows.map((r) => r.resource),
-            rows.map((r) => r.sessionId),
-            rows.map((r) => r.verdict),
-            rows.map((r) => r.rule),
-            rows.map((r) => r.text),
-            rows.map((r) => r.bundleVersion.toString()),
-            rows.map((r) => r.prevHash),
-            rows.map((r) => r.hash),
-            rows.map((r) => Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength)),
-          ]);
-          const freshSeqs = new Set(inserted.rows.map((r) => String(r.seq)));
-          const fresh = rows.filter((r) => freshSeqs.has(r.seq.toString()));
-          const sessions = summariseSessions(fresh);
-          if (sessions.length > 0) {
-            await client.query(upsertSessions, [
-              agentId,
-              sessions.map((s) => s.sessionId),
-              sessions.map((s) => s.user),
-              sessions.map((s) => s.resource),
-              sessions.map((s) => pgTime(s.startedAt)),
-              sessions.map((s) => (s.endedAt ? pgTime(s.endedAt) : null)),
-              sessions.map((s) => pgTime(s.lastEventAt)),
-              sessions.map((s) => s.eventCount),
-              sessions.map((s) => s.statementCount),
-              sessions.map((s) => s.deniedCount),
-            ]);
-          }
-          await client.query(
-            `UPDATE "Agent" SET "auditSeq" = $1, "updatedAt" = $2::timestamp(3) WHERE "id" = $3 AND "auditSeq" < $1`,
-            [lastSeq.toString(), pgTime(at), agentId],
-          );
-          return fresh.length;
-        });
-      } finally {
-        client.release();
-      }
-    },
+    ingest: (agentId, rows, lastSeq, at) => inOrder(agentId, () => ingestNow(agentId, rows, lastSeq, at)),
     async countCutoff(keep) {
       const { rows } = await pool.query<{ t: string }>(
         `SELECT to_char("time", 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS t FROM "AuditEvent"
@@ -668,14 +686,21 @@ export function createAuditTrailRepository(db: PrismaClient, target: AuditTrailT
       now: () => Date;
       /** Checked between batches: stop early (shutdown). */
       shouldStop?: () => boolean;
+      /**
+       * The highest sequence number of a chain that may go whatever its age (events a consumer has
+       * not taken yet stay); undefined: no ceiling. Read once per chain, when its turn comes.
+       */
+      ceiling?: (agentId: string) => Promise<bigint | undefined>;
     }): Promise<PruneReport | undefined> =>
       sql.withPruneLock(async (ops) => {
-        const report: PruneReport = { pruned: 0, agents: 0, sessions: 0 };
+        const report: PruneReport = { pruned: 0, agents: 0, sessions: 0, held: 0 };
         for (const agentId of await ops.agentsWithEvents()) {
           if (options.shouldStop?.()) break;
           const newest = await ops.newest(agentId);
           if (newest === undefined) continue;
+          const ceiling = await options.ceiling?.(agentId);
           let pruned = 0;
+          let held = false;
           for (let after = 0n; ;) {
             const steps = await ops.scan(agentId, after, options.batchSize, options.cutoff);
             let upTo: bigint | undefined;
@@ -683,6 +708,10 @@ export function createAuditTrailRepository(db: PrismaClient, target: AuditTrailT
             for (const step of steps) {
               if (!step.old || step.seq >= newest) {
                 done = true;
+                break;
+              }
+              if (ceiling !== undefined && step.seq > ceiling) {
+                held = done = true;
                 break;
               }
               upTo = step.seq;
@@ -693,6 +722,7 @@ export function createAuditTrailRepository(db: PrismaClient, target: AuditTrailT
             if (done || options.shouldStop?.()) break;
             await yieldToLoop();
           }
+          if (held) report.held++;
           if (pruned === 0) continue;
           report.pruned += pruned;
           report.agents++;
