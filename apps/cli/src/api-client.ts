@@ -353,6 +353,10 @@ export interface ApiClient {
    * answer to start, not the whole transfer, which may take minutes.
    */
   exportAuditEvents(filter: AuditEventFilter): Promise<AsyncIterable<Uint8Array>>;
+  /** The events stored after `cursor` (GET /api/v1/audit/follow); without one, a cursor at the end. */
+  followAuditEvents(
+    filter: AuditEventFilter & { limit?: number; cursor?: string },
+  ): Promise<{ items: AuditEvent[]; cursor: string }>;
 }
 
 /**
@@ -614,5 +618,6 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
     getAuditSession: (id, query = {}) =>
       request("GET", `api/v1/audit/sessions/${encodeURIComponent(id)}`, { query: params(query) }),
     exportAuditEvents: (filter) => stream("api/v1/audit/export", params(filter)),
+    followAuditEvents: (filter) => request("GET", "api/v1/audit/follow", { query: params(filter) }),
   };
 }

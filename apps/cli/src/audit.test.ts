@@ -249,10 +249,60 @@ describe("moat audit tail", () => {
     await until(() => lines().length === 6);
     await ship([{ type: "db.query", time: new Date(base + 180_000), user: "carol@example.com", text: "select 1" }]);
     await until(() => lines().length === 7);
-    expect(lines().map((e) => Number(e.seq))).toEqual([12, 13, 14, 15, 16, 17, 18]);
+    // Stored now with an older time (an agent's spool draining after an outage): still shown.
+    await ship([{ type: "db.query", time: new Date(base - 3_600_000), user: "dave@example.com", text: "select 2" }]);
+    await until(() => lines().length === 8);
+    expect(lines().map((e) => Number(e.seq))).toEqual([12, 13, 14, 15, 16, 17, 18, 19]);
     interrupt?.();
     const r = await running;
     expect(r.code, r.stderr).toBe(0);
     expect(interrupt).toBeUndefined(); // the handler was released
+  });
+
+  it("with -f and a filter shows only matching events, in the order they are stored", async () => {
+    let interrupt: (() => void) | undefined;
+    let stdout = "";
+    const running = moat(
+      [
+        "--json",
+        "audit",
+        "tail",
+        "-f",
+        "--agent",
+        agentId,
+        "--user",
+        "erin@example.com",
+        "-n",
+        "0",
+        "--interval",
+        "0.1",
+      ],
+      auditor,
+      {
+        stdout: { write: (s: string) => (stdout += s) },
+        onInterrupt: (handler) => {
+          interrupt = handler;
+          return () => (interrupt = undefined);
+        },
+      },
+    );
+    for (let i = 0; i < 200 && interrupt === undefined; i++) await new Promise((r) => setTimeout(r, 25));
+    await new Promise((r) => setTimeout(r, 300)); // the follow cursor is taken
+    const before = seq;
+    await ship([
+      { type: "db.query", time: new Date(base + 200_000), user: "frank@example.com", text: "select 3" },
+      { type: "db.query", time: new Date(base + 10_000), user: "erin@example.com", text: "select 4" },
+    ]);
+    const lines = () =>
+      stdout
+        .trimEnd()
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { seq: string; user: string });
+    for (let i = 0; i < 200 && lines().length < 1; i++) await new Promise((r) => setTimeout(r, 25));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(lines()).toMatchObject([{ seq: String(before + 2), user: "erin@example.com" }]);
+    interrupt?.();
+    expect((await running).code).toBe(0);
   });
 });

@@ -1,7 +1,7 @@
 /**
  * `moat audit`: the audit trail for auditors and admins. `search` pages through events with the
- * API's keyset cursor; `tail` prints the latest events and, with `-f`, follows new ones by polling
- * (oldest first from the newest one seen) until Ctrl-C; `sessions` and `session ID` show session
+ * API's keyset cursor; `tail` prints the latest events and, with `-f`, follows new ones as they are
+ * stored (polling /audit/follow, each agent's events in sequence order) until Ctrl-C; `sessions` and `session ID` show session
  * summaries and a session's events in order; `export` streams JSON Lines to stdout with backpressure.
  * Owns the parsing of its filters (agent by name or id, times as ISO 8601 or "15m ago" durations).
  */
@@ -81,7 +81,12 @@ async function writeAll(writer: Writer, text: string): Promise<void> {
 export function createAuditCommands(deps: {
   client: Pick<
     ApiClient,
-    "listAgents" | "searchAuditEvents" | "listAuditSessions" | "getAuditSession" | "exportAuditEvents"
+    | "listAgents"
+    | "searchAuditEvents"
+    | "listAuditSessions"
+    | "getAuditSession"
+    | "exportAuditEvents"
+    | "followAuditEvents"
   >;
   out: Output;
   stdout: Writer;
@@ -168,18 +173,20 @@ export function createAuditCommands(deps: {
 
     async tail(options: AuditFilterOptions & { lines: number; follow?: boolean; interval: number }): Promise<void> {
       const filter = await toFilter(options);
+      // Following starts where the store ends now (taken before the latest are read: an event stored
+      // in between is in both, and printed once).
+      let cursor = options.follow ? (await client.followAuditEvents({ ...filter, limit: 1 })).cursor : undefined;
       const latest =
         options.lines > 0 ? (await client.searchAuditEvents({ ...filter, limit: options.lines })).items.reverse() : [];
-      for (const e of latest) await writeAll(deps.stdout, `${await eventLine(e)}\n`);
-      if (!options.follow) return;
+      const printed = new Set<string>();
+      for (const e of latest) {
+        await writeAll(deps.stdout, `${await eventLine(e)}\n`);
+        printed.add(e.id);
+      }
+      if (!options.follow || cursor === undefined) return;
 
-      // Follow: from the newest event seen, oldest first. Events that come in later with an older
-      // time (an agent draining its spool after an outage) are not shown: `search` finds them.
-      let last: { time: string; id: string } | undefined = latest.length
-        ? { time: (latest[latest.length - 1] as AuditEvent).time, id: (latest[latest.length - 1] as AuditEvent).id }
-        : options.lines > 0
-          ? undefined
-          : { time: new Date(out.now().getTime()).toISOString(), id: "" };
+      // Follow in store order, each agent's events in sequence order: an event stored late with an
+      // older time (an agent draining its spool after an outage) is shown when it is stored.
       const stop = new AbortController();
       const release = deps.onInterrupt?.(() => stop.abort());
       try {
@@ -189,24 +196,22 @@ export function createAuditCommands(deps: {
           } catch {
             break; // interrupted
           }
-          let cursor: string | undefined;
           try {
-            do {
-              const since = last && (!filter.since || last.time > filter.since) ? last.time : filter.since;
-              const page = await client.searchAuditEvents({
+            for (;;) {
+              const page: { items: AuditEvent[]; cursor: string } = await client.followAuditEvents({
                 ...filter,
-                ...(since ? { since } : {}),
-                order: "asc",
                 limit: PAGE,
-                ...(cursor ? { cursor } : {}),
+                cursor,
               });
               for (const e of page.items) {
-                if (last && (e.time < last.time || (e.time === last.time && e.id <= last.id))) continue;
+                if (printed.has(e.id)) continue;
                 await writeAll(deps.stdout, `${await eventLine(e)}\n`);
-                last = { time: e.time, id: e.id };
               }
-              cursor = page.nextCursor;
-            } while (cursor && !stop.signal.aborted);
+              const moved = page.cursor !== cursor;
+              cursor = page.cursor;
+              if (!moved || stop.signal.aborted) break;
+            }
+            printed.clear(); // only the latest printed before following could come again, in the first round
           } catch (error) {
             // A control plane restarting is waited for, like `kubectl logs -f` does not: tail is for watching.
             if (error instanceof CliError && error.code === CliErrorCode.unreachable) {

@@ -252,6 +252,7 @@ describe("route x role matrix", () => {
     { method: "GET", url: "/api/v1/audit/sessions", allowed: ["admin", "auditor"] },
     { method: "GET", url: "/api/v1/audit/sessions/:id", allowed: ["admin", "auditor"] },
     { method: "GET", url: "/api/v1/audit/export", allowed: ["admin", "auditor"] },
+    { method: "GET", url: "/api/v1/audit/follow", allowed: ["admin", "auditor"] },
     {
       method: "GET",
       url: "/api/v1/audit/verify",

@@ -353,7 +353,7 @@ describe("export", () => {
       return t.store.auditEvents.search(...args);
     };
     const audit = createAuditService({
-      store: { auditEvents: counting, auditTrail: t.store.auditTrail },
+      store: { auditEvents: counting, auditTrail: t.store.auditTrail, auditSinks: t.store.auditSinks },
       exportBatch: 10,
     });
     await audit.ingest(agentId, sessionChain(95, { base: Date.UTC(2027, 0, 1) }).events);
@@ -383,6 +383,43 @@ describe("events in both orders", () => {
     expect(next.items.map((e: { seq: string }) => e.seq)).toEqual(["4", "5", "6"]);
     const newest = (await get(`/api/v1/audit/events?agent=${agentId}&limit=3`)).json();
     expect(newest.items.map((e: { seq: string }) => e.seq)).toEqual(["7", "6", "5"]);
+  });
+});
+
+describe("following the trail as it is stored", () => {
+  it("returns each agent's events in sequence order after the cursor, waits for a hole, then passes it", async () => {
+    let clock = Date.UTC(2031, 0, 1);
+    const audit = createAuditService({ store: t.store, now: () => new Date(clock) });
+    const agentId = await newAgent("follow-agent");
+    const start = await audit.follow({ agentId }, 100);
+    expect(start.items).toEqual([]);
+    const chain = sessionChain(10, { base: Date.UTC(2031, 0, 1) });
+    await audit.ingest(agentId, chain.events.slice(0, 3)); // 1-3
+    await audit.ingest(agentId, chain.events.slice(5, 8)); // 6-8: 4 and 5 are missing
+    const first = await audit.follow({ agentId }, 100, start.cursor);
+    expect(first.items.map((e) => e.seq)).toEqual(["1", "2", "3"]);
+    clock += 1000;
+    const waiting = await audit.follow({ agentId }, 100, first.cursor);
+    expect(waiting.items).toEqual([]);
+    // Filled in time (a late commit): delivered in order.
+    await audit.ingest(agentId, chain.events.slice(3, 4)); // 4
+    const filled = await audit.follow({ agentId }, 100, waiting.cursor);
+    expect(filled.items.map((e) => e.seq)).toEqual(["4"]);
+    // 5 never comes: after the grace it is passed, and 6-8 follow.
+    clock += 11_000;
+    const passed = await audit.follow({ agentId }, 100, filled.cursor);
+    const rest = await audit.follow({ agentId }, 100, passed.cursor);
+    expect([...passed.items, ...rest.items].map((e) => e.seq)).toEqual(["6", "7", "8"]);
+    // Filters apply to what is returned; the cursor still moves past what was read.
+    await audit.ingest(agentId, chain.events.slice(8, 10)); // 9-10
+    const filtered = await audit.follow({ agentId, type: "no.such.type" }, 100, rest.cursor);
+    expect(filtered.items).toEqual([]);
+    expect((await audit.follow({ agentId }, 100, filtered.cursor)).items).toEqual([]);
+    await expect(audit.follow({}, 10, "not-a-cursor")).rejects.toMatchObject({ code: "bad_request" });
+    // Over REST, auditors only.
+    expect((await get(`/api/v1/audit/follow?agent=${agentId}`)).json()).toMatchObject({ items: [] });
+    expect((await get(`/api/v1/audit/follow?agent=${agentId}`, "member")).statusCode).toBe(403);
+    expect((await get(`/api/v1/audit/follow?cursor=x`)).json().code).toBe("bad_request");
   });
 });
 

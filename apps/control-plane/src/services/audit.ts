@@ -26,6 +26,13 @@ import type {
   IngestRow,
   Store,
 } from "../store/index.js";
+import {
+  advance,
+  decodeCursor as decodeSourceCursor,
+  encodeCursor as encodeSourceCursor,
+  positionOf,
+  selectDeliverable,
+} from "../audit-sinks/cursor.js";
 import { decodeAuditFields, type DecodedAuditFields } from "./audit-decode.js";
 
 const VERDICTS: Record<number, string> = {
@@ -203,8 +210,25 @@ function toSessionView(s: AuditSessionRecord): SessionView {
   };
 }
 
+/** How long `follow` waits for a missing sequence number before passing it (a hole that stays). */
+const FOLLOW_HOLE_GRACE_MS = 10_000;
+
+/** Whether `row` matches `filter` (what the store's search does, for rows read by sequence number). */
+function matches(row: AuditEventRow, filter: Omit<AuditFilter, "before" | "after">): boolean {
+  return (
+    (!filter.agentId || row.agentId === filter.agentId) &&
+    (!filter.user || row.user === filter.user) &&
+    (!filter.resource || row.resource === filter.resource) &&
+    (!filter.type || row.type === filter.type) &&
+    (!filter.verdict || row.verdict === filter.verdict) &&
+    (!filter.since || row.time >= filter.since) &&
+    (!filter.until || row.time < filter.until) &&
+    (!filter.text || row.text.includes(filter.text))
+  );
+}
+
 export function createAuditService(deps: {
-  store: Pick<Store, "auditEvents" | "auditTrail">;
+  store: Pick<Store, "auditEvents" | "auditTrail" | "auditSinks">;
   now?: () => Date;
   /** Events per store query when exporting (default EXPORT_BATCH). */
   exportBatch?: number;
@@ -294,6 +318,57 @@ export function createAuditService(deps: {
         const last = rows[rows.length - 1] as AuditEventRow;
         after = { time: last.time, id: last.id };
       }
+    },
+
+    /**
+     * Following the trail as it is stored (`moat audit tail -f`): the events stored after `cursor`,
+     * each source's in sequence order, so an event stored late with an older time (an agent's spool
+     * draining after an outage) is not passed over. Without a cursor: nothing, and a cursor at the
+     * end of every source. The cursor (opaque) holds each source's last sequence number read; a
+     * sequence number still missing while later ones were stored more than FOLLOW_HOLE_GRACE_MS ago
+     * (events an agent dropped, or pruned) is passed. Filters apply to what is returned; the cursor
+     * moves past everything read.
+     */
+    async follow(
+      filter: Omit<AuditFilter, "before" | "after">,
+      limit: number,
+      cursorText?: string,
+    ): Promise<{ items: AuditView[]; cursor: string }> {
+      const highs = await store.auditSinks.highs();
+      const encode = (c: Map<string, bigint>) => Buffer.from(encodeSourceCursor(c)).toString("base64url");
+      if (cursorText === undefined) return { items: [], cursor: encode(highs) };
+      let cursor: Map<string, bigint>;
+      try {
+        cursor = decodeSourceCursor(Buffer.from(cursorText, "base64url").toString("utf8"));
+      } catch {
+        throw new AppError("bad_request", "the cursor is not valid");
+      }
+      const sources = [...highs]
+        .filter(([source, high]) => (!filter.agentId || source === filter.agentId) && high > positionOf(cursor, source))
+        .map(([agentId]) => ({ agentId, after: positionOf(cursor, agentId) }))
+        .sort((a, b) => (a.agentId < b.agentId ? -1 : a.agentId > b.agentId ? 1 : 0))
+        .slice(0, 100);
+      if (sources.length === 0) return { items: [], cursor: cursorText };
+      const span = BigInt(limit);
+      let rows = await store.auditSinks.eventsAfter(sources, span, limit);
+      let selected = selectDeliverable(rows, cursor);
+      if (selected.length === 0 && rows.length > 0) {
+        // Stored out of sequence order (transactions committed out of order): read in sequence order.
+        rows = await store.auditSinks.eventsAfter(sources, span, limit, true);
+        selected = selectDeliverable(rows, cursor);
+      }
+      const next = advance(cursor, selected);
+      // A source with nothing to give although it is behind: a hole, passed once it has lasted.
+      const served = new Set(selected.map((r) => r.agentId));
+      for (const source of sources) {
+        if (served.has(source.agentId)) continue;
+        const first = await store.auditSinks.firstAfter(source.agentId, source.after);
+        if (first === undefined || first === source.after + 1n) continue;
+        const [row] = await store.auditSinks.eventsAfter([{ agentId: source.agentId, after: first - 1n }], 1n, 1);
+        if (row && now().getTime() - row.receivedAt.getTime() >= FOLLOW_HOLE_GRACE_MS)
+          next.set(source.agentId, first - 1n);
+      }
+      return { items: selected.filter((r) => matches(r, filter)).map(toView), cursor: encode(next) };
     },
 
     /** Sessions, most recently started first, keyset-paginated. */

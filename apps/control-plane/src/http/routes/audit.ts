@@ -140,6 +140,36 @@ export const auditRoutes: FastifyPluginAsync<{ deps: HttpDeps }> = async (app, {
   );
 
   app.get(
+    "/api/v1/audit/follow",
+    {
+      config: { access: readers },
+      schema: {
+        summary:
+          "Follow the trail as it is stored (moat audit tail -f): the events stored after cursor, each agent's in sequence order; without a cursor, none and a cursor at the end",
+        description:
+          "Unlike /audit/events (ordered by event time), an event stored late with an older time (an agent's spool draining after an outage) is not passed over. Poll with the returned cursor; filters apply to the items returned.",
+        tags: ["audit"],
+        querystring: Type.Object(
+          {
+            ...filters,
+            limit: Type.Integer({ minimum: 1, maximum: 1000, default: 500 }),
+            cursor: Type.Optional(Type.String({ maxLength: 16_384 })),
+          },
+          { additionalProperties: false },
+        ),
+        response: {
+          200: Type.Object({ items: Type.Array(Event), cursor: Type.String() }),
+          ...errorResponses,
+        },
+      },
+    },
+    async (request) => {
+      const q = request.query as FilterQuery & { limit: number; cursor?: string };
+      return deps.audit.follow(toFilter(q), q.limit, q.cursor);
+    },
+  );
+
+  app.get(
     "/api/v1/audit/export",
     {
       config: { access: readers },
