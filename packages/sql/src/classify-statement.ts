@@ -326,7 +326,27 @@ function setConfigAsSet(parts: readonly string[], node: Obj, out: Collector): bo
   return true;
 }
 
-/** A search_path value as PostgreSQL reads it: comma-separated names, unquoted ones folded to lower case. */
+/** PostgreSQL's identifier folding (downcase_identifier, multibyte encodings): ASCII letters only. */
+const asciiLower = (name: string): string => name.replace(/[A-Z]+/g, (m) => m.toLowerCase());
+
+/** An identifier cut to NAMEDATALEN - 1 = 63 bytes of UTF-8, never inside a character (truncate_identifier). */
+export function truncateIdentifier(name: string): string {
+  let bytes = 0;
+  let end = 0;
+  for (const ch of name) {
+    const cp = ch.codePointAt(0) as number;
+    const n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    if (bytes + n > 63) return name.slice(0, end);
+    bytes += n;
+    end += ch.length;
+  }
+  return name;
+}
+
+/**
+ * A search_path value as PostgreSQL reads it (SplitIdentifierString): comma-separated names,
+ * unquoted ones folded to lower case (ASCII letters only), every one cut to 63 bytes.
+ */
 export function splitSearchPath(value: string): string[] | undefined {
   const names: string[] = [];
   let i = 0;
@@ -356,9 +376,9 @@ export function splitSearchPath(value: string): string[] | undefined {
     } else {
       while (i < value.length && value[i] !== "," && !/\s/.test(value[i] as string)) name += value[i++];
       if (name === "") return undefined;
-      name = name.toLowerCase();
+      name = asciiLower(name);
     }
-    names.push(name);
+    names.push(truncateIdentifier(name));
     skipSpace();
     if (i === value.length) return names;
     if (value[i] !== ",") return undefined;

@@ -365,3 +365,21 @@ describe("pg_dump's set_config(name, ...) FROM pg_settings WHERE name = '<settin
     expect(info.searchPath).toBeUndefined();
   });
 });
+
+describe("search_path values read as PostgreSQL reads them", () => {
+  const path = (value: string) => one(`SELECT set_config('search_path', '${value}', false)`).searchPath;
+
+  it("folds only ASCII letters of unquoted names, and keeps quoted ones", () => {
+    expect(path("Public, ÉTÉ")).toEqual(["public", "ÉtÉ"]); // É is not ASCII: kept, T folded
+    expect(path('"Public", x')).toEqual(["Public", "x"]);
+  });
+
+  it("cuts every name to 63 bytes of UTF-8, never inside a character", () => {
+    const long = "a".repeat(70);
+    expect(path(long)).toEqual(["a".repeat(63)]);
+    expect(path(`"${long}"`)).toEqual(["a".repeat(63)]);
+    // 62 ASCII bytes then a 2-byte character: it does not fit whole, so it goes.
+    expect(path(`${"b".repeat(62)}é`)).toEqual(["b".repeat(62)]);
+    expect(path("é".repeat(40))).toEqual(["é".repeat(31)]);
+  });
+});

@@ -275,10 +275,12 @@ describe("texts the server could read differently from the agent (lexical settin
     b.socket.destroy();
     expect(await rows()).toMatch(/^10/);
 
-    // Extended protocol: the change bound and synced, the trick parsed right behind it.
-    const c = await open();
-    c.socket.write(
-      Buffer.concat([
+    {
+      // Extended protocol: a lexical change is refused at its Parse (only a simple query may carry one).
+      const c = await open();
+      const ms = await pipeline(
+        c,
+        2,
         serialize.parse({ name: "", text: "SET standard_conforming_strings = off" }),
         serialize.bind({}),
         serialize.execute({}),
@@ -287,21 +289,75 @@ describe("texts the server could read differently from the agent (lexical settin
         serialize.bind({}),
         serialize.execute({}),
         serialize.sync(),
-      ]),
+      );
+      expect(errors(ms)[0]).toMatchObject({
+        code: "42501",
+        message: expect.stringContaining("simple query on its own"),
+      });
+      c.socket.destroy();
+      expect(await rows()).toMatch(/^10/);
+    }
+  });
+
+  it("lets a lexical change through only alone, outside a transaction block, with nothing in flight", async () => {
+    const refusal = expect.stringContaining("outside a transaction block");
+    const c = await open();
+    // Inside a block: COMMIT, ROLLBACK or an error aborting the block could revert it unseen.
+    expect(errors(await c.exchange(serialize.query("SET standard_conforming_strings = off")))).toEqual([]);
+    await c.exchange(serialize.query("BEGIN"));
+    expect(errors(await c.exchange(serialize.query("SET LOCAL standard_conforming_strings = on")))[0]).toMatchObject({
+      code: "42501",
+      message: refusal,
+    });
+    await c.exchange(serialize.query("ROLLBACK"));
+    // With another statement in the same message, or another message still unanswered.
+    expect(
+      errors(await c.exchange(serialize.query("SELECT 1; SET standard_conforming_strings = on")))[0],
+    ).toMatchObject({ code: "42501", message: refusal });
+    const pipelined = await pipeline(
+      c,
+      2,
+      serialize.query("SELECT pg_sleep(0.05)"),
+      serialize.query("SET standard_conforming_strings = on"),
     );
-    await c.until((m) => m.filter((x) => x.type === "Z").length >= 2);
-    expect(errors(c.messages)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("backslash") });
+    expect(errors(pipelined)[0]).toMatchObject({ code: "42501", message: refusal });
+    // Still off, as the agent knows: the trick stays refused.
+    expect(errors(await c.exchange(backslashTrick))[0]?.code).toBe("42501");
+    // A portal bound now and executed in a later Sync cycle inside a block: refused at Parse.
+    await c.exchange(serialize.query("BEGIN"));
+    const portal = await pipeline(
+      c,
+      1,
+      serialize.parse({ name: "s", text: "SET standard_conforming_strings = on" }),
+      serialize.bind({ portal: "p", statement: "s" }),
+      serialize.sync(),
+    );
+    expect(errors(portal)[0]).toMatchObject({ code: "42501", message: refusal });
+    await c.exchange(serialize.query("ROLLBACK"));
+    // Alone and idle: fine.
+    expect(errors(await c.exchange(serialize.query("SET standard_conforming_strings = on")))).toEqual([]);
     c.socket.destroy();
     expect(await rows()).toMatch(/^10/);
   });
 
-  it("treats the end of a transaction as a lexical change once the session made one (it can revert it)", async () => {
+  it("ignores messages while the target skips to Sync, as the target does, and stays in step", async () => {
     const c = await open();
-    for (const sql of ["SET standard_conforming_strings = off", "BEGIN", "SET LOCAL standard_conforming_strings = on"])
-      expect(errors(await c.exchange(serialize.query(sql)))).toEqual([]);
-    // The agent now knows "on"; COMMIT reverts the server to "off" before the trick is read.
-    const ms = await pipeline(c, 2, serialize.query("COMMIT"), backslashTrick);
-    expect(errors(ms).at(-1)).toMatchObject({ code: "42501", message: expect.stringContaining("backslash") });
+    // An extended-protocol error with no Sync sent: the target now ignores everything but Sync.
+    c.socket.write(
+      Buffer.concat([
+        serialize.parse({ name: "", text: "SELECT * FROM no_such_table" }),
+        serialize.bind({}),
+        serialize.execute({}),
+      ]),
+    );
+    await c.until((m) => m.some((x) => x.type === "E"));
+    const ms = await pipeline(c, 1, serialize.query("SELECT 1"), serialize.sync());
+    expect(types(ms)).toBe("Z"); // the Query was ignored, the Sync answered
+    // In step: an allowed query gets its own rows, a denied one the agent's 42501.
+    const read = await c.exchange(serialize.query("SELECT count(*) FROM t"));
+    expect(types(read)).toBe("TDCZ");
+    const denied = await c.exchange(serialize.query("DELETE FROM t"));
+    expect(errors(denied)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("no policy allows") });
     c.socket.destroy();
     expect(await rows()).toMatch(/^10/);
   });

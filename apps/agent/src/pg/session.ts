@@ -171,7 +171,7 @@ type Pending =
   | { kind: "describe"; target: "S" | "P"; name: string; injected: boolean }
   | { kind: "execute"; portal: Portal | undefined; portalName: string }
   | { kind: "close" }
-  | { kind: "sync"; lexical?: boolean };
+  | { kind: "sync" };
 
 interface Decision {
   effect: "allow" | "deny" | "review";
@@ -195,18 +195,21 @@ export class PgSession {
   private standardConformingStrings = true;
   private unsafeEncoding: string | undefined;
   /**
-   * Messages forwarded that may change how the server reads text — a SET / RESET of
-   * client_encoding or standard_conforming_strings, RESET ALL, DISCARD ALL, or (once the session
-   * has changed one of those) the end of a transaction, which can revert it — and not answered yet.
-   * The agent learns the new settings only from the answer (ParameterStatus), so texts pipelined
-   * behind such a message are read pessimistically until then: a backslash as if
-   * standard_conforming_strings were off, a non-ASCII character as if the encoding were unsafe.
+   * Queries forwarded that change how the server reads text (a SET / RESET of client_encoding or
+   * standard_conforming_strings, RESET ALL, DISCARD ALL) and not answered yet. Such a change is let
+   * through only alone, outside a transaction block and with nothing else in flight (see
+   * `lexicalChangeRefusal`), so nothing can revert it later out of the agent's sight; but the agent
+   * learns the new setting only from the answer (ParameterStatus), so texts pipelined behind it are
+   * read pessimistically until then: a backslash as if standard_conforming_strings were off, a
+   * non-ASCII character as if the encoding were unsafe.
    */
   private lexicalInFlight = 0;
-  /** A statement bound (extended protocol) may change the lexical settings: in flight from its Sync on. */
-  private lexicalUntilSync = false;
-  /** This session changed a lexical setting (so the end of a transaction may revert it). */
-  private lexicalTouched = false;
+  /**
+   * The target failed an extended-protocol message and, no Sync having been sent since, ignores
+   * every message until the next Sync: so does the agent (a Query the target ignores would otherwise
+   * be waited for, and every later answer matched to the wrong message).
+   */
+  private awaitingSync = false;
   private status: TransactionStatus = "I";
   private plan: ResultPlan | undefined;
   /** DataRows relayed since the last statement completed. */
@@ -352,6 +355,8 @@ export class PgSession {
   }
 
   private onClientMessage(f: Frame): Buffer | Buffer[] | undefined {
+    // Skipping to Sync, as the target does (it ignores all but Sync; Terminate ends the session anyway).
+    if (this.awaitingSync && f.type !== 0x53 && f.type !== 0x58) return undefined;
     switch (f.type) {
       case 0x51: // Query
         return this.onQuery(decodeQuery(f.body), f.raw);
@@ -386,14 +391,10 @@ export class PgSession {
         this.push({ kind: "close" });
         return f.raw;
       }
-      case 0x53: {
-        // Sync
-        const lexical = this.lexicalUntilSync;
-        this.lexicalUntilSync = false;
-        if (lexical) this.lexicalInFlight++;
-        this.push({ kind: "sync", lexical });
+      case 0x53: // Sync
+        this.awaitingSync = false;
+        this.push({ kind: "sync" });
         return f.raw;
-      }
       case 0x48: // Flush
       case 0x64: // CopyData
       case 0x63: // CopyDone
@@ -462,8 +463,12 @@ export class PgSession {
     }
     const runs: Run[] = [];
     let denied: { decision: Decision; info: StatementInfo } | undefined;
+    const lexicalRefusal = this.lexicalChangeRefusal(c.statements, false);
     for (const info of c.statements) {
-      const decision = this.decide(info);
+      const decision: Decision =
+        lexicalRefusal && info.lexicalChange
+          ? { effect: "deny", rule: "", message: lexicalRefusal, tables: [] }
+          : this.decide(info);
       if (decision.effect !== "allow") {
         denied ??= { decision, info };
         continue;
@@ -485,7 +490,7 @@ export class PgSession {
       return serialize.query(POISON);
     }
     for (let i = 0; i < runs.length; i++) this.ctx.metrics.statement("allow");
-    const lexical = c.statements.some((info) => this.lexicalRisk(info));
+    const lexical = c.statements.some((info) => info.lexicalChange);
     for (const info of c.statements) this.afterAllowed(info);
     if (lexical) this.lexicalInFlight++;
     this.push({ kind: "query", runs, index: 0, lexical });
@@ -503,17 +508,27 @@ export class PgSession {
   }
 
   /** Session state an allowed statement changes, known before the target runs it. */
-  /** Whether running `info` may change how the server reads the session's next texts. */
-  private lexicalRisk(info: StatementInfo): boolean {
-    return info.lexicalChange === true || (this.lexicalTouched && info.kind === "TransactionStmt");
+  private get lexicalUncertain(): boolean {
+    return this.lexicalInFlight > 0;
   }
 
-  private get lexicalUncertain(): boolean {
-    return this.lexicalInFlight > 0 || this.lexicalUntilSync;
+  /**
+   * Why a change of the lexical settings in this message is refused, if it is: it must come as a
+   * simple Query of that one statement, outside a transaction block, with nothing else in flight.
+   * Otherwise something the agent cannot see in time could apply or revert it — a portal executed
+   * in a later Sync cycle, COMMIT/ROLLBACK of the block (a SET LOCAL, or a SET rolled back), an
+   * error aborting the block — and the next texts would be read under the wrong setting.
+   */
+  private lexicalChangeRefusal(statements: readonly StatementInfo[], extended: boolean): string | undefined {
+    if (!statements.some((info) => info.lexicalChange)) return undefined;
+    if (!extended && statements.length === 1 && this.status === "I" && this.pending.length === 0) return undefined;
+    return (
+      "access denied: a change of client_encoding or standard_conforming_strings (or RESET ALL, DISCARD ALL) " +
+      "must be sent as a simple query on its own, outside a transaction block, with no other query in flight"
+    );
   }
 
   private afterAllowed(info: StatementInfo): void {
-    if (info.lexicalChange) this.lexicalTouched = true;
     this.widenSearchPath(info);
     if (info.prepare) this.sqlPrepared.set(info.prepare.name, info);
     if (info.deallocate) {
@@ -540,8 +555,12 @@ export class PgSession {
       this.unparsed(parse.query, c.error.message);
       return poison(c.error.message, c.error.sqlstate);
     }
+    const lexicalRefusal = this.lexicalChangeRefusal(c.statements, true);
     for (const info of c.statements) {
-      const decision = this.decide(info);
+      const decision: Decision =
+        lexicalRefusal && info.lexicalChange
+          ? { effect: "deny", rule: "", message: lexicalRefusal, tables: [] }
+          : this.decide(info);
       if (decision.effect !== "allow") {
         this.refused(info, decision, c.fingerprint);
         return poison(decision.message);
@@ -581,7 +600,6 @@ export class PgSession {
     const bind = decodeBind(f.body);
     const params = bind.parameters.length > 0 ? renderParameters(bind) : "";
     if (run && params) run.text = `${run.text} -- parameters: ${params}`;
-    if (infos.some((info) => this.lexicalRisk(info))) this.lexicalUntilSync = true;
     for (const info of infos) this.afterAllowed(info);
     const fields = statement.fields?.map((fl, i) => ({
       ...fl,
@@ -821,7 +839,7 @@ export class PgSession {
   /** Drops the oldest pending response; an Execute reaching the head sets up its result's masking. */
   private shift(): void {
     const p = this.pending.shift();
-    if ((p?.kind === "query" || p?.kind === "sync") && p.lexical) this.lexicalInFlight--;
+    if (p?.kind === "query" && p.lexical) this.lexicalInFlight--;
     this.plan = undefined;
     const head = this.pending[0];
     if (head?.kind === "execute" && head.portal) this.startResult(head.portal.fields, head.portal.run);
@@ -1014,6 +1032,8 @@ export class PgSession {
         }
         this.shift();
       }
+      // No Sync sent yet: the target ignores what comes until the client sends one.
+      if (this.pending.length === 0) this.awaitingSync = true;
     }
     return replace ? [replace] : undefined;
   }
