@@ -769,7 +769,7 @@ async function endToEnd() {
   out(
     `Backlog after a control-plane outage: ${thousands(backlog)} spooled events drained in ${fmt(drainSeconds, 1)} s ` +
       `= ${thousands(backlog / drainSeconds)} events/s through the agent's stream and the control plane's ingestion ` +
-      `(one agent: batches of 500, up to 4 in flight, stored one after another), load ${fmt(loadavg()[0], 1)}.`,
+      `(one agent: batches of 500, several in flight, stored pipelined), load ${fmt(loadavg()[0], 1)}.`,
   );
   out();
 }
