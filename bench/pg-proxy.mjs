@@ -305,6 +305,9 @@ const groups = new Set(); // pgids ever started and not yet swept
  * SIGKILLed afterwards (and at exit) so no child (pgpool's, postgres backends) outlives the bench.
  */
 function startProcess(name, cmd, argv, { env, asPostgres = false, stopSignal = "SIGTERM", cwd } = {}) {
+  // MOAT_BENCH_NODE_ARGS: extra flags for the Node processes it starts (e.g. --cpu-prof to profile them).
+  if (cmd === process.execPath && process.env.MOAT_BENCH_NODE_ARGS)
+    argv = [...process.env.MOAT_BENCH_NODE_ARGS.split(/\s+/).filter(Boolean), ...argv];
   const child = spawn(cmd, argv, {
     detached: true,
     cwd: cwd ?? WORK,

@@ -32,6 +32,10 @@ export function createAuditShipper(deps: {
 
   function pump(): void {
     while (up && inFlight < maxInFlight) {
+      // A partial batch waits while another one is in flight (Nagle): acks pace the batches, so a
+      // steady trickle of events goes in a few full batches, not one message (one store transaction
+      // and one ack) per event. With nothing in flight, whatever there is goes at once.
+      if (inFlight > 0 && deps.spool.peekNextSeq() - nextSeq < BigInt(batchEvents)) return;
       const events = deps.spool.read(nextSeq, batchEvents, batchBytes);
       if (events.length === 0) return;
       const sent = deps.send(

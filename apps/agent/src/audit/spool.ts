@@ -32,6 +32,8 @@ import { hash } from "node:crypto";
 import { crc32 } from "node:zlib";
 
 const HEADER = 16;
+/** How often at most the acked sequence number is written to its file. */
+const ACK_PERSIST_MS = 1000;
 /** SHA-256 of an event's bytes (one-shot: no Hash object per event). */
 function sha256(bytes: Uint8Array): Buffer {
   return hash("sha256", bytes, "buffer");
@@ -168,6 +170,9 @@ export class AuditSpool {
   private fd = -1;
   private nextSeq = 1n;
   private acked = 0n;
+  /** What the acked file says (it may lag `acked`: see schedulePersistAck). */
+  private ackPersisted = 0n;
+  private ackTimer: NodeJS.Timeout | undefined;
   private syncing = false;
   private waiting: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private closed = false;
@@ -203,6 +208,7 @@ export class AuditSpool {
   private recover(): Recovery {
     const ackText = existsSync(this.ackPath()) ? readFileSync(this.ackPath(), "utf8").trim() : "0";
     this.acked = /^\d+$/.test(ackText) ? BigInt(ackText) : 0n;
+    this.ackPersisted = this.acked;
     const names = readdirSync(this.dir)
       .filter((n) => /^\d{20}\.seg$/.test(n))
       .sort();
@@ -532,17 +538,37 @@ export class AuditSpool {
   ack(seq: bigint): void {
     if (seq <= this.acked) return;
     const upTo = seq > this.nextSeq - 1n ? this.nextSeq - 1n : seq;
-    this.persistAck(upTo);
+    this.acked = upTo;
     this.dropTail(upTo);
-    while (this.segments.length > 1 && (this.segments[0] as Segment).lastSeq <= this.acked) {
-      const gone = this.segments.shift() as Segment;
-      this.bytes -= gone.bytes;
-      unlinkSync(gone.path);
-    }
+    if (this.segments.length > 1 && (this.segments[0] as Segment).lastSeq <= this.acked) {
+      // On disk before any segment goes, so the file never says less than the segments left imply.
+      this.persistAck(upTo);
+      while (this.segments.length > 1 && (this.segments[0] as Segment).lastSeq <= this.acked) {
+        const gone = this.segments.shift() as Segment;
+        this.bytes -= gone.bytes;
+        unlinkSync(gone.path);
+      }
+    } else this.schedulePersistAck();
+  }
+
+  /**
+   * The acked file is written at most every ACK_PERSIST_MS (and at close, and before a segment is
+   * deleted): a write and a rename per ack blocked the event loop on a busy disk. A file that lags
+   * only makes a restarted agent resend a few stored events (ingestion is idempotent), and on
+   * reconnect the control plane says what it has stored anyway.
+   */
+  private schedulePersistAck(): void {
+    if (this.ackTimer || this.closed) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = undefined;
+      if (!this.closed && this.acked > this.ackPersisted) this.persistAck(this.acked);
+    }, ACK_PERSIST_MS);
+    this.ackTimer.unref();
   }
 
   private persistAck(seq: bigint): void {
     this.acked = seq;
+    this.ackPersisted = seq;
     const temp = `${this.ackPath()}.tmp`;
     writeFileSync(temp, `${seq}\n`, { mode: 0o600 });
     renameSync(temp, this.ackPath());
@@ -550,6 +576,9 @@ export class AuditSpool {
 
   close(): void {
     if (this.closed) return;
+    if (this.ackTimer) clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+    if (this.acked > this.ackPersisted) this.persistAck(this.acked);
     if (this.fd >= 0) this.writeStaged();
     if (this.syncTimer) clearTimeout(this.syncTimer);
     this.closed = true;
