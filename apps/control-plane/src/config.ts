@@ -146,6 +146,8 @@ export const ControlPlaneConfigSchema = Type.Object(
             days: Type.Optional(Type.Integer({ minimum: 1, maximum: 36_500 })),
             /** Keep about this many events at most, the newest; older ones are deleted. */
             maxEvents: Type.Optional(Type.Integer({ minimum: 1 })),
+            /** SQLite store: keep its used size under about this many bytes, deleting the oldest events. */
+            maxBytes: Type.Optional(Type.Integer({ minimum: 1024 * 1024 })),
             /** Minutes between retention runs (one also runs at start). */
             intervalMinutes: Type.Integer({ minimum: 1, maximum: 24 * 60, default: 60 }),
             /** Events deleted per transaction. */
@@ -196,6 +198,7 @@ export const ENV_OVERRIDES: EnvOverride[] = [
   { variable: "MOAT_TOKEN_KEY_ACTIVATION_SECONDS", path: "tokens.keyActivationSeconds", type: "number" },
   { variable: "MOAT_AUDIT_RETENTION_DAYS", path: "audit.retention.days", type: "number" },
   { variable: "MOAT_AUDIT_RETENTION_MAX_EVENTS", path: "audit.retention.maxEvents", type: "number" },
+  { variable: "MOAT_AUDIT_RETENTION_MAX_BYTES", path: "audit.retention.maxBytes", type: "number" },
   { variable: "MOAT_OIDC_ISSUER", path: "oidc.issuer", type: "string" },
   { variable: "MOAT_OIDC_CLIENT_ID", path: "oidc.clientId", type: "string" },
 ];

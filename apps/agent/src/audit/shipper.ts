@@ -16,26 +16,57 @@ export interface AuditShipper {
   wake(): void;
 }
 
+/**
+ * How long a partial batch waits for more events: the store's cost per batch (a transaction, an
+ * fsync, a message and an ack) is paid once for what arrives meanwhile, for at most this much lag.
+ */
+export const DEFAULT_LINGER_MS = 20;
+
 export function createAuditShipper(deps: {
   spool: AuditSpool;
   send: (message: ConnectRequest) => boolean;
   batchEvents?: number;
   batchBytes?: number;
   maxInFlight?: number;
+  /** How long at most a partial batch waits for more events (ms). */
+  lingerMs?: number;
 }): AuditShipper {
   const batchEvents = deps.batchEvents ?? 500;
   const batchBytes = deps.batchBytes ?? 1024 * 1024;
   const maxInFlight = deps.maxInFlight ?? 4;
+  const lingerMs = deps.lingerMs ?? DEFAULT_LINGER_MS;
   let up = false;
   let nextSeq = 1n;
   let inFlight = 0;
+  /** When the partial batch waiting now may go (0: none waiting). */
+  let lingerUntil = 0;
+  let lingerTimer: NodeJS.Timeout | undefined;
+
+  function armLinger(ms: number): void {
+    if (lingerTimer) return;
+    lingerTimer = setTimeout(() => {
+      lingerTimer = undefined;
+      pump();
+    }, ms);
+    lingerTimer.unref();
+  }
 
   function pump(): void {
     while (up && inFlight < maxInFlight) {
-      // A partial batch waits while another one is in flight (Nagle): acks pace the batches, so a
-      // steady trickle of events goes in a few full batches, not one message (one store transaction
-      // and one ack) per event. With nothing in flight, whatever there is goes at once.
-      if (inFlight > 0 && deps.spool.peekNextSeq() - nextSeq < BigInt(batchEvents)) return;
+      const available = deps.spool.peekNextSeq() - nextSeq;
+      if (available <= 0n) return;
+      if (available < BigInt(batchEvents)) {
+        // A partial batch waits for more events, up to lingerMs from its first one, and while
+        // another batch is in flight (Nagle: the ack pumps again): a steady stream of statements
+        // goes in batches, not one message, one store transaction and one ack per statement.
+        const now = Date.now();
+        if (lingerUntil === 0) lingerUntil = now + lingerMs;
+        if (inFlight > 0) return;
+        if (now < lingerUntil) {
+          armLinger(lingerUntil - now);
+          return;
+        }
+      }
       const events = deps.spool.read(nextSeq, batchEvents, batchBytes);
       if (events.length === 0) return;
       const sent = deps.send(
@@ -47,6 +78,7 @@ export function createAuditShipper(deps: {
       }
       nextSeq = (events[events.length - 1]?.seq ?? nextSeq) + 1n;
       inFlight++;
+      lingerUntil = 0;
     }
   }
 

@@ -20,6 +20,8 @@ export interface AuditRetentionConfig {
   days?: number;
   /** Keep about this many events at most, the newest (unset: no count limit). */
   maxEvents?: number;
+  /** SQLite: keep the store's used size under about this many bytes, pruning the oldest (unset: no size limit). */
+  maxBytes?: number;
   /** Minutes between runs. */
   intervalMinutes: number;
   /** Events deleted per transaction. */
@@ -45,7 +47,7 @@ export function createAuditRetention(deps: {
   const { store, audit, logger, config } = deps;
   const sinkIds = config.holdForSinks ? (deps.sinkIds ?? []) : [];
   const now = deps.now ?? (() => new Date());
-  const enabled = config.days !== undefined || config.maxEvents !== undefined;
+  const enabled = config.days !== undefined || config.maxEvents !== undefined || config.maxBytes !== undefined;
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<RetentionRun> | undefined;
   let stopping = false;
@@ -59,13 +61,34 @@ export function createAuditRetention(deps: {
       const byCount = newestExcess && new Date(newestExcess.getTime() + 1);
       if (byCount && (!cutoff || byCount > cutoff)) cutoff = byCount;
     }
+    if (config.maxBytes !== undefined) {
+      const keep = await keepForSize(config.maxBytes);
+      const newestExcess = keep === undefined ? undefined : await store.auditTrail.countCutoff(keep);
+      const bySize = newestExcess && new Date(newestExcess.getTime() + 1);
+      if (bySize && (!cutoff || bySize > cutoff)) cutoff = bySize;
+    }
     return cutoff;
+  }
+
+  /**
+   * How many of the newest events fit in `maxBytes`, from the store's used size and its event
+   * count (bytes per event as stored: row, indexes, summaries); undefined when under the limit.
+   * Freed pages are reused by later events, so the store stops growing at about the limit (the
+   * SQLite file keeps its largest size: VACUUM gives the space back to the disk).
+   */
+  async function keepForSize(maxBytes: number): Promise<number | undefined> {
+    const used = await store.auditTrail.usedBytes();
+    if (used === undefined || used <= maxBytes) return undefined;
+    const events = await store.auditTrail.estimateEvents();
+    if (events <= 0) return undefined;
+    return Math.floor((events * maxBytes) / used);
   }
 
   function describeLimits(): string {
     return [
       config.days !== undefined ? `${config.days} days` : "",
       config.maxEvents !== undefined ? `${config.maxEvents} events` : "",
+      config.maxBytes !== undefined ? `${config.maxBytes} bytes` : "",
     ]
       .filter(Boolean)
       .join(", ");

@@ -6,6 +6,9 @@ import { AuditEventSchema, create, timestampFromDate, toBinary, Verdict } from "
 import { createTestApp, type TestApp } from "../test-support/app.js";
 import { createAuditService } from "./audit.js";
 import { createAuditRetention } from "./audit-retention.js";
+import { loadControlPlaneConfig } from "../config.js";
+import { startControlPlane } from "../server.js";
+import { tempDir } from "@moat/testkit";
 
 let t: TestApp;
 beforeAll(async () => {
@@ -605,6 +608,62 @@ describe("retention", () => {
     } finally {
       await own.close();
     }
+  });
+
+  it("keeps the SQLite store under maxBytes by pruning the oldest events, and refuses it on PostgreSQL", async () => {
+    const own = await createTestApp();
+    try {
+      const audit = createAuditService({ store: own.store });
+      const agentRow = await own.store.agents.create({
+        id: `sizeagent${Date.now().toString(36)}`.slice(0, 24),
+        name: "size-agent",
+        description: "",
+        enrolmentHash: "x",
+        enrolmentExpiresAt: new Date(),
+      });
+      const base = Date.UTC(2004, 0, 1);
+      const chain = sessionChain(4000, {
+        base,
+        text: (i) => `SELECT '${"x".repeat(200)}' FROM orders WHERE id = ${i}`,
+      });
+      for (let i = 0; i < chain.events.length; i += 500)
+        await audit.ingest(agentRow.id, chain.events.slice(i, i + 500));
+      const used = (await own.store.auditTrail.usedBytes()) as number;
+      expect(used).toBeGreaterThan(4 * 1024 * 1024);
+      const before = await own.store.auditTrail.estimateEvents(); // 4000, and the control plane's own
+      expect(before).toBeGreaterThanOrEqual(4000);
+      const maxBytes = Math.floor(used / 2);
+      const run = await createAuditRetention({
+        store: own.store,
+        audit,
+        logger: silent,
+        config: { maxBytes, intervalMinutes: 60, batchSize: 500, holdForSinks: true },
+      }).runOnce();
+      // About half the events go (bytes per event as stored), the oldest, and the chain still verifies.
+      expect(run?.pruned).toBeGreaterThan(1500);
+      expect(run?.pruned).toBeLessThan(2500);
+      const left = 4000 - (run?.pruned ?? 0);
+      // The estimate follows (+1: the audit.retention event), and the pages freed bring the used size down.
+      expect(await own.store.auditTrail.estimateEvents()).toBe(before - (run?.pruned ?? 0) + 1);
+      expect((await own.store.auditTrail.usedBytes()) as number).toBeLessThanOrEqual(maxBytes * 1.25);
+      expect(await audit.verify(agentRow.id)).toMatchObject({ ok: true, checked: left });
+      const recorded = (await own.store.auditEvents.search({ type: "audit.retention" }, 1))[0];
+      expect(recorded?.text).toMatch(new RegExp(`^retention \\(${maxBytes} bytes\\) pruned`));
+    } finally {
+      await own.close();
+    }
+    await expect(
+      startControlPlane(
+        loadControlPlaneConfig({
+          env: {},
+          overrides: {
+            dataDir: tempDir("moat-cp-maxbytes-"),
+            databaseUrl: "postgresql://nobody@127.0.0.1:1/none",
+            audit: { retention: { maxBytes: 10 * 1024 * 1024 } },
+          },
+        }),
+      ),
+    ).rejects.toThrow(/maxBytes needs the SQLite store/);
   });
 
   it("does nothing without a limit, and runs at start and then on its interval", async () => {

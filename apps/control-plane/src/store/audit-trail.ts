@@ -14,7 +14,7 @@ import { setImmediate as yieldToLoop, setTimeout as sleep } from "node:timers/pr
 import Database from "better-sqlite3";
 import pg from "pg";
 import type { PrismaClient } from "./generated/sqlite/client.js";
-import type { AuditEventRow } from "./repositories.js";
+import { CONTROL_PLANE_AGENT_ID, type AuditEventRow } from "./repositories.js";
 
 /** An event to store: the row without its agent (a batch belongs to one agent). */
 export type IngestRow = Omit<AuditEventRow, "agentId">;
@@ -138,6 +138,8 @@ interface AuditSql {
   walAutoCheckpoint(pages: number): void;
   ingest(agentId: string, rows: readonly IngestRow[], lastSeq: bigint, at: Date): Promise<number>;
   countCutoff(keep: number): Promise<Date | undefined>;
+  /** SQLite: bytes of the database file in use (its pages less the free ones); PostgreSQL: undefined. */
+  usedBytes(): Promise<number | undefined>;
   /** Runs `work` unless another pruner holds the lock (then resolves undefined). */
   withPruneLock<T>(work: (ops: PruneOps) => Promise<T>): Promise<T | undefined>;
   close(): Promise<void>;
@@ -412,6 +414,12 @@ function createSqliteAuditSql(file: string, beforeWrite: () => Promise<void>): A
       const row = nthNewest.get(keep) as { time: string } | undefined;
       return row ? new Date(row.time) : undefined;
     },
+    usedBytes: async () => {
+      const pages = Number(db.pragma("page_count", { simple: true }));
+      const free = Number(db.pragma("freelist_count", { simple: true }));
+      const size = Number(db.pragma("page_size", { simple: true }));
+      return (pages - free) * size;
+    },
     // One process owns a SQLite store: an in-process flag keeps two runs from overlapping.
     async withPruneLock(work) {
       if (pruning) return undefined;
@@ -610,6 +618,9 @@ function createPostgresAuditSql(connectionString: string): AuditSql {
   return {
     walAutoCheckpoint: () => undefined,
     ingest: (agentId, rows, lastSeq, at) => inOrder(agentId, () => ingestNow(agentId, rows, lastSeq, at)),
+    // Deleted rows leave space PostgreSQL reuses but does not give back, and nothing cheap says how
+    // much of a table is in use: size limits are for SQLite.
+    usedBytes: () => Promise.resolve(undefined),
     async countCutoff(keep) {
       const { rows } = await pool.query<{ t: string }>(
         `SELECT to_char("time", 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS t FROM "AuditEvent"
@@ -735,6 +746,26 @@ export function createAuditTrailRepository(db: PrismaClient, target: AuditTrailT
         }
         return report;
       }),
+
+    /** SQLite: bytes of the store in use (pages less free ones); PostgreSQL: undefined (not known cheaply). */
+    usedBytes: (): Promise<number | undefined> => sql.usedBytes(),
+
+    /**
+     * About how many events are stored: for each chain, its highest sequence number less its
+     * retention horizon (exact unless an agent dropped events). O(chains), not O(events).
+     */
+    estimateEvents: async (): Promise<number> => {
+      const [agents, controlPlane, horizons] = await Promise.all([
+        db.agent.findMany({ where: { auditSeq: { gt: 0n } }, select: { id: true, auditSeq: true } }),
+        db.counter.findUnique({ where: { name: "audit.control-plane.seq" } }),
+        db.auditHorizon.findMany({ select: { agentId: true, seq: true } }),
+      ]);
+      const cut = new Map(horizons.map((h) => [h.agentId, h.seq]));
+      let events = 0n;
+      for (const a of agents) events += a.auditSeq - (cut.get(a.id) ?? 0n);
+      if (controlPlane) events += controlPlane.value - (cut.get(CONTROL_PLANE_AGENT_ID) ?? 0n);
+      return Number(events);
+    },
 
     /** The chain's retention horizon, if events of `agentId` were ever pruned. */
     horizon: async (agentId: string): Promise<AuditHorizonRecord | undefined> =>
