@@ -64,7 +64,7 @@ const USAGE = `usage: node bench/pg-proxy.mjs [options]
   --skip-tls           do not run the agent with sslmode=require
   --skip-extra         do not run the 1 M-row SELECT scenario
   --agent-log-level L  the agent's log level (default info)
-  --agent-data-dir D   parent of the agent's data dir (its audit spool, fsynced per statement); default
+  --agent-data-dir D   parent of the agent's data dir (its audit spool: written each event-loop turn, fsynced within 5 ms); default
                        the bench's temp dir. E.g. /dev/shm to see the agent without the fsync cost
   --agent-node-args A  extra node flags for the agent, space-separated
                        (e.g. --agent-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it)
@@ -1184,7 +1184,7 @@ try {
   if (moat) {
     const fs = await run("df", ["--output=fstype", moat.dataDir]).catch(() => undefined);
     const type = fs?.stdout.trim().split("\n").pop();
-    out(`agent data dir (audit spool, fsynced per statement): ${moat.dataDir}${type ? ` (${type})` : ""}`);
+    out(`agent data dir (audit spool, written each turn, fsynced within 5 ms): ${moat.dataDir}${type ? ` (${type})` : ""}`);
   }
   for (const [name, reason] of skipped) out(`SKIPPED ${name}: ${reason}`);
   const stat = (runs, f) => median(runs.filter((x) => !x.error).map(f));
