@@ -1184,7 +1184,9 @@ try {
   if (moat) {
     const fs = await run("df", ["--output=fstype", moat.dataDir]).catch(() => undefined);
     const type = fs?.stdout.trim().split("\n").pop();
-    out(`agent data dir (audit spool, written each turn, fsynced within 5 ms): ${moat.dataDir}${type ? ` (${type})` : ""}`);
+    out(
+      `agent data dir (audit spool, written each turn, fsynced within 5 ms): ${moat.dataDir}${type ? ` (${type})` : ""}`,
+    );
   }
   for (const [name, reason] of skipped) out(`SKIPPED ${name}: ${reason}`);
   const stat = (runs, f) => median(runs.filter((x) => !x.error).map(f));
