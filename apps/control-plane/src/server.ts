@@ -78,10 +78,6 @@ export async function startControlPlane(
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   chmodSync(config.dataDir, 0o700);
 
-  if (config.audit.retention.maxBytes !== undefined && /^postgres(ql)?:/i.test(config.databaseUrl))
-    throw new Error(
-      "audit.retention.maxBytes needs the SQLite store (PostgreSQL does not say cheaply how much of a table is in use): use audit.retention.maxEvents or days",
-    );
   const store = await openStore(config.databaseUrl);
   if (store.migrationsApplied.length > 0)
     logger.info({ migrations: store.migrationsApplied, store: store.provider }, "store migrated");

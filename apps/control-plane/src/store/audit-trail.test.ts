@@ -8,8 +8,10 @@ import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { randomId } from "@moat/common";
+import { createLogger, randomId } from "@moat/common";
 import { startPostgres, tempDir, type TestPostgres } from "@moat/testkit";
+import { createAuditRetention } from "../services/audit-retention.js";
+import { createAuditService } from "../services/audit.js";
 import { openStore, type IngestRow, type Store } from "./index.js";
 import { migratePostgres, migrateSqlite } from "./migrate.js";
 import { startWalCheckpointer } from "./wal-checkpointer.js";
@@ -224,6 +226,90 @@ describe.each(providers)("audit trail on %s", (provider, makeUrl) => {
       );
       expect(await own.auditTrail.countCutoff(3)).toEqual(new Date(base + 7000));
       expect(await own.auditTrail.countCutoff(10)).toBeUndefined();
+    } finally {
+      await own.close();
+    }
+  });
+
+  it("says how many bytes its events use, so a size limit keeps about the newest that fit", async () => {
+    const ownUrl = await makeUrl();
+    const own = await openStore(ownUrl);
+    try {
+      const agentId = await newAgent(own);
+      const base = Date.UTC(2004, 0, 1);
+      const total = 4000;
+      const rows = chain(agentId, total, (seq) => ({
+        time: new Date(base + seq * 1000),
+        sessionId: `S${seq >> 6}`,
+      })).map((row, i) => ({
+        ...row,
+        text: `SELECT '${"x".repeat(150 + (i % 100))}' FROM orders WHERE id = ${i}`,
+        payload: randomBytes(300 + (i % 200)),
+      }));
+      for (let i = 0; i < total; i += 500)
+        await own.auditTrail.ingest(agentId, rows.slice(i, i + 500), BigInt(Math.min(i + 500, total)), new Date());
+      const used = (await own.auditTrail.usedBytes()) as number;
+      if (provider === "postgres") {
+        // A freshly written table has no dead space: the estimate is close to its real size.
+        const client = new pg.Client({ connectionString: ownUrl });
+        await client.connect();
+        try {
+          const { rows: size } = await client.query<{ bytes: string }>(
+            `SELECT pg_total_relation_size('"AuditEvent"') AS bytes`,
+          );
+          const ratio = used / Number(size[0]?.bytes);
+          expect(ratio).toBeGreaterThan(0.75);
+          expect(ratio).toBeLessThan(1.33);
+        } finally {
+          await client.end();
+        }
+      }
+      expect(used).toBeGreaterThan(total * 600);
+      const audit = createAuditService({ store: own });
+      const maxBytes = Math.floor(used / 2);
+      const run = await createAuditRetention({
+        store: own,
+        audit,
+        logger: createLogger({ name: "test", level: "silent" }),
+        config: { maxBytes, intervalMinutes: 60, batchSize: 500, holdForSinks: true },
+      }).runOnce();
+      // About half the events go, the oldest; the estimate follows them down.
+      expect(run?.pruned).toBeGreaterThan(total * 0.4);
+      expect(run?.pruned).toBeLessThan(total * 0.6);
+      expect(Number((await own.auditEvents.chain(agentId, 0n, 1))[0]?.seq)).toBe((run?.pruned ?? 0) + 1);
+      expect((await own.auditTrail.usedBytes()) as number).toBeLessThanOrEqual(maxBytes * 1.25);
+      if (provider !== "postgres") return;
+      // PostgreSQL keeps the freed space and reuses it once (auto)vacuum has seen it: with events
+      // coming and the limit enforced, the table stops growing at about its size at the limit.
+      const client = new pg.Client({ connectionString: ownUrl });
+      await client.connect();
+      try {
+        const real = async () =>
+          Number((await client.query<{ b: string }>(`SELECT pg_total_relation_size('"AuditEvent"') AS b`)).rows[0]?.b);
+        const before = await real();
+        let next = total;
+        const retention = createAuditRetention({
+          store: own,
+          audit,
+          logger: createLogger({ name: "test", level: "silent" }),
+          config: { maxBytes, intervalMinutes: 60, batchSize: 500, holdForSinks: true },
+        });
+        for (let round = 0; round < 4; round++) {
+          await client.query(`VACUUM "AuditEvent"`);
+          const more = rows.slice(0, 1000).map((row, i) => ({
+            ...row,
+            id: `${agentId}-r${round}-${i}`,
+            seq: BigInt(next + i + 1),
+            time: new Date(base + (next + i + 1) * 1000),
+          }));
+          await own.auditTrail.ingest(agentId, more, BigInt(next + 1000), new Date());
+          next += 1000;
+          await retention.runOnce();
+        }
+        expect(await real()).toBeLessThan(before * 1.3);
+      } finally {
+        await client.end();
+      }
     } finally {
       await own.close();
     }

@@ -138,8 +138,11 @@ interface AuditSql {
   walAutoCheckpoint(pages: number): void;
   ingest(agentId: string, rows: readonly IngestRow[], lastSeq: bigint, at: Date): Promise<number>;
   countCutoff(keep: number): Promise<Date | undefined>;
-  /** SQLite: bytes of the database file in use (its pages less the free ones); PostgreSQL: undefined. */
-  usedBytes(): Promise<number | undefined>;
+  /**
+   * SQLite: bytes of the database file in use (its pages less the free ones). PostgreSQL: an
+   * estimate of the events' live bytes, `events()` times the bytes an event takes (see there).
+   */
+  usedBytes(events: () => Promise<number>): Promise<number | undefined>;
   /** Runs `work` unless another pruner holds the lock (then resolves undefined). */
   withPruneLock<T>(work: (ops: PruneOps) => Promise<T>): Promise<T | undefined>;
   close(): Promise<void>;
@@ -618,9 +621,25 @@ function createPostgresAuditSql(connectionString: string): AuditSql {
   return {
     walAutoCheckpoint: () => undefined,
     ingest: (agentId, rows, lastSeq, at) => inOrder(agentId, () => ingestNow(agentId, rows, lastSeq, at)),
-    // Deleted rows leave space PostgreSQL reuses but does not give back, and nothing cheap says how
-    // much of a table is in use: size limits are for SQLite.
-    usedBytes: () => Promise.resolve(undefined),
+    // Deleted rows leave space PostgreSQL reuses but does not give back, and nothing cheap (nor
+    // available without an extension) says how much of a table is free: the live bytes are
+    // estimated instead, as the event count times the bytes an event takes. That is the newest
+    // rows' average size (a sample of 1 000 read by the time index, TOASTed values included) plus
+    // its line pointer, times the table's own ratio of all its relations (indexes, TOAST) to its
+    // heap: dead space inflates the heap and the indexes alike, so the ratio holds after pruning.
+    async usedBytes(events) {
+      const { rows } = await pool.query<{ n: number; row: number; heap: number; total: number }>(
+        `SELECT count(*)::int AS n, coalesce(avg(pg_column_size(s.*)), 0)::float8 AS row,
+                pg_relation_size('"AuditEvent"')::float8 AS heap,
+                pg_total_relation_size('"AuditEvent"')::float8 AS total
+           FROM (SELECT * FROM "AuditEvent" ORDER BY "time" DESC, "id" DESC LIMIT 1000) s`,
+      );
+      const r = rows[0];
+      if (!r || r.n === 0 || r.heap <= 0) return 0;
+      // Heap pages are filled to about 90% on average (tuples do not split across pages).
+      const perEvent = ((r.row + 4) / 0.9) * (r.total / r.heap);
+      return Math.round((await events()) * perEvent);
+    },
     async countCutoff(keep) {
       const { rows } = await pool.query<{ t: string }>(
         `SELECT to_char("time", 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS t FROM "AuditEvent"
@@ -669,7 +688,7 @@ export function createAuditTrailRepository(db: PrismaClient, target: AuditTrailT
       ? createSqliteAuditSql(target.file, target.beforeWrite ?? (() => Promise.resolve()))
       : createPostgresAuditSql(target.url);
 
-  return {
+  const trail = {
     /**
      * Stores a batch idempotently (an event already stored, by agent and seq, is skipped), adds the
      * fresh events to their sessions' summaries and advances the agent's stored sequence, in one
@@ -747,8 +766,11 @@ export function createAuditTrailRepository(db: PrismaClient, target: AuditTrailT
         return report;
       }),
 
-    /** SQLite: bytes of the store in use (pages less free ones); PostgreSQL: undefined (not known cheaply). */
-    usedBytes: (): Promise<number | undefined> => sql.usedBytes(),
+    /**
+     * SQLite: bytes of the store in use (pages less free ones). PostgreSQL: an estimate of the
+     * events' live bytes (the event count times the sampled bytes per event, indexes included).
+     */
+    usedBytes: (): Promise<number | undefined> => sql.usedBytes(() => trail.estimateEvents()),
 
     /**
      * About how many events are stored: for each chain, its highest sequence number less its
@@ -820,6 +842,7 @@ export function createAuditTrailRepository(db: PrismaClient, target: AuditTrailT
     walAutoCheckpoint: (pages: number) => sql.walAutoCheckpoint(pages),
     close: () => sql.close(),
   };
+  return trail;
 }
 
 export type AuditTrailRepository = Omit<ReturnType<typeof createAuditTrailRepository>, "close" | "walAutoCheckpoint">;
