@@ -170,43 +170,61 @@ function isDomainChar(c: number): boolean {
 
 /** At least two labels, none empty or starting/ending with `-`, and a top-level label of two or
  * more letters (or non-ASCII bytes, for IDN), so `a@b`, `x@1.2.3.4` and `v1.2@3.4` are not emails. */
-function validDomain(text: string, start: number, end: number): boolean {
-  const labels = text.slice(start, end).split(".");
-  if (labels.length < 2) return false;
-  for (const label of labels) {
-    if (label.length === 0 || label.startsWith("-") || label.endsWith("-")) return false;
+function validDomain(bytes: Uint8Array, start: number, end: number): boolean {
+  // One pass, in place: this runs for every `@` of every scanned value.
+  let labels = 0;
+  let labelStart = start;
+  for (let i = start; i <= end; i++) {
+    if (i < end && bytes[i] !== 0x2e) continue;
+    // bytes[labelStart..i) is a label.
+    if (i === labelStart || bytes[labelStart] === 0x2d || bytes[i - 1] === 0x2d) return false;
+    labels++;
+    if (i === end) {
+      if (labels < 2 || i - labelStart < 2) return false;
+      for (let j = labelStart; j < i; j++) {
+        const c = bytes[j]!;
+        if (!((c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c >= 0x80)) return false;
+      }
+      return true;
+    }
+    labelStart = i + 1;
   }
-  const tld = labels[labels.length - 1]!;
-  if (tld.length < 2) return false;
-  for (let i = 0; i < tld.length; i++) {
-    const c = tld.charCodeAt(i);
-    if (!((c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c >= 0x80)) return false;
-  }
-  return true;
+  return false;
 }
 
-/** Scans outwards from each `@` (no regular expression: a local-part pattern would backtrack
- * quadratically over long runs of word characters). */
-const findEmails: Finder = (text, out) => {
-  for (let at = text.indexOf("@"); at !== -1; at = text.indexOf("@", at + 1)) {
+/**
+ * The emails in `bytes[from..to)`, pushed onto `out` with absolute offsets. Works on the bytes
+ * themselves (no string), so the masking path can run it directly on a value. Scans outwards from
+ * each `@` (no regular expression: a local-part pattern would backtrack quadratically over long runs
+ * of word characters).
+ */
+export function findEmailBytes(bytes: Uint8Array, from: number, to: number, out: DetectorMatch[]): void {
+  for (let at = from; at < to; at++) {
+    // A loop, not indexOf: values are short, and Buffer#indexOf costs more to call than to run.
+    if (bytes[at] !== 0x40) continue;
     let start = at;
-    while (start > 0 && isLocalChar(text.charCodeAt(start - 1))) start--;
-    while (start < at && text.charCodeAt(start) === 0x2e) start++;
+    while (start > from && isLocalChar(bytes[start - 1]!)) start--;
+    while (start < at && bytes[start] === 0x2e) start++;
     if (start === at) continue;
     let end = at + 1;
-    while (end < text.length && isDomainChar(text.charCodeAt(end))) end++;
+    while (end < to && isDomainChar(bytes[end]!)) end++;
     // A sentence's full stop or a trailing dash is not part of the domain.
-    while (end > at + 1 && (text.charCodeAt(end - 1) === 0x2e || text.charCodeAt(end - 1) === 0x2d)) end--;
-    if (validDomain(text, at + 1, end)) out.push({ start, end, detector: "email" });
+    while (end > at + 1 && (bytes[end - 1] === 0x2e || bytes[end - 1] === 0x2d)) end--;
+    if (validDomain(bytes, at + 1, end)) out.push({ start, end, detector: "email" });
   }
+}
+
+const findEmails: Finder = (text, out) => {
+  const bytes = Buffer.from(text, "latin1");
+  findEmailBytes(bytes, 0, bytes.length, out);
 };
 
-/** The extent of the email that is exactly `text`, or undefined. Used by the partial style. */
-export function wholeEmail(text: string): { at: number } | undefined {
+/** The extent of the email that is exactly `bytes[from..to)`, or undefined. Used by the partial style. */
+export function wholeEmail(bytes: Uint8Array, from: number, to: number): { at: number } | undefined {
   const found: DetectorMatch[] = [];
-  findEmails(text, found);
-  if (found.length !== 1 || found[0]!.start !== 0 || found[0]!.end !== text.length) return undefined;
-  return { at: text.indexOf("@") };
+  findEmailBytes(bytes, from, to, found);
+  if (found.length !== 1 || found[0]!.start !== from || found[0]!.end !== to) return undefined;
+  return { at: bytes.indexOf(0x40, from) };
 }
 
 // credit-card ----------------------------------------------------------------------------------
@@ -523,8 +541,6 @@ const FINDERS: Record<Detector, Finder> = {
 export function findMatches(text: string, detectors: readonly Detector[] | number): DetectorMatch[] {
   const mask = typeof detectors === "number" ? detectors : detectorMask(detectors);
   const out: DetectorMatch[] = [];
-  DETECTOR_NAMES.forEach((d, i) => {
-    if (mask & (1 << i)) FINDERS[d](text, out);
-  });
-  return out.sort((a, b) => a.start - b.start || b.end - a.end);
+  for (let i = 0; i < DETECTOR_NAMES.length; i++) if (mask & (1 << i)) FINDERS[DETECTOR_NAMES[i]!](text, out);
+  return out.length < 2 ? out : out.sort((a, b) => a.start - b.start || b.end - a.end);
 }

@@ -8,6 +8,7 @@ import { columnPattern, representation, type ColumnInfo, type Representation, ty
 import {
   DETECTOR_NAMES,
   detectorMask,
+  findEmailBytes,
   findMatches,
   mayContain,
   minimumLength,
@@ -15,7 +16,18 @@ import {
   type Detector,
   type DetectorMatch,
 } from "./detectors.js";
-import { defaultHashKey, hashText, maskBytes, STARS, STYLE_STRENGTH, strongest, type MaskStyle } from "./styles.js";
+import {
+  ByteSink,
+  copyBytes,
+  defaultHashKey,
+  hashText,
+  maskBytes,
+  writeMask,
+  STARS,
+  STYLE_STRENGTH,
+  strongest,
+  type MaskStyle,
+} from "./styles.js";
 
 /** What the planner decided for one column. */
 export interface ColumnPlan {
@@ -37,11 +49,14 @@ export interface ResultPlan {
   columns: (ColumnPlan | undefined)[];
   /** Names of the planned columns (`table.column` when the table is known), for audit. */
   maskedColumns: string[];
+  /** Whether column `i` is planned (its values need maskValue). A plain function: pass it on as is. */
+  isPlanned: (i: number) => boolean;
   /**
    * Masks one value of column `i`: the new bytes, or null to send SQL NULL. Returns the same Buffer
-   * when nothing was masked (an unplanned column, or no detector match). Never throws.
+   * when nothing was masked (an unplanned column, or no detector match). Never throws. A plain
+   * function: pass it on as is.
    */
-  maskValue(i: number, value: Buffer): Buffer | null;
+  maskValue: (i: number, value: Buffer) => Buffer | null;
 }
 
 export interface MaskPlanner {
@@ -115,7 +130,8 @@ export function compileMasks(rules: readonly MaskRule[], options: CompileMasksOp
       return {
         columns: plans,
         maskedColumns,
-        maskValue(i, value) {
+        isPlanned: (i) => maskers[i] !== undefined,
+        maskValue: (i, value) => {
           const masker = maskers[i];
           return masker === undefined ? value : masker(value);
         },
@@ -168,12 +184,19 @@ function columnMasker(
   const minLength = detectors.length > 0 ? minimumLength(mask) : Infinity;
   const styleOf = new Map(detectors.map((d) => [d.detector, d.style]));
   const { kind, offset } = rep;
+  const emailAlone = mask === EMAIL_ONLY && kind !== "json";
 
   /** Detector matches in the value (absolute byte offsets); the shared empty array when none. */
   const scan = (value: Buffer): readonly DetectorMatch[] => {
     if (value.length - offset < minLength) return NONE;
     const candidates = mayContain(value, offset, mask);
     if (candidates === 0) return NONE;
+    if (candidates === EMAIL_ONLY && kind !== "json") {
+      // Only the email detector may match: it reads the bytes themselves (no string).
+      const found: DetectorMatch[] = [];
+      findEmailBytes(value, offset, value.length, found);
+      return found.length === 0 ? NONE : found;
+    }
     const text = value.toString("latin1", offset);
     const found = findMatches(text, candidates);
     if (found.length === 0) return NONE;
@@ -198,6 +221,12 @@ function columnMasker(
     // Masking a match can expose a neighbour glued to it (`bob@x.io-4111111111111111` has no valid
     // domain until the card is `****`), so rescan the result; past a few rounds, mask it whole.
     let out = substitute(value, found, styleOf, key);
+    // Not for one email found by the email detector alone (outside JSON, whose escapes can shorten
+    // a range): the masked email leaves no local part before its `@` (`j***@`, `****`, `hash:…`),
+    // another `@` keeps its domain and had no valid one (or it would have been found too), and no
+    // other detector runs. (Two overlapping emails, `a@b.io@c.io`, are masked as one range that can
+    // keep the second: they are rescanned.) Fuzz-tested.
+    if (emailAlone && found.length === 1) return out;
     for (let round = 0; round < MAX_RESCANS; round++) {
       found = scan(out);
       if (found.length === 0) return out;
@@ -208,6 +237,8 @@ function columnMasker(
 }
 
 const NONE: readonly DetectorMatch[] = [];
+
+const EMAIL_ONLY = detectorMask(["email"]);
 
 /** Rescans of a masked value before giving up and masking it whole. */
 const MAX_RESCANS = 3;
@@ -227,8 +258,8 @@ function wholeValue(style: MaskStyle, rep: Representation, value: Buffer, key: U
     return Buffer.from(`${offset === 1 ? "\x01" : ""}"${text}"`, "latin1");
   }
   if (style === "partial") {
-    const email = wholeEmail(value.toString("latin1", offset));
-    return maskBytes("partial", value, offset, value.length, key, email && offset + email.at);
+    const email = wholeEmail(value, offset, value.length);
+    return maskBytes("partial", value, offset, value.length, key, email?.at);
   }
   return maskBytes(style, value, offset, value.length, key);
 }
@@ -244,8 +275,11 @@ function substitute(
   styleOf: ReadonlyMap<Detector, MaskStyle>,
   key: Uint8Array,
 ): Buffer {
-  const pieces: Buffer[] = [];
-  let pos = 0;
+  // The replacements first, into the shared scratch sink, then the value copied around them.
+  const sink = scratch;
+  sink.length = 0;
+  const ranges: number[] = [];
+  let size = value.length;
   for (let i = 0; i < found.length;) {
     const first = found[i]!;
     let end = first.end;
@@ -254,18 +288,33 @@ function substitute(
       end = Math.max(end, found[i]!.end);
       style = strongest(style, styleOf.get(found[i]!.detector)!);
     }
-    pieces.push(value.subarray(pos, first.start));
     let emailAt: number | undefined;
     if (style === "partial" && first.detector === "email") {
-      const at = value.indexOf(0x40, first.start);
-      if (at !== -1 && at < end) emailAt = at;
+      for (let at = first.start; at < end; at++)
+        if (value[at] === 0x40) {
+          emailAt = at;
+          break;
+        }
     }
-    pieces.push(maskBytes(style === "null" ? "full" : style, value, first.start, end, key, emailAt));
-    pos = end;
+    const from = sink.length;
+    writeMask(sink, style === "null" ? "full" : style, value, first.start, end, key, emailAt);
+    ranges.push(first.start, end, from, sink.length);
+    size += sink.length - from - (end - first.start);
   }
-  pieces.push(value.subarray(pos));
-  return Buffer.concat(pieces);
+  const out = Buffer.allocUnsafe(size);
+  let pos = 0;
+  let at = 0;
+  for (let r = 0; r < ranges.length; r += 4) {
+    at = copyBytes(out, at, value, pos, ranges[r]!);
+    at = copyBytes(out, at, sink.bytes, ranges[r + 2]!, ranges[r + 3]!);
+    pos = ranges[r + 1]!;
+  }
+  copyBytes(out, at, value, pos, value.length);
+  return out;
 }
+
+/** Where substitute writes replacements (one at a time: the masking path is synchronous). */
+const scratch = new ByteSink();
 
 /**
  * Keeps replacements inside JSON strings valid: a match starting right after an escaping backslash

@@ -66,6 +66,37 @@ export class RelayScanner {
   }
 
   push(chunk: Buffer): void {
+    try {
+      this.scan(chunk);
+    } finally {
+      this.flush();
+    }
+  }
+
+  /**
+   * What one push forwards, in order. Unchanged runs are slices of the chunk; when messages were
+   * rewritten, the pieces are joined into one buffer (one copy of the chunk) rather than handed on
+   * one by one: a masked result rewrites every row, and a write per row costs far more than a copy.
+   */
+  private out: Buffer[] = [];
+  private outBytes = 0;
+
+  private emit(bytes: Buffer): void {
+    if (bytes.length === 0) return;
+    this.out.push(bytes);
+    this.outBytes += bytes.length;
+  }
+
+  private flush(): void {
+    const { out } = this;
+    if (out.length === 0) return;
+    const bytes = out.length === 1 ? out[0]! : Buffer.concat(out, this.outBytes);
+    this.out = [];
+    this.outBytes = 0;
+    this.handler.forward(bytes);
+  }
+
+  private scan(chunk: Buffer): void {
     if (this.held) {
       this.pending = Buffer.concat([this.pending, chunk]);
       return;
@@ -95,14 +126,14 @@ export class RelayScanner {
       if (end <= buf.length) {
         const replacement = h.message(type, buf.subarray(pos, end));
         if (replacement === HOLD) {
-          if (pos > runStart) h.forward(buf.subarray(runStart, pos));
+          if (pos > runStart) this.emit(buf.subarray(runStart, pos));
           this.pending = buf.subarray(pos);
           this.held = true;
           return;
         }
         if (replacement !== undefined) {
-          if (pos > runStart) h.forward(buf.subarray(runStart, pos));
-          for (const r of replacement) h.forward(r);
+          if (pos > runStart) this.emit(buf.subarray(runStart, pos));
+          for (const r of replacement) this.emit(r);
           runStart = end;
         }
         pos = end;
@@ -120,7 +151,7 @@ export class RelayScanner {
           "54000",
         );
       if (buf.length - pos >= 64 * 1024) {
-        if (pos > runStart) h.forward(buf.subarray(runStart, pos));
+        if (pos > runStart) this.emit(buf.subarray(runStart, pos));
         this.parts = [buf.subarray(pos)];
         this.partBytes = buf.length - pos;
         this.wanted = length + 1;
@@ -128,7 +159,7 @@ export class RelayScanner {
       }
       break;
     }
-    if (pos > runStart) h.forward(buf.subarray(runStart, pos));
+    if (pos > runStart) this.emit(buf.subarray(runStart, pos));
     if (pos < buf.length) this.pending = buf.subarray(pos);
   }
 }
@@ -216,6 +247,66 @@ export function decodeDataRow(body: Buffer): (Buffer | null)[] {
     values[i] = len < 0 ? null : r.bytes(len);
   }
   return values;
+}
+
+/**
+ * A DataRow message (`raw`: type byte, length, body) with some values replaced, without decoding
+ * the others: `replace(i, value)` is called for each non-NULL value whose `wanted(i)` is true and
+ * returns that value itself (unchanged), new bytes, or null (SQL NULL). Returns undefined when
+ * nothing changed (relay `raw` as it is). Malformed rows throw ProtocolError, as decodeDataRow.
+ */
+export function replaceDataRowValues(
+  raw: Buffer,
+  wanted: (i: number) => boolean,
+  replace: (i: number, value: Buffer) => Buffer | null,
+): Buffer | undefined {
+  if (raw.length < 7) throw new ProtocolError("malformed DataRow");
+  const n = raw.readInt16BE(5);
+  if (n < 0) throw new ProtocolError("malformed DataRow");
+  let pos = 7;
+  // Replaced values as (index, old start, old end, new value) runs, in order.
+  let changes: (Buffer | null | number)[] | undefined;
+  let delta = 0;
+  for (let i = 0; i < n; i++) {
+    if (pos + 4 > raw.length) throw new ProtocolError("malformed message: truncated");
+    const len = raw.readInt32BE(pos);
+    pos += 4;
+    if (len < 0) continue;
+    if (pos + len > raw.length) throw new ProtocolError("malformed message: truncated");
+    if (wanted(i)) {
+      const value = raw.subarray(pos, pos + len);
+      const next = replace(i, value);
+      if (next !== value) {
+        (changes ??= []).push(pos - 4, pos + len, next);
+        delta += (next === null ? 0 : next.length) - len;
+      }
+    }
+    pos += len;
+  }
+  if (pos !== raw.length) throw new ProtocolError("malformed DataRow: trailing bytes");
+  if (changes === undefined) return undefined;
+  const out = Buffer.allocUnsafe(raw.length + delta);
+  let from = 0;
+  let at = 0;
+  for (let c = 0; c < changes.length; c += 3) {
+    const start = changes[c] as number;
+    const next = changes[c + 2] as Buffer | null;
+    at = copyRange(out, at, raw, from, start);
+    at = out.writeInt32BE(next === null ? -1 : next.length, at);
+    if (next !== null) at = copyRange(out, at, next, 0, next.length);
+    from = changes[c + 1] as number;
+  }
+  copyRange(out, at, raw, from, raw.length);
+  out.writeInt32BE(out.length - 1, 1);
+  return out;
+}
+
+/** Copies `src[from..to)` into `dst` at `at`; returns the offset after it. Short ranges by a loop
+ * (rows are often a few dozen bytes, where Buffer#copy's argument checks cost more than the copy). */
+function copyRange(dst: Buffer, at: number, src: Buffer, from: number, to: number): number {
+  if (to - from > 64) return at + src.copy(dst, at, from, to);
+  for (let i = from; i < to; i++) dst[at++] = src[i]!;
+  return at;
 }
 
 /** CommandComplete tag ("SELECT 5", "INSERT 0 1") and its row count when it has one. */

@@ -13,6 +13,7 @@ import {
   decodeCommandComplete,
   errorResponse,
   dataRow,
+  replaceDataRowValues,
   rowDescription,
   renderParameters,
   serialize,
@@ -273,6 +274,73 @@ describe("RelayScanner", () => {
         }
       }
     }
+  });
+
+  it("hands on one buffer per push when it rewrote messages (not one write per row)", () => {
+    const rows = Buffer.concat(
+      Array.from({ length: 50 }, (_, i) => dataRow([Buffer.from(String(i)), Buffer.from("a@b.io")])),
+    );
+    const forwards: Buffer[] = [];
+    const scanner = new RelayScanner(
+      {
+        streamable: () => false,
+        message: (t, raw) =>
+          t === 0x44
+            ? [
+                replaceDataRowValues(
+                  raw,
+                  (i) => i === 1,
+                  () => Buffer.from("*"),
+                )!,
+              ]
+            : undefined,
+        forward: (b) => forwards.push(Buffer.from(b)),
+      },
+      1 << 16,
+    );
+    scanner.push(rows);
+    expect(forwards).toHaveLength(1);
+    const expected = Buffer.concat(
+      Array.from({ length: 50 }, (_, i) => dataRow([Buffer.from(String(i)), Buffer.from("*")])),
+    );
+    expect(forwards[0]!.equals(expected)).toBe(true);
+  });
+
+  it("replaces chosen values of a DataRow without decoding the others", () => {
+    const row = dataRow([Buffer.from("1"), null, Buffer.from("secret"), Buffer.from("keep")]);
+    const asked: number[] = [];
+    const same = replaceDataRowValues(
+      row,
+      (i) => i !== 3,
+      (i, v) => {
+        asked.push(i);
+        return v;
+      },
+    );
+    expect(same).toBeUndefined(); // nothing changed: relay the original
+    expect(asked).toEqual([0, 2]); // NULLs and unwanted columns are not asked about
+    const masked = replaceDataRowValues(
+      row,
+      (i) => i === 2 || i === 0,
+      (i) => (i === 2 ? Buffer.from("****") : null),
+    )!;
+    expect(decodeDataRow(masked.subarray(5))).toEqual([null, null, Buffer.from("****"), Buffer.from("keep")]);
+    expect(masked.readInt32BE(1)).toBe(masked.length - 1);
+    // Malformed rows are protocol errors, like decodeDataRow's.
+    const bad = [
+      row.subarray(0, row.length - 1),
+      Buffer.concat([row, Buffer.from([0])]),
+      Buffer.from([0x44, 0, 0, 0, 6, 0xff, 0xff]),
+      Buffer.from([0x44, 0, 0, 0, 10, 0, 1, 0, 0, 0, 9]),
+    ];
+    for (const b of bad)
+      expect(() =>
+        replaceDataRowValues(
+          b,
+          () => true,
+          (_, v) => v,
+        ),
+      ).toThrow(ProtocolError);
   });
 
   it("decodes what the agent inspects", () => {

@@ -16,7 +16,7 @@ import {
   bindNames,
   decodeBind,
   decodeCommandComplete,
-  decodeDataRow,
+  replaceDataRowValues,
   decodeErrorFields,
   decodeExecute,
   decodeParameterStatus,
@@ -24,7 +24,6 @@ import {
   decodeQuery,
   decodeRowDescription,
   decodeTarget,
-  dataRow,
   errorResponse,
   FrameReader,
   HOLD,
@@ -244,6 +243,8 @@ export class PgSession {
       },
       message: (t, raw) => this.onServerMessage(t, raw),
       forward: (b) => {
+        // A session ended while the scanner worked (a FATAL already sent) forwards nothing more.
+        if (this.closed) return;
         if (!this.client.write(b)) {
           this.clientBlocked = true;
           this.target.pause();
@@ -847,18 +848,8 @@ export class PgSession {
 
   private maskRow(raw: Buffer): Buffer[] | undefined {
     const plan = this.plan as ResultPlan;
-    const values = decodeDataRow(raw.subarray(5));
-    let changed = false;
-    for (let i = 0; i < values.length; i++) {
-      const v = values[i];
-      if (v === null || v === undefined || plan.columns[i] === undefined) continue;
-      const masked = plan.maskValue(i, v);
-      if (masked !== v) {
-        values[i] = masked;
-        changed = true;
-      }
-    }
-    return changed ? [dataRow(values)] : undefined;
+    const masked = replaceDataRowValues(raw, plan.isPlanned, plan.maskValue);
+    return masked === undefined ? undefined : [masked];
   }
 
   /**
