@@ -65,6 +65,13 @@ describe("email edges", () => {
     expect(found("email", "name='carol@example.com'")).toEqual(["carol@example.com"]);
     expect(found("email", "..dave@example.com")).toEqual(["dave@example.com"]);
   });
+  it("reads characters above U+00FF as non-ASCII letters, not as their low byte", () => {
+    // findMatches is given latin1 views; plain JavaScript text must not be misread either.
+    expect(found("email", "名@名.com")).toEqual(["名@名.com"]);
+    expect(found("email", "a@exĀmple.com")).toEqual(["a@exĀmple.com"]);
+    expect(found("email", "bobŀx.io")).toEqual([]); // U+0140's low byte is "@"
+  });
+
   it("finds every address of a list", () => {
     expect(found("email", "a@x.io,b@y.io;c@z.io d@w.io")).toEqual(["a@x.io", "b@y.io", "c@z.io", "d@w.io"]);
   });

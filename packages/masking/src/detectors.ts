@@ -215,7 +215,13 @@ export function findEmailBytes(bytes: Uint8Array, from: number, to: number, out:
 }
 
 const findEmails: Finder = (text, out) => {
-  const bytes = Buffer.from(text, "latin1");
+  // One byte per character, offsets kept. A character above U+00FF (text that is not a latin1 view)
+  // stands as 0x80: non-ASCII, a letter to the email rules, as it was when they read strings.
+  const bytes = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    bytes[i] = c > 0xff ? 0x80 : c;
+  }
   findEmailBytes(bytes, 0, bytes.length, out);
 };
 

@@ -440,3 +440,16 @@ describe("representations", () => {
     );
   });
 });
+
+describe("memory", () => {
+  it("does not keep a huge value's replacements alive after masking it", () => {
+    const plan = compileMasks([{ detectors: ["email"], style: "hash" }])!.plan([
+      { name: "c", typeOid: 25, format: 0 },
+    ])!;
+    const huge = Buffer.from("a@b.co ".repeat(200_000));
+    const out = plan.maskValue(0, huge)!;
+    expect(out.includes(Buffer.from("a@b.co"))).toBe(false);
+    // The next (small) value is masked as before; the scratch space it uses stays small.
+    expect(plan.maskValue(0, Buffer.from("x bob@example.com"))!.toString()).toMatch(/^x hash:[0-9a-f]{16}$/);
+  });
+});

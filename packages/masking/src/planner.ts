@@ -310,8 +310,13 @@ function substitute(
     pos = ranges[r + 1]!;
   }
   copyBytes(out, at, value, pos, value.length);
+  // A huge value's replacements are not kept alive until the next one.
+  if (sink.bytes.length > SCRATCH_KEEP_BYTES) sink.bytes = Buffer.allocUnsafe(256);
   return out;
 }
+
+/** The most the scratch sink keeps between values (it grows for larger ones, then lets them go). */
+const SCRATCH_KEEP_BYTES = 64 * 1024;
 
 /** Where substitute writes replacements (one at a time: the masking path is synchronous). */
 const scratch = new ByteSink();

@@ -271,7 +271,8 @@ export function replaceDataRowValues(
     if (pos + 4 > raw.length) throw new ProtocolError("malformed message: truncated");
     const len = raw.readInt32BE(pos);
     pos += 4;
-    if (len < 0) continue;
+    if (len === -1) continue; // NULL
+    if (len < 0) throw new ProtocolError("malformed DataRow: negative value length");
     if (pos + len > raw.length) throw new ProtocolError("malformed message: truncated");
     if (wanted(i)) {
       const value = raw.subarray(pos, pos + len);

@@ -332,6 +332,7 @@ describe("RelayScanner", () => {
       Buffer.concat([row, Buffer.from([0])]),
       Buffer.from([0x44, 0, 0, 0, 6, 0xff, 0xff]),
       Buffer.from([0x44, 0, 0, 0, 10, 0, 1, 0, 0, 0, 9]),
+      Buffer.from([0x44, 0, 0, 0, 10, 0, 1, 0xff, 0xff, 0xff, 0x8f]), // a length below -1
     ];
     for (const b of bad)
       expect(() =>
