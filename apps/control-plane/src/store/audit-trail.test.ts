@@ -315,6 +315,36 @@ describe.each(providers)("audit trail on %s", (provider, makeUrl) => {
     }
   });
 
+  it("estimates the size of events with long, TOASTed texts too (PostgreSQL)", async () => {
+    if (provider !== "postgres") return;
+    const ownUrl = await makeUrl();
+    const own = await openStore(ownUrl);
+    const client = new pg.Client({ connectionString: ownUrl });
+    await client.connect();
+    try {
+      const agentId = await newAgent(own);
+      const base = Date.UTC(2005, 0, 1);
+      const total = 600;
+      // Every third statement is 12 000 characters of hex (stored out of line, compressed).
+      const rows = chain(agentId, total, (seq) => ({ time: new Date(base + seq * 1000) })).map((row, i) => ({
+        ...row,
+        text: i % 3 === 0 ? `SELECT '${randomBytes(6000).toString("hex")}'` : row.text,
+        payload: randomBytes(300),
+      }));
+      await own.auditTrail.ingest(agentId, rows, BigInt(total), new Date());
+      const used = (await own.auditTrail.usedBytes()) as number;
+      const { rows: size } = await client.query<{ bytes: string }>(
+        `SELECT pg_total_relation_size('"AuditEvent"') AS bytes`,
+      );
+      const ratio = used / Number(size[0]?.bytes);
+      expect(ratio).toBeGreaterThan(0.75);
+      expect(ratio).toBeLessThan(1.33);
+    } finally {
+      await client.end();
+      await own.close();
+    }
+  });
+
   it("lets one pruner run at a time", async () => {
     const prune = () => store.auditTrail.prune({ cutoff: new Date(0), batchSize: 100, now: () => new Date() });
     if (provider === "sqlite") {

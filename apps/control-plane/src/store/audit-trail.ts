@@ -623,22 +623,31 @@ function createPostgresAuditSql(connectionString: string): AuditSql {
     ingest: (agentId, rows, lastSeq, at) => inOrder(agentId, () => ingestNow(agentId, rows, lastSeq, at)),
     // Deleted rows leave space PostgreSQL reuses but does not give back, and nothing cheap (nor
     // available without an extension) says how much of a table is free: the live bytes are
-    // estimated instead, as the event count times the bytes an event takes. That is the newest
-    // rows' average size (a sample of 1 000 read by the time index, TOASTed values included) plus
-    // its line pointer, times the table's own ratio of all its relations (indexes, TOAST) to its
-    // heap: dead space inflates the heap and the indexes alike, so the ratio holds after pruning.
+    // estimated instead, as the event count times the bytes an event takes, from a sample of the
+    // newest 1 000 rows (read by the time index). A row's size (its whole-row value carries its
+    // TOASTed values) is split into what stays in the heap and the long texts and payloads stored
+    // out of line (rows over PostgreSQL's 2 KB threshold move their large values to TOAST, where
+    // they take their size plus chunk overhead). The heap part, with its line pointer and the pages'
+    // slack, is scaled by the table's ratio of heap and indexes to heap: dead space inflates the heap
+    // and the indexes alike, so the ratio holds after pruning.
     async usedBytes(events) {
-      const { rows } = await pool.query<{ n: number; row: number; heap: number; total: number }>(
-        `SELECT count(*)::int AS n, coalesce(avg(pg_column_size(s.*)), 0)::float8 AS row,
+      const { rows } = await pool.query<{ n: number; row: number; outside: number; heap: number; indexes: number }>(
+        `SELECT count(*)::int AS n,
+                coalesce(avg(pg_column_size(s.*)), 0)::float8 AS row,
+                coalesce(avg(CASE WHEN pg_column_size(s.*) > 2032 THEN
+                    (CASE WHEN pg_column_size(s."text") > 1000 THEN pg_column_size(s."text") - 18 ELSE 0 END) +
+                    (CASE WHEN pg_column_size(s."payload") > 1000 THEN pg_column_size(s."payload") - 18 ELSE 0 END)
+                  ELSE 0 END), 0)::float8 AS outside,
                 pg_relation_size('"AuditEvent"')::float8 AS heap,
-                pg_total_relation_size('"AuditEvent"')::float8 AS total
+                pg_indexes_size('"AuditEvent"')::float8 AS indexes
            FROM (SELECT * FROM "AuditEvent" ORDER BY "time" DESC, "id" DESC LIMIT 1000) s`,
       );
       const r = rows[0];
       if (!r || r.n === 0 || r.heap <= 0) return 0;
-      // Heap pages are filled to about 90% on average (tuples do not split across pages).
-      const perEvent = ((r.row + 4) / 0.9) * (r.total / r.heap);
-      return Math.round((await events()) * perEvent);
+      // Heap pages are filled to about 90% on average (tuples do not split across pages); TOAST
+      // chunks (about 2 KB, four to a page) and their index add about a tenth.
+      const inHeap = ((r.row - r.outside + 4) / 0.9) * ((r.heap + r.indexes) / r.heap);
+      return Math.round((await events()) * (inHeap + r.outside * 1.1));
     },
     async countCutoff(keep) {
       const { rows } = await pool.query<{ t: string }>(
