@@ -146,7 +146,7 @@ export const ControlPlaneConfigSchema = Type.Object(
             days: Type.Optional(Type.Integer({ minimum: 1, maximum: 36_500 })),
             /** Keep about this many events at most, the newest; older ones are deleted. */
             maxEvents: Type.Optional(Type.Integer({ minimum: 1 })),
-            /** SQLite store: keep its used size under about this many bytes, deleting the oldest events. */
+            /** Keep the audit data under about this many bytes (SQLite: exact, PostgreSQL: estimated), deleting the oldest events. */
             maxBytes: Type.Optional(Type.Integer({ minimum: 1024 * 1024 })),
             /** Minutes between retention runs (one also runs at start). */
             intervalMinutes: Type.Integer({ minimum: 1, maximum: 24 * 60, default: 60 }),

@@ -20,7 +20,7 @@ export interface AuditRetentionConfig {
   days?: number;
   /** Keep about this many events at most, the newest (unset: no count limit). */
   maxEvents?: number;
-  /** SQLite: keep the store's used size under about this many bytes, pruning the oldest (unset: no size limit). */
+  /** Keep the audit data under about this many bytes (SQLite: exact, PostgreSQL: estimated), pruning the oldest (unset: no size limit). */
   maxBytes?: number;
   /** Minutes between runs. */
   intervalMinutes: number;
@@ -73,8 +73,9 @@ export function createAuditRetention(deps: {
   /**
    * How many of the newest events fit in `maxBytes`, from the store's used size and its event
    * count (bytes per event as stored: row, indexes, summaries); undefined when under the limit.
-   * Freed pages are reused by later events, so the store stops growing at about the limit (the
-   * SQLite file keeps its largest size: VACUUM gives the space back to the disk).
+   * Freed pages are reused by later events (on PostgreSQL once autovacuum has seen them), so the
+   * store stops growing at about the limit (it keeps its largest size on disk: VACUUM on SQLite,
+   * VACUUM FULL on PostgreSQL gives the space back).
    */
   async function keepForSize(maxBytes: number): Promise<number | undefined> {
     const used = await store.auditTrail.usedBytes();
