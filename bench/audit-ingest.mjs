@@ -47,7 +47,7 @@ import { freePort } from "@moat/testkit";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const CP_DIST = join(ROOT, "apps/control-plane/dist");
 const CONTROL_PLANE_MAIN = join(CP_DIST, "main.js");
-const AGENT_MAIN = join(ROOT, "apps/agent/dist/main.js");
+const AGENT_MAIN = join(ROOT, "apps/agent/dist/moat-agent.mjs");
 
 const USAGE = `usage: node bench/audit-ingest.mjs [options]
   --events N         events per in-process run (default 200000)

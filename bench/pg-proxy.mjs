@@ -48,7 +48,7 @@ import { parseArgs } from "node:util";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const CONTROL_PLANE_MAIN = join(ROOT, "apps/control-plane/dist/main.js");
-const AGENT_MAIN = join(ROOT, "apps/agent/dist/main.js");
+const AGENT_MAIN = join(ROOT, "apps/agent/dist/moat-agent.mjs");
 const ALL_PATHS = ["direct", "pgbouncer", "pgpool", "pipe", "agent", "agent-mask"];
 const MODES = { select: "select-only (-S)", tpcb: "TPC-B-like" };
 

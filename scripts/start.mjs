@@ -106,7 +106,7 @@ if (!existsSync(join(agentDir, "agent.json"))) {
   const { token } = await request(cp, { type: "moat.localAgentToken" }, "moat.localAgentToken");
   agentEnv.MOAT_AGENT_ENROLMENT_TOKEN = token;
 }
-start("agent", join(root, "apps/agent/dist/main.js"), ["--config", agentConfig], agentEnv);
+start("agent", join(root, "apps/agent/dist/moat-agent.mjs"), ["--config", agentConfig], agentEnv);
 
 let agentState = "starting";
 for (let i = 0; i < 200 && agentState !== "connected" && !stopping; i++) {

@@ -10,7 +10,7 @@ import { freePort, tempDir, waitFor } from "@moat/testkit";
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const controlPlaneMain = join(repoRoot, "apps/control-plane/dist/main.js");
-const agentMain = join(repoRoot, "apps/agent/dist/main.js");
+const agentMain = join(repoRoot, "apps/agent/dist/moat-agent.mjs");
 
 const live = new Set<ChildProcess>();
 
