@@ -896,6 +896,9 @@ async function pgbench(target, { mode, clients, protocol, cpuPid, cpPid, seconds
     protocol,
     ...(mode === "select" ? ["-S"] : []),
   ];
+  // At 1 client every transaction's latency is logged (pgbench -l): p50 and p99, not just the mean.
+  const logDir = clients === 1 ? mkdtempSync(join(WORK, "pgbench-log-")) : undefined;
+  if (logDir) argv.push("-l", `--log-prefix=${join(logDir, "tx")}`);
   const cpuBefore = cpuMsOf(cpuPid);
   const cpBefore = cpuMsOf(cpPid);
   const load = loadavg()[0];
@@ -911,10 +914,32 @@ async function pgbench(target, { mode, clients, protocol, cpuPid, cpPid, seconds
     if (r.failed > 0 || /error|abort/i.test(stderr))
       r.warning = `${r.failed || 0} failed transactions; stderr: ${stderr.trim().split("\n").slice(-5).join(" | ")}`;
     const perTx = (ms) => (r.transactions > 0 ? (ms * 1000) / r.transactions : NaN);
-    return { ...r, load, cpuUsPerTx: perTx(cpuMs), cpUsPerTx: perTx(cpMs) };
+    return {
+      ...r,
+      ...(logDir ? latencyPercentiles(logDir) : {}),
+      load,
+      cpuUsPerTx: perTx(cpuMs),
+      cpUsPerTx: perTx(cpMs),
+    };
   } catch (error) {
     return { error: error.message.split("\n").slice(0, 20).join("\n"), load };
+  } finally {
+    if (logDir) rmSync(logDir, { recursive: true, force: true });
   }
+}
+
+/** p50 and p99 in µs from pgbench's per-transaction logs (third field: the latency in µs). */
+function latencyPercentiles(dir) {
+  const latencies = [];
+  for (const file of readdirSync(dir))
+    for (const line of readFileSync(join(dir, file), "utf8").split("\n")) {
+      const us = Number(line.split(" ")[2]);
+      if (line && Number.isFinite(us)) latencies.push(us);
+    }
+  if (latencies.length === 0) return {};
+  latencies.sort((a, b) => a - b);
+  const at = (q) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))];
+  return { p50Us: at(0.5), p99Us: at(0.99) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1260,6 +1285,33 @@ try {
             return Number.isFinite(d) ? `${d >= 0 ? "+" : ""}${fmt(d)}` : "n/a";
           }),
           `${fmt(base * 1000)} µs/tx`,
+        ];
+      }),
+    );
+    out();
+    out(
+      "Latency per transaction at 1 client, p50 / p99 in µs (pgbench -l: every transaction logged; medians over the runs), " +
+        "and in brackets what each path adds over direct at p50 / p99",
+    );
+    table(
+      ["mode", "proto", ...active],
+      oneClient.map((s) => {
+        const byPath = results.get(key(s));
+        const pct = (p, f) => stat(byPath.get(p) ?? [], f);
+        const add = (d) => (Number.isFinite(d) ? `${d >= 0 ? "+" : ""}${fmt(d)}` : "n/a");
+        return [
+          s.mode,
+          s.protocol,
+          ...active.map((p) => {
+            const p50 = pct(p, (x) => x.p50Us);
+            const p99 = pct(p, (x) => x.p99Us);
+            if (!Number.isFinite(p50)) return "n/a";
+            const extra =
+              p === "direct"
+                ? ""
+                : ` (${add(p50 - pct("direct", (x) => x.p50Us))} / ${add(p99 - pct("direct", (x) => x.p99Us))})`;
+            return `${fmt(p50)} / ${fmt(p99)}${extra}`;
+          }),
         ];
       }),
     );
