@@ -172,6 +172,45 @@ describe("extended protocol through the agent", () => {
     c.socket.destroy();
   });
 
+  it("refuses statement names it reserves for its own denials (else a denied Bind would run the client's statement)", async () => {
+    const c = await open();
+    const reserved = "moat: statement denied by policy";
+    const parse = await c.exchange(
+      serialize.parse({ name: reserved, text: "SELECT count(*) FROM t" }),
+      serialize.sync(),
+    );
+    expect(errors(parse)[0]).toMatchObject({ code: "42939" });
+    expect(errors(parse)[0]?.message).toMatch(/reserved by Moat/);
+    const sqlPrepare = await c.exchange(serialize.query(`PREPARE "${reserved}" AS SELECT count(*) FROM t`));
+    expect(errors(sqlPrepare)[0]).toMatchObject({ code: "42501" });
+    // The denied Bind the agent rewrites to that name still fails on the target: no rows come back.
+    const bind = await c.exchange(
+      serialize.bind({ portal: "", statement: "never-prepared" }),
+      serialize.execute({}),
+      serialize.sync(),
+    );
+    expect(types(bind)).toBe("EZ");
+    expect(errors(bind)[0]?.message).toMatch(/not prepared through Moat/);
+    expect(types(await c.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+    c.socket.destroy();
+  });
+
+  it("refuses a protocol Execute of a SQL cursor (its rows could not be masked) and lets FETCH read it", async () => {
+    const c = await open();
+    await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT id FROM t ORDER BY id"));
+    const ms = await c.exchange(serialize.execute({ portal: "c", rows: 0 }), serialize.sync());
+    expect(types(ms)).toBe("EZ");
+    expect(errors(ms)[0]).toMatchObject({ code: "42501" });
+    expect(errors(ms)[0]?.message).toMatch(/not bound through Moat; read a cursor with FETCH/);
+    expect(ms.at(-1)?.body.toString()).toBe("E"); // failed like any error in a transaction block
+    await c.exchange(serialize.query("ROLLBACK"));
+    await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT id FROM t ORDER BY id"));
+    const fetched = await c.exchange(serialize.query("FETCH 2 FROM c"));
+    expect(types(fetched)).toBe("TDDCZ");
+    await c.exchange(serialize.query("COMMIT"));
+    c.socket.destroy();
+  });
+
   it("pages a portal with a row limit and audits it once", async () => {
     const before = h.events().length;
     const c = await open();

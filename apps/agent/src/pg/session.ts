@@ -48,8 +48,14 @@ import type { CatalogCache } from "./catalog.js";
 
 /** A statement the target is sure to refuse (at Parse time too), whose error the agent replaces. */
 export const POISON = "SELECT 'moat: statement denied by policy'::pg_catalog.int4";
-/** A prepared statement name no client uses, so a denied Bind fails on the target. */
+/**
+ * A prepared statement name no client can create (names starting with `moat:` are refused, by
+ * Parse and by SQL PREPARE), so a denied Bind fails on the target.
+ */
 const POISON_STATEMENT = "moat: statement denied by policy";
+const RESERVED_PREFIX = "moat:";
+const reservedNameMessage = (name: string) =>
+  `access denied: prepared statement names beginning with "${RESERVED_PREFIX}" are reserved by Moat ("${name}")`;
 
 /** Client encodings in which every byte below 0x80 is ASCII (the parser reads what the server reads). */
 const SAFE_ENCODINGS = new Set([
@@ -369,7 +375,20 @@ export class PgSession {
         // Execute
         const { portal: name } = decodeExecute(f.body);
         const portal = this.portals.get(name);
-        if (portal && portal.fields === undefined && portal.statement.fields === undefined && this.planner()) {
+        if (!portal) {
+          // Not bound through the protocol: a SQL cursor (DECLARE), whose rows the agent reads only
+          // as FETCH results (this Execute would bring no RowDescription to mask them by), or
+          // nothing. Refused in its place; the target answers a portal it does not know the same way.
+          this.ctx.metrics.statement("deny");
+          this.push({
+            kind: "bind",
+            replaceError: this.denialError(
+              `access denied: portal "${name}" was not bound through Moat; read a cursor with FETCH`,
+            ),
+          });
+          return serialize.bind({ portal: "", statement: POISON_STATEMENT, values: [] });
+        }
+        if (portal.fields === undefined && portal.statement.fields === undefined && this.planner()) {
           // Masking needs the result's columns: ask the target, keep its answer to ourselves.
           this.push({ kind: "describe", target: "P", name, injected: true });
           this.push({ kind: "execute", portal, portalName: name });
@@ -546,6 +565,10 @@ export class PgSession {
       this.push({ kind: "parse", replaceError: this.denialError(message, code) });
       return serialize.parse({ name: parse.name, text: POISON });
     };
+    if (parse.name.startsWith(RESERVED_PREFIX)) {
+      this.unparsed(parse.query, reservedNameMessage(parse.name));
+      return poison(reservedNameMessage(parse.name), "42939");
+    }
     const refusal = this.encodingRefusal(parse.query);
     if (refusal) {
       this.unparsed(parse.query, refusal);
@@ -662,6 +685,8 @@ export class PgSession {
         tables: [],
       };
     }
+    if (info.prepare?.name.startsWith(RESERVED_PREFIX))
+      return { effect: "deny", rule: "", message: reservedNameMessage(info.prepare.name), tables: [] };
     let actions = info.actions;
     if (info.execute) {
       const prepared = this.sqlPrepared.get(info.execute.name);
