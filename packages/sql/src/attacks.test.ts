@@ -182,6 +182,20 @@ const ATTACKS: string[] = [
   "SELECT 'a'\n'b'; DELETE FROM t",
   "SELECT 1e1; DELETE FROM t",
   "SELECT 0x1F; DELETE FROM t",
+  // reads of catalogs holding secrets or other tables' data (a review's finds)
+  "SELECT rolname, rolpassword FROM pg_authid",
+  "SELECT usename, passwd FROM pg_catalog.pg_shadow",
+  "SELECT umoptions FROM pg_user_mappings",
+  "SELECT most_common_vals FROM pg_stats WHERE schemaname = 'vault'",
+  "SELECT stxdmcv FROM pg_statistic_ext_data",
+  "SELECT convert_from(data, 'UTF8') FROM pg_largeobject",
+  "SELECT query FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+  "SELECT * FROM pg_stat_get_activity(NULL)",
+  "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s",
+  "SELECT * FROM pg_hba_file_rules",
+  "SELECT * FROM pg_file_settings",
+  "SELECT 1 WHERE EXISTS (SELECT 1 FROM pg_authid WHERE rolpassword LIKE 'SCRAM%')",
+  "COPY (SELECT * FROM pg_authid) TO STDOUT",
 ];
 
 function notOnlyReads(result: Classification): boolean {

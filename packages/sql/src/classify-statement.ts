@@ -222,11 +222,49 @@ function walkNode(type: string, node: Obj, scope: Scope, out: Collector): void {
   walkFields(node, type, scope, out);
 }
 
+/**
+ * Catalog relations that are not "just metadata": password hashes (pg_authid, pg_shadow), FDW
+ * credentials (user mappings), large-object contents, column statistics (most common values and
+ * histograms: the data of tables a policy may deny), other sessions' query texts (every Moat user
+ * shares the target role), server configuration files. Reading them needs db:admin. Matched
+ * unqualified (PostgreSQL finds them in pg_catalog first unless the search path says otherwise; a
+ * user table of that name gets the stricter treatment) and in pg_catalog.
+ */
+const SENSITIVE_CATALOG_RELATIONS: ReadonlySet<string> = new Set([
+  "pg_authid",
+  "pg_shadow",
+  "pg_user_mapping",
+  "pg_user_mappings",
+  "pg_largeobject",
+  "pg_statistic",
+  "pg_statistic_ext_data",
+  "pg_stats",
+  "pg_stats_ext",
+  "pg_stats_ext_exprs",
+  "pg_stat_activity",
+  "pg_hba_file_rules",
+  "pg_ident_file_mappings",
+  "pg_file_settings",
+]);
+
+function isSensitiveCatalog(rangeVar: Obj): boolean {
+  const name = rangeVar.relname;
+  return (
+    typeof name === "string" &&
+    SENSITIVE_CATALOG_RELATIONS.has(name) &&
+    (rangeVar.schemaname === undefined || rangeVar.schemaname === "pg_catalog")
+  );
+}
+
 function visitRangeVar(node: Obj, scope: Scope, out: Collector): void {
   const name = node.relname;
   if (typeof name !== "string" || name === "") return;
   // An unqualified name matching a CTE in scope is the CTE, not a table.
   if (node.schemaname === undefined && node.catalogname === undefined && isCte(scope, name)) return;
+  if (isSensitiveCatalog(node)) {
+    out.table("db:admin", tableRef(node));
+    return;
+  }
   out.table(scope.locked && scope.mode === "db:read" ? "db:write" : scope.mode, tableRef(node));
 }
 
@@ -978,6 +1016,7 @@ function classifyCopy(node: Obj, out: Collector): void {
   }
   out.action("db:copy-out");
   if (relation) out.table("db:copy-out", relation);
+  if (isObj(node.relation) && isSensitiveCatalog(node.relation)) out.table("db:admin", tableRef(node.relation));
   const before = out.uses.length;
   walk(node.query, undefined, ROOT, out);
   for (const use of out.uses.slice(before)) if (use.table && !use.viaFunction) out.table("db:copy-out", use.table);

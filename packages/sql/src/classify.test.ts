@@ -43,6 +43,32 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
   ["SELECT extract(year FROM now()), substring('abc' FROM 2), current_user", { class: "read", "db:read": [] }],
   ["SELECT * FROM generate_series(1, 10) g", { class: "read", "db:read": [] }],
   ["SELECT * FROM pg_catalog.pg_class", { class: "read", "db:read": ["pg_catalog.pg_class"] }],
+  // Catalogs holding secrets or other tables' data: password hashes, statistics' sample values,
+  // large objects, other sessions' queries, server configuration.
+  ["SELECT rolname, rolpassword FROM pg_authid", { class: "admin", "db:admin": ["pg_authid"], "db:read": [] }],
+  ["SELECT * FROM pg_catalog.pg_shadow", { class: "admin", "db:admin": ["pg_catalog.pg_shadow"], "db:read": [] }],
+  [
+    "SELECT most_common_vals FROM pg_stats WHERE schemaname = 'vault'",
+    { class: "admin", "db:admin": ["pg_stats"], "db:read": [] },
+  ],
+  ["SELECT data FROM pg_largeobject", { class: "admin", "db:admin": ["pg_largeobject"], "db:read": [] }],
+  ["SELECT query FROM pg_stat_activity", { class: "admin", "db:admin": ["pg_stat_activity"], "db:read": [] }],
+  [
+    "TABLE pg_catalog.pg_hba_file_rules",
+    { class: "admin", "db:admin": ["pg_catalog.pg_hba_file_rules"], "db:read": [] },
+  ],
+  [
+    "SELECT * FROM pg_class c JOIN pg_statistic s ON s.starelid = c.oid",
+    { class: "admin", "db:admin": ["pg_statistic"], "db:read": ["pg_class"] },
+  ],
+  [
+    "SELECT query FROM pg_stat_get_activity(NULL)",
+    { class: "admin", "db:admin": ["pg_stat_get_activity"], "db:read": [] },
+  ],
+  ["COPY pg_authid TO STDOUT", { class: "admin", "db:admin": ["pg_authid"], "db:copy-out": ["pg_authid"] }],
+  // Another schema's table of that name is an ordinary table; a CTE of that name is the CTE.
+  ["SELECT * FROM app.pg_stats", { class: "read", "db:read": ["app.pg_stats"] }],
+  ["WITH pg_authid AS (SELECT 1 AS x) SELECT x FROM pg_authid", { class: "read", "db:read": [] }],
   ["SELECT currval('s'), lastval()", { class: "read", "db:read": [] }],
   ["SELECT x FROM t ORDER BY x USING <", { class: "read", "db:read": ["t"] }],
   ["SELECT a @> b, a || b, a ->> 'k' FROM t", { class: "read", "db:read": ["t"] }],

@@ -26,6 +26,9 @@ const ADMIN_FUNCTIONS: ReadonlySet<string> = new Set([
   "pg_stop_backup",
   "pg_promote",
   "pg_logical_emit_message",
+  // Other sessions' query texts (pg_stat_activity's source).
+  "pg_stat_get_activity",
+  "pg_stat_get_backend_activity",
   "pg_read_file",
   "pg_read_file_old",
   "pg_read_binary_file",
