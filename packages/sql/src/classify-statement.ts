@@ -536,10 +536,9 @@ function visitModify(type: string, node: Obj, outer: Scope, out: Collector): voi
 // ---------------------------------------------------------------------------------------------
 // Statement kinds
 
-/** Need no permission: transaction control, session settings, cursors already declared, LISTEN. */
+/** Need no permission: transaction control, session settings, cursors already declared, UNLISTEN. */
 const SESSION_KINDS: ReadonlySet<string> = new Set([
   "VariableShowStmt",
-  "ListenStmt",
   "UnlistenStmt",
   "FetchStmt",
   "ClosePortalStmt",
@@ -873,6 +872,10 @@ function classifyInto(kind: string, node: Obj, out: Collector): void {
         return;
       }
       break; // stronger locks block other sessions' writes or reads: a write (below)
+    case "ListenStmt":
+      // Notifications carry what other sessions send (NOTIFY payloads): receiving them is a read.
+      out.action("db:read");
+      return;
     case "DoStmt":
       out.dynamic("DO blocks run procedural code that cannot be inspected");
       return;

@@ -355,7 +355,7 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
   ["RESET statement_timeout", { class: "session" }],
   ["SHOW search_path", { class: "session" }],
   ["SHOW ALL", { class: "session" }],
-  ["LISTEN chan", { class: "session" }],
+  ["LISTEN chan", { class: "read", "db:read": [] }],
   ["UNLISTEN *", { class: "session" }],
   ["FETCH 10 FROM c", { class: "session" }],
   ["MOVE NEXT IN c", { class: "session" }],
