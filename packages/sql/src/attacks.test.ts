@@ -196,6 +196,11 @@ const ATTACKS: string[] = [
   "SELECT * FROM pg_file_settings",
   "SELECT 1 WHERE EXISTS (SELECT 1 FROM pg_authid WHERE rolpassword LIKE 'SCRAM%')",
   "COPY (SELECT * FROM pg_authid) TO STDOUT",
+  // newer servers' syntax that PostgreSQL 15 reads as a call of a (user's) function of that name
+  "SELECT merge_action()",
+  "SELECT json_value('{}', '$')",
+  "SELECT json_array(1)",
+  "SELECT * FROM json_table('{}', '$' COLUMNS (a int PATH '$.a'))",
 ];
 
 function notOnlyReads(result: Classification): boolean {

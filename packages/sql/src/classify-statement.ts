@@ -205,6 +205,19 @@ function walkNode(type: string, node: Obj, scope: Scope, out: Collector): void {
       // TABLESAMPLE method(...) calls the method's handler function.
       visitFunctionName(nameParts(node.method), out, false);
       break;
+    case "JsonFuncExpr":
+    case "JsonScalarExpr":
+    case "JsonSerializeExpr":
+    case "JsonParseExpr":
+    case "JsonObjectConstructor":
+    case "JsonArrayConstructor":
+    case "JsonArrayQueryConstructor":
+    case "JsonObjectAgg":
+    case "JsonArrayAgg":
+    case "JsonTable":
+    case "MergeSupportFunc":
+      visitFunctionName([sqlSyntaxFunctionName(type, node)], out, false);
+      break;
     case "SelectStmt":
       visitSelect(node, scope, out);
       return;
@@ -266,6 +279,45 @@ function visitRangeVar(node: Obj, scope: Scope, out: Collector): void {
     return;
   }
   out.table(scope.locked && scope.mode === "db:read" ? "db:write" : scope.mode, tableRef(node));
+}
+
+/**
+ * SQL/JSON and MERGE syntax of PostgreSQL 16-18 (the parser's version) is an ordinary function call
+ * on older servers: `json_value('{}', '$')` or `merge_action()` on PostgreSQL 15 calls whatever
+ * function of that name the search path finds, a user's included. Each is checked as a call of its
+ * name: allowed where the catalog the lists were read from has it built in (json_object), else it
+ * needs db:function like any function that is not a built-in.
+ */
+function sqlSyntaxFunctionName(type: string, node: Obj): string {
+  switch (type) {
+    case "JsonFuncExpr":
+      return node.op === "JSON_QUERY_OP"
+        ? "json_query"
+        : node.op === "JSON_EXISTS_OP"
+          ? "json_exists"
+          : node.op === "JSON_VALUE_OP"
+            ? "json_value"
+            : "json_table";
+    case "JsonScalarExpr":
+      return "json_scalar";
+    case "JsonSerializeExpr":
+      return "json_serialize";
+    case "JsonParseExpr":
+      return "json";
+    case "JsonObjectConstructor":
+      return "json_object";
+    case "JsonArrayConstructor":
+    case "JsonArrayQueryConstructor":
+      return "json_array";
+    case "JsonObjectAgg":
+      return "json_objectagg";
+    case "JsonArrayAgg":
+      return "json_arrayagg";
+    case "JsonTable":
+      return "json_table";
+    default:
+      return "merge_action";
+  }
 }
 
 function visitFunctionName(parts: string[], out: Collector, procedure: boolean): void {

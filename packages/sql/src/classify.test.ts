@@ -288,6 +288,27 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
   ["SELECT * FROM ts_stat('SELECT v FROM docs')", { class: "dynamic", "db:dynamic": ["ts_stat"], "db:read": [] }],
   // --- functions
   ["SELECT my_func()", { class: "function", "db:function": ["my_func"], "db:read": [] }],
+  // SQL/JSON and MERGE syntax of newer servers is a plain function call on PostgreSQL 15 (a user's
+  // function of that name would run): checked as a call of that name.
+  ["SELECT merge_action()", { class: "function", "db:function": ["merge_action"], "db:read": [] }],
+  ["SELECT json_value('{}', '$')", { class: "function", "db:function": ["json_value"], "db:read": [] }],
+  ["SELECT json_query('{}', '$')", { class: "function", "db:function": ["json_query"], "db:read": [] }],
+  ["SELECT json_exists('{}', '$')", { class: "function", "db:function": ["json_exists"], "db:read": [] }],
+  [
+    "SELECT json_scalar(1), json_serialize('{}')",
+    { class: "function", "db:function": ["json_scalar", "json_serialize"], "db:read": [] },
+  ],
+  ["SELECT json('{}')", { class: "function", "db:function": ["json"], "db:read": [] }],
+  ["SELECT json_array(1, 2)", { class: "function", "db:function": ["json_array"], "db:read": [] }],
+  [
+    "SELECT json_arrayagg(v), json_objectagg(k : v) FROM t",
+    { class: "function", "db:function": ["json_arrayagg", "json_objectagg"], "db:read": ["t"] },
+  ],
+  [
+    "SELECT * FROM json_table('{}', '$' COLUMNS (a int PATH '$.a'))",
+    { class: "function", "db:function": ["json_table"], "db:read": [] },
+  ],
+  ["SELECT json_object('a' : 1), json_object('{a,1}')", { class: "read", "db:read": [] }],
   ["SELECT s.my_func(x) FROM t", { class: "function", "db:function": ["s.my_func"], "db:read": ["t"] }],
   ["SELECT myschema.lower('x')", { class: "function", "db:function": ["myschema.lower"], "db:read": [] }],
   ["SELECT \"Lower\"('x')", { class: "function", "db:function": ["Lower"], "db:read": [] }],
