@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Regenerates src/gen/pg-catalog.ts: the names of PostgreSQL's built-in functions, operators and
-// catalog relations (schema pg_catalog), read from a real server.
+// catalog relations (schema pg_catalog), and of the settings only a superuser may SET, read from a
+// real server.
 //
 //   node packages/sql/scripts/generate-catalog.mjs                # starts a throwaway cluster
 //   PG_URL=postgresql://postgres@127.0.0.1:5432/postgres node packages/sql/scripts/generate-catalog.mjs
@@ -21,6 +22,7 @@ const QUERIES = {
   functions: "SELECT DISTINCT proname FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace ORDER BY 1",
   operators: "SELECT DISTINCT oprname FROM pg_operator WHERE oprnamespace = 'pg_catalog'::regnamespace ORDER BY 1",
   relations: "SELECT relname FROM pg_class WHERE relnamespace = 'pg_catalog'::regnamespace ORDER BY 1",
+  superuserSettings: "SELECT name FROM pg_settings WHERE context = 'superuser' ORDER BY 1",
   version: "SHOW server_version",
 };
 
@@ -101,7 +103,9 @@ await withServer(async (url) => {
     `\n/** Distinct names of the operators in schema pg_catalog. */\n` +
     list("PG_CATALOG_OPERATORS", psql(url, QUERIES.operators)) +
     `\n/** Names of the relations (tables, views, indexes, sequences) in schema pg_catalog. */\n` +
-    list("PG_CATALOG_RELATIONS", psql(url, QUERIES.relations));
+    list("PG_CATALOG_RELATIONS", psql(url, QUERIES.relations)) +
+    `\n/** Settings only a superuser may change with SET (pg_settings.context = 'superuser'). */\n` +
+    list("PG_SUPERUSER_SETTINGS", psql(url, QUERIES.superuserSettings));
   writeFileSync(out, text);
   console.log(`wrote ${out}`);
 });

@@ -196,6 +196,13 @@ const ATTACKS: string[] = [
   "SELECT * FROM pg_file_settings",
   "SELECT 1 WHERE EXISTS (SELECT 1 FROM pg_authid WHERE rolpassword LIKE 'SCRAM%')",
   "COPY (SELECT * FROM pg_authid) TO STDOUT",
+  // a read-only default lifted (the operator's backstop), the server's own logging silenced
+  "SET default_transaction_read_only = off",
+  "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+  "BEGIN READ WRITE",
+  "SELECT set_config('transaction_read_only', 'off', true)",
+  "SET log_statement = 'none'",
+  "SET pgaudit.log = 'none'",
   // newer servers' syntax that PostgreSQL 15 reads as a call of a (user's) function of that name
   "SELECT merge_action()",
   "SELECT json_value('{}', '$')",

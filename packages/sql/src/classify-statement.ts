@@ -13,6 +13,7 @@
  */
 import { functionVerdict, isBuiltinOperator } from "./functions.js";
 import { NODE_FIELD_TYPES } from "./gen/node-fields.js";
+import { PG_SUPERUSER_SETTINGS } from "./gen/pg-catalog.js";
 import {
   actionRank,
   classOfActions,
@@ -403,7 +404,12 @@ function setConfigAsSet(parts: readonly string[], node: Obj, out: Collector): bo
   // `set_config('work_mem', ...)` share a normalized cache key.
   out.literalSensitive = true;
   const change = setConfigChange(node, out);
-  if (!change || LEXICAL_SETTINGS.has(change.name) || settingIsPrivileged(change.name, false, change.value)) {
+  if (
+    !change ||
+    LEXICAL_SETTINGS.has(change.name) ||
+    settingIsPrivileged(change.name, false, change.value) ||
+    settingLiftsReadOnly(change.name, change.value)
+  ) {
     return false;
   }
   if (change.name === "search_path") {
@@ -790,10 +796,11 @@ function settingIsPrivileged(name: string, resets: boolean, value: string | unde
       return !resets && value !== "none";
     case "session_authorization":
       return !resets;
-    case "session_replication_role":
-      return true;
     default:
-      return false;
+      // Only a superuser may change them (session_replication_role skips triggers, log_statement
+      // and pgaudit.* silence the server's own logs, zero_damaged_pages destroys data, ...): they
+      // need db:admin whatever the target role is.
+      return PG_SUPERUSER_SETTINGS.has(name) || name.startsWith("pgaudit.");
   }
 }
 
@@ -817,6 +824,31 @@ function classifySet(node: Obj, out: Collector): void {
   }
   const value = kind === "VAR_SET_VALUE" && args.length === 1 ? constantText(args[0]) : undefined;
   if (settingIsPrivileged(name, resets, value)) out.action("db:admin");
+  if (kind === "VAR_SET_VALUE" && settingLiftsReadOnly(name, value)) out.action("db:write");
+  // SET TRANSACTION / SET SESSION CHARACTERISTICS AS TRANSACTION ... READ WRITE
+  if (kind === "VAR_SET_MULTI" && optionsLiftReadOnly(args)) out.action("db:write");
+}
+
+const READ_ONLY_SETTINGS: ReadonlySet<string> = new Set(["default_transaction_read_only", "transaction_read_only"]);
+
+/**
+ * Whether setting `name` to `value` can turn off a read-only default (a target role created with
+ * `default_transaction_read_only = on`, which operators may use as a backstop for read-only
+ * resources): that needs db:write. Turning it on, or back to the role's default (RESET, DEFAULT),
+ * needs nothing. A value that is not a constant counts as off. PostgreSQL's parse_bool prefixes.
+ */
+function settingLiftsReadOnly(name: string, value: string | undefined): boolean {
+  if (!READ_ONLY_SETTINGS.has(name)) return false;
+  return value === undefined || !/^\s*(t|tr|tru|true|y|ye|yes|on|1)\s*$/i.test(value);
+}
+
+/** BEGIN/START TRANSACTION/SET TRANSACTION options holding READ WRITE (transaction_read_only = 0). */
+function optionsLiftReadOnly(options: unknown): boolean {
+  if (!Array.isArray(options)) return false;
+  return options.some((option) => {
+    const def = unwrap(option);
+    return def?.[0] === "DefElem" && def[1].defname === "transaction_read_only" && constantText(def[1].arg) !== "1";
+  });
 }
 
 const SETTINGS_SELECT_KEYS: ReadonlySet<string> = new Set([
@@ -947,6 +979,8 @@ function classifyInto(kind: string, node: Obj, out: Collector): void {
       ) {
         out.action("db:admin");
       }
+      // BEGIN READ WRITE under a read-only default: see settingLiftsReadOnly.
+      if (optionsLiftReadOnly(node.options)) out.action("db:write");
       return;
     case "DiscardStmt":
       if (node.target === "DISCARD_ALL") {
