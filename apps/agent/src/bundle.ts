@@ -9,6 +9,7 @@ import { join } from "node:path";
 import {
   compilePolicies,
   evaluate,
+  mayAllow,
   PolicyError,
   RESOURCE_TYPES,
   schemaProblems,
@@ -55,6 +56,12 @@ export interface BundleHolder {
   apply(signed: SignedBundle, now: Date): ApplyResult;
   /** Decides with the active bundle; denies (fail closed) without a valid one. */
   decide(request: DecisionRequest): Verdict;
+  /**
+   * Whether any rule of the active bundle could allow (or hold for review) the action for this
+   * subject on this resource, whatever the tables and conditions (`mayAllow` of @moat/policy);
+   * false without a valid bundle.
+   */
+  mayAllow(request: Omit<DecisionRequest, "now" | "tables">): boolean;
   trustedKeys(): TrustedKey[];
 }
 
@@ -240,6 +247,15 @@ export function createBundleHolder(options: {
       if (bundle.disabledUsers.has(request.user.toLowerCase()))
         return denial(`access denied: user ${request.user} is disabled`);
       return evaluate(bundle.policies, {
+        ...request,
+        resource: { name: request.resource, type: resource.type, labels: resource.labels },
+      });
+    },
+
+    mayAllow(request) {
+      const resource = active?.resources.get(request.resource);
+      if (!active || !resource) return false;
+      return mayAllow(active.policies, {
         ...request,
         resource: { name: request.resource, type: resource.type, labels: resource.labels },
       });

@@ -65,6 +65,12 @@ export const PostgresListenerSchema = Type.Object(
     classifierCacheEntries: Type.Integer({ minimum: 0, default: 10_000 }),
     /** Most concurrent sessions on this resource. */
     maxSessions: Type.Integer({ minimum: 1, default: 1000 }),
+    /**
+     * Sessions of users no policy rule could let change anything (only connect, db:read,
+     * db:copy-out) are opened read-only on the target (default_transaction_read_only = on), so
+     * PostgreSQL itself refuses a write the text did not show (a function called implicitly).
+     */
+    readOnlySessions: Type.Boolean({ default: true }),
   },
   strict,
 );

@@ -5,6 +5,7 @@ import {
   compilePolicies,
   compilePolicyText,
   evaluate,
+  mayAllow,
   parsePolicyText,
   PolicyError,
   runPolicyTests,
@@ -366,6 +367,51 @@ ${rules}`;
         cidr,
       ).toThrow(PolicyError);
     }
+  });
+});
+
+describe("mayAllow: could any rule allow the action, whatever the tables and conditions", () => {
+  const { compiled } = compilePolicyText(`
+apiVersion: moat.dev/v1
+kind: Policy
+metadata: { name: p }
+spec:
+  subjects: { groups: [eng] }
+  resources: { names: [db] }
+  rules:
+    - { name: read, effect: allow, actions: [connect, "db:read"] }
+    - { name: scratch, effect: allow, actions: ["db:write"], tables: ["scratch.*"], conditions: { sourceCidrs: ["10.0.0.0/8"] } }
+    - { name: payroll, effect: review, actions: ["db:ddl"], tables: [payroll] }
+    - { name: never-admin, effect: deny, actions: ["db:admin"] }
+---
+apiVersion: moat.dev/v1
+kind: Policy
+metadata: { name: ops }
+spec:
+  subjects: { users: [root@example.com] }
+  resources: { labels: { env: prod } }
+  rules:
+    - { name: all, effect: allow, actions: ["db:*"] }
+`);
+  const db: PolicyRequest["resource"] = { name: "db", type: "postgres", labels: { env: "prod" } };
+  const may = (action: string, o: { user?: string; groups?: string[]; resource?: typeof db } = {}) =>
+    mayAllow(compiled, { user: o.user ?? "u", groups: o.groups ?? ["eng"], resource: o.resource ?? db, action });
+
+  it("counts allow and review rules, ignoring table scopes and conditions", () => {
+    expect(may("db:read")).toBe(true);
+    expect(may("db:write")).toBe(true); // only on scratch.*, only from 10/8: still possible
+    expect(may("db:ddl")).toBe(true); // review
+  });
+  it("does not count deny rules, other subjects, other resources or unknown actions", () => {
+    expect(may("db:admin")).toBe(false);
+    expect(may("db:function")).toBe(false);
+    expect(may("db:read", { groups: ["sales"] })).toBe(false);
+    expect(may("db:read", { resource: { name: "other", type: "postgres", labels: {} } })).toBe(false);
+    expect(may("db:frobnicate")).toBe(false);
+  });
+  it("follows label-selected policies and users", () => {
+    expect(may("db:admin", { user: "ROOT@example.com", groups: [] })).toBe(true);
+    expect(may("db:admin", { user: "root@example.com", resource: { ...db, labels: { env: "dev" } } })).toBe(false);
   });
 });
 

@@ -458,6 +458,27 @@ export function evaluate(policies: CompiledPolicies, req: PolicyRequest, options
   return new LazyVerdict(outcome, req, obligations, matched ?? []);
 }
 
+/**
+ * Whether any rule could allow (or hold for review) `req.action` for this subject on this resource,
+ * whatever the tables, time, source address or reason: the policies' upper bound, for decisions
+ * made once per session (the agent opens a read-only database session for a user no rule could let
+ * write). Deny rules are not taken into account; conditions count as met.
+ */
+export function mayAllow(policies: CompiledPolicies, req: Omit<PolicyRequest, "now" | "tables">): boolean {
+  const full: PolicyRequest = { ...req, now: 0 };
+  const ctx = new RequestContext(full);
+  const known = KNOWN_ACTIONS.has(req.action);
+  if (!known && !req.action.startsWith("k8s:")) return false;
+  const check = (p: CompiledPolicy) => {
+    if (!p.resource(req.resource) || !p.subject(full, ctx)) return false;
+    const rules = known ? (p.byAction.get(req.action) ?? []) : p.rules.filter((r) => r.actionMatcher(req.action));
+    return rules.some((r) => r.effect !== "deny");
+  };
+  for (const p of policies.byResourceName.get(req.resource.name) ?? []) if (check(p)) return true;
+  for (const p of policies.generic) if (check(p)) return true;
+  return false;
+}
+
 /** A verdict whose message is written only when read (an allowed query never needs one). */
 class LazyVerdict implements Verdict {
   readonly effect: Effect;

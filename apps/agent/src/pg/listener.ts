@@ -91,6 +91,21 @@ function isLoopback(address: string | undefined): boolean {
 
 const clientAddress = (s: Socket) => (s.remoteAddress ?? "").replace(/^::ffff:/, "");
 
+/** Every action that can change something in the database (all but connect, db:read, db:copy-out). */
+const CHANGING_ACTIONS = ["db:write", "db:ddl", "db:admin", "db:copy-in", "db:function", "db:dynamic"];
+
+function mayChange(bundles: BundleHolder, identity: VerifiedIdentity, resource: string): boolean {
+  return CHANGING_ACTIONS.some((action) =>
+    bundles.mayAllow({
+      user: identity.user,
+      groups: identity.groups,
+      serviceAccount: identity.serviceAccount,
+      resource,
+      action,
+    }),
+  );
+}
+
 export async function startPgListener(options: PgListenerOptions): Promise<PgListener> {
   const { config, logger } = options;
   const secureContext: SecureContext = createSecureContext({ cert: options.tls.certPem, key: options.tls.keyPem });
@@ -328,6 +343,12 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
 
     const passed: Record<string, string> = {};
     for (const [k, v] of startup) if (PASSED_PARAMETERS.has(k.toLowerCase())) passed[k] = v;
+    // A backstop under the classifier: a user no rule could let change anything gets a read-only
+    // database session, so PostgreSQL refuses writes the statement text did not show (functions
+    // it calls implicitly). Lifting it (READ WRITE, *_read_only = off) needs db:write; RESET
+    // returns to this startup value.
+    if (config.readOnlySessions && !mayChange(options.bundles, identity, options.resource))
+      passed.default_transaction_read_only = "on";
     let target;
     try {
       target = await connectTarget({ target: config.target, database: targetDatabase, parameters: passed });

@@ -109,7 +109,11 @@ beforeAll(async () => {
      CREATE TABLE secrets (id int, v text); INSERT INTO secrets VALUES (1, 'top');
      CREATE TABLE orders (id int, amount int);
      CREATE SCHEMA analytics; CREATE TABLE analytics.events (id int, kind text);
-     INSERT INTO analytics.events SELECT i, 'k' || i FROM generate_series(1, 1000) i;`,
+     INSERT INTO analytics.events SELECT i, 'k' || i FROM generate_series(1, 1000) i;
+     CREATE TABLE visits (id int); INSERT INTO visits VALUES (1);
+     CREATE TABLE visit_log (n int);
+     CREATE FUNCTION touch(visits) RETURNS int LANGUAGE plpgsql
+       AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';`,
   ]);
   expect(setup.stderr).toBe("");
   h = await startHarness({ pg: pgServer, policies: POLICIES });
@@ -481,6 +485,33 @@ describe("clients", () => {
       );
     expect(settings?.verdict).toBe(1);
     expect(settings?.detail.case === "dbQuery" && settings.detail.value.statementClass).toBe("read");
+  });
+
+  it("opens a read-only database session for a user no rule lets change anything: writes the text hides fail there", async () => {
+    // `v.touch` is attribute notation for touch(v), a function that INSERTs: the text reads as a
+    // column, so the classifier allows it; PostgreSQL refuses the INSERT in the read-only session.
+    const hidden = await psql(h, reader, "SELECT v.touch FROM visits v", { user: "reader@example.com" });
+    expect(hidden.stderr).toMatch(/cannot execute INSERT in a read-only transaction/);
+    const state = await psql(
+      h,
+      reader,
+      "SHOW default_transaction_read_only; RESET default_transaction_read_only; SHOW default_transaction_read_only",
+      { user: "reader@example.com", extra: ["-v", "ON_ERROR_STOP=1"] },
+    );
+    expect(state.stdout.trim().split("\n")).toEqual(["on", "on"]);
+    for (const lift of ["BEGIN READ WRITE", "SET default_transaction_read_only = off"]) {
+      const r = await psql(h, reader, lift, { user: "reader@example.com" });
+      expect(r.stderr).toMatch(/ERROR: {2}no policy allows db:write/);
+    }
+    expect(await pgServer.sql("SELECT count(*) FROM visit_log", "app")).toMatch(/^0/);
+    // A user some rule may let write (the DBA; alice, whose writes go to review) gets an ordinary session.
+    const dbaState = await psql(h, dba, "SHOW default_transaction_read_only; SELECT v.touch FROM visits v", {
+      user: "dba@example.com",
+    });
+    expect(dbaState.stdout.trim().split("\n")).toEqual(["off", "1"]);
+    const aliceState = await psql(h, alice, "SHOW default_transaction_read_only");
+    expect(aliceState.stdout.trim()).toBe("off");
+    expect(await pgServer.sql("SELECT count(*) FROM visit_log", "app")).toMatch(/^1/);
   });
 
   it("refuses pg_dump to a reader whose policy does not allow what it needs, saying why", async () => {

@@ -84,6 +84,7 @@ export async function startHarness(options: {
       maxMessageBytes: 64 * 1024 * 1024,
       classifierCacheEntries: 10_000,
       maxSessions: 1000,
+      readOnlySessions: true,
       ...options.listener,
       target: {
         host: "127.0.0.1",
