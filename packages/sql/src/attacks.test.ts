@@ -203,6 +203,13 @@ const ATTACKS: string[] = [
   "SELECT set_config('transaction_read_only', 'off', true)",
   "SET log_statement = 'none'",
   "SET pgaudit.log = 'none'",
+  "RESET transaction_read_only",
+  "SET transaction_read_only TO DEFAULT",
+  "BEGIN; SET LOCAL transaction_read_only TO DEFAULT; SELECT 1; COMMIT",
+  "SELECT umoptions FROM information_schema._pg_user_mappings",
+  "SELECT * FROM user_mapping_options",
+  "SELECT query FROM public.pg_stat_statements",
+  "SELECT * FROM pg_show_all_file_settings()",
   // newer servers' syntax that PostgreSQL 15 reads as a call of a (user's) function of that name
   "SELECT merge_action()",
   "SELECT json_value('{}', '$')",

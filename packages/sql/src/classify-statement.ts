@@ -261,13 +261,24 @@ const SENSITIVE_CATALOG_RELATIONS: ReadonlySet<string> = new Set([
   "pg_file_settings",
 ]);
 
+/** information_schema's views of the same secrets (foreign servers' user mapping options). */
+const SENSITIVE_INFORMATION_SCHEMA_RELATIONS: ReadonlySet<string> = new Set([
+  "user_mapping_options",
+  "_pg_user_mappings",
+]);
+
+/** Extensions' views as sensitive as the catalogs above, wherever the extension is installed. */
+const SENSITIVE_EXTENSION_RELATIONS: ReadonlySet<string> = new Set(["pg_stat_statements", "pg_stat_statements_info"]);
+
 function isSensitiveCatalog(rangeVar: Obj): boolean {
   const name = rangeVar.relname;
-  return (
-    typeof name === "string" &&
-    SENSITIVE_CATALOG_RELATIONS.has(name) &&
-    (rangeVar.schemaname === undefined || rangeVar.schemaname === "pg_catalog")
-  );
+  if (typeof name !== "string") return false;
+  if (SENSITIVE_EXTENSION_RELATIONS.has(name)) return true;
+  const schema = rangeVar.schemaname;
+  if (SENSITIVE_CATALOG_RELATIONS.has(name)) return schema === undefined || schema === "pg_catalog";
+  // Unqualified, information_schema's views are found only with it on the search path: counted too.
+  if (SENSITIVE_INFORMATION_SCHEMA_RELATIONS.has(name)) return schema === undefined || schema === "information_schema";
+  return false;
 }
 
 function visitRangeVar(node: Obj, scope: Scope, out: Collector): void {
@@ -790,6 +801,9 @@ function explainAnalyzes(options: unknown): boolean {
  * `value` "none", exactly as PostgreSQL compares it; RESET/DEFAULT: `resets`);
  * session_replication_role turns off triggers and foreign keys (superuser only), whatever the value.
  */
+/** Extensions' settings a superuser sets (the generated list has core settings only). */
+const SUPERUSER_SETTING_PREFIXES = ["pgaudit.", "auto_explain.", "pg_stat_statements."];
+
 function settingIsPrivileged(name: string, resets: boolean, value: string | undefined): boolean {
   switch (name) {
     case "role":
@@ -800,7 +814,7 @@ function settingIsPrivileged(name: string, resets: boolean, value: string | unde
       // Only a superuser may change them (session_replication_role skips triggers, log_statement
       // and pgaudit.* silence the server's own logs, zero_damaged_pages destroys data, ...): they
       // need db:admin whatever the target role is.
-      return PG_SUPERUSER_SETTINGS.has(name) || name.startsWith("pgaudit.");
+      return PG_SUPERUSER_SETTINGS.has(name) || SUPERUSER_SETTING_PREFIXES.some((prefix) => name.startsWith(prefix));
   }
 }
 
@@ -825,6 +839,9 @@ function classifySet(node: Obj, out: Collector): void {
   const value = kind === "VAR_SET_VALUE" && args.length === 1 ? constantText(args[0]) : undefined;
   if (settingIsPrivileged(name, resets, value)) out.action("db:admin");
   if (kind === "VAR_SET_VALUE" && settingLiftsReadOnly(name, value)) out.action("db:write");
+  // transaction_read_only's default is off, not the session's default_transaction_read_only:
+  // RESET or DEFAULT of it makes the transaction read-write (PostgreSQL 15 allows it mid-transaction).
+  if (resets && name === "transaction_read_only") out.action("db:write");
   // SET TRANSACTION / SET SESSION CHARACTERISTICS AS TRANSACTION ... READ WRITE
   if (kind === "VAR_SET_MULTI" && optionsLiftReadOnly(args)) out.action("db:write");
 }

@@ -66,6 +66,16 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
     { class: "admin", "db:admin": ["pg_stat_get_activity"], "db:read": [] },
   ],
   ["COPY pg_authid TO STDOUT", { class: "admin", "db:admin": ["pg_authid"], "db:copy-out": ["pg_authid"] }],
+  [
+    "SELECT * FROM information_schema.user_mapping_options",
+    { class: "admin", "db:admin": ["information_schema.user_mapping_options"], "db:read": [] },
+  ],
+  ["SELECT query FROM pg_stat_statements", { class: "admin", "db:admin": ["pg_stat_statements"], "db:read": [] }],
+  [
+    "SELECT query FROM ext.pg_stat_statements(true)",
+    { class: "admin", "db:admin": ["ext.pg_stat_statements"], "db:read": [] },
+  ],
+  ["SELECT * FROM pg_hba_file_rules()", { class: "admin", "db:admin": ["pg_hba_file_rules"], "db:read": [] }],
   // Another schema's table of that name is an ordinary table; a CTE of that name is the CTE.
   ["SELECT * FROM app.pg_stats", { class: "read", "db:read": ["app.pg_stats"] }],
   ["WITH pg_authid AS (SELECT 1 AS x) SELECT x FROM pg_authid", { class: "read", "db:read": [] }],
@@ -237,6 +247,9 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
     "SELECT set_config('default_transaction_read_only', 'off', false)",
     { class: "admin", "db:admin": ["set_config"], "db:read": [] },
   ],
+  ["RESET transaction_read_only", { class: "write", "db:write": [] }],
+  ["SET LOCAL transaction_read_only TO DEFAULT", { class: "write", "db:write": [] }],
+  ["SET auto_explain.log_min_duration = 0", { class: "admin", "db:admin": [] }],
   ["SET default_transaction_read_only = on", { class: "session" }],
   ["RESET default_transaction_read_only", { class: "session" }],
   ["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", { class: "session" }],

@@ -26,9 +26,14 @@ const ADMIN_FUNCTIONS: ReadonlySet<string> = new Set([
   "pg_stop_backup",
   "pg_promote",
   "pg_logical_emit_message",
-  // Other sessions' query texts (pg_stat_activity's source).
+  // Other sessions' query texts (pg_stat_activity's source, pg_stat_statements), server files.
   "pg_stat_get_activity",
   "pg_stat_get_backend_activity",
+  "pg_stat_statements",
+  "pg_stat_statements_info",
+  "pg_show_all_file_settings",
+  "pg_hba_file_rules",
+  "pg_ident_file_mappings",
   "pg_read_file",
   "pg_read_file_old",
   "pg_read_binary_file",

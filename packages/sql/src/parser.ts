@@ -4,16 +4,30 @@
  * PostgreSQL-like ones (1-based character positions).
  */
 import "./wasm-tiering.js"; // before libpg-query: see the file
-import { fingerprintSync, loadModule, parseSync } from "libpg-query";
+import type * as LibPgQuery from "libpg-query";
 import type { SqlSyntaxError } from "./types.js";
 
 let loading: Promise<void> | undefined;
 let ready = false;
+let lib: typeof LibPgQuery | undefined;
 
-/** Loads the parser (once; later calls return the same promise). Await it before classifying. */
+/** The loaded parser; throws (a parse error, denied) before loadSqlParser has finished. */
+function parser(): typeof LibPgQuery {
+  if (!lib) throw new Error("the SQL parser is not loaded yet");
+  return lib;
+}
+
+/**
+ * Loads the parser (once; later calls return the same promise). Await it before classifying.
+ * libpg-query is imported here, not at the top: its module must be evaluated after
+ * wasm-tiering.js has set V8's flag, in a bundle too (where static imports of external packages
+ * are hoisted above the bundle's own code).
+ */
 export function loadSqlParser(): Promise<void> {
-  loading ??= loadModule().then(
-    () => {
+  loading ??= import("libpg-query").then(
+    async (module) => {
+      await module.loadModule();
+      lib = module;
       ready = true;
     },
     (error: unknown) => {
@@ -77,7 +91,7 @@ export function parseText(text: string): ParseOutcome {
   if (text.length === 0) return { ok: true, statements: [] };
   let result: { stmts?: LibpgStatement[] };
   try {
-    result = parseSync(text) as { stmts?: LibpgStatement[] };
+    result = parser().parseSync(text) as { stmts?: LibpgStatement[] };
   } catch (error) {
     const details = (error as { sqlDetails?: { cursorPosition?: number; message?: string } }).sqlDetails;
     const message = details?.message ?? (error instanceof Error ? error.message : String(error));
@@ -104,7 +118,7 @@ export function parseText(text: string): ParseOutcome {
 export function fingerprintText(text: string): string {
   if (text.trim() !== "") {
     try {
-      return fingerprintSync(text);
+      return parser().fingerprintSync(text);
     } catch {
       // fall through
     }

@@ -8,8 +8,10 @@
  * then served from a cache. With Liftoff only, RSS after loading and parsing stays ~65 MB instead
  * of ~150 MB and no compilation runs in the background.
  *
- * Imported by parser.ts before libpg-query, whose module compiles the WASM as it is imported: the
- * flag must be set before that. Process-wide (it applies to any WASM compiled afterwards).
+ * Imported by parser.ts, which imports libpg-query only when the parser is loaded (so also in the
+ * agent's bundle, where static imports of external packages would be evaluated first): the flag
+ * must be set before libpg-query compiles its WASM. Process-wide (it applies to any WASM compiled
+ * afterwards).
  */
 import { setFlagsFromString } from "node:v8";
 

@@ -345,8 +345,8 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     for (const [k, v] of startup) if (PASSED_PARAMETERS.has(k.toLowerCase())) passed[k] = v;
     // A backstop under the classifier: a user no rule could let change anything gets a read-only
     // database session, so PostgreSQL refuses writes the statement text did not show (functions
-    // it calls implicitly). Lifting it (READ WRITE, *_read_only = off) needs db:write; RESET
-    // returns to this startup value.
+    // it calls implicitly). Lifting it (READ WRITE, *_read_only = off, RESET of transaction_read_only)
+    // needs db:write; RESET of default_transaction_read_only returns to this startup value.
     if (config.readOnlySessions && !mayChange(options.bundles, identity, options.resource))
       passed.default_transaction_read_only = "on";
     let target;

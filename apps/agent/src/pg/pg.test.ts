@@ -499,7 +499,11 @@ describe("clients", () => {
       { user: "reader@example.com", extra: ["-v", "ON_ERROR_STOP=1"] },
     );
     expect(state.stdout.trim().split("\n")).toEqual(["on", "on"]);
-    for (const lift of ["BEGIN READ WRITE", "SET default_transaction_read_only = off"]) {
+    for (const lift of [
+      "BEGIN READ WRITE",
+      "SET default_transaction_read_only = off",
+      "BEGIN; RESET transaction_read_only; SELECT v.touch FROM visits v; COMMIT",
+    ]) {
       const r = await psql(h, reader, lift, { user: "reader@example.com" });
       expect(r.stderr).toMatch(/ERROR: {2}no policy allows db:write/);
     }

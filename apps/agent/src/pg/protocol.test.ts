@@ -211,6 +211,25 @@ describe("extended protocol through the agent", () => {
     c.socket.destroy();
   });
 
+  it("keeps an unnamed portal bound behind a Sync whose ReadyForQuery comes before its Execute (pipelining)", async () => {
+    const c = await open();
+    c.socket.write(
+      Buffer.concat([
+        serialize.parse({ name: "", text: "SELECT 1" }),
+        serialize.bind({}),
+        serialize.execute({}),
+        serialize.sync(),
+        serialize.bind({}), // the next cycle's portal, bound before the first cycle is answered
+      ]),
+    );
+    await c.until((m) => m.some((x) => x.type === "Z"));
+    const start = c.messages.length;
+    c.socket.write(Buffer.concat([serialize.execute({}), serialize.sync()]));
+    const rest = await c.until((m) => m.slice(start).some((x) => x.type === "Z"));
+    expect(types(rest)).toBe("12DCZ2DCZ");
+    c.socket.destroy();
+  });
+
   it("pages a portal with a row limit and audits it once", async () => {
     const before = h.events().length;
     const c = await open();

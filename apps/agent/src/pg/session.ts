@@ -154,6 +154,8 @@ interface Portal {
   params: string;
   resultFormats: number[];
   fields?: RowField[];
+  /** Sync cycles (Query or Sync sent) before its Bind: its cycle's ReadyForQuery is number cycle + 1. */
+  cycle: number;
 }
 
 type Pending =
@@ -216,6 +218,9 @@ export class PgSession {
    */
   private awaitingSync = false;
   private status: TransactionStatus = "I";
+  /** Messages sent to the target that each end in one ReadyForQuery (Query, Sync), and those answered. */
+  private cyclesSent = 0;
+  private cyclesDone = 0;
   private plan: ResultPlan | undefined;
   /** DataRows relayed since the last statement completed. */
   private rowsSeen = 0;
@@ -364,6 +369,8 @@ export class PgSession {
   private onClientMessage(f: Frame): Buffer | Buffer[] | undefined {
     // Skipping to Sync, as the target does (it ignores all but Sync; Terminate ends the session anyway).
     if (this.awaitingSync && f.type !== 0x53 && f.type !== 0x58) return undefined;
+    // Query, Sync, and FunctionCall (replaced by a Query) each get one ReadyForQuery.
+    if (f.type === 0x51 || f.type === 0x53 || f.type === 0x46) this.cyclesSent++;
     switch (f.type) {
       case 0x51: // Query
         return this.onQuery(decodeQuery(f.body), f.raw);
@@ -379,13 +386,9 @@ export class PgSession {
           // Not bound through the protocol: a SQL cursor (DECLARE), whose rows the agent reads only
           // as FETCH results (this Execute would bring no RowDescription to mask them by), or
           // nothing. Refused in its place; the target answers a portal it does not know the same way.
-          this.ctx.metrics.statement("deny");
-          this.push({
-            kind: "bind",
-            replaceError: this.denialError(
-              `access denied: portal "${name}" was not bound through Moat; read a cursor with FETCH`,
-            ),
-          });
+          const message = `access denied: portal "${name}" was not bound through Moat; read a cursor with FETCH`;
+          this.unparsed(`-- protocol Execute of portal "${name}"`, message);
+          this.push({ kind: "bind", replaceError: this.denialError(message) });
           return serialize.bind({ portal: "", statement: POISON_STATEMENT, values: [] });
         }
         if (portal.fields === undefined && portal.statement.fields === undefined && this.planner()) {
@@ -606,8 +609,9 @@ export class PgSession {
       return serialize.bind({ portal: portalName, statement: POISON_STATEMENT, values: [] });
     };
     if (!statement) {
-      this.ctx.metrics.statement("deny");
-      return poison(`prepared statement "${statementName}" was not prepared through Moat`);
+      const message = `prepared statement "${statementName}" was not prepared through Moat`;
+      this.unparsed(`-- protocol Bind of prepared statement "${statementName}"`, message);
+      return poison(message);
     }
     // Decided again at each Bind: a policy change or revocation applies to prepared statements too.
     const infos = statement.classification.statements;
@@ -635,6 +639,7 @@ export class PgSession {
       params,
       resultFormats: bind.resultFormats,
       ...(fields ? { fields } : {}),
+      cycle: this.cyclesSent,
     });
     this.push({ kind: "bind" });
     return f.raw;
@@ -982,10 +987,11 @@ export class PgSession {
         }
         this.plan = undefined;
         this.rowsSeen = 0;
-        if (this.status === "I") {
-          // Unnamed portals do not outlive their transaction.
-          for (const name of [...this.portals.keys()]) if (name === "") this.dropPortal(name);
-        }
+        this.cyclesDone++;
+        const unnamed = this.portals.get("");
+        // Unnamed portals do not outlive their transaction; one bound in a later Sync cycle (pipelined
+        // behind this one) is not this transaction's.
+        if (this.status === "I" && unnamed && unnamed.cycle < this.cyclesDone) this.dropPortal("");
         return undefined;
       }
       case 0x53: {
