@@ -15,7 +15,10 @@ let h: Harness;
 beforeAll(async () => {
   server = await startPostgres();
   await server.createDatabase("app");
-  await server.sql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10);", "app");
+  await server.sql(
+    "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10); CREATE TABLE inbox (v text); CREATE TABLE users (email text); INSERT INTO users VALUES ('user1@example.com');",
+    "app",
+  );
   h = await startHarness({
     pg: server,
     policies: [
@@ -87,9 +90,9 @@ class Raw {
   }
 }
 
-async function open(): Promise<Raw> {
-  const token = await h.token();
-  const socket = connect(h.port, "127.0.0.1");
+async function open(harness: Harness = h): Promise<Raw> {
+  const token = await harness.token();
+  const socket = connect(harness.port, "127.0.0.1");
   const raw = new Raw(socket);
   await new Promise((r) => socket.once("connect", r));
   socket.write(serialize.startup({ user: "alice@example.com", database: "app" }));
@@ -227,6 +230,85 @@ describe("extended protocol through the agent", () => {
     c.socket.write(Buffer.concat([serialize.execute({}), serialize.sync()]));
     const rest = await c.until((m) => m.slice(start).some((x) => x.type === "Z"));
     expect(types(rest)).toBe("12DCZ2DCZ");
+    c.socket.destroy();
+  });
+
+  it("stays in step when a client sends Sync during COPY FROM STDIN (the target ignores it): the next result is still masked", async () => {
+    const masked = await startHarness({
+      pg: server,
+      policies: [
+        {
+          apiVersion: "moat.dev/v1",
+          kind: "Policy",
+          metadata: { name: "load" },
+          spec: {
+            subjects: { groups: ["eng"] },
+            resources: { names: ["db"] },
+            rules: [{ name: "load", effect: "allow", actions: ["connect", "db:read", "db:copy-in"] }],
+            masking: [{ columns: ["email"], style: "full" }],
+          },
+        },
+      ],
+    });
+    try {
+      const c = await open(masked);
+      const email = (ms: Msg[]) => ms.filter((m) => m.type === "D").map((m) => m.body.subarray(6).toString());
+      // libpq's extended-protocol COPY: Sync right behind Execute, CopyDone + Sync after the data.
+      c.socket.write(
+        Buffer.concat([
+          serialize.parse({ name: "", text: "COPY inbox FROM STDIN" }),
+          serialize.bind({}),
+          serialize.execute({}),
+          serialize.sync(),
+        ]),
+      );
+      await c.until((m) => m.some((x) => x.type === "G"));
+      const start = c.messages.length;
+      const copy = await c.exchange(
+        Buffer.from([0x64, 0, 0, 0, 6, 0x78, 0x0a]), // CopyData "x\n"
+        Buffer.from([0x63, 0, 0, 0, 4]), // CopyDone
+        serialize.sync(),
+      );
+      expect(types(c.messages.slice(start))).toBe("CZ");
+      expect(types(copy)).toBe("CZ");
+      const after = await c.exchange(serialize.query("SELECT email FROM users"));
+      expect(types(after)).toBe("TDCZ");
+      expect(email(after)).not.toContain("user1@example.com");
+      // Simple protocol, a stray Sync in the middle of the data.
+      const before = c.messages.filter((x) => x.type === "G").length;
+      c.socket.write(serialize.query("COPY inbox FROM STDIN"));
+      await c.until((m) => m.filter((x) => x.type === "G").length > before);
+      const simple = await c.exchange(
+        serialize.sync(),
+        Buffer.from([0x64, 0, 0, 0, 6, 0x79, 0x0a]),
+        Buffer.from([0x63, 0, 0, 0, 4]),
+      );
+      expect(types(simple)).toBe("CZ");
+      const again = await c.exchange(serialize.query("SELECT email FROM users"));
+      expect(types(again)).toBe("TDCZ");
+      expect(email(again)).not.toContain("user1@example.com");
+      expect(await server.sql("SELECT count(*) FROM inbox", "app")).toMatch(/^2/);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("forgets protocol portals that a SQL CLOSE/DECLARE or the end of their transaction may have replaced", async () => {
+    const c = await open();
+    await c.exchange(serialize.query("BEGIN"));
+    const bound = await c.exchange(
+      serialize.parse({ name: "", text: "SELECT id FROM t ORDER BY id" }),
+      serialize.bind({ portal: "c" }),
+      serialize.describe({ type: "P", name: "c" }),
+      serialize.execute({ portal: "c", rows: 1 }),
+      serialize.sync(),
+    );
+    expect(types(bound)).toBe("12TDsZ");
+    await c.exchange(serialize.query("CLOSE c; DECLARE c CURSOR FOR SELECT id, id FROM t"));
+    const stale = await c.exchange(serialize.execute({ portal: "c", rows: 1 }), serialize.sync());
+    expect(errors(stale)[0]?.message).toMatch(/not bound through Moat/);
+    await c.exchange(serialize.query("ROLLBACK"));
     c.socket.destroy();
   });
 

@@ -159,14 +159,14 @@ interface Portal {
 }
 
 type Pending =
-  | {
+  | ({
       kind: "query";
       runs: Run[];
       index: number;
       replaceError?: Buffer;
       /** It may change how the server reads text (see `lexicalInFlight`). */
       lexical?: boolean;
-    }
+    } & CopyCount)
   | {
       kind: "parse";
       replaceError?: Buffer;
@@ -176,9 +176,20 @@ type Pending =
     }
   | { kind: "bind"; replaceError?: Buffer }
   | { kind: "describe"; target: "S" | "P"; name: string; injected: boolean }
-  | { kind: "execute"; portal: Portal | undefined; portalName: string }
+  | ({ kind: "execute"; portal: Portal | undefined; portalName: string } & CopyCount)
   | { kind: "close" }
-  | { kind: "sync" };
+  | ({ kind: "sync" } & CopyCount);
+
+/**
+ * COPY FROM STDIN bookkeeping: the server ignores Sync (and Flush) while it reads COPY data, so a
+ * Sync the client sends between the Execute (or Query) that starts a COPY and its CopyDone/CopyFail
+ * gets no ReadyForQuery. `copyEnds` is how many CopyDone/CopyFail the client had sent when this
+ * message was sent; `copyStarts`, on the message running the COPY, how many COPYs it has started.
+ */
+interface CopyCount {
+  copyEnds?: number;
+  copyStarts?: number;
+}
 
 interface Decision {
   effect: "allow" | "deny" | "review";
@@ -218,6 +229,9 @@ export class PgSession {
    */
   private awaitingSync = false;
   private status: TransactionStatus = "I";
+  /** CopyDone/CopyFail messages the client has sent; whether the target is reading COPY data now. */
+  private copyEnds = 0;
+  private copyIn = false;
   /** Messages sent to the target that each end in one ReadyForQuery (Query, Sync), and those answered. */
   private cyclesSent = 0;
   private cyclesDone = 0;
@@ -370,7 +384,7 @@ export class PgSession {
     // Skipping to Sync, as the target does (it ignores all but Sync; Terminate ends the session anyway).
     if (this.awaitingSync && f.type !== 0x53 && f.type !== 0x58) return undefined;
     // Query, Sync, and FunctionCall (replaced by a Query) each get one ReadyForQuery.
-    if (f.type === 0x51 || f.type === 0x53 || f.type === 0x46) this.cyclesSent++;
+    if (f.type === 0x51 || f.type === 0x46 || (f.type === 0x53 && !this.copyIn)) this.cyclesSent++;
     switch (f.type) {
       case 0x51: // Query
         return this.onQuery(decodeQuery(f.body), f.raw);
@@ -416,12 +430,16 @@ export class PgSession {
       }
       case 0x53: // Sync
         this.awaitingSync = false;
-        this.push({ kind: "sync" });
+        // While the target reads COPY data it ignores Sync: nothing will answer this one.
+        if (!this.copyIn) this.push({ kind: "sync" });
+        return f.raw;
+      case 0x63: // CopyDone
+      case 0x66: // CopyFail
+        this.copyEnds++;
+        this.copyIn = false;
         return f.raw;
       case 0x48: // Flush
       case 0x64: // CopyData
-      case 0x63: // CopyDone
-      case 0x66: // CopyFail
         return f.raw;
       case 0x58: // Terminate
         this.target.write(f.raw);
@@ -553,6 +571,10 @@ export class PgSession {
 
   private afterAllowed(info: StatementInfo): void {
     this.widenSearchPath(info);
+    // SQL CLOSE or DECLARE may close a protocol portal or reuse its name for a cursor whose rows
+    // differ: the agent forgets them all (an Execute of one is then refused, never masked wrongly).
+    if (info.kind === "ClosePortalStmt" || info.kind === "DeclareCursorStmt" || info.deallocate?.name === null)
+      for (const name of [...this.portals.keys()]) this.dropPortal(name);
     if (info.prepare) this.sqlPrepared.set(info.prepare.name, info);
     if (info.deallocate) {
       if (info.deallocate.name === null) this.sqlPrepared.clear();
@@ -863,6 +885,7 @@ export class PgSession {
   }
 
   private push(p: Pending): void {
+    if (p.kind === "query" || p.kind === "execute" || p.kind === "sync") p.copyEnds = this.copyEnds;
     this.pending.push(p);
     if (this.pending.length === 1 && p.kind === "execute" && p.portal) this.startResult(p.portal.fields, p.portal.run);
   }
@@ -988,10 +1011,10 @@ export class PgSession {
         this.plan = undefined;
         this.rowsSeen = 0;
         this.cyclesDone++;
-        const unnamed = this.portals.get("");
-        // Unnamed portals do not outlive their transaction; one bound in a later Sync cycle (pipelined
-        // behind this one) is not this transaction's.
-        if (this.status === "I" && unnamed && unnamed.cycle < this.cyclesDone) this.dropPortal("");
+        // Portals do not outlive their transaction (a SQL cursor may take the name next); one bound
+        // in a later Sync cycle (pipelined behind this one) is not this transaction's.
+        if (this.status === "I")
+          for (const [name, portal] of [...this.portals]) if (portal.cycle < this.cyclesDone) this.dropPortal(name);
         return undefined;
       }
       case 0x53: {
@@ -1001,12 +1024,34 @@ export class PgSession {
         return undefined;
       }
       case 0x47: // CopyInResponse
+        this.onCopyIn();
+        return undefined;
       case 0x48: // CopyOutResponse
       case 0x57: // CopyBothResponse
         return undefined;
       default:
         return undefined;
     }
+  }
+
+  /**
+   * The target now reads COPY data, ignoring Syncs until the client's next CopyDone/CopyFail: the
+   * Syncs already sent in that span get no answer (dropped from the queue), later ones are not
+   * queued (`copyIn`).
+   */
+  private onCopyIn(): void {
+    const head = this.pending[0];
+    if (!head || (head.kind !== "query" && head.kind !== "execute")) return;
+    const ends = (head.copyEnds ?? 0) + (head.copyStarts ?? 0);
+    head.copyStarts = (head.copyStarts ?? 0) + 1;
+    for (let i = this.pending.length - 1; i > 0; i--) {
+      const p = this.pending[i] as Pending;
+      if (p.kind === "sync" && p.copyEnds === ends) {
+        this.pending.splice(i, 1);
+        this.cyclesSent--;
+      }
+    }
+    if (this.copyEnds === ends) this.copyIn = true;
   }
 
   private completeStatement(rows: number): void {
@@ -1032,6 +1077,8 @@ export class PgSession {
 
   private onServerError(raw: Buffer): Buffer[] | undefined {
     const head = this.pending[0];
+    // An error ends the target's COPY mode (it answers Syncs again).
+    this.copyIn = false;
     this.plan = undefined;
     this.rowsSeen = 0;
     if (!head) return undefined; // asynchronous (FATAL from the target): relay as is
