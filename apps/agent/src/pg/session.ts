@@ -1099,6 +1099,7 @@ export class PgSession {
           if (p.previous) this.statements.set(p.name, p.previous);
           else this.statements.delete(p.name);
         }
+        if (p.kind === "query") this.cyclesSent--; // skipped: no ReadyForQuery for it
         this.shift();
       }
       // No Sync sent yet: the target ignores what comes until the client sends one.
