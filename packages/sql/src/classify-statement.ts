@@ -851,8 +851,10 @@ const READ_ONLY_SETTINGS: ReadonlySet<string> = new Set(["default_transaction_re
 /**
  * Whether setting `name` to `value` can turn off a read-only default (a target role created with
  * `default_transaction_read_only = on`, which operators may use as a backstop for read-only
- * resources): that needs db:write. Turning it on, or back to the role's default (RESET, DEFAULT),
- * needs nothing. A value that is not a constant counts as off. PostgreSQL's parse_bool prefixes.
+ * resources, or the agent's read-only sessions): that needs db:write. Turning it on needs nothing,
+ * and so does RESET/DEFAULT of default_transaction_read_only (back to the session's start value);
+ * RESET/DEFAULT of transaction_read_only, whose own default is off, is checked in classifySet. A
+ * value that is not a constant counts as off. PostgreSQL's parse_bool prefixes.
  */
 function settingLiftsReadOnly(name: string, value: string | undefined): boolean {
   if (!READ_ONLY_SETTINGS.has(name)) return false;
