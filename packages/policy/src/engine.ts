@@ -413,13 +413,9 @@ export function evaluate(policies: CompiledPolicies, req: PolicyRequest, options
     );
   }
   const ctx = new RequestContext(req);
-  const applicable: CompiledPolicy[] = [];
-  const candidates = policies.byResourceName.get(req.resource.name);
-  if (candidates) for (const p of candidates) if (p.resource(req.resource) && p.subject(req, ctx)) applicable.push(p);
-  for (const p of policies.generic) if (p.resource(req.resource) && p.subject(req, ctx)) applicable.push(p);
-
-  const rules: (readonly CompiledRule[])[] = [];
-  if (!KNOWN_ACTIONS.has(req.action) && !req.action.startsWith("k8s:")) {
+  const applicable = applicablePolicies(policies, req, ctx);
+  const rules = actionRules(applicable, req.action);
+  if (!rules) {
     // An action the policy language does not define is never allowed, whatever wildcards say.
     return new LazyVerdict(
       { effect: "deny", rule: undefined, table: undefined, reasonMissing: false },
@@ -427,14 +423,6 @@ export function evaluate(policies: CompiledPolicies, req: PolicyRequest, options
       { mask: [], record: false },
       [],
     );
-  }
-  if (KNOWN_ACTIONS.has(req.action)) {
-    for (const p of applicable) {
-      const list = p.byAction.get(req.action);
-      if (list) rules.push(list);
-    }
-  } else {
-    for (const p of applicable) rules.push(p.rules.filter((r) => r.actionMatcher(req.action)));
   }
 
   const matched: MatchedRule[] | undefined = options.explain ? [] : undefined;
@@ -466,17 +454,33 @@ export function evaluate(policies: CompiledPolicies, req: PolicyRequest, options
  */
 export function mayAllow(policies: CompiledPolicies, req: Omit<PolicyRequest, "now" | "tables">): boolean {
   const full: PolicyRequest = { ...req, now: 0 };
-  const ctx = new RequestContext(full);
-  const known = KNOWN_ACTIONS.has(req.action);
-  if (!known && !req.action.startsWith("k8s:")) return false;
-  const check = (p: CompiledPolicy) => {
-    if (!p.resource(req.resource) || !p.subject(full, ctx)) return false;
-    const rules = known ? (p.byAction.get(req.action) ?? []) : p.rules.filter((r) => r.actionMatcher(req.action));
-    return rules.some((r) => r.effect !== "deny");
-  };
-  for (const p of policies.byResourceName.get(req.resource.name) ?? []) if (check(p)) return true;
-  for (const p of policies.generic) if (check(p)) return true;
-  return false;
+  const rules = actionRules(applicablePolicies(policies, full, new RequestContext(full)), req.action);
+  return rules?.some((list) => list.some((r) => r.effect !== "deny")) ?? false;
+}
+
+/** The policies whose subjects and resources cover the request, by name first, then by labels. */
+function applicablePolicies(policies: CompiledPolicies, req: PolicyRequest, ctx: RequestContext): CompiledPolicy[] {
+  const applicable: CompiledPolicy[] = [];
+  const candidates = policies.byResourceName.get(req.resource.name);
+  if (candidates) for (const p of candidates) if (p.resource(req.resource) && p.subject(req, ctx)) applicable.push(p);
+  for (const p of policies.generic) if (p.resource(req.resource) && p.subject(req, ctx)) applicable.push(p);
+  return applicable;
+}
+
+/** Each policy's rules for `action`; undefined for an action the policy language does not define. */
+function actionRules(applicable: readonly CompiledPolicy[], action: string): (readonly CompiledRule[])[] | undefined {
+  const rules: (readonly CompiledRule[])[] = [];
+  if (KNOWN_ACTIONS.has(action)) {
+    for (const p of applicable) {
+      const list = p.byAction.get(action);
+      if (list) rules.push(list);
+    }
+  } else if (action.startsWith("k8s:")) {
+    for (const p of applicable) rules.push(p.rules.filter((r) => r.actionMatcher(action)));
+  } else {
+    return undefined;
+  }
+  return rules;
 }
 
 /** A verdict whose message is written only when read (an allowed query never needs one). */
