@@ -402,8 +402,7 @@ export class PgSession {
           // nothing. Refused in its place; the target answers a portal it does not know the same way.
           const message = `access denied: portal "${name}" was not bound through Moat; read a cursor with FETCH`;
           this.unparsed(`-- protocol Execute of portal "${name}"`, message);
-          this.push({ kind: "bind", replaceError: this.denialError(message) });
-          return serialize.bind({ portal: "", statement: POISON_STATEMENT, values: [] });
+          return this.poisonBind("", message);
         }
         if (portal.fields === undefined && portal.statement.fields === undefined && this.planner()) {
           // Masking needs the result's columns: ask the target, keep its answer to ourselves.
@@ -626,10 +625,7 @@ export class PgSession {
     const { portal: portalName, statement: statementName } = bindNames(f.body);
     this.dropPortal(portalName);
     const statement = this.statements.get(statementName) ?? this.fromSqlPrepare(statementName);
-    const poison = (message: string) => {
-      this.push({ kind: "bind", replaceError: this.denialError(message) });
-      return serialize.bind({ portal: portalName, statement: POISON_STATEMENT, values: [] });
-    };
+    const poison = (message: string) => this.poisonBind(portalName, message);
     if (!statement) {
       const message = `prepared statement "${statementName}" was not prepared through Moat`;
       this.unparsed(`-- protocol Bind of prepared statement "${statementName}"`, message);
@@ -665,6 +661,12 @@ export class PgSession {
     });
     this.push({ kind: "bind" });
     return f.raw;
+  }
+
+  /** A Bind sure to fail on the target in place of a refused message, whose error becomes `message`. */
+  private poisonBind(portal: string, message: string): Buffer {
+    this.push({ kind: "bind", replaceError: this.denialError(message) });
+    return serialize.bind({ portal, statement: POISON_STATEMENT, values: [] });
   }
 
   /** A statement prepared with SQL PREPARE, bound through the protocol (they share one namespace). */
