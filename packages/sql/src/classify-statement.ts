@@ -300,16 +300,16 @@ function visitRangeVar(node: Obj, scope: Scope, out: Collector): void {
  * name: allowed where the catalog the lists were read from has it built in (json_object), else it
  * needs db:function like any function that is not a built-in.
  */
+const JSON_FUNC_NAMES: ReadonlyMap<unknown, string> = new Map([
+  ["JSON_QUERY_OP", "json_query"],
+  ["JSON_EXISTS_OP", "json_exists"],
+  ["JSON_VALUE_OP", "json_value"],
+]);
+
 function sqlSyntaxFunctionName(type: string, node: Obj): string {
   switch (type) {
     case "JsonFuncExpr":
-      return node.op === "JSON_QUERY_OP"
-        ? "json_query"
-        : node.op === "JSON_EXISTS_OP"
-          ? "json_exists"
-          : node.op === "JSON_VALUE_OP"
-            ? "json_value"
-            : "json_table";
+      return JSON_FUNC_NAMES.get(node.op) ?? "json_table";
     case "JsonScalarExpr":
       return "json_scalar";
     case "JsonSerializeExpr":
