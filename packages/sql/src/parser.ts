@@ -8,7 +8,6 @@ import type * as LibPgQuery from "libpg-query";
 import type { SqlSyntaxError } from "./types.js";
 
 let loading: Promise<void> | undefined;
-let ready = false;
 let lib: typeof LibPgQuery | undefined;
 
 /** The loaded parser; throws (a parse error, denied) before loadSqlParser has finished. */
@@ -24,22 +23,20 @@ function parser(): typeof LibPgQuery {
  * are hoisted above the bundle's own code).
  */
 export function loadSqlParser(): Promise<void> {
-  loading ??= import("libpg-query").then(
-    async (module) => {
+  loading ??= import("libpg-query")
+    .then(async (module) => {
       await module.loadModule();
       lib = module;
-      ready = true;
-    },
-    (error: unknown) => {
+    })
+    .catch((error: unknown) => {
       loading = undefined;
       throw error;
-    },
-  );
+    });
   return loading;
 }
 
 export function sqlParserReady(): boolean {
-  return ready;
+  return lib !== undefined;
 }
 
 /** One statement of a parsed text: its node and its trimmed extent as string offsets. */
