@@ -19,6 +19,7 @@ import {
   SIMPLE_MESSAGES,
 } from "@moat/pg-wire";
 import type { Classifier } from "@moat/sql";
+import { ACTIONS } from "@moat/policy";
 import { createUlidFactory, type Logger } from "@moat/common";
 import { Verdict as ProtoVerdict } from "@moat/proto";
 import type { BundleHolder } from "../bundle.js";
@@ -91,8 +92,8 @@ function isLoopback(address: string | undefined): boolean {
 
 const clientAddress = (s: Socket) => (s.remoteAddress ?? "").replace(/^::ffff:/, "");
 
-/** Every action that can change something in the database (all but connect, db:read, db:copy-out). */
-const CHANGING_ACTIONS = ["db:write", "db:ddl", "db:admin", "db:copy-in", "db:function", "db:dynamic"];
+/** Every database action that can change something: all but db:read and db:copy-out (new ones count). */
+const CHANGING_ACTIONS = ACTIONS.filter((a) => a.startsWith("db:") && a !== "db:read" && a !== "db:copy-out");
 
 function mayChange(bundles: BundleHolder, identity: VerifiedIdentity, resource: string): boolean {
   return CHANGING_ACTIONS.some((action) =>
