@@ -15,6 +15,12 @@ export interface ColumnInfo {
    * users`: name `e`, sourceColumn `email`). Patterns match the label or the source column.
    */
   sourceColumn?: string;
+  /**
+   * For a computed column (no table): the columns its values may be computed from, by name, and
+   * whether they may hold any column's values (a whole-row reference). From the SQL classifier's
+   * result lineage; absent when unknown to the proxy.
+   */
+  derivedFrom?: { names: readonly string[]; anyColumn: boolean };
   typeOid: number;
   /** 0 text, 1 binary. */
   format: 0 | 1;
@@ -48,14 +54,19 @@ function segmentMatcher(segment: string): SegmentMatcher {
  *
  * When the column's table is unknown (a computed column, or a table OID the proxy could not
  * resolve), a qualified pattern matches on its column part alone: `users.email` also masks
- * `lower(email) AS email` and an `email` column of an unresolved table. Masking fails closed.
+ * `lower(email) AS email` and an `email` column of an unresolved table. A computed column is also
+ * masked when its values may come from a matching column (`lower(email)`, labelled `lower`) or from
+ * any column (`row_to_json(u)`): see `derivedFrom`. Masking fails closed.
  */
 export function columnPattern(pattern: string): (column: ColumnInfo) => boolean {
   const parts = pattern.toLowerCase().split(".");
   const labelOrSource = segmentMatcher(parts[parts.length - 1]!);
+  const derived = (from: NonNullable<ColumnInfo["derivedFrom"]>) =>
+    from.anyColumn || from.names.some((name) => labelOrSource(name.toLowerCase()));
   const columnPart = (column: ColumnInfo) =>
     labelOrSource(column.name.toLowerCase()) ||
-    (column.sourceColumn !== undefined && labelOrSource(column.sourceColumn.toLowerCase()));
+    (column.sourceColumn !== undefined && labelOrSource(column.sourceColumn.toLowerCase())) ||
+    (column.table === undefined && column.derivedFrom !== undefined && derived(column.derivedFrom));
   if (parts.length === 1) return columnPart;
   // Schema names holding dots are written as the leading parts of longer patterns.
   const tablePart = segmentMatcher(parts[parts.length - 2]!);

@@ -178,6 +178,51 @@ describe("column patterns", () => {
     expect(plan([{ columns: ["users.email"] }], [aliased]).maskedColumns).toEqual(["users.email"]);
   });
 
+  it("masks a computed column whose values may come from a masked column, or from any column", () => {
+    const lower = col("lower", { derivedFrom: { names: ["id", "Email"], anyColumn: false } });
+    expect(masked("email", lower)).toBe(true);
+    expect(masked("e*l", lower)).toBe(true);
+    expect(masked("users.email", lower)).toBe(true); // the table is unknown: column part alone
+    expect(masked("public.users.email", lower)).toBe(true);
+    expect(masked("ssn", lower)).toBe(false);
+    expect(masked("users.ssn", lower)).toBe(false);
+    const row = col("row_to_json", { derivedFrom: { names: [], anyColumn: true } });
+    expect(masked("ssn", row)).toBe(true);
+    expect(masked("public.users.ssn", row)).toBe(true);
+    expect(masked("ssn", col("count", { derivedFrom: { names: [], anyColumn: false } }))).toBe(false);
+    // A plain column is named by its table; what a computed column would derive from is not asked.
+    expect(masked("email", col("id", { table: USERS, derivedFrom: { names: ["email"], anyColumn: true } }))).toBe(
+      false,
+    );
+    // Detectors are unaffected: they look at values.
+    expect(
+      planner([{ detectors: ["email"], style: "full" }]).plan([
+        col("n", { typeOid: INT4, derivedFrom: { names: ["email"], anyColumn: true } }),
+      ]),
+    ).toBeUndefined();
+    expect(plan([{ columns: ["email"], style: "partial" }], [lower]).columns[0]?.style).toBe("partial");
+  });
+
+  it("says whether a value computed from some columns is masked whole, for error messages", () => {
+    const p = planner([
+      { columns: ["users.email"], style: "partial" },
+      { detectors: ["credit-card"], style: "full" },
+    ]);
+    expect(p.masksSources({ names: ["id", "email"], anyColumn: false })).toBe(true);
+    expect(p.masksSources({ names: ["id"], anyColumn: false })).toBe(false);
+    expect(p.masksSources({ names: [], anyColumn: true })).toBe(true);
+    expect(p.masksSources({ names: [], anyColumn: false })).toBe(false);
+    expect(planner([{ columns: ["*"], style: "full" }]).masksSources({ names: [], anyColumn: false })).toBe(false);
+    expect(planner([{ detectors: ["email"], style: "full" }]).masksSources({ names: ["email"], anyColumn: true })).toBe(
+      false,
+    );
+    // Detectors mask free text: an error message quoting a card number.
+    const message = 'invalid input syntax for type integer: "card 4111 1111 1111 1111"';
+    expect(p.maskText(message)).toBe('invalid input syntax for type integer: "card ****"');
+    expect(p.maskText('relation "users" does not exist')).toBe('relation "users" does not exist');
+    expect(planner([{ columns: ["email"], style: "full" }]).maskText(message)).toBe(message);
+  });
+
   it("ignores case", () => {
     expect(masked("Users.EMAIL", col("email", { table: USERS }))).toBe(true);
     expect(masked("email", col("Email", { table: { schema: "Public", name: "Users" } }))).toBe(true);

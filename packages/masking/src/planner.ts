@@ -62,6 +62,13 @@ export interface ResultPlan {
 export interface MaskPlanner {
   /** The plan for one result, or undefined when nothing in it can need masking. */
   plan(columns: readonly ColumnInfo[]): ResultPlan | undefined;
+  /**
+   * Whether a value computed from these columns would be masked whole by a column rule (whatever
+   * its label): for deciding whether an error message about such a value may be shown.
+   */
+  masksSources(from: NonNullable<ColumnInfo["derivedFrom"]>): boolean;
+  /** Free text (an error message) with what the detectors find in it masked; the same string when nothing is. */
+  maskText(text: string): string;
 }
 
 export interface CompileMasksOptions {
@@ -71,6 +78,8 @@ export interface CompileMasksOptions {
    */
   hashKey?: Uint8Array;
 }
+
+const TEXT_OID = 25;
 
 /** Smallest accepted hash key (128 bits). */
 export const MIN_HASH_KEY_BYTES = 16;
@@ -115,7 +124,19 @@ export function compileMasks(rules: readonly MaskRule[], options: CompileMasksOp
     style: detectorStyles.get(d)!,
   }));
 
+  const textDetectors = columnMasker(representation(TEXT_OID, 0), undefined, detectors, key);
   return {
+    masksSources(from) {
+      if (from.names.length === 0 && !from.anyColumn) return false;
+      const column: ColumnInfo = { name: "", typeOid: TEXT_OID, format: 0, derivedFrom: from };
+      return columnRules.some((rule) => rule.matches(column));
+    },
+    maskText(text) {
+      if (detectors.length === 0) return text;
+      const bytes = Buffer.from(text);
+      const masked = textDetectors(bytes);
+      return masked === bytes || masked === null ? text : masked.toString();
+    },
     plan(columns) {
       const plans: (ColumnPlan | undefined)[] = [];
       const maskers: (Masker | undefined)[] = [];

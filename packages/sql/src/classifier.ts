@@ -121,6 +121,9 @@ function withText(shape: StatementShape, text: string): StatementInfo {
   if (shape.prepare !== undefined) info.prepare = shape.prepare;
   if (shape.execute !== undefined) info.execute = shape.execute;
   if (shape.deallocate !== undefined) info.deallocate = shape.deallocate;
+  if (shape.result !== undefined) info.result = shape.result;
+  if (shape.reads !== undefined) info.reads = shape.reads;
+  if (shape.cursor !== undefined) info.cursor = shape.cursor;
   return info;
 }
 

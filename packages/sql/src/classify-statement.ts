@@ -12,6 +12,8 @@
  * type unwrapped; the generated NODE_FIELD_TYPES table says which is which.
  */
 import { functionVerdict, isBuiltinOperator } from "./functions.js";
+import { columnsRead, resultLineage } from "./lineage.js";
+import { aliasOf, isObj, nameParts, unwrap, type Obj } from "./tree.js";
 import { NODE_FIELD_TYPES } from "./gen/node-fields.js";
 import { PG_SUPERUSER_SETTINGS } from "./gen/pg-catalog.js";
 import {
@@ -22,8 +24,6 @@ import {
   type StatementInfo,
   type TableRef,
 } from "./types.js";
-
-type Obj = Record<string, unknown>;
 
 /** A statement's classification without its text. */
 export type StatementShape = Omit<StatementInfo, "text">;
@@ -45,7 +45,16 @@ interface Use {
 /** Statement-level facts other than actions. */
 type Extra = Pick<
   StatementShape,
-  "reason" | "searchPath" | "searchPathLocal" | "lexicalChange" | "prepare" | "execute" | "deallocate"
+  | "reason"
+  | "searchPath"
+  | "searchPathLocal"
+  | "lexicalChange"
+  | "prepare"
+  | "execute"
+  | "deallocate"
+  | "result"
+  | "reads"
+  | "cursor"
 >;
 
 class Collector {
@@ -101,31 +110,8 @@ interface Scope {
 const ROOT: Scope = { mode: "db:read", locked: false, ctes: undefined };
 const withMode = (scope: Scope, mode: DbAction): Scope => ({ ...scope, mode });
 
-const isObj = (value: unknown): value is Obj => value !== null && typeof value === "object" && !Array.isArray(value);
-
 /** True when every field of `node` is one of `keys` (libpg-query leaves out fields at their defaults). */
 const hasOnlyKeys = (node: Obj, keys: ReadonlySet<string>): boolean => Object.keys(node).every((key) => keys.has(key));
-
-/** `{ "Kind": {...} }` -> ["Kind", {...}]; anything else -> undefined. */
-function unwrap(value: unknown): [string, Obj] | undefined {
-  if (!isObj(value)) return undefined;
-  const keys = Object.keys(value);
-  if (keys.length !== 1) return undefined;
-  const kind = keys[0] as string;
-  const code = kind.charCodeAt(0);
-  if (code < 65 || code > 90) return undefined;
-  const node = value[kind];
-  return isObj(node) ? [kind, node] : undefined;
-}
-
-/** The strings of a name list (`[{String:{sval}}...]`). */
-function nameParts(list: unknown): string[] {
-  if (!Array.isArray(list)) return [];
-  return list.map((item) => {
-    const node = unwrap(item);
-    return node && node[0] === "String" ? String(node[1].sval ?? "") : "?";
-  });
-}
 
 function tableRef(rangeVar: Obj): TableRef {
   const ref: TableRef = { name: String(rangeVar.relname ?? "") };
@@ -555,10 +541,6 @@ function lockedNames(locking: unknown[]): Set<string> | undefined {
     }
   }
   return names;
-}
-
-function aliasOf(node: Obj): string | undefined {
-  return isObj(node.alias) && typeof node.alias.aliasname === "string" ? node.alias.aliasname : undefined;
 }
 
 /** Walks one FROM item of a SELECT with a locking clause; locked items' tables need db:write. */
@@ -1172,8 +1154,16 @@ export function classifyStatement(stmt: unknown): ShapeResult {
     out.dynamic("the statement could not be read");
     return finish("", out);
   }
-  classifyInto(wrapped[0], wrapped[1], out);
-  return finish(wrapped[0], out);
+  const [kind, node] = wrapped;
+  classifyInto(kind, node, out);
+  const result = resultLineage(kind, node);
+  if (result) out.extra.result = result;
+  out.extra.reads = columnsRead(node);
+  if (kind === "DeclareCursorStmt" || kind === "FetchStmt" || kind === "ClosePortalStmt") {
+    const op = kind === "DeclareCursorStmt" ? "declare" : kind === "FetchStmt" ? "fetch" : "close";
+    out.extra.cursor = { op, name: typeof node.portalname === "string" ? node.portalname : null };
+  }
+  return finish(kind, out);
 }
 
 /** A statement that must be refused as dynamic whatever it is, for `reason`. */

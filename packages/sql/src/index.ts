@@ -16,6 +16,7 @@ export {
   REASON_BACKSLASH,
   REASON_LEXICAL_CHANGE,
 } from "./classifier.js";
+export { ANY_COLUMN, columnSources, mergeLineage, mergeSources, UNKNOWN_LINEAGE } from "./lineage.js";
 export { qualifyTables, type QualifyContext } from "./qualify.js";
 export { functionVerdict, isBuiltinFunction, isBuiltinOperator, type FunctionVerdict } from "./functions.js";
 export { PG_CATALOG_VERSION } from "./gen/pg-catalog.js";

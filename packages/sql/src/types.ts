@@ -53,6 +53,38 @@ export interface ActionUse {
   functions?: string[];
 }
 
+/**
+ * What the values of a result column may have been computed from: the columns its expression
+ * references, by name (table unknown). For masking: a computed column (`lower(email)`) has no table
+ * column of its own in the RowDescription, so the proxy asks where its values came from.
+ */
+export interface ColumnSources {
+  /** Names of the columns referenced, as the parser gives them (folded to lower case unless quoted). */
+  names: string[];
+  /**
+   * Values of any column may be in it: a whole-row reference (`row_to_json(u)`, `SELECT u FROM
+   * users u`), columns renamed by an alias list (`FROM users u(a, b)`), or a source the lineage
+   * cannot follow.
+   */
+  anyColumn: boolean;
+}
+
+/**
+ * Where the values of a statement's result columns may come from (data flow only: what a WHERE,
+ * ORDER BY or JOIN condition reads is not counted; those influence which rows come back, not what
+ * they hold). Only computed result columns use it: a plain column reference is named by the
+ * server's RowDescription.
+ */
+export interface ResultLineage {
+  /** What may reach every computed column of the result (FROM subqueries, CTEs, table functions). */
+  shared: ColumnSources;
+  /**
+   * Per result column, what its own expression references, when the statement's output list maps
+   * one to one to the result's columns (no `*`); absent otherwise, and then `shared` holds it all.
+   */
+  columns?: ColumnSources[];
+}
+
 export type StatementClass =
   "read" | "write" | "ddl" | "admin" | "dynamic" | "copy-in" | "copy-out" | "function" | "session";
 
@@ -87,6 +119,15 @@ export interface StatementInfo {
   execute?: { name: string };
   /** DEALLOCATE name, or null for DEALLOCATE ALL / DISCARD ALL. */
   deallocate?: { name: string | null };
+  /** Where the values of the rows the statement returns come from (SELECT, RETURNING, DECLARE, PREPARE). */
+  result?: ResultLineage;
+  /**
+   * Every column the statement references anywhere, predicates included (what an error message
+   * could quote); for EXECUTE and FETCH, see the prepared statement's or cursor's.
+   */
+  reads?: ColumnSources;
+  /** DECLARE, FETCH/MOVE or CLOSE of a cursor (name null: CLOSE ALL). */
+  cursor?: { op: "declare" | "fetch" | "close"; name: string | null };
 }
 
 export interface SqlSyntaxError {

@@ -124,6 +124,19 @@ beforeAll(async () => {
   reader = await h.token("reader@example.com", ["readers"]);
 }, 120_000);
 
+/** node-postgres connected through the agent as alice (extended protocol). */
+async function aliceClient(): Promise<pg.Client> {
+  const c = new pg.Client({
+    host: "127.0.0.1",
+    port: h.port,
+    user: "alice@example.com",
+    password: alice,
+    database: "app",
+  });
+  await c.connect();
+  return c;
+}
+
 afterAll(async () => {
   await h?.close();
   await pgServer?.stop();
@@ -266,14 +279,7 @@ describe("masking", () => {
     expect(r.stdout).not.toContain("user1@example.com");
     expect(r.stdout).not.toContain("4111 1111 1111 1111");
     expect(r.stdout).toMatch(/\*\*\*\*/);
-    const c = new pg.Client({
-      host: "127.0.0.1",
-      port: h.port,
-      user: "alice@example.com",
-      password: alice,
-      database: "app",
-    });
-    await c.connect();
+    const c = await aliceClient();
     const q = await c.query("SELECT id, email, note FROM users WHERE id = $1", [1]);
     expect(q.rows[0].email).not.toBe("user1@example.com");
     expect(String(q.rows[0].note)).not.toContain("4111");
@@ -300,14 +306,7 @@ describe("masking", () => {
     // ... but a computed column labelled like it is (its table is unknown: fail closed).
     expect(await rows("SELECT 'computed' AS kind")).toEqual(["****"]);
     // Extended protocol (node-postgres): aliases in prepared statements too.
-    const c = new pg.Client({
-      host: "127.0.0.1",
-      port: h.port,
-      user: "alice@example.com",
-      password: alice,
-      database: "app",
-    });
-    await c.connect();
+    const c = await aliceClient();
     try {
       const q = await c.query({ name: "aliased", text: "SELECT email AS x FROM users WHERE id = $1", values: [4] });
       expect(q.rows[0].x).toBe("u***@example.com");
@@ -323,18 +322,116 @@ describe("masking", () => {
       );
     expect(audit[0]?.detail.case === "dbQuery" && audit[0].detail.value.maskedColumns).toEqual(["users.email"]);
   });
+
+  it("masks computed columns whose values may come from a masked column: expressions, whole rows, subqueries, cursors, prepared statements", async () => {
+    const secret = /user5@example\.com|USER5@EXAMPLE\.COM|\bk5\b|\bK5\b/;
+    const leaks: string[] = [];
+    const check = async (sql: string, o: { extra?: string[]; input?: string } = {}) => {
+      const r = await psql(h, alice, o.input === undefined ? sql : "", o);
+      expect(r.stderr.replace(/^(psql:<stdin>:\d+: )?ERROR: .* already exists\n/gm, ""), sql).toBe("");
+      if (secret.test(r.stdout)) leaks.push(`${sql} -> ${r.stdout.trim()}`);
+      return r.stdout.trim();
+    };
+    // Each of these returned the masked value in clear before (a computed column has no table).
+    await check("SELECT lower(email) FROM users WHERE id = 5");
+    await check("SELECT email || '' AS x, upper(email) FROM users WHERE id = 5");
+    await check("SELECT email::varchar(100) FROM users WHERE id = 5");
+    await check("SELECT u FROM users u WHERE id = 5");
+    await check("SELECT row_to_json(u) FROM users u WHERE id = 5");
+    await check("SELECT to_jsonb(u.*) ->> 'email' FROM users u WHERE id = 5");
+    await check("SELECT (u).email FROM users u WHERE id = 5");
+    await check("SELECT (SELECT email FROM users WHERE id = 5)");
+    await check("SELECT x FROM (SELECT upper(email) AS x FROM users) s WHERE x LIKE 'USER5@%'");
+    await check("SELECT lower(e) FROM (SELECT email AS e FROM users) s WHERE e LIKE 'user5@%'");
+    await check("WITH c(x) AS (SELECT email FROM users WHERE id = 5) SELECT x || '' FROM c");
+    await check("SELECT lower(b) FROM users u(a, b) WHERE a = 5");
+    await check("SELECT string_agg(email, ',') FROM users WHERE id BETWEEN 4 AND 6");
+    await check("SELECT email AS e FROM users WHERE id = 5 UNION ALL SELECT 'x'");
+    await check("SELECT 'x' UNION ALL SELECT email FROM users WHERE id = 5");
+    await check("SELECT v.column1 FROM users, LATERAL (VALUES (email)) v WHERE id = 5");
+    await check("SELECT upper(kind), kind || '' FROM analytics.events WHERE id = 5");
+    // A cursor's and a prepared statement's rows are masked by what DECLARE and PREPARE computed.
+    await check("BEGIN; DECLARE c CURSOR FOR SELECT lower(email) FROM users WHERE id = 5; FETCH ALL FROM c; COMMIT");
+    await check("", { input: "PREPARE p AS SELECT lower(email) FROM users WHERE id = $1;\nEXECUTE p(5);\n" });
+    await check("", { extra: ["-c", "\\set FETCH_COUNT 10", "-c", "SELECT lower(email) FROM users WHERE id = 5"] });
+    // A second PREPARE or DECLARE of a taken name fails on the server: masking assumes the first.
+    await check("", {
+      input:
+        "PREPARE q AS SELECT lower(email) FROM users WHERE id = 5;\nPREPARE q AS SELECT 'harmless';\nEXECUTE q;\n" +
+        "BEGIN;\nDECLARE d CURSOR FOR SELECT lower(email) FROM users WHERE id = 5;\nSAVEPOINT s;\n" +
+        "DECLARE d CURSOR FOR SELECT 'harmless';\nROLLBACK TO s;\nFETCH ALL FROM d;\nCOMMIT;\n",
+    });
+    expect(leaks).toEqual([]);
+    // Extended protocol.
+    const c = await aliceClient();
+    try {
+      const q = await c.query("SELECT lower(email) AS l, length(email) AS n FROM users WHERE id = $1", [5]);
+      expect(q.rows[0]).toEqual({ l: "u***@example.com", n: null }); // a masked number becomes NULL
+    } finally {
+      await c.end();
+    }
+    // What does not come from a masked column is left alone: predicates, counts, other columns.
+    expect(await check("SELECT id, note || '!', count(*) OVER () FROM users WHERE id = 2")).toBe("2|ok!|1");
+    expect(await check("SELECT count(*) FROM users WHERE email LIKE 'user5@%'")).toBe("1");
+    expect(await check("SELECT id, lower(note) FROM users WHERE email = 'user5@example.com'")).toBe("5|ok");
+    // A computed column's sources are known by name only: analytics.events.kind masks kinds.kind
+    // there (fail closed), as it masks a computed column labelled kind.
+    expect(await check("SELECT upper(kind) FROM kinds")).toBe("****");
+    expect(await check("SELECT lower(email), id + 1 FROM users WHERE id = 5")).toBe("u***@example.com|6");
+  });
+
+  it("withholds error messages that could quote a masked value, and masks detected values in the others", async () => {
+    const err = async (sql: string) => {
+      const r = await psql(h, alice, sql);
+      expect(r.stdout, sql).toBe("");
+      return r.stderr;
+    };
+    // PostgreSQL quotes the value it could not convert: the masked column, in an output or a predicate.
+    for (const sql of [
+      "SELECT email::int FROM users WHERE id = 5",
+      "SELECT id FROM users WHERE id = 5 AND email::int = 1",
+      "SELECT (SELECT email FROM users WHERE id = 5)::int",
+      "SELECT 1 FROM users u WHERE id = 5 AND u::text::int = 1",
+      "BEGIN; DECLARE e CURSOR FOR SELECT email::int FROM users WHERE id = 5; FETCH e",
+    ]) {
+      const stderr = await err(sql);
+      expect(stderr, sql).not.toMatch(/user5@example\.com/);
+      expect(stderr, sql).toMatch(
+        /ERROR: {2}the statement failed on the target \(SQLSTATE 22P02\); the server's message is withheld/,
+      );
+    }
+    // Not from a masked column: the detectors mask what they find (a card number in note).
+    const card = await err("SELECT note::int FROM users WHERE id = 1");
+    expect(card).toMatch(/invalid input syntax for type integer: "card \*\*\*\*"/);
+    // Nothing to hide: relayed as the server wrote it.
+    expect(await err("SELECT nosuch FROM users")).toMatch(/column "nosuch" does not exist/);
+    expect(await err("SELECT id::text::int / 0 FROM users WHERE id = 5")).toMatch(/division by zero/);
+    // Extended protocol.
+    const c = await aliceClient();
+    try {
+      const e = await c.query("SELECT email::int FROM users WHERE id = $1", [5]).then(
+        () => undefined,
+        (error: { code?: string; message: string }) => error,
+      );
+      expect(e?.code).toBe("22P02");
+      expect(e?.message).not.toMatch(/user5@example\.com/);
+      expect((await c.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }]); // the session goes on
+    } finally {
+      await c.end();
+    }
+    const failures = h
+      .events()
+      .filter(
+        (e) => e.type === "db.query" && e.detail.case === "dbQuery" && e.detail.value.text.includes("email::int"),
+      );
+    expect(failures.length).toBeGreaterThan(0);
+    for (const f of failures) expect(f.message).not.toMatch(/user5@example\.com/);
+  });
 });
 
 describe("extended protocol (node-postgres)", () => {
   it("runs parameterized and named statements, denies writes and keeps the connection usable", async () => {
-    const c = new pg.Client({
-      host: "127.0.0.1",
-      port: h.port,
-      user: "alice@example.com",
-      password: alice,
-      database: "app",
-    });
-    await c.connect();
+    const c = await aliceClient();
     for (let i = 0; i < 10; i++) {
       const q = await c.query({ name: "by-id", text: "SELECT id FROM users WHERE id = $1", values: [i + 1] });
       expect(q.rows[0].id).toBe(i + 1);

@@ -37,8 +37,20 @@ import {
   type RowField,
   type TransactionStatus,
 } from "@moat/pg-wire";
-import { qualifyTables, type Classification, type Classifier, type StatementInfo } from "@moat/sql";
-import { compileMasks, type MaskPlanner, type ResultPlan } from "@moat/masking";
+import {
+  ANY_COLUMN,
+  columnSources,
+  mergeLineage,
+  mergeSources,
+  qualifyTables,
+  UNKNOWN_LINEAGE,
+  type Classification,
+  type Classifier,
+  type ColumnSources,
+  type ResultLineage,
+  type StatementInfo,
+} from "@moat/sql";
+import { compileMasks, type ColumnInfo, type MaskPlanner, type ResultPlan } from "@moat/masking";
 import { Verdict as ProtoVerdict } from "@moat/proto";
 import type { Logger } from "@moat/common";
 import type { BundleHolder } from "../bundle.js";
@@ -125,6 +137,9 @@ export interface SessionContext {
   now?: () => number;
 }
 
+/** Cursors whose lineage a session remembers; FETCH from one more is masked as if from any column. */
+const MAX_CURSORS = 1000;
+
 export interface SessionMetrics {
   statement(verdict: "allow" | "deny" | "review"): void;
 }
@@ -209,6 +224,12 @@ export class PgSession {
   private readonly portals = new Map<string, Portal>();
   /** SQL-level PREPARE names -> what they run (EXECUTE is decided as that). */
   private readonly sqlPrepared = new Map<string, StatementInfo>();
+  /**
+   * Where the rows of each SQL cursor (DECLARE) come from, for masking what FETCH returns. A name
+   * declared again while the first may still be open (the second DECLARE fails on the server) keeps
+   * both lineages; an unknown name counts as any column.
+   */
+  private readonly cursors = new Map<string, { result: ResultLineage; reads: ColumnSources }>();
   private searchPath: string[];
   private standardConformingStrings = true;
   private unsafeEncoding: string | undefined;
@@ -574,10 +595,33 @@ export class PgSession {
     // differ: the agent forgets them all (an Execute of one is then refused, never masked wrongly).
     if (info.kind === "ClosePortalStmt" || info.kind === "DeclareCursorStmt" || info.deallocate?.name === null)
       for (const name of [...this.portals.keys()]) this.dropPortal(name);
-    if (info.prepare) this.sqlPrepared.set(info.prepare.name, info);
+    if (info.prepare) {
+      // If this PREPARE fails because the name is taken, EXECUTE runs the first: masking assumes either.
+      const previous = this.sqlPrepared.get(info.prepare.name);
+      const merged = {
+        ...info,
+        result: mergeLineage(previous?.result, info.result),
+        reads: mergeSources(previous?.reads, info.reads),
+      };
+      this.sqlPrepared.set(info.prepare.name, previous ? merged : info);
+    }
     if (info.deallocate) {
-      if (info.deallocate.name === null) this.sqlPrepared.clear();
-      else this.sqlPrepared.delete(info.deallocate.name);
+      if (info.deallocate.name === null) {
+        this.sqlPrepared.clear();
+        this.cursors.clear(); // DISCARD ALL closes cursors too
+      } else this.sqlPrepared.delete(info.deallocate.name);
+    }
+    const cursor = info.cursor;
+    if (cursor?.op === "declare" && cursor.name !== null) {
+      const previous = this.cursors.get(cursor.name);
+      const declared = {
+        result: mergeLineage(previous?.result, info.result) ?? UNKNOWN_LINEAGE,
+        reads: mergeSources(previous?.reads, info.reads) ?? ANY_COLUMN,
+      };
+      if (this.cursors.size < MAX_CURSORS || previous) this.cursors.set(cursor.name, declared);
+    } else if (cursor?.op === "close") {
+      if (cursor.name === null) this.cursors.clear();
+      else this.cursors.delete(cursor.name);
     }
   }
 
@@ -869,18 +913,83 @@ export class PgSession {
     return planner;
   }
 
+  /**
+   * Where the rows of a run's statement come from, for masking computed columns: EXECUTE and FETCH
+   * return what the prepared statement or cursor computes; unknown counts as any column.
+   */
+  private lineageOf(run: Run | undefined): ResultLineage | undefined {
+    const info = run?.info;
+    if (!info) return UNKNOWN_LINEAGE;
+    if (info.execute) {
+      const prepared = this.sqlPrepared.get(info.execute.name);
+      return prepared ? prepared.result : UNKNOWN_LINEAGE;
+    }
+    if (info.cursor?.op === "fetch")
+      return (info.cursor.name !== null ? this.cursors.get(info.cursor.name)?.result : undefined) ?? UNKNOWN_LINEAGE;
+    return info.result;
+  }
+
+  /** Every column a run's statement reads, for deciding whether its error may be shown (see scrubError). */
+  private readsOf(run: Run | undefined): ColumnSources {
+    const info = run?.info;
+    if (!info) return ANY_COLUMN;
+    if (info.execute) return this.sqlPrepared.get(info.execute.name)?.reads ?? ANY_COLUMN;
+    if (info.cursor?.op === "fetch")
+      return (info.cursor.name !== null ? this.cursors.get(info.cursor.name)?.reads : undefined) ?? ANY_COLUMN;
+    return info.reads ?? ANY_COLUMN;
+  }
+
+  /**
+   * The target's error for a statement, as the client may see it under masking rules: an error
+   * message can quote a value (`invalid input syntax for type integer: "user5@example.com"` from
+   * `email::int`), so when the statement reads a column a rule masks, the message is replaced by one
+   * keeping only the SQLSTATE; otherwise the detectors mask what they find in its texts. Undefined:
+   * relay it as is.
+   */
+  private scrubError(raw: Buffer, run: Run): Buffer | undefined {
+    const planner = this.planner();
+    if (!planner) return undefined;
+    const e = decodeErrorFields(raw.subarray(5));
+    const severity = e.severity as ErrorInit["severity"];
+    if (planner.masksSources(this.readsOf(run))) {
+      return errorResponse({
+        severity,
+        code: e.code,
+        message: `the statement failed on the target (SQLSTATE ${e.code}); the server's message is withheld because the statement reads columns masked for you`,
+      });
+    }
+    const texts = [e.message, e.detail, e.hint, e.where];
+    const masked = texts.map((t) => (t === undefined ? t : planner.maskText(t)));
+    if (masked.every((t, i) => t === texts[i])) return undefined;
+    return errorResponse({
+      severity,
+      code: e.code,
+      message: masked[0] ?? "",
+      ...(masked[1] !== undefined ? { detail: masked[1] } : {}),
+      ...(masked[2] !== undefined ? { hint: masked[2] } : {}),
+    });
+  }
+
   private startResult(fields: RowField[] | undefined, run: Run | undefined): void {
     const planner = fields ? this.planner() : undefined;
+    if (!planner || !fields) {
+      this.plan = undefined;
+      return;
+    }
     const { catalog, database } = this.ctx;
-    this.plan = planner?.plan(
-      (fields as RowField[]).map((f) => {
+    const lineage = this.lineageOf(run);
+    this.plan = planner.plan(
+      fields.map((f, i) => {
         const source = f.tableOid !== 0 ? catalog?.lookup(database, f.tableOid, f.columnNumber) : undefined;
-        return {
-          name: f.name,
-          typeOid: f.typeOid,
-          format: f.format === 1 ? 1 : 0,
-          ...(source ? { table: { schema: source.schema, name: source.table }, sourceColumn: source.column } : {}),
-        };
+        const column: ColumnInfo = { name: f.name, typeOid: f.typeOid, format: f.format === 1 ? 1 : 0 };
+        if (source) {
+          column.table = { schema: source.schema, name: source.table };
+          column.sourceColumn = source.column;
+        } else if (lineage) {
+          // A computed column (or one whose table is unknown): masked if it may hold a masked column.
+          column.derivedFrom = columnSources(lineage, i, fields.length);
+        }
+        return column;
       }),
     );
     if (this.plan && run) for (const c of this.plan.maskedColumns) run.masked.add(c);
@@ -1084,16 +1193,18 @@ export class PgSession {
     this.plan = undefined;
     this.rowsSeen = 0;
     if (!head) return undefined; // asynchronous (FATAL from the target): relay as is
-    const replace = "replaceError" in head ? head.replaceError : undefined;
+    const run = head.kind === "query" ? head.runs[head.index] : head.kind === "execute" ? head.portal?.run : undefined;
+    // A statement's own failure, possibly quoting a masked value (not a refusal the agent made up).
+    const replace =
+      ("replaceError" in head ? head.replaceError : undefined) ?? (run ? this.scrubError(raw, run) : undefined);
+    const failed = () => `failed on the target: ${decodeErrorFields((replace ?? raw).subarray(5)).message}`;
     if (head.kind === "query") {
-      const run = head.runs[head.index];
       if (run) {
         head.runs.length = head.index; // the rest of the message does not run
-        this.recordRun(run, "allow", `failed on the target: ${decodeErrorFields(raw.subarray(5)).message}`);
+        this.recordRun(run, "allow", failed());
       }
     } else {
-      if (head.kind === "execute" && head.portal?.run)
-        this.recordRun(head.portal.run, "allow", `failed on the target: ${decodeErrorFields(raw.subarray(5)).message}`);
+      if (run) this.recordRun(run, "allow", failed());
       // After an error the target ignores everything up to Sync: Parses it skipped created nothing.
       while (this.pending.length > 0 && this.pending[0]?.kind !== "sync") {
         const p = this.pending[0] as Pending;

@@ -1,0 +1,131 @@
+/**
+ * Result lineage (lineage.ts): where a statement's computed result columns may get their values.
+ * Summaries: the names a column may come from, sorted, with `*` for "any column"; `shared` is what
+ * reaches every computed column, `columns` each column's own (absent when they do not map one to one).
+ */
+import { beforeAll, describe, expect, it } from "vitest";
+import { createClassifier, loadSqlParser, type Classifier, type ColumnSources } from "./index.js";
+import { ON, statementsOf } from "./test-helpers.js";
+
+let classifier: Classifier;
+beforeAll(async () => {
+  await loadSqlParser();
+  classifier = createClassifier({ cacheEntries: 0 });
+});
+
+const show = (s: ColumnSources): string => [...(s.anyColumn ? ["*"] : []), ...[...s.names].sort()].join(",");
+
+function lineage(sql: string): { shared: string; columns?: string[] } | undefined {
+  const [info] = statementsOf(classifier.classify(sql, ON));
+  const result = info?.result;
+  if (!result) return undefined;
+  return { shared: show(result.shared), ...(result.columns ? { columns: result.columns.map(show) } : {}) };
+}
+
+/** [sql, shared, columns (undefined: not one to one)] */
+const CASES: Array<[string, string, string[] | undefined]> = [
+  // Plain columns reference themselves (the RowDescription names their table; lineage is unused).
+  ["SELECT id, email FROM users", "", ["id", "email"]],
+  ["SELECT * FROM users", "", undefined],
+  ["SELECT u.*, 1 FROM users u", "", undefined],
+  ["TABLE users", "", undefined],
+  // Expressions over a column.
+  ["SELECT id, lower(email) FROM users", "", ["id", "email"]],
+  ["SELECT email || '' AS x, email::text, email COLLATE \"C\" FROM users", "", ["email", "email", "email"]],
+  ["SELECT CASE WHEN email LIKE 'a%' THEN 1 END FROM users", "", ["email"]],
+  ["SELECT count(*), string_agg(email, ',' ORDER BY id) FROM users", "", ["", "email,id"]],
+  ["SELECT json_build_object('e', u.email, 'n', u.name) FROM users u", "", ["email,name"]],
+  ["SELECT format('%s', (users.email)) FROM users", "", ["email"]],
+  ["SELECT (u.addr).street FROM users u", "", ["addr"]],
+  // Predicates decide rows, not values.
+  ["SELECT id, created_at::date FROM users WHERE email = 'x' ORDER BY email", "", ["id", "created_at"]],
+  ["SELECT id FROM users u JOIN orders o ON o.email = u.email GROUP BY id HAVING max(o.email) > ''", "", ["id"]],
+  // Whole rows.
+  ["SELECT u FROM users u", "", ["*,u"]],
+  ["SELECT users FROM users", "", ["*,users"]],
+  ["SELECT row_to_json(u.*) FROM users u", "", ["*"]],
+  ["SELECT to_jsonb(u), id FROM users u", "", ["*,u", "id"]],
+  ["SELECT (u).email FROM users u", "", ["*,u"]],
+  ["SELECT email(u) FROM users u", "", ["*,u"]],
+  ["SELECT (u).* FROM users u", "", ["*,u"]],
+  ["SELECT t FROM (SELECT * FROM users) t", "", ["*,t"]],
+  // Subqueries in the output list.
+  ["SELECT (SELECT email FROM users LIMIT 1)", "", ["email"]],
+  ["SELECT ARRAY(SELECT lower(email) FROM users)", "", ["email"]],
+  ["SELECT id, EXISTS (SELECT * FROM orders o WHERE o.uid = u.id AND o.email = 'x') FROM users u", "", ["id", ""]],
+  ["SELECT email IN (SELECT email FROM banned) FROM users", "", ["email"]],
+  // FROM subqueries and CTEs: renamed or computed columns reach every computed column.
+  ["SELECT x FROM (SELECT lower(email) AS x FROM users) s", "email", ["x"]],
+  ["SELECT lower(e) FROM (SELECT email AS e FROM users) s", "email", ["e"]],
+  ["SELECT lower(email), id FROM (SELECT id, email FROM users) s", "", ["email", "id"]],
+  ["SELECT lower(email) FROM (SELECT * FROM users) s", "", ["email"]],
+  ["WITH c AS (SELECT lower(email) e FROM users) SELECT e, 1 FROM c", "email", ["e", ""]],
+  ["WITH c(x) AS (SELECT email FROM users) SELECT lower(x) FROM c", "*", ["x"]],
+  ["SELECT lower(b) FROM users u(a, b)", "*", ["b"]],
+  ["SELECT x FROM (users JOIN orders USING (id)) AS j(x, y)", "*", ["x"]],
+  ["WITH d AS (DELETE FROM users RETURNING email AS e) SELECT lower(e) FROM d", "email", ["e"]],
+  ["WITH d AS (DELETE FROM users RETURNING email) SELECT lower(email) FROM d", "", ["email"]],
+  // Table functions, VALUES, LATERAL.
+  ["SELECT x FROM users, unnest(ARRAY[users.email]) AS x", "email", ["*,x"]], // x: also the function's row
+  ["SELECT v.column1 FROM users, LATERAL (VALUES (email)) v", "email", ["column1"]],
+  ["SELECT j FROM users u, LATERAL to_jsonb(u) j", "*,u", ["*,j"]],
+  ["VALUES ((SELECT email FROM users LIMIT 1))", "email", undefined],
+  ["SELECT * FROM XMLTABLE('/r' PASSING (SELECT x FROM d) COLUMNS a text)", "x", undefined],
+  // Set operations: every branch's column i reaches result column i, plain references included.
+  ["SELECT email AS e FROM users UNION SELECT 'x'", "", ["email"]],
+  ["SELECT 'x' UNION ALL SELECT email FROM users", "", ["email"]],
+  ["SELECT x FROM (SELECT 'a' AS x UNION SELECT email FROM users) s", "email", ["x"]],
+  ["SELECT * FROM users UNION SELECT * FROM old_users", "", undefined],
+  // RETURNING, and what was written.
+  ["UPDATE users SET n = 1 RETURNING lower(email) AS e, id", "", ["email", "id"]],
+  ["UPDATE users SET note = email RETURNING note", "email", ["note"]],
+  ["INSERT INTO t (a) SELECT email FROM users RETURNING a", "email", ["a"]],
+  ["DELETE FROM users RETURNING *", "", undefined],
+  // Cursors and prepared statements: their query.
+  ["DECLARE c CURSOR FOR SELECT lower(email) FROM users", "", ["email"]],
+  ["PREPARE p AS SELECT lower(email) FROM users WHERE id = $1", "", ["email"]],
+];
+
+describe("result lineage", () => {
+  it.each(CASES)("%s", (sql, shared, columns) => {
+    expect(lineage(sql)).toEqual({ shared, ...(columns ? { columns } : {}) });
+  });
+
+  it("is absent for statements that return no table data", () => {
+    for (const sql of [
+      "UPDATE users SET n = 1",
+      "INSERT INTO t SELECT email FROM users",
+      "EXPLAIN SELECT lower(email) FROM users",
+      "CREATE TABLE x AS SELECT email FROM users",
+      "SET search_path = x",
+      "EXECUTE p",
+      "FETCH 10 FROM c",
+    ])
+      expect(lineage(sql), sql).toBeUndefined();
+  });
+
+  it("lists every column a statement reads, predicates included (what an error could quote)", () => {
+    const reads = (sql: string) => {
+      const info = statementsOf(classifier.classify(sql, ON))[0];
+      return info?.reads ? show(info.reads) : undefined;
+    };
+    expect(reads("SELECT * FROM users")).toBe("");
+    expect(reads("SELECT count(*) FROM users")).toBe("");
+    expect(reads("SELECT id FROM users WHERE email::int = 1 ORDER BY note")).toBe("email,id,note");
+    expect(reads("SELECT 1 FROM users u JOIN o ON o.x = u.y GROUP BY z HAVING max(w) > 0")).toBe("w,x,y,z");
+    expect(reads("SELECT 1 FROM users u WHERE u::text LIKE '%'")).toBe("*,u");
+    expect(reads("UPDATE users SET n = 1 WHERE email::int = 2")).toBe("email");
+    expect(reads("DECLARE c CURSOR FOR SELECT 1 FROM users WHERE email::int = 2")).toBe("email");
+    expect(reads("SELECT 1 WHERE EXISTS (SELECT * FROM t WHERE t.secret::int = 0)")).toBe("secret");
+  });
+
+  it("names the cursor of DECLARE, FETCH, MOVE and CLOSE", () => {
+    const cursor = (sql: string) => statementsOf(classifier.classify(sql, ON))[0]?.cursor;
+    expect(cursor("DECLARE c CURSOR WITH HOLD FOR SELECT 1")).toEqual({ op: "declare", name: "c" });
+    expect(cursor('FETCH FORWARD 5 FROM "C"')).toEqual({ op: "fetch", name: "C" });
+    expect(cursor("MOVE c")).toEqual({ op: "fetch", name: "c" });
+    expect(cursor("CLOSE c")).toEqual({ op: "close", name: "c" });
+    expect(cursor("CLOSE ALL")).toEqual({ op: "close", name: null });
+    expect(cursor("SELECT 1")).toBeUndefined();
+  });
+});

@@ -1,0 +1,388 @@
+/**
+ * Result lineage: which columns the values of a statement's result columns may be computed from.
+ * Pure: parse tree in, names out.
+ *
+ * Masking needs it for computed result columns. PostgreSQL's RowDescription names the table column
+ * of a plain column reference (through subqueries and CTEs too), but a computed column
+ * (`lower(email)`, `email || ''`, `row_to_json(u)`, `(SELECT email FROM users LIMIT 1)`) comes with
+ * no table and the label the query chose: without lineage, any expression would unmask a column.
+ *
+ * The walk follows data flow and over-approximates it (fail closed):
+ * - every column reference in a result column's expression counts, including inside scalar and
+ *   ARRAY subqueries (an EXISTS subquery yields only a boolean of its WHERE: not followed);
+ * - what FROM subqueries, CTEs (and RETURNING of data-modifying CTEs), table functions, VALUES
+ *   lists and set-operation branches compute reaches every computed column of the result
+ *   (`shared`); a plain, unrenamed column of a FROM subquery or CTE is skipped there, because an
+ *   outer expression refers to it by the same name (and a plain outer reference carries its table
+ *   in the RowDescription);
+ * - a whole-row reference (`u`, `u.*` inside an expression, `(u).email`, `email(u)`) or a FROM item
+ *   whose columns an alias list renames (`users u(a, b)`, `WITH c(x) AS ...`) means any column.
+ * What a WHERE, JOIN condition, GROUP BY, ORDER BY, window clause or LIMIT reads is not followed:
+ * it decides which rows come back, not what they hold (a query can still infer a masked value
+ * from which rows match; masking is not a defence against that, here or in other products).
+ */
+import { aliasOf, isObj, unwrap, type Obj } from "./tree.js";
+import type { ColumnSources, ResultLineage } from "./types.js";
+
+interface Acc {
+  names: Set<string>;
+  anyColumn: boolean;
+}
+
+const newAcc = (): Acc => ({ names: new Set(), anyColumn: false });
+
+/** Where the output list of a SELECT (or RETURNING) goes. */
+type Sink =
+  /** The statement's own result: one accumulator per column. */
+  | { kind: "result" }
+  /** A FROM subquery or CTE: what it computes reaches every computed column (`shared`). */
+  | { kind: "from" }
+  /** Everything into one accumulator (a scalar subquery, a set-operation branch below the top). */
+  | { kind: "into"; acc: Acc };
+
+class Walk {
+  readonly shared = newAcc();
+
+  /** Names of every FROM item and CTE of the statement (a one-part column reference to one is a whole row). */
+  constructor(readonly relations: ReadonlySet<string>) {}
+
+  /** A SELECT; for the `result` sink, its columns' sources when they map one to one. */
+  select(node: Obj, sink: Sink): Acc[] | undefined {
+    this.withClause(node.withClause);
+    if (node.op !== undefined && node.op !== "SETOP_NONE") {
+      const left = isObj(node.larg) ? node.larg : {};
+      const right = isObj(node.rarg) ? node.rarg : {};
+      if (sink.kind === "result") {
+        // Set-operation columns have no table in the RowDescription: every branch's column i,
+        // plain references included, reaches result column i.
+        const l = this.select(left, sink);
+        const r = this.select(right, sink);
+        if (l && r && l.length === r.length) return l.map((acc, i) => merge(acc, r[i] as Acc));
+        for (const acc of [...(l ?? []), ...(r ?? [])]) mergeInto(this.shared, acc);
+        return undefined;
+      }
+      const into: Sink = sink.kind === "into" ? sink : { kind: "into", acc: this.shared };
+      this.select(left, into);
+      this.select(right, into);
+      return undefined;
+    }
+    for (const item of list(node.fromClause)) this.fromItem(item);
+    const values = list(node.valuesLists);
+    if (values.length > 0) {
+      // VALUES: its columns are computed; what they reference reaches them all.
+      this.expr(values, sink.kind === "into" ? sink.acc : this.shared);
+      return undefined;
+    }
+    return this.outputList(list(node.targetList), sink);
+  }
+
+  /** INSERT/UPDATE/DELETE/MERGE: only RETURNING returns rows. */
+  modify(kind: string, node: Obj, sink: Sink): Acc[] | undefined {
+    const returning = returningList(node);
+    this.withClause(node.withClause);
+    if (returning.length === 0) return undefined;
+    for (const item of list(kind === "DeleteStmt" ? node.usingClause : node.fromClause)) this.fromItem(item);
+    if (node.sourceRelation !== undefined) this.fromItem(node.sourceRelation);
+    // What is written may come back through RETURNING under the target column's name.
+    const written = sink.kind === "into" ? sink.acc : this.shared;
+    if (kind === "InsertStmt") this.resultOf(node.selectStmt, { kind: "into", acc: written });
+    if (kind === "UpdateStmt") for (const target of list(node.targetList)) this.expr(target, written);
+    if (kind === "MergeStmt") this.expr(node.mergeWhenClauses, written);
+    return this.outputList(returning, sink);
+  }
+
+  /** A wrapped SELECT or data-modifying statement. */
+  resultOf(value: unknown, sink: Sink): Acc[] | undefined {
+    const wrapped = unwrap(value);
+    if (!wrapped) return undefined;
+    const [kind, node] = wrapped;
+    if (kind === "SelectStmt") return this.select(node, sink);
+    if (kind === "InsertStmt" || kind === "UpdateStmt" || kind === "DeleteStmt" || kind === "MergeStmt")
+      return this.modify(kind, node, sink);
+    this.expr(value, sink.kind === "into" ? sink.acc : this.shared);
+    return undefined;
+  }
+
+  private withClause(value: unknown): void {
+    if (!isObj(value)) return;
+    for (const item of list(value.ctes)) {
+      const cte = unwrap(item)?.[1];
+      if (!cte) continue;
+      if (list(cte.aliascolnames).length > 0) this.shared.anyColumn = true;
+      this.resultOf(cte.ctequery, { kind: "from" });
+    }
+  }
+
+  private outputList(targets: unknown[], sink: Sink): Acc[] | undefined {
+    if (sink.kind === "into") {
+      for (const target of targets) this.expr(resTargetValue(target), sink.acc);
+      return undefined;
+    }
+    if (sink.kind === "from") {
+      for (const target of targets) {
+        const res = unwrap(target)?.[1];
+        const ref = plainColumnRef(res?.val);
+        // `*`, or a plain column keeping its name: an outer expression names it as it is.
+        if (ref === "*" || (ref !== undefined && (res?.name === undefined || res.name === ref))) continue;
+        this.expr(res?.val, this.shared);
+      }
+      return undefined;
+    }
+    const columns: Acc[] = [];
+    let oneToOne = true;
+    for (const target of targets) {
+      const value = resTargetValue(target);
+      if (plainColumnRef(value) === "*") {
+        // Expands to plain columns (named by the RowDescription), of a number unknown here.
+        oneToOne = false;
+        continue;
+      }
+      const acc = newAcc();
+      this.expr(value, acc);
+      columns.push(acc);
+    }
+    if (oneToOne) return columns;
+    for (const acc of columns) mergeInto(this.shared, acc);
+    return undefined;
+  }
+
+  private fromItem(item: unknown): void {
+    const wrapped = unwrap(item);
+    if (!wrapped) return;
+    const [kind, node] = wrapped;
+    switch (kind) {
+      case "RangeVar":
+        if (renames(node)) this.shared.anyColumn = true;
+        return;
+      case "RangeSubselect":
+        if (renames(node)) this.shared.anyColumn = true;
+        this.resultOf(node.subquery, { kind: "from" });
+        return;
+      case "JoinExpr":
+        // The join condition (quals, USING) only decides which rows pair up.
+        if (renames(node)) this.shared.anyColumn = true;
+        this.fromItem(node.larg);
+        this.fromItem(node.rarg);
+        return;
+      case "RangeTableSample":
+        this.fromItem(node.relation);
+        return;
+      default:
+        // Table functions (their arguments), XMLTABLE, JSON_TABLE: whatever they read.
+        this.expr(node, this.shared);
+    }
+  }
+
+  /** Every column an expression (or any tree below it) references, into `acc`. */
+  expr(value: unknown, acc: Acc): void {
+    if (Array.isArray(value)) {
+      for (const item of value) this.expr(item, acc);
+      return;
+    }
+    if (!isObj(value)) return;
+    const wrapped = unwrap(value);
+    if (!wrapped) {
+      for (const field of Object.values(value)) this.expr(field, acc);
+      return;
+    }
+    const [kind, node] = wrapped;
+    switch (kind) {
+      case "ColumnRef":
+        this.columnRef(node, acc);
+        return;
+      case "SubLink":
+        this.expr(node.testexpr, acc);
+        // EXISTS yields whether its WHERE matched, nothing of its output list.
+        if (node.subLinkType !== "EXISTS_SUBLINK") this.resultOf(node.subselect, { kind: "into", acc });
+        return;
+      case "SelectStmt":
+      case "InsertStmt":
+      case "UpdateStmt":
+      case "DeleteStmt":
+      case "MergeStmt":
+        this.resultOf(value, { kind: "into", acc });
+        return;
+      case "String":
+        return;
+      default:
+        for (const field of Object.values(node)) this.expr(field, acc);
+    }
+  }
+
+  columnRef(node: Obj, acc: Acc): void {
+    const fields = list(node.fields);
+    const last = unwrap(fields[fields.length - 1]);
+    if (!last || last[0] !== "String") {
+      acc.anyColumn = true; // `u.*` inside an expression: the whole row
+      return;
+    }
+    const name = String(last[1].sval ?? "");
+    acc.names.add(name);
+    // `u` alone names a column or, failing that, the whole row of FROM item `u`.
+    if (fields.length === 1 && this.relations.has(name)) acc.anyColumn = true;
+  }
+}
+
+const list = (value: unknown): unknown[] => (Array.isArray(value) ? value : []);
+
+/** RETURNING's output list (PostgreSQL 18's parse tree wraps it in a ReturningClause). */
+const returningList = (node: Obj): unknown[] =>
+  isObj(node.returningClause) ? list(node.returningClause.exprs) : list(node.returningList);
+
+function resTargetValue(target: unknown): unknown {
+  return unwrap(target)?.[1].val;
+}
+
+/** The column name of a plain column reference (`email`, `u.email`), "*" for `*`/`u.*`, else undefined. */
+function plainColumnRef(value: unknown): string | undefined {
+  const ref = unwrap(value);
+  if (!ref || ref[0] !== "ColumnRef") return undefined;
+  const last = unwrap(list(ref[1].fields).at(-1));
+  if (!last) return undefined;
+  if (last[0] === "A_Star") return "*";
+  return last[0] === "String" ? String(last[1].sval ?? "") : undefined;
+}
+
+/** Whether a FROM item's alias renames its columns (`users u(a, b)`). */
+function renames(node: Obj): boolean {
+  return isObj(node.alias) && list(node.alias.colnames).length > 0;
+}
+
+function merge(a: Acc, b: Acc): Acc {
+  const out: Acc = { names: new Set(a.names), anyColumn: a.anyColumn };
+  mergeInto(out, b);
+  return out;
+}
+
+function mergeInto(into: Acc, from: Acc): void {
+  for (const name of from.names) into.names.add(name);
+  if (from.anyColumn) into.anyColumn = true;
+}
+
+/** Names of every FROM item (alias, else table name) and CTE anywhere in the tree. */
+function relationNames(value: unknown, out: Set<string>): Set<string> {
+  if (Array.isArray(value)) {
+    for (const item of value) relationNames(item, out);
+    return out;
+  }
+  if (!isObj(value)) return out;
+  const wrapped = unwrap(value);
+  if (wrapped) {
+    const [kind, node] = wrapped;
+    const alias = aliasOf(node);
+    if (alias !== undefined) out.add(alias);
+    else if (kind === "RangeVar" && typeof node.relname === "string") out.add(node.relname);
+    if (kind === "CommonTableExpr" && typeof node.ctename === "string") out.add(node.ctename);
+  }
+  for (const field of Object.values(wrapped ? wrapped[1] : value)) relationNames(field, out);
+  return out;
+}
+
+const sources = (acc: Acc): ColumnSources => ({ names: [...acc.names], anyColumn: acc.anyColumn });
+
+/**
+ * The lineage of the rows a statement returns, or undefined for statements that return none of a
+ * table's data (DDL, SET, EXPLAIN, ...). EXECUTE and FETCH are resolved by the caller, which knows
+ * the prepared statement or cursor (see StatementInfo.prepare and .cursor).
+ */
+export function resultLineage(kind: string, node: Obj): ResultLineage | undefined {
+  switch (kind) {
+    case "PrepareStmt":
+    case "DeclareCursorStmt": {
+      const inner = unwrap(node.query);
+      return inner ? resultLineage(inner[0], inner[1]) : undefined;
+    }
+    case "SelectStmt":
+    case "InsertStmt":
+    case "UpdateStmt":
+    case "DeleteStmt":
+    case "MergeStmt": {
+      if (kind !== "SelectStmt" && returningList(node).length === 0) return undefined;
+      const walk = new Walk(relationNames(node, new Set()));
+      const columns = walk.resultOf({ [kind]: node }, { kind: "result" });
+      const lineage: ResultLineage = { shared: sources(walk.shared) };
+      if (columns) lineage.columns = columns.map(sources);
+      return lineage;
+    }
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * Every column a statement references anywhere, predicates included, and whether it references a
+ * whole row: the values an error message of the statement could quote (`invalid input syntax for
+ * type integer: "..."` from `WHERE email::int = 1`). A plain `*` output column evaluates nothing.
+ */
+export function columnsRead(node: Obj): ColumnSources {
+  const walk = new Walk(relationNames(node, new Set()));
+  const acc = newAcc();
+  const visit = (value: unknown): void => {
+    if (Array.isArray(value)) {
+      for (const item of value) visit(item);
+      return;
+    }
+    if (!isObj(value)) return;
+    const wrapped = unwrap(value);
+    if (!wrapped) {
+      for (const field of Object.values(value)) visit(field);
+      return;
+    }
+    const [kind, inner] = wrapped;
+    if (kind === "ColumnRef") walk.columnRef(inner, acc);
+    else if (kind !== "ResTarget" || plainColumnRef(inner.val) !== "*")
+      for (const field of Object.values(inner)) visit(field);
+  };
+  visit(node);
+  return sources(acc);
+}
+
+/** What lineage says when the statement behind a result is not known (fail closed: any column). */
+/** Sources that may be any column (fail closed, for a statement the caller cannot see). */
+export const ANY_COLUMN: ColumnSources = Object.freeze({ names: [], anyColumn: true });
+
+export const UNKNOWN_LINEAGE: ResultLineage = Object.freeze({ shared: ANY_COLUMN });
+
+function union(into: Acc, from: ColumnSources | undefined): void {
+  if (!from) return;
+  for (const name of from.names) into.names.add(name);
+  if (from.anyColumn) into.anyColumn = true;
+}
+
+/**
+ * The sources of computed column `index` of a result of `count` columns: what reaches every column,
+ * plus the column's own when the lineage maps one to one to this result, else every column's.
+ */
+export function columnSources(lineage: ResultLineage, index: number, count: number): ColumnSources {
+  const own = lineage.columns;
+  if (own === undefined || (own.length === count && own[index]?.names.length === 0 && !own[index]?.anyColumn))
+    return lineage.shared;
+  const acc = newAcc();
+  union(acc, lineage.shared);
+  if (own.length === count) union(acc, own[index]);
+  else for (const column of own) union(acc, column);
+  return sources(acc);
+}
+
+/**
+ * Two lineages of results that may come from the same name (a cursor or prepared statement declared
+ * twice, when the agent cannot tell which one the server kept): whatever either may hold.
+ */
+export function mergeLineage(a: ResultLineage | undefined, b: ResultLineage | undefined): ResultLineage | undefined {
+  if (!a || !b) return a ?? b;
+  const acc = newAcc();
+  for (const lineage of [a, b]) {
+    union(acc, lineage.shared);
+    for (const column of lineage.columns ?? []) union(acc, column);
+  }
+  return { shared: sources(acc) };
+}
+
+/** Columns either of two statements may read (see mergeLineage). */
+export function mergeSources(a: ColumnSources | undefined, b: ColumnSources | undefined): ColumnSources | undefined {
+  if (!a || !b) return a ?? b;
+  const acc = newAcc();
+  union(acc, a);
+  union(acc, b);
+  return sources(acc);
+}
