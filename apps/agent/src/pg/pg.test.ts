@@ -265,6 +265,43 @@ describe("statement decisions", () => {
     expect(two.stderr).toMatch(/ERROR/);
   });
 
+  it("decides EXECUTE on every statement a name may hold: a second PREPARE of a taken name fails on the target", async () => {
+    const c = await aliceClient();
+    const denyVisits = POLICIES.map((p) =>
+      p.metadata.name !== "eng-read"
+        ? p
+        : {
+            ...p,
+            spec: {
+              ...p.spec,
+              rules: [
+                { name: "no-visits", effect: "deny", actions: ["db:*"], tables: ["public.visits"] },
+                ...p.spec.rules,
+              ],
+            },
+          },
+    );
+    try {
+      await c.query("PREPARE p AS SELECT id FROM visits");
+      // Refused by the target (the name is taken): p still runs the first statement.
+      await expect(c.query("PREPARE p AS SELECT 1")).rejects.toThrow(/already exists/);
+      h.setPolicies(denyVisits);
+      const denied = await c.query("EXECUTE p").then(
+        () => undefined,
+        (e: { code?: string; message: string }) => e,
+      );
+      expect(denied?.code).toBe("42501");
+      expect(denied?.message).toMatch(/no policy allows db:read|visits/);
+      // Once deallocated, the name holds only what is prepared next.
+      await c.query("DEALLOCATE p");
+      await c.query("PREPARE p AS SELECT 1 AS one");
+      expect((await c.query("EXECUTE p")).rows).toEqual([{ one: 1 }]);
+    } finally {
+      h.setPolicies(POLICIES);
+      await c.end();
+    }
+  });
+
   it("lets the DBA do everything, including DDL and writes", async () => {
     const r = await psql(h, dba, "CREATE TABLE dba_t (x int); INSERT INTO dba_t VALUES (1); DROP TABLE dba_t", {
       user: "dba@example.com",

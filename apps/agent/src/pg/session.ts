@@ -596,14 +596,23 @@ export class PgSession {
     if (info.kind === "ClosePortalStmt" || info.kind === "DeclareCursorStmt" || info.deallocate?.name === null)
       for (const name of [...this.portals.keys()]) this.dropPortal(name);
     if (info.prepare) {
-      // If this PREPARE fails because the name is taken, EXECUTE runs the first: masking assumes either.
+      // If this PREPARE fails on the target (the name is taken, or the transaction has failed),
+      // EXECUTE runs the earlier statement: until DEALLOCATE, the agent assumes either may run, so
+      // EXECUTE needs what both need and is masked by what both compute.
       const previous = this.sqlPrepared.get(info.prepare.name);
-      const merged = {
-        ...info,
-        result: mergeLineage(previous?.result, info.result),
-        reads: mergeSources(previous?.reads, info.reads),
-      };
-      this.sqlPrepared.set(info.prepare.name, previous ? merged : info);
+      let prepared = info;
+      if (previous) {
+        prepared = {
+          ...info,
+          actions: [...info.actions, ...previous.actions],
+          tables: [...info.tables, ...previous.tables],
+        };
+        const result = mergeLineage(previous.result, info.result);
+        const reads = mergeSources(previous.reads, info.reads);
+        if (result) prepared.result = result;
+        if (reads) prepared.reads = reads;
+      }
+      this.sqlPrepared.set(info.prepare.name, prepared);
     }
     if (info.deallocate) {
       if (info.deallocate.name === null) {
