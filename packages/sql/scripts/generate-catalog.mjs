@@ -22,6 +22,12 @@ const QUERIES = {
   functions: "SELECT DISTINCT proname FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace ORDER BY 1",
   operators: "SELECT DISTINCT oprname FROM pg_operator WHERE oprnamespace = 'pg_catalog'::regnamespace ORDER BY 1",
   relations: "SELECT relname FROM pg_class WHERE relnamespace = 'pg_catalog'::regnamespace ORDER BY 1",
+  // Functions PostgreSQL calls for attribute notation on a whole row (`u.to_json` is to_json(u)):
+  // one argument (the rest defaulted) of a type a row converts to.
+  rowFunctions:
+    "SELECT DISTINCT proname FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace AND pronargs >= 1 " +
+    "AND pronargs - pronargdefaults <= 1 AND proargtypes[0] IN ('record'::regtype, 'anyelement'::regtype, " +
+    "'anycompatible'::regtype, '\"any\"'::regtype, 'anynonarray'::regtype, 'anycompatiblenonarray'::regtype) ORDER BY 1",
   superuserSettings: "SELECT name FROM pg_settings WHERE context = 'superuser' ORDER BY 1",
   version: "SHOW server_version",
 };
@@ -104,6 +110,8 @@ await withServer(async (url) => {
     list("PG_CATALOG_OPERATORS", psql(url, QUERIES.operators)) +
     `\n/** Names of the relations (tables, views, indexes, sequences) in schema pg_catalog. */\n` +
     list("PG_CATALOG_RELATIONS", psql(url, QUERIES.relations)) +
+    `\n/** Functions of pg_catalog callable with one row argument, so also in attribute notation (\`u.to_json\`). */\n` +
+    list("PG_ROW_FUNCTIONS", psql(url, QUERIES.rowFunctions)) +
     `\n/** Settings only a superuser may change with SET (pg_settings.context = 'superuser'). */\n` +
     list("PG_SUPERUSER_SETTINGS", psql(url, QUERIES.superuserSettings));
   writeFileSync(out, text);

@@ -1159,6 +1159,7 @@ export function classifyStatement(stmt: unknown): ShapeResult {
   const result = resultLineage(kind, node);
   if (result) out.extra.result = result;
   out.extra.reads = columnsRead(node);
+  if (kind === "DiscardStmt" && node.target === "DISCARD_ALL") out.extra.cursor = { op: "close", name: null };
   if (kind === "DeclareCursorStmt" || kind === "FetchStmt" || kind === "ClosePortalStmt") {
     const op = kind === "DeclareCursorStmt" ? "declare" : kind === "FetchStmt" ? "fetch" : "close";
     out.extra.cursor = { op, name: typeof node.portalname === "string" ? node.portalname : null };

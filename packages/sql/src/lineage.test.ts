@@ -47,8 +47,18 @@ const CASES: Array<[string, string, string[] | undefined]> = [
   ["SELECT to_jsonb(u), id FROM users u", "", ["*,u", "id"]],
   ["SELECT (u).email FROM users u", "", ["*,u"]],
   ["SELECT email(u) FROM users u", "", ["*,u"]],
-  ["SELECT (u).* FROM users u", "", ["*,u"]],
+  ["SELECT (u).* FROM users u", "*,u", undefined], // expands to a number of columns unknown here
   ["SELECT t FROM (SELECT * FROM users) t", "", ["*,t"]],
+  // Attribute notation for a function of the row: `u.to_json` is to_json(u) (a column of that name
+  // would be read first; either way fail closed). Other qualified names are columns.
+  [
+    "SELECT u.to_json, u.name, public.users.quote_literal FROM users u, public.users",
+    "",
+    ["*,to_json", "name", "*,quote_literal"],
+  ],
+  ["SELECT lower(u.to_jsonb ->> 'email') FROM users u", "", ["*,to_jsonb"]],
+  ["SELECT x.to_json FROM users u", "", ["to_json"]], // x is no relation here
+  ["SELECT (ROW()).*, lower(email), (ROW(1, 2)).* FROM users", "email", undefined],
   // Subqueries in the output list.
   ["SELECT (SELECT email FROM users LIMIT 1)", "", ["email"]],
   ["SELECT ARRAY(SELECT lower(email) FROM users)", "", ["email"]],
@@ -114,6 +124,9 @@ describe("result lineage", () => {
     expect(reads("SELECT id FROM users WHERE email::int = 1 ORDER BY note")).toBe("email,id,note");
     expect(reads("SELECT 1 FROM users u JOIN o ON o.x = u.y GROUP BY z HAVING max(w) > 0")).toBe("w,x,y,z");
     expect(reads("SELECT 1 FROM users u WHERE u::text LIKE '%'")).toBe("*,u");
+    expect(reads("SELECT b::int FROM users u(a, b)")).toBe("*,b");
+    expect(reads("WITH c(a, x) AS (SELECT * FROM users) SELECT x::int FROM c")).toBe("*,x");
+    expect(reads("SELECT 1 FROM users u WHERE (u.to_jsonb ->> 'e')::int = 1")).toBe("*,to_jsonb");
     expect(reads("UPDATE users SET n = 1 WHERE email::int = 2")).toBe("email");
     expect(reads("DECLARE c CURSOR FOR SELECT 1 FROM users WHERE email::int = 2")).toBe("email");
     expect(reads("SELECT 1 WHERE EXISTS (SELECT * FROM t WHERE t.secret::int = 0)")).toBe("secret");

@@ -21,6 +21,7 @@
  * it decides which rows come back, not what they hold (a query can still infer a masked value
  * from which rows match; masking is not a defence against that, here or in other products).
  */
+import { PG_ROW_FUNCTIONS } from "./gen/pg-catalog.js";
 import { aliasOf, isObj, unwrap, type Obj } from "./tree.js";
 import type { ColumnSources, ResultLineage } from "./types.js";
 
@@ -137,6 +138,8 @@ class Walk {
         oneToOne = false;
         continue;
       }
+      // `(u).*`, `(ROW(1, 2)).*`: computed columns, of a number unknown here.
+      if (expandsFields(value)) oneToOne = false;
       const acc = newAcc();
       this.expr(value, acc);
       columns.push(acc);
@@ -218,12 +221,25 @@ class Walk {
     }
     const name = String(last[1].sval ?? "");
     acc.names.add(name);
-    // `u` alone names a column or, failing that, the whole row of FROM item `u`.
-    if (fields.length === 1 && this.relations.has(name)) acc.anyColumn = true;
+    // `u` alone names a column or, failing that, the whole row of FROM item `u`; `u.to_json` names
+    // a column or, failing that, to_json(u) (attribute notation for a function of the row).
+    if (fields.length === 1 ? this.relations.has(name) : ROW_FUNCTIONS.has(name) && this.qualifiesRelation(fields))
+      acc.anyColumn = true;
+  }
+
+  private qualifiesRelation(fields: unknown[]): boolean {
+    const qualifier = unwrap(fields[fields.length - 2]);
+    return qualifier?.[0] === "String" && this.relations.has(String(qualifier[1].sval ?? ""));
   }
 }
 
 const list = (value: unknown): unknown[] => (Array.isArray(value) ? value : []);
+
+/**
+ * Functions that attribute notation can call on a whole row: pg_catalog's (generated) and common
+ * extensions' (`hstore(record)`). A user's own function of a row type is opaque, like a view.
+ */
+const ROW_FUNCTIONS: ReadonlySet<string> = new Set([...PG_ROW_FUNCTIONS, "hstore"]);
 
 /** RETURNING's output list (PostgreSQL 18's parse tree wraps it in a ReturningClause). */
 const returningList = (node: Obj): unknown[] =>
@@ -241,6 +257,12 @@ function plainColumnRef(value: unknown): string | undefined {
   if (!last) return undefined;
   if (last[0] === "A_Star") return "*";
   return last[0] === "String" ? String(last[1].sval ?? "") : undefined;
+}
+
+/** Whether an output-list entry is a field expansion (`(u).*`), which yields any number of columns. */
+function expandsFields(value: unknown): boolean {
+  const node = unwrap(value);
+  return node?.[0] === "A_Indirection" && unwrap(list(node[1].indirection).at(-1))?.[0] === "A_Star";
 }
 
 /** Whether a FROM item's alias renames its columns (`users u(a, b)`). */
@@ -329,6 +351,8 @@ export function columnsRead(node: Obj): ColumnSources {
       return;
     }
     const [kind, inner] = wrapped;
+    // An alias list renames columns: `b::int FROM users u(a, b)` reads email under another name.
+    if (renames(inner) || (kind === "CommonTableExpr" && list(inner.aliascolnames).length > 0)) acc.anyColumn = true;
     if (kind === "ColumnRef") walk.columnRef(inner, acc);
     else if (kind !== "ResTarget" || plainColumnRef(inner.val) !== "*")
       for (const field of Object.values(inner)) visit(field);

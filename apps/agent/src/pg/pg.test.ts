@@ -398,6 +398,31 @@ describe("masking", () => {
         "BEGIN;\nDECLARE d CURSOR FOR SELECT lower(email) FROM users WHERE id = 5;\nSAVEPOINT s;\n" +
         "DECLARE d CURSOR FOR SELECT 'harmless';\nROLLBACK TO s;\nFETCH ALL FROM d;\nCOMMIT;\n",
     });
+    // Attribute notation: `u.to_json` is to_json(u), the whole row.
+    await check("SELECT u.to_json, u.quote_literal FROM users u WHERE id = 5");
+    await check("SELECT users.to_jsonb FROM users WHERE id = 5");
+    await check("SELECT u.to_jsonb ->> 'email' AS x FROM users u WHERE id = 5");
+    await check("SELECT e.to_json FROM analytics.events e WHERE id = 5");
+    // A field expansion yields columns the output list does not count.
+    await check("SELECT (ROW()).*, lower(email), (ROW(1, 2)).* FROM users WHERE id = 5");
+    // A CLOSE, DEALLOCATE or DEALLOCATE ALL that did not run (or does not close cursors) leaves the
+    // name taken on the target: the agent still assumes what it held.
+    const noLeak = async (input: string) => {
+      const r = await psql(h, alice, "", { input });
+      if (secret.test(r.stdout) || secret.test(r.stderr)) leaks.push(`${input} -> ${r.stdout}${r.stderr}`);
+    };
+    await noLeak(
+      "BEGIN;\nDECLARE c CURSOR FOR SELECT lower(email) FROM users WHERE id = 5;\nDEALLOCATE ALL;\nSAVEPOINT s;\n" +
+        "DECLARE c CURSOR FOR SELECT 'harmless';\nROLLBACK TO s;\nFETCH ALL FROM c;\nCOMMIT;\n",
+    );
+    await noLeak(
+      "DECLARE h CURSOR WITH HOLD FOR SELECT lower(email) FROM users WHERE id = 5;\nSELECT 1/0 \\; CLOSE h;\n" +
+        "DECLARE h CURSOR WITH HOLD FOR SELECT 'harmless';\nFETCH ALL FROM h;\nCLOSE h;\n",
+    );
+    await noLeak(
+      "PREPARE r AS SELECT lower(email) FROM users WHERE id = 5;\nSELECT 1/0 \\; DEALLOCATE r;\n" +
+        "BEGIN;\nSELECT 1/0;\nDEALLOCATE r;\nROLLBACK;\nPREPARE r AS SELECT 'harmless';\nEXECUTE r;\n",
+    );
     expect(leaks).toEqual([]);
     // Extended protocol.
     const c = await aliceClient();
@@ -437,6 +462,23 @@ describe("masking", () => {
         /ERROR: {2}the statement failed on the target \(SQLSTATE 22P02\); the server's message is withheld/,
       );
     }
+    // The whole row through attribute notation, a renamed column, a WITH HOLD cursor run at COMMIT.
+    for (const sql of [
+      "SELECT id FROM users u WHERE id = 5 AND (u.to_jsonb ->> 'email')::int = 1",
+      "SELECT b::int FROM users u(a, b) WHERE a = 5",
+      "WITH c(a, x) AS (SELECT * FROM users) SELECT x::int FROM c WHERE a = 5",
+      "BEGIN; DECLARE wh CURSOR WITH HOLD FOR SELECT email::int FROM users WHERE id = 5; COMMIT",
+    ]) {
+      const stderr = await err(sql);
+      expect(stderr, sql).not.toMatch(/user5@example\.com/);
+      expect(stderr, sql).toMatch(/SQLSTATE 22P02\); the server's message is withheld/);
+    }
+    // Notices quote values too (to_tsquery quotes its input when it finds no lexemes).
+    const notice = await psql(h, alice, "SELECT to_tsquery(replace(email, email, ' ')) FROM users WHERE id = 5");
+    expect(notice.stderr).toMatch(
+      /NOTICE: {2}the target sent a NOTICE \(SQLSTATE 00000\); the server's message is withheld/,
+    );
+    expect((await psql(h, alice, "SELECT to_tsquery(' ')")).stderr).toMatch(/doesn't contain lexemes/);
     // Not from a masked column: the detectors mask what they find (a card number in note).
     const card = await err("SELECT note::int FROM users WHERE id = 1");
     expect(card).toMatch(/invalid input syntax for type integer: "card \*\*\*\*"/);

@@ -312,6 +312,46 @@ describe("extended protocol through the agent", () => {
     c.socket.destroy();
   });
 
+  it("masks FETCH from a protocol portal whose name a failed DECLARE tried to take", async () => {
+    const masked = await startHarness({
+      pg: server,
+      policies: [
+        {
+          apiVersion: "moat.dev/v1",
+          kind: "Policy",
+          metadata: { name: "masked" },
+          spec: {
+            subjects: { groups: ["eng"] },
+            resources: { names: ["db"] },
+            rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read"] }],
+            masking: [{ columns: ["email"], style: "full" }],
+          },
+        },
+      ],
+    });
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("BEGIN"));
+      await c.exchange(
+        serialize.parse({ name: "s2", text: "SELECT lower(email) FROM users" }),
+        serialize.bind({ portal: "cy", statement: "s2" }),
+        serialize.sync(),
+      );
+      await c.exchange(serialize.query("SAVEPOINT s"));
+      const taken = await c.exchange(serialize.query("DECLARE cy CURSOR FOR SELECT 'harmless'"));
+      expect(errors(taken)[0]?.message).toMatch(/already exists/);
+      await c.exchange(serialize.query("ROLLBACK TO s"));
+      const rows = await c.exchange(serialize.query("FETCH ALL FROM cy"));
+      expect(types(rows)).toBe("TDCZ");
+      const values = rows.filter((m) => m.type === "D").map((m) => m.body.subarray(6).toString());
+      expect(values).toEqual(["****"]);
+      await c.exchange(serialize.query("ROLLBACK"));
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
   it("pages a portal with a row limit and audits it once", async () => {
     const before = h.events().length;
     const c = await open();

@@ -25,6 +25,7 @@ import {
   decodeRowDescription,
   decodeTarget,
   errorResponse,
+  noticeResponse,
   FrameReader,
   HOLD,
   ProtocolError,
@@ -614,24 +615,38 @@ export class PgSession {
       }
       this.sqlPrepared.set(info.prepare.name, prepared);
     }
+    if (info.cursor?.op === "declare" && info.cursor.name !== null) this.noteCursor(info.cursor.name, info);
+  }
+
+  /**
+   * What a statement forgets, applied once the target has run it: a DEALLOCATE or CLOSE that fails,
+   * or never runs (behind a failed statement, in a failed transaction), leaves the name in place on
+   * the target, and a later PREPARE or DECLARE of it would then fail there while the agent believed
+   * it.
+   */
+  private afterSucceeded(info: StatementInfo): void {
     if (info.deallocate) {
-      if (info.deallocate.name === null) {
-        this.sqlPrepared.clear();
-        this.cursors.clear(); // DISCARD ALL closes cursors too
-      } else this.sqlPrepared.delete(info.deallocate.name);
+      if (info.deallocate.name === null) this.sqlPrepared.clear();
+      else this.sqlPrepared.delete(info.deallocate.name);
     }
-    const cursor = info.cursor;
-    if (cursor?.op === "declare" && cursor.name !== null) {
-      const previous = this.cursors.get(cursor.name);
-      const declared = {
-        result: mergeLineage(previous?.result, info.result) ?? UNKNOWN_LINEAGE,
-        reads: mergeSources(previous?.reads, info.reads) ?? ANY_COLUMN,
-      };
-      if (this.cursors.size < MAX_CURSORS || previous) this.cursors.set(cursor.name, declared);
-    } else if (cursor?.op === "close") {
-      if (cursor.name === null) this.cursors.clear();
-      else this.cursors.delete(cursor.name);
+    if (info.cursor?.op === "close") {
+      if (info.cursor.name === null) this.cursors.clear();
+      else this.cursors.delete(info.cursor.name);
     }
+  }
+
+  /**
+   * A cursor (SQL DECLARE) or protocol portal named `name` may now return the rows of `info` (they
+   * share one namespace on the target). Kept with whatever the name held before: a DECLARE of a name
+   * already taken fails on the target, which keeps the first.
+   */
+  private noteCursor(name: string, info: StatementInfo): void {
+    const previous = this.cursors.get(name);
+    if (!previous && this.cursors.size >= MAX_CURSORS) return; // FETCH from it: any column
+    this.cursors.set(name, {
+      result: mergeLineage(previous?.result, info.result) ?? UNKNOWN_LINEAGE,
+      reads: mergeSources(previous?.reads, info.reads) ?? ANY_COLUMN,
+    });
   }
 
   private onParse(f: Frame): Buffer {
@@ -700,6 +715,7 @@ export class PgSession {
     const params = bind.parameters.length > 0 ? renderParameters(bind) : "";
     if (run && params) run.text = `${run.text} -- parameters: ${params}`;
     for (const info of infos) this.afterAllowed(info);
+    if (portalName !== "" && run) this.noteCursor(portalName, run.info);
     const fields = statement.fields?.map((fl, i) => ({
       ...fl,
       format: formatOf(bind.resultFormats, i),
@@ -942,6 +958,12 @@ export class PgSession {
   private readsOf(run: Run | undefined): ColumnSources {
     const info = run?.info;
     if (!info) return ANY_COLUMN;
+    // COMMIT runs the queries of WITH HOLD cursors (to keep their rows): what any cursor reads.
+    if (info.kind === "TransactionStmt") {
+      let reads: ColumnSources | undefined = info.reads;
+      for (const cursor of this.cursors.values()) reads = mergeSources(reads, cursor.reads);
+      return reads ?? ANY_COLUMN;
+    }
     if (info.execute) return this.sqlPrepared.get(info.execute.name)?.reads ?? ANY_COLUMN;
     if (info.cursor?.op === "fetch")
       return (info.cursor.name !== null ? this.cursors.get(info.cursor.name)?.reads : undefined) ?? ANY_COLUMN;
@@ -955,22 +977,25 @@ export class PgSession {
    * keeping only the SQLSTATE; otherwise the detectors mask what they find in its texts. Undefined:
    * relay it as is.
    */
-  private scrubError(raw: Buffer, run: Run): Buffer | undefined {
+  private scrubError(raw: Buffer, run: Run | undefined): Buffer | undefined {
     const planner = this.planner();
     if (!planner) return undefined;
+    const notice = raw[0] === 0x4e;
+    const encode = notice ? noticeResponse : errorResponse;
     const e = decodeErrorFields(raw.subarray(5));
     const severity = e.severity as ErrorInit["severity"];
     if (planner.masksSources(this.readsOf(run))) {
-      return errorResponse({
+      const what = notice ? `the target sent a ${e.severity || "notice"}` : "the statement failed on the target";
+      return encode({
         severity,
         code: e.code,
-        message: `the statement failed on the target (SQLSTATE ${e.code}); the server's message is withheld because the statement reads columns masked for you`,
+        message: `${what} (SQLSTATE ${e.code}); the server's message is withheld because the statement reads columns masked for you`,
       });
     }
     const texts = [e.message, e.detail, e.hint, e.where];
     const masked = texts.map((t) => (t === undefined ? t : planner.maskText(t)));
     if (masked.every((t, i) => t === texts[i])) return undefined;
-    return errorResponse({
+    return encode({
       severity,
       code: e.code,
       message: masked[0] ?? "",
@@ -1120,6 +1145,14 @@ export class PgSession {
       }
       case 0x45: // ErrorResponse
         return this.onServerError(raw);
+      case 0x4e: {
+        // NoticeResponse: like an error message, it can quote a value (`to_tsquery` of a column).
+        const head = this.pending[0];
+        const run =
+          head?.kind === "query" ? head.runs[head.index] : head?.kind === "execute" ? head.portal?.run : undefined;
+        const scrubbed = this.scrubError(raw, run);
+        return scrubbed ? [scrubbed] : undefined;
+      }
       case 0x5a: {
         // ReadyForQuery
         this.status = String.fromCharCode(raw[5] as number) as TransactionStatus;
@@ -1182,6 +1215,7 @@ export class PgSession {
       if (run) {
         run.rows = rows;
         this.recordRun(run, "allow", "");
+        this.afterSucceeded(run.info);
       }
       return;
     }
@@ -1191,6 +1225,7 @@ export class PgSession {
       if (run) {
         run.rows += rows;
         this.recordRun(run, "allow", "");
+        this.afterSucceeded(run.info);
       }
     }
   }

@@ -2997,6 +2997,47 @@ export const PG_CATALOG_RELATIONS: ReadonlySet<string> = new Set([
   "pg_views",
 ]);
 
+/** Functions of pg_catalog callable with one row argument, so also in attribute notation (`u.to_json`). */
+export const PG_ROW_FUNCTIONS: ReadonlySet<string> = new Set([
+  "any_out",
+  "anycompatible_out",
+  "anycompatiblenonarray_out",
+  "anyelement_out",
+  "anynonarray_out",
+  "array_agg",
+  "concat",
+  "count",
+  "cume_dist",
+  "dense_rank",
+  "first_value",
+  "hash_record",
+  "json_agg",
+  "json_build_array",
+  "json_build_object",
+  "jsonb_agg",
+  "jsonb_build_array",
+  "jsonb_build_object",
+  "lag",
+  "last_value",
+  "lead",
+  "mode",
+  "num_nonnulls",
+  "num_nulls",
+  "percent_rank",
+  "pg_collation_for",
+  "pg_column_compression",
+  "pg_column_size",
+  "pg_typeof",
+  "quote_literal",
+  "quote_nullable",
+  "rank",
+  "record_out",
+  "record_send",
+  "row_to_json",
+  "to_json",
+  "to_jsonb",
+]);
+
 /** Settings only a superuser may change with SET (pg_settings.context = 'superuser'). */
 export const PG_SUPERUSER_SETTINGS: ReadonlySet<string> = new Set([
   "allow_in_place_tablespaces",
