@@ -64,16 +64,24 @@ const CASES: Array<[string, string, string[] | undefined]> = [
   ["SELECT ARRAY(SELECT lower(email) FROM users)", "", ["email"]],
   ["SELECT id, EXISTS (SELECT * FROM orders o WHERE o.uid = u.id AND o.email = 'x') FROM users u", "", ["id", ""]],
   ["SELECT email IN (SELECT email FROM banned) FROM users", "", ["email"]],
-  // FROM subqueries and CTEs: renamed or computed columns reach every computed column.
-  ["SELECT x FROM (SELECT lower(email) AS x FROM users) s", "email", ["x"]],
-  ["SELECT lower(e) FROM (SELECT email AS e FROM users) s", "email", ["e"]],
+  // FROM subqueries and CTEs: an outer reference to one of their columns adds what it computes.
+  ["SELECT x FROM (SELECT lower(email) AS x FROM users) s", "", ["email,x"]],
+  ["SELECT lower(e) FROM (SELECT email AS e FROM users) s", "", ["e,email"]],
+  ["SELECT lower(y) FROM (SELECT x AS y FROM (SELECT email AS x FROM users) a) b", "", ["email,x,y"]],
+  ["SELECT lower(j.x) FROM ((SELECT email AS x FROM users) a JOIN t USING (id)) AS j", "", ["email,x"]],
+  ["SELECT (SELECT s.x) FROM (SELECT email AS x FROM users) s", "", ["email,x"]],
+  // Named columns of a subquery reach only the outer columns naming them; unnamed computed ones
+  // (whose server-given name is not worked out) reach every computed column.
+  ["SELECT count(*) FROM (SELECT lower(email) AS l FROM users) s", "", [""]],
+  ["SELECT count(*) FROM (SELECT lower(email) FROM users) s", "email", [""]],
+  ["SELECT id + 1, note || '!' FROM users, LATERAL (SELECT lower(email) AS l) x", "", ["id", "note"]],
   ["SELECT lower(email), id FROM (SELECT id, email FROM users) s", "", ["email", "id"]],
   ["SELECT lower(email) FROM (SELECT * FROM users) s", "", ["email"]],
-  ["WITH c AS (SELECT lower(email) e FROM users) SELECT e, 1 FROM c", "email", ["e", ""]],
+  ["WITH c AS (SELECT lower(email) e FROM users) SELECT e, 1 FROM c", "", ["e,email", ""]],
   ["WITH c(x) AS (SELECT email FROM users) SELECT lower(x) FROM c", "*", ["x"]],
   ["SELECT lower(b) FROM users u(a, b)", "*", ["b"]],
   ["SELECT x FROM (users JOIN orders USING (id)) AS j(x, y)", "*", ["x"]],
-  ["WITH d AS (DELETE FROM users RETURNING email AS e) SELECT lower(e) FROM d", "email", ["e"]],
+  ["WITH d AS (DELETE FROM users RETURNING email AS e) SELECT lower(e) FROM d", "", ["e,email"]],
   ["WITH d AS (DELETE FROM users RETURNING email) SELECT lower(email) FROM d", "", ["email"]],
   // Table functions, VALUES, LATERAL.
   ["SELECT x FROM users, unnest(ARRAY[users.email]) AS x", "email", ["*,x"]], // x: also the function's row

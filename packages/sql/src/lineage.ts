@@ -10,11 +10,10 @@
  * The walk follows data flow and over-approximates it (fail closed):
  * - every column reference in a result column's expression counts, including inside scalar and
  *   ARRAY subqueries (an EXISTS subquery yields only a boolean of its WHERE: not followed);
- * - what FROM subqueries, CTEs (and RETURNING of data-modifying CTEs), table functions, VALUES
- *   lists and set-operation branches compute reaches every computed column of the result
- *   (`shared`); a plain, unrenamed column of a FROM subquery or CTE is skipped there, because an
- *   outer expression refers to it by the same name (and a plain outer reference carries its table
- *   in the RowDescription);
+ * - a named output column of a FROM subquery or CTE (or of a data-modifying CTE's RETURNING)
+ *   reaches what refers to its name, qualified or not, anywhere in the statement (`derived`);
+ * - what their unnamed computed columns, table functions, VALUES lists and set-operation branches
+ *   compute reaches every computed column of the result (`shared`);
  * - a whole-row reference (`u`, `u.*` inside an expression, `(u).email`, `email(u)`) or a FROM item
  *   whose columns an alias list renames (`users u(a, b)`, `WITH c(x) AS ...`) means any column.
  * What a WHERE, JOIN condition, GROUP BY, ORDER BY, window clause or LIMIT reads is not followed:
@@ -36,13 +35,20 @@ const newAcc = (): Acc => ({ names: new Set(), anyColumn: false });
 type Sink =
   /** The statement's own result: one accumulator per column. */
   | { kind: "result" }
-  /** A FROM subquery or CTE: what it computes reaches every computed column (`shared`). */
+  /** A FROM subquery or CTE: its named columns by name (`derived`), the rest to `shared`. */
   | { kind: "from" }
   /** Everything into one accumulator (a scalar subquery, a set-operation branch below the top). */
   | { kind: "into"; acc: Acc };
 
 class Walk {
   readonly shared = newAcc();
+  /**
+   * What the named output columns of FROM subqueries, CTEs and RETURNING lists compute, by column
+   * name (`(SELECT email AS e ...) s` gives e: email): an outer reference to that name, qualified or
+   * not, adds it. One map for the whole statement: a name defined by several relations gets all
+   * their sources (over-approximation, never a miss through scoping).
+   */
+  private readonly derived = new Map<string, Acc>();
 
   /** Names of every FROM item and CTE of the statement (a one-part column reference to one is a whole row). */
   constructor(readonly relations: ReadonlySet<string>) {}
@@ -123,9 +129,17 @@ class Walk {
       for (const target of targets) {
         const res = unwrap(target)?.[1];
         const ref = plainColumnRef(res?.val);
-        // `*`, or a plain column keeping its name: an outer expression names it as it is.
-        if (ref === "*" || (ref !== undefined && (res?.name === undefined || res.name === ref))) continue;
-        this.expr(res?.val, this.shared);
+        if (ref === "*") continue; // plain columns, keeping their names
+        const name = typeof res?.name === "string" ? res.name : ref;
+        if (name === undefined) {
+          // A computed column without an alias: the name the server gives it is not worked out
+          // here, so what it computes reaches every computed column.
+          this.expr(res?.val, this.shared);
+          continue;
+        }
+        const acc = newAcc();
+        this.expr(res?.val, acc);
+        this.derive(name, acc);
       }
       return undefined;
     }
@@ -212,6 +226,12 @@ class Walk {
     }
   }
 
+  private derive(name: string, acc: Acc): void {
+    const known = this.derived.get(name);
+    if (known) mergeInto(known, acc);
+    else this.derived.set(name, acc);
+  }
+
   columnRef(node: Obj, acc: Acc): void {
     const fields = list(node.fields);
     const last = unwrap(fields[fields.length - 1]);
@@ -221,6 +241,8 @@ class Walk {
     }
     const name = String(last[1].sval ?? "");
     acc.names.add(name);
+    const derived = this.derived.get(name);
+    if (derived && derived !== acc) mergeInto(acc, derived);
     // `u` alone names a column or, failing that, the whole row of FROM item `u`; `u.to_json` names
     // a column or, failing that, to_json(u) (attribute notation for a function of the row).
     if (fields.length === 1 ? this.relations.has(name) : ROW_FUNCTIONS.has(name) && this.qualifiesRelation(fields))

@@ -138,6 +138,25 @@ export interface SessionContext {
   now?: () => number;
 }
 
+/**
+ * SQLSTATE classes whose messages name objects and quote the statement, never a value read from a
+ * table: the statement is wrong (42: undefined table or column, syntax, privileges), not supported
+ * (0A), in a failed or read-only transaction (25), rolled back for serialization or deadlock (40),
+ * out of resources (53, 54), blocked by a lock (55), canceled or shut down (57), cardinality (21).
+ * Their errors pass under masking rules even for a statement reading a masked column.
+ */
+const VALUE_FREE_SQLSTATE_CLASSES: ReadonlySet<string> = new Set([
+  "0A",
+  "21",
+  "25",
+  "40",
+  "42",
+  "53",
+  "54",
+  "55",
+  "57",
+]);
+
 /** Cursors whose lineage a session remembers; FETCH from one more is masked as if from any column. */
 const MAX_CURSORS = 1000;
 
@@ -984,7 +1003,7 @@ export class PgSession {
     const encode = notice ? noticeResponse : errorResponse;
     const e = decodeErrorFields(raw.subarray(5));
     const severity = e.severity as ErrorInit["severity"];
-    if (planner.masksSources(this.readsOf(run))) {
+    if (!VALUE_FREE_SQLSTATE_CLASSES.has(e.code.slice(0, 2)) && planner.masksSources(this.readsOf(run))) {
       const what = notice ? `the target sent a ${e.severity || "notice"}` : "the statement failed on the target";
       return encode({
         severity,
