@@ -73,6 +73,16 @@ const CASES: Array<[string, string, string[] | undefined]> = [
   // Named columns of a subquery reach only the outer columns naming them; unnamed computed ones
   // (whose server-given name is not worked out) reach every computed column.
   ["SELECT count(*) FROM (SELECT lower(email) AS l FROM users) s", "", [""]],
+  // `*` may expand to a subquery's or CTE's computed columns: what they compute reaches all.
+  ["SELECT * FROM (SELECT lower(email) AS l FROM users) s", "email", undefined],
+  ["WITH c AS (SELECT upper(kind) AS k FROM e) TABLE c", "kind", undefined],
+  ["SELECT * FROM users u, LATERAL (SELECT lower(u.email) AS l) x", "email", undefined],
+  // Resolved after the walk: a CTE may name a column of one defined after it.
+  [
+    "WITH RECURSIVE a AS (SELECT l || '' AS m FROM b), b AS (SELECT lower(email) AS l FROM users) SELECT m FROM a",
+    "",
+    ["email,l,m"],
+  ],
   ["SELECT count(*) FROM (SELECT lower(email) FROM users) s", "email", [""]],
   ["SELECT id + 1, note || '!' FROM users, LATERAL (SELECT lower(email) AS l) x", "", ["id", "note"]],
   ["SELECT lower(email), id FROM (SELECT id, email FROM users) s", "", ["email", "id"]],

@@ -148,8 +148,10 @@ class Walk {
     for (const target of targets) {
       const value = resTargetValue(target);
       if (plainColumnRef(value) === "*") {
-        // Expands to plain columns (named by the RowDescription), of a number unknown here.
+        // Expands to columns of a number unknown here: plain ones (named by the RowDescription),
+        // or computed ones of a subquery or CTE.
         oneToOne = false;
+        this.expandsStar = true;
         continue;
       }
       // `(u).*`, `(ROW(1, 2)).*`: computed columns, of a number unknown here.
@@ -226,6 +228,37 @@ class Walk {
     }
   }
 
+  /**
+   * After the walk: adds to `acc` what the derived columns it names compute, transitively (a CTE
+   * may name a column of a CTE defined after it, under WITH RECURSIVE). When the result expands a
+   * `*`, the derived columns it may include reach every computed column.
+   */
+  close(acc: Acc): void {
+    const pending = [...acc.names];
+    const seen = new Set(pending);
+    for (let name = pending.pop(); name !== undefined; name = pending.pop()) {
+      const derived = this.derived.get(name);
+      if (!derived) continue;
+      if (derived.anyColumn) acc.anyColumn = true;
+      for (const next of derived.names) {
+        acc.names.add(next);
+        if (!seen.has(next)) {
+          seen.add(next);
+          pending.push(next);
+        }
+      }
+    }
+  }
+
+  /** The result expands `*` or `x.*` (its columns may be derived ones of a subquery or CTE). */
+  expandsStar = false;
+
+  finish(columns: Acc[] | undefined): void {
+    if (this.expandsStar) for (const acc of this.derived.values()) mergeInto(this.shared, acc);
+    this.close(this.shared);
+    for (const acc of columns ?? []) this.close(acc);
+  }
+
   private derive(name: string, acc: Acc): void {
     const known = this.derived.get(name);
     if (known) mergeInto(known, acc);
@@ -240,9 +273,7 @@ class Walk {
       return;
     }
     const name = String(last[1].sval ?? "");
-    acc.names.add(name);
-    const derived = this.derived.get(name);
-    if (derived && derived !== acc) mergeInto(acc, derived);
+    acc.names.add(name); // resolved through `derived` once the whole statement is walked (close)
     // `u` alone names a column or, failing that, the whole row of FROM item `u`; `u.to_json` names
     // a column or, failing that, to_json(u) (attribute notation for a function of the row).
     if (fields.length === 1 ? this.relations.has(name) : ROW_FUNCTIONS.has(name) && this.qualifiesRelation(fields))
@@ -344,6 +375,7 @@ export function resultLineage(kind: string, node: Obj): ResultLineage | undefine
       if (kind !== "SelectStmt" && returningList(node).length === 0) return undefined;
       const walk = new Walk(relationNames(node, new Set()));
       const columns = walk.resultOf({ [kind]: node }, { kind: "result" });
+      walk.finish(columns);
       const lineage: ResultLineage = { shared: sources(walk.shared) };
       if (columns) lineage.columns = columns.map(sources);
       return lineage;

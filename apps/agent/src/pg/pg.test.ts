@@ -398,6 +398,13 @@ describe("masking", () => {
         "BEGIN;\nDECLARE d CURSOR FOR SELECT lower(email) FROM users WHERE id = 5;\nSAVEPOINT s;\n" +
         "DECLARE d CURSOR FOR SELECT 'harmless';\nROLLBACK TO s;\nFETCH ALL FROM d;\nCOMMIT;\n",
     });
+    // `*` over a subquery or CTE includes its computed columns; a CTE may use one defined after it.
+    await check("SELECT * FROM (SELECT lower(email) AS l FROM users WHERE id = 5) s");
+    await check("WITH c AS (SELECT upper(kind) AS k FROM analytics.events WHERE id = 5) TABLE c");
+    await check("SELECT * FROM users u, LATERAL (SELECT lower(u.email) AS l) x WHERE id = 5");
+    await check(
+      "WITH RECURSIVE a AS (SELECT l || '' AS m FROM b), b AS (SELECT lower(email) AS l FROM users WHERE id = 5) SELECT m FROM a",
+    );
     // Attribute notation: `u.to_json` is to_json(u), the whole row.
     await check("SELECT u.to_json, u.quote_literal FROM users u WHERE id = 5");
     await check("SELECT users.to_jsonb FROM users WHERE id = 5");
@@ -480,6 +487,16 @@ describe("masking", () => {
       const stderr = await err(sql);
       expect(stderr, sql).not.toMatch(/user5@example\.com/);
       expect(stderr, sql).toMatch(/SQLSTATE 22P02\); the server's message is withheld/);
+    }
+    // Lookups by a value name it in errors of any class (42704, 42P01, 42602 here).
+    for (const sql of [
+      "SELECT current_setting(email) FROM users WHERE id = 5",
+      "SELECT 1 FROM analytics.events WHERE id = 5 AND kind::regclass IS NULL",
+      "SELECT (email || '.a.b.c')::regclass FROM users WHERE id = 5",
+    ]) {
+      const stderr = await err(sql);
+      expect(stderr, sql).not.toMatch(/user5@example\.com|"k5"/);
+      expect(stderr, sql).toMatch(/the server's message is withheld/);
     }
     // Notices quote values too (to_tsquery quotes its input when it finds no lexemes).
     const notice = await psql(h, alice, "SELECT to_tsquery(replace(email, email, ' ')) FROM users WHERE id = 5");

@@ -103,6 +103,26 @@ async function open(harness: Harness = h): Promise<Raw> {
   return raw;
 }
 
+/** An agent whose one policy allows reads and masks `email` whole. */
+function startMasked(): Promise<Harness> {
+  return startHarness({
+    pg: server,
+    policies: [
+      {
+        apiVersion: "moat.dev/v1",
+        kind: "Policy",
+        metadata: { name: "masked" },
+        spec: {
+          subjects: { groups: ["eng"] },
+          resources: { names: ["db"] },
+          rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read"] }],
+          masking: [{ columns: ["email"], style: "full" }],
+        },
+      },
+    ],
+  });
+}
+
 const types = (ms: Msg[]) => ms.map((m) => m.type).join("");
 const errors = (ms: Msg[]) => ms.filter((m) => m.type === "E").map((m) => decodeErrorFields(m.body));
 
@@ -313,22 +333,7 @@ describe("extended protocol through the agent", () => {
   });
 
   it("masks FETCH from a protocol portal whose name a failed DECLARE tried to take", async () => {
-    const masked = await startHarness({
-      pg: server,
-      policies: [
-        {
-          apiVersion: "moat.dev/v1",
-          kind: "Policy",
-          metadata: { name: "masked" },
-          spec: {
-            subjects: { groups: ["eng"] },
-            resources: { names: ["db"] },
-            rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read"] }],
-            masking: [{ columns: ["email"], style: "full" }],
-          },
-        },
-      ],
-    });
+    const masked = await startMasked();
     try {
       const c = await open(masked);
       await c.exchange(serialize.query("BEGIN"));
@@ -346,6 +351,46 @@ describe("extended protocol through the agent", () => {
       const values = rows.filter((m) => m.type === "D").map((m) => m.body.subarray(6).toString());
       expect(values).toEqual(["****"]);
       await c.exchange(serialize.query("ROLLBACK"));
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("applies a Describe's answer only to what it described, not to a statement or portal parsed since under the name", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      const values = (ms: Msg[]) => ms.filter((m) => m.type === "D").map((m) => m.body.subarray(6).toString());
+      const bindCompletes = () => c.messages.filter((m) => m.type === "2").length;
+      // The unnamed portal: described, then replaced before the answer arrives.
+      let before = bindCompletes();
+      c.socket.write(
+        Buffer.concat([
+          serialize.parse({ text: "SELECT id AS x FROM t LIMIT 1" }),
+          serialize.bind({}),
+          serialize.describe({ type: "P", name: "" }),
+          serialize.parse({ text: "SELECT email AS x FROM users" }),
+          serialize.bind({}),
+          serialize.flush(),
+        ]),
+      );
+      await c.until(() => bindCompletes() >= before + 2);
+      expect(values(await c.exchange(serialize.execute({}), serialize.sync()))).toEqual(["****"]);
+      // A named statement: described, closed and parsed again.
+      before = c.messages.filter((m) => m.type === "1").length;
+      c.socket.write(
+        Buffer.concat([
+          serialize.parse({ name: "s", text: "SELECT id AS x FROM t LIMIT 1" }),
+          serialize.describe({ type: "S", name: "s" }),
+          serialize.close({ type: "S", name: "s" }),
+          serialize.parse({ name: "s", text: "SELECT lower(email) AS x FROM users" }),
+          serialize.flush(),
+        ]),
+      );
+      await c.until((m) => m.filter((x) => x.type === "1").length >= before + 2);
+      const rows = await c.exchange(serialize.bind({ statement: "s" }), serialize.execute({}), serialize.sync());
+      expect(values(rows)).toEqual(["****"]);
       c.socket.destroy();
     } finally {
       await masked.close();

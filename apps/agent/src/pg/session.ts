@@ -138,25 +138,6 @@ export interface SessionContext {
   now?: () => number;
 }
 
-/**
- * SQLSTATE classes whose messages name objects and quote the statement, never a value read from a
- * table: the statement is wrong (42: undefined table or column, syntax, privileges), not supported
- * (0A), in a failed or read-only transaction (25), rolled back for serialization or deadlock (40),
- * out of resources (53, 54), blocked by a lock (55), canceled or shut down (57), cardinality (21).
- * Their errors pass under masking rules even for a statement reading a masked column.
- */
-const VALUE_FREE_SQLSTATE_CLASSES: ReadonlySet<string> = new Set([
-  "0A",
-  "21",
-  "25",
-  "40",
-  "42",
-  "53",
-  "54",
-  "55",
-  "57",
-]);
-
 /** Cursors whose lineage a session remembers; FETCH from one more is masked as if from any column. */
 const MAX_CURSORS = 1000;
 
@@ -210,7 +191,13 @@ type Pending =
       previous?: PreparedStatement | undefined;
     }
   | { kind: "bind"; replaceError?: Buffer }
-  | { kind: "describe"; target: "S" | "P"; name: string; injected: boolean }
+  | {
+      kind: "describe";
+      /** What the Describe was about when it was sent (a later Parse or Bind may reuse the name). */
+      statement?: PreparedStatement | undefined;
+      portal?: Portal | undefined;
+      injected: boolean;
+    }
   | ({ kind: "execute"; portal: Portal | undefined; portalName: string } & CopyCount)
   | { kind: "close" }
   | ({ kind: "sync" } & CopyCount);
@@ -447,7 +434,7 @@ export class PgSession {
         }
         if (portal.fields === undefined && portal.statement.fields === undefined && this.planner()) {
           // Masking needs the result's columns: ask the target, keep its answer to ourselves.
-          this.push({ kind: "describe", target: "P", name, injected: true });
+          this.push({ kind: "describe", portal, injected: true });
           this.push({ kind: "execute", portal, portalName: name });
           return [serialize.describe({ type: "P", name }), f.raw];
         }
@@ -457,7 +444,9 @@ export class PgSession {
       case 0x44: {
         // Describe
         const d = decodeTarget(f.body);
-        this.push({ kind: "describe", target: d.target, name: d.name, injected: false });
+        const about =
+          d.target === "S" ? { statement: this.statements.get(d.name) } : { portal: this.portals.get(d.name) };
+        this.push({ kind: "describe", ...about, injected: false });
         return f.raw;
       }
       case 0x43: {
@@ -1003,7 +992,9 @@ export class PgSession {
     const encode = notice ? noticeResponse : errorResponse;
     const e = decodeErrorFields(raw.subarray(5));
     const severity = e.severity as ErrorInit["severity"];
-    if (!VALUE_FREE_SQLSTATE_CLASSES.has(e.code.slice(0, 2)) && planner.masksSources(this.readsOf(run))) {
+    // An error with a position in the statement's text arose while the server analysed the text
+    // (an unknown table or column, a syntax error), before any row was read: it quotes the text.
+    if (e.position === undefined && planner.masksSources(this.readsOf(run))) {
       const what = notice ? `the target sent a ${e.severity || "notice"}` : "the statement failed on the target";
       return encode({
         severity,
@@ -1115,13 +1106,10 @@ export class PgSession {
         const fields = decodeRowDescription(raw.subarray(5));
         if (this.awaitCatalog(fields)) return HOLD;
         if (head?.kind === "describe") {
-          if (head.target === "S") {
-            const st = this.statements.get(head.name);
-            if (st) st.fields = fields;
-          } else {
-            const p = this.portals.get(head.name);
-            if (p) p.fields = fields;
-          }
+          // Only to what was described: a statement or portal since created under that name
+          // (pipelined behind the Describe) is described again before its rows are masked.
+          if (head.statement) head.statement.fields = fields;
+          if (head.portal) head.portal.fields = fields;
           this.shift();
           return head.injected ? [] : undefined;
         }
