@@ -210,6 +210,16 @@ const ATTACKS: string[] = [
   "SELECT * FROM user_mapping_options",
   "SELECT query FROM public.pg_stat_statements",
   "SELECT * FROM pg_show_all_file_settings()",
+  // a third review's finds: replication passwords, TOAST tables of denied tables, transaction IDs
+  "SELECT subname, subconninfo FROM pg_subscription",
+  "SELECT * FROM pg_catalog.pg_subscription",
+  "SELECT s::text FROM pg_subscription s",
+  "COPY pg_subscription TO STDOUT",
+  "SELECT convert_from(chunk_data, 'UTF8') FROM pg_toast.pg_toast_16399",
+  "SELECT chunk_data FROM pg_toast_16399",
+  "SELECT * FROM pg_toast_temp_3.pg_toast_16500",
+  "SELECT txid_current()",
+  "SELECT pg_catalog.pg_current_xact_id()",
   // newer servers' syntax that PostgreSQL 15 reads as a call of a (user's) function of that name
   "SELECT merge_action()",
   "SELECT json_value('{}', '$')",

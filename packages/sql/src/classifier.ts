@@ -68,6 +68,24 @@ function classifyFresh(
   standardConformingStrings: boolean,
   shapeText: string,
 ): Fresh | { ok: false; error: SqlSyntaxError } {
+  try {
+    return classifyParsed(text, standardConformingStrings, shapeText);
+  } catch (error) {
+    // The walks over the parse tree recurse: a tree nested deeper than the stack allows (a thousand
+    // nested subqueries) is refused like PostgreSQL refuses what is too deep for its own stack.
+    if (!(error instanceof RangeError)) throw error;
+    return {
+      ok: false,
+      error: { message: "statement is too deeply nested for Moat to check", position: 0, sqlstate: "54001" },
+    };
+  }
+}
+
+function classifyParsed(
+  text: string,
+  standardConformingStrings: boolean,
+  shapeText: string,
+): Fresh | { ok: false; error: SqlSyntaxError } {
   // PostgreSQL reads query strings up to a NUL byte; the parser would too, and ignore the rest.
   const nul = text.indexOf("\u0000");
   if (nul >= 0) return syntaxError("query text contains a NUL character", nul + 1);

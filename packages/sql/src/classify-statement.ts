@@ -20,6 +20,7 @@ import {
   actionRank,
   classOfActions,
   type ActionUse,
+  type ColumnSources,
   type DbAction,
   type StatementInfo,
   type TableRef,
@@ -67,6 +68,8 @@ class Collector {
    * pg_dump's `SELECT set_config(name, ...) FROM pg_settings WHERE name = '<setting>'`.
    */
   knownSetting: { call: Obj; name: string } | undefined;
+  /** Catalogs with a secret column the statement reads from (see SECRET_CATALOG_COLUMNS). */
+  readonly secretColumns: TableRef[] = [];
 
   /** Records that the statement needs `action` (possibly on no table at all). */
   action(action: DbAction): void {
@@ -247,6 +250,15 @@ const SENSITIVE_CATALOG_RELATIONS: ReadonlySet<string> = new Set([
   "pg_file_settings",
 ]);
 
+/**
+ * Catalog columns holding a secret, in catalogs whose other columns are ordinary metadata (psql's
+ * `\dRs` and pg_dump read them): reading the column (or `*`, or the whole row) needs db:admin.
+ */
+const SECRET_CATALOG_COLUMNS: ReadonlyMap<string, string> = new Map([
+  // A subscription's connection string, replication password included (readable by superusers).
+  ["pg_subscription", "subconninfo"],
+]);
+
 /** information_schema's views of the same secrets (foreign servers' user mapping options). */
 const SENSITIVE_INFORMATION_SCHEMA_RELATIONS: ReadonlySet<string> = new Set([
   "user_mapping_options",
@@ -256,11 +268,17 @@ const SENSITIVE_INFORMATION_SCHEMA_RELATIONS: ReadonlySet<string> = new Set([
 /** Extensions' views as sensitive as the catalogs above, wherever the extension is installed. */
 const SENSITIVE_EXTENSION_RELATIONS: ReadonlySet<string> = new Set(["pg_stat_statements", "pg_stat_statements_info"]);
 
+/** A TOAST table's or index's name (`pg_toast_16399`), unqualified with pg_toast on the search path. */
+const TOAST_RELATION = /^pg_toast_\d+(_index)?$/;
+
 function isSensitiveCatalog(rangeVar: Obj): boolean {
   const name = rangeVar.relname;
   if (typeof name !== "string") return false;
   if (SENSITIVE_EXTENSION_RELATIONS.has(name)) return true;
   const schema = rangeVar.schemaname;
+  // TOAST tables hold the long values of every table, whatever the policy says of those tables.
+  if (typeof schema === "string" && schema.startsWith("pg_toast")) return true;
+  if (TOAST_RELATION.test(name)) return true;
   if (SENSITIVE_CATALOG_RELATIONS.has(name)) return schema === undefined || schema === "pg_catalog";
   // Unqualified, information_schema's views are found only with it on the search path: counted too.
   if (SENSITIVE_INFORMATION_SCHEMA_RELATIONS.has(name)) return schema === undefined || schema === "information_schema";
@@ -276,7 +294,24 @@ function visitRangeVar(node: Obj, scope: Scope, out: Collector): void {
     out.table("db:admin", tableRef(node));
     return;
   }
+  if (SECRET_CATALOG_COLUMNS.has(name) && (node.schemaname === undefined || node.schemaname === "pg_catalog"))
+    out.secretColumns.push(tableRef(node));
   out.table(scope.locked && scope.mode === "db:read" ? "db:write" : scope.mode, tableRef(node));
+}
+
+/** Whether a statement reads `column` by name, `*` or a whole row (see SECRET_CATALOG_COLUMNS). */
+function readsColumnOrStar(stmt: Obj, reads: ColumnSources, column: string): boolean {
+  if (reads.anyColumn || reads.names.includes(column)) return true;
+  const stack: unknown[] = [stmt];
+  while (stack.length > 0) {
+    const value = stack.pop();
+    if (Array.isArray(value)) stack.push(...value);
+    else if (isObj(value)) {
+      if ("A_Star" in value) return true;
+      stack.push(...Object.values(value));
+    }
+  }
+  return false;
 }
 
 /**
@@ -1106,7 +1141,11 @@ function classifyCopy(node: Obj, out: Collector): void {
   }
   out.action("db:copy-out");
   if (relation) out.table("db:copy-out", relation);
-  if (isObj(node.relation) && isSensitiveCatalog(node.relation)) out.table("db:admin", tableRef(node.relation));
+  if (
+    isObj(node.relation) &&
+    (isSensitiveCatalog(node.relation) || SECRET_CATALOG_COLUMNS.has(String(node.relation.relname)))
+  )
+    out.table("db:admin", tableRef(node.relation));
   const before = out.uses.length;
   walk(node.query, undefined, ROOT, out);
   for (const use of out.uses.slice(before)) if (use.table && !use.viaFunction) out.table("db:copy-out", use.table);
@@ -1158,7 +1197,10 @@ export function classifyStatement(stmt: unknown): ShapeResult {
   classifyInto(kind, node, out);
   const result = resultLineage(kind, node);
   if (result) out.extra.result = result;
-  out.extra.reads = columnsRead(node);
+  const reads = columnsRead(node);
+  out.extra.reads = reads;
+  for (const table of out.secretColumns)
+    if (readsColumnOrStar(node, reads, SECRET_CATALOG_COLUMNS.get(table.name) as string)) out.table("db:admin", table);
   if (kind === "DiscardStmt" && node.target === "DISCARD_ALL") out.extra.cursor = { op: "close", name: null };
   if (kind === "DeclareCursorStmt" || kind === "FetchStmt" || kind === "ClosePortalStmt") {
     const op = kind === "DeclareCursorStmt" ? "declare" : kind === "FetchStmt" ? "fetch" : "close";

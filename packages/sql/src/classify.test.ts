@@ -43,6 +43,15 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
   ["SELECT extract(year FROM now()), substring('abc' FROM 2), current_user", { class: "read", "db:read": [] }],
   ["SELECT * FROM generate_series(1, 10) g", { class: "read", "db:read": [] }],
   ["SELECT * FROM pg_catalog.pg_class", { class: "read", "db:read": ["pg_catalog.pg_class"] }],
+  // pg_subscription is metadata but for its connection string (psql's \dRs reads the rest).
+  [
+    "SELECT subname, subenabled FROM pg_catalog.pg_subscription WHERE subdbid = 1",
+    { class: "read", "db:read": ["pg_catalog.pg_subscription"] },
+  ],
+  [
+    "SELECT subname, subconninfo FROM pg_subscription",
+    { class: "admin", "db:admin": ["pg_subscription"], "db:read": ["pg_subscription"] },
+  ],
   // Catalogs holding secrets or other tables' data: password hashes, statistics' sample values,
   // large objects, other sessions' queries, server configuration.
   ["SELECT rolname, rolpassword FROM pg_authid", { class: "admin", "db:admin": ["pg_authid"], "db:read": [] }],
@@ -659,6 +668,18 @@ describe("syntax errors and empty texts", () => {
     expect(end.ok || end.error.message).toBe("syntax error at end of input");
     const unterminated = classifier.classify("SELECT 'abc", ON);
     expect(unterminated.ok || unterminated.error.message).toMatch(/unterminated quoted string/);
+  });
+
+  it("refuses a statement nested deeper than its checks can follow (54001), never throwing", () => {
+    for (const sql of [
+      `SELECT ${"(SELECT ".repeat(1000)}1${")".repeat(1000)}`,
+      `SELECT ${"ARRAY[".repeat(3000)}1${"]".repeat(3000)}`,
+      `SELECT 1 FROM t WHERE ${"NOT ".repeat(5000)}true`,
+    ]) {
+      const result = classifier.classify(sql, ON);
+      expect(result.ok, sql.slice(0, 30)).toBe(false);
+      if (!result.ok) expect(["54001", "42601"]).toContain(result.error.sqlstate);
+    }
   });
 
   it("treats whitespace and comments as an empty query", () => {

@@ -91,12 +91,19 @@ const DYNAMIC_PATTERNS: readonly RegExp[] = [
 ];
 
 /**
- * Change state other sessions see, without naming a table: sequences, notifications, and advisory
- * locks. Advisory locks change no data, but holding one blocks other sessions and steers
+ * Change state other sessions see, without naming a table: sequences, notifications, transaction
+ * IDs, and advisory locks. Advisory locks change no data, but holding one blocks other sessions and steers
  * applications that coordinate through them, like LOCK TABLE (a write); admin would be too much
  * for what applications call routinely.
  */
-const WRITE_FUNCTIONS: ReadonlySet<string> = new Set(["nextval", "setval", "pg_notify"]);
+const WRITE_FUNCTIONS: ReadonlySet<string> = new Set([
+  "nextval",
+  "setval",
+  "pg_notify",
+  // Assign a transaction ID (a read-only transaction has none): each one brings wraparound nearer.
+  "txid_current",
+  "pg_current_xact_id",
+]);
 const WRITE_PATTERNS: readonly RegExp[] = [/^pg_(try_)?advisory_/];
 
 /** What a call needs: an action (with a reason for dynamic), or nothing for a plain built-in. */

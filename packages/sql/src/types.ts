@@ -134,7 +134,8 @@ export interface SqlSyntaxError {
   message: string;
   /** 1-based character position like PostgreSQL's, 0 when unknown. */
   position: number;
-  sqlstate: "42601";
+  /** 42601 syntax error; 54001 statement too complex (nested deeper than the checks can follow). */
+  sqlstate: "42601" | "54001";
 }
 
 export type Classification =

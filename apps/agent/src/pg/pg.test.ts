@@ -302,6 +302,50 @@ describe("statement decisions", () => {
     }
   });
 
+  it("keeps SQL and protocol prepared statements in one namespace, forgetting a name only once a DEALLOCATE or Close sent after it has run", async () => {
+    await pgServer.sql(
+      `CREATE TABLE IF NOT EXISTS public.pt (v text); CREATE SCHEMA IF NOT EXISTS hr;
+       CREATE TABLE IF NOT EXISTS hr.pt (v text); TRUNCATE hr.pt; INSERT INTO hr.pt VALUES ('SECRET hr row')`,
+      "app",
+    );
+    // The reader may read public.* only; after `SET search_path = hr, public`, an unqualified `pt`
+    // is hr.pt to the server, which re-plans a prepared statement under the current search path.
+    const c = new pg.Client({
+      host: "127.0.0.1",
+      port: h.port,
+      user: "reader@example.com",
+      password: reader,
+      database: "app",
+    });
+    await c.connect();
+    const outcome = (sql: string | { name: string; text: string }) =>
+      c.query(sql).then(
+        (r: pg.QueryResult | pg.QueryResult[]) => (Array.isArray(r) ? "ok" : JSON.stringify(r.rows)),
+        (e: { code?: string }) => e.code ?? "error",
+      );
+    try {
+      // A DEALLOCATE ALL in the same message as the PREPARE runs before it: the PREPARE stays known.
+      expect(await outcome("DEALLOCATE ALL; PREPARE p AS SELECT * FROM pt")).toBe("ok");
+      expect(await outcome("PREPARE p AS SELECT 1")).toBe("42P05"); // taken: p is still the first
+      // A protocol statement's name, taken by a SQL PREPARE that fails.
+      expect(await outcome({ name: "s", text: "SELECT * FROM pt" })).toBe("[]");
+      expect(await outcome("PREPARE s AS SELECT 1")).toBe("42P05");
+      // A protocol statement deallocated by SQL, its name prepared again by SQL.
+      expect(await outcome({ name: "x", text: "SELECT 1 AS one" })).toBe('[{"one":1}]');
+      expect(await outcome("DEALLOCATE x")).toBe("[]");
+      expect(await outcome("PREPARE x AS SELECT * FROM pt")).toBe("[]");
+      expect(await outcome("SET search_path = hr, public")).toBe("[]");
+      expect(await outcome("SELECT * FROM pt")).toBe("42501");
+      expect(await outcome("EXECUTE p")).toBe("42501");
+      expect(await outcome("EXECUTE s")).toBe("42501");
+      // node-postgres binds its known statement x again without a Parse: x is now the PREPARE's.
+      expect(await outcome({ name: "x", text: "SELECT 1 AS one" })).toBe("42501");
+      expect(await outcome("SELECT * FROM public.pt")).toBe("[]");
+    } finally {
+      await c.end();
+    }
+  });
+
   it("lets the DBA do everything, including DDL and writes", async () => {
     const r = await psql(h, dba, "CREATE TABLE dba_t (x int); INSERT INTO dba_t VALUES (1); DROP TABLE dba_t", {
       user: "dba@example.com",
@@ -653,11 +697,15 @@ describe("clients", () => {
   });
 
   it("dumps with pg_dump as a user allowed only db:read and db:copy-out, and the dump restores", async () => {
-    const dump = await run(
-      "pg_dump",
-      [`host=127.0.0.1 port=${h.port} user=backup@example.com dbname=app sslmode=require`, "--no-owner", "-t", "users"],
-      { PGPASSWORD: backup },
-    );
+    // With a superuser target role, pg_dump reads subscriptions' connection strings (replication
+    // passwords): that needs db:admin, so a backup user without it passes --no-subscriptions.
+    const conn = `host=127.0.0.1 port=${h.port} user=backup@example.com dbname=app sslmode=require`;
+    const secrets = await run("pg_dump", [conn, "--no-owner", "-t", "users"], { PGPASSWORD: backup });
+    expect(secrets.code).not.toBe(0);
+    expect(secrets.stderr).toMatch(/no policy allows db:admin[\s\S]*s\.subconninfo[\s\S]*FROM pg_subscription/);
+    const dump = await run("pg_dump", [conn, "--no-owner", "--no-subscriptions", "-t", "users"], {
+      PGPASSWORD: backup,
+    });
     // pg_dump 15.8+ also runs `SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings
     // WHERE name = 'restrict_nonsystem_relation_kind'`: the SET of a harmless setting, so a read.
     expect(dump.stderr).toBe("");
@@ -726,7 +774,12 @@ describe("clients", () => {
     // Reading is not enough: the data comes out with COPY ... TO STDOUT.
     const readOnly = await run(
       "pg_dump",
-      [`host=127.0.0.1 port=${h.port} user=reader@example.com dbname=app sslmode=require`, "-t", "users"],
+      [
+        `host=127.0.0.1 port=${h.port} user=reader@example.com dbname=app sslmode=require`,
+        "--no-subscriptions",
+        "-t",
+        "users",
+      ],
       { PGPASSWORD: reader },
     );
     expect(readOnly.code).not.toBe(0);
@@ -738,7 +791,12 @@ describe("clients", () => {
     // COPY output cannot be masked: under masking rules it is refused, whatever the policy allows.
     const masked = await run(
       "pg_dump",
-      [`host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require`, "-t", "users"],
+      [
+        `host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require`,
+        "--no-subscriptions",
+        "-t",
+        "users",
+      ],
       { PGPASSWORD: alice },
     );
     expect(masked.code).not.toBe(0);

@@ -477,6 +477,24 @@ describe("texts the server could read differently from the agent (lexical settin
     c.socket.destroy();
   });
 
+  it("accepts only ASCII text under a client encoding other than UTF8 (the agent reads text as UTF-8)", async () => {
+    await server.sql('CREATE TABLE IF NOT EXISTS "geheimé" (v text)', "app");
+    const c = await open();
+    expect(errors(await c.exchange(serialize.query("SET client_encoding = 'LATIN1'")))).toEqual([]);
+    // `geheim\xe9` is "geheimé" to a LATIN1 server and "geheim\ufffd" to a UTF-8 reader.
+    const latin1 = Buffer.concat([Buffer.from("SELECT * FROM geheim"), Buffer.from([0xe9])]);
+    const query = Buffer.alloc(latin1.length + 6);
+    query.write("Q", 0);
+    query.writeInt32BE(latin1.length + 5, 1);
+    latin1.copy(query, 5);
+    const refused = await c.exchange(query);
+    expect(errors(refused)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("ASCII text only") });
+    expect(types(await c.exchange(serialize.query("SELECT 1 AS x")))).toBe("TDCZ");
+    expect(errors(await c.exchange(serialize.query("SET client_encoding = 'UTF8'")))).toEqual([]);
+    expect(types(await c.exchange(serialize.query("SELECT 'é' AS x")))).toBe("TDCZ");
+    c.socket.destroy();
+  });
+
   it("reads text pipelined behind an unanswered lexical change pessimistically", async () => {
     // Simple protocol: the SET and the trick in one write, before the server has answered the SET.
     const a = await open();

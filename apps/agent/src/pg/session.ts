@@ -110,13 +110,16 @@ const SAFE_ENCODINGS = new Set([
   "MULE_INTERNAL",
 ]);
 
+/** An encoding name as PostgreSQL spells it in ParameterStatus (`utf-8` -> `UTF8`). */
+function normalizeEncoding(name: string): string {
+  return name
+    .toUpperCase()
+    .replace(/[-\s]/g, "_")
+    .replace(/^UTF_8$/, "UTF8");
+}
+
 export function isSafeEncoding(name: string): boolean {
-  return SAFE_ENCODINGS.has(
-    name
-      .toUpperCase()
-      .replace(/[-\s]/g, "_")
-      .replace(/^UTF_8$/, "UTF8"),
-  );
+  return SAFE_ENCODINGS.has(normalizeEncoding(name));
 }
 
 export interface SessionContext {
@@ -199,7 +202,7 @@ type Pending =
       injected: boolean;
     }
   | ({ kind: "execute"; portal: Portal | undefined; portalName: string } & CopyCount)
-  | { kind: "close" }
+  | { kind: "close"; statement?: string; upTo?: number }
   | ({ kind: "sync" } & CopyCount);
 
 /**
@@ -236,10 +239,21 @@ export class PgSession {
    * declared again while the first may still be open (the second DECLARE fails on the server) keeps
    * both lineages; an unknown name counts as any column.
    */
-  private readonly cursors = new Map<string, { result: ResultLineage; reads: ColumnSources }>();
+  private readonly cursors = new Map<string, { result: ResultLineage; reads: ColumnSources; since: number }>();
+  /**
+   * Names of prepared statements (SQL PREPARE and protocol Parse share one namespace on the target)
+   * and cursors are forgotten only when a DEALLOCATE, Close or CLOSE that was sent after their last
+   * definition has run: each definition gets the next number here, each such statement remembers
+   * the number when it was sent (`forgetsUpTo`).
+   */
+  private definitions = 0;
+  private readonly preparedSince = new Map<string, number>();
+  private readonly forgetsUpTo = new WeakMap<StatementInfo, number>();
   private searchPath: string[];
   private standardConformingStrings = true;
   private unsafeEncoding: string | undefined;
+  /** The client encoding when it is not UTF8: the agent reads text as UTF-8, so only ASCII then. */
+  private notUtf8Encoding: string | undefined;
   /**
    * Queries forwarded that change how the server reads text (a SET / RESET of client_encoding or
    * standard_conforming_strings, RESET ALL, DISCARD ALL) and not answered yet. Such a change is let
@@ -452,9 +466,10 @@ export class PgSession {
       case 0x43: {
         // Close
         const c = decodeTarget(f.body);
-        if (c.target === "S") this.statements.delete(c.name);
-        else this.dropPortal(c.name);
-        this.push({ kind: "close" });
+        // A statement is forgotten once the target has closed it (it skips a Close after an error);
+        // a portal at once (an Execute of an unknown portal is refused, never masked wrongly).
+        if (c.target === "P") this.dropPortal(c.name);
+        this.push(c.target === "S" ? { kind: "close", statement: c.name, upTo: this.definitions } : { kind: "close" });
         return f.raw;
       }
       case 0x53: // Sync
@@ -500,12 +515,16 @@ export class PgSession {
    * statements changing the lexical settings (back to a safe encoding).
    */
   private encodingRefusal(text: string): string | undefined {
-    if (this.unsafeEncoding === undefined && !this.lexicalUncertain) return undefined;
+    if (this.notUtf8Encoding === undefined && !this.lexicalUncertain) return undefined;
     for (let i = 0; i < text.length; i++) {
       if (text.charCodeAt(i) < 0x80) continue;
-      return this.unsafeEncoding !== undefined
-        ? `access denied: client_encoding ${this.unsafeEncoding} is not supported through Moat (its multibyte characters can hide quotes); use UTF8`
-        : "access denied: a change of client_encoding or standard_conforming_strings sent earlier has not been answered yet; send text with non-ASCII characters after its result";
+      if (this.unsafeEncoding !== undefined)
+        return `access denied: client_encoding ${this.unsafeEncoding} is not supported through Moat (its multibyte characters can hide quotes); use UTF8`;
+      if (this.notUtf8Encoding !== undefined)
+        // The agent reads text as UTF-8: `geheim\xe9` in LATIN1 would name another table for it
+        // than for the server (a deny rule on the table would not see it).
+        return `access denied: with client_encoding ${this.notUtf8Encoding}, Moat accepts ASCII text only; use UTF8 to send other characters`;
+      return "access denied: a change of client_encoding or standard_conforming_strings sent earlier has not been answered yet; send text with non-ASCII characters after its result";
     }
     return undefined;
   }
@@ -605,24 +624,31 @@ export class PgSession {
     if (info.kind === "ClosePortalStmt" || info.kind === "DeclareCursorStmt" || info.deallocate?.name === null)
       for (const name of [...this.portals.keys()]) this.dropPortal(name);
     if (info.prepare) {
-      // If this PREPARE fails on the target (the name is taken, or the transaction has failed),
-      // EXECUTE runs the earlier statement: until DEALLOCATE, the agent assumes either may run, so
-      // EXECUTE needs what both need and is masked by what both compute.
-      const previous = this.sqlPrepared.get(info.prepare.name);
+      // If this PREPARE fails on the target (the name is taken, by a SQL PREPARE or a protocol Parse,
+      // or the transaction has failed), EXECUTE runs the earlier statement: until it is deallocated,
+      // the agent assumes either may run, so EXECUTE needs what both need and is masked by what both
+      // compute.
+      const name = info.prepare.name;
       let prepared = info;
-      if (previous) {
+      const earlier = [
+        ...(this.sqlPrepared.has(name) ? [this.sqlPrepared.get(name) as StatementInfo] : []),
+        ...(this.statements.get(name)?.classification.statements ?? []),
+      ];
+      for (const previous of earlier) {
         prepared = {
-          ...info,
-          actions: [...info.actions, ...previous.actions],
-          tables: [...info.tables, ...previous.tables],
+          ...prepared,
+          actions: [...prepared.actions, ...previous.actions],
+          tables: [...prepared.tables, ...previous.tables],
         };
-        const result = mergeLineage(previous.result, info.result);
-        const reads = mergeSources(previous.reads, info.reads);
+        const result = mergeLineage(previous.result, prepared.result);
+        const reads = mergeSources(previous.reads, prepared.reads);
         if (result) prepared.result = result;
         if (reads) prepared.reads = reads;
       }
-      this.sqlPrepared.set(info.prepare.name, prepared);
+      this.sqlPrepared.set(name, prepared);
+      this.preparedSince.set(name, ++this.definitions);
     }
+    if (info.deallocate || info.cursor?.op === "close") this.forgetsUpTo.set(info, this.definitions);
     if (info.cursor?.op === "declare" && info.cursor.name !== null) this.noteCursor(info.cursor.name, info);
   }
 
@@ -633,14 +659,24 @@ export class PgSession {
    * it.
    */
   private afterSucceeded(info: StatementInfo): void {
+    const upTo = this.forgetsUpTo.get(info);
+    if (upTo === undefined) return;
     if (info.deallocate) {
-      if (info.deallocate.name === null) this.sqlPrepared.clear();
-      else this.sqlPrepared.delete(info.deallocate.name);
+      const names = info.deallocate.name === null ? [...this.preparedSince.keys()] : [info.deallocate.name];
+      for (const name of names) this.forgetPrepared(name, upTo);
     }
     if (info.cursor?.op === "close") {
-      if (info.cursor.name === null) this.cursors.clear();
-      else this.cursors.delete(info.cursor.name);
+      const names = info.cursor.name === null ? [...this.cursors.keys()] : [info.cursor.name];
+      for (const name of names) if ((this.cursors.get(name)?.since ?? 0) <= upTo) this.cursors.delete(name);
     }
+  }
+
+  /** Forgets prepared statement `name` (SQL or protocol) unless it was defined after number `upTo`. */
+  private forgetPrepared(name: string, upTo: number): void {
+    if ((this.preparedSince.get(name) ?? 0) > upTo) return;
+    this.sqlPrepared.delete(name);
+    this.statements.delete(name);
+    this.preparedSince.delete(name);
   }
 
   /**
@@ -654,6 +690,7 @@ export class PgSession {
     this.cursors.set(name, {
       result: mergeLineage(previous?.result, info.result) ?? UNKNOWN_LINEAGE,
       reads: mergeSources(previous?.reads, info.reads) ?? ANY_COLUMN,
+      since: ++this.definitions,
     });
   }
 
@@ -693,6 +730,7 @@ export class PgSession {
     // Known at once, so that a Bind pipelined right behind this Parse finds it; undone if the target
     // refuses the Parse (a named statement that already exists keeps its old text there).
     this.statements.set(parse.name, { classification: c, text: parse.query });
+    if (parse.name !== "") this.preparedSince.set(parse.name, ++this.definitions);
     this.push({ kind: "parse", name: parse.name, previous });
     return f.raw;
   }
@@ -748,8 +786,10 @@ export class PgSession {
 
   /** A statement prepared with SQL PREPARE, bound through the protocol (they share one namespace). */
   private fromSqlPrepare(name: string): PreparedStatement | undefined {
-    const info = this.sqlPrepared.get(name);
-    if (!info || name === "") return undefined;
+    const prepared = this.sqlPrepared.get(name);
+    if (!prepared || name === "") return undefined;
+    // What the statement runs; binding it prepares nothing (afterAllowed must not record it again).
+    const { prepare: _prepare, ...info } = prepared;
     return { classification: { ok: true, statements: [info], fingerprint: "", cached: false }, text: info.text };
   }
 
@@ -1127,9 +1167,15 @@ export class PgSession {
       }
       case 0x74: // ParameterDescription: part of Describe S; RowDescription or NoData follows.
         return undefined;
+      case 0x33: {
+        // CloseComplete
+        const head = this.pending[0];
+        if (head?.kind === "close" && head.statement !== undefined) this.forgetPrepared(head.statement, head.upTo ?? 0);
+        this.shift();
+        return undefined;
+      }
       case 0x31: // ParseComplete
       case 0x32: // BindComplete
-      case 0x33: // CloseComplete
         this.shift();
         return undefined;
       case 0x43: // CommandComplete
@@ -1274,7 +1320,10 @@ export class PgSession {
 
   private trackParameter(name: string, value: string): void {
     if (name === "standard_conforming_strings") this.standardConformingStrings = value !== "off";
-    if (name === "client_encoding") this.unsafeEncoding = isSafeEncoding(value) ? undefined : value;
+    if (name === "client_encoding") {
+      this.unsafeEncoding = isSafeEncoding(value) ? undefined : value;
+      this.notUtf8Encoding = normalizeEncoding(value) === "UTF8" ? undefined : value;
+    }
   }
 }
 
