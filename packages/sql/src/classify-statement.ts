@@ -850,7 +850,10 @@ function classifySet(node: Obj, out: Collector): void {
   if (LEXICAL_SETTINGS.has(name)) out.extra.lexicalChange = true;
   if (name === "search_path") {
     if (resets) out.extra.searchPath = null;
-    else if (kind === "VAR_SET_VALUE") out.extra.searchPath = args.map((arg) => constantText(arg) ?? "");
+    // Each argument is one name (the server quotes a string argument as an identifier, commas and
+    // all), cut to 63 bytes like every identifier when the path is used.
+    else if (kind === "VAR_SET_VALUE")
+      out.extra.searchPath = args.map((arg) => truncateIdentifier(constantText(arg) ?? ""));
     if (out.extra.searchPath !== undefined && node.is_local === true) out.extra.searchPathLocal = true;
   }
   const value = kind === "VAR_SET_VALUE" && args.length === 1 ? constantText(args[0]) : undefined;

@@ -467,6 +467,9 @@ describe("statement facts", () => {
   it("tracks search_path", () => {
     expect(one('SET search_path = a, "B", \'c\', "$user"').searchPath).toEqual(["a", "B", "c", "$user"]);
     expect(one("SET search_path TO public").searchPath).toEqual(["public"]);
+    // A string argument is one name to the server (quoted as an identifier), cut to 63 bytes.
+    expect(one("SET search_path = 'hr, public'").searchPath).toEqual(["hr, public"]);
+    expect(one(`SET search_path = '${"s".repeat(70)}', x`).searchPath).toEqual(["s".repeat(63), "x"]);
     expect(one("SET SESSION search_path = x").searchPath).toEqual(["x"]);
     expect(one('SET "Search_Path" = evil').searchPath).toEqual(["evil"]);
     const local = one("SET LOCAL search_path = x");
