@@ -357,6 +357,31 @@ describe("extended protocol through the agent", () => {
     }
   });
 
+  it("forgets a portal whose Bind failed (its name taken by a WITH HOLD cursor): an Execute of the name is refused", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("DECLARE c CURSOR WITH HOLD FOR SELECT lower(email) FROM users"));
+      await c.exchange(serialize.query("BEGIN; SAVEPOINT s"));
+      const failed = await c.exchange(
+        serialize.parse({ text: "SELECT 'harmless' AS x" }),
+        serialize.describe({ type: "S", name: "" }),
+        serialize.bind({ portal: "c" }),
+        serialize.sync(),
+      );
+      expect(errors(failed)[0]?.message).toMatch(/cursor "c" already exists/);
+      await c.exchange(serialize.query("ROLLBACK TO s")); // still in the block: no ReadyForQuery 'I'
+      const run = await c.exchange(serialize.execute({ portal: "c" }), serialize.sync());
+      expect(run.filter((m) => m.type === "D")).toEqual([]);
+      expect(errors(run)[0]?.message).toMatch(/not bound through Moat/);
+      await c.exchange(serialize.query("ROLLBACK"));
+      await c.exchange(serialize.query("CLOSE c"));
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
   it("applies a Describe's answer only to what it described, not to a statement or portal parsed since under the name", async () => {
     const masked = await startMasked();
     try {

@@ -193,7 +193,7 @@ type Pending =
       name?: string;
       previous?: PreparedStatement | undefined;
     }
-  | { kind: "bind"; replaceError?: Buffer }
+  | { kind: "bind"; replaceError?: Buffer; portal?: string }
   | {
       kind: "describe";
       /** What the Describe was about when it was sent (a later Parse or Bind may reuse the name). */
@@ -774,7 +774,7 @@ export class PgSession {
       ...(fields ? { fields } : {}),
       cycle: this.cyclesSent,
     });
-    this.push({ kind: "bind" });
+    this.push({ kind: "bind", portal: portalName });
     return f.raw;
   }
 
@@ -1309,6 +1309,8 @@ export class PgSession {
           if (p.previous) this.statements.set(p.name, p.previous);
           else this.statements.delete(p.name);
         }
+        // Nor did Binds (the failed one included): the name may be a cursor's (WITH HOLD) there.
+        if (p.kind === "bind" && p.portal !== undefined) this.dropPortal(p.portal);
         if (p.kind === "query") this.cyclesSent--; // skipped: no ReadyForQuery for it
         this.shift();
       }
