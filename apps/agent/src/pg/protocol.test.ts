@@ -515,6 +515,13 @@ describe("texts the server could read differently from the agent (lexical settin
     const refused = await c.exchange(query);
     expect(errors(refused)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("ASCII text only") });
     expect(types(await c.exchange(serialize.query("SELECT 1 AS x")))).toBe("TDCZ");
+    // SQL_ASCII converts nothing: UTF-8 text reads the same for both, other bytes are refused by
+    // one or the other (the agent, or a UTF8 server: invalid byte sequence).
+    expect(errors(await c.exchange(serialize.query("SET client_encoding = 'SQL_ASCII'")))).toEqual([]);
+    expect(types(await c.exchange(serialize.query("SELECT 'é' AS x")))).toBe("TDCZ");
+    const bytes = await c.exchange(query);
+    expect(bytes.filter((m) => m.type === "D")).toEqual([]);
+    expect(errors(bytes)).toHaveLength(1);
     expect(errors(await c.exchange(serialize.query("SET client_encoding = 'UTF8'")))).toEqual([]);
     expect(types(await c.exchange(serialize.query("SELECT 'é' AS x")))).toBe("TDCZ");
     c.socket.destroy();

@@ -254,6 +254,9 @@ export class PgSession {
   private unsafeEncoding: string | undefined;
   /** The client encoding when it is not UTF8: the agent reads text as UTF-8, so only ASCII then. */
   private notUtf8Encoding: string | undefined;
+  private serverEncoding = "UTF8";
+  /** Text reaches a SQL_ASCII server as bytes: UTF-8 text reads the same there, other bytes do not. */
+  private bytesEncoding = false;
   /**
    * Queries forwarded that change how the server reads text (a SET / RESET of client_encoding or
    * standard_conforming_strings, RESET ALL, DISCARD ALL) and not answered yet. Such a change is let
@@ -299,6 +302,7 @@ export class PgSession {
     this.now = ctx.now ?? Date.now;
     this.searchPath = options.searchPath;
     this.trackParameter("standard_conforming_strings", options.parameters.get("standard_conforming_strings") ?? "on");
+    this.trackParameter("server_encoding", options.parameters.get("server_encoding") ?? "UTF8");
     this.trackParameter("client_encoding", options.parameters.get("client_encoding") ?? "UTF8");
     this.reader = new FrameReader(ctx.maxMessageBytes);
     this.reader.initial = false;
@@ -517,7 +521,10 @@ export class PgSession {
   private encodingRefusal(text: string): string | undefined {
     if (this.notUtf8Encoding === undefined && !this.lexicalUncertain) return undefined;
     for (let i = 0; i < text.length; i++) {
-      if (text.charCodeAt(i) < 0x80) continue;
+      const code = text.charCodeAt(i);
+      if (code < 0x80) continue;
+      // Bytes that were not UTF-8 arrive here as U+FFFD.
+      if (this.bytesEncoding && !this.lexicalUncertain && code !== 0xfffd) continue;
       if (this.unsafeEncoding !== undefined)
         return `access denied: client_encoding ${this.unsafeEncoding} is not supported through Moat (its multibyte characters can hide quotes); use UTF8`;
       if (this.notUtf8Encoding !== undefined)
@@ -1322,9 +1329,14 @@ export class PgSession {
 
   private trackParameter(name: string, value: string): void {
     if (name === "standard_conforming_strings") this.standardConformingStrings = value !== "off";
+    if (name === "server_encoding") this.serverEncoding = normalizeEncoding(value);
     if (name === "client_encoding") {
       this.unsafeEncoding = isSafeEncoding(value) ? undefined : value;
-      this.notUtf8Encoding = normalizeEncoding(value) === "UTF8" ? undefined : value;
+      // SQL_ASCII converts nothing: the server reads the bytes in its own encoding, and a SQL_ASCII
+      // server keeps them as bytes (the same names as the agent's UTF-8 reading, when they are UTF-8).
+      const reads = normalizeEncoding(value) === "SQL_ASCII" ? this.serverEncoding : normalizeEncoding(value);
+      this.notUtf8Encoding = reads === "UTF8" ? undefined : value;
+      this.bytesEncoding = reads === "SQL_ASCII";
     }
   }
 }
