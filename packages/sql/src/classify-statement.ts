@@ -478,8 +478,10 @@ export function truncateIdentifier(name: string): string {
 export function splitSearchPath(value: string): string[] | undefined {
   const names: string[] = [];
   let i = 0;
+  // scanner_isspace: only these five (not \v, not Unicode spaces) separate names.
+  const isSpace = (ch: string | undefined) => ch === " " || ch === "\t" || ch === "\n" || ch === "\r" || ch === "\f";
   const skipSpace = () => {
-    while (i < value.length && /\s/.test(value[i] as string)) i++;
+    while (i < value.length && isSpace(value[i])) i++;
   };
   skipSpace();
   if (i === value.length) return [];
@@ -502,7 +504,7 @@ export function splitSearchPath(value: string): string[] | undefined {
         name += value[i++];
       }
     } else {
-      while (i < value.length && value[i] !== "," && !/\s/.test(value[i] as string)) name += value[i++];
+      while (i < value.length && value[i] !== "," && !isSpace(value[i])) name += value[i++];
       if (name === "") return undefined;
       name = asciiLower(name);
     }
@@ -1208,6 +1210,8 @@ export function classifyStatement(stmt: unknown): ShapeResult {
   if (kind === "DeclareCursorStmt" || kind === "FetchStmt" || kind === "ClosePortalStmt") {
     const op = kind === "DeclareCursorStmt" ? "declare" : kind === "FetchStmt" ? "fetch" : "close";
     out.extra.cursor = { op, name: typeof node.portalname === "string" ? node.portalname : null };
+    // CURSOR_OPT_HOLD: the cursor outlives its transaction.
+    if (op === "declare") out.extra.cursor.hold = typeof node.options === "number" && (node.options & 0x20) !== 0;
   }
   return finish(kind, out);
 }

@@ -33,7 +33,19 @@ const CASES: Array<[string, string, string[] | undefined]> = [
   ["SELECT id, lower(email) FROM users", "", ["id", "email"]],
   ["SELECT email || '' AS x, email::text, email COLLATE \"C\" FROM users", "", ["email", "email", "email"]],
   ["SELECT CASE WHEN email LIKE 'a%' THEN 1 END FROM users", "", ["email"]],
-  ["SELECT count(*), string_agg(email, ',' ORDER BY id) FROM users", "", ["", "email,id"]],
+  ["SELECT count(*), string_agg(email, ',' ORDER BY id) FROM users", "", ["", "email"]],
+  // Which rows and in what order (FILTER, ORDER BY in an aggregate, OVER), whether a value is null,
+  // and count() are not a value.
+  [
+    "SELECT count(email), count(DISTINCT email), count(*) FILTER (WHERE email LIKE 'a%'), rank() OVER (ORDER BY email), email IS NULL FROM users",
+    "",
+    ["", "", "", "", ""],
+  ],
+  [
+    "SELECT max(email) OVER (PARTITION BY id), pg_catalog.count(email), myschema.count(email) FROM users",
+    "",
+    ["email", "", "email"],
+  ],
   ["SELECT json_build_object('e', u.email, 'n', u.name) FROM users u", "", ["email,name"]],
   ["SELECT format('%s', (users.email)) FROM users", "", ["email"]],
   ["SELECT (u.addr).street FROM users u", "", ["addr"]],
@@ -88,15 +100,22 @@ const CASES: Array<[string, string, string[] | undefined]> = [
   ["SELECT lower(email), id FROM (SELECT id, email FROM users) s", "", ["email", "id"]],
   ["SELECT lower(email) FROM (SELECT * FROM users) s", "", ["email"]],
   ["WITH c AS (SELECT lower(email) e FROM users) SELECT e, 1 FROM c", "", ["e,email", ""]],
-  ["WITH c(x) AS (SELECT email FROM users) SELECT lower(x) FROM c", "*", ["x"]],
+  // Alias lists name the columns of subqueries, CTEs and VALUES by position.
+  ["WITH c(x) AS (SELECT email FROM users) SELECT lower(x) FROM c", "", ["email,x"]],
+  ["SELECT name FROM (VALUES (1, 'a')) AS t(id, name)", "", ["name"]],
+  ["SELECT e FROM (VALUES ((SELECT email FROM users LIMIT 1))) v(e)", "", ["e,email"]],
+  ["WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT n FROM r", "", ["n"]],
+  ["SELECT s.total FROM (SELECT id, sum(amount) FROM o GROUP BY id) AS s(uid, total)", "", ["amount,total"]],
+  ["SELECT lower(e) FROM (SELECT * FROM users) s(i, e)", "*", ["e"]], // after a `*`: any column
   ["SELECT lower(b) FROM users u(a, b)", "*", ["b"]],
   ["SELECT x FROM (users JOIN orders USING (id)) AS j(x, y)", "*", ["x"]],
   ["WITH d AS (DELETE FROM users RETURNING email AS e) SELECT lower(e) FROM d", "", ["e,email"]],
   ["WITH d AS (DELETE FROM users RETURNING email) SELECT lower(email) FROM d", "", ["email"]],
   // Table functions, VALUES, LATERAL.
-  ["SELECT x FROM users, unnest(ARRAY[users.email]) AS x", "email", ["*,x"]], // x: also the function's row
+  ["SELECT x FROM users, unnest(ARRAY[users.email]) AS x", "email", ["x"]], // x: the function's output
+  ["SELECT g FROM generate_series(1, 3) g", "", ["g"]],
   ["SELECT v.column1 FROM users, LATERAL (VALUES (email)) v", "email", ["column1"]],
-  ["SELECT j FROM users u, LATERAL to_jsonb(u) j", "*,u", ["*,j"]],
+  ["SELECT j FROM users u, LATERAL to_jsonb(u) j", "*,u", ["j"]],
   ["VALUES ((SELECT email FROM users LIMIT 1))", "email", undefined],
   ["SELECT * FROM XMLTABLE('/r' PASSING (SELECT x FROM d) COLUMNS a text)", "x", undefined],
   // Set operations: every branch's column i reaches result column i, plain references included.
@@ -152,7 +171,8 @@ describe("result lineage", () => {
 
   it("names the cursor of DECLARE, FETCH, MOVE and CLOSE", () => {
     const cursor = (sql: string) => statementsOf(classifier.classify(sql, ON))[0]?.cursor;
-    expect(cursor("DECLARE c CURSOR WITH HOLD FOR SELECT 1")).toEqual({ op: "declare", name: "c" });
+    expect(cursor("DECLARE c CURSOR WITH HOLD FOR SELECT 1")).toEqual({ op: "declare", name: "c", hold: true });
+    expect(cursor("DECLARE c NO SCROLL CURSOR FOR SELECT 1")).toEqual({ op: "declare", name: "c", hold: false });
     expect(cursor('FETCH FORWARD 5 FROM "C"')).toEqual({ op: "fetch", name: "C" });
     expect(cursor("MOVE c")).toEqual({ op: "fetch", name: "c" });
     expect(cursor("CLOSE c")).toEqual({ op: "close", name: "c" });

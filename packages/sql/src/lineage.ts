@@ -36,7 +36,7 @@ type Sink =
   /** The statement's own result: one accumulator per column. */
   | { kind: "result" }
   /** A FROM subquery or CTE: its named columns by name (`derived`), the rest to `shared`. */
-  | { kind: "from" }
+  | { kind: "from"; names?: readonly string[] | undefined }
   /** Everything into one accumulator (a scalar subquery, a set-operation branch below the top). */
   | { kind: "into"; acc: Acc };
 
@@ -68,6 +68,13 @@ class Walk {
         for (const acc of [...(l ?? []), ...(r ?? [])]) mergeInto(this.shared, acc);
         return undefined;
       }
+      if (sink.kind === "from" && sink.names) {
+        // Named by an alias list (`WITH RECURSIVE r(n) AS (... UNION ALL ...)`): column i of each
+        // branch under name i.
+        this.select(left, sink);
+        this.select(right, sink);
+        return undefined;
+      }
       const into: Sink = sink.kind === "into" ? sink : { kind: "into", acc: this.shared };
       this.select(left, into);
       this.select(right, into);
@@ -76,6 +83,20 @@ class Walk {
     for (const item of list(node.fromClause)) this.fromItem(item);
     const values = list(node.valuesLists);
     if (values.length > 0) {
+      if (sink.kind === "from" && sink.names) {
+        // `(VALUES (...)) AS t(id, name)`: item i of every row under name i.
+        for (const row of values) {
+          const items = list(unwrap(row)?.[1].items ?? row);
+          items.forEach((item, i) => {
+            const acc = newAcc();
+            this.expr(item, acc);
+            const name = sink.names?.[i];
+            if (name === undefined) mergeInto(this.shared, acc);
+            else this.derive(name, acc);
+          });
+        }
+        return undefined;
+      }
       // VALUES: its columns are computed; what they reference reaches them all.
       this.expr(values, sink.kind === "into" ? sink.acc : this.shared);
       return undefined;
@@ -115,8 +136,7 @@ class Walk {
     for (const item of list(value.ctes)) {
       const cte = unwrap(item)?.[1];
       if (!cte) continue;
-      if (list(cte.aliascolnames).length > 0) this.shared.anyColumn = true;
-      this.resultOf(cte.ctequery, { kind: "from" });
+      this.resultOf(cte.ctequery, { kind: "from", names: aliasNames(cte.aliascolnames) });
     }
   }
 
@@ -126,11 +146,20 @@ class Walk {
       return undefined;
     }
     if (sink.kind === "from") {
+      let position = 0;
       for (const target of targets) {
         const res = unwrap(target)?.[1];
         const ref = plainColumnRef(res?.val);
-        if (ref === "*") continue; // plain columns, keeping their names
-        const name = typeof res?.name === "string" ? res.name : ref;
+        if (ref === "*" || expandsFields(res?.val)) {
+          // Plain columns keeping their names, or fields: of a number unknown here, so an alias
+          // list's later names cannot be placed.
+          if (sink.names && sink.names.length > position) this.shared.anyColumn = true;
+          if (ref !== "*") this.expr(res?.val, this.shared);
+          position = Infinity;
+          continue;
+        }
+        const renamed = sink.names?.[position++];
+        const name = renamed ?? (typeof res?.name === "string" ? res.name : ref);
         if (name === undefined) {
           // A computed column without an alias: the name the server gives it is not worked out
           // here, so what it computes reaches every computed column.
@@ -174,8 +203,10 @@ class Walk {
         if (renames(node)) this.shared.anyColumn = true;
         return;
       case "RangeSubselect":
-        if (renames(node)) this.shared.anyColumn = true;
-        this.resultOf(node.subquery, { kind: "from" });
+        this.resultOf(node.subquery, {
+          kind: "from",
+          names: isObj(node.alias) ? aliasNames(node.alias.colnames) : undefined,
+        });
         return;
       case "JoinExpr":
         // The join condition (quals, USING) only decides which rows pair up.
@@ -223,6 +254,14 @@ class Walk {
         return;
       case "String":
         return;
+      case "NullTest":
+        return; // whether a value is null, not the value
+      case "FuncCall": {
+        // An aggregate's FILTER and ORDER BY and a window's PARTITION BY/ORDER BY decide which rows
+        // and in what order, like WHERE; count() of a column is a number of rows.
+        if (!isCount(node)) this.expr(node.args, acc);
+        return;
+      }
       default:
         for (const field of Object.values(node)) this.expr(field, acc);
     }
@@ -312,10 +351,23 @@ function plainColumnRef(value: unknown): string | undefined {
   return last[0] === "String" ? String(last[1].sval ?? "") : undefined;
 }
 
+/** `count(...)`, as the built-in aggregate (unqualified or pg_catalog.count). */
+function isCount(node: Obj): boolean {
+  const parts = list(node.funcname).map((part) => unwrap(part)?.[1].sval);
+  const name = parts.at(-1);
+  return name === "count" && (parts.length === 1 || (parts.length === 2 && parts[0] === "pg_catalog"));
+}
+
 /** Whether an output-list entry is a field expansion (`(u).*`), which yields any number of columns. */
 function expandsFields(value: unknown): boolean {
   const node = unwrap(value);
   return node?.[0] === "A_Indirection" && unwrap(list(node[1].indirection).at(-1))?.[0] === "A_Star";
+}
+
+/** An alias list's names (`AS t(a, b)`), or undefined when there is none. */
+function aliasNames(value: unknown): string[] | undefined {
+  const names = list(value).map((item) => String(unwrap(item)?.[1].sval ?? ""));
+  return names.length > 0 ? names : undefined;
 }
 
 /** Whether a FROM item's alias renames its columns (`users u(a, b)`). */
@@ -345,7 +397,9 @@ function relationNames(value: unknown, out: Set<string>): Set<string> {
   if (wrapped) {
     const [kind, node] = wrapped;
     const alias = aliasOf(node);
-    if (alias !== undefined) out.add(alias);
+    // A table function's alias names its output, computed from its arguments (which reach every
+    // computed column): `SELECT g FROM generate_series(1, 3) g` reads no row of a table.
+    if (alias !== undefined && kind !== "RangeFunction" && kind !== "RangeTableFunc") out.add(alias);
     else if (kind === "RangeVar" && typeof node.relname === "string") out.add(node.relname);
     if (kind === "CommonTableExpr" && typeof node.ctename === "string") out.add(node.ctename);
   }

@@ -96,6 +96,8 @@ describe("set_config with constant arguments is SET", () => {
     expect(info.functions).toEqual(["set_config"]);
     expect(info.searchPath).toBeUndefined();
     expect(one("SELECT set_config('search_path', 'a, \"B\"', false)").searchPath).toEqual(["a", "B"]);
+    // Only the server's five whitespace characters separate names: \v is part of one.
+    expect(one("SELECT set_config('search_path', E'x,\\vfoo', false)").searchPath).toEqual(["x", "\vfoo"]);
     expect(one("SELECT set_config('search_path', 'x', true)").searchPathLocal).toBe(true);
     // Every string spelling is the same constant to the server.
     for (const value of ["E'64MB'", "$$64MB$$", "$v$64MB$v$", "U&'64MB'"]) {

@@ -126,8 +126,8 @@ export interface StatementInfo {
    * could quote); for EXECUTE and FETCH, see the prepared statement's or cursor's.
    */
   reads?: ColumnSources;
-  /** DECLARE, FETCH/MOVE or CLOSE of a cursor (name null: CLOSE ALL). */
-  cursor?: { op: "declare" | "fetch" | "close"; name: string | null };
+  /** DECLARE, FETCH/MOVE or CLOSE of a cursor (name null: CLOSE ALL); `hold`: DECLARE ... WITH HOLD. */
+  cursor?: { op: "declare" | "fetch" | "close"; name: string | null; hold?: boolean };
 }
 
 export interface SqlSyntaxError {

@@ -496,6 +496,36 @@ describe("masking", () => {
     expect(await check("SELECT upper(kind) FROM kinds")).toBe("****");
     expect(await check("SELECT lower(email), id + 1 FROM users WHERE id = 5")).toBe("u***@example.com|6");
     expect(await check("SELECT count(*) FROM (SELECT lower(email) AS l FROM users) s")).toBe("100");
+    // No table at all, alias lists, counts, windows and FILTER over a masked column.
+    expect(await check("SELECT g FROM generate_series(1, 3) g")).toBe("1\n2\n3");
+    expect(await check("SELECT name FROM (VALUES (1, 'a')) AS t(id, name)")).toBe("a");
+    expect(
+      await check("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT n FROM r"),
+    ).toBe("1\n2\n3");
+    expect(
+      await check(
+        "SELECT count(email), count(DISTINCT email), count(*) FILTER (WHERE email LIKE 'user1%'), email IS NULL, rank() OVER (ORDER BY email) FROM users WHERE id = 5 GROUP BY email",
+      ),
+    ).toBe("1|1|0|f|1");
+    // A cursor's name is free again once its transaction ends (psql's FETCH_COUNT cursor after an error).
+    await check("BEGIN; DECLARE c CURSOR FOR SELECT lower(email) FROM users WHERE id = 5; FETCH ALL FROM c; COMMIT");
+    expect(
+      await check(
+        "BEGIN; DECLARE c CURSOR FOR SELECT id, upper(note) FROM users WHERE id = 2; FETCH ALL FROM c; COMMIT",
+      ),
+    ).toBe("2|OK");
+    const fetchCount = await psql(h, alice, "", {
+      extra: [
+        "-c",
+        "\\set FETCH_COUNT 5",
+        "-c",
+        "SELECT email, 1/(id - 6) FROM users",
+        "-c",
+        "SELECT id, upper(note) FROM users WHERE id = 2",
+      ],
+    });
+    expect(fetchCount.stdout).toContain("2|OK");
+    expect(fetchCount.stdout).not.toMatch(secret);
     expect(await check("SELECT id + 1, l FROM users, LATERAL (SELECT lower(email) AS l) x WHERE id = 5")).toBe(
       "6|u***@example.com",
     );

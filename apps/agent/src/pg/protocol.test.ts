@@ -357,6 +357,109 @@ describe("extended protocol through the agent", () => {
     }
   });
 
+  it("keeps its names in step with the server's: long names, EXECUTE of a Parse'd name, a DEALLOCATE bound twice, a Describe before Bind", async () => {
+    await server.sql(
+      `CREATE SCHEMA IF NOT EXISTS secret; CREATE TABLE IF NOT EXISTS secret.users (email text);
+       TRUNCATE secret.users; INSERT INTO secret.users VALUES ('TOPSECRET@example.com');`,
+      "app",
+    );
+    const scoped = await startHarness({
+      pg: server,
+      policies: [
+        {
+          apiVersion: "moat.dev/v1",
+          kind: "Policy",
+          metadata: { name: "public-only" },
+          spec: {
+            subjects: { groups: ["eng"] },
+            resources: { names: ["db"] },
+            rules: [
+              { name: "connect", effect: "allow", actions: ["connect"] },
+              { name: "public", effect: "allow", actions: ["db:read"], tables: ["public.*"] },
+            ],
+            masking: [{ columns: ["email"], style: "full" }],
+          },
+        },
+      ],
+    });
+    const values = (ms: Msg[]) => ms.filter((m) => m.type === "D").map((m) => m.body.subarray(6).toString());
+    try {
+      const c = await open(scoped);
+      const secretRead = "SELECT row_to_json(u)::text AS j FROM users u";
+      // 1. Names over 63 bytes (the server compares the first 63) are refused.
+      const long = `${"a".repeat(63)}1`;
+      const refused = await c.exchange(serialize.parse({ name: long, text: "SELECT 1" }), serialize.sync());
+      expect(errors(refused)[0]).toMatchObject({ code: "42602", message: expect.stringContaining("at most 63 bytes") });
+      const closeLong = await c.exchange(serialize.close({ type: "S", name: `${"a".repeat(63)}2` }), serialize.sync());
+      expect(errors(closeLong)[0]?.message).toMatch(/at most 63 bytes/);
+      // 2. A failed SQL PREPARE, then a protocol Parse of the name: EXECUTE runs the Parse'd one.
+      await c.exchange(serialize.query("PREPARE p AS SELECT 1 FROM public.nope"));
+      await c.exchange(serialize.parse({ name: "p", text: secretRead }), serialize.sync());
+      // 3. A Parse'd DEALLOCATE bound twice (the second Bind never runs), then a PREPARE between.
+      await c.exchange(serialize.query("PREPARE q AS SELECT 'x'::text AS j"));
+      const answered = c.messages.filter((x) => x.type === "Z").length;
+      c.socket.write(
+        Buffer.concat([
+          serialize.parse({ name: "d", text: "DEALLOCATE q" }),
+          serialize.bind({ statement: "d" }),
+          serialize.execute({}),
+          serialize.sync(),
+          serialize.query(`PREPARE q AS ${secretRead}`),
+          serialize.bind({ statement: "d" }),
+          serialize.sync(),
+        ]),
+      );
+      await c.until((m) => m.filter((x) => x.type === "Z").length >= answered + 3);
+      await c.exchange(serialize.query("PREPARE q AS SELECT 'x'::text AS j")); // fails: q exists
+      await c.exchange(serialize.query("SET search_path = secret, public"));
+      for (const name of ["p", "q"]) {
+        const run = await c.exchange(serialize.query(`EXECUTE ${name}`));
+        expect(values(run).join(), name).not.toMatch(/TOPSECRET/);
+        expect(errors(run)[0]?.code, name).toBe("42501");
+      }
+      c.socket.destroy();
+      // 4. Describe S answered after the Bind, and a Describe taken under another search_path: the
+      // portal's own columns decide the masking.
+      const m = await open(scoped);
+      await m.exchange(serialize.parse({ name: "s", text: "SELECT email FROM users" }), serialize.sync());
+      m.socket.write(
+        Buffer.concat([
+          serialize.describe({ type: "S", name: "s" }),
+          serialize.bind({ statement: "s" }),
+          serialize.flush(),
+        ]),
+      );
+      await m.until((ms) => ms.some((x) => x.type === "2"));
+      expect(values(await m.exchange(serialize.execute({}), serialize.sync()))).toEqual(["****"]);
+      m.socket.destroy();
+    } finally {
+      await scoped.close();
+    }
+  });
+
+  it("frees a closed portal's name: a thousand and more cursors one after another in one transaction (pg-cursor)", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("BEGIN"));
+      await c.exchange(serialize.parse({ name: "q", text: "SELECT id FROM t ORDER BY id" }), serialize.sync());
+      for (let i = 0; i < 1005; i++) {
+        const page = await c.exchange(
+          serialize.bind({ portal: `C_${i}`, statement: "q" }),
+          serialize.execute({ portal: `C_${i}`, rows: 1 }),
+          serialize.close({ type: "P", name: `C_${i}` }),
+          serialize.sync(),
+        );
+        if (errors(page).length > 0) throw new Error(`cursor ${i}: ${errors(page)[0]?.message}`);
+      }
+      expect(types(await c.exchange(serialize.query("DECLARE fresh CURSOR FOR SELECT 1")))).toBe("CZ");
+      await c.exchange(serialize.query("COMMIT"));
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
   it("forgets a portal whose Bind failed (its name taken by a WITH HOLD cursor): an Execute of the name is refused", async () => {
     const masked = await startMasked();
     try {

@@ -141,8 +141,11 @@ export interface SessionContext {
   now?: () => number;
 }
 
-/** Cursors whose lineage a session remembers; FETCH from one more is masked as if from any column. */
+/** Cursors and named portals a session tracks at once; a new one past this is refused. */
 const MAX_CURSORS = 1000;
+
+/** PostgreSQL's NAMEDATALEN - 1: statement and portal names are compared on this many bytes. */
+const MAX_NAME_BYTES = 63;
 
 export interface SessionMetrics {
   statement(verdict: "allow" | "deny" | "review"): void;
@@ -159,6 +162,8 @@ interface Run {
   rows: number;
   masked: Set<string>;
   recorded: boolean;
+  /** A DEALLOCATE/CLOSE: the definitions sent before it, which it forgets once it has run. */
+  forgetsUpTo?: number;
 }
 
 interface PreparedStatement {
@@ -202,7 +207,7 @@ type Pending =
       injected: boolean;
     }
   | ({ kind: "execute"; portal: Portal | undefined; portalName: string } & CopyCount)
-  | { kind: "close"; statement?: string; upTo?: number }
+  | { kind: "close"; statement?: string; portal?: string; upTo?: number }
   | ({ kind: "sync" } & CopyCount);
 
 /**
@@ -239,16 +244,26 @@ export class PgSession {
    * declared again while the first may still be open (the second DECLARE fails on the server) keeps
    * both lineages; an unknown name counts as any column.
    */
-  private readonly cursors = new Map<string, { result: ResultLineage; reads: ColumnSources; since: number }>();
+  private readonly cursors = new Map<
+    string,
+    {
+      result: ResultLineage;
+      reads: ColumnSources;
+      since: number;
+      /** Some DECLARE of the name was WITH HOLD: it may outlive its transaction. */
+      hold: boolean;
+      /** Sync cycles before the last definition (see Portal.cycle). */
+      cycle: number;
+    }
+  >();
   /**
    * Names of prepared statements (SQL PREPARE and protocol Parse share one namespace on the target)
    * and cursors are forgotten only when a DEALLOCATE, Close or CLOSE that was sent after their last
    * definition has run: each definition gets the next number here, each such statement remembers
-   * the number when it was sent (`forgetsUpTo`).
+   * the number when it was sent (`Run.forgetsUpTo`).
    */
   private definitions = 0;
   private readonly preparedSince = new Map<string, number>();
-  private readonly forgetsUpTo = new WeakMap<StatementInfo, number>();
   private searchPath: string[];
   private standardConformingStrings = true;
   private unsafeEncoding: string | undefined;
@@ -441,6 +456,8 @@ export class PgSession {
       case 0x45: {
         // Execute
         const { portal: name } = decodeExecute(f.body);
+        const badName = this.nameRefusal(name);
+        if (badName) return this.poisonBind("", badName);
         const portal = this.portals.get(name);
         if (!portal) {
           // Not bound through the protocol: a SQL cursor (DECLARE), whose rows the agent reads only
@@ -450,7 +467,7 @@ export class PgSession {
           this.unparsed(`-- protocol Execute of portal "${name}"`, message);
           return this.poisonBind("", message);
         }
-        if (portal.fields === undefined && portal.statement.fields === undefined && this.planner()) {
+        if (portal.fields === undefined && this.planner()) {
           // Masking needs the result's columns: ask the target, keep its answer to ourselves.
           this.push({ kind: "describe", portal, injected: true });
           this.push({ kind: "execute", portal, portalName: name });
@@ -462,6 +479,8 @@ export class PgSession {
       case 0x44: {
         // Describe
         const d = decodeTarget(f.body);
+        const badName = this.nameRefusal(d.name);
+        if (badName) return this.poisonBind("", badName);
         const about =
           d.target === "S" ? { statement: this.statements.get(d.name) } : { portal: this.portals.get(d.name) };
         this.push({ kind: "describe", ...about, injected: false });
@@ -470,10 +489,16 @@ export class PgSession {
       case 0x43: {
         // Close
         const c = decodeTarget(f.body);
+        const badName = this.nameRefusal(c.name);
+        if (badName) return this.poisonBind("", badName);
         // A statement is forgotten once the target has closed it (it skips a Close after an error);
         // a portal at once (an Execute of an unknown portal is refused, never masked wrongly).
         if (c.target === "P") this.dropPortal(c.name);
-        this.push(c.target === "S" ? { kind: "close", statement: c.name, upTo: this.definitions } : { kind: "close" });
+        this.push(
+          c.target === "S"
+            ? { kind: "close", statement: c.name, upTo: this.definitions }
+            : { kind: "close", portal: c.name, upTo: this.definitions },
+        );
         return f.raw;
       }
       case 0x53: // Sync
@@ -587,7 +612,7 @@ export class PgSession {
     }
     for (let i = 0; i < runs.length; i++) this.ctx.metrics.statement("allow");
     const lexical = c.statements.some((info) => info.lexicalChange);
-    for (const info of c.statements) this.afterAllowed(info);
+    c.statements.forEach((info, i) => this.afterAllowed(info, runs[i]));
     if (lexical) this.lexicalInFlight++;
     this.push({ kind: "query", runs, index: 0, lexical });
     return raw;
@@ -624,7 +649,7 @@ export class PgSession {
     );
   }
 
-  private afterAllowed(info: StatementInfo): void {
+  private afterAllowed(info: StatementInfo, run: Run | undefined): void {
     this.widenSearchPath(info);
     // SQL CLOSE or DECLARE may close a protocol portal or reuse its name for a cursor whose rows
     // differ: the agent forgets them all (an Execute of one is then refused, never masked wrongly).
@@ -655,8 +680,9 @@ export class PgSession {
       this.sqlPrepared.set(name, prepared);
       this.preparedSince.set(name, ++this.definitions);
     }
-    if (info.deallocate || info.cursor?.op === "close") this.forgetsUpTo.set(info, this.definitions);
-    if (info.cursor?.op === "declare" && info.cursor.name !== null) this.noteCursor(info.cursor.name, info);
+    if (run && (info.deallocate || info.cursor?.op === "close")) run.forgetsUpTo = this.definitions;
+    if (info.cursor?.op === "declare" && info.cursor.name !== null)
+      this.noteCursor(info.cursor.name, info, info.cursor.hold === true);
   }
 
   /**
@@ -665,8 +691,8 @@ export class PgSession {
    * the target, and a later PREPARE or DECLARE of it would then fail there while the agent believed
    * it.
    */
-  private afterSucceeded(info: StatementInfo): void {
-    const upTo = this.forgetsUpTo.get(info);
+  private afterSucceeded(run: Run): void {
+    const { info, forgetsUpTo: upTo } = run;
     if (upTo === undefined) return;
     if (info.deallocate) {
       const names = info.deallocate.name === null ? [...this.preparedSince.keys()] : [info.deallocate.name];
@@ -691,13 +717,15 @@ export class PgSession {
    * share one namespace on the target). Kept with whatever the name held before: a DECLARE of a name
    * already taken fails on the target, which keeps the first.
    */
-  private noteCursor(name: string, info: StatementInfo): void {
+  private noteCursor(name: string, info: StatementInfo, hold: boolean): void {
     const previous = this.cursors.get(name);
-    if (!previous && this.cursors.size >= MAX_CURSORS) return; // FETCH from it: any column
+    // Past the cap new names are refused before they are sent (cursorRefusal).
     this.cursors.set(name, {
       result: mergeLineage(previous?.result, info.result) ?? UNKNOWN_LINEAGE,
       reads: mergeSources(previous?.reads, info.reads) ?? ANY_COLUMN,
       since: ++this.definitions,
+      hold: hold || previous?.hold === true,
+      cycle: this.cyclesSent,
     });
   }
 
@@ -709,6 +737,11 @@ export class PgSession {
       this.push({ kind: "parse", replaceError: this.denialError(message, code) });
       return serialize.parse({ name: parse.name, text: POISON });
     };
+    const badName = this.nameRefusal(parse.name);
+    if (badName) {
+      this.unparsed(parse.query, badName);
+      return poison(badName, "42602");
+    }
     if (parse.name.startsWith(RESERVED_PREFIX)) {
       this.unparsed(parse.query, reservedNameMessage(parse.name));
       return poison(reservedNameMessage(parse.name), "42939");
@@ -744,9 +777,16 @@ export class PgSession {
 
   private onBind(f: Frame): Buffer {
     const { portal: portalName, statement: statementName } = bindNames(f.body);
+    const badName = this.nameRefusal(portalName) ?? this.nameRefusal(statementName);
+    if (badName) {
+      this.dropPortal(portalName);
+      return this.poisonBind("", badName);
+    }
     this.dropPortal(portalName);
-    const statement = this.statements.get(statementName) ?? this.fromSqlPrepare(statementName);
+    const statement = this.boundStatement(statementName);
     const poison = (message: string) => this.poisonBind(portalName, message);
+    const tooMany = portalName === "" ? undefined : this.cursorRefusal(portalName);
+    if (tooMany) return poison(tooMany);
     if (!statement) {
       const message = `prepared statement "${statementName}" was not prepared through Moat`;
       this.unparsed(`-- protocol Bind of prepared statement "${statementName}"`, message);
@@ -767,18 +807,15 @@ export class PgSession {
     const bind = decodeBind(f.body);
     const params = bind.parameters.length > 0 ? renderParameters(bind) : "";
     if (run && params) run.text = `${run.text} -- parameters: ${params}`;
-    for (const info of infos) this.afterAllowed(info);
-    if (portalName !== "" && run) this.noteCursor(portalName, run.info);
-    const fields = statement.fields?.map((fl, i) => ({
-      ...fl,
-      format: formatOf(bind.resultFormats, i),
-    }));
+    for (const info of infos) this.afterAllowed(info, run);
+    if (portalName !== "" && run) this.noteCursor(portalName, run.info, false);
+    // No column list from the statement's Describe: it may predate a search_path change (another
+    // table, same types). Masking asks for the portal's own (Describe P) before its rows.
     this.portals.set(portalName, {
       statement,
       run,
       params,
       resultFormats: bind.resultFormats,
-      ...(fields ? { fields } : {}),
       cycle: this.cyclesSent,
     });
     this.push({ kind: "bind", portal: portalName });
@@ -791,13 +828,68 @@ export class PgSession {
     return serialize.bind({ portal, statement: POISON_STATEMENT, values: [] });
   }
 
-  /** A statement prepared with SQL PREPARE, bound through the protocol (they share one namespace). */
-  private fromSqlPrepare(name: string): PreparedStatement | undefined {
-    const prepared = this.sqlPrepared.get(name);
-    if (!prepared || name === "") return undefined;
-    // What the statement runs; binding it prepares nothing (afterAllowed must not record it again).
-    const { prepare: _prepare, ...info } = prepared;
-    return { classification: { ok: true, statements: [info], fingerprint: "", cached: false }, text: info.text };
+  /**
+   * What a Bind of statement `name` runs: the protocol statement, or the SQL-prepared one (they share
+   * one namespace), or — when the agent has both and cannot tell which the target kept — both.
+   */
+  private boundStatement(name: string): PreparedStatement | undefined {
+    const protocol = this.statements.get(name);
+    if (name === "" || !this.sqlPrepared.has(name)) return protocol;
+    const info = this.preparedInfo(name) as StatementInfo;
+    return {
+      classification: {
+        ok: true,
+        statements: [info],
+        fingerprint: protocol?.classification.fingerprint ?? "",
+        cached: false,
+      },
+      text: protocol?.text ?? info.text,
+    };
+  }
+
+  /**
+   * What EXECUTE or a Bind of prepared statement `name` may run: its SQL PREPARE and protocol Parse
+   * records merged (either may be the one the target holds after a failed definition), without the
+   * PREPARE itself (binding it prepares nothing: afterAllowed must not record it again).
+   */
+  private preparedInfo(name: string): StatementInfo | undefined {
+    const sql = this.sqlPrepared.get(name);
+    const protocol = name === "" ? [] : (this.statements.get(name)?.classification.statements ?? []);
+    if (!sql && protocol.length === 0) return undefined;
+    const [first, ...rest] = [...(sql ? [sql] : []), ...protocol] as [StatementInfo, ...StatementInfo[]];
+    const { prepare: _prepare, ...merged } = first;
+    let info: StatementInfo = merged;
+    for (const other of rest) {
+      info = { ...info, actions: [...info.actions, ...other.actions], tables: [...info.tables, ...other.tables] };
+      const result = mergeLineage(info.result, other.result);
+      const reads = mergeSources(info.reads, other.reads);
+      if (result) info.result = result;
+      if (reads) info.reads = reads;
+    }
+    return info;
+  }
+
+  /**
+   * Names the target reads differently: it compares statement and portal names on their first 63
+   * bytes (NAMEDATALEN), in its own encoding. The agent keys them by the whole name, read as UTF-8.
+   */
+  private nameRefusal(name: string): string | undefined {
+    if (name.length === 0) return undefined;
+    let ascii = true;
+    for (let i = 0; i < name.length && ascii; i++) if (name.charCodeAt(i) >= 0x80) ascii = false;
+    if (
+      ascii
+        ? name.length <= MAX_NAME_BYTES
+        : this.notUtf8Encoding === undefined && !name.includes("\ufffd") && Buffer.byteLength(name) <= MAX_NAME_BYTES
+    )
+      return undefined;
+    return `access denied: statement and portal names must be at most ${MAX_NAME_BYTES} bytes of ASCII or UTF-8 text through Moat (the server would read "${name.slice(0, 20)}..." differently)`;
+  }
+
+  /** A new cursor or portal name past the number the agent tracks is refused (FETCH masking needs it). */
+  private cursorRefusal(name: string): string | undefined {
+    if (this.cursors.has(name) || this.cursors.size < MAX_CURSORS) return undefined;
+    return `access denied: too many cursors and portals in this session (${MAX_CURSORS}); CLOSE some first`;
   }
 
   private dropPortal(name: string): void {
@@ -841,8 +933,12 @@ export class PgSession {
     if (info.prepare?.name.startsWith(RESERVED_PREFIX))
       return { effect: "deny", rule: "", message: reservedNameMessage(info.prepare.name), tables: [] };
     let actions = info.actions;
+    if (info.cursor?.op === "declare" && info.cursor.name !== null) {
+      const tooMany = this.cursorRefusal(info.cursor.name);
+      if (tooMany) return { effect: "deny", rule: "", message: tooMany, tables: [] };
+    }
     if (info.execute) {
-      const prepared = this.sqlPrepared.get(info.execute.name);
+      const prepared = this.preparedInfo(info.execute.name);
       if (!prepared)
         return {
           effect: "deny",
@@ -1001,7 +1097,7 @@ export class PgSession {
     const info = run?.info;
     if (!info) return UNKNOWN_LINEAGE;
     if (info.execute) {
-      const prepared = this.sqlPrepared.get(info.execute.name);
+      const prepared = this.preparedInfo(info.execute.name);
       return prepared ? prepared.result : UNKNOWN_LINEAGE;
     }
     if (info.cursor?.op === "fetch")
@@ -1016,10 +1112,10 @@ export class PgSession {
     // COMMIT runs the queries of WITH HOLD cursors (to keep their rows): what any cursor reads.
     if (info.kind === "TransactionStmt") {
       let reads: ColumnSources | undefined = info.reads;
-      for (const cursor of this.cursors.values()) reads = mergeSources(reads, cursor.reads);
+      for (const cursor of this.cursors.values()) if (cursor.hold) reads = mergeSources(reads, cursor.reads);
       return reads ?? ANY_COLUMN;
     }
-    if (info.execute) return this.sqlPrepared.get(info.execute.name)?.reads ?? ANY_COLUMN;
+    if (info.execute) return this.preparedInfo(info.execute.name)?.reads ?? ANY_COLUMN;
     if (info.cursor?.op === "fetch")
       return (info.cursor.name !== null ? this.cursors.get(info.cursor.name)?.reads : undefined) ?? ANY_COLUMN;
     return info.reads ?? ANY_COLUMN;
@@ -1178,6 +1274,13 @@ export class PgSession {
         // CloseComplete
         const head = this.pending[0];
         if (head?.kind === "close" && head.statement !== undefined) this.forgetPrepared(head.statement, head.upTo ?? 0);
+        // Closing a portal closes whatever cursor holds the name (a SQL one too).
+        if (
+          head?.kind === "close" &&
+          head.portal !== undefined &&
+          (this.cursors.get(head.portal)?.since ?? 0) <= (head.upTo ?? 0)
+        )
+          this.cursors.delete(head.portal);
         this.shift();
         return undefined;
       }
@@ -1226,8 +1329,12 @@ export class PgSession {
         this.cyclesDone++;
         // Portals do not outlive their transaction (a SQL cursor may take the name next); one bound
         // in a later Sync cycle (pipelined behind this one) is not this transaction's.
-        if (this.status === "I")
+        if (this.status === "I") {
           for (const [name, portal] of [...this.portals]) if (portal.cycle < this.cyclesDone) this.dropPortal(name);
+          // Cursors without WITH HOLD and protocol portals end with their transaction: names free.
+          for (const [name, cursor] of [...this.cursors])
+            if (!cursor.hold && cursor.cycle < this.cyclesDone) this.cursors.delete(name);
+        }
         return undefined;
       }
       case 0x53: {
@@ -1275,7 +1382,7 @@ export class PgSession {
       if (run) {
         run.rows = rows;
         this.recordRun(run, "allow", "");
-        this.afterSucceeded(run.info);
+        this.afterSucceeded(run);
       }
       return;
     }
@@ -1285,7 +1392,7 @@ export class PgSession {
       if (run) {
         run.rows += rows;
         this.recordRun(run, "allow", "");
-        this.afterSucceeded(run.info);
+        this.afterSucceeded(run);
       }
     }
   }
@@ -1339,12 +1446,6 @@ export class PgSession {
       this.bytesEncoding = reads === "SQL_ASCII";
     }
   }
-}
-
-function formatOf(formats: readonly number[], i: number): number {
-  if (formats.length === 0) return 0;
-  if (formats.length === 1) return formats[0] as number;
-  return formats[i] ?? 0;
 }
 
 function clip(text: string): string {
