@@ -305,3 +305,18 @@ export function renderParameters(bind: BindMessage, maxValueChars = 256): string
   }
   return out;
 }
+
+/**
+ * A protocol 3.0 startup packet with exactly these parameters, in this order. (pg-protocol's
+ * `serialize.startup` appends `client_encoding=UTF8` after them, which overrides a client's own.)
+ */
+export function encodeStartup(parameters: Readonly<Record<string, string>>): Buffer {
+  const parts: Buffer[] = [];
+  for (const [key, value] of Object.entries(parameters)) parts.push(Buffer.from(`${key}\0${value}\0`, "utf8"));
+  parts.push(Buffer.from([0]));
+  const body = Buffer.concat(parts);
+  const header = Buffer.allocUnsafe(8);
+  header.writeInt32BE(8 + body.length, 0);
+  header.writeInt32BE(PROTOCOL_3, 4);
+  return Buffer.concat([header, body]);
+}

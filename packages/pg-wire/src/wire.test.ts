@@ -6,6 +6,7 @@ import {
   HOLD,
   decodeBind,
   decodeInitial,
+  encodeStartup,
   decodeParse,
   decodeDataRow,
   decodeErrorFields,
@@ -73,6 +74,22 @@ describe("FrameReader", () => {
     }
     // one byte at a time
     expect(readAll([...all].map((b) => Buffer.from([b])))).toEqual(whole);
+  });
+
+  it("encodes a startup packet with exactly the parameters given (a client's client_encoding kept)", () => {
+    const packet = encodeStartup({
+      client_encoding: "UTF8",
+      user: "u",
+      database: "d",
+      ...{ client_encoding: "LATIN1" },
+    });
+    expect(packet.readInt32BE(0)).toBe(packet.length);
+    const s = decodeInitial(packet.subarray(4));
+    expect(s.kind === "startup" && Object.fromEntries(s.parameters)).toEqual({
+      client_encoding: "LATIN1",
+      user: "u",
+      database: "d",
+    });
   });
 
   it("decodes startup, SSL, GSSENC and cancel requests", () => {

@@ -16,6 +16,7 @@ import {
   md5Password,
   ProtocolError,
   ScramClient,
+  encodeStartup,
   serialize,
   tlsServerEndPoint,
 } from "@moat/pg-wire";
@@ -183,7 +184,15 @@ export async function connectTarget(options: {
           throw new TargetError(`the target does not accept TLS, and sslmode is ${target.sslmode}`);
       } else throw new TargetError("the target answered the TLS request with nonsense");
     }
-    socket.write(serialize.startup({ ...options.parameters, user: target.user, database: options.database }));
+    // UTF8 unless the client asked for another encoding (its text is then checked as such: session.ts).
+    socket.write(
+      encodeStartup({
+        client_encoding: "UTF8",
+        ...options.parameters,
+        user: target.user,
+        database: options.database,
+      }),
+    );
 
     const parameterStatus: Buffer[] = [];
     const parameters = new Map<string, string>();
