@@ -141,6 +141,19 @@ export interface SessionContext {
   now?: () => number;
 }
 
+/**
+ * One statement standing for two that a name may hold (the agent cannot tell which the target
+ * kept): it needs what both need, its rows may come from what either computes.
+ */
+function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
+  const merged: StatementInfo = { ...a, actions: [...a.actions, ...b.actions], tables: [...a.tables, ...b.tables] };
+  const result = mergeLineage(a.result, b.result);
+  const reads = mergeSources(a.reads, b.reads);
+  if (result) merged.result = result;
+  if (reads) merged.reads = reads;
+  return merged;
+}
+
 /** Cursors and named portals a session tracks at once; a new one past this is refused. */
 const MAX_CURSORS = 1000;
 
@@ -661,23 +674,8 @@ export class PgSession {
       // the agent assumes either may run, so EXECUTE needs what both need and is masked by what both
       // compute.
       const name = info.prepare.name;
-      let prepared = info;
-      const earlier = [
-        ...(this.sqlPrepared.has(name) ? [this.sqlPrepared.get(name) as StatementInfo] : []),
-        ...(this.statements.get(name)?.classification.statements ?? []),
-      ];
-      for (const previous of earlier) {
-        prepared = {
-          ...prepared,
-          actions: [...prepared.actions, ...previous.actions],
-          tables: [...prepared.tables, ...previous.tables],
-        };
-        const result = mergeLineage(previous.result, prepared.result);
-        const reads = mergeSources(previous.reads, prepared.reads);
-        if (result) prepared.result = result;
-        if (reads) prepared.reads = reads;
-      }
-      this.sqlPrepared.set(name, prepared);
+      const earlier = this.preparedInfo(name);
+      this.sqlPrepared.set(name, earlier ? mergeInfos(info, earlier) : info);
       this.preparedSince.set(name, ++this.definitions);
     }
     if (run && (info.deallocate || info.cursor?.op === "close")) run.forgetsUpTo = this.definitions;
@@ -857,15 +855,7 @@ export class PgSession {
     const protocol = name === "" ? [] : (this.statements.get(name)?.classification.statements ?? []);
     if (!sql && protocol.length === 0) return undefined;
     const [first, ...rest] = [...(sql ? [sql] : []), ...protocol] as [StatementInfo, ...StatementInfo[]];
-    const { prepare: _prepare, ...merged } = first;
-    let info: StatementInfo = merged;
-    for (const other of rest) {
-      info = { ...info, actions: [...info.actions, ...other.actions], tables: [...info.tables, ...other.tables] };
-      const result = mergeLineage(info.result, other.result);
-      const reads = mergeSources(info.reads, other.reads);
-      if (result) info.result = result;
-      if (reads) info.reads = reads;
-    }
+    const { prepare: _prepare, ...info } = rest.reduce(mergeInfos, first);
     return info;
   }
 
