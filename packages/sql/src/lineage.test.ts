@@ -46,6 +46,12 @@ const CASES: Array<[string, string, string[] | undefined]> = [
     "",
     ["email", "", "email"],
   ],
+  // An ordered-set aggregate returns a value of its WITHIN GROUP ordering.
+  [
+    "SELECT mode() WITHIN GROUP (ORDER BY email), percentile_disc(0.5) WITHIN GROUP (ORDER BY id) FROM t",
+    "",
+    ["email", "id"],
+  ],
   ["SELECT json_build_object('e', u.email, 'n', u.name) FROM users u", "", ["email,name"]],
   ["SELECT format('%s', (users.email)) FROM users", "", ["email"]],
   ["SELECT (u.addr).street FROM users u", "", ["addr"]],

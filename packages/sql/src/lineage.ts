@@ -260,6 +260,8 @@ class Walk {
         // An aggregate's FILTER and ORDER BY and a window's PARTITION BY/ORDER BY decide which rows
         // and in what order, like WHERE; count() of a column is a number of rows.
         if (!isCount(node)) this.expr(node.args, acc);
+        // An ordered-set aggregate's value comes from WITHIN GROUP (ORDER BY x): mode(), percentile_disc().
+        if (node.agg_within_group === true) this.expr(node.agg_order, acc);
         return;
       }
       default:

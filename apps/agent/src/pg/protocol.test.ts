@@ -460,6 +460,40 @@ describe("extended protocol through the agent", () => {
     }
   });
 
+  it("keeps the effects of a Parse'd DECLARE or PREPARE bound under a name a failed SQL PREPARE also claims", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      const values = (ms: Msg[]) => ms.filter((m) => m.type === "D").map((m) => m.body.subarray(6).toString());
+      // A cursor declared by binding a Parse'd DECLARE.
+      await c.exchange(
+        serialize.parse({ name: "p", text: "DECLARE c CURSOR WITH HOLD FOR SELECT lower(email) FROM users" }),
+        serialize.sync(),
+      );
+      expect(errors(await c.exchange(serialize.query("PREPARE p AS SELECT 1")))[0]?.message).toMatch(/already exists/);
+      // EXECUTE of a Parse'd statement that declares or prepares is refused (Bind keeps its effect).
+      expect(errors(await c.exchange(serialize.query("EXECUTE p")))[0]?.code).toBe("42501");
+      expect(types(await c.exchange(serialize.bind({ statement: "p" }), serialize.execute({}), serialize.sync()))).toBe(
+        "2CZ",
+      );
+      await c.exchange(serialize.query("DECLARE c CURSOR WITH HOLD FOR SELECT 'x'::text AS email")); // fails: c exists
+      expect(values(await c.exchange(serialize.query("FETCH ALL FROM c")))).toEqual(["****"]);
+      await c.exchange(serialize.query("CLOSE c"));
+      // A statement prepared by binding a Parse'd PREPARE.
+      await c.exchange(
+        serialize.parse({ name: "p2", text: "PREPARE q AS SELECT lower(email) FROM users" }),
+        serialize.sync(),
+      );
+      await c.exchange(serialize.query("PREPARE p2 AS SELECT 1")); // fails: p2 exists
+      await c.exchange(serialize.bind({ statement: "p2" }), serialize.execute({}), serialize.sync());
+      await c.exchange(serialize.query("PREPARE q AS SELECT 'x'::text AS email")); // fails: q exists
+      expect(values(await c.exchange(serialize.query("EXECUTE q")))).toEqual(["****"]);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
   it("forgets a portal whose Bind failed (its name taken by a WITH HOLD cursor): an Execute of the name is refused", async () => {
     const masked = await startMasked();
     try {

@@ -154,6 +154,18 @@ function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
   return merged;
 }
 
+/** Whether a statement defines or forgets names, or changes settings the agent tracks. */
+function changesSession(info: StatementInfo): boolean {
+  return (
+    info.prepare !== undefined ||
+    info.cursor !== undefined ||
+    info.deallocate !== undefined ||
+    info.execute !== undefined ||
+    info.lexicalChange === true ||
+    info.searchPath !== undefined
+  );
+}
+
 /** Cursors and named portals a session tracks at once; a new one past this is refused. */
 const MAX_CURSORS = 1000;
 
@@ -799,7 +811,8 @@ export class PgSession {
         this.refused(info, decision, statement.classification.fingerprint);
         return poison(decision.message);
       }
-      run ??= this.newRun(info, statement.text, decision);
+      // Two records under one name (see boundStatement): the rows may be either's.
+      run ??= this.newRun(infos.length > 1 ? infos.reduce(mergeInfos) : info, statement.text, decision);
     }
     this.ctx.metrics.statement("allow");
     const bind = decodeBind(f.body);
@@ -832,16 +845,19 @@ export class PgSession {
    */
   private boundStatement(name: string): PreparedStatement | undefined {
     const protocol = this.statements.get(name);
-    if (name === "" || !this.sqlPrepared.has(name)) return protocol;
-    const info = this.preparedInfo(name) as StatementInfo;
+    const sql = name === "" ? undefined : this.sqlPrepared.get(name);
+    if (!sql) return protocol;
+    // Each record as it is (a Parse'd DECLARE or PREPARE keeps its effect); the SQL one without
+    // its PREPARE, which binding does not run again.
+    const { prepare: _prepare, ...sqlInfo } = sql;
     return {
       classification: {
         ok: true,
-        statements: [info],
+        statements: [sqlInfo, ...(protocol?.classification.statements ?? [])],
         fingerprint: protocol?.classification.fingerprint ?? "",
         cached: false,
       },
-      text: protocol?.text ?? info.text,
+      text: protocol?.text ?? sql.text,
     };
   }
 
@@ -926,6 +942,14 @@ export class PgSession {
     if (info.cursor?.op === "declare" && info.cursor.name !== null) {
       const tooMany = this.cursorRefusal(info.cursor.name);
       if (tooMany) return { effect: "deny", rule: "", message: tooMany, tables: [] };
+    }
+    if (info.execute && this.statements.get(info.execute.name)?.classification.statements.some(changesSession)) {
+      return {
+        effect: "deny",
+        rule: "",
+        message: `access denied: prepared statement "${info.execute.name}" (a protocol Parse) changes the session's names or settings; run it with Bind`,
+        tables: [],
+      };
     }
     if (info.execute) {
       const prepared = this.preparedInfo(info.execute.name);
