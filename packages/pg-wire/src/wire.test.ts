@@ -77,12 +77,8 @@ describe("FrameReader", () => {
   });
 
   it("encodes a startup packet with exactly the parameters given (a client's client_encoding kept)", () => {
-    const packet = encodeStartup({
-      client_encoding: "UTF8",
-      user: "u",
-      database: "d",
-      ...{ client_encoding: "LATIN1" },
-    });
+    const defaults = { client_encoding: "UTF8", user: "u", database: "d" };
+    const packet = encodeStartup({ ...defaults, ...{ client_encoding: "LATIN1" } });
     expect(packet.readInt32BE(0)).toBe(packet.length);
     const s = decodeInitial(packet.subarray(4));
     expect(s.kind === "startup" && Object.fromEntries(s.parameters)).toEqual({
