@@ -10,15 +10,18 @@
  * The walk follows data flow and over-approximates it (fail closed):
  * - every column reference in a result column's expression counts, including inside scalar and
  *   ARRAY subqueries (an EXISTS subquery yields only a boolean of its WHERE: not followed);
- * - a named output column of a FROM subquery or CTE (or of a data-modifying CTE's RETURNING)
- *   reaches what refers to its name, qualified or not, anywhere in the statement (`derived`);
- * - what their unnamed computed columns, table functions, VALUES lists and set-operation branches
- *   compute reaches every computed column of the result (`shared`);
- * - a whole-row reference (`u`, `u.*` inside an expression, `(u).email`, `email(u)`) or a FROM item
- *   whose columns an alias list renames (`users u(a, b)`, `WITH c(x) AS ...`) means any column.
- * What a WHERE, JOIN condition, GROUP BY, ORDER BY, window clause or LIMIT reads is not followed:
- * it decides which rows come back, not what they hold (a query can still infer a masked value
- * from which rows match; masking is not a defence against that, here or in other products).
+ * - a named output column of a FROM subquery, CTE or VALUES list (or of a data-modifying CTE's
+ *   RETURNING; names from an alias list by position) reaches what refers to its name, qualified
+ *   or not, anywhere in the statement (`derived`, resolved after the walk);
+ * - what their unnamed computed columns, table functions' arguments and set-operation branches
+ *   compute reaches every computed column of the result (`shared`), as does a `*` over them;
+ * - a whole-row reference (`u`, `u.*` inside an expression, `(u).email`, `u.to_json`) or a table
+ *   whose columns an alias list renames (`users u(a, b)`) means any column.
+ * What a WHERE, JOIN condition, GROUP BY, ORDER BY, FILTER, an aggregate's ORDER BY (but an
+ * ordered-set aggregate's WITHIN GROUP), a window clause or LIMIT reads is not followed, nor are
+ * count() and IS NULL: they decide which rows come back, not what they hold (a query can still
+ * infer a masked value from which rows match; masking is not a defence against that, here or in
+ * other products).
  */
 import { PG_ROW_FUNCTIONS } from "./gen/pg-catalog.js";
 import { aliasOf, isObj, unwrap, type Obj } from "./tree.js";
