@@ -473,20 +473,32 @@ describe("extended protocol through the agent", () => {
       expect(errors(await c.exchange(serialize.query("PREPARE p AS SELECT 1")))[0]?.message).toMatch(/already exists/);
       // EXECUTE of a Parse'd statement that declares or prepares is refused (Bind keeps its effect).
       expect(errors(await c.exchange(serialize.query("EXECUTE p")))[0]?.code).toBe("42501");
-      expect(types(await c.exchange(serialize.bind({ statement: "p" }), serialize.execute({}), serialize.sync()))).toBe(
-        "2CZ",
-      );
-      await c.exchange(serialize.query("DECLARE c CURSOR WITH HOLD FOR SELECT 'x'::text AS email")); // fails: c exists
-      expect(values(await c.exchange(serialize.query("FETCH ALL FROM c")))).toEqual(["****"]);
+      // A Bind of it is refused too: which record runs decides what the agent must track.
+      const bound = await c.exchange(serialize.bind({ statement: "p" }), serialize.execute({}), serialize.sync());
+      expect(errors(bound)[0]?.message).toMatch(/claimed by both a SQL PREPARE and a protocol Parse/);
+      await c.exchange(serialize.query("DECLARE c CURSOR WITH HOLD FOR SELECT 'x'::text AS v"));
+      expect(values(await c.exchange(serialize.query("FETCH ALL FROM c")))).toEqual(["x"]); // the only c
       await c.exchange(serialize.query("CLOSE c"));
-      // A statement prepared by binding a Parse'd PREPARE.
+      // The same for FETCH Parse'd under a name a failed SQL PREPARE claims: refused, not masked as the other.
+      await c.exchange(serialize.query("BEGIN"));
+      await c.exchange(serialize.query("DECLARE t CURSOR FOR SELECT lower(email) FROM users"));
+      await c.exchange(serialize.query("SAVEPOINT s"));
+      await c.exchange(serialize.query("PREPARE f AS SELECT 1 FROM public.nope")); // fails, recorded
+      await c.exchange(serialize.query("ROLLBACK TO s"));
+      await c.exchange(serialize.parse({ name: "f", text: "FETCH ALL FROM t" }), serialize.sync());
+      const fetched = await c.exchange(serialize.bind({ statement: "f" }), serialize.execute({}), serialize.sync());
+      expect(values(fetched)).toEqual([]);
+      expect(errors(fetched)[0]?.message).toMatch(/claimed by both/);
+      await c.exchange(serialize.query("ROLLBACK"));
+      // A statement prepared by binding a Parse'd PREPARE (no SQL record under the Parse's name): tracked.
       await c.exchange(
-        serialize.parse({ name: "p2", text: "PREPARE q AS SELECT lower(email) FROM users" }),
+        serialize.parse({ name: "p2", text: "PREPARE q AS SELECT lower(email) AS v FROM users" }),
         serialize.sync(),
       );
-      await c.exchange(serialize.query("PREPARE p2 AS SELECT 1")); // fails: p2 exists
-      await c.exchange(serialize.bind({ statement: "p2" }), serialize.execute({}), serialize.sync());
-      await c.exchange(serialize.query("PREPARE q AS SELECT 'x'::text AS email")); // fails: q exists
+      expect(
+        types(await c.exchange(serialize.bind({ statement: "p2" }), serialize.execute({}), serialize.sync())),
+      ).toBe("2CZ");
+      await c.exchange(serialize.query("PREPARE q AS SELECT 'x'::text AS v")); // fails: q exists
       expect(values(await c.exchange(serialize.query("EXECUTE q")))).toEqual(["****"]);
       c.socket.destroy();
     } finally {

@@ -804,6 +804,14 @@ export class PgSession {
     }
     // Decided again at each Bind: a policy change or revocation applies to prepared statements too.
     const infos = statement.classification.statements;
+    if (infos.length > 1 && infos.some(changesSession)) {
+      // Two records under one name (a definition failed on one side) and one of them declares,
+      // fetches, prepares, executes or changes settings: which one runs decides what the agent must
+      // track, and it cannot tell.
+      const message = `access denied: prepared statement "${statementName}" is claimed by both a SQL PREPARE and a protocol Parse, one of which changes the session; DEALLOCATE it and prepare it again`;
+      this.unparsed(`-- protocol Bind of prepared statement "${statementName}"`, message);
+      return poison(message);
+    }
     let run: Run | undefined;
     for (const info of infos) {
       const decision = this.decide(info);
