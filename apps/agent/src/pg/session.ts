@@ -194,14 +194,13 @@ interface Run {
 interface PreparedStatement {
   classification: Extract<Classification, { ok: true }>;
   text: string;
-  fields?: RowField[];
 }
 
 interface Portal {
   statement: PreparedStatement;
   run: Run | undefined;
   params: string;
-  resultFormats: number[];
+  /** Its result's columns, from a Describe of the portal (the client's or one the agent adds). */
   fields?: RowField[];
   /** Sync cycles (Query or Sync sent) before its Bind: its cycle's ReadyForQuery is number cycle + 1. */
   cycle: number;
@@ -226,8 +225,7 @@ type Pending =
   | { kind: "bind"; replaceError?: Buffer; portal?: string }
   | {
       kind: "describe";
-      /** What the Describe was about when it was sent (a later Parse or Bind may reuse the name). */
-      statement?: PreparedStatement | undefined;
+      /** The portal described, as it was when the Describe was sent (a later Bind may reuse the name). */
       portal?: Portal | undefined;
       injected: boolean;
     }
@@ -506,9 +504,9 @@ export class PgSession {
         const d = decodeTarget(f.body);
         const badName = this.nameRefusal(d.name);
         if (badName) return this.poisonBind("", badName);
-        const about =
-          d.target === "S" ? { statement: this.statements.get(d.name) } : { portal: this.portals.get(d.name) };
-        this.push({ kind: "describe", ...about, injected: false });
+        // A statement's columns are not kept: its portals are described for masking (onServerMessage).
+        const portal = d.target === "P" ? this.portals.get(d.name) : undefined;
+        this.push({ kind: "describe", portal, injected: false });
         return f.raw;
       }
       case 0x43: {
@@ -834,7 +832,6 @@ export class PgSession {
       statement,
       run,
       params,
-      resultFormats: bind.resultFormats,
       cycle: this.cyclesSent,
     });
     this.push({ kind: "bind", portal: portalName });
@@ -1271,9 +1268,8 @@ export class PgSession {
         const fields = decodeRowDescription(raw.subarray(5));
         if (this.awaitCatalog(fields)) return HOLD;
         if (head?.kind === "describe") {
-          // Only to what was described: a statement or portal since created under that name
-          // (pipelined behind the Describe) is described again before its rows are masked.
-          if (head.statement) head.statement.fields = fields;
+          // Only to the portal described: one bound since under that name (pipelined behind the
+          // Describe) is described again before its rows are masked.
           if (head.portal) head.portal.fields = fields;
           this.shift();
           return head.injected ? [] : undefined;
