@@ -12,8 +12,8 @@
  * type unwrapped; the generated NODE_FIELD_TYPES table says which is which.
  */
 import { functionVerdict, isBuiltinOperator } from "./functions.js";
-import { columnsRead, resultLineage } from "./lineage.js";
-import { aliasOf, isObj, nameParts, unwrap, type Obj } from "./tree.js";
+import { statementLineage } from "./lineage.js";
+import { aliasOf, isObj, nameParts, unwrap, walkNodes, type Obj } from "./tree.js";
 import { NODE_FIELD_TYPES } from "./gen/node-fields.js";
 import { PG_SUPERUSER_SETTINGS } from "./gen/pg-catalog.js";
 import {
@@ -302,16 +302,11 @@ function visitRangeVar(node: Obj, scope: Scope, out: Collector): void {
 /** Whether a statement reads `column` by name, `*` or a whole row (see SECRET_CATALOG_COLUMNS). */
 function readsColumnOrStar(stmt: Obj, reads: ColumnSources, column: string): boolean {
   if (reads.anyColumn || reads.names.includes(column)) return true;
-  const stack: unknown[] = [stmt];
-  while (stack.length > 0) {
-    const value = stack.pop();
-    if (Array.isArray(value)) stack.push(...value);
-    else if (isObj(value)) {
-      if ("A_Star" in value) return true;
-      stack.push(...Object.values(value));
-    }
-  }
-  return false;
+  let star = false;
+  walkNodes(stmt, (kind) => {
+    if (kind === "A_Star") star = true;
+  });
+  return star;
 }
 
 /**
@@ -1200,9 +1195,8 @@ export function classifyStatement(stmt: unknown): ShapeResult {
   }
   const [kind, node] = wrapped;
   classifyInto(kind, node, out);
-  const result = resultLineage(kind, node);
+  const { result, reads } = statementLineage(kind, node);
   if (result) out.extra.result = result;
-  const reads = columnsRead(node);
   out.extra.reads = reads;
   for (const table of out.secretColumns)
     if (readsColumnOrStar(node, reads, SECRET_CATALOG_COLUMNS.get(table.name) as string)) out.table("db:admin", table);

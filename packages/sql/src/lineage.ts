@@ -24,7 +24,7 @@
  * other products).
  */
 import { PG_ROW_FUNCTIONS } from "./gen/pg-catalog.js";
-import { aliasOf, isObj, unwrap, type Obj } from "./tree.js";
+import { aliasOf, isObj, unwrap, walkNodes, type Obj } from "./tree.js";
 import type { ColumnSources, ResultLineage } from "./types.js";
 
 interface Acc {
@@ -392,39 +392,39 @@ function mergeInto(into: Acc, from: Acc): void {
 }
 
 /** Names of every FROM item (alias, else table name) and CTE anywhere in the tree. */
-function relationNames(value: unknown, out: Set<string>): Set<string> {
-  if (Array.isArray(value)) {
-    for (const item of value) relationNames(item, out);
-    return out;
-  }
-  if (!isObj(value)) return out;
-  const wrapped = unwrap(value);
-  if (wrapped) {
-    const [kind, node] = wrapped;
+function relationNames(tree: unknown): Set<string> {
+  const out = new Set<string>();
+  walkNodes(tree, (kind, node) => {
     const alias = aliasOf(node);
     // A table function's alias names its output, computed from its arguments (which reach every
     // computed column): `SELECT g FROM generate_series(1, 3) g` reads no row of a table.
     if (alias !== undefined && kind !== "RangeFunction" && kind !== "RangeTableFunc") out.add(alias);
     else if (kind === "RangeVar" && typeof node.relname === "string") out.add(node.relname);
     if (kind === "CommonTableExpr" && typeof node.ctename === "string") out.add(node.ctename);
-  }
-  for (const field of Object.values(wrapped ? wrapped[1] : value)) relationNames(field, out);
+  });
   return out;
 }
 
 const sources = (acc: Acc): ColumnSources => ({ names: [...acc.names], anyColumn: acc.anyColumn });
 
 /**
- * The lineage of the rows a statement returns, or undefined for statements that return none of a
- * table's data (DDL, SET, EXPLAIN, ...). EXECUTE and FETCH are resolved by the caller, which knows
- * the prepared statement or cursor (see StatementInfo.prepare and .cursor).
+ * A statement's lineage: where the rows it returns come from (`result`, undefined for statements
+ * that return none of a table's data: DDL, SET, EXPLAIN, ...; EXECUTE and FETCH are resolved by the
+ * caller, which knows the prepared statement or cursor) and every column it reads (`reads`).
  */
-export function resultLineage(kind: string, node: Obj): ResultLineage | undefined {
+export function statementLineage(kind: string, node: Obj): { result?: ResultLineage; reads: ColumnSources } {
+  const relations = relationNames(node);
+  const result = resultLineage(kind, node, relations);
+  const reads = columnsRead(node, relations);
+  return result ? { result, reads } : { reads };
+}
+
+function resultLineage(kind: string, node: Obj, relations: ReadonlySet<string>): ResultLineage | undefined {
   switch (kind) {
     case "PrepareStmt":
     case "DeclareCursorStmt": {
       const inner = unwrap(node.query);
-      return inner ? resultLineage(inner[0], inner[1]) : undefined;
+      return inner ? resultLineage(inner[0], inner[1], relations) : undefined;
     }
     case "SelectStmt":
     case "InsertStmt":
@@ -432,7 +432,7 @@ export function resultLineage(kind: string, node: Obj): ResultLineage | undefine
     case "DeleteStmt":
     case "MergeStmt": {
       if (kind !== "SelectStmt" && returningList(node).length === 0) return undefined;
-      const walk = new Walk(relationNames(node, new Set()));
+      const walk = new Walk(relations);
       const columns = walk.resultOf({ [kind]: node }, { kind: "result" });
       walk.finish(columns);
       const lineage: ResultLineage = { shared: sources(walk.shared) };
@@ -449,35 +449,25 @@ export function resultLineage(kind: string, node: Obj): ResultLineage | undefine
  * whole row: the values an error message of the statement could quote (`invalid input syntax for
  * type integer: "..."` from `WHERE email::int = 1`). A plain `*` output column evaluates nothing.
  */
-export function columnsRead(node: Obj): ColumnSources {
-  const walk = new Walk(relationNames(node, new Set()));
+function columnsRead(node: Obj, relations: ReadonlySet<string>): ColumnSources {
+  const walk = new Walk(relations);
   const acc = newAcc();
-  const visit = (value: unknown): void => {
-    if (Array.isArray(value)) {
-      for (const item of value) visit(item);
-      return;
-    }
-    if (!isObj(value)) return;
-    const wrapped = unwrap(value);
-    if (!wrapped) {
-      for (const field of Object.values(value)) visit(field);
-      return;
-    }
-    const [kind, inner] = wrapped;
+  walkNodes(node, (kind, inner) => {
     // An alias list renames columns: `b::int FROM users u(a, b)` reads email under another name.
     if (renames(inner) || (kind === "CommonTableExpr" && list(inner.aliascolnames).length > 0)) acc.anyColumn = true;
-    if (kind === "ColumnRef") walk.columnRef(inner, acc);
-    else if (kind !== "ResTarget" || plainColumnRef(inner.val) !== "*")
-      for (const field of Object.values(inner)) visit(field);
-  };
-  visit(node);
+    if (kind === "ColumnRef") {
+      walk.columnRef(inner, acc);
+      return false;
+    }
+    return kind !== "ResTarget" || plainColumnRef(inner.val) !== "*";
+  });
   return sources(acc);
 }
 
-/** What lineage says when the statement behind a result is not known (fail closed: any column). */
 /** Sources that may be any column (fail closed, for a statement the caller cannot see). */
 export const ANY_COLUMN: ColumnSources = Object.freeze({ names: [], anyColumn: true });
 
+/** What lineage says when the statement behind a result is not known (fail closed: any column). */
 export const UNKNOWN_LINEAGE: ResultLineage = Object.freeze({ shared: ANY_COLUMN });
 
 function union(into: Acc, from: ColumnSources | undefined): void {

@@ -34,3 +34,23 @@ export function nameParts(list: unknown): string[] {
 export function aliasOf(node: Obj): string | undefined {
   return isObj(node.alias) && typeof node.alias.aliasname === "string" ? node.alias.aliasname : undefined;
 }
+
+/**
+ * Visits every wrapped node under `value`, at any depth (through the fields of unwrapped objects
+ * too), a node before its children; `visit` returning false skips that node's children. Iterative,
+ * so a deeply nested tree cannot overflow the stack here.
+ */
+export function walkNodes(value: unknown, visit: (kind: string, node: Obj) => boolean | void): void {
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const item = stack.pop();
+    if (Array.isArray(item)) {
+      for (let i = item.length - 1; i >= 0; i--) stack.push(item[i]);
+      continue;
+    }
+    if (!isObj(item)) continue;
+    const wrapped = unwrap(item);
+    if (!wrapped) stack.push(...Object.values(item));
+    else if (visit(wrapped[0], wrapped[1]) !== false) stack.push(...Object.values(wrapped[1]));
+  }
+}
