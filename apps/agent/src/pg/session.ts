@@ -194,6 +194,8 @@ interface Run {
 interface PreparedStatement {
   classification: Extract<Classification, { ok: true }>;
   text: string;
+  /** Why a Bind of it is refused (see boundStatement). */
+  refusal?: string;
 }
 
 interface Portal {
@@ -708,7 +710,7 @@ export class PgSession {
     }
     if (info.cursor?.op === "close") {
       const names = info.cursor.name === null ? [...this.cursors.keys()] : [info.cursor.name];
-      for (const name of names) if ((this.cursors.get(name)?.since ?? 0) <= upTo) this.cursors.delete(name);
+      for (const name of names) this.forgetCursor(name, upTo);
     }
   }
 
@@ -718,6 +720,11 @@ export class PgSession {
     this.sqlPrepared.delete(name);
     this.statements.delete(name);
     this.preparedSince.delete(name);
+  }
+
+  /** Forgets cursor or portal `name` unless it was defined after number `upTo`. */
+  private forgetCursor(name: string, upTo: number): void {
+    if ((this.cursors.get(name)?.since ?? 0) <= upTo) this.cursors.delete(name);
   }
 
   /**
@@ -785,12 +792,9 @@ export class PgSession {
 
   private onBind(f: Frame): Buffer {
     const { portal: portalName, statement: statementName } = bindNames(f.body);
-    const badName = this.nameRefusal(portalName) ?? this.nameRefusal(statementName);
-    if (badName) {
-      this.dropPortal(portalName);
-      return this.poisonBind("", badName);
-    }
     this.dropPortal(portalName);
+    const badName = this.nameRefusal(portalName) ?? this.nameRefusal(statementName);
+    if (badName) return this.poisonBind("", badName);
     const statement = this.boundStatement(statementName);
     const poison = (message: string) => this.poisonBind(portalName, message);
     const tooMany = portalName === "" ? undefined : this.cursorRefusal(portalName);
@@ -800,16 +804,12 @@ export class PgSession {
       this.unparsed(`-- protocol Bind of prepared statement "${statementName}"`, message);
       return poison(message);
     }
+    if (statement.refusal) {
+      this.unparsed(`-- protocol Bind of prepared statement "${statementName}"`, statement.refusal);
+      return poison(statement.refusal);
+    }
     // Decided again at each Bind: a policy change or revocation applies to prepared statements too.
     const infos = statement.classification.statements;
-    if (infos.length > 1 && infos.some(changesSession)) {
-      // Two records under one name (a definition failed on one side) and one of them declares,
-      // fetches, prepares, executes or changes settings: which one runs decides what the agent must
-      // track, and it cannot tell.
-      const message = `access denied: prepared statement "${statementName}" is claimed by both a SQL PREPARE and a protocol Parse, one of which changes the session; DEALLOCATE it and prepare it again`;
-      this.unparsed(`-- protocol Bind of prepared statement "${statementName}"`, message);
-      return poison(message);
-    }
     let run: Run | undefined;
     for (const info of infos) {
       const decision = this.decide(info);
@@ -817,8 +817,7 @@ export class PgSession {
         this.refused(info, decision, statement.classification.fingerprint);
         return poison(decision.message);
       }
-      // Two records under one name (see boundStatement): the rows may be either's.
-      run ??= this.newRun(infos.length > 1 ? infos.reduce(mergeInfos) : info, statement.text, decision);
+      run ??= this.newRun(info, statement.text, decision);
     }
     this.ctx.metrics.statement("allow");
     const bind = decodeBind(f.body);
@@ -846,24 +845,30 @@ export class PgSession {
 
   /**
    * What a Bind of statement `name` runs: the protocol statement, or the SQL-prepared one (they share
-   * one namespace), or — when the agent has both and cannot tell which the target kept — both.
+   * one namespace), or — when the agent has both and cannot tell which the target kept — both
+   * merged, refused when either declares, fetches, prepares, executes or changes settings (which
+   * one runs decides what the agent must track).
    */
   private boundStatement(name: string): PreparedStatement | undefined {
     const protocol = this.statements.get(name);
     const sql = name === "" ? undefined : this.sqlPrepared.get(name);
     if (!sql) return protocol;
-    // Each record as it is (a Parse'd DECLARE or PREPARE keeps its effect); the SQL one without
-    // its PREPARE, which binding does not run again.
-    const { prepare: _prepare, ...sqlInfo } = sql;
-    return {
+    const info = this.preparedInfo(name) as StatementInfo;
+    const statement: PreparedStatement = {
       classification: {
         ok: true,
-        statements: [sqlInfo, ...(protocol?.classification.statements ?? [])],
+        statements: [info],
         fingerprint: protocol?.classification.fingerprint ?? "",
         cached: false,
       },
       text: protocol?.text ?? sql.text,
     };
+    // The SQL record without its PREPARE (binding does not run it again), and the protocol one.
+    const { prepare: _prepare, ...sqlInfo } = sql;
+    const both = protocol !== undefined && protocol.classification.statements.length > 0;
+    if (both && [sqlInfo, ...protocol.classification.statements].some(changesSession))
+      statement.refusal = `access denied: prepared statement "${name}" is claimed by both a SQL PREPARE and a protocol Parse, one of which changes the session; DEALLOCATE it and prepare it again`;
+    return statement;
   }
 
   /**
@@ -1113,15 +1118,18 @@ export class PgSession {
    * return what the prepared statement or cursor computes; unknown counts as any column.
    */
   private lineageOf(run: Run | undefined): ResultLineage | undefined {
-    const info = run?.info;
-    if (!info) return UNKNOWN_LINEAGE;
-    if (info.execute) {
-      const prepared = this.preparedInfo(info.execute.name);
-      return prepared ? prepared.result : UNKNOWN_LINEAGE;
-    }
-    if (info.cursor?.op === "fetch")
-      return (info.cursor.name !== null ? this.cursors.get(info.cursor.name)?.result : undefined) ?? UNKNOWN_LINEAGE;
-    return info.result;
+    const source = run && this.rowSource(run.info);
+    return source ? source.result : UNKNOWN_LINEAGE;
+  }
+
+  /**
+   * What computes a statement's rows: for EXECUTE the prepared statement, for FETCH the cursor,
+   * else the statement itself; undefined when the agent does not know it.
+   */
+  private rowSource(info: StatementInfo): { result?: ResultLineage | undefined; reads?: ColumnSources } | undefined {
+    if (info.execute) return this.preparedInfo(info.execute.name);
+    if (info.cursor?.op === "fetch") return info.cursor.name === null ? undefined : this.cursors.get(info.cursor.name);
+    return info;
   }
 
   /** Every column a run's statement reads, for deciding whether its error may be shown (see scrubError). */
@@ -1134,10 +1142,7 @@ export class PgSession {
       for (const cursor of this.cursors.values()) if (cursor.hold) reads = mergeSources(reads, cursor.reads);
       return reads ?? ANY_COLUMN;
     }
-    if (info.execute) return this.preparedInfo(info.execute.name)?.reads ?? ANY_COLUMN;
-    if (info.cursor?.op === "fetch")
-      return (info.cursor.name !== null ? this.cursors.get(info.cursor.name)?.reads : undefined) ?? ANY_COLUMN;
-    return info.reads ?? ANY_COLUMN;
+    return this.rowSource(info)?.reads ?? ANY_COLUMN;
   }
 
   /**
@@ -1291,14 +1296,11 @@ export class PgSession {
       case 0x33: {
         // CloseComplete
         const head = this.pending[0];
-        if (head?.kind === "close" && head.statement !== undefined) this.forgetPrepared(head.statement, head.upTo ?? 0);
-        // Closing a portal closes whatever cursor holds the name (a SQL one too).
-        if (
-          head?.kind === "close" &&
-          head.portal !== undefined &&
-          (this.cursors.get(head.portal)?.since ?? 0) <= (head.upTo ?? 0)
-        )
-          this.cursors.delete(head.portal);
+        if (head?.kind === "close") {
+          if (head.statement !== undefined) this.forgetPrepared(head.statement, head.upTo ?? 0);
+          // Closing a portal closes whatever cursor holds the name (a SQL one too).
+          if (head.portal !== undefined) this.forgetCursor(head.portal, head.upTo ?? 0);
+        }
         this.shift();
         return undefined;
       }
@@ -1328,10 +1330,7 @@ export class PgSession {
         return this.onServerError(raw);
       case 0x4e: {
         // NoticeResponse: like an error message, it can quote a value (`to_tsquery` of a column).
-        const head = this.pending[0];
-        const run =
-          head?.kind === "query" ? head.runs[head.index] : head?.kind === "execute" ? head.portal?.run : undefined;
-        const scrubbed = this.scrubError(raw, run);
+        const scrubbed = this.scrubError(raw, this.headRun());
         return scrubbed ? [scrubbed] : undefined;
       }
       case 0x5a: {
@@ -1392,6 +1391,13 @@ export class PgSession {
     if (this.copyEnds === ends) this.copyIn = true;
   }
 
+  /** The statement whose answer comes next from the target. */
+  private headRun(): Run | undefined {
+    const head = this.pending[0];
+    if (head?.kind === "query") return head.runs[head.index];
+    return head?.kind === "execute" ? head.portal?.run : undefined;
+  }
+
   private completeStatement(rows: number): void {
     const head = this.pending[0];
     this.plan = undefined;
@@ -1422,7 +1428,7 @@ export class PgSession {
     this.plan = undefined;
     this.rowsSeen = 0;
     if (!head) return undefined; // asynchronous (FATAL from the target): relay as is
-    const run = head.kind === "query" ? head.runs[head.index] : head.kind === "execute" ? head.portal?.run : undefined;
+    const run = this.headRun();
     // A statement's own failure, possibly quoting a masked value (not a refusal the agent made up).
     const replace =
       ("replaceError" in head ? head.replaceError : undefined) ?? (run ? this.scrubError(raw, run) : undefined);
