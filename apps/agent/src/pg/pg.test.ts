@@ -171,18 +171,7 @@ describe("connection set-up and authentication", () => {
   });
 
   it("opens the target session in the client's client_encoding (pg-protocol's startup would force UTF8)", async () => {
-    const r = await run(
-      "psql",
-      [
-        `host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require`,
-        "-X",
-        "-A",
-        "-t",
-        "-c",
-        "SHOW client_encoding",
-      ],
-      { PGPASSWORD: alice, PGCLIENTENCODING: "LATIN1" },
-    );
+    const r = await psql(h, alice, "SHOW client_encoding", { env: { PGCLIENTENCODING: "LATIN1" } });
     expect(r.stderr).toBe("");
     expect(r.stdout.trim()).toBe("LATIN1");
   });

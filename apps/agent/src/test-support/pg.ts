@@ -158,18 +158,25 @@ export function run(cmd: string, args: string[], env: Record<string, string> = {
   });
 }
 
-/** psql through the agent: `-X -q -A -t` and ON_ERROR_STOP off unless given. */
+/** psql through the agent: `-X -q -A -t` and ON_ERROR_STOP off unless given; `env` adds variables (PGCLIENTENCODING). */
 export function psql(
   h: Harness,
   token: string,
   sql: string,
-  o: { user?: string; db?: string; sslmode?: string; extra?: string[]; input?: string } = {},
+  o: {
+    user?: string;
+    db?: string;
+    sslmode?: string;
+    extra?: string[];
+    input?: string;
+    env?: Record<string, string>;
+  } = {},
 ): Promise<Run> {
   const conn = `host=127.0.0.1 port=${h.port} user=${o.user ?? "alice@example.com"} dbname=${o.db ?? "app"} sslmode=${o.sslmode ?? "require"}`;
   return run(
     "psql",
     [conn, "-X", "-q", "-A", "-t", ...(o.extra ?? []), ...(sql ? ["-c", sql] : [])],
-    { PGPASSWORD: token },
+    { ...o.env, PGPASSWORD: token },
     o.input,
   );
 }
