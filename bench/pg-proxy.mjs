@@ -68,6 +68,10 @@ const USAGE = `usage: node bench/pg-proxy.mjs [options]
                        the bench's temp dir. E.g. /dev/shm to see the agent without the fsync cost
   --agent-node-args A  extra node flags for the agent, space-separated
                        (e.g. --agent-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it)
+  --pause-control-plane
+                       stop the control plane (SIGSTOP) during each agent run and let the agent ship its backlog
+                       between runs: the agent's own cost, as when the control plane runs on another machine
+                       (the agent keeps enforcing and spooling; shipping waits for the next pause to end)
   --sessions N         idle psql sessions opened through the agent at the end to read its RSS
                        (default 200; 0: skip)
   --max-minutes T      hard stop for the whole script (default 90)`;
@@ -90,6 +94,7 @@ try {
       "agent-node-args": { type: "string", default: "" },
       "agent-data-dir": { type: "string", default: "" },
       "max-minutes": { type: "string", default: "90" },
+      "pause-control-plane": { type: "boolean", default: false },
       sessions: { type: "string", default: "200" },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -128,6 +133,16 @@ const SCALE = positiveInt("scale", args.scale);
 const WARMUP = args.warmup === "0" ? 0 : positiveInt("warmup", args.warmup);
 const MAX_MINUTES = positiveInt("max-minutes", args["max-minutes"]);
 const SESSIONS = args.sessions === "0" ? 0 : positiveInt("sessions", args.sessions);
+const PAUSE_CP = args["pause-control-plane"];
+/** The control plane's pid while it is stopped by --pause-control-plane (continued on any exit). */
+let pausedCp;
+function signal(pid, sig) {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // already gone
+  }
+}
 if (SESSIONS > 250) usageError("--sessions: at most 250 (the server allows 300 connections)");
 const MAX_CLIENTS = Math.max(...CLIENTS, 8);
 if (MAX_CLIENTS > 150) usageError("--clients: at most 150 (the server allows 300 connections, 250 for --sessions)");
@@ -372,6 +387,7 @@ async function cleanup() {
   stopping = true;
   cleaningUp ??= (async () => {
     for (const child of commands) child.kill("SIGKILL");
+    if (pausedCp) signal(pausedCp, "SIGCONT");
     for (const stop of stoppers.reverse()) {
       try {
         await stop();
@@ -385,6 +401,7 @@ async function cleanup() {
   return cleaningUp;
 }
 process.on("exit", () => {
+  if (pausedCp) signal(pausedCp, "SIGCONT");
   for (const pgid of [...groups]) killGroup(pgid);
   try {
     rmSync(WORK, { recursive: true, force: true });
@@ -1073,7 +1090,27 @@ try {
           user: p.user ?? "postgres",
           password: p.password ? await p.password() : undefined,
         };
-        const res = await pgbench(target, { ...s, cpuPid: p.cpuPid, cpPid: p.cpPid });
+        const pause = PAUSE_CP && p.cpPid !== undefined;
+        if (pause) {
+          // The previous run's backlog is shipped first, so the control plane stays idle during this one.
+          await waitUntil(
+            "the agent's audit backlog shipped",
+            async () => (await moat.health()).auditUnshipped === "0",
+            180_000,
+            250,
+          );
+          pausedCp = p.cpPid;
+          signal(p.cpPid, "SIGSTOP");
+        }
+        let res;
+        try {
+          res = await pgbench(target, { ...s, cpuPid: p.cpuPid, cpPid: pause ? undefined : p.cpPid });
+        } finally {
+          if (pause) {
+            signal(p.cpPid, "SIGCONT");
+            pausedCp = undefined;
+          }
+        }
         byPath.get(name).push(res);
         const label = `${MODES[s.mode]} -M ${s.protocol} -c ${s.clients} run ${r + 1}/${RUNS} ${name}`;
         if (res.error) {
@@ -1212,6 +1249,11 @@ try {
     out(
       `agent data dir (audit spool, written each turn, fsynced within 5 ms): ${moat.dataDir}${type ? ` (${type})` : ""}`,
     );
+    if (PAUSE_CP)
+      out(
+        "control plane paused (SIGSTOP) during each agent run of the main matrix, its backlog shipped between runs: " +
+          "the agent's own cost, as with the control plane on another machine",
+      );
   }
   for (const [name, reason] of skipped) out(`SKIPPED ${name}: ${reason}`);
   const stat = (runs, f) => median(runs.filter((x) => !x.error).map(f));
