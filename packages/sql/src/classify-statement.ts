@@ -11,7 +11,7 @@
  * libpg-query writes `Node` fields wrapped (`{ "RangeVar": {...} }`) but fields of one specific
  * type unwrapped; the generated NODE_FIELD_TYPES table says which is which.
  */
-import { functionVerdict, isBuiltinOperator } from "./functions.js";
+import { functionVerdict, isBuiltinFunction, isBuiltinOperator } from "./functions.js";
 import { statementLineage } from "./lineage.js";
 import { aliasOf, isObj, nameParts, unwrap, walkNodes, type Obj } from "./tree.js";
 import { NODE_FIELD_TYPES } from "./gen/node-fields.js";
@@ -188,6 +188,10 @@ function walkNode(type: string, node: Obj, scope: Scope, out: Collector): void {
     case "SubLink":
       if (node.operName !== undefined) visitOperator(node.operName, out);
       break;
+    case "A_Indirection":
+      // `(expr).name` is a call of the function `name` when `expr` has no field of that name.
+      visitFieldSelections(node.indirection, out);
+      break;
     case "SortBy":
       if (node.useOp !== undefined) visitOperator(node.useOp, out);
       break;
@@ -353,6 +357,29 @@ function visitFunctionName(parts: string[], out: Collector, procedure: boolean):
   out.functions.add(written);
   const verdict = functionVerdict(parts, procedure);
   if (verdict.action) out.viaFunction(verdict.action, written, verdict.reason);
+}
+
+/**
+ * Field selections that may be function calls in attribute notation: PostgreSQL reads `(x).f` as
+ * `f(x)` when the value has no field `f`, so `('PG_VERSION'::text).pg_read_file` runs pg_read_file
+ * (without the parentheses, `a.f` is only a column `f` of FROM item `a` or a function of its whole
+ * row, which no built-in that needs more than db:read takes). Built-ins that need more than db:read count as called; other names are taken
+ * as fields (a user function called this way is the documented limit of attribute notation), and
+ * so are built-ins that need nothing.
+ */
+function visitFieldSelections(items: unknown, out: Collector): void {
+  if (!Array.isArray(items)) return;
+  for (const element of items) {
+    const item = unwrap(element);
+    if (!item || item[0] !== "String" || typeof item[1].sval !== "string") continue;
+    const name = item[1].sval;
+    // Only names of built-ins: the admin name patterns (`lo_*` ...) would also match composite fields.
+    if (!isBuiltinFunction([name])) continue;
+    const verdict = functionVerdict([name]);
+    if (verdict.action === undefined) continue;
+    out.functions.add(name);
+    out.viaFunction(verdict.action, name, verdict.reason);
+  }
 }
 
 function visitFuncCall(node: Obj, scope: Scope, out: Collector, procedure: boolean): void {

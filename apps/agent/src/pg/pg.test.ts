@@ -246,6 +246,9 @@ describe("statement decisions", () => {
       "SET ROLE postgres",
       "SELECT pg_terminate_backend(1)",
       "PREPARE p AS DELETE FROM users",
+      // Built-ins in attribute notation: `(x).f` runs f(x) (review 13: these read server files).
+      "SELECT ('PG_VERSION'::text).pg_read_file",
+      "SELECT (x).pg_ls_dir FROM (SELECT '.'::text AS x) s",
     ]) {
       const r = await psql(h, alice, sql);
       expect(r.stderr, sql).toMatch(/ERROR: /);
@@ -427,6 +430,8 @@ describe("masking", () => {
     await check("SELECT row_to_json(u) FROM users u WHERE id = 5");
     await check("SELECT to_jsonb(u.*) ->> 'email' FROM users u WHERE id = 5");
     await check("SELECT (u).email FROM users u WHERE id = 5");
+    // Attribute notation on the column itself: `(email).upper` is upper(email).
+    await check("SELECT (email).upper, (u.email).lower FROM users u WHERE id = 5");
     await check("SELECT (SELECT email FROM users WHERE id = 5)");
     await check("SELECT x FROM (SELECT upper(email) AS x FROM users) s WHERE x LIKE 'USER5@%'");
     await check("SELECT lower(e) FROM (SELECT email AS e FROM users) s WHERE e LIKE 'user5@%'");
