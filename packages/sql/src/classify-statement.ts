@@ -12,6 +12,7 @@
  * type unwrapped; the generated NODE_FIELD_TYPES table says which is which.
  */
 import { functionVerdict, isBuiltinFunction, isBuiltinOperator } from "./functions.js";
+import { pathShadowsCatalog } from "./qualify.js";
 import { statementLineage } from "./lineage.js";
 import { aliasOf, isObj, nameParts, unwrap, walkNodes, type Obj } from "./tree.js";
 import { NODE_FIELD_TYPES } from "./gen/node-fields.js";
@@ -471,6 +472,7 @@ function setConfigAsSet(parts: readonly string[], node: Obj, out: Collector): bo
     if (path === undefined) return false;
     // Several in one statement: the session widens with all of them.
     out.extra.searchPath = [...(out.extra.searchPath ?? []), ...path];
+    if (pathShadowsCatalog(path)) out.action("db:function");
     if (change.local) out.extra.searchPathLocal = true;
   }
   return true;
@@ -876,8 +878,11 @@ function classifySet(node: Obj, out: Collector): void {
     if (resets) out.extra.searchPath = null;
     // Each argument is one name (the server quotes a string argument as an identifier, commas and
     // all), cut to 63 bytes like every identifier when the path is used.
-    else if (kind === "VAR_SET_VALUE")
+    else if (kind === "VAR_SET_VALUE") {
       out.extra.searchPath = args.map((arg) => truncateIdentifier(constantText(arg) ?? ""));
+      // Functions and operators of a schema placed before pg_catalog replace the built-ins.
+      if (pathShadowsCatalog(out.extra.searchPath)) out.action("db:function");
+    }
     if (out.extra.searchPath !== undefined && node.is_local === true) out.extra.searchPathLocal = true;
   }
   const value = kind === "VAR_SET_VALUE" && args.length === 1 ? constantText(args[0]) : undefined;

@@ -438,6 +438,16 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
   ["RESET SESSION AUTHORIZATION", { class: "session" }],
   ["SET SESSION AUTHORIZATION DEFAULT", { class: "session" }],
   ["SET search_path = a, b", { class: "session" }],
+  ["SET search_path = pg_catalog, public", { class: "session" }],
+  ["SET search_path = pg_temp, pg_catalog, public", { class: "session" }],
+  // A schema before pg_catalog: its functions and operators replace the built-ins (review 13).
+  ["SET search_path = public, pg_catalog", { class: "function", "db:function": [] }],
+  ['SET LOCAL search_path = "$user", PG_CATALOG', { class: "function", "db:function": [] }],
+  [
+    "SELECT set_config('search_path', 'public, pg_catalog', false)",
+    { class: "function", "db:function": [], "db:read": [] },
+  ],
+  ["SELECT set_config('search_path', 'pg_catalog, public', false)", { class: "read", "db:read": [] }],
   ["SET standard_conforming_strings = on", { class: "session" }],
   ["SET NAMES 'UTF8'", { class: "session" }],
   ["RESET ALL", { class: "session" }],

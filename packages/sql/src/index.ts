@@ -17,6 +17,6 @@ export {
   REASON_LEXICAL_CHANGE,
 } from "./classifier.js";
 export { ANY_COLUMN, columnSources, mergeLineage, mergeSources, UNKNOWN_LINEAGE } from "./lineage.js";
-export { qualifyTables, type QualifyContext } from "./qualify.js";
+export { pathShadowsCatalog, qualifyTables, type QualifyContext } from "./qualify.js";
 export { functionVerdict, isBuiltinFunction, isBuiltinOperator, type FunctionVerdict } from "./functions.js";
 export { PG_CATALOG_VERSION } from "./gen/pg-catalog.js";

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { qualifyTables } from "./index.js";
+import { pathShadowsCatalog, qualifyTables } from "./index.js";
 
 const ctx = { searchPath: ["$user", "public"], user: "alice" };
 
@@ -49,5 +49,15 @@ describe("qualifyTables", () => {
 
   it("yields nothing for unqualified names when the path is empty", () => {
     expect(qualifyTables([{ name: "t" }], { searchPath: [], user: "a" })).toEqual([]);
+  });
+
+  it("tells when a path lets another schema's functions replace the built-ins", () => {
+    expect(pathShadowsCatalog(["public"])).toBe(false);
+    expect(pathShadowsCatalog(["pg_catalog", "public"])).toBe(false);
+    expect(pathShadowsCatalog(["pg_temp", "pg_catalog", "public"])).toBe(false);
+    expect(pathShadowsCatalog(["pg_temp_3", "pg_catalog"])).toBe(false);
+    expect(pathShadowsCatalog(["public", "pg_catalog"])).toBe(true);
+    expect(pathShadowsCatalog(["$user", "pg_catalog"])).toBe(true);
+    expect(pathShadowsCatalog(["pg_temp", "evil", "pg_catalog"])).toBe(true);
   });
 });

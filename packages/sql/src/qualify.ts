@@ -41,3 +41,15 @@ export function qualifyTables(tables: readonly TableRef[], ctx: QualifyContext):
   }
   return [...result];
 }
+
+/**
+ * Whether a search path lets another schema's functions and operators take the place of built-ins:
+ * PostgreSQL searches pg_catalog first unless the path names it, and then in the path's order, so
+ * `public, pg_catalog` finds a `public.lower(text)` before pg_catalog's (pg_temp is never searched
+ * for functions and operators).
+ */
+export function pathShadowsCatalog(path: readonly string[]): boolean {
+  const at = path.indexOf("pg_catalog");
+  for (let i = 0; i < at; i++) if (!/^pg_temp(_\d+)?$/.test(path[i] as string)) return true;
+  return false;
+}

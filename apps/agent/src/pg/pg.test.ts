@@ -274,6 +274,47 @@ describe("statement decisions", () => {
     expect(two.stderr).toMatch(/ERROR/);
   });
 
+  it("needs db:function under a search path that puts a schema before pg_catalog (its functions replace built-ins)", async () => {
+    await pgServer.createDatabase("shadow");
+    const setup = await run("psql", [
+      `host=127.0.0.1 port=${pgServer.port} user=postgres dbname=shadow`,
+      "-X",
+      "-q",
+      "-v",
+      "ON_ERROR_STOP=1",
+      "-c",
+      `CREATE TABLE calls (n int);
+       CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql AS 'INSERT INTO calls VALUES (1) RETURNING ''shadowed''';
+       ALTER DATABASE shadow SET search_path = public, pg_catalog;`,
+    ]);
+    expect(setup.stderr).toBe("");
+    // Review 13: `SET search_path = public, pg_catalog` was an ordinary setting, and `lower('x')`
+    // then ran public.lower (here: an INSERT) under db:read.
+    const set = await psql(h, reader, "SET search_path = public, pg_catalog", { user: "reader@example.com" });
+    expect(set.stderr).toMatch(/ERROR: .*db:function/);
+    const setConfig = await psql(h, reader, "SELECT set_config('search_path', 'public, pg_catalog', false)", {
+      user: "reader@example.com",
+    });
+    expect(setConfig.stderr).toMatch(/ERROR: .*db:function/);
+    const fine = await psql(h, reader, "SET search_path = pg_catalog, public; SELECT lower('X')", {
+      user: "reader@example.com",
+    });
+    expect(fine.stdout.trim()).toBe("x");
+    // A database (or role) whose default path does so: every statement needs db:function.
+    const shadowed = await psql(h, reader, "SELECT lower('X')", { user: "reader@example.com", db: "shadow" });
+    expect(shadowed.stderr).toMatch(/db:function .*search_path puts a schema before pg_catalog/);
+    const asDba = await psql(h, dba, "SELECT lower('X')", { user: "dba@example.com", db: "shadow" });
+    expect(asDba.stdout.trim()).toBe("shadowed");
+    const calls = await run("psql", [
+      `host=127.0.0.1 port=${pgServer.port} user=postgres dbname=shadow`,
+      "-X",
+      "-At",
+      "-c",
+      "SELECT count(*) FROM calls",
+    ]);
+    expect(calls.stdout.trim()).toBe("1"); // the DBA's call only
+  });
+
   it("decides EXECUTE on every statement a name may hold: a second PREPARE of a taken name fails on the target", async () => {
     const c = await aliceClient();
     const denyVisits = POLICIES.map((p) =>

@@ -43,6 +43,7 @@ import {
   columnSources,
   mergeLineage,
   mergeSources,
+  pathShadowsCatalog,
   qualifyTables,
   UNKNOWN_LINEAGE,
   type Classification,
@@ -290,6 +291,11 @@ export class PgSession {
   private definitions = 0;
   private readonly preparedSince = new Map<string, number>();
   private searchPath: string[];
+  /**
+   * The search path has put a schema before pg_catalog (at start or by a SET this session ran):
+   * names of built-ins may resolve to that schema's functions and operators (pathShadowsCatalog).
+   */
+  private userFunctionsFirst: boolean;
   private standardConformingStrings = true;
   private unsafeEncoding: string | undefined;
   /** The client encoding when it is not UTF8: the agent reads text as UTF-8, so only ASCII then. */
@@ -341,6 +347,7 @@ export class PgSession {
   ) {
     this.now = ctx.now ?? Date.now;
     this.searchPath = options.searchPath;
+    this.userFunctionsFirst = pathShadowsCatalog(options.searchPath);
     this.trackParameter("standard_conforming_strings", options.parameters.get("standard_conforming_strings") ?? "on");
     this.trackParameter("server_encoding", options.parameters.get("server_encoding") ?? "UTF8");
     this.trackParameter("client_encoding", options.parameters.get("client_encoding") ?? "UTF8");
@@ -650,6 +657,7 @@ export class PgSession {
   private widenSearchPath(info: StatementInfo): void {
     if (info.searchPath === undefined) return;
     const next = info.searchPath ?? ["$user", "public"];
+    if (pathShadowsCatalog(next)) this.userFunctionsFirst = true;
     this.searchPath = [...new Set([...this.searchPath, ...next])];
   }
 
@@ -982,6 +990,10 @@ export class PgSession {
         tables: [],
       };
     }
+    // Under a search path that puts a schema before pg_catalog, its functions and operators may
+    // stand in for the built-ins the text names: every statement may run user functions.
+    const shadowed = this.userFunctionsFirst && !actions.some((a) => a.action === "db:function");
+    if (shadowed) actions = [...actions, { action: "db:function", tables: [] }];
     if (actions.some((a) => a.action === "db:copy-out") && this.planner() !== undefined) {
       // COPY's output is CopyData, not rows: the agent cannot mask it, so it is not sent at all.
       return {
@@ -1009,6 +1021,8 @@ export class PgSession {
       });
       let message = v.message;
       if (v.effect !== "allow" && use.action === "db:dynamic" && info.reason) message = `${message}: ${info.reason}`;
+      if (v.effect !== "allow" && shadowed && use.action === "db:function")
+        message = `${message}: this session's search_path puts a schema before pg_catalog, so its functions and operators may replace the built-ins`;
       if (v.effect === "review")
         message = `${message}; approval is required, and approvals are not available on this agent yet`;
       const rank = v.effect === "deny" ? 3 : v.effect === "review" ? 2 : 1;
