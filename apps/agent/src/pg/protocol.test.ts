@@ -314,6 +314,81 @@ describe("extended protocol through the agent", () => {
     }
   });
 
+  it("stays in step when a COPY FROM STDIN fails on its data with Syncs sent during it, and ends a session sending a Sync or Flush with a body", async () => {
+    const masked = await startHarness({
+      pg: server,
+      policies: [
+        {
+          apiVersion: "moat.dev/v1",
+          kind: "Policy",
+          metadata: { name: "load" },
+          spec: {
+            subjects: { groups: ["eng"] },
+            resources: { names: ["db"] },
+            rules: [{ name: "load", effect: "allow", actions: ["connect", "db:read", "db:copy-in"] }],
+            masking: [{ columns: ["email"], style: "full" }],
+          },
+        },
+      ],
+    });
+    try {
+      const email = (ms: Msg[]) => ms.filter((m) => m.type === "D").map((m) => m.body.subarray(6).toString());
+      const bad = Buffer.from([0x64, 0, 0, 0, 8, 0x61, 0x09, 0x62, 0x0a]); // CopyData "a\tb\n": one column too many
+      // Review 13: the target answers a Sync it reads after the COPY failed; the agent had let it
+      // through without expecting an answer, so the next query's rows went to no statement, unmasked.
+      const c = await open(masked);
+      c.socket.write(serialize.query("COPY inbox FROM STDIN"));
+      await c.until((m) => m.some((x) => x.type === "G"));
+      let start = c.messages.length;
+      c.socket.write(Buffer.concat([bad, serialize.sync(), serialize.query("SELECT email FROM users")]));
+      await c.until((m) => m.slice(start).filter((x) => x.type === "Z").length >= 2);
+      expect(types(c.messages.slice(start))).toBe("EZTDCZ");
+      expect(email(c.messages.slice(start))).not.toContain("user1@example.com");
+      // libpq's extended-protocol COPY: Sync behind Execute, a stray Sync in the data, CopyDone + Sync.
+      c.socket.write(
+        Buffer.concat([
+          serialize.parse({ name: "", text: "COPY inbox FROM STDIN" }),
+          serialize.bind({}),
+          serialize.execute({}),
+          serialize.sync(),
+        ]),
+      );
+      await c.until((m) => m.slice(start).some((x) => x.type === "G"));
+      start = c.messages.length;
+      c.socket.write(
+        Buffer.concat([
+          bad,
+          serialize.sync(),
+          Buffer.from([0x63, 0, 0, 0, 4]), // CopyDone
+          serialize.sync(),
+          serialize.query("SELECT email FROM users"),
+        ]),
+      );
+      await c.until((m) => m.slice(start).filter((x) => x.type === "Z").length >= 2);
+      await new Promise((r) => setTimeout(r, 200)); // nothing more may come
+      expect(types(c.messages.slice(start))).toBe("EZTDCZ");
+      expect(email(c.messages.slice(start))).not.toContain("user1@example.com");
+      const after = await c.exchange(serialize.query("SELECT email FROM users"));
+      expect(types(after)).toBe("TDCZ");
+      c.socket.destroy();
+      // A Flush with a body (the target refuses it and skips to Sync): the session ends, 08P01.
+      const d = await open(masked);
+      d.socket.write(
+        Buffer.concat([
+          Buffer.from([0x48, 0, 0, 0, 5, 0]),
+          serialize.query("SELECT 1 AS x"),
+          serialize.sync(),
+          serialize.query("SELECT email FROM users"),
+        ]),
+      );
+      await d.until(() => d.closed);
+      expect(errors(d.messages).map((e) => [e.severity, e.code])).toEqual([["FATAL", "08P01"]]);
+      expect(types(d.messages)).not.toContain("D");
+    } finally {
+      await masked.close();
+    }
+  });
+
   it("forgets protocol portals that a SQL CLOSE/DECLARE or the end of their transaction may have replaced", async () => {
     const c = await open();
     await c.exchange(serialize.query("BEGIN"));

@@ -254,6 +254,11 @@ interface Decision {
   tables: string[];
 }
 
+/** Rows or a row description that answer no statement the agent knows of (see rowsExpected). */
+function lostTrack(): ProtocolError {
+  return new ProtocolError("the agent lost track of which statement the target is answering; the session is closed");
+}
+
 const VERDICTS = { allow: ProtoVerdict.ALLOW, deny: ProtoVerdict.DENY, review: ProtoVerdict.REVIEW } as const;
 const MAX_AUDIT_TEXT = 64 * 1024;
 
@@ -355,7 +360,7 @@ export class PgSession {
     this.reader.initial = false;
     this.done = new Promise((r) => (this.finish = r));
     const handler: RelayHandler = {
-      streamable: (t) => (t === 0x44 ? this.plan === undefined : t === 0x64),
+      streamable: (t) => (t === 0x44 ? this.plan === undefined && this.rowsExpected() : t === 0x64),
       streamed: (t) => {
         if (t === 0x44) this.rowsSeen++;
       },
@@ -474,6 +479,11 @@ export class PgSession {
   }
 
   private onClientMessage(f: Frame): Buffer | Buffer[] | undefined {
+    // Sync, Flush, CopyDone and Terminate have no body. The target would refuse one with a body and
+    // then skip to the next Sync, answering nothing the agent queued for it (review 13: a Flush with
+    // one extra byte shifted every later answer onto the wrong statement, unmasked).
+    if (f.body.length > 0 && (f.type === 0x53 || f.type === 0x48 || f.type === 0x63 || f.type === 0x58))
+      throw new ProtocolError(`invalid message format: '${String.fromCharCode(f.type)}' message with a body`);
     // Skipping to Sync, as the target does (it ignores all but Sync; Terminate ends the session anyway).
     if (this.awaitingSync && f.type !== 0x53 && f.type !== 0x58) return undefined;
     // Query, Sync, and FunctionCall (replaced by a Query) each get one ReadyForQuery.
@@ -535,8 +545,11 @@ export class PgSession {
       }
       case 0x53: // Sync
         this.awaitingSync = false;
-        // While the target reads COPY data it ignores Sync: nothing will answer this one.
-        if (!this.copyIn) this.push({ kind: "sync" });
+        // While the target reads COPY data it ignores Sync, unless the COPY has failed by the time it
+        // reads it: then it answers it, which the agent could not tell in advance (review 13: every
+        // later answer went to the wrong statement). Not sent: what the target would ignore anyway.
+        if (this.copyIn) return undefined;
+        this.push({ kind: "sync" });
         return f.raw;
       case 0x63: // CopyDone
       case 0x66: // CopyFail
@@ -1280,10 +1293,12 @@ export class PgSession {
     switch (type) {
       case 0x44: // DataRow
         this.rowsSeen++;
+        if (!this.plan && !this.rowsExpected()) throw lostTrack();
         return this.plan ? this.maskRow(raw) : undefined;
       case 0x54: {
         // RowDescription
         const head = this.pending[0];
+        if (head?.kind !== "query" && head?.kind !== "describe" && this.planner()) throw lostTrack();
         const fields = decodeRowDescription(raw.subarray(5));
         if (this.awaitCatalog(fields)) return HOLD;
         if (head?.kind === "describe") {
@@ -1403,6 +1418,16 @@ export class PgSession {
       }
     }
     if (this.copyEnds === ends) this.copyIn = true;
+  }
+
+  /**
+   * Whether rows may come now: the answer expected next is a Query's or an Execute's. Rows at any
+   * other time mean the agent lost track of what the target answers; under masking rules they could
+   * be relayed unmasked, so they end the session instead (see lostTrack).
+   */
+  private rowsExpected(): boolean {
+    const kind = this.pending[0]?.kind;
+    return kind === "query" || kind === "execute" || this.planner() === undefined;
   }
 
   /** The statement whose answer comes next from the target. */
