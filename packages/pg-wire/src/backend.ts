@@ -421,6 +421,17 @@ export function authenticationRequest(code: number, extra: Buffer = EMPTY): Buff
   return message("R", body);
 }
 
+/**
+ * NegotiateProtocolVersion: the newest minor version of protocol 3 the server speaks and the
+ * protocol options (`_pq_.*`) of the startup packet it does not know.
+ */
+export function negotiateProtocolVersion(minor: number, unknownOptions: readonly string[]): Buffer {
+  const head = Buffer.allocUnsafe(8);
+  head.writeInt32BE(minor, 0);
+  head.writeInt32BE(unknownOptions.length, 4);
+  return message("v", Buffer.concat([head, ...unknownOptions.map(cstr)]));
+}
+
 export function parameterStatus(name: string, value: string): Buffer {
   return message("S", Buffer.concat([cstr(name), cstr(value)]));
 }

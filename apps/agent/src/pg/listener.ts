@@ -14,6 +14,7 @@ import {
   decodePassword,
   errorResponse,
   FrameReader,
+  negotiateProtocolVersion,
   ProtocolError,
   readyForQuery,
   SIMPLE_MESSAGES,
@@ -188,6 +189,13 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
             clearTimeout(timer);
             refuse(socket, problem.code, problem.message, "startup");
             return;
+          }
+          // Like PostgreSQL 15: protocol 3.0 only, and no protocol options (`_pq_.*`), said before
+          // authentication to a client that asked for a newer minor version or for options.
+          const options = [...m.parameters.keys()].filter((k) => k.startsWith("_pq_."));
+          if ((m.version & 0xffff) !== 0 || options.length > 0) {
+            socket.write(negotiateProtocolVersion(0, options));
+            for (const k of options) m.parameters.delete(k);
           }
           if (
             !tls &&

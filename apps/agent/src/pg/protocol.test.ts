@@ -685,6 +685,29 @@ describe("extended protocol through the agent", () => {
     expect(types(await good.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
     good.socket.destroy();
   });
+
+  it("answers a startup asking for protocol 3.2 or protocol options with NegotiateProtocolVersion (3.0), like PostgreSQL 15", async () => {
+    const token = await h.token();
+    const socket = connect(h.port, "127.0.0.1");
+    const raw = new Raw(socket);
+    await new Promise((r) => socket.once("connect", r));
+    const pairs = ["user", "alice@example.com", "database", "app", "_pq_.future_option", "on"];
+    const body = Buffer.concat([...pairs.map((p) => Buffer.from(`${p}\0`)), Buffer.from([0])]);
+    const head = Buffer.alloc(8);
+    head.writeInt32BE(8 + body.length, 0);
+    head.writeInt32BE((3 << 16) | 2, 4);
+    socket.write(Buffer.concat([head, body]));
+    await raw.until((m) => m.some((x) => x.type === "R"));
+    expect(types(raw.messages)).toBe("vR");
+    const v = raw.messages[0]?.body as Buffer;
+    expect(v.readInt32BE(0)).toBe(0); // newest minor version: 3.0
+    expect(v.readInt32BE(4)).toBe(1);
+    expect(v.subarray(8).toString()).toBe("_pq_.future_option\0");
+    socket.write(serialize.password(token));
+    await raw.until((m) => m.some((x) => x.type === "Z"));
+    expect(types(await raw.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+    socket.destroy();
+  });
 });
 
 /** A Query message carrying exactly `bytes` (not necessarily UTF-8). */
