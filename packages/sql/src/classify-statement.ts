@@ -16,7 +16,7 @@ import { pathShadowsCatalog } from "./qualify.js";
 import { statementLineage } from "./lineage.js";
 import { aliasOf, isObj, nameParts, unwrap, walkNodes, type Obj } from "./tree.js";
 import { NODE_FIELD_TYPES } from "./gen/node-fields.js";
-import { PG_SUPERUSER_SETTINGS } from "./gen/pg-catalog.js";
+import { PG_CATALOG_RELATIONS, PG_SUPERUSER_SETTINGS } from "./gen/pg-catalog.js";
 import {
   actionRank,
   classOfActions,
@@ -79,6 +79,11 @@ class Collector {
 
   table(action: DbAction, table: TableRef): void {
     this.uses.push({ action, table, viaFunction: false });
+    // The catalogs define the database (and `UPDATE pg_settings` runs set_config): changing one, by
+    // a write, a lock, DDL or COPY into it, is administration. Table scopes leave catalog relations
+    // out (qualifyTables), so without this a table-scoped db:write allowed it (review 14).
+    if (action !== "db:read" && action !== "db:copy-out" && isCatalogRelation(table))
+      this.uses.push({ action: "db:admin", table, viaFunction: false });
   }
 
   viaFunction(action: DbAction, fn: string, reason?: string): void {
@@ -94,6 +99,12 @@ class Collector {
   private dynamicReason(reason: string): void {
     this.extra.reason ??= reason;
   }
+}
+
+/** A relation of pg_catalog or information_schema (unqualified: a name pg_catalog has, found there first). */
+function isCatalogRelation(table: TableRef): boolean {
+  if (table.schema === undefined) return PG_CATALOG_RELATIONS.has(table.name);
+  return table.schema === "pg_catalog" || table.schema === "information_schema";
 }
 
 interface CteNames {

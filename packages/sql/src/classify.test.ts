@@ -115,6 +115,29 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
   ["WITH c AS (SELECT 1) SELECT * FROM (SELECT * FROM c) x", { class: "read", "db:read": [] }],
   // --- locking reads
   ["SELECT * FROM t FOR UPDATE", { class: "write", "db:write": ["t"], "db:read": [] }],
+  // Changing a catalog is administration, whatever table scopes say (review 14).
+  [
+    "UPDATE pg_settings SET setting = 'x' WHERE name = 'search_path'",
+    { class: "admin", "db:admin": ["pg_settings"], "db:write": ["pg_settings"] },
+  ],
+  [
+    "UPDATE pg_catalog.pg_class SET relname = 'x'",
+    { class: "admin", "db:admin": ["pg_catalog.pg_class"], "db:write": ["pg_catalog.pg_class"] },
+  ],
+  [
+    "INSERT INTO information_schema.sql_features VALUES ('x')",
+    {
+      class: "admin",
+      "db:admin": ["information_schema.sql_features"],
+      "db:write": ["information_schema.sql_features"],
+    },
+  ],
+  [
+    "COPY pg_description FROM STDIN",
+    { class: "admin", "db:admin": ["pg_description"], "db:copy-in": ["pg_description"] },
+  ],
+  ["UPDATE public.pg_class SET x = 1", { class: "write", "db:write": ["public.pg_class"] }],
+  ["COPY pg_class TO STDOUT", { class: "copy-out", "db:copy-out": ["pg_class"] }],
   ["SELECT * FROM t FOR SHARE", { class: "write", "db:write": ["t"], "db:read": [] }],
   ["SELECT * FROM t FOR NO KEY UPDATE SKIP LOCKED", { class: "write", "db:write": ["t"], "db:read": [] }],
   ["SELECT * FROM t FOR KEY SHARE NOWAIT", { class: "write", "db:write": ["t"], "db:read": [] }],

@@ -77,6 +77,19 @@ const POLICIES = [
   {
     apiVersion: "moat.dev/v1",
     kind: "Policy",
+    metadata: { name: "writer" },
+    spec: {
+      subjects: { groups: ["writers"] },
+      resources: { names: ["db"] },
+      rules: [
+        { name: "connect", effect: "allow", actions: ["connect"] },
+        { name: "write-public", effect: "allow", actions: ["db:read", "db:write"], tables: ["public.*"] },
+      ],
+    },
+  },
+  {
+    apiVersion: "moat.dev/v1",
+    kind: "Policy",
     metadata: { name: "dba" },
     spec: {
       subjects: { groups: ["dba"] },
@@ -394,6 +407,29 @@ describe("statement decisions", () => {
     } finally {
       await c.end();
     }
+  });
+
+  it("needs db:admin to change a catalog, whatever a table-scoped db:write allows (UPDATE pg_settings runs set_config)", async () => {
+    const writer = await h.token("writer@example.com", ["writers"]);
+    const as = (sql: string) => psql(h, writer, sql, { user: "writer@example.com" });
+    expect((await as("INSERT INTO visit_log VALUES (7)")).stderr).toBe("");
+    // Review 14: catalog tables are left out of table scopes, so these were db:write on no table,
+    // allowed by the writer's `public.*` rule: a search_path change the agent never saw (then
+    // unqualified names read another schema), a superuser-only setting, a table moved into public.
+    for (const sql of [
+      "UPDATE pg_settings SET setting = 'analytics, public' WHERE name = 'search_path'",
+      "UPDATE pg_settings SET setting = 'replica' WHERE name = 'session_replication_role'",
+      "UPDATE pg_catalog.pg_class SET relnamespace = 'public'::regnamespace WHERE oid = 'analytics.events'::regclass",
+      "DELETE FROM pg_catalog.pg_description",
+      "LOCK pg_class",
+    ]) {
+      const r = await as(sql);
+      expect(r.stderr, sql).toMatch(/ERROR: .*db:admin/);
+    }
+    const path = await as(
+      "UPDATE pg_settings SET setting = 'analytics, public' WHERE name = 'search_path'; SHOW search_path",
+    );
+    expect(path.stdout).not.toMatch(/analytics/);
   });
 
   it("lets the DBA do everything, including DDL and writes", async () => {
