@@ -200,7 +200,18 @@ describe("column patterns", () => {
         col("n", { typeOid: INT4, derivedFrom: { names: ["email"], anyColumn: true } }),
       ]),
     ).toBeUndefined();
-    expect(plan([{ columns: ["email"], style: "partial" }], [lower]).columns[0]?.style).toBe("partial");
+    // A computed value's parts are the query's choice: partial and hash mask it whole (review 14:
+    // `'a@' || replace(email, '@', '.')` kept the whole address as the "domain" partial shows).
+    expect(plan([{ columns: ["email"], style: "partial" }], [lower]).columns[0]?.style).toBe("full");
+    expect(plan([{ columns: ["email"], style: "hash" }], [lower]).columns[0]?.style).toBe("full");
+    expect(plan([{ columns: ["email"], style: "null" }], [lower]).columns[0]?.style).toBe("null");
+    const moved = Buffer.from("a@user5.example.com");
+    const computed = planner([{ detectors: ["email"], style: "partial" }]).plan([
+      col("x", { derivedFrom: { names: ["note"], anyColumn: false } }),
+    ]);
+    expect(computed?.maskValue(0, moved)?.toString()).toBe("****");
+    const plain = planner([{ detectors: ["email"], style: "partial" }]).plan([col("note")]);
+    expect(plain?.maskValue(0, moved)?.toString()).not.toBe("****");
   });
 
   it("says whether a value computed from some columns is masked whole, for error messages", () => {

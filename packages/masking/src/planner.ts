@@ -161,6 +161,9 @@ export function compileMasks(rules: readonly MaskRule[], options: CompileMasksOp
   };
 }
 
+/** Partial and hash become full (see planColumn); full and null stay. */
+const wholeStyle = (style: MaskStyle): MaskStyle => (style === "partial" || style === "hash" ? "full" : style);
+
 function planColumn(
   column: ColumnInfo,
   columnRules: readonly ColumnRule[],
@@ -170,6 +173,13 @@ function planColumn(
   const rep = representation(column.typeOid, column.format);
   let style: MaskStyle | undefined;
   for (const rule of columnRules) if (rule.matches(column)) style = strongest(style, rule.style);
+  if (column.derivedFrom !== undefined) {
+    // A computed value is the query's choice: partial would show, and a hash would let it compare,
+    // whatever part of a masked value the query puts there (`'a@' || replace(email, '@', '.')`
+    // kept the whole address as a "domain"): both mask the whole value instead.
+    if (style !== undefined) style = wholeStyle(style);
+    detectors = detectors.map((d) => ({ detector: d.detector, style: wholeStyle(d.style) }));
+  }
   const wholeIsNull = style !== undefined && (style === "null" || rep.kind === "typed" || rep.kind === "opaque");
   // With a whole-value style, only a stronger detector can change what the value becomes.
   const active =

@@ -432,6 +432,18 @@ export function negotiateProtocolVersion(minor: number, unknownOptions: readonly
   return message("v", Buffer.concat([head, ...unknownOptions.map(cstr)]));
 }
 
+/** NotificationResponse ('A'): the notifying backend's process id, the channel and the payload. */
+export function decodeNotification(body: Buffer): { processId: number; channel: string; payload: string } {
+  const r = new BodyReader(body);
+  return { processId: r.int32(), channel: r.cstring(), payload: r.cstring() };
+}
+
+export function notificationResponse(processId: number, channel: string, payload: string): Buffer {
+  const pid = Buffer.allocUnsafe(4);
+  pid.writeInt32BE(processId, 0);
+  return message("A", Buffer.concat([pid, cstr(channel), cstr(payload)]));
+}
+
 export function parameterStatus(name: string, value: string): Buffer {
   return message("S", Buffer.concat([cstr(name), cstr(value)]));
 }

@@ -128,12 +128,30 @@ const CASES: Array<[string, string, string[] | undefined]> = [
   ["SELECT email AS e FROM users UNION SELECT 'x'", "", ["email"]],
   ["SELECT 'x' UNION ALL SELECT email FROM users", "", ["email"]],
   ["SELECT x FROM (SELECT 'a' AS x UNION SELECT email FROM users) s", "email", ["x"]],
-  ["SELECT * FROM users UNION SELECT * FROM old_users", "", undefined],
+  // Columns of a UNION name no table: `*` there may be any column (review 14: it was a leak).
+  ["SELECT * FROM users UNION SELECT * FROM old_users", "*", undefined],
   // RETURNING, and what was written.
   ["UPDATE users SET n = 1 RETURNING lower(email) AS e, id", "", ["email", "id"]],
   ["UPDATE users SET note = email RETURNING note", "email", ["note"]],
   ["INSERT INTO t (a) SELECT email FROM users RETURNING a", "email", ["a"]],
   ["DELETE FROM users RETURNING *", "", undefined],
+  // Review 14: a USING join's alias is a whole row; SEARCH/CYCLE columns hold the rows; `*` in a
+  // set operation's branch reaches columns that name no table.
+  ["SELECT j FROM users JOIN other USING (email) AS j", "", ["*,j"]],
+  ["SELECT row_to_json(j) FROM users JOIN other USING (email) AS j", "", ["*,j"]],
+  [
+    "WITH RECURSIVE c(x) AS (SELECT email FROM users UNION ALL SELECT x FROM c) CYCLE x SET cyc USING path SELECT path, cyc FROM c",
+    "",
+    ["*,path", "*,cyc"],
+  ],
+  [
+    "WITH RECURSIVE c(x) AS (SELECT email FROM users UNION ALL SELECT x FROM c) SEARCH DEPTH FIRST BY x SET ord SELECT ord FROM c",
+    "",
+    ["*,ord"],
+  ],
+  ["SELECT 0, 'x', 'y' UNION ALL TABLE users", "*", undefined],
+  ["SELECT 0, 'x' UNION ALL SELECT u.* FROM users u", "*", undefined],
+  ["WITH c AS (TABLE users) SELECT 0, 'x', 'y' UNION ALL TABLE c", "*", undefined],
   // Cursors and prepared statements: their query.
   ["DECLARE c CURSOR FOR SELECT lower(email) FROM users", "", ["email"]],
   ["PREPARE p AS SELECT lower(email) FROM users WHERE id = $1", "", ["email"]],

@@ -37,7 +37,8 @@ const newAcc = (): Acc => ({ names: new Set(), anyColumn: false });
 /** Where the output list of a SELECT (or RETURNING) goes. */
 type Sink =
   /** The statement's own result: one accumulator per column. */
-  | { kind: "result" }
+  /** The statement's own rows; `setOperation` below a UNION/INTERSECT/EXCEPT (no column has a table there). */
+  | { kind: "result"; setOperation?: boolean }
   /** A FROM subquery or CTE: its named columns by name (`derived`), the rest to `shared`. */
   | { kind: "from"; names?: readonly string[] | undefined }
   /** Everything into one accumulator (a scalar subquery, a set-operation branch below the top). */
@@ -65,8 +66,9 @@ class Walk {
       if (sink.kind === "result") {
         // Set-operation columns have no table in the RowDescription: every branch's column i,
         // plain references included, reaches result column i.
-        const l = this.select(left, sink);
-        const r = this.select(right, sink);
+        const branch: Sink = { kind: "result", setOperation: true };
+        const l = this.select(left, branch);
+        const r = this.select(right, branch);
         if (l && r && l.length === r.length) return l.map((acc, i) => merge(acc, r[i] as Acc));
         for (const acc of [...(l ?? []), ...(r ?? [])]) mergeInto(this.shared, acc);
         return undefined;
@@ -140,6 +142,11 @@ class Walk {
       const cte = unwrap(item)?.[1];
       if (!cte) continue;
       this.resultOf(cte.ctequery, { kind: "from", names: aliasNames(cte.aliascolnames) });
+      // SEARCH ... SET ord and CYCLE ... USING path add columns holding the rows themselves.
+      const search = unwrap(cte.search_clause)?.[1] ?? (isObj(cte.search_clause) ? cte.search_clause : undefined);
+      const cycle = unwrap(cte.cycle_clause)?.[1] ?? (isObj(cte.cycle_clause) ? cte.cycle_clause : undefined);
+      for (const name of [search?.search_seq_column, cycle?.cycle_path_column, cycle?.cycle_mark_column])
+        if (typeof name === "string") this.derive(name, { names: new Set(), anyColumn: true });
     }
   }
 
@@ -181,9 +188,11 @@ class Walk {
       const value = resTargetValue(target);
       if (plainColumnRef(value) === "*") {
         // Expands to columns of a number unknown here: plain ones (named by the RowDescription),
-        // or computed ones of a subquery or CTE.
+        // or computed ones of a subquery or CTE. In a set operation's branch even plain ones reach
+        // result columns that name no table (`SELECT 0, 'x' UNION ALL TABLE users`): any column.
         oneToOne = false;
         this.expandsStar = true;
+        if (sink.setOperation === true) this.shared.anyColumn = true;
         continue;
       }
       // `(u).*`, `(ROW(1, 2)).*`: computed columns, of a number unknown here.
@@ -401,6 +410,9 @@ function relationNames(tree: unknown): Set<string> {
     if (alias !== undefined && kind !== "RangeFunction" && kind !== "RangeTableFunc") out.add(alias);
     else if (kind === "RangeVar" && typeof node.relname === "string") out.add(node.relname);
     if (kind === "CommonTableExpr" && typeof node.ctename === "string") out.add(node.ctename);
+    // `JOIN ... USING (email) AS j`: `j` is a whole row of the join's USING columns.
+    const using = node.join_using_alias;
+    if (kind === "JoinExpr" && isObj(using) && typeof using.aliasname === "string") out.add(using.aliasname);
   });
   return out;
 }

@@ -19,6 +19,7 @@ import {
   replaceDataRowValues,
   decodeErrorFields,
   decodeExecute,
+  decodeNotification,
   decodeParameterStatus,
   decodeParse,
   decodeQuery,
@@ -26,6 +27,7 @@ import {
   decodeTarget,
   errorResponse,
   noticeResponse,
+  notificationResponse,
   FrameReader,
   HOLD,
   ProtocolError,
@@ -252,6 +254,48 @@ interface Decision {
   rule: string;
   message: string;
   tables: string[];
+}
+
+/**
+ * SQLSTATEs of errors the server raises while it analyses a statement's names and types, which
+ * quote names, never values. Not 42601: the agent's own parser refuses syntax errors first, so one
+ * from the target comes from parsing a value at run time (`::regtype`, `to_regprocedure`).
+ */
+const ANALYSIS_CODES: ReadonlySet<string> = new Set([
+  "42703", // undefined column
+  "42P01", // undefined table
+  "42883", // undefined function
+  "42702", // ambiguous column
+  "42725", // ambiguous function
+  "42803", // grouping error
+  "42804", // datatype mismatch
+  "42P18", // indeterminate datatype
+  "42846", // cannot coerce
+  "42P10", // invalid column reference
+]);
+
+/**
+ * Whether an error arose while the server analysed the statement's text and quotes nothing but it:
+ * a position in the text, an analysis SQLSTATE, no context or query of its own, and every quoted
+ * part ("..." in its message, detail and hint) found in `text` (ignoring case; a dotted name like
+ * "users.email" part by part). A quote inside a quoted part makes the parts ambiguous: not passed.
+ */
+function analysisError(e: ReturnType<typeof decodeErrorFields>, text: string): boolean {
+  if (e.position === undefined || !ANALYSIS_CODES.has(e.code)) return false;
+  if (e.internalQuery !== undefined || e.where !== undefined) return false;
+  const haystack = text.toLowerCase();
+  for (const field of [e.message, e.detail, e.hint]) {
+    if (field === undefined) continue;
+    if (field.includes('""')) return false;
+    const parts = field.split('"');
+    if (parts.length % 2 === 0) return false;
+    for (let i = 1; i < parts.length; i += 2) {
+      const quoted = (parts[i] as string).toLowerCase();
+      if (!haystack.includes(quoted) && !quoted.split(".").every((name) => name !== "" && haystack.includes(name)))
+        return false;
+    }
+  }
+  return true;
 }
 
 /** Rows or a row description that answer no statement the agent knows of (see rowsExpected). */
@@ -1186,9 +1230,11 @@ export class PgSession {
     const encode = notice ? noticeResponse : errorResponse;
     const e = decodeErrorFields(raw.subarray(5));
     const severity = e.severity as ErrorInit["severity"];
-    // An error with a position in the statement's text arose while the server analysed the text
-    // (an unknown table or column, a syntax error), before any row was read: it quotes the text.
-    if (e.position === undefined && planner.masksSources(this.readsOf(run))) {
+    // Only an error the server raised analysing the statement's text passes (analysisError): an
+    // unknown column or table, quoting the text. A position alone does not prove it: a value parsed
+    // at run time fails with one too (`email::regtype`: a syntax error at or near "@", CONTEXT:
+    // invalid type name "user5@example.com", review 14).
+    if (planner.masksSources(this.readsOf(run)) && !analysisError(e, run?.text ?? "")) {
       const what = notice ? `the target sent a ${e.severity || "notice"}` : "the statement failed on the target";
       return encode({
         severity,
@@ -1319,6 +1365,15 @@ export class PgSession {
           return head.injected ? [] : undefined;
         }
         return undefined;
+      }
+      case 0x41: {
+        // NotificationResponse: a payload is text another session (a trigger) chose; the detectors
+        // mask what they find in it, as in error messages (review 14). Column rules cannot apply.
+        const planner = this.planner();
+        if (!planner) return undefined;
+        const n = decodeNotification(raw.subarray(5));
+        const payload = planner.maskText(n.payload);
+        return payload === n.payload ? undefined : [notificationResponse(n.processId, n.channel, payload)];
       }
       case 0x74: // ParameterDescription: part of Describe S; RowDescription or NoData follows.
         return undefined;
