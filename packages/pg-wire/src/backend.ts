@@ -422,12 +422,13 @@ export function authenticationRequest(code: number, extra: Buffer = EMPTY): Buff
 }
 
 /**
- * NegotiateProtocolVersion: the newest minor version of protocol 3 the server speaks and the
- * protocol options (`_pq_.*`) of the startup packet it does not know.
+ * NegotiateProtocolVersion: the newest protocol version the server speaks, coded as in the startup
+ * packet (`3 << 16` for 3.0: libpq refuses anything lower), and the protocol options (`_pq_.*`) of
+ * the startup packet it does not know.
  */
-export function negotiateProtocolVersion(minor: number, unknownOptions: readonly string[]): Buffer {
+export function negotiateProtocolVersion(version: number, unknownOptions: readonly string[]): Buffer {
   const head = Buffer.allocUnsafe(8);
-  head.writeInt32BE(minor, 0);
+  head.writeInt32BE(version, 0);
   head.writeInt32BE(unknownOptions.length, 4);
   return message("v", Buffer.concat([head, ...unknownOptions.map(cstr)]));
 }

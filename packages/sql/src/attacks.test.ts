@@ -42,6 +42,11 @@ const ATTACKS: string[] = [
   "PREPARE p AS SELECT ($1::text).pg_read_file",
   "DECLARE c CURSOR FOR SELECT ('PG_VERSION'::text).pg_read_file",
   "WITH x AS (SELECT ('public.s'::regclass).nextval) SELECT * FROM x",
+  // ... and `t.f` over a FROM function returning a scalar: t is that value (review 15)
+  "SELECT t.pg_read_file FROM unnest(ARRAY['PG_VERSION'::text]) t",
+  "SELECT f.pg_read_file FROM CAST('postmaster.opts' AS text) f",
+  "SELECT v.pg_ls_dir FROM unnest(ARRAY['.']) v",
+  "SELECT x.nextval FROM to_regclass('s') x",
   // SELECT INTO, CREATE TABLE AS
   "SELECT * INTO copy_of_secrets FROM secrets",
   "SELECT * INTO TEMP t FROM secrets",

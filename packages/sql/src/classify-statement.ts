@@ -202,7 +202,11 @@ function walkNode(type: string, node: Obj, scope: Scope, out: Collector): void {
       break;
     case "A_Indirection":
       // `(expr).name` is a call of the function `name` when `expr` has no field of that name.
-      visitFieldSelections(node.indirection, out);
+      visitFieldSelections(node.indirection, 0, out);
+      break;
+    case "ColumnRef":
+      // So is `t.name` (see visitFieldSelections); the first name is never a function.
+      visitFieldSelections(node.fields, 1, out);
       break;
     case "SortBy":
       if (node.useOp !== undefined) visitOperator(node.useOp, out);
@@ -373,16 +377,17 @@ function visitFunctionName(parts: string[], out: Collector, procedure: boolean):
 
 /**
  * Field selections that may be function calls in attribute notation: PostgreSQL reads `(x).f` as
- * `f(x)` when the value has no field `f`, so `('PG_VERSION'::text).pg_read_file` runs pg_read_file
- * (without the parentheses, `a.f` is only a column `f` of FROM item `a` or a function of its whole
- * row, which no built-in that needs more than db:read takes). Built-ins that need more than db:read count as called; other names are taken
- * as fields (a user function called this way is the documented limit of attribute notation), and
- * so are built-ins that need nothing.
+ * `f(x)` when the value has no field `f`, so `('PG_VERSION'::text).pg_read_file` runs pg_read_file,
+ * and `t.f` as `f(t)` when `t` has no column `f`: `SELECT t.pg_read_file FROM
+ * unnest(ARRAY['PG_VERSION']) t` reads the file (t is the function's scalar value). Built-ins that
+ * need more than db:read count as called (a column or field named like one too: fails closed);
+ * other names are taken as columns and fields (a user function called this way is the documented
+ * limit of attribute notation), and so are built-ins that need nothing.
  */
-function visitFieldSelections(items: unknown, out: Collector): void {
+function visitFieldSelections(items: unknown, from: number, out: Collector): void {
   if (!Array.isArray(items)) return;
-  for (const element of items) {
-    const item = unwrap(element);
+  for (let i = from; i < items.length; i++) {
+    const item = unwrap(items[i]);
     if (!item || item[0] !== "String" || typeof item[1].sval !== "string") continue;
     const name = item[1].sval;
     // Only names of built-ins: the admin name patterns (`lo_*` ...) would also match composite fields.

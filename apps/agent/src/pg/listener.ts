@@ -194,7 +194,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
           // authentication to a client that asked for a newer minor version or for options.
           const options = [...m.parameters.keys()].filter((k) => k.startsWith("_pq_."));
           if ((m.version & 0xffff) !== 0 || options.length > 0) {
-            socket.write(negotiateProtocolVersion(0, options));
+            socket.write(negotiateProtocolVersion(3 << 16, options));
             for (const k of options) m.parameters.delete(k);
           }
           if (

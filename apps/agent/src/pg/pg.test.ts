@@ -262,6 +262,7 @@ describe("statement decisions", () => {
       // Built-ins in attribute notation: `(x).f` runs f(x) (review 13: these read server files).
       "SELECT ('PG_VERSION'::text).pg_read_file",
       "SELECT (x).pg_ls_dir FROM (SELECT '.'::text AS x) s",
+      "SELECT t.pg_read_file FROM unnest(ARRAY['PG_VERSION'::text]) t",
     ]) {
       const r = await psql(h, alice, sql);
       expect(r.stderr, sql).toMatch(/ERROR: /);
