@@ -142,16 +142,21 @@ const CASES: Array<[string, string, string[] | undefined]> = [
   [
     "WITH RECURSIVE c(x) AS (SELECT email FROM users UNION ALL SELECT x FROM c) CYCLE x SET cyc USING path SELECT path, cyc FROM c",
     "",
-    ["*,path", "*,cyc"],
+    ["email,path,x", "cyc"],
   ],
   [
     "WITH RECURSIVE c(x) AS (SELECT email FROM users UNION ALL SELECT x FROM c) SEARCH DEPTH FIRST BY x SET ord SELECT ord FROM c",
     "",
-    ["*,ord"],
+    ["email,ord,x"],
   ],
   ["SELECT 0, 'x', 'y' UNION ALL TABLE users", "*", undefined],
   ["SELECT 0, 'x' UNION ALL SELECT u.* FROM users u", "*", undefined],
   ["WITH c AS (TABLE users) SELECT 0, 'x', 'y' UNION ALL TABLE c", "*", undefined],
+  ["SELECT 0, 'x' UNION ALL SELECT * FROM (SELECT * FROM users) s", "*", undefined],
+  // ... but not over no table, or over catalogs only (review 15).
+  ["SELECT * FROM (VALUES (1, 'a')) v(x, y) UNION ALL SELECT 2, 'b'", "", undefined],
+  ["SELECT * FROM generate_series(1, 2) UNION SELECT 3", "", undefined],
+  ["SELECT * FROM pg_namespace UNION ALL SELECT * FROM pg_namespace", "", undefined],
   // Cursors and prepared statements: their query.
   ["DECLARE c CURSOR FOR SELECT lower(email) FROM users", "", ["email"]],
   ["PREPARE p AS SELECT lower(email) FROM users WHERE id = $1", "", ["email"]],

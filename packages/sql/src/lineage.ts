@@ -23,7 +23,7 @@
  * infer a masked value from which rows match; masking is not a defence against that, here or in
  * other products).
  */
-import { PG_ROW_FUNCTIONS } from "./gen/pg-catalog.js";
+import { PG_CATALOG_RELATIONS, PG_ROW_FUNCTIONS } from "./gen/pg-catalog.js";
 import { aliasOf, isObj, unwrap, walkNodes, type Obj } from "./tree.js";
 import type { ColumnSources, ResultLineage } from "./types.js";
 
@@ -106,7 +106,12 @@ class Walk {
       this.expr(values, sink.kind === "into" ? sink.acc : this.shared);
       return undefined;
     }
-    return this.outputList(list(node.targetList), sink);
+    const targets = list(node.targetList);
+    // In a set operation's branch even plain columns reach result columns that name no table:
+    // `SELECT 0, 'x' UNION ALL TABLE users` (`*` over a table, of columns unknown here: any column).
+    if (sink.kind === "result" && sink.setOperation === true && targets.some(isStar) && readsTable(node.fromClause))
+      this.shared.anyColumn = true;
+    return this.outputList(targets, sink);
   }
 
   /** INSERT/UPDATE/DELETE/MERGE: only RETURNING returns rows. */
@@ -142,11 +147,17 @@ class Walk {
       const cte = unwrap(item)?.[1];
       if (!cte) continue;
       this.resultOf(cte.ctequery, { kind: "from", names: aliasNames(cte.aliascolnames) });
-      // SEARCH ... SET ord and CYCLE ... USING path add columns holding the rows themselves.
+      // SEARCH ... SET ord and CYCLE ... USING path add columns holding the values of the columns
+      // they list (the mark column holds only the mark values).
       const search = unwrap(cte.search_clause)?.[1] ?? (isObj(cte.search_clause) ? cte.search_clause : undefined);
       const cycle = unwrap(cte.cycle_clause)?.[1] ?? (isObj(cte.cycle_clause) ? cte.cycle_clause : undefined);
-      for (const name of [search?.search_seq_column, cycle?.cycle_path_column, cycle?.cycle_mark_column])
-        if (typeof name === "string") this.derive(name, { names: new Set(), anyColumn: true });
+      const added: [unknown, unknown][] = [
+        [search?.search_seq_column, search?.search_col_list],
+        [cycle?.cycle_path_column, cycle?.cycle_col_list],
+      ];
+      for (const [name, columns] of added)
+        if (typeof name === "string")
+          this.derive(name, { names: new Set(aliasNames(columns) ?? []), anyColumn: false });
     }
   }
 
@@ -188,11 +199,9 @@ class Walk {
       const value = resTargetValue(target);
       if (plainColumnRef(value) === "*") {
         // Expands to columns of a number unknown here: plain ones (named by the RowDescription),
-        // or computed ones of a subquery or CTE. In a set operation's branch even plain ones reach
-        // result columns that name no table (`SELECT 0, 'x' UNION ALL TABLE users`): any column.
+        // or computed ones of a subquery or CTE (see select for a set operation's branch).
         oneToOne = false;
         this.expandsStar = true;
-        if (sink.setOperation === true) this.shared.anyColumn = true;
         continue;
       }
       // `(u).*`, `(ROW(1, 2)).*`: computed columns, of a number unknown here.
@@ -398,6 +407,25 @@ function merge(a: Acc, b: Acc): Acc {
 function mergeInto(into: Acc, from: Acc): void {
   for (const name of from.names) into.names.add(name);
   if (from.anyColumn) into.anyColumn = true;
+}
+
+const isStar = (target: unknown): boolean => plainColumnRef(resTargetValue(target)) === "*";
+
+/** Whether a FROM clause names a table (or CTE) anywhere, catalog relations aside. */
+function readsTable(fromClause: unknown): boolean {
+  let found = false;
+  walkNodes(fromClause, (kind, node) => {
+    if (found) return false;
+    if (kind !== "RangeVar" || typeof node.relname !== "string") return true;
+    const schema = typeof node.schemaname === "string" ? node.schemaname : undefined;
+    const catalog =
+      schema === undefined
+        ? PG_CATALOG_RELATIONS.has(node.relname)
+        : schema === "pg_catalog" || schema === "information_schema";
+    if (!catalog) found = true;
+    return true;
+  });
+  return found;
 }
 
 /** Names of every FROM item (alias, else table name) and CTE anywhere in the tree. */
