@@ -103,8 +103,8 @@ async function open(harness: Harness = h): Promise<Raw> {
   return raw;
 }
 
-/** An agent whose one policy allows reads and masks `email` whole. */
-function startMasked(): Promise<Harness> {
+/** An agent whose one policy allows reads (and `extra` actions) and masks `email` whole. */
+function startMasked(extra: string[] = []): Promise<Harness> {
   return startHarness({
     pg: server,
     policies: [
@@ -115,7 +115,7 @@ function startMasked(): Promise<Harness> {
         spec: {
           subjects: { groups: ["eng"] },
           resources: { names: ["db"] },
-          rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read"] }],
+          rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read", ...extra] }],
           masking: [{ columns: ["email"], style: "full" }],
         },
       },
@@ -254,22 +254,7 @@ describe("extended protocol through the agent", () => {
   });
 
   it("stays in step when a client sends Sync during COPY FROM STDIN (the target ignores it): the next result is still masked", async () => {
-    const masked = await startHarness({
-      pg: server,
-      policies: [
-        {
-          apiVersion: "moat.dev/v1",
-          kind: "Policy",
-          metadata: { name: "load" },
-          spec: {
-            subjects: { groups: ["eng"] },
-            resources: { names: ["db"] },
-            rules: [{ name: "load", effect: "allow", actions: ["connect", "db:read", "db:copy-in"] }],
-            masking: [{ columns: ["email"], style: "full" }],
-          },
-        },
-      ],
-    });
+    const masked = await startMasked(["db:copy-in"]);
     try {
       const c = await open(masked);
       const email = (ms: Msg[]) => ms.filter((m) => m.type === "D").map((m) => m.body.subarray(6).toString());
@@ -315,22 +300,7 @@ describe("extended protocol through the agent", () => {
   });
 
   it("stays in step when a COPY FROM STDIN fails on its data with Syncs sent during it, and ends a session sending a Sync or Flush with a body", async () => {
-    const masked = await startHarness({
-      pg: server,
-      policies: [
-        {
-          apiVersion: "moat.dev/v1",
-          kind: "Policy",
-          metadata: { name: "load" },
-          spec: {
-            subjects: { groups: ["eng"] },
-            resources: { names: ["db"] },
-            rules: [{ name: "load", effect: "allow", actions: ["connect", "db:read", "db:copy-in"] }],
-            masking: [{ columns: ["email"], style: "full" }],
-          },
-        },
-      ],
-    });
+    const masked = await startMasked(["db:copy-in"]);
     try {
       const email = (ms: Msg[]) => ms.filter((m) => m.type === "D").map((m) => m.body.subarray(6).toString());
       const bad = Buffer.from([0x64, 0, 0, 0, 8, 0x61, 0x09, 0x62, 0x0a]); // CopyData "a\tb\n": one column too many
