@@ -44,9 +44,11 @@ import {
   ANY_COLUMN,
   columnSources,
   mergeLineage,
+  mayHoldSecrets,
   mergeSources,
   pathShadowsCatalog,
   qualifyTables,
+  redactLiterals,
   UNKNOWN_LINEAGE,
   type Classification,
   type Classifier,
@@ -1095,13 +1097,14 @@ export class PgSession {
   /** Counts and audits a statement the policy refused (deny or review). */
   private refused(info: StatementInfo, decision: Decision, fingerprint: string): void {
     this.ctx.metrics.statement(decision.effect);
-    this.recordRefusal(info.text, info.statementClass, decision, fingerprint);
+    this.recordRefusal(auditText(info.text, mayHoldSecrets(info)), info.statementClass, decision, fingerprint);
   }
 
   /** Counts and audits a statement the parser could not read (denied as dynamic). */
   private unparsed(text: string, message: string): void {
     this.ctx.metrics.statement("deny");
-    this.recordRefusal(text, "dynamic", { effect: "deny", rule: "", message, tables: [] }, "");
+    // Unread, it may be anything: its literals are left out of the audit trail.
+    this.recordRefusal(auditText(text, true), "dynamic", { effect: "deny", rule: "", message, tables: [] }, "");
   }
 
   private recordRefusal(text: string, statementClass: string, decision: Decision, fingerprint: string): void {
@@ -1114,7 +1117,7 @@ export class PgSession {
       message,
       detail: {
         case: "dbQuery",
-        value: { text: clip(text), fingerprint, statementClass, tables, durationUs: 0n, rows: 0n, maskedColumns: [] },
+        value: { text, fingerprint, statementClass, tables, durationUs: 0n, rows: 0n, maskedColumns: [] },
       },
     });
   }
@@ -1131,7 +1134,7 @@ export class PgSession {
       detail: {
         case: "dbQuery",
         value: {
-          text: clip(run.text),
+          text: auditText(run.text, mayHoldSecrets(run.info)),
           fingerprint: "",
           statementClass: run.statementClass,
           tables: run.tables,
@@ -1566,6 +1569,11 @@ export class PgSession {
   }
 }
 
-function clip(text: string): string {
-  return text.length > MAX_AUDIT_TEXT ? `${text.slice(0, MAX_AUDIT_TEXT)}…` : text;
+/**
+ * A statement's text as the audit trail keeps it: at most MAX_AUDIT_TEXT characters, and without
+ * its string literals when they may hold a password or connection string (redactLiterals).
+ */
+function auditText(text: string, secret: boolean): string {
+  const kept = secret ? redactLiterals(text) : text;
+  return kept.length > MAX_AUDIT_TEXT ? `${kept.slice(0, MAX_AUDIT_TEXT)}…` : kept;
 }
