@@ -136,6 +136,7 @@ function withText(shape: StatementShape, text: string): StatementInfo {
   if (shape.searchPath !== undefined) info.searchPath = shape.searchPath;
   if (shape.searchPathLocal !== undefined) info.searchPathLocal = shape.searchPathLocal;
   if (shape.lexicalChange !== undefined) info.lexicalChange = shape.lexicalChange;
+  if (shape.lexicalSetting !== undefined) info.lexicalSetting = shape.lexicalSetting;
   if (shape.prepare !== undefined) info.prepare = shape.prepare;
   if (shape.execute !== undefined) info.execute = shape.execute;
   if (shape.deallocate !== undefined) info.deallocate = shape.deallocate;

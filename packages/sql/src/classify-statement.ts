@@ -51,6 +51,7 @@ type Extra = Pick<
   | "searchPath"
   | "searchPathLocal"
   | "lexicalChange"
+  | "lexicalSetting"
   | "prepare"
   | "execute"
   | "deallocate"
@@ -889,7 +890,11 @@ function classifySet(node: Obj, out: Collector): void {
     return;
   }
   const args = Array.isArray(node.args) ? node.args : [];
-  if (LEXICAL_SETTINGS.has(name)) out.extra.lexicalChange = true;
+  if (LEXICAL_SETTINGS.has(name)) {
+    out.extra.lexicalChange = true;
+    const value = kind === "VAR_SET_VALUE" && args.length === 1 ? constantText(args[0]) : undefined;
+    if (value !== undefined) out.extra.lexicalSetting = { name, value };
+  }
   if (name === "search_path") {
     if (resets) out.extra.searchPath = null;
     // Each argument is one name (the server quotes a string argument as an identifier, commas and

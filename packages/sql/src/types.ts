@@ -113,6 +113,8 @@ export interface StatementInfo {
   searchPathLocal?: boolean;
   /** Changes how the server reads the following text (standard_conforming_strings, client_encoding). */
   lexicalChange?: boolean;
+  /** `SET client_encoding` / `SET standard_conforming_strings` to one constant: which, and to what. */
+  lexicalSetting?: { name: string; value: string };
   /** PREPARE name AS ...: the statement is classified as its inner statement. */
   prepare?: { name: string };
   /** EXECUTE name: dynamic unless the caller resolves the name to the prepared statement's class. */

@@ -819,6 +819,16 @@ describe("clients", () => {
     expect(
       (await psql(h, dba, "SELECT count(*) FROM users", { user: "dba@example.com", db: "restored" })).stdout.trim(),
     ).toBe("100");
+    // In one transaction (psql -1, like pg_restore --single-transaction): the dump's
+    // `SET client_encoding = 'UTF8'` runs inside it, setting the value already in force.
+    await pgServer.createDatabase("restored1");
+    const single = await psql(h, dba, "", {
+      user: "dba@example.com",
+      db: "restored1",
+      extra: ["-1", "-v", "ON_ERROR_STOP=1"],
+      input: dump.stdout,
+    });
+    expect(single.stderr).toBe("");
   });
 
   it("dumps with pg_dump as a user allowed only db:read and db:copy-out, and the dump restores", async () => {

@@ -828,6 +828,29 @@ describe("texts the server could read differently from the agent (lexical settin
     await c.exchange(serialize.query("ROLLBACK"));
     // Alone and idle: fine.
     expect(errors(await c.exchange(serialize.query("SET standard_conforming_strings = on")))).toEqual([]);
+    // Setting the value in force changes nothing, anywhere (pg_restore --single-transaction sends
+    // a dump's SETs inside its transaction); a real change there stays refused.
+    await c.exchange(serialize.query("BEGIN"));
+    for (const noOp of ["SET client_encoding = 'UTF8'", "SET standard_conforming_strings = on", "SET NAMES 'utf-8'"])
+      expect(errors(await c.exchange(serialize.query(noOp))), noOp).toEqual([]);
+    const extended = await pipeline(
+      c,
+      1,
+      serialize.parse({ name: "", text: "SET client_encoding TO 'UTF8'" }),
+      serialize.bind({}),
+      serialize.execute({}),
+      serialize.sync(),
+    );
+    expect(errors(extended)).toEqual([]);
+    expect(errors(await c.exchange(serialize.query("SET client_encoding = 'LATIN1'")))[0]).toMatchObject({
+      code: "42501",
+      message: refusal,
+    });
+    await c.exchange(serialize.query("ROLLBACK"));
+    await c.exchange(serialize.query("BEGIN"));
+    for (const change of ["SET standard_conforming_strings = off", "SET standard_conforming_strings = of"])
+      expect(errors(await c.exchange(serialize.query(change)))[0], change).toMatchObject({ code: "42501" });
+    await c.exchange(serialize.query("ROLLBACK"));
     c.socket.destroy();
     expect(await rows()).toMatch(/^10/);
   });

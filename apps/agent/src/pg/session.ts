@@ -116,6 +116,18 @@ const SAFE_ENCODINGS = new Set([
 ]);
 
 /** An encoding name as PostgreSQL spells it in ParameterStatus (`utf-8` -> `UTF8`). */
+/** The spellings of a boolean setting taken as such (PostgreSQL accepts more: those count as a change). */
+const BOOLEAN_WORDS: ReadonlyMap<string, boolean> = new Map([
+  ["on", true],
+  ["true", true],
+  ["yes", true],
+  ["1", true],
+  ["off", false],
+  ["false", false],
+  ["no", false],
+  ["0", false],
+]);
+
 function normalizeEncoding(name: string): string {
   return name
     .toUpperCase()
@@ -352,6 +364,8 @@ export class PgSession {
   /** The client encoding when it is not UTF8: the agent reads text as UTF-8, so only ASCII then. */
   private notUtf8Encoding: string | undefined;
   private serverEncoding = "UTF8";
+  /** The client encoding in force, normalized (normalizeEncoding). */
+  private clientEncoding = "UTF8";
   /** Text reaches a SQL_ASCII server as bytes: UTF-8 text reads the same there, other bytes do not. */
   private bytesEncoding = false;
   /**
@@ -702,7 +716,7 @@ export class PgSession {
       return serialize.query(POISON);
     }
     for (let i = 0; i < runs.length; i++) this.ctx.metrics.statement("allow");
-    const lexical = c.statements.some((info) => info.lexicalChange);
+    const lexical = c.statements.some((info) => this.changesLexically(info));
     c.statements.forEach((info, i) => this.afterAllowed(info, runs[i]));
     if (lexical) this.lexicalInFlight++;
     this.push({ kind: "query", runs, index: 0, lexical });
@@ -733,12 +747,30 @@ export class PgSession {
    * error aborting the block — and the next texts would be read under the wrong setting.
    */
   private lexicalChangeRefusal(statements: readonly StatementInfo[], extended: boolean): string | undefined {
-    if (!statements.some((info) => info.lexicalChange)) return undefined;
+    if (!statements.some((info) => this.changesLexically(info))) return undefined;
     if (!extended && statements.length === 1 && this.status === "I" && this.pending.length === 0) return undefined;
     return (
       "access denied: a change of client_encoding or standard_conforming_strings (or RESET ALL, DISCARD ALL) " +
       "must be sent as a simple query on its own, outside a transaction block, with no other query in flight"
     );
+  }
+
+  /**
+   * Whether a statement may change how the server reads text. Not a SET to the value in force, with
+   * no change in flight (pg_restore --single-transaction sends a dump's `SET client_encoding =
+   * 'UTF8'` and `SET standard_conforming_strings = on` inside its transaction): it changes nothing,
+   * wherever it is sent, and nothing can revert it to something else.
+   */
+  private changesLexically(info: StatementInfo): boolean {
+    if (!info.lexicalChange) return false;
+    const setting = info.lexicalSetting;
+    if (!setting || this.lexicalInFlight > 0) return true;
+    if (setting.name === "client_encoding") return normalizeEncoding(setting.value) !== this.clientEncoding;
+    if (setting.name === "standard_conforming_strings") {
+      const on = BOOLEAN_WORDS.get(setting.value.toLowerCase());
+      return on === undefined || on !== this.standardConformingStrings;
+    }
+    return true;
   }
 
   private afterAllowed(info: StatementInfo, run: Run | undefined): void {
@@ -1559,6 +1591,7 @@ export class PgSession {
     if (name === "standard_conforming_strings") this.standardConformingStrings = value !== "off";
     if (name === "server_encoding") this.serverEncoding = normalizeEncoding(value);
     if (name === "client_encoding") {
+      this.clientEncoding = normalizeEncoding(value);
       this.unsafeEncoding = isSafeEncoding(value) ? undefined : value;
       // SQL_ASCII converts nothing: the server reads the bytes in its own encoding, and a SQL_ASCII
       // server keeps them as bytes (the same names as the agent's UTF-8 reading, when they are UTF-8).
