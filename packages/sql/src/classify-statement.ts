@@ -12,11 +12,11 @@
  * type unwrapped; the generated NODE_FIELD_TYPES table says which is which.
  */
 import { functionVerdict, isBuiltinFunction, isBuiltinOperator } from "./functions.js";
-import { pathShadowsCatalog } from "./qualify.js";
+import { isCatalogRelation, pathShadowsCatalog } from "./qualify.js";
 import { statementLineage } from "./lineage.js";
 import { aliasOf, isObj, nameParts, unwrap, walkNodes, type Obj } from "./tree.js";
 import { NODE_FIELD_TYPES } from "./gen/node-fields.js";
-import { PG_CATALOG_RELATIONS, PG_SUPERUSER_SETTINGS } from "./gen/pg-catalog.js";
+import { PG_SUPERUSER_SETTINGS } from "./gen/pg-catalog.js";
 import {
   actionRank,
   classOfActions,
@@ -100,12 +100,6 @@ class Collector {
   private dynamicReason(reason: string): void {
     this.extra.reason ??= reason;
   }
-}
-
-/** A relation of pg_catalog or information_schema (unqualified: a name pg_catalog has, found there first). */
-function isCatalogRelation(table: TableRef): boolean {
-  if (table.schema === undefined) return PG_CATALOG_RELATIONS.has(table.name);
-  return table.schema === "pg_catalog" || table.schema === "information_schema";
 }
 
 interface CteNames {

@@ -23,7 +23,8 @@
  * infer a masked value from which rows match; masking is not a defence against that, here or in
  * other products).
  */
-import { PG_CATALOG_RELATIONS, PG_ROW_FUNCTIONS } from "./gen/pg-catalog.js";
+import { PG_ROW_FUNCTIONS } from "./gen/pg-catalog.js";
+import { isCatalogRelation } from "./qualify.js";
 import { aliasOf, isObj, unwrap, walkNodes, type Obj } from "./tree.js";
 import type { ColumnSources, ResultLineage } from "./types.js";
 
@@ -418,11 +419,8 @@ function readsTable(fromClause: unknown): boolean {
     if (found) return false;
     if (kind !== "RangeVar" || typeof node.relname !== "string") return true;
     const schema = typeof node.schemaname === "string" ? node.schemaname : undefined;
-    const catalog =
-      schema === undefined
-        ? PG_CATALOG_RELATIONS.has(node.relname)
-        : schema === "pg_catalog" || schema === "information_schema";
-    if (!catalog) found = true;
+    if (!isCatalogRelation(schema === undefined ? { name: node.relname } : { schema, name: node.relname }))
+      found = true;
     return true;
   });
   return found;

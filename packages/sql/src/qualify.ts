@@ -14,6 +14,11 @@ import type { TableRef } from "./types.js";
 
 const CATALOG_SCHEMAS: ReadonlySet<string> = new Set(["pg_catalog", "information_schema"]);
 
+/** A relation of pg_catalog or information_schema (unqualified: a name pg_catalog has, found there first). */
+export function isCatalogRelation(table: TableRef): boolean {
+  return table.schema === undefined ? PG_CATALOG_RELATIONS.has(table.name) : CATALOG_SCHEMAS.has(table.schema);
+}
+
 export interface QualifyContext {
   /** The session's search_path, as SET (may contain "$user"). */
   searchPath: readonly string[];
