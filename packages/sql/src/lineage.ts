@@ -150,8 +150,9 @@ class Walk {
       this.resultOf(cte.ctequery, { kind: "from", names: aliasNames(cte.aliascolnames) });
       // SEARCH ... SET ord and CYCLE ... USING path add columns holding the values of the columns
       // they list (the mark column holds only the mark values).
-      const search = unwrap(cte.search_clause)?.[1] ?? (isObj(cte.search_clause) ? cte.search_clause : undefined);
-      const cycle = unwrap(cte.cycle_clause)?.[1] ?? (isObj(cte.cycle_clause) ? cte.cycle_clause : undefined);
+      // Typed fields of CommonTableExpr: not wrapped in a node name.
+      const search = isObj(cte.search_clause) ? cte.search_clause : undefined;
+      const cycle = isObj(cte.cycle_clause) ? cte.cycle_clause : undefined;
       const added: [unknown, unknown][] = [
         [search?.search_seq_column, search?.search_col_list],
         [cycle?.cycle_path_column, cycle?.cycle_col_list],

@@ -34,6 +34,7 @@ import {
   RelayScanner,
   renderParameters,
   serialize,
+  type ErrorFields,
   type ErrorInit,
   type Frame,
   type RelayHandler,
@@ -294,7 +295,7 @@ const ANALYSIS_CODES: ReadonlySet<string> = new Set([
  * part ("..." in its message, detail and hint) found in `text` (ignoring case; a dotted name like
  * "users.email" part by part). A quote inside a quoted part makes the parts ambiguous: not passed.
  */
-function analysisError(e: ReturnType<typeof decodeErrorFields>, text: string): boolean {
+function analysisError(e: ErrorFields, text: string): boolean {
   if (e.position === undefined || !ANALYSIS_CODES.has(e.code)) return false;
   if (e.internalQuery !== undefined || e.where !== undefined) return false;
   const haystack = text.toLowerCase();
