@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { AuditEventSchema, create, fromBinary, timestampFromDate, toBinary, Verdict } from "@moat/proto";
-import { encodeDbQueryEvent, type DbQueryEvent } from "./fast-encode.js";
+import { encodeDbQueryEvent, encodeQueryEvent, encodeQuerySession, type DbQueryEvent } from "./fast-encode.js";
 
 function reference(e: DbQueryEvent): Uint8Array {
   return toBinary(
@@ -20,7 +20,13 @@ function reference(e: DbQueryEvent): Uint8Array {
       prevHash: e.prevHash,
       detail: {
         case: "dbQuery",
-        value: { ...e.query, tables: [...e.query.tables], maskedColumns: [...e.query.maskedColumns] },
+        value: {
+          ...e.query,
+          durationUs: BigInt(e.query.durationUs),
+          rows: BigInt(e.query.rows),
+          tables: [...e.query.tables],
+          maskedColumns: [...e.query.maskedColumns],
+        },
       },
     }),
   );
@@ -59,13 +65,24 @@ describe("encodeDbQueryEvent", () => {
           fingerprint: str(),
           statementClass: str(),
           tables: Array.from({ length: rnd(3) }, str),
-          durationUs: BigInt(rnd(1_000_000)),
-          rows: rnd(5) === 0 ? 2n ** 53n + BigInt(rnd(1000)) : BigInt(rnd(3) === 0 ? 0 : rnd(2 ** 31)) * 1000n,
+          // Numbers (what the session passes) and bigints, up to 2^53 - 1 and beyond.
+          durationUs: rnd(2) === 0 ? rnd(1_000_000) : BigInt(rnd(1_000_000)),
+          rows:
+            rnd(5) === 0
+              ? 2n ** 53n + BigInt(rnd(1000))
+              : rnd(4) === 0
+                ? Number.MAX_SAFE_INTEGER - rnd(1000)
+                : rnd(2) === 0
+                  ? (rnd(3) === 0 ? 0 : rnd(2 ** 31)) * 1000
+                  : BigInt(rnd(3) === 0 ? 0 : rnd(2 ** 31)) * 1000n,
           maskedColumns: Array.from({ length: rnd(3) }, str),
         },
       };
       const fast = encodeDbQueryEvent(e);
       expect(Buffer.from(fast).equals(Buffer.from(reference(e))), `event ${i}`).toBe(true);
+      // The session's fields encoded once, then copied into each event: the same bytes.
+      const session = encodeQuerySession(e);
+      expect(Buffer.from(encodeQueryEvent(session, e)).equals(Buffer.from(reference(e))), `event ${i}`).toBe(true);
       expect(fromBinary(AuditEventSchema, fast).detail.case).toBe("dbQuery");
     }
   });

@@ -6,30 +6,10 @@
  */
 import type { Verdict } from "@moat/proto";
 
-export interface DbQueryEvent {
-  id: string;
-  seq: bigint;
-  /** Milliseconds since the epoch. */
-  time: number;
-  type: string;
-  actor: { user: string; groups: readonly string[]; sourceAddress: string; tokenId: string };
-  resource: string;
-  sessionId: string;
-  verdict: Verdict;
-  rule: string;
-  message: string;
-  bundleVersion: bigint;
-  prevHash: Uint8Array;
-  query: {
-    text: string;
-    fingerprint: string;
-    statementClass: string;
-    tables: readonly string[];
-    durationUs: bigint;
-    rows: bigint;
-    maskedColumns: readonly string[];
-  };
-}
+export type DbQueryEvent = QuerySessionFields & QueryEventFields;
+
+/** Strings up to this length are tried as ASCII in JavaScript (see Writer.string). */
+const SHORT = 48;
 
 class Writer {
   buf = Buffer.allocUnsafe(1024);
@@ -67,6 +47,24 @@ class Writer {
   string(field: number, s: string, always = false) {
     if (s.length === 0 && !always) return;
     this.tag(field, 2);
+    // Short ASCII strings (ids, rules, classes, tables): copied char by char, cheaper than a call
+    // into the native encoder.
+    if (s.length <= SHORT) {
+      this.ensure(1 + s.length);
+      const buf = this.buf;
+      let p = this.pos + 1;
+      let i = 0;
+      for (; i < s.length; i++) {
+        const c = s.charCodeAt(i);
+        if (c >= 0x80) break;
+        buf[p++] = c;
+      }
+      if (i === s.length) {
+        buf[this.pos] = s.length;
+        this.pos = p;
+        return;
+      }
+    }
     // ASCII strings (nearly all) are written without measuring them first.
     if (s.length < 128) {
       this.ensure(1 + s.length * 3);
@@ -97,6 +95,14 @@ class Writer {
     this.tag(field, 0);
     this.varint64(v);
   }
+  /** A uint64 given as a number (a non-negative safe integer) or a bigint. */
+  count(field: number, v: number | bigint) {
+    if (typeof v === "bigint") this.uint64(field, v);
+    else if (v !== 0) {
+      this.tag(field, 0);
+      this.varint(v);
+    }
+  }
   /** Appends `inner`'s bytes as a length-prefixed nested message (skipped when empty unless `always`). */
   nested(field: number, inner: Writer, always = false) {
     if (inner.pos === 0 && !always) return;
@@ -113,11 +119,63 @@ const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 const outer = new Writer();
 const inner = new Writer();
 
+/** The fields of a `db.query` event that are the same for every statement of a session. */
+export interface QuerySessionFields {
+  type: string;
+  actor: { user: string; groups: readonly string[]; sourceAddress: string; tokenId: string };
+  resource: string;
+  sessionId: string;
+}
+
+/** The fields of a `db.query` event that change from statement to statement. */
+export interface QueryEventFields {
+  id: string;
+  seq: bigint;
+  /** Milliseconds since the epoch. */
+  time: number;
+  verdict: Verdict;
+  rule: string;
+  message: string;
+  bundleVersion: bigint;
+  prevHash: Uint8Array;
+  query: {
+    text: string;
+    fingerprint: string;
+    statementClass: string;
+    tables: readonly string[];
+    /** Microseconds (a number: a statement's duration and row count stay far below 2^53). */
+    durationUs: number | bigint;
+    rows: number | bigint;
+    maskedColumns: readonly string[];
+  };
+}
+
 /**
- * Encodes one event. The bytes returned are a view of a buffer the next call overwrites: copy them
- * (the spool does, into its frame) before encoding another event.
+ * Fields 4 to 7 (type, actor, resource, session id), encoded once per session: they are contiguous
+ * in field-number order, so every event of the session copies them as they are.
  */
-export function encodeDbQueryEvent(e: DbQueryEvent): Uint8Array {
+export function encodeQuerySession(e: QuerySessionFields): Uint8Array {
+  const w = outer;
+  w.pos = 0;
+  w.string(4, e.type);
+  const a = inner;
+  a.pos = 0;
+  a.string(1, e.actor.user);
+  for (const g of e.actor.groups) a.string(2, g, true);
+  a.string(3, e.actor.sourceAddress);
+  a.string(4, e.actor.tokenId);
+  w.nested(5, a, true);
+  w.string(6, e.resource);
+  w.string(7, e.sessionId);
+  return Uint8Array.from(w.buf.subarray(0, w.pos));
+}
+
+/**
+ * Encodes one event: `session` from encodeQuerySession, the rest from `e`. The bytes returned are
+ * a view of a buffer the next call overwrites: copy them (the spool does, into its frame) before
+ * encoding another event.
+ */
+export function encodeQueryEvent(session: Uint8Array, e: QueryEventFields): Uint8Array {
   const w = outer;
   w.pos = 0;
   w.string(1, e.id);
@@ -137,16 +195,9 @@ export function encodeDbQueryEvent(e: DbQueryEvent): Uint8Array {
     t.varint(nanos);
   }
   w.nested(3, t, true);
-  w.string(4, e.type);
-  const a = inner;
-  a.pos = 0;
-  a.string(1, e.actor.user);
-  for (const g of e.actor.groups) a.string(2, g, true);
-  a.string(3, e.actor.sourceAddress);
-  a.string(4, e.actor.tokenId);
-  w.nested(5, a, true);
-  w.string(6, e.resource);
-  w.string(7, e.sessionId);
+  w.ensure(session.length);
+  w.buf.set(session, w.pos);
+  w.pos += session.length;
   if (e.verdict !== 0) {
     w.tag(8, 0);
     w.varint(e.verdict);
@@ -161,9 +212,14 @@ export function encodeDbQueryEvent(e: DbQueryEvent): Uint8Array {
   q.string(2, e.query.fingerprint);
   q.string(3, e.query.statementClass);
   for (const tb of e.query.tables) q.string(4, tb, true);
-  q.uint64(5, e.query.durationUs);
-  q.uint64(6, e.query.rows);
+  q.count(5, e.query.durationUs);
+  q.count(6, e.query.rows);
   for (const c of e.query.maskedColumns) q.string(7, c, true);
   w.nested(22, q, true);
   return w.buf.subarray(0, w.pos);
+}
+
+/** Encodes one whole event (encodeQuerySession + encodeQueryEvent; same caveat on the bytes). */
+export function encodeDbQueryEvent(e: DbQueryEvent): Uint8Array {
+  return encodeQueryEvent(encodeQuerySession(e), e);
 }

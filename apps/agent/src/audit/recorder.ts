@@ -7,7 +7,13 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { create, AuditEventSchema, timestampFromDate, toBinary } from "@moat/proto";
 import type { AuditSpool, Gap } from "./spool.js";
 import { createUlidFactory } from "@moat/common";
-import { encodeDbQueryEvent } from "./fast-encode.js";
+import {
+  encodeDbQueryEvent,
+  encodeQueryEvent,
+  encodeQuerySession,
+  type QueryEventFields,
+  type QuerySessionFields,
+} from "./fast-encode.js";
 
 export type AuditEventInit = Omit<
   Exclude<MessageInitShape<typeof AuditEventSchema>, { $typeName: string }>,
@@ -28,6 +34,19 @@ export interface AuditRecorder {
    * fail-closed). Enforcers ask before running what they would have to audit.
    */
   hasRoom(bytes?: number): boolean;
+  /**
+   * A recorder of one session's `db.query` events (the high-rate path: one per statement), with the
+   * session's own fields (actor, resource, session id) encoded once.
+   */
+  queries(session: Omit<QuerySessionFields, "type">): QueryRecorder;
+}
+
+/** One statement's `db.query` event: what QueryRecorder.recordSoon adds to the session's fields. */
+export type QueryRecord = Pick<QueryEventFields, "verdict" | "rule" | "message" | "query">;
+
+export interface QueryRecorder {
+  /** Records a statement like AuditRecorder.recordSoon (throws SpoolFullError when full, fail-closed). */
+  recordSoon(record: QueryRecord): void;
 }
 
 export function createAuditRecorder(deps: {
@@ -105,15 +124,39 @@ export function createAuditRecorder(deps: {
     },
     recordSoon(event) {
       const id = ulid();
-      const result = deps.spool.appendSoon((seq) => encode(event, id, seq));
-      if (result.gap)
-        void recordGap(result.gap, "the audit spool was full: the oldest unshipped events were dropped").catch(
-          () => undefined,
-        );
-      scheduleWake();
-      return { seq: result.seq, id };
+      return { seq: soon((seq) => encode(event, id, seq)), id };
+    },
+    queries(session) {
+      const fields = encodeQuerySession({ type: "db.query", ...session });
+      return {
+        recordSoon(r) {
+          const id = ulid();
+          soon((seq) =>
+            encodeQueryEvent(fields, {
+              id,
+              seq,
+              time: nowMs(),
+              verdict: r.verdict,
+              rule: r.rule,
+              message: r.message,
+              bundleVersion: deps.bundleVersion(),
+              prevHash: deps.spool.lastHash,
+              query: r.query,
+            }),
+          );
+        },
+      };
     },
   };
+  function soon(build: (seq: bigint) => Uint8Array): bigint {
+    const result = deps.spool.appendSoon(build);
+    if (result.gap)
+      void recordGap(result.gap, "the audit spool was full: the oldest unshipped events were dropped").catch(
+        () => undefined,
+      );
+    scheduleWake();
+    return result.seq;
+  }
   async function recordGap(gap: Gap, reason: string): Promise<void> {
     await recorder.record({
       type: "audit.gap",
