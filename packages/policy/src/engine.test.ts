@@ -227,6 +227,15 @@ spec:
     expect(decide(c, { now: Date.parse("2026-12-01T00:00:00Z") })).toBe("deny");
     expect(decide(c, { now: Date.parse("2026-10-31T23:59:59Z") })).toBe("deny");
   });
+  it("say whether verdicts depend on the time (enforcers cache them otherwise)", () => {
+    const timeDependent = (conditions: string) => compilePolicyText(text(conditions)).compiled.timeDependent;
+    expect(timeDependent(`{ timeWindows: [{ from: "09:00", to: "17:00" }] }`)).toBe(true);
+    expect(timeDependent(`{ exceptTimeWindows: [{ from: "09:00", to: "17:00" }] }`)).toBe(true);
+    expect(timeDependent(`{ notBefore: "2026-11-01T00:00:00Z" }`)).toBe(true);
+    expect(timeDependent(`{ expiresAt: "2026-12-01T00:00:00Z" }`)).toBe(true);
+    expect(timeDependent(`{ sourceCidrs: [10.0.0.0/8] }`)).toBe(false);
+    expect(timeDependent(`{}`)).toBe(false);
+  });
   it("required reason: without one the rule denies and says why", () => {
     const c = `{ requireReason: true }`;
     expect(decide(c, { reason: "ticket 1" })).toBe("allow");

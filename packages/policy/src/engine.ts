@@ -127,6 +127,12 @@ interface CompiledPolicy {
 export interface CompiledPolicies {
   readonly policyNames: readonly string[];
   readonly ruleCount: number;
+  /**
+   * Whether any rule has a time condition (time windows, notBefore, expiresAt): only then can the
+   * same request get another verdict later under the same policies (enforcers may cache verdicts
+   * otherwise).
+   */
+  readonly timeDependent: boolean;
   /** @internal */
   readonly byResourceName: ReadonlyMap<string, readonly CompiledPolicy[]>;
   /** @internal */
@@ -162,6 +168,7 @@ export function compilePolicies(
   const byResourceName = new Map<string, CompiledPolicy[]>();
   const generic: CompiledPolicy[] = [];
   let ruleCount = 0;
+  let timeDependent = false;
 
   // Canonical order (by policy name) so that which of several equally strong rules is reported
   // does not depend on the order documents arrive in (files, store, bundle).
@@ -243,6 +250,7 @@ export function compilePolicies(
         if (key === "timeWindows") when.push((req) => matchers.some((m) => m(req.now)));
         else when.push((req) => !matchers.some((m) => m(req.now)));
       }
+      if (c.timeWindows || c.exceptTimeWindows || c.notBefore || c.expiresAt) timeDependent = true;
       if (c.notBefore) {
         const t = Date.parse(c.notBefore);
         when.push((req) => req.now >= t);
@@ -302,7 +310,7 @@ export function compilePolicies(
   });
 
   if (problems.length > 0) throw new PolicyError(problems);
-  return { policyNames: [...names], ruleCount, byResourceName, generic };
+  return { policyNames: [...names], ruleCount, timeDependent, byResourceName, generic };
 }
 
 /** A resource as policies see it. */
