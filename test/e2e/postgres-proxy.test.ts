@@ -101,6 +101,16 @@ describe("postgres through the agent", () => {
     const write = await psql(listen, token, "DELETE FROM customers");
     expect(write.stderr).toMatch(/ERROR: {2}no policy allows db:write on prod-db \(table public\.customers\)/);
     expect(await pgServer.sql("SELECT count(*) FROM customers", "app")).toMatch(/^1/);
+    // The agent's metrics count the statements by verdict (psql's own queries are none here: -c).
+    const metrics = await (await fetch(`http://127.0.0.1:${agent.adminPort}/metrics`)).text();
+    const counted = (verdict: string) =>
+      Number(
+        new RegExp(`moat_agent_pg_statements_total\\{resource="prod-db",verdict="${verdict}"\\} (\\d+)`).exec(
+          metrics,
+        )?.[1],
+      );
+    expect(counted("allow")).toBeGreaterThanOrEqual(2);
+    expect(counted("deny")).toBe(1);
 
     // Audit events reach the control plane, with the statement, verdict and masked columns.
     await waitFor(async () => {

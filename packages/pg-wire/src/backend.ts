@@ -318,6 +318,28 @@ export function decodeCommandComplete(body: Buffer): { tag: string; rows: number
   return { tag, rows: Number.isInteger(n) ? n : undefined };
 }
 
+/**
+ * The row count of a whole CommandComplete message (`decodeCommandComplete(...).rows`), read from
+ * its bytes without decoding the tag: once per statement on the relay's path.
+ */
+export function commandCompleteRows(message: Buffer): number | undefined {
+  // 'C', int32 length, the tag, NUL. The count is the tag's last word when that is all digits.
+  // Anything unusual (no NUL at the end, one before it, an empty last word) takes the full decoder.
+  if (message.indexOf(0, 5) !== message.length - 1 || message[message.length - 2] === 0x20)
+    return decodeCommandComplete(message.subarray(5)).rows;
+  let i = message.length - 2;
+  let rows = 0;
+  let scale = 1;
+  for (; i >= 5; i--) {
+    const c = message[i] as number;
+    if (c === 0x20) return rows;
+    if (c < 0x30 || c > 0x39) return undefined;
+    rows += (c - 0x30) * scale;
+    scale *= 10;
+  }
+  return undefined;
+}
+
 export function decodeParameterStatus(body: Buffer): { name: string; value: string } {
   const r = new BodyReader(body);
   return { name: r.cstring(), value: r.cstring() };

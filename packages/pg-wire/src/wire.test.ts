@@ -11,6 +11,7 @@ import {
   decodeDataRow,
   decodeErrorFields,
   decodeRowDescription,
+  commandCompleteRows,
   decodeCommandComplete,
   errorResponse,
   dataRow,
@@ -361,6 +362,28 @@ describe("RelayScanner", () => {
     expect(decodeRowDescription(rowDescription(fields).subarray(5))).toEqual(fields);
     expect(decodeCommandComplete(Buffer.from("INSERT 0 7\0"))).toEqual({ tag: "INSERT 0 7", rows: 7 });
     expect(decodeCommandComplete(Buffer.from("BEGIN\0")).rows).toBeUndefined();
+    // The relay's reader of the count gives what the decoder gives, for every kind of tag.
+    const tags = [
+      "SELECT 1",
+      "INSERT 0 7",
+      "UPDATE 1234567890",
+      "BEGIN",
+      "CREATE TABLE",
+      "SELECT ",
+      "COPY 12x",
+      "FETCH 0",
+      "MOVE 9007199254740993",
+      " 5",
+      "5",
+      "",
+      "DELETE 00012",
+      "SELECT 1\0junk",
+    ];
+    for (const tag of tags) {
+      const message = Buffer.concat([Buffer.from([0x43, 0, 0, 0, 0]), Buffer.from(`${tag}\0`)]);
+      message.writeInt32BE(message.length - 1, 1);
+      expect(commandCompleteRows(message), tag).toBe(decodeCommandComplete(message.subarray(5)).rows);
+    }
     const e = decodeErrorFields(errorResponse({ code: "42501", message: "denied", hint: "ask" }).subarray(5));
     expect(e).toMatchObject({ severity: "ERROR", code: "42501", message: "denied", hint: "ask" });
   });

@@ -54,11 +54,19 @@ export async function startPostgresListeners(deps: {
     labelNames: ["resource"],
     registers,
   });
-  const statements = new Counter({
+  // Counted in plain numbers (one increment per statement; prom-client's labelled `inc` hashes its
+  // labels each time) and handed to the counter when it is read.
+  const counts = new Map<string, Record<"allow" | "deny" | "review", number>>();
+  new Counter({
     name: "moat_agent_pg_statements_total",
     help: "Statements decided, by verdict",
     labelNames: ["resource", "verdict"],
     registers,
+    collect() {
+      this.reset();
+      for (const [resource, byVerdict] of counts)
+        for (const [verdict, n] of Object.entries(byVerdict)) if (n > 0) this.inc({ resource, verdict }, n);
+    },
   });
   const refused = new Counter({
     name: "moat_agent_pg_refused_connections_total",
@@ -75,11 +83,8 @@ export async function startPostgresListeners(deps: {
     const tls = pg.tls
       ? { certPem: readFileSync(pg.tls.certFile, "utf8"), keyPem: readFileSync(pg.tls.keyFile, "utf8") }
       : (generated as { certPem: string; keyPem: string });
-    const counters = {
-      allow: statements.labels(r.name, "allow"),
-      deny: statements.labels(r.name, "deny"),
-      review: statements.labels(r.name, "review"),
-    };
+    const counters = { allow: 0, deny: 0, review: 0 };
+    counts.set(r.name, counters);
     const gauge = sessions.labels(r.name);
     listeners.push(
       await startPgListener({
@@ -93,7 +98,7 @@ export async function startPostgresListeners(deps: {
         logger: deps.logger,
         metrics: {
           sessions: { inc: () => gauge.inc(), dec: () => gauge.dec() },
-          statement: (v) => counters[v].inc(),
+          statement: (v) => counters[v]++,
           refused: (reason) => refused.labels(r.name, reason).inc(),
         },
       }),

@@ -288,6 +288,63 @@ describe("statement decisions", () => {
     expect(two.stderr).toMatch(/ERROR/);
   });
 
+  it("reuses a statement shape's verdict only while the bundle, the search path and the time leave it unchanged", async () => {
+    // The agent keeps each shape's verdict per session (decide): each of these changes must reach it.
+    const withRule = (rule: object, conditions?: object) =>
+      POLICIES.map((p) =>
+        p.metadata.name !== "eng-read"
+          ? p
+          : {
+              ...p,
+              spec: {
+                ...p.spec,
+                rules: [
+                  { name: "connect", effect: "allow", actions: ["connect"] },
+                  rule,
+                  ...p.spec.rules.filter((r) => r.name !== "read" || conditions === undefined),
+                  ...(conditions ? [{ ...p.spec.rules[0], conditions }] : []),
+                ],
+              },
+            },
+      );
+    const c = await aliceClient();
+    const outcome = (sql: string) =>
+      c.query(sql).then(
+        () => "allowed",
+        (e: { code?: string }) => e.code ?? "error",
+      );
+    try {
+      expect(await outcome("SELECT count(*) FROM users WHERE id = 1")).toBe("allowed");
+      // A new bundle: the same shape is decided again.
+      h.setPolicies(withRule({ name: "no-users", effect: "deny", actions: ["db:*"], tables: ["public.users"] }));
+      expect(await outcome("SELECT count(*) FROM users WHERE id = 2")).toBe("42501");
+      // A search path that widens what an unqualified name may be.
+      h.setPolicies(withRule({ name: "no-hidden", effect: "deny", actions: ["db:*"], tables: ["hidden.*"] }));
+      expect(await outcome("SELECT count(*) FROM users WHERE id = 3")).toBe("allowed");
+      expect(await outcome("SET search_path = hidden, public")).toBe("allowed");
+      expect(await outcome("SELECT count(*) FROM users WHERE id = 4")).toBe("42501");
+    } finally {
+      await c.end();
+    }
+    // Time conditions: the rule that allows reading expires during the session.
+    const expiresAt = new Date(Date.now() + 1500).toISOString();
+    h.setPolicies(withRule({ name: "nothing", effect: "deny", actions: ["db:admin"] }, { expiresAt }));
+    const d = await aliceClient();
+    try {
+      const first = await d.query("SELECT count(*) FROM users WHERE id = 5");
+      expect(first.rows).toEqual([{ count: "1" }]);
+      await new Promise((r) => setTimeout(r, Date.parse(expiresAt) - Date.now() + 100));
+      const late = await d.query("SELECT count(*) FROM users WHERE id = 6").then(
+        () => "allowed",
+        (e: { code?: string }) => e.code,
+      );
+      expect(late).toBe("42501");
+    } finally {
+      h.setPolicies(POLICIES);
+      await d.end();
+    }
+  });
+
   it("needs db:function under a search path that puts a schema before pg_catalog (its functions replace built-ins)", async () => {
     await pgServer.createDatabase("shadow");
     const setup = await run("psql", [

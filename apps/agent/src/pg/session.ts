@@ -15,7 +15,7 @@ import type { TLSSocket } from "node:tls";
 import {
   bindNames,
   decodeBind,
-  decodeCommandComplete,
+  commandCompleteRows,
   replaceDataRowValues,
   decodeErrorFields,
   decodeExecute,
@@ -51,6 +51,7 @@ import {
   qualifyTables,
   redactLiterals,
   UNKNOWN_LINEAGE,
+  type ActionUse,
   type Classification,
   type Classifier,
   type ColumnSources,
@@ -60,8 +61,8 @@ import {
 import { compileMasks, type ColumnInfo, type MaskPlanner, type ResultPlan } from "@moat/masking";
 import { Verdict as ProtoVerdict } from "@moat/proto";
 import type { Logger } from "@moat/common";
-import type { BundleHolder } from "../bundle.js";
-import type { AuditRecorder } from "../audit/recorder.js";
+import type { ActiveBundle, BundleHolder } from "../bundle.js";
+import type { AuditRecorder, QueryRecord, QueryRecorder } from "../audit/recorder.js";
 import type { VerifiedIdentity } from "../tokens.js";
 import type { CatalogCache } from "./catalog.js";
 
@@ -318,11 +319,23 @@ function lostTrack(): ProtocolError {
   return new ProtocolError("the agent lost track of which statement the target is answering; the session is closed");
 }
 
+const NO_COLUMNS: readonly string[] = [];
 const VERDICTS = { allow: ProtoVerdict.ALLOW, deny: ProtoVerdict.DENY, review: ProtoVerdict.REVIEW } as const;
 const MAX_AUDIT_TEXT = 64 * 1024;
 
 export class PgSession {
   private readonly reader: FrameReader;
+  /** This session's `db.query` events (its actor, resource and id encoded once). */
+  private readonly queries: QueryRecorder;
+  /** Verdicts by statement shape (see decide), for one bundle, search path and shadowing. */
+  private decisions: {
+    bundle: ActiveBundle | undefined;
+    searchPath: readonly string[];
+    shadowed: boolean;
+    byActions: WeakMap<readonly ActionUse[], Decision>;
+  } = { bundle: undefined, searchPath: [], shadowed: false, byActions: new WeakMap() };
+  /** Events of this turn not spooled yet (see soon). */
+  private unspooled: QueryRecord[] = [];
   private readonly scanner: RelayScanner;
   private readonly pending: Pending[] = [];
   private readonly statements = new Map<string, PreparedStatement>();
@@ -412,6 +425,8 @@ export class PgSession {
     options: { searchPath: string[]; parameters: Map<string, string> },
   ) {
     this.now = ctx.now ?? Date.now;
+    const { actor, resource, sessionId } = this.common();
+    this.queries = ctx.audit.queries({ actor, resource, sessionId });
     this.searchPath = options.searchPath;
     this.userFunctionsFirst = pathShadowsCatalog(options.searchPath);
     this.trackParameter("standard_conforming_strings", options.parameters.get("standard_conforming_strings") ?? "on");
@@ -446,13 +461,11 @@ export class PgSession {
     });
     target.on("drain", () => client.resume());
     client.on("data", (chunk: Buffer) => this.onClientData(chunk));
+    // No cork around the scanner: it forwards what one chunk brings in a single write.
     target.on("data", (chunk: Buffer) => {
       try {
-        client.cork();
         this.scanner.push(chunk);
-        client.uncork();
       } catch (error) {
-        client.uncork();
         this.fail(error, "the target sent an invalid message");
       }
     });
@@ -474,6 +487,8 @@ export class PgSession {
     if (this.closed) return;
     this.closed = true;
     for (const p of this.portals.values()) this.recordRun(p.run, "allow", "");
+    // The session's statements are in the spool before its end.
+    this.spoolQueued();
     this.client.destroySoon?.();
     this.target.end(serialize.end());
     this.target.destroySoon?.();
@@ -532,10 +547,15 @@ export class PgSession {
       return;
     }
     if (out.length === 0) return;
-    this.target.cork();
-    let ok = true;
-    for (const b of out) ok = this.target.write(b) && ok;
-    this.target.uncork();
+    let ok: boolean;
+    if (out.length === 1) ok = this.target.write(out[0] as Buffer);
+    else {
+      // Several messages (Parse, Bind, Execute, Sync ...): one write of all of them.
+      this.target.cork();
+      ok = true;
+      for (const b of out) ok = this.target.write(b) && ok;
+      this.target.uncork();
+    }
     if (!ok) this.client.pause();
   }
 
@@ -732,7 +752,9 @@ export class PgSession {
     if (info.searchPath === undefined) return;
     const next = info.searchPath ?? ["$user", "public"];
     if (pathShadowsCatalog(next)) this.userFunctionsFirst = true;
-    this.searchPath = [...new Set([...this.searchPath, ...next])];
+    const widened = [...new Set([...this.searchPath, ...next])];
+    // Kept as it is when nothing is added (verdicts are cached per search path: see decide).
+    if (widened.length !== this.searchPath.length) this.searchPath = widened;
   }
 
   /** Session state an allowed statement changes, known before the target runs it. */
@@ -1073,6 +1095,34 @@ export class PgSession {
       // What the prepared statement does, plus what EXECUTE's own arguments call.
       actions = [...prepared.actions, ...info.actions.filter((a) => a.action !== "db:dynamic")];
     }
+    // A statement shape's verdict depends on its actions (one frozen array per cached shape), the
+    // bundle, the search path and whether it shadows pg_catalog: it is kept per session and reused
+    // while those stay the same, unless the policies have time conditions (or the bundle expires).
+    const cacheable =
+      actions === info.actions &&
+      bundle !== undefined &&
+      !bundle.policies.timeDependent &&
+      now < bundle.notAfter.getTime();
+    if (cacheable) {
+      const c = this.decisions;
+      if (c.bundle !== bundle || c.searchPath !== this.searchPath || c.shadowed !== this.userFunctionsFirst)
+        this.decisions = {
+          bundle,
+          searchPath: this.searchPath,
+          shadowed: this.userFunctionsFirst,
+          byActions: new WeakMap(),
+        };
+      const hit = this.decisions.byActions.get(actions);
+      if (hit) return hit;
+    }
+    const decision = this.decideActions(info, actions, now);
+    if (cacheable) this.decisions.byActions.set(actions, Object.freeze(decision));
+    return decision;
+  }
+
+  /** decide's verdict for the statement's actions, once the checks on the session's state are passed. */
+  private decideActions(info: StatementInfo, actions: readonly ActionUse[], now: number): Decision {
+    const id = this.ctx.identity;
     if (actions.length === 0) {
       if (info.statementClass === "session") return { effect: "allow", rule: "", message: "", tables: [] };
       return {
@@ -1107,11 +1157,12 @@ export class PgSession {
         serviceAccount: id.serviceAccount,
         resource: this.ctx.resource,
         action: use.action,
-        ...(tables.length > 0 ? { tables } : {}),
+        tables: tables.length > 0 ? tables : undefined,
         sourceIp: this.ctx.sourceAddress,
         now,
       });
-      let message = v.message;
+      // An allowed statement's message is never shown: not built.
+      let message = v.effect === "allow" ? "" : v.message;
       if (v.effect !== "allow" && use.action === "db:dynamic" && info.reason) message = `${message}: ${info.reason}`;
       if (v.effect !== "allow" && shadowed && use.action === "db:function")
         message = `${message}: this session's search_path puts a schema before pg_catalog, so its functions and operators may replace the built-ins`;
@@ -1143,15 +1194,10 @@ export class PgSession {
   private recordRefusal(text: string, statementClass: string, decision: Decision, fingerprint: string): void {
     const { effect, rule, message, tables } = decision;
     this.soon({
-      type: "db.query",
-      ...this.common(),
       verdict: VERDICTS[effect === "review" ? "review" : "deny"],
       rule,
       message,
-      detail: {
-        case: "dbQuery",
-        value: { text, fingerprint, statementClass, tables, durationUs: 0n, rows: 0n, maskedColumns: [] },
-      },
+      query: { text, fingerprint, statementClass, tables, durationUs: 0, rows: 0, maskedColumns: [] },
     });
   }
 
@@ -1159,33 +1205,40 @@ export class PgSession {
     if (!run || run.recorded) return;
     run.recorded = true;
     this.soon({
-      type: "db.query",
-      ...this.common(),
       verdict: VERDICTS[effect],
       rule: run.rule,
       message,
-      detail: {
-        case: "dbQuery",
-        value: {
-          text: auditText(run.text, mayHoldSecrets(run.info)),
-          fingerprint: "",
-          statementClass: run.statementClass,
-          tables: run.tables,
-          durationUs: BigInt(Math.round((performance.now() - run.started) * 1000)),
-          rows: BigInt(run.rows),
-          maskedColumns: [...run.masked],
-        },
+      query: {
+        text: auditText(run.text, mayHoldSecrets(run.info)),
+        fingerprint: "",
+        statementClass: run.statementClass,
+        tables: run.tables,
+        durationUs: Math.max(0, Math.round((performance.now() - run.started) * 1000)),
+        rows: run.rows,
+        maskedColumns: run.masked.size === 0 ? NO_COLUMNS : [...run.masked],
       },
     });
   }
 
-  private soon(event: Parameters<AuditRecorder["recordSoon"]>[0]): void {
-    try {
-      this.ctx.audit.recordSoon(event);
-    } catch (error) {
-      queueMicrotask(() => this.auditFailed(error));
-    }
+  /**
+   * Queues a statement's event; the queue is spooled in a microtask, once the relay's writes of the
+   * same turn have gone out (the client does not wait for the encoding and hashing of its events).
+   */
+  private soon(record: QueryRecord): void {
+    this.unspooled.push(record);
+    if (this.unspooled.length === 1) queueMicrotask(this.spoolQueued);
   }
+
+  private readonly spoolQueued = (): void => {
+    const records = this.unspooled;
+    if (records.length === 0) return;
+    this.unspooled = [];
+    try {
+      for (const r of records) this.queries.recordSoon(r);
+    } catch (error) {
+      this.auditFailed(error);
+    }
+  };
 
   private auditFailed(error: unknown): void {
     this.ctx.logger.error(
@@ -1359,15 +1412,12 @@ export class PgSession {
 
   private resumeRelay(): void {
     if (this.closed) return;
-    this.client.cork();
     try {
       this.scanner.resume();
     } catch (error) {
-      this.client.uncork();
       this.fail(error, "the target sent an invalid message");
       return;
     }
-    this.client.uncork();
     if (!this.scanner.isHeld && !this.clientBlocked) this.target.resume();
   }
 
@@ -1380,9 +1430,12 @@ export class PgSession {
       case 0x54: {
         // RowDescription
         const head = this.pending[0];
-        if (head?.kind !== "query" && head?.kind !== "describe" && this.planner()) throw lostTrack();
-        const fields = decodeRowDescription(raw.subarray(5));
-        if (this.awaitCatalog(fields)) return HOLD;
+        const planner = this.planner();
+        if (head?.kind !== "query" && head?.kind !== "describe" && planner) throw lostTrack();
+        // Columns matter only for masking: without masking rules they are not read (an Execute
+        // describes its portal first if rules arrive meanwhile).
+        const fields = planner ? decodeRowDescription(raw.subarray(5)) : undefined;
+        if (fields && this.awaitCatalog(fields)) return HOLD;
         if (head?.kind === "describe") {
           // Only to the portal described: one bound since under that name (pipelined behind the
           // Describe) is described again before its rows are masked.
@@ -1431,7 +1484,7 @@ export class PgSession {
       case 0x43: // CommandComplete
       case 0x49: {
         // EmptyQueryResponse
-        const tagged = type === 0x43 ? decodeCommandComplete(raw.subarray(5)).rows : 0;
+        const tagged = type === 0x43 ? commandCompleteRows(raw) : 0;
         this.completeStatement(tagged ?? this.rowsSeen);
         this.rowsSeen = 0;
         return undefined;
