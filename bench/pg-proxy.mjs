@@ -48,7 +48,7 @@ import { parseArgs } from "node:util";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const CONTROL_PLANE_MAIN = join(ROOT, "apps/control-plane/dist/main.js");
-const AGENT_MAIN = join(ROOT, "apps/agent/dist/moat-agent.mjs");
+const DEFAULT_AGENT_MAIN = join(ROOT, "apps/agent/dist/moat-agent.mjs");
 const ALL_PATHS = ["direct", "pgbouncer", "pgpool", "pipe", "agent", "agent-mask"];
 const MODES = { select: "select-only (-S)", tpcb: "TPC-B-like" };
 
@@ -66,6 +66,8 @@ const USAGE = `usage: node bench/pg-proxy.mjs [options]
   --agent-log-level L  the agent's log level (default info)
   --agent-data-dir D   parent of the agent's data dir (its audit spool: written each event-loop turn, fsynced within 5 ms); default
                        the bench's temp dir. E.g. /dev/shm to see the agent without the fsync cost
+  --agent-main FILE    the agent bundle to run (default apps/agent/dist/moat-agent.mjs); e.g. a copy of an
+                       earlier build, to compare two builds by alternating runs of this script
   --agent-node-args A  extra node flags for the agent, space-separated
                        (e.g. --agent-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it)
   --pause-control-plane
@@ -92,6 +94,7 @@ try {
       "skip-extra": { type: "boolean", default: false },
       "agent-log-level": { type: "string", default: "info" },
       "agent-node-args": { type: "string", default: "" },
+      "agent-main": { type: "string", default: "" },
       "agent-data-dir": { type: "string", default: "" },
       "max-minutes": { type: "string", default: "90" },
       "pause-control-plane": { type: "boolean", default: false },
@@ -107,6 +110,7 @@ if (args.help) {
   process.stdout.write(`${USAGE}\n`);
   process.exit(0);
 }
+const AGENT_MAIN = args["agent-main"] || DEFAULT_AGENT_MAIN;
 const usageError = (message) => {
   process.stderr.write(`${message}\n${USAGE}\n`);
   process.exit(2);
