@@ -635,6 +635,58 @@ describe("extended protocol through the agent", () => {
     expect(d?.case === "dbQuery" && d.value.rows).toBe(10n);
   });
 
+  it("masks, or refuses, a pipelined Execute whose rows come after masking rules arrived (review 16)", async () => {
+    const policy = (masking: boolean) => ({
+      apiVersion: "moat.dev/v1",
+      kind: "Policy",
+      metadata: { name: "read" },
+      spec: {
+        subjects: { groups: ["eng"] },
+        resources: { names: ["db"] },
+        rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read", "db:function"] }],
+        ...(masking ? { masking: [{ columns: ["email"], style: "full" }] } : {}),
+      },
+    });
+    const m = await startHarness({ pg: server, policies: [policy(false)] });
+    try {
+      // The portals were described (pgjdbc describes every portal) before the rules came: their
+      // rows are masked by the columns of those Describes.
+      const c = await open(m);
+      const slowThenEmail = (describe: boolean) =>
+        Buffer.concat([
+          serialize.parse({ name: "s1", text: "SELECT email FROM users" }),
+          serialize.bind({ portal: "p1", statement: "s1" }),
+          ...(describe ? [serialize.describe({ type: "P", name: "p1" })] : []),
+          serialize.flush(),
+          serialize.parse({ text: "SELECT pg_sleep(1)" }),
+          serialize.bind({}),
+          ...(describe ? [serialize.describe({ type: "P", name: "" })] : []),
+          serialize.execute({}),
+          serialize.execute({ portal: "p1" }),
+          serialize.sync(),
+        ]);
+      c.socket.write(slowThenEmail(true));
+      await c.until((ms) => ms.some((x) => x.type === "T"));
+      m.setPolicies([policy(true)]);
+      await c.until((ms) => ms.some((x) => x.type === "Z"));
+      expect(firstValues(c.messages)).toEqual(["", "****"]);
+      c.socket.destroy();
+      // Not described: their columns are unknown, so their rows cannot be masked; the session ends
+      // (before, the rows of such an Execute were relayed unmasked).
+      m.setPolicies([policy(false)]);
+      const d = await open(m);
+      d.socket.write(slowThenEmail(false));
+      await d.until((ms) => ms.filter((x) => x.type === "2").length === 1);
+      m.setPolicies([policy(true)]);
+      await d.until((ms) => ms.some((x) => x.type === "E"));
+      expect(errors(d.messages)[0]?.message).toMatch(/masking rules now apply/);
+      expect(JSON.stringify(firstValues(d.messages))).not.toContain("user1@example.com");
+      d.socket.destroy();
+    } finally {
+      await m.close();
+    }
+  });
+
   it("ends only the offending session on an oversized or malformed message", async () => {
     const good = await open();
     const bad = await open();

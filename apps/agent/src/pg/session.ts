@@ -314,6 +314,14 @@ function analysisError(e: ErrorFields, text: string): boolean {
   return true;
 }
 
+/** Rows of a portal whose columns are unknown, under masking rules (see unmaskable). */
+function unmaskableRows(): ProtocolError {
+  return new ProtocolError(
+    "masking rules now apply to this session and the columns of a statement sent before them are unknown: reconnect",
+    "08P01",
+  );
+}
+
 /** Rows or a row description that answer no statement the agent knows of (see rowsExpected). */
 function lostTrack(): ProtocolError {
   return new ProtocolError("the agent lost track of which statement the target is answering; the session is closed");
@@ -436,7 +444,8 @@ export class PgSession {
     this.reader.initial = false;
     this.done = new Promise((r) => (this.finish = r));
     const handler: RelayHandler = {
-      streamable: (t) => (t === 0x44 ? this.plan === undefined && this.rowsExpected() : t === 0x64),
+      streamable: (t) =>
+        t === 0x44 ? this.plan === undefined && this.rowsExpected() && !this.unmaskable() : t === 0x64,
       streamed: (t) => {
         if (t === 0x44) this.rowsSeen++;
       },
@@ -1233,11 +1242,16 @@ export class PgSession {
     const records = this.unspooled;
     if (records.length === 0) return;
     this.unspooled = [];
-    try {
-      for (const r of records) this.queries.recordSoon(r);
-    } catch (error) {
-      this.auditFailed(error);
+    // Each event on its own: one that cannot be spooled does not take the others with it.
+    let failed: unknown;
+    for (const r of records) {
+      try {
+        this.queries.recordSoon(r);
+      } catch (error) {
+        failed ??= error;
+      }
     }
+    if (failed !== undefined) this.auditFailed(failed);
   };
 
   private auditFailed(error: unknown): void {
@@ -1426,15 +1440,17 @@ export class PgSession {
       case 0x44: // DataRow
         this.rowsSeen++;
         if (!this.plan && !this.rowsExpected()) throw lostTrack();
+        if (!this.plan && this.unmaskable()) throw unmaskableRows();
         return this.plan ? this.maskRow(raw) : undefined;
       case 0x54: {
         // RowDescription
         const head = this.pending[0];
         const planner = this.planner();
         if (head?.kind !== "query" && head?.kind !== "describe" && planner) throw lostTrack();
-        // Columns matter only for masking: without masking rules they are not read (an Execute
-        // describes its portal first if rules arrive meanwhile).
-        const fields = planner ? decodeRowDescription(raw.subarray(5)) : undefined;
+        // Columns matter only for masking: a query's are read only under masking rules; a portal's
+        // always (once per Describe), since rules may arrive before its pipelined Execute runs
+        // (review 16: the Execute, read before them, would have no columns to mask by).
+        const fields = planner || head?.kind === "describe" ? decodeRowDescription(raw.subarray(5)) : undefined;
         if (fields && this.awaitCatalog(fields)) return HOLD;
         if (head?.kind === "describe") {
           // Only to the portal described: one bound since under that name (pipelined behind the
@@ -1572,6 +1588,16 @@ export class PgSession {
   private rowsExpected(): boolean {
     const kind = this.pending[0]?.kind;
     return kind === "query" || kind === "execute" || this.planner() === undefined;
+  }
+
+  /**
+   * Whether the rows coming now answer an Execute of a portal whose columns the agent does not know
+   * while masking rules apply: rules that arrived after the Execute was sent (an Execute sent under
+   * them is preceded by a Describe of its portal). Such rows cannot be masked: the session ends.
+   */
+  private unmaskable(): boolean {
+    const head = this.pending[0];
+    return head?.kind === "execute" && head.portal?.fields === undefined && this.planner() !== undefined;
   }
 
   /** The statement whose answer comes next from the target. */
