@@ -319,8 +319,10 @@ export function decodeCommandComplete(body: Buffer): { tag: string; rows: number
 }
 
 /**
- * The row count of a whole CommandComplete message (`decodeCommandComplete(...).rows`), read from
- * its bytes without decoding the tag: once per statement on the relay's path.
+ * The row count of a whole CommandComplete message, read from its bytes without decoding the tag
+ * (once per statement on the relay's path): its last word when that is all decimal digits, as
+ * PostgreSQL writes counts. Other number forms (`-5`, `1e3`), which `decodeCommandComplete` reads
+ * with `Number`, give undefined.
  */
 export function commandCompleteRows(message: Buffer): number | undefined {
   // 'C', int32 length, the tag, NUL. The count is the tag's last word when that is all digits.

@@ -98,6 +98,7 @@ class Writer {
   /** A uint64 given as a number (a non-negative safe integer) or a bigint. */
   count(field: number, v: number | bigint) {
     if (typeof v === "bigint") this.uint64(field, v);
+    else if (v > Number.MAX_SAFE_INTEGER) this.uint64(field, BigInt(v));
     else if (v !== 0) {
       this.tag(field, 0);
       this.varint(v);

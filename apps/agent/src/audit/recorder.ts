@@ -49,6 +49,55 @@ export interface QueryRecorder {
   recordSoon(record: QueryRecord): void;
 }
 
+/**
+ * Bounds on a `db.query` event's fields, so that every event fits in a spool frame (MAX_EVENT_BYTES,
+ * 1 MiB): a statement naming thousands of tables under a long search path, or a server error
+ * quoting a huge value, would otherwise make an event the spool refuses, and the statement, already
+ * answered, would go unrecorded (review 16). What is cut ends with "…" (lists: "… N more").
+ */
+export const QUERY_EVENT_LIMITS = { text: 64 * 1024, message: 4096, rule: 512, listEntries: 256, name: 256 };
+
+const cut = (s: string, n: number): string => (s.length > n ? `${s.slice(0, n)}…` : s);
+
+function boundedList(list: readonly string[]): readonly string[] {
+  const { listEntries, name } = QUERY_EVENT_LIMITS;
+  if (list.length <= listEntries && list.every((x) => x.length <= name)) return list;
+  const kept = list.slice(0, listEntries).map((x) => cut(x, name));
+  if (list.length > listEntries) kept.push(`… ${list.length - listEntries} more`);
+  return kept;
+}
+
+/** `r` within QUERY_EVENT_LIMITS (itself when it already is: the usual case costs no copy). */
+function bounded(r: QueryRecord): QueryRecord {
+  const L = QUERY_EVENT_LIMITS;
+  const q = r.query;
+  const tables = boundedList(q.tables);
+  const maskedColumns = boundedList(q.maskedColumns);
+  if (
+    q.text.length <= L.text &&
+    r.message.length <= L.message &&
+    r.rule.length <= L.rule &&
+    q.fingerprint.length <= L.name &&
+    q.statementClass.length <= L.name &&
+    tables === q.tables &&
+    maskedColumns === q.maskedColumns
+  )
+    return r;
+  return {
+    verdict: r.verdict,
+    rule: cut(r.rule, L.rule),
+    message: cut(r.message, L.message),
+    query: {
+      ...q,
+      text: cut(q.text, L.text),
+      fingerprint: cut(q.fingerprint, L.name),
+      statementClass: cut(q.statementClass, L.name),
+      tables,
+      maskedColumns,
+    },
+  };
+}
+
 export function createAuditRecorder(deps: {
   spool: AuditSpool;
   bundleVersion: () => bigint;
@@ -129,7 +178,8 @@ export function createAuditRecorder(deps: {
     queries(session) {
       const fields = encodeQuerySession({ type: "db.query", ...session });
       return {
-        recordSoon(r) {
+        recordSoon(given) {
+          const r = bounded(given);
           const id = ulid();
           soon((seq) =>
             encodeQueryEvent(fields, {

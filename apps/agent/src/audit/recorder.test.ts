@@ -1,0 +1,68 @@
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { AuditEventSchema, fromBinary, Verdict } from "@moat/proto";
+import { tempDir } from "@moat/testkit";
+import { createAuditRecorder, QUERY_EVENT_LIMITS } from "./recorder.js";
+import { AuditSpool, MAX_EVENT_BYTES } from "./spool.js";
+
+describe("query events", () => {
+  it("bound their fields so that every event fits in the spool, and say what was cut", () => {
+    const { spool } = AuditSpool.open({ dir: join(tempDir("moat-recorder-"), "audit") });
+    const recorder = createAuditRecorder({ spool, bundleVersion: () => 7n });
+    const queries = recorder.queries({
+      actor: { user: "alice@example.com", groups: ["eng"], sourceAddress: "127.0.0.1", tokenId: "t1" },
+      resource: "db",
+      sessionId: "s1",
+    });
+    // The worst case: every field at its longest, in three-byte characters, and too many tables.
+    const wide = "\u20ac";
+    const name = wide.repeat(10_000);
+    queries.recordSoon({
+      verdict: Verdict.ALLOW,
+      rule: wide.repeat(100_000),
+      message: wide.repeat(1_000_000),
+      query: {
+        text: wide.repeat(1_000_000),
+        fingerprint: name,
+        statementClass: name,
+        tables: Array.from({ length: 5_000 }, (_, i) => `${name}${i}`),
+        durationUs: 1,
+        rows: 2,
+        maskedColumns: Array.from({ length: 5_000 }, (_, i) => `${name}${i}`),
+      },
+    });
+    // An ordinary event is kept as it is.
+    queries.recordSoon({
+      verdict: Verdict.DENY,
+      rule: "p/r",
+      message: "no policy allows db:write",
+      query: {
+        text: "DELETE FROM t",
+        fingerprint: "",
+        statementClass: "write",
+        tables: ["public.t"],
+        durationUs: 0,
+        rows: 0,
+        maskedColumns: [],
+      },
+    });
+    const [big, small] = spool.read(1n, 10, 1 << 30);
+    expect(big && small).toBeTruthy();
+    expect(big!.payload.length).toBeLessThan(MAX_EVENT_BYTES);
+    const e = fromBinary(AuditEventSchema, big!.payload);
+    const q = e.detail.case === "dbQuery" ? e.detail.value : undefined;
+    expect(q?.text).toHaveLength(QUERY_EVENT_LIMITS.text + 1);
+    expect(q?.text.endsWith("…")).toBe(true);
+    expect(e.message).toHaveLength(QUERY_EVENT_LIMITS.message + 1);
+    expect(q?.tables).toHaveLength(QUERY_EVENT_LIMITS.listEntries + 1);
+    expect(q?.tables.at(-1)).toBe(`… ${5_000 - QUERY_EVENT_LIMITS.listEntries} more`);
+    expect(q?.maskedColumns[0]).toHaveLength(QUERY_EVENT_LIMITS.name + 1);
+    const s = fromBinary(AuditEventSchema, small!.payload);
+    expect(s.detail.case === "dbQuery" && s.detail.value).toMatchObject({
+      text: "DELETE FROM t",
+      tables: ["public.t"],
+    });
+    expect(s.message).toBe("no policy allows db:write");
+    spool.close();
+  });
+});
