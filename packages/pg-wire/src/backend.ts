@@ -159,7 +159,9 @@ export class RelayScanner {
       }
       break;
     }
-    if (pos > runStart) this.emit(buf.subarray(runStart, pos));
+    // The usual answer (every message of the chunk passed unchanged) is forwarded as the chunk.
+    if (runStart === 0 && pos === buf.length) this.emit(buf);
+    else if (pos > runStart) this.emit(buf.subarray(runStart, pos));
     if (pos < buf.length) this.pending = buf.subarray(pos);
   }
 }

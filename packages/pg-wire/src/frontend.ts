@@ -107,8 +107,10 @@ export class FrameReader {
       );
     const end = length + 1;
     if (buf.length < end) return this.wait(end);
-    const raw = buf.subarray(0, end);
-    this.pending = end === buf.length ? EMPTY : buf.subarray(end);
+    // A chunk holding exactly one message (a simple query) is that message: no view of it made.
+    const whole = end === buf.length;
+    const raw = whole ? buf : buf.subarray(0, end);
+    this.pending = whole ? EMPTY : buf.subarray(end);
     return { type: buf[0] as number, body: raw.subarray(5), raw };
   }
 
