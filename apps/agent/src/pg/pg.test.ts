@@ -138,6 +138,13 @@ beforeAll(async () => {
 }, 120_000);
 
 /** node-postgres connected through the agent as alice (extended protocol). */
+/** POLICIES with the rules of eng-read (alice's policy) replaced by `rules(its rules)`. */
+function withEngReadRules(rules: (existing: (typeof POLICIES)[number]["spec"]["rules"]) => object[]) {
+  return POLICIES.map((p) =>
+    p.metadata.name !== "eng-read" ? p : { ...p, spec: { ...p.spec, rules: rules(p.spec.rules) } },
+  );
+}
+
 async function aliceClient(): Promise<pg.Client> {
   const c = new pg.Client({
     host: "127.0.0.1",
@@ -291,22 +298,12 @@ describe("statement decisions", () => {
   it("reuses a statement shape's verdict only while the bundle, the search path and the time leave it unchanged", async () => {
     // The agent keeps each shape's verdict per session (decide): each of these changes must reach it.
     const withRule = (rule: object, conditions?: object) =>
-      POLICIES.map((p) =>
-        p.metadata.name !== "eng-read"
-          ? p
-          : {
-              ...p,
-              spec: {
-                ...p.spec,
-                rules: [
-                  { name: "connect", effect: "allow", actions: ["connect"] },
-                  rule,
-                  ...p.spec.rules.filter((r) => r.name !== "read" || conditions === undefined),
-                  ...(conditions ? [{ ...p.spec.rules[0], conditions }] : []),
-                ],
-              },
-            },
-      );
+      withEngReadRules((rules) => [
+        { name: "connect", effect: "allow", actions: ["connect"] },
+        rule,
+        ...rules.filter((r) => r.name !== "read" || conditions === undefined),
+        ...(conditions ? [{ ...rules[0], conditions }] : []),
+      ]);
     const c = await aliceClient();
     const outcome = (sql: string) =>
       c.query(sql).then(
@@ -388,20 +385,10 @@ describe("statement decisions", () => {
 
   it("decides EXECUTE on every statement a name may hold: a second PREPARE of a taken name fails on the target", async () => {
     const c = await aliceClient();
-    const denyVisits = POLICIES.map((p) =>
-      p.metadata.name !== "eng-read"
-        ? p
-        : {
-            ...p,
-            spec: {
-              ...p.spec,
-              rules: [
-                { name: "no-visits", effect: "deny", actions: ["db:*"], tables: ["public.visits"] },
-                ...p.spec.rules,
-              ],
-            },
-          },
-    );
+    const denyVisits = withEngReadRules((rules) => [
+      { name: "no-visits", effect: "deny", actions: ["db:*"], tables: ["public.visits"] },
+      ...rules,
+    ]);
     try {
       await c.query("PREPARE p AS SELECT id FROM visits");
       // Refused by the target (the name is taken): p still runs the first statement.

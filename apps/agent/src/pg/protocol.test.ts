@@ -12,6 +12,19 @@ import { startHarness, type Harness } from "../test-support/pg.js";
 let server: TestPostgres;
 let h: Harness;
 
+/** A policy letting group eng connect and read (and do `extra`), with masking rules if given. */
+const readPolicy = (extra: string[] = [], masking?: object[]) => ({
+  apiVersion: "moat.dev/v1",
+  kind: "Policy",
+  metadata: { name: "read" },
+  spec: {
+    subjects: { groups: ["eng"] },
+    resources: { names: ["db"] },
+    rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read", ...extra] }],
+    ...(masking ? { masking } : {}),
+  },
+});
+
 beforeAll(async () => {
   server = await startPostgres();
   await server.createDatabase("app");
@@ -19,22 +32,7 @@ beforeAll(async () => {
     "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10); CREATE TABLE inbox (v text); CREATE TABLE users (email text); INSERT INTO users VALUES ('user1@example.com');",
     "app",
   );
-  h = await startHarness({
-    pg: server,
-    policies: [
-      {
-        apiVersion: "moat.dev/v1",
-        kind: "Policy",
-        metadata: { name: "read" },
-        spec: {
-          subjects: { groups: ["eng"] },
-          resources: { names: ["db"] },
-          rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read"] }],
-        },
-      },
-    ],
-    listener: { maxMessageBytes: 1024 * 1024 },
-  });
+  h = await startHarness({ pg: server, policies: [readPolicy()], listener: { maxMessageBytes: 1024 * 1024 } });
 }, 120_000);
 
 afterAll(async () => {
@@ -636,17 +634,8 @@ describe("extended protocol through the agent", () => {
   });
 
   it("masks, or refuses, a pipelined Execute whose rows come after masking rules arrived (review 16)", async () => {
-    const policy = (masking: boolean) => ({
-      apiVersion: "moat.dev/v1",
-      kind: "Policy",
-      metadata: { name: "read" },
-      spec: {
-        subjects: { groups: ["eng"] },
-        resources: { names: ["db"] },
-        rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read", "db:function"] }],
-        ...(masking ? { masking: [{ columns: ["email"], style: "full" }] } : {}),
-      },
-    });
+    const policy = (masking: boolean) =>
+      readPolicy(["db:function"], masking ? [{ columns: ["email"], style: "full" }] : undefined);
     const m = await startHarness({ pg: server, policies: [policy(false)] });
     try {
       // The portals were described (pgjdbc describes every portal) before the rules came: their
