@@ -61,7 +61,9 @@ const cut = (s: string, n: number): string => (s.length > n ? `${s.slice(0, n)}â
 
 function boundedList(list: readonly string[]): readonly string[] {
   const { listEntries, name } = QUERY_EVENT_LIMITS;
-  if (list.length <= listEntries && list.every((x) => x.length <= name)) return list;
+  let fits = list.length <= listEntries;
+  for (let i = 0; fits && i < list.length; i++) fits = (list[i] as string).length <= name;
+  if (fits) return list;
   const kept = list.slice(0, listEntries).map((x) => cut(x, name));
   if (list.length > listEntries) kept.push(`â€¦ ${list.length - listEntries} more`);
   return kept;

@@ -204,7 +204,8 @@ interface Run {
   rule: string;
   started: number;
   rows: number;
-  masked: Set<string>;
+  /** Columns masked in its results (made at the first: most statements mask none). */
+  masked: Set<string> | undefined;
   recorded: boolean;
   /** A DEALLOCATE/CLOSE: the definitions sent before it, which it forgets once it has run. */
   forgetsUpTo?: number;
@@ -1055,7 +1056,7 @@ export class PgSession {
       rule: decision.rule,
       started: performance.now(),
       rows: 0,
-      masked: new Set(),
+      masked: undefined,
       recorded: false,
     };
   }
@@ -1224,7 +1225,7 @@ export class PgSession {
         tables: run.tables,
         durationUs: Math.max(0, Math.round((performance.now() - run.started) * 1000)),
         rows: run.rows,
-        maskedColumns: run.masked.size === 0 ? NO_COLUMNS : [...run.masked],
+        maskedColumns: run.masked === undefined ? NO_COLUMNS : [...run.masked],
       },
     });
   }
@@ -1379,7 +1380,10 @@ export class PgSession {
         return column;
       }),
     );
-    if (this.plan && run) for (const c of this.plan.maskedColumns) run.masked.add(c);
+    if (this.plan && run && this.plan.maskedColumns.length > 0) {
+      run.masked ??= new Set();
+      for (const c of this.plan.maskedColumns) run.masked.add(c);
+    }
   }
 
   private push(p: Pending): void {
