@@ -633,7 +633,7 @@ describe("extended protocol through the agent", () => {
     expect(d?.case === "dbQuery" && d.value.rows).toBe(10n);
   });
 
-  it("masks, or refuses, a pipelined Execute whose rows come after masking rules arrived (review 16)", async () => {
+  it("masks, or refuses, a pipelined or running Execute whose rows come after masking rules arrived (reviews 16, 17)", async () => {
     const policy = (masking: boolean) =>
       readPolicy(["db:function"], masking ? [{ columns: ["email"], style: "full" }] : undefined);
     const m = await startHarness({ pg: server, policies: [policy(false)] });
@@ -671,6 +671,29 @@ describe("extended protocol through the agent", () => {
       expect(errors(d.messages)[0]?.message).toMatch(/masking rules now apply/);
       expect(JSON.stringify(firstValues(d.messages))).not.toContain("user1@example.com");
       d.socket.destroy();
+      // Rules that arrive while the Execute already runs (its plan made without them) apply to its
+      // rows (review 17).
+      m.setPolicies([policy(false)]);
+      const e = await open(m);
+      e.socket.write(
+        Buffer.concat([
+          serialize.parse({ text: "SELECT email, pg_sleep(1)::text FROM users" }),
+          serialize.bind({}),
+          serialize.describe({ type: "P", name: "" }),
+          serialize.flush(),
+          serialize.execute({}),
+          serialize.sync(),
+        ]),
+      );
+      await e.until((ms) => ms.some((x) => x.type === "T"));
+      await new Promise((r) => setTimeout(r, 200));
+      m.setPolicies([policy(true)]);
+      await e.until((ms) => ms.some((x) => x.type === "Z"));
+      expect(types(e.messages)).toBe("12TDCZ");
+      // The row's first value is the masked email (the sleep's empty text follows it).
+      expect(firstValues(e.messages)[0]?.startsWith("****")).toBe(true);
+      expect(JSON.stringify(firstValues(e.messages))).not.toContain("user1@example.com");
+      e.socket.destroy();
     } finally {
       await m.close();
     }

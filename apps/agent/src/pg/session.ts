@@ -415,6 +415,8 @@ export class PgSession {
   private cyclesSent = 0;
   private cyclesDone = 0;
   private plan: ResultPlan | undefined;
+  /** The masking rules (planner) `plan` was made under: rules that change during an Execute remake it. */
+  private planMasks: MaskPlanner | undefined;
   /** DataRows relayed since the last statement completed. */
   private rowsSeen = 0;
   private masks: { version: bigint; planner: MaskPlanner | undefined } | undefined;
@@ -446,7 +448,9 @@ export class PgSession {
     this.done = new Promise((r) => (this.finish = r));
     const handler: RelayHandler = {
       streamable: (t) =>
-        t === 0x44 ? this.plan === undefined && this.rowsExpected() && !this.unmaskable() : t === 0x64,
+        t === 0x44
+          ? this.plan === undefined && this.rowsExpected() && !this.unmaskable() && !this.replanNeeded()
+          : t === 0x64,
       streamed: (t) => {
         if (t === 0x44) this.rowsSeen++;
       },
@@ -1359,7 +1363,8 @@ export class PgSession {
   }
 
   private startResult(fields: RowField[] | undefined, run: Run | undefined): void {
-    const planner = fields ? this.planner() : undefined;
+    this.planMasks = this.planner();
+    const planner = fields ? this.planMasks : undefined;
     if (!planner || !fields) {
       this.plan = undefined;
       return;
@@ -1441,11 +1446,20 @@ export class PgSession {
 
   private onServerMessage(type: number, raw: Buffer): Buffer[] | undefined | typeof HOLD {
     switch (type) {
-      case 0x44: // DataRow
+      case 0x44: {
+        // DataRow. Masking rules that arrived while an Execute runs apply to its next rows (review
+        // 17): its plan is made again from the portal's columns (looked up first if need be).
+        const head = this.pending[0];
+        if (this.replanNeeded() && head?.kind === "execute" && head.portal) {
+          const fields = head.portal.fields;
+          if (fields && this.awaitCatalog(fields)) return HOLD;
+          this.startResult(fields, head.portal.run);
+        }
         this.rowsSeen++;
         if (!this.plan && !this.rowsExpected()) throw lostTrack();
         if (!this.plan && this.unmaskable()) throw unmaskableRows();
         return this.plan ? this.maskRow(raw) : undefined;
+      }
       case 0x54: {
         // RowDescription
         const head = this.pending[0];
@@ -1602,6 +1616,11 @@ export class PgSession {
   private unmaskable(): boolean {
     const head = this.pending[0];
     return head?.kind === "execute" && head.portal?.fields === undefined && this.planner() !== undefined;
+  }
+
+  /** Whether the masking rules changed since the plan of the Execute answered now was made. */
+  private replanNeeded(): boolean {
+    return this.pending[0]?.kind === "execute" && this.planner() !== this.planMasks;
   }
 
   /** The statement whose answer comes next from the target. */
