@@ -9,14 +9,20 @@ describe("query events", () => {
   it("bound their fields so that every event fits in the spool, and say what was cut", () => {
     const { spool } = AuditSpool.open({ dir: join(tempDir("moat-recorder-"), "audit") });
     const recorder = createAuditRecorder({ spool, bundleVersion: () => 7n });
-    const queries = recorder.queries({
-      actor: { user: "alice@example.com", groups: ["eng"], sourceAddress: "127.0.0.1", tokenId: "t1" },
-      resource: "db",
-      sessionId: "s1",
-    });
-    // The worst case: every field at its longest, in three-byte characters, and too many tables.
+    // The worst case: every field at its longest, in three-byte characters, too many tables and
+    // groups (the session's fields are bounded too).
     const wide = "\u20ac";
     const name = wide.repeat(10_000);
+    const queries = recorder.queries({
+      actor: {
+        user: name,
+        groups: Array.from({ length: 5_000 }, (_, i) => `${name}${i}`),
+        sourceAddress: "127.0.0.1",
+        tokenId: name,
+      },
+      resource: name,
+      sessionId: name,
+    });
     queries.recordSoon({
       verdict: Verdict.ALLOW,
       rule: wide.repeat(100_000),
@@ -57,6 +63,8 @@ describe("query events", () => {
     expect(q?.tables).toHaveLength(QUERY_EVENT_LIMITS.listEntries + 1);
     expect(q?.tables.at(-1)).toBe(`… ${5_000 - QUERY_EVENT_LIMITS.listEntries} more`);
     expect(q?.maskedColumns[0]).toHaveLength(QUERY_EVENT_LIMITS.name + 1);
+    expect(e.actor?.groups).toHaveLength(QUERY_EVENT_LIMITS.listEntries + 1);
+    expect(e.resource).toHaveLength(QUERY_EVENT_LIMITS.name + 1);
     const s = fromBinary(AuditEventSchema, small!.payload);
     expect(s.detail.case === "dbQuery" && s.detail.value).toMatchObject({
       text: "DELETE FROM t",

@@ -50,10 +50,11 @@ export interface QueryRecorder {
 }
 
 /**
- * Bounds on a `db.query` event's fields, so that every event fits in a spool frame (MAX_EVENT_BYTES,
- * 1 MiB): a statement naming thousands of tables under a long search path, or a server error
- * quoting a huge value, would otherwise make an event the spool refuses, and the statement, already
- * answered, would go unrecorded (review 16). What is cut ends with "…" (lists: "… N more").
+ * Bounds on a `db.query` event's fields (the session's too: actor, groups, resource), so that every
+ * event fits in a spool frame (MAX_EVENT_BYTES, 1 MiB): a statement naming thousands of tables
+ * under a long search path, or a server error quoting a huge value, would otherwise make an event
+ * the spool refuses, and the statement, already answered, would go unrecorded (review 16). What is
+ * cut ends with "…" (lists: "… N more").
  */
 export const QUERY_EVENT_LIMITS = { text: 64 * 1024, message: 4096, rule: 512, listEntries: 256, name: 256 };
 
@@ -178,7 +179,20 @@ export function createAuditRecorder(deps: {
       return { seq: soon((seq) => encode(event, id, seq)), id };
     },
     queries(session) {
-      const fields = encodeQuerySession({ type: "db.query", ...session });
+      // Bounded like the statement's fields (the groups come from the token: many are possible).
+      const n = QUERY_EVENT_LIMITS.name;
+      const a = session.actor;
+      const fields = encodeQuerySession({
+        type: "db.query",
+        actor: {
+          user: cut(a.user, n),
+          groups: boundedList(a.groups),
+          sourceAddress: cut(a.sourceAddress, n),
+          tokenId: cut(a.tokenId, n),
+        },
+        resource: cut(session.resource, n),
+        sessionId: cut(session.sessionId, n),
+      });
       return {
         recordSoon(given) {
           const r = bounded(given);
