@@ -7,23 +7,11 @@ import { connect, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeErrorFields, serialize } from "@moat/pg-wire";
 import { startPostgres, type TestPostgres } from "@moat/testkit";
+import { readPolicy } from "../test-support/bundles.js";
 import { startHarness, type Harness } from "../test-support/pg.js";
 
 let server: TestPostgres;
 let h: Harness;
-
-/** A policy letting group eng connect and read (and do `extra`), with masking rules if given. */
-const readPolicy = (extra: string[] = [], masking?: object[]) => ({
-  apiVersion: "moat.dev/v1",
-  kind: "Policy",
-  metadata: { name: "read" },
-  spec: {
-    subjects: { groups: ["eng"] },
-    resources: { names: ["db"] },
-    rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read", ...extra] }],
-    ...(masking ? { masking } : {}),
-  },
-});
 
 beforeAll(async () => {
   server = await startPostgres();
@@ -103,22 +91,7 @@ async function open(harness: Harness = h): Promise<Raw> {
 
 /** An agent whose one policy allows reads (and `extra` actions) and masks `email` whole. */
 function startMasked(extra: string[] = []): Promise<Harness> {
-  return startHarness({
-    pg: server,
-    policies: [
-      {
-        apiVersion: "moat.dev/v1",
-        kind: "Policy",
-        metadata: { name: "masked" },
-        spec: {
-          subjects: { groups: ["eng"] },
-          resources: { names: ["db"] },
-          rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read", ...extra] }],
-          masking: [{ columns: ["email"], style: "full" }],
-        },
-      },
-    ],
-  });
+  return startHarness({ pg: server, policies: [readPolicy(extra, [{ columns: ["email"], style: "full" }])] });
 }
 
 const types = (ms: Msg[]) => ms.map((m) => m.type).join("");

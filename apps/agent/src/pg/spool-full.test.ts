@@ -7,20 +7,10 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPostgres, type TestPostgres } from "@moat/testkit";
+import { readPolicy } from "../test-support/bundles.js";
 import { startHarness, type Harness } from "../test-support/pg.js";
 
-const POLICIES = [
-  {
-    apiVersion: "moat.dev/v1",
-    kind: "Policy",
-    metadata: { name: "read" },
-    spec: {
-      subjects: { groups: ["eng"] },
-      resources: { names: ["db"] },
-      rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read"] }],
-    },
-  },
-];
+const POLICIES = [readPolicy()];
 
 let server: TestPostgres;
 const harnesses: Harness[] = [];

@@ -46,6 +46,21 @@ export const POLICY = {
   },
 };
 
+/** A policy letting group eng connect to `db` and read (and do `extra`), with masking rules if given. */
+export function readPolicy(extra: string[] = [], masking?: object[]): object {
+  return {
+    apiVersion: "moat.dev/v1",
+    kind: "Policy",
+    metadata: { name: "read" },
+    spec: {
+      subjects: { groups: ["eng"] },
+      resources: { names: ["db"] },
+      rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read", ...extra] }],
+      ...(masking ? { masking } : {}),
+    },
+  };
+}
+
 export interface BundleOptions {
   agentId?: string;
   version?: bigint;
