@@ -6,8 +6,6 @@
  */
 import type { Verdict } from "@moat/proto";
 
-export type DbQueryEvent = QuerySessionFields & QueryEventFields;
-
 /** Strings up to this length are tried as ASCII in JavaScript (see Writer.string). */
 const SHORT = 48;
 
@@ -218,9 +216,4 @@ export function encodeQueryEvent(session: Uint8Array, e: QueryEventFields): Uint
   for (const c of e.query.maskedColumns) q.string(7, c, true);
   w.nested(22, q, true);
   return w.buf.subarray(0, w.pos);
-}
-
-/** Encodes one whole event (encodeQuerySession + encodeQueryEvent; same caveat on the bytes). */
-export function encodeDbQueryEvent(e: DbQueryEvent): Uint8Array {
-  return encodeQueryEvent(encodeQuerySession(e), e);
 }

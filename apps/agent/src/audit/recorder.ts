@@ -7,13 +7,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { create, AuditEventSchema, timestampFromDate, toBinary } from "@moat/proto";
 import type { AuditSpool, Gap } from "./spool.js";
 import { createUlidFactory } from "@moat/common";
-import {
-  encodeDbQueryEvent,
-  encodeQueryEvent,
-  encodeQuerySession,
-  type QueryEventFields,
-  type QuerySessionFields,
-} from "./fast-encode.js";
+import { encodeQueryEvent, encodeQuerySession, type QueryEventFields, type QuerySessionFields } from "./fast-encode.js";
 
 export type AuditEventInit = Omit<
   Exclude<MessageInitShape<typeof AuditEventSchema>, { $typeName: string }>,
@@ -23,12 +17,6 @@ export type AuditEventInit = Omit<
 export interface AuditRecorder {
   /** Records an event and resolves once it is fsynced. */
   record(event: AuditEventInit): Promise<{ seq: bigint; id: string }>;
-  /**
-   * Records a high-rate event (one per statement) without waiting: written to the spool file at the
-   * end of this event-loop turn, fsynced within milliseconds (AuditSpool.appendSoon). Throws
-   * SpoolFullError when the spool is full and fail-closed.
-   */
-  recordSoon(event: AuditEventInit): { seq: bigint; id: string };
   /**
    * Whether an event of up to `bytes` can be recorded now (false only when the spool is full and
    * fail-closed). Enforcers ask before running what they would have to audit.
@@ -45,7 +33,11 @@ export interface AuditRecorder {
 export type QueryRecord = Pick<QueryEventFields, "verdict" | "rule" | "message" | "query">;
 
 export interface QueryRecorder {
-  /** Records a statement like AuditRecorder.recordSoon (throws SpoolFullError when full, fail-closed). */
+  /**
+   * Records a statement without waiting: written to the spool file at the end of this event-loop
+   * turn, fsynced within milliseconds (AuditSpool.appendSoon). Throws SpoolFullError when the spool
+   * is full and fail-closed.
+   */
   recordSoon(record: QueryRecord): void;
 }
 
@@ -109,40 +101,8 @@ export function createAuditRecorder(deps: {
 }): AuditRecorder {
   const nowMs = deps.now ? () => (deps.now as () => Date)().getTime() : Date.now;
   const ulid = createUlidFactory(nowMs);
+  // Occasional events (session start and end, gaps): protobuf-es. Statements: QueryRecorder.
   const encode = (event: AuditEventInit, id: string, seq: bigint): Uint8Array => {
-    const d = event.detail;
-    if (d?.case === "dbQuery" && event.actor) {
-      const a = event.actor;
-      const q = d.value;
-      return encodeDbQueryEvent({
-        id,
-        seq,
-        time: nowMs(),
-        type: event.type ?? "",
-        actor: {
-          user: a.user ?? "",
-          groups: a.groups ?? [],
-          sourceAddress: a.sourceAddress ?? "",
-          tokenId: a.tokenId ?? "",
-        },
-        resource: event.resource ?? "",
-        sessionId: event.sessionId ?? "",
-        verdict: event.verdict ?? 0,
-        rule: event.rule ?? "",
-        message: event.message ?? "",
-        bundleVersion: deps.bundleVersion(),
-        prevHash: deps.spool.lastHash,
-        query: {
-          text: q.text ?? "",
-          fingerprint: q.fingerprint ?? "",
-          statementClass: q.statementClass ?? "",
-          tables: q.tables ?? [],
-          durationUs: q.durationUs ?? 0n,
-          rows: q.rows ?? 0n,
-          maskedColumns: q.maskedColumns ?? [],
-        },
-      });
-    }
     return toBinary(
       AuditEventSchema,
       create(AuditEventSchema, {
@@ -174,10 +134,6 @@ export function createAuditRecorder(deps: {
       deps.onRecorded?.();
       return { seq: result.seq, id };
     },
-    recordSoon(event) {
-      const id = ulid();
-      return { seq: soon((seq) => encode(event, id, seq)), id };
-    },
     queries(session) {
       // Bounded like the statement's fields (the groups come from the token: many are possible).
       const n = QUERY_EVENT_LIMITS.name;
@@ -197,7 +153,7 @@ export function createAuditRecorder(deps: {
         recordSoon(given) {
           const r = bounded(given);
           const id = ulid();
-          soon((seq) =>
+          const result = deps.spool.appendSoon((seq) =>
             encodeQueryEvent(fields, {
               id,
               seq,
@@ -210,19 +166,15 @@ export function createAuditRecorder(deps: {
               query: r.query,
             }),
           );
+          if (result.gap)
+            void recordGap(result.gap, "the audit spool was full: the oldest unshipped events were dropped").catch(
+              () => undefined,
+            );
+          scheduleWake();
         },
       };
     },
   };
-  function soon(build: (seq: bigint) => Uint8Array): bigint {
-    const result = deps.spool.appendSoon(build);
-    if (result.gap)
-      void recordGap(result.gap, "the audit spool was full: the oldest unshipped events were dropped").catch(
-        () => undefined,
-      );
-    scheduleWake();
-    return result.seq;
-  }
   async function recordGap(gap: Gap, reason: string): Promise<void> {
     await recorder.record({
       type: "audit.gap",

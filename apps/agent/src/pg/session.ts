@@ -319,7 +319,6 @@ function analysisError(e: ErrorFields, text: string): boolean {
 function unmaskableRows(): ProtocolError {
   return new ProtocolError(
     "masking rules now apply to this session and the columns of a statement sent before them are unknown: reconnect",
-    "08P01",
   );
 }
 
@@ -330,7 +329,6 @@ function lostTrack(): ProtocolError {
 
 const NO_COLUMNS: readonly string[] = [];
 const VERDICTS = { allow: ProtoVerdict.ALLOW, deny: ProtoVerdict.DENY, review: ProtoVerdict.REVIEW } as const;
-const MAX_AUDIT_TEXT = 64 * 1024;
 
 export class PgSession {
   private readonly reader: FrameReader;
@@ -1211,7 +1209,7 @@ export class PgSession {
       verdict: VERDICTS[effect === "review" ? "review" : "deny"],
       rule,
       message,
-      query: { text, fingerprint, statementClass, tables, durationUs: 0, rows: 0, maskedColumns: [] },
+      query: { text, fingerprint, statementClass, tables, durationUs: 0, rows: 0, maskedColumns: NO_COLUMNS },
     });
   }
 
@@ -1706,10 +1704,10 @@ export class PgSession {
 }
 
 /**
- * A statement's text as the audit trail keeps it: at most MAX_AUDIT_TEXT characters, and without
- * its string literals when they may hold a password or connection string (redactLiterals).
+ * A statement's text as the audit trail keeps it: without its string literals when they may hold a
+ * password or connection string (redactLiterals). Its length is bounded by the recorder, with the
+ * event's other fields (QUERY_EVENT_LIMITS).
  */
 function auditText(text: string, secret: boolean): string {
-  const kept = secret ? redactLiterals(text) : text;
-  return kept.length > MAX_AUDIT_TEXT ? `${kept.slice(0, MAX_AUDIT_TEXT)}…` : kept;
+  return secret ? redactLiterals(text) : text;
 }
