@@ -1,5 +1,12 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { createClassifier, loadSqlParser, mayHoldSecrets, redactLiterals, type Classifier } from "./index.js";
+import {
+  auditStatementText,
+  createClassifier,
+  loadSqlParser,
+  mayHoldSecrets,
+  redactLiterals,
+  type Classifier,
+} from "./index.js";
 import { ON } from "./test-helpers.js";
 
 let classifier: Classifier;
@@ -81,5 +88,76 @@ describe("mayHoldSecrets", () => {
       expect(mayHoldSecrets(info(sql)), sql).toBe(true);
     for (const sql of ["SELECT 'x'", "UPDATE t SET password = 'x'", "ALTER ROLE app SET search_path = x"])
       expect(mayHoldSecrets(info(sql)), sql).toBe(false);
+  });
+});
+
+describe("auditStatementText: code that sets a secret (DO blocks, function bodies)", () => {
+  const audit = (sql: string) => {
+    const r = classifier.classify(sql, ON);
+    if (!r.ok) throw new Error(r.error.message);
+    return auditStatementText(r.statements[0] as NonNullable<(typeof r.statements)[0]>, sql);
+  };
+  it("keeps the code and replaces the literals inside it", () => {
+    expect(audit("DO $$BEGIN EXECUTE 'ALTER ROLE app PASSWORD ''hunter2'''; END$$")).toBe(
+      "DO $$BEGIN EXECUTE '***'; END$$",
+    );
+    expect(audit("DO $do$ BEGIN ALTER ROLE app PASSWORD 'hunter2'; END $do$ LANGUAGE plpgsql")).toBe(
+      "DO $do$ BEGIN ALTER ROLE app PASSWORD '***'; END $do$ LANGUAGE plpgsql",
+    );
+    expect(
+      audit("DO $$DECLARE pw text := $p$hunter2$p$; BEGIN EXECUTE format('ALTER ROLE app PASSWORD %L', pw); END$$"),
+    ).toBe("DO $$DECLARE pw text := '***'; BEGIN EXECUTE format('***', pw); END$$");
+    expect(
+      audit(
+        "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $f$ BEGIN PERFORM dblink_connect('c', 'password=hunter2'); END $f$",
+      ),
+    ).toBe(
+      "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $f$ BEGIN PERFORM dblink_connect('***', '***'); END $f$",
+    );
+    expect(audit("CREATE PROCEDURE p() LANGUAGE sql AS $$ALTER ROLE app PASSWORD 'hunter2'$$")).toBe(
+      "CREATE PROCEDURE p() LANGUAGE sql AS $$ALTER ROLE app PASSWORD '***'$$",
+    );
+  });
+  it("replaces whole a body in single quotes and a dollar-quoted value", () => {
+    expect(audit("DO 'BEGIN EXECUTE ''ALTER ROLE app PASSWORD ''''hunter2''''''; END'")).toBe("DO '***'");
+    expect(
+      audit("CREATE FUNCTION f(p text DEFAULT $$hunter2$$) RETURNS text LANGUAGE sql AS $$SELECT 'password'$$"),
+    ).toBe("CREATE FUNCTION f(p text DEFAULT '***') RETURNS text LANGUAGE sql AS $$SELECT '***'$$");
+  });
+  it("keeps code that names no secret as written", () => {
+    for (const sql of [
+      "DO $$BEGIN DELETE FROM t WHERE name = 'bob'; END$$",
+      "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$SELECT 1 WHERE 'a' = 'a'$$",
+    ])
+      expect(audit(sql), sql).toBe(sql);
+  });
+  it("never leaves a generated secret in a DO block or a body that sets it", () => {
+    let seed = 7;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const quote = (v: string, k: number) =>
+      k === 0 ? `'${v}'` : k === 1 ? `E'${v}'` : k === 2 ? `$$${v}$$` : `$q${k}$${v}$q${k}$`;
+    let checked = 0;
+    for (let n = 0; n < 600; n++) {
+      const secret = `s3cr3t${n}x`;
+      const inner = [
+        `ALTER ROLE app PASSWORD ${quote(secret, rand(2))}`,
+        `PERFORM dblink_connect('c', ${quote("password=" + secret, rand(2))})`,
+        `v := ${quote(secret, 2 + rand(3))}; EXECUTE 'ALTER ROLE app PASSWORD ' || quote_literal(v)`,
+        `EXECUTE ${quote("ALTER ROLE app PASSWORD '" + secret + "'", 3 + rand(2))}`,
+      ][rand(4)] as string;
+      const tag = ["$$", "$body$", "$x$"][rand(3)] as string;
+      if (inner.includes(tag)) continue;
+      const sql =
+        rand(2) === 0
+          ? `DO ${tag} DECLARE v text; BEGIN ${inner}; END ${tag}`
+          : `CREATE FUNCTION f${n}() RETURNS void LANGUAGE plpgsql AS ${tag} DECLARE v text; BEGIN ${inner}; END ${tag}`;
+      expect(audit(sql), sql).not.toContain(secret);
+      expect(audit(sql), sql).toContain(" BEGIN ");
+      checked++;
+    }
+    expect(checked).toBeGreaterThan(300);
   });
 });

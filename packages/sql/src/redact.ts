@@ -22,6 +22,28 @@ export function mayHoldSecrets(info: { kind: string; functions: readonly string[
   return SECRET_KINDS.has(info.kind) || info.functions.some((f) => /(^|\.)dblink/.test(f));
 }
 
+/** Statement kinds that carry code (a DO block, a function's or procedure's body). */
+const CODE_KINDS: ReadonlySet<string> = new Set(["DoStmt", "CreateFunctionStmt"]);
+
+/**
+ * Words that, in a DO block or a function body, suggest a password or a connection string set by
+ * the code (`EXECUTE format('ALTER ROLE %I PASSWORD %L', ...)`, `dblink_connect(...)`, a user
+ * mapping, a subscription's connection). Matching more than needed only redacts more.
+ */
+const SECRET_WORDS = /passw|conninfo|connection|dblink|mapping|subscription|server|secret/i;
+
+/**
+ * A statement's text as the audit trail keeps it. Statements that set a password or a connection
+ * string (mayHoldSecrets) lose their string literals. A DO block or a function definition whose
+ * text names such a thing (SECRET_WORDS) keeps its code but loses every literal in it: its body is
+ * kept, with the literals inside the body replaced. Anything else is kept as written.
+ */
+export function auditStatementText(info: { kind: string; functions: readonly string[] }, text: string): string {
+  if (mayHoldSecrets(info)) return redactLiterals(text);
+  if (CODE_KINDS.has(info.kind) && SECRET_WORDS.test(text)) return redactLiterals(text, true);
+  return text;
+}
+
 const REDACTED = "'***'";
 const isIdentChar = (c: string | undefined) => c !== undefined && /[A-Za-z0-9_$\u0080-\uffff]/.test(c);
 
@@ -29,14 +51,19 @@ const isIdentChar = (c: string | undefined) => c !== undefined && /[A-Za-z0-9_$\
  * `text` with every string literal ('...', E'...', $tag$...$tag$) replaced by '***'. Comments and
  * quoted identifiers are skipped over; a literal left open (or one the scan might misread, such as
  * a backslash escape under standard_conforming_strings = off) is redacted to the end of the text.
+ *
+ * With `keepCode`, a dollar-quoted literal holding whitespace (a DO block's or a function's body:
+ * `$$ BEGIN ... END $$`) is kept, with every literal inside it replaced (nested dollar quotes
+ * included, whole); a dollar-quoted literal without whitespace (a value: `$$hunter2$$`) and every
+ * single-quoted literal (a body written 'BEGIN ... END' too) are replaced whole.
  */
-export function redactLiterals(text: string): string {
+export function redactLiterals(text: string, keepCode = false): string {
   const n = text.length;
   let out = "";
   let copied = 0;
   let i = 0;
-  const redact = (start: number, end: number) => {
-    out += text.slice(copied, start) + REDACTED;
+  const redact = (start: number, end: number, replacement = REDACTED) => {
+    out += text.slice(copied, start) + replacement;
     copied = end;
     i = end;
   };
@@ -97,8 +124,11 @@ export function redactLiterals(text: string): string {
         i++;
         continue;
       }
-      const end = text.indexOf(tag[0], i + tag[0].length);
-      redact(i, end < 0 ? n : end + tag[0].length);
+      const open = tag[0];
+      const end = text.indexOf(open, i + open.length);
+      const body = end < 0 ? "" : text.slice(i + open.length, end);
+      if (keepCode && /\s/.test(body)) redact(i, end + open.length, open + redactLiterals(body) + open);
+      else redact(i, end < 0 ? n : end + open.length);
     } else {
       i++;
     }

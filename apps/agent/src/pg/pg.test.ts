@@ -1065,6 +1065,10 @@ describe("audit", () => {
     // A password in the text stays out of the trail (the role does not exist: the statement fails
     // on the target and is recorded all the same); a reader's refused attempt too.
     await psql(h, dba, "ALTER ROLE nobody_here PASSWORD 'hunter2-secret'", { user: "dba@example.com" });
+    // The same from a DO block: its code is kept, the literals in it are not.
+    await psql(h, dba, "DO $$BEGIN EXECUTE 'ALTER ROLE nobody_here PASSWORD ''do-secret'''; END$$", {
+      user: "dba@example.com",
+    });
     await psql(h, reader, "CREATE USER MAPPING FOR nobody SERVER s OPTIONS (password 'mapping-secret')", {
       user: "reader@example.com",
     });
@@ -1081,7 +1085,8 @@ describe("audit", () => {
     const json = JSON.stringify(events, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v));
     expect(json).not.toContain(alice);
     expect(json).not.toContain(alice.split(".")[2]);
-    expect(json).not.toMatch(/hunter2-secret|mapping-secret/);
+    expect(json).not.toMatch(/hunter2-secret|mapping-secret|do-secret/);
     expect(json).toContain("ALTER ROLE nobody_here PASSWORD '***'");
+    expect(json).toContain("DO $$BEGIN EXECUTE '***'; END$$");
   });
 });

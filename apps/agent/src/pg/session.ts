@@ -43,9 +43,9 @@ import {
 } from "@moat/pg-wire";
 import {
   ANY_COLUMN,
+  auditStatementText,
   columnSources,
   mergeLineage,
-  mayHoldSecrets,
   mergeSources,
   pathShadowsCatalog,
   qualifyTables,
@@ -1193,14 +1193,14 @@ export class PgSession {
   /** Counts and audits a statement the policy refused (deny or review). */
   private refused(info: StatementInfo, decision: Decision, fingerprint: string): void {
     this.ctx.metrics.statement(decision.effect);
-    this.recordRefusal(auditText(info.text, mayHoldSecrets(info)), info.statementClass, decision, fingerprint);
+    this.recordRefusal(auditStatementText(info, info.text), info.statementClass, decision, fingerprint);
   }
 
   /** Counts and audits a statement the parser could not read (denied as dynamic). */
   private unparsed(text: string, message: string): void {
     this.ctx.metrics.statement("deny");
     // Unread, it may be anything: its literals are left out of the audit trail.
-    this.recordRefusal(auditText(text, true), "dynamic", { effect: "deny", rule: "", message, tables: [] }, "");
+    this.recordRefusal(redactLiterals(text), "dynamic", { effect: "deny", rule: "", message, tables: [] }, "");
   }
 
   private recordRefusal(text: string, statementClass: string, decision: Decision, fingerprint: string): void {
@@ -1221,7 +1221,7 @@ export class PgSession {
       rule: run.rule,
       message,
       query: {
-        text: auditText(run.text, mayHoldSecrets(run.info)),
+        text: auditStatementText(run.info, run.text),
         fingerprint: "",
         statementClass: run.statementClass,
         tables: run.tables,
@@ -1701,13 +1701,4 @@ export class PgSession {
       this.bytesEncoding = reads === "SQL_ASCII";
     }
   }
-}
-
-/**
- * A statement's text as the audit trail keeps it: without its string literals when they may hold a
- * password or connection string (redactLiterals). Its length is bounded by the recorder, with the
- * event's other fields (QUERY_EVENT_LIMITS).
- */
-function auditText(text: string, secret: boolean): string {
-  return secret ? redactLiterals(text) : text;
 }
