@@ -20,4 +20,13 @@ export { ANY_COLUMN, columnSources, mergeLineage, mergeSources, UNKNOWN_LINEAGE 
 export { pathShadowsCatalog, qualifyTables, type QualifyContext } from "./qualify.js";
 export { functionVerdict, isBuiltinFunction, isBuiltinOperator, type FunctionVerdict } from "./functions.js";
 export { PG_CATALOG_VERSION } from "./gen/pg-catalog.js";
-export { auditStatementText, mayHoldSecrets, redactLiterals } from "./redact.js";
+export {
+  auditRedaction,
+  auditStatementText,
+  mayHoldSecrets,
+  redactFor,
+  redactLiterals,
+  redactMessage,
+  SECRET_WORDS,
+  type AuditRedaction,
+} from "./redact.js";

@@ -5,6 +5,7 @@ import {
   loadSqlParser,
   mayHoldSecrets,
   redactLiterals,
+  redactMessage,
   type Classifier,
 } from "./index.js";
 import { ON } from "./test-helpers.js";
@@ -35,6 +36,20 @@ describe("redactLiterals", () => {
     expect(redactLiterals("ALTER ROLE app PASSWORD 'a\\'b' LOGIN")).toBe("ALTER ROLE app PASSWORD '***'");
     expect(redactLiterals("ALTER ROLE app PASSWORD 'unterminated")).toBe("ALTER ROLE app PASSWORD '***'");
     expect(redactLiterals("SELECT $x$open")).toBe("SELECT '***'");
+  });
+
+  it("reads comments, tags and tokens as PostgreSQL's lexer does (review 18)", () => {
+    // A -- comment ends at a carriage return too: what follows is SQL.
+    expect(redactLiterals("ALTER ROLE bob --x\rPASSWORD 'hunter2'")).toBe("ALTER ROLE bob --x\rPASSWORD '***'");
+    // A dollar quote's tag has no length limit.
+    const tag = `$${"x".repeat(70)}$`;
+    expect(redactLiterals(`ALTER ROLE bob PASSWORD ${tag}hunter2${tag}`)).toBe("ALTER ROLE bob PASSWORD '***'");
+    // A $ after a number starts a dollar quote; one inside an identifier does not; quotes may touch.
+    expect(redactLiterals("ALTER ROLE bob CONNECTION LIMIT 1$$hunter2$$")).toBe(
+      "ALTER ROLE bob CONNECTION LIMIT 1'***'",
+    );
+    expect(redactLiterals("SELECT a$b, $a$x$a$$b$hunter2$b$")).toBe("SELECT a$b, '***''***'");
+    expect(redactLiterals("SELECT e'a\\'b' , xe'c'")).toBe("SELECT e'***' , xe'***'");
   });
 });
 
@@ -84,10 +99,28 @@ describe("mayHoldSecrets", () => {
       "ALTER SYSTEM SET primary_conninfo = 'password=x'",
       "SELECT dblink_connect('c', 'password=x')",
       "SELECT * FROM public.dblink('password=x', 'SELECT 1') AS t(a int)",
+      // Review 18: more places a password or connection string is written.
+      "CREATE FOREIGN DATA WRAPPER w OPTIONS (password 'x')",
+      "ALTER FOREIGN DATA WRAPPER w OPTIONS (ADD password 'x')",
+      "IMPORT FOREIGN SCHEMA s FROM SERVER srv INTO public OPTIONS (password 'x')",
+      "CREATE FOREIGN TABLE ft (a int) SERVER srv OPTIONS (password 'x')",
+      "COPY t FROM PROGRAM 'PGPASSWORD=x psql -c ...'",
+      "SELECT set_config('app.db_password', 'x', false)",
+      "SET app.password = 'x'",
+      "ALTER ROLE app SET app.password = 'x'",
+      "ALTER DATABASE d SET app.secret = 'x'",
+      "ALTER FUNCTION f() SET app.conninfo = 'password=x'",
     ])
-      expect(mayHoldSecrets(info(sql)), sql).toBe(true);
-    for (const sql of ["SELECT 'x'", "UPDATE t SET password = 'x'", "ALTER ROLE app SET search_path = x"])
-      expect(mayHoldSecrets(info(sql)), sql).toBe(false);
+      expect(mayHoldSecrets(info(sql), sql), sql).toBe(true);
+    for (const sql of [
+      "SELECT 'x'",
+      "UPDATE t SET password = 'x'",
+      "ALTER ROLE app SET search_path = x",
+      "SET work_mem = '64MB'",
+      "SELECT set_config('search_path', 'x', false)",
+      "COPY t FROM STDIN",
+    ])
+      expect(mayHoldSecrets(info(sql), sql), sql).toBe(false);
   });
 });
 
@@ -117,6 +150,26 @@ describe("auditStatementText: code that sets a secret (DO blocks, function bodie
     expect(audit("CREATE PROCEDURE p() LANGUAGE sql AS $$ALTER ROLE app PASSWORD 'hunter2'$$")).toBe(
       "CREATE PROCEDURE p() LANGUAGE sql AS $$ALTER ROLE app PASSWORD '***'$$",
     );
+  });
+  it("keeps only the body as code: a default or SET value is replaced whole, whitespace or not (review 18)", () => {
+    expect(
+      audit(
+        "CREATE FUNCTION f(c text DEFAULT $c$host=h password=hunter2$c$) RETURNS void LANGUAGE plpgsql SET app.conninfo = $s$password=hunter3 x$s$ AS $$BEGIN PERFORM dblink_connect(c); END$$",
+      ),
+    ).toBe(
+      "CREATE FUNCTION f(c text DEFAULT '***') RETURNS void LANGUAGE plpgsql SET app.conninfo = '***' AS $$BEGIN PERFORM dblink_connect(c); END$$",
+    );
+    expect(audit("DO LANGUAGE plpgsql $$BEGIN EXECUTE 'ALTER ROLE a PASSWORD ''x'''; END$$")).toBe(
+      "DO LANGUAGE plpgsql $$BEGIN EXECUTE '***'; END$$",
+    );
+  });
+  it("replaces whole a body in another language than plpgsql or sql (review 18)", () => {
+    expect(audit(`DO LANGUAGE plpython3u $$ plpy.execute("ALTER ROLE bob PASSWORD 'hunter2'") $$`)).toBe(
+      "DO LANGUAGE plpython3u '***'",
+    );
+    expect(
+      audit(`CREATE FUNCTION f() RETURNS void AS $$ pw = "hunter2" # it's the password $$ LANGUAGE plpython3u`),
+    ).toBe("CREATE FUNCTION f() RETURNS void AS '***' LANGUAGE plpython3u");
   });
   it("replaces whole a body in single quotes and a dollar-quoted value", () => {
     expect(audit("DO 'BEGIN EXECUTE ''ALTER ROLE app PASSWORD ''''hunter2''''''; END'")).toBe("DO '***'");
@@ -159,5 +212,18 @@ describe("auditStatementText: code that sets a secret (DO blocks, function bodie
       checked++;
     }
     expect(checked).toBeGreaterThan(300);
+  });
+});
+
+describe("redactMessage", () => {
+  it("drops what a message quotes", () => {
+    expect(redactMessage('syntax error at or near "hunter2"')).toBe('syntax error at or near "***"');
+    expect(redactMessage('missing "=" after "hunter2" in connection info string')).toBe(
+      'missing "***" in connection info string',
+    );
+    expect(redactMessage('syntax error at or near ""hunter2""')).toBe('syntax error at or near "***"');
+    expect(redactMessage("syntax error at or near \"'hunter2'\"")).toBe('syntax error at or near "***"');
+    expect(redactMessage('invalid percent-encoded token: "hunter2%zz')).toBe('invalid percent-encoded token: "***"');
+    expect(redactMessage("no quotes here")).toBe("no quotes here");
   });
 });

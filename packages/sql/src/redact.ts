@@ -1,7 +1,9 @@
 /**
  * Keeping secrets out of the audit trail: statements that set a password or a connection string
- * (`ALTER ROLE ... PASSWORD '...'`, user mappings, foreign servers, subscriptions, `ALTER SYSTEM`,
- * dblink connections) are recorded with their string literals replaced. Pure.
+ * (`ALTER ROLE ... PASSWORD '...'`, user mappings, foreign servers and wrappers, subscriptions,
+ * `ALTER SYSTEM`, dblink connections, `COPY ... PROGRAM`, settings named like secrets) are recorded
+ * with their string literals replaced; DO blocks and function bodies that set one keep their code
+ * without the literals in it; the messages recorded with them lose what they quote. Pure.
  */
 
 /** Statement kinds whose string literals may hold passwords or connection strings. */
@@ -12,67 +14,143 @@ const SECRET_KINDS: ReadonlySet<string> = new Set([
   "AlterUserMappingStmt",
   "CreateForeignServerStmt",
   "AlterForeignServerStmt",
+  "CreateFdwStmt",
+  "AlterFdwStmt",
+  "CreateForeignTableStmt",
+  "ImportForeignSchemaStmt",
   "CreateSubscriptionStmt",
   "AlterSubscriptionStmt",
   "AlterSystemStmt",
 ]);
 
-/** Whether a statement's text may hold a secret in its literals (see SECRET_KINDS; dblink's connection strings). */
-export function mayHoldSecrets(info: { kind: string; functions: readonly string[] }): boolean {
-  return SECRET_KINDS.has(info.kind) || info.functions.some((f) => /(^|\.)dblink/.test(f));
-}
+/** Statements that set a configuration value: secret when the text names one (SECRET_WORDS). */
+const SETTING_KINDS: ReadonlySet<string> = new Set([
+  "VariableSetStmt",
+  "AlterRoleSetStmt",
+  "AlterDatabaseSetStmt",
+  "AlterFunctionStmt",
+]);
 
 /** Statement kinds that carry code (a DO block, a function's or procedure's body). */
 const CODE_KINDS: ReadonlySet<string> = new Set(["DoStmt", "CreateFunctionStmt"]);
 
 /**
- * Words that, in a DO block or a function body, suggest a password or a connection string set by
- * the code (`EXECUTE format('ALTER ROLE %I PASSWORD %L', ...)`, `dblink_connect(...)`, a user
- * mapping, a subscription's connection). Matching more than needed only redacts more.
+ * Words that, in code or a setting, suggest a password or a connection string (`EXECUTE
+ * format('ALTER ROLE %I PASSWORD %L', ...)`, `dblink_connect(...)`, a user mapping, a
+ * subscription's connection, `SET app.db_password = ...`). Matching more than needed only redacts
+ * more.
  */
-const SECRET_WORDS = /passw|conninfo|connection|dblink|mapping|subscription|server|secret/i;
+export const SECRET_WORDS = /passw|pwd|conninfo|connection|dblink|mapping|subscription|server|secret|token|credential/i;
+
+const DBLINK = /(^|\.)dblink/;
+const SET_CONFIG = /(^|\.)set_config$/;
 
 /**
- * A statement's text as the audit trail keeps it. Statements that set a password or a connection
- * string (mayHoldSecrets) lose their string literals. A DO block or a function definition whose
- * text names such a thing (SECRET_WORDS) keeps its code but loses every literal in it: its body is
- * kept, with the literals inside the body replaced. Anything else is kept as written.
+ * How a statement's text is kept in the audit trail:
+ * - `literals`: every string literal replaced by '***' (passwords, connection strings);
+ * - `code`: a DO block's or function's body kept, every other literal and every literal inside the
+ *   body replaced (code in plpgsql or sql that names a secret);
+ * - `none`: as written.
  */
+export type AuditRedaction = "none" | "literals" | "code";
+
+export function auditRedaction(info: { kind: string; functions: readonly string[] }, text: string): AuditRedaction {
+  const { kind, functions } = info;
+  if (SECRET_KINDS.has(kind)) return "literals";
+  for (const f of functions) {
+    if (DBLINK.test(f)) return "literals";
+    if (SET_CONFIG.test(f) && SECRET_WORDS.test(text)) return "literals";
+  }
+  if (kind === "CopyStmt") return /program/i.test(text) ? "literals" : "none";
+  if (SETTING_KINDS.has(kind)) return SECRET_WORDS.test(text) ? "literals" : "none";
+  if (CODE_KINDS.has(kind) && SECRET_WORDS.test(text)) return readableCode(kind, text) ? "code" : "literals";
+  return "none";
+}
+
+/** Whether a statement's text may hold a secret (any redaction). */
+export function mayHoldSecrets(info: { kind: string; functions: readonly string[] }, text: string): boolean {
+  return auditRedaction(info, text) !== "none";
+}
+
+/** A statement's text as the audit trail keeps it (see auditRedaction). */
 export function auditStatementText(info: { kind: string; functions: readonly string[] }, text: string): string {
-  if (mayHoldSecrets(info)) return redactLiterals(text);
-  if (CODE_KINDS.has(info.kind) && SECRET_WORDS.test(text)) return redactLiterals(text, true);
-  return text;
+  return redactFor(text, auditRedaction(info, text));
+}
+
+export function redactFor(text: string, redaction: AuditRedaction): string {
+  return redaction === "none" ? text : redactLiterals(text, redaction === "code");
+}
+
+/**
+ * A server's or parser's message about a statement that may hold a secret, without what it quotes
+ * (`syntax error at or near "hunter2"` -> `syntax error at or near "***"`): messages quote the
+ * offending token or value. Everything from the first quote to the last goes.
+ */
+export function redactMessage(message: string): string {
+  // From the first quote to the last: a quoted token may hold quotes itself (`near ""hunter2""`).
+  return message.replace(/"[\s\S]*"|"[\s\S]*$/, '"***"').replace(/'[\s\S]*'|'[\s\S]*$/, "'***'");
+}
+
+/**
+ * Whether a code body is one this scan can read (plpgsql or sql: the SQL lexer's quoting): every
+ * LANGUAGE the text names is one of them (a DO block without one is plpgsql). A body in another
+ * language (Python, JavaScript, C) is replaced whole.
+ */
+function readableCode(kind: string, text: string): boolean {
+  let named = false;
+  for (const m of text.matchAll(/\blanguage\s+(?:"([^"]*)"|'([^']*)'|([A-Za-z_\u0080-\uffff][\w$\u0080-\uffff]*))/gi)) {
+    named = true;
+    const lang = (m[1] ?? m[2] ?? m[3] ?? "").toLowerCase();
+    if (lang !== "plpgsql" && lang !== "sql") return false;
+  }
+  return named || kind === "DoStmt";
 }
 
 const REDACTED = "'***'";
-const isIdentChar = (c: string | undefined) => c !== undefined && /[A-Za-z0-9_$\u0080-\uffff]/.test(c);
+const IDENT_START = /[A-Za-z_\u0080-\uffff]/;
+const IDENT_CHAR = /[A-Za-z0-9_$\u0080-\uffff]/;
+const DIGIT = /[0-9]/;
+/** A dollar quote's opening tag at a position (sticky; PostgreSQL puts no limit on a tag's length). */
+const DOLLAR_TAG = /\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y;
 
 /**
- * `text` with every string literal ('...', E'...', $tag$...$tag$) replaced by '***'. Comments and
- * quoted identifiers are skipped over; a literal left open (or one the scan might misread, such as
- * a backslash escape under standard_conforming_strings = off) is redacted to the end of the text.
+ * `text` with every string literal ('...', E'...', $tag$...$tag$) replaced by '***'. It reads
+ * tokens as PostgreSQL's lexer does: comments (`--` to a newline or carriage return, nested block comments)
+ * and quoted identifiers are skipped over; an identifier or a number is read whole (a `$` inside an
+ * identifier is part of it, one after a number starts a dollar quote). A literal left open (or one
+ * the scan might misread, such as a backslash escape under standard_conforming_strings = off) is
+ * redacted to the end of the text.
  *
- * With `keepCode`, a dollar-quoted literal holding whitespace (a DO block's or a function's body:
- * `$$ BEGIN ... END $$`) is kept, with every literal inside it replaced (nested dollar quotes
- * included, whole); a dollar-quoted literal without whitespace (a value: `$$hunter2$$`) and every
- * single-quoted literal (a body written 'BEGIN ... END' too) are replaced whole.
+ * With `keepCode`, a dollar-quoted literal that is a DO block's or a function's body (it follows
+ * `AS`, `DO` or `DO LANGUAGE name`, and holds whitespace: `$$ BEGIN ... END $$`) is kept, with every
+ * literal inside it replaced whole (nested dollar quotes included); every other literal (a default
+ * value, a SET value, a body written 'BEGIN ... END') is replaced whole.
  */
 export function redactLiterals(text: string, keepCode = false): string {
   const n = text.length;
   let out = "";
   let copied = 0;
   let i = 0;
+  // The last three tokens (identifiers lowercased, punctuation, "'" for a literal): where a body is.
+  let t1 = "";
+  let t2 = "";
+  let t3 = "";
+  const token = (t: string) => {
+    t3 = t2;
+    t2 = t1;
+    t1 = t;
+  };
   const redact = (start: number, end: number, replacement = REDACTED) => {
     out += text.slice(copied, start) + replacement;
     copied = end;
     i = end;
+    token("'");
   };
   while (i < n) {
-    const c = text[i];
+    const c = text[i] as string;
     const next = text[i + 1];
     if (c === "-" && next === "-") {
-      const end = text.indexOf("\n", i);
-      i = end < 0 ? n : end;
+      while (i < n && text[i] !== "\n" && text[i] !== "\r") i++;
     } else if (c === "/" && next === "*") {
       let depth = 1;
       i += 2;
@@ -88,8 +166,9 @@ export function redactLiterals(text: string, keepCode = false): string {
     } else if (c === '"') {
       const end = text.indexOf('"', i + 1);
       i = end < 0 ? n : end + 1; // "" inside an identifier: two identifiers to this scan, same result
+      token('"');
     } else if (c === "'") {
-      const escapes = /[eE]/.test(text[i - 1] ?? "") && !isIdentChar(text[i - 2]);
+      const escapes = (text[i - 1] === "e" || text[i - 1] === "E") && !IDENT_CHAR.test(text[i - 2] ?? " ");
       let j = i + 1;
       for (;;) {
         if (j >= n) {
@@ -118,18 +197,30 @@ export function redactLiterals(text: string, keepCode = false): string {
         j++;
       }
       redact(i, j);
-    } else if (c === "$" && !isIdentChar(text[i - 1])) {
-      const tag = /^\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/.exec(text.slice(i, i + 64));
+    } else if (c === "$") {
+      DOLLAR_TAG.lastIndex = i;
+      const tag = DOLLAR_TAG.exec(text);
       if (!tag) {
-        i++;
+        i++; // $1, a parameter: its digits are read as a number next
+        token("$");
         continue;
       }
       const open = tag[0];
       const end = text.indexOf(open, i + open.length);
       const body = end < 0 ? "" : text.slice(i + open.length, end);
-      if (keepCode && /\s/.test(body)) redact(i, end + open.length, open + redactLiterals(body) + open);
+      const isBody = t1 === "as" || t1 === "do" || (t2 === "language" && t3 === "do");
+      if (keepCode && isBody && /\s/.test(body)) redact(i, end + open.length, open + redactLiterals(body) + open);
       else redact(i, end < 0 ? n : end + open.length);
+    } else if (IDENT_START.test(c)) {
+      let j = i + 1;
+      while (j < n && IDENT_CHAR.test(text[j] as string)) j++;
+      token(text.slice(i, j).toLowerCase());
+      i = j;
+    } else if (DIGIT.test(c)) {
+      while (i < n && /[0-9.]/.test(text[i] as string)) i++;
+      token("0");
     } else {
+      if (!/\s/.test(c)) token(c);
       i++;
     }
   }

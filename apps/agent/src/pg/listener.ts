@@ -19,7 +19,7 @@ import {
   readyForQuery,
   SIMPLE_MESSAGES,
 } from "@moat/pg-wire";
-import type { Classifier } from "@moat/sql";
+import { SECRET_WORDS, type Classifier } from "@moat/sql";
 import { ACTIONS } from "@moat/policy";
 import { createUlidFactory, type Logger } from "@moat/common";
 import { Verdict as ProtoVerdict } from "@moat/proto";
@@ -302,7 +302,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       protocol: "postgres",
       targetUser: config.target.user,
       targetDatabase,
-      clientApplication: startup.get("application_name") ?? "",
+      clientApplication: auditedApplicationName(startup.get("application_name") ?? ""),
     };
     const allowed = verdict.effect === "allow";
     const message = allowed
@@ -464,4 +464,13 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/**
+ * The client's application_name as the audit trail keeps it: as PostgreSQL keeps it (63 bytes at
+ * most, here 63 characters), and not at all when it names a secret (a client is free to put
+ * `password=...` there).
+ */
+function auditedApplicationName(name: string): string {
+  return SECRET_WORDS.test(name) ? "***" : name.slice(0, 63);
 }

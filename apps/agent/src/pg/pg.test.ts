@@ -137,7 +137,6 @@ beforeAll(async () => {
   reader = await h.token("reader@example.com", ["readers"]);
 }, 120_000);
 
-/** node-postgres connected through the agent as alice (extended protocol). */
 /** POLICIES with the rules of eng-read (alice's policy) replaced by `rules(its rules)`. */
 function withEngReadRules(rules: (existing: (typeof POLICIES)[number]["spec"]["rules"]) => object[]) {
   return POLICIES.map((p) =>
@@ -145,6 +144,7 @@ function withEngReadRules(rules: (existing: (typeof POLICIES)[number]["spec"]["r
   );
 }
 
+/** node-postgres connected through the agent as alice (extended protocol). */
 async function aliceClient(): Promise<pg.Client> {
   const c = new pg.Client({
     host: "127.0.0.1",
@@ -1088,5 +1088,52 @@ describe("audit", () => {
     expect(json).not.toMatch(/hunter2-secret|mapping-secret|do-secret/);
     expect(json).toContain("ALTER ROLE nobody_here PASSWORD '***'");
     expect(json).toContain("DO $$BEGIN EXECUTE '***'; END$$");
+  });
+
+  it("keeps secrets out of bound parameters, EXECUTE arguments, error messages and the application name (review 18)", async () => {
+    const dbaPsql = (sql: string, env?: Record<string, string>) => psql(h, dba, sql, { user: "dba@example.com", env });
+    // A stand-in for dblink's function (the extension is not installed): the name is what counts.
+    await dbaPsql(
+      "CREATE OR REPLACE FUNCTION public.dblink_connect(text, text) RETURNS text LANGUAGE sql AS $$SELECT 'OK'$$",
+    );
+    const c = new pg.Client({
+      host: "127.0.0.1",
+      port: h.port,
+      user: "dba@example.com",
+      password: dba,
+      database: "app",
+    });
+    await c.connect();
+    try {
+      // node-postgres sends its parameters in a Bind.
+      const bound = await c.query("SELECT dblink_connect('c1', $1) AS r", ["host=h password=bind-secret"]);
+      expect(bound.rows).toEqual([{ r: "OK" }]);
+      // EXECUTE of a prepared dblink call, its argument in the EXECUTE.
+      await c.query("PREPARE conn_p(text) AS SELECT dblink_connect('c2', $1)");
+      expect((await c.query("EXECUTE conn_p('password=execute-secret')")).rows).toEqual([{ dblink_connect: "OK" }]);
+    } finally {
+      await c.end();
+    }
+    // The PREPARE and its EXECUTE in one message (refused: the EXECUTE's statement is not known
+    // yet when it is decided; recorded all the same).
+    const both = await dbaPsql(
+      "PREPARE conn_q(text) AS SELECT dblink_connect('c3', $1); EXECUTE conn_q('password=same-secret')",
+    );
+    expect(both.stderr).toMatch(/not prepared through Moat/);
+    // A statement the parser refuses, the password unquoted or in double quotes; and one the
+    // target refuses, quoting it.
+    await dbaPsql("ALTER ROLE nobody_here PASSWORD bare-secret");
+    await dbaPsql('ALTER ROLE nobody_here PASSWORD "quoted-secret"');
+    const sub = await dbaPsql("CREATE SUBSCRIPTION s18 CONNECTION 'password=correct message-secret' PUBLICATION p");
+    expect(sub.stderr).toMatch(/message-secret/); // the client sees its own error; the trail does not
+    // A client's application_name naming a password.
+    await dbaPsql("SELECT 1", { PGAPPNAME: "etl password=app-secret" });
+    const events = h.events();
+    const json = JSON.stringify(events, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v));
+    expect(json).not.toMatch(
+      /bind-secret|execute-secret|same-secret|bare-secret|quoted-secret|message-secret|app-secret/,
+    );
+    expect(json).toContain("SELECT dblink_connect('***', $1) AS r -- parameters: ***");
+    expect(json).toContain("EXECUTE conn_p('***')");
   });
 });

@@ -43,15 +43,19 @@ import {
 } from "@moat/pg-wire";
 import {
   ANY_COLUMN,
-  auditStatementText,
+  auditRedaction,
   columnSources,
   mergeLineage,
   mergeSources,
   pathShadowsCatalog,
   qualifyTables,
+  redactFor,
   redactLiterals,
+  redactMessage,
+  SECRET_WORDS,
   UNKNOWN_LINEAGE,
   type ActionUse,
+  type AuditRedaction,
   type Classification,
   type Classifier,
   type ColumnSources,
@@ -209,6 +213,10 @@ interface Run {
   recorded: boolean;
   /** A DEALLOCATE/CLOSE: the definitions sent before it, which it forgets once it has run. */
   forgetsUpTo?: number;
+  /** Its bound parameters, rendered (extended protocol). */
+  params?: string;
+  /** How its text, parameters and message are kept in the audit trail. */
+  redaction: AuditRedaction;
 }
 
 interface PreparedStatement {
@@ -221,7 +229,6 @@ interface PreparedStatement {
 interface Portal {
   statement: PreparedStatement;
   run: Run | undefined;
-  params: string;
   /** Its result's columns, from a Describe of the portal (the client's or one the agent adds). */
   fields?: RowField[];
   /** Sync cycles (Query or Sync sent) before its Bind: its cycle's ReadyForQuery is number cycle + 1. */
@@ -347,6 +354,8 @@ export class PgSession {
   private readonly pending: Pending[] = [];
   private readonly statements = new Map<string, PreparedStatement>();
   private readonly portals = new Map<string, Portal>();
+  /** SQL-level PREPARE names whose statement may hold a secret: their EXECUTEs' arguments may too. */
+  private readonly secretPrepared = new Set<string>();
   /** SQL-level PREPARE names -> what they run (EXECUTE is decided as that). */
   private readonly sqlPrepared = new Map<string, StatementInfo>();
   /**
@@ -957,7 +966,7 @@ export class PgSession {
     this.ctx.metrics.statement("allow");
     const bind = decodeBind(f.body);
     const params = bind.parameters.length > 0 ? renderParameters(bind) : "";
-    if (run && params) run.text = `${run.text} -- parameters: ${params}`;
+    if (run && params) run.params = params;
     for (const info of infos) this.afterAllowed(info, run);
     if (portalName !== "" && run) this.noteCursor(portalName, run.info, false);
     // No column list from the statement's Describe: it may predate a search_path change (another
@@ -965,7 +974,6 @@ export class PgSession {
     this.portals.set(portalName, {
       statement,
       run,
-      params,
       cycle: this.cyclesSent,
     });
     this.push({ kind: "bind", portal: portalName });
@@ -1061,7 +1069,23 @@ export class PgSession {
       rows: 0,
       masked: undefined,
       recorded: false,
+      redaction: this.redaction(info),
     };
+  }
+
+  /**
+   * How a statement is kept in the audit trail (auditRedaction): EXECUTE as the statement it runs
+   * (`EXECUTE p('password=...')` of a prepared dblink call).
+   */
+  private redaction(info: StatementInfo): AuditRedaction {
+    const r = auditRedaction(info, info.text);
+    // Remembered at the PREPARE's run: an EXECUTE in the same message runs before it is registered.
+    // (Bounded: past 1 024 names, every EXECUTE's arguments are redacted.)
+    if (r !== "none" && info.prepare && this.secretPrepared.size <= 1024) this.secretPrepared.add(info.prepare.name);
+    if (r !== "none" || !info.execute) return r;
+    if (this.secretPrepared.size > 1024 || this.secretPrepared.has(info.execute.name)) return "literals";
+    const prepared = this.preparedInfo(info.execute.name);
+    return prepared && auditRedaction(prepared, prepared.text) !== "none" ? "literals" : "none";
   }
 
   /** The bundle's verdict for one statement: every action it needs, the strictest wins. */
@@ -1194,14 +1218,24 @@ export class PgSession {
   /** Counts and audits a statement the policy refused (deny or review). */
   private refused(info: StatementInfo, decision: Decision, fingerprint: string): void {
     this.ctx.metrics.statement(decision.effect);
-    this.recordRefusal(auditStatementText(info, info.text), info.statementClass, decision, fingerprint);
+    this.recordRefusal(redactFor(info.text, this.redaction(info)), info.statementClass, decision, fingerprint);
   }
 
   /** Counts and audits a statement the parser could not read (denied as dynamic). */
   private unparsed(text: string, message: string): void {
     this.ctx.metrics.statement("deny");
-    // Unread, it may be anything: its literals are left out of the audit trail.
-    this.recordRefusal(redactLiterals(text), "dynamic", { effect: "deny", rule: "", message, tables: [] }, "");
+    // Unread, it may be anything: its literals are left out of the audit trail, and what the parser's
+    // message quotes; one that names a secret (`ALTER ROLE app PASSWORD hunter2`, unquoted, or "in
+    // quotes") is kept up to that word.
+    let kept = redactLiterals(text);
+    const secret = SECRET_WORDS.exec(kept);
+    if (secret) {
+      let end = secret.index + secret[0].length;
+      while (end < kept.length && /[\w$]/.test(kept[end] as string)) end++;
+      if (end < kept.length) kept = `${kept.slice(0, end)} …`;
+    }
+    const safe = redactMessage(message);
+    this.recordRefusal(kept, "dynamic", { effect: "deny", rule: "", message: safe, tables: [] }, "");
   }
 
   private recordRefusal(text: string, statementClass: string, decision: Decision, fingerprint: string): void {
@@ -1217,12 +1251,15 @@ export class PgSession {
   private recordRun(run: Run | undefined, effect: "allow" | "deny", message: string): void {
     if (!run || run.recorded) return;
     run.recorded = true;
+    const { redaction, params } = run;
+    const text = redactFor(run.text, redaction);
     this.soon({
       verdict: VERDICTS[effect],
       rule: run.rule,
-      message,
+      // What a failure quotes may be the secret (`missing "=" after "hunter2"`).
+      message: redaction === "none" ? message : redactMessage(message),
       query: {
-        text: auditStatementText(run.info, run.text),
+        text: params === undefined ? text : `${text} -- parameters: ${redaction === "none" ? params : "***"}`,
         fingerprint: "",
         statementClass: run.statementClass,
         tables: run.tables,
