@@ -691,10 +691,27 @@ describe("masking", () => {
       "SELECT b::int FROM users u(a, b) WHERE a = 5",
       "WITH c(a, x) AS (SELECT * FROM users) SELECT x::int FROM c WHERE a = 5",
       "BEGIN; DECLARE wh CURSOR WITH HOLD FOR SELECT email::int FROM users WHERE id = 5; COMMIT",
+      // Run by the implicit commit of a multi-statement query, before its last statement completes
+      // (review 18).
+      "DECLARE wh2 CURSOR WITH HOLD FOR SELECT email::int FROM users WHERE id = 5; SELECT 1",
+      "DECLARE wh3 CURSOR WITH HOLD FOR SELECT 1 FROM users WHERE id = 5 AND email::int = 1; SELECT 1",
     ]) {
       const stderr = await err(sql);
       expect(stderr, sql).not.toMatch(/user5@example\.com/);
       expect(stderr, sql).toMatch(/SQLSTATE 22P02\); the server's message is withheld/);
+    }
+    // The same through the extended protocol: the commit's error comes at the Sync (review 18).
+    const ext = await aliceClient();
+    try {
+      const e = await ext.query("DECLARE wh4 CURSOR WITH HOLD FOR SELECT email::int FROM users WHERE id = 5").then(
+        () => "no error",
+        (error: Error) => error.message,
+      );
+      expect(e).not.toMatch(/user5@example\.com/);
+      expect(e).toMatch(/SQLSTATE 22P02\); the server's message is withheld/);
+      expect((await ext.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }]);
+    } finally {
+      await ext.end();
     }
     // Lookups by a value name it in errors of any class (42704, 42P01, 42602 here).
     for (const sql of [

@@ -371,6 +371,11 @@ export class PgSession {
       since: number;
       /** Some DECLARE of the name was WITH HOLD: it may outlive its transaction. */
       hold: boolean;
+      /**
+       * A WITH HOLD cursor whose transaction may not have ended: its query runs when that
+       * transaction commits, and an error of it then comes with whatever statement is at hand.
+       */
+      unheld: boolean;
       /** Sync cycles before the last definition (see Portal.cycle). */
       cycle: number;
     }
@@ -884,6 +889,7 @@ export class PgSession {
       reads: mergeSources(previous?.reads, info.reads) ?? ANY_COLUMN,
       since: ++this.definitions,
       hold: hold || previous?.hold === true,
+      unheld: hold || previous?.unheld === true,
       cycle: this.cyclesSent,
     });
   }
@@ -1347,17 +1353,20 @@ export class PgSession {
     return info;
   }
 
-  /** Every column a run's statement reads, for deciding whether its error may be shown (see scrubError). */
+  /**
+   * Every column a run's statement reads, for deciding whether its error may be shown (see
+   * scrubError). A commit runs the queries of WITH HOLD cursors (to keep their rows), and an
+   * implicit one comes with any statement (a multi-statement query's last: review 18): what those
+   * cursors read counts for every statement until their transaction has ended.
+   */
   private readsOf(run: Run | undefined): ColumnSources {
     const info = run?.info;
     if (!info) return ANY_COLUMN;
-    // COMMIT runs the queries of WITH HOLD cursors (to keep their rows): what any cursor reads.
-    if (info.kind === "TransactionStmt") {
-      let reads: ColumnSources | undefined = info.reads;
-      for (const cursor of this.cursors.values()) if (cursor.hold) reads = mergeSources(reads, cursor.reads);
-      return reads ?? ANY_COLUMN;
-    }
-    return this.rowSource(info)?.reads ?? ANY_COLUMN;
+    const commit = info.kind === "TransactionStmt";
+    let reads: ColumnSources | undefined = commit ? info.reads : (this.rowSource(info)?.reads ?? ANY_COLUMN);
+    for (const cursor of this.cursors.values())
+      if (cursor.unheld || (commit && cursor.hold)) reads = mergeSources(reads, cursor.reads);
+    return reads ?? ANY_COLUMN;
   }
 
   /**
@@ -1592,8 +1601,12 @@ export class PgSession {
         if (this.status === "I") {
           for (const [name, portal] of [...this.portals]) if (portal.cycle < this.cyclesDone) this.dropPortal(name);
           // Cursors without WITH HOLD and protocol portals end with their transaction: names free.
+          // WITH HOLD ones have run their query (or were rolled back).
           for (const [name, cursor] of [...this.cursors])
-            if (!cursor.hold && cursor.cycle < this.cyclesDone) this.cursors.delete(name);
+            if (cursor.cycle < this.cyclesDone) {
+              if (!cursor.hold) this.cursors.delete(name);
+              else cursor.unheld = false;
+            }
         }
         return undefined;
       }
@@ -1698,8 +1711,12 @@ export class PgSession {
     if (!head) return undefined; // asynchronous (FATAL from the target): relay as is
     const run = this.headRun();
     // A statement's own failure, possibly quoting a masked value (not a refusal the agent made up).
+    // With no statement at hand, an error at a Sync or after a query's statements is a commit's (a
+    // WITH HOLD cursor's query): scrubbed as reading anything.
+    const atCommit = head.kind === "sync" || head.kind === "query";
     const replace =
-      ("replaceError" in head ? head.replaceError : undefined) ?? (run ? this.scrubError(raw, run) : undefined);
+      ("replaceError" in head ? head.replaceError : undefined) ??
+      (run || atCommit ? this.scrubError(raw, run) : undefined);
     const failed = () => `failed on the target: ${decodeErrorFields((replace ?? raw).subarray(5)).message}`;
     if (head.kind === "query") {
       if (run) {
