@@ -402,7 +402,32 @@ function visitFuncCall(node: Obj, scope: Scope, out: Collector, procedure: boole
     return;
   }
   visitFunctionName(parts, out, procedure);
+  // current_setting('primary_conninfo'): a setting holding a credential (review 18).
+  if (isCatalogFunction(parts, "current_setting") && Array.isArray(node.args)) {
+    const name = stringConstant(node.args[0]);
+    if (name !== undefined && CREDENTIAL_SETTINGS.has(name.toLowerCase())) out.action("db:admin");
+  }
   walkFields(node, "FuncCall", scope, out, SKIP_FUNCNAME);
+}
+
+/**
+ * Settings whose value may hold a password or a command with credentials (PostgreSQL shows them
+ * only to superusers and pg_read_all_settings): reading one by name, or `SHOW ALL`, needs db:admin.
+ * `pg_settings` and a computed name are not covered (docs/postgres.md: a target role that can read
+ * them reads them).
+ */
+const CREDENTIAL_SETTINGS: ReadonlySet<string> = new Set([
+  "primary_conninfo",
+  "ssl_passphrase_command",
+  "archive_command",
+  "restore_command",
+  "archive_cleanup_command",
+  "recovery_end_command",
+]);
+
+/** True when `parts` names the built-in `name` (unqualified or pg_catalog's). */
+function isCatalogFunction(parts: readonly string[], name: string): boolean {
+  return (parts.length === 1 || (parts.length === 2 && parts[0] === "pg_catalog")) && parts.at(-1) === name;
 }
 
 /** Settings that change how the server reads the text that follows. */
@@ -1114,6 +1139,11 @@ function classifyInto(kind: string, node: Obj, out: Collector): void {
       walkFields(node, kind, withMode(ROOT, action), out);
       return;
     }
+  }
+  if (kind === "VariableShowStmt") {
+    const name = String(node.name ?? "").toLowerCase();
+    if (name === "all" || CREDENTIAL_SETTINGS.has(name)) out.action("db:admin");
+    return;
   }
   if (SESSION_KINDS.has(kind)) return;
   const action: DbAction | undefined = WRITE_KINDS.has(kind)

@@ -444,7 +444,16 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
   ["SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", { class: "session" }],
   ["RESET statement_timeout", { class: "session" }],
   ["SHOW search_path", { class: "session" }],
-  ["SHOW ALL", { class: "session" }],
+  // Settings holding credentials, shown only to superusers and pg_read_all_settings (review 18).
+  ["SHOW ALL", { class: "admin", "db:admin": [] }],
+  ["SHOW primary_conninfo", { class: "admin", "db:admin": [] }],
+  ["SHOW ARCHIVE_COMMAND", { class: "admin", "db:admin": [] }],
+  ["SELECT current_setting('primary_conninfo')", { class: "admin", "db:admin": [], "db:read": [] }],
+  [
+    "SELECT pg_catalog.current_setting('ssl_passphrase_command', true)",
+    { class: "admin", "db:admin": [], "db:read": [] },
+  ],
+  ["SELECT current_setting('search_path')", { class: "read", "db:read": [] }],
   ["LISTEN chan", { class: "read", "db:read": [] }],
   ["UNLISTEN *", { class: "session" }],
   ["FETCH 10 FROM c", { class: "session" }],
