@@ -404,7 +404,7 @@ function visitFuncCall(node: Obj, scope: Scope, out: Collector, procedure: boole
   visitFunctionName(parts, out, procedure);
   // current_setting('primary_conninfo'): a setting holding a credential (review 18).
   if (isCatalogFunction(parts, "current_setting") && Array.isArray(node.args)) {
-    const name = stringConstant(node.args[0]);
+    const name = settingNameConstant(node.args[0]);
     if (name !== undefined && CREDENTIAL_SETTINGS.has(name.toLowerCase())) out.action("db:admin");
   }
   walkFields(node, "FuncCall", scope, out, SKIP_FUNCNAME);
@@ -424,6 +424,19 @@ const CREDENTIAL_SETTINGS: ReadonlySet<string> = new Set([
   "archive_cleanup_command",
   "recovery_end_command",
 ]);
+
+/** A constant under casts and COLLATE (`'primary_conninfo'::text COLLATE "C"`, review 19). */
+function settingNameConstant(value: unknown): string | undefined {
+  let v = value;
+  for (let depth = 0; depth < 64; depth++) {
+    const w = unwrap(v);
+    if (!w) return undefined;
+    if (w[0] === "TypeCast") v = w[1].arg;
+    else if (w[0] === "CollateClause") v = w[1].arg;
+    else return stringConstant(v);
+  }
+  return undefined;
+}
 
 /** True when `parts` names the built-in `name` (unqualified or pg_catalog's). */
 function isCatalogFunction(parts: readonly string[], name: string): boolean {

@@ -454,6 +454,13 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
     { class: "admin", "db:admin": [], "db:read": [] },
   ],
   ["SELECT current_setting('search_path')", { class: "read", "db:read": [] }],
+  ["SELECT current_setting('restore_command'::text)", { class: "admin", "db:admin": [], "db:read": [] }],
+  ["SELECT current_setting(text 'restore_command')", { class: "admin", "db:admin": [], "db:read": [] }],
+  [
+    "SELECT current_setting(CAST('restore_command' AS varchar)::text)",
+    { class: "admin", "db:admin": [], "db:read": [] },
+  ],
+  ["SELECT current_setting('restore_command' COLLATE \"C\")", { class: "admin", "db:admin": [], "db:read": [] }],
   ["LISTEN chan", { class: "read", "db:read": [] }],
   ["UNLISTEN *", { class: "session" }],
   ["FETCH 10 FROM c", { class: "session" }],

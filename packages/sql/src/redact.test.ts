@@ -49,6 +49,9 @@ describe("redactLiterals", () => {
       "ALTER ROLE bob CONNECTION LIMIT 1'***'",
     );
     expect(redactLiterals("SELECT a$b, $a$x$a$$b$hunter2$b$")).toBe("SELECT a$b, '***''***'");
+    expect(redactLiterals("SELECT 1e5$$postgres://u:hunter2@h/db$$, 0x1F$$a$$, 1_000$$b$$")).toBe(
+      "SELECT 1e5'***', 0x1F'***', 1_000'***'",
+    );
     expect(redactLiterals("SELECT e'a\\'b' , xe'c'")).toBe("SELECT e'***' , xe'***'");
   });
 });
@@ -162,6 +165,23 @@ describe("auditStatementText: code that sets a secret (DO blocks, function bodie
     expect(audit("DO LANGUAGE plpgsql $$BEGIN EXECUTE 'ALTER ROLE a PASSWORD ''x'''; END$$")).toBe(
       "DO LANGUAGE plpgsql $$BEGIN EXECUTE '***'; END$$",
     );
+  });
+  it("replaces a setting's value whatever its spelling (review 19)", () => {
+    expect(audit("SET app.password = hunter2")).toBe("SET app.password = ***");
+    expect(audit('SET LOCAL app.token TO "Hunter2b!"')).toBe("SET LOCAL app.token TO ***");
+    expect(audit("ALTER DATABASE app SET app.secret TO hunter2")).toBe("ALTER DATABASE app SET app.secret TO ***");
+    expect(audit("ALTER ROLE bob SET app.password = 12345")).toBe("ALTER ROLE bob SET app.password = ***");
+    expect(audit("ALTER FUNCTION f() SET app.password = hunter2")).toBe("ALTER FUNCTION f() SET app.password = ***");
+    expect(audit("ALTER SYSTEM SET primary_conninfo = 'host=h password=x'")).toBe(
+      "ALTER SYSTEM SET primary_conninfo = ***",
+    );
+    expect(audit("SET work_mem = 65536")).toBe("SET work_mem = 65536");
+  });
+  it("reads a LANGUAGE it cannot name as another language (review 19)", () => {
+    expect(audit('DO $$ c = "host=h password=hunter2" $$ LANGUAGE/**/plpython3u')).toBe(
+      "DO '***' LANGUAGE/**/plpython3u",
+    );
+    expect(audit('DO LANGUAGE $l$plpython3u$l$ $$ c = "password=hunter2" $$')).toBe("DO LANGUAGE '***' '***'");
   });
   it("replaces whole a body in another language than plpgsql or sql (review 18)", () => {
     expect(audit(`DO LANGUAGE plpython3u $$ plpy.execute("ALTER ROLE bob PASSWORD 'hunter2'") $$`)).toBe(

@@ -20,12 +20,12 @@ const SECRET_KINDS: ReadonlySet<string> = new Set([
   "ImportForeignSchemaStmt",
   "CreateSubscriptionStmt",
   "AlterSubscriptionStmt",
-  "AlterSystemStmt",
 ]);
 
 /** Statements that set a configuration value: secret when the text names one (SECRET_WORDS). */
 const SETTING_KINDS: ReadonlySet<string> = new Set([
   "VariableSetStmt",
+  "AlterSystemStmt",
   "AlterRoleSetStmt",
   "AlterDatabaseSetStmt",
   "AlterFunctionStmt",
@@ -50,9 +50,11 @@ const SET_CONFIG = /(^|\.)set_config$/;
  * - `literals`: every string literal replaced by '***' (passwords, connection strings);
  * - `code`: a DO block's or function's body kept, every other literal and every literal inside the
  *   body replaced (code in plpgsql or sql that names a secret);
+ * - `value`: a setting's value replaced, whatever its spelling (`SET app.password = hunter2`:
+ *   PostgreSQL takes a bare word or a number there too), and every string literal;
  * - `none`: as written.
  */
-export type AuditRedaction = "none" | "literals" | "code";
+export type AuditRedaction = "none" | "literals" | "code" | "value";
 
 export function auditRedaction(info: { kind: string; functions: readonly string[] }, text: string): AuditRedaction {
   const { kind, functions } = info;
@@ -62,7 +64,8 @@ export function auditRedaction(info: { kind: string; functions: readonly string[
     if (SET_CONFIG.test(f) && SECRET_WORDS.test(text)) return "literals";
   }
   if (kind === "CopyStmt") return /program/i.test(text) ? "literals" : "none";
-  if (SETTING_KINDS.has(kind)) return SECRET_WORDS.test(text) ? "literals" : "none";
+  if (kind === "AlterSystemStmt") return "value";
+  if (SETTING_KINDS.has(kind)) return SECRET_WORDS.test(text) ? "value" : "none";
   if (CODE_KINDS.has(kind) && SECRET_WORDS.test(text)) return readableCode(kind, text) ? "code" : "literals";
   return "none";
 }
@@ -78,7 +81,15 @@ export function auditStatementText(info: { kind: string; functions: readonly str
 }
 
 export function redactFor(text: string, redaction: AuditRedaction): string {
-  return redaction === "none" ? text : redactLiterals(text, redaction === "code");
+  if (redaction === "none") return text;
+  if (redaction === "value") return redactSettingValue(text);
+  return redactLiterals(text, redaction === "code");
+}
+
+/** `... SET name = value` / `TO value` cut after the `=` or `TO` (review 19); literals otherwise. */
+function redactSettingValue(text: string): string {
+  const m = /\bset\s+(?:(?:local|session)\s+)?(?:"[^"]*"|[\w$.])+\s*(?:=|\bto\b)/i.exec(text);
+  return m ? `${redactLiterals(text.slice(0, m.index + m[0].length))} ***` : redactLiterals(text);
 }
 
 /**
@@ -98,11 +109,17 @@ export function redactMessage(message: string): string {
  */
 function readableCode(kind: string, text: string): boolean {
   let named = false;
+  // The word spelled in a way the match below does not read (`LANGUAGE/**/plpython3u`, a
+  // dollar-quoted name): not readable (review 19).
+  const words = text.match(/language/gi)?.length ?? 0;
+  let matched = 0;
   for (const m of text.matchAll(/\blanguage\s+(?:"([^"]*)"|'([^']*)'|([A-Za-z_\u0080-\uffff][\w$\u0080-\uffff]*))/gi)) {
     named = true;
+    matched++;
     const lang = (m[1] ?? m[2] ?? m[3] ?? "").toLowerCase();
     if (lang !== "plpgsql" && lang !== "sql") return false;
   }
+  if (matched !== words) return false;
   return named || kind === "DoStmt";
 }
 
@@ -217,7 +234,9 @@ export function redactLiterals(text: string, keepCode = false): string {
       token(text.slice(i, j).toLowerCase());
       i = j;
     } else if (DIGIT.test(c)) {
-      while (i < n && /[0-9.]/.test(text[i] as string)) i++;
+      // A number, with its exponent, hex digits or underscores (1e5, 0x1F, 1_000): a `$` after it
+      // starts a dollar quote.
+      while (i < n && /[0-9A-Za-z_.]/.test(text[i] as string)) i++;
       token("0");
     } else {
       if (!/\s/.test(c)) token(c);

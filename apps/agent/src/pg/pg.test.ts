@@ -700,6 +700,23 @@ describe("masking", () => {
       expect(stderr, sql).not.toMatch(/user5@example\.com/);
       expect(stderr, sql).toMatch(/SQLSTATE 22P02\); the server's message is withheld/);
     }
+    // Once the cursor's transaction has ended, errors and notices are shown again: from the next
+    // statement on, transaction control included (review 19).
+    const after = await psql(h, alice, "", {
+      extra: [
+        "-c",
+        "DECLARE c6 CURSOR WITH HOLD FOR SELECT email FROM users",
+        "-c",
+        "SELECT 1/0",
+        "-c",
+        "COMMIT",
+        "-c",
+        "ROLLBACK TO nosuch",
+      ],
+    });
+    expect(after.stderr).toMatch(/ERROR: {2}division by zero/);
+    expect(after.stderr).toMatch(/WARNING: {2}there is no transaction in progress/);
+    expect(after.stderr).not.toMatch(/withheld/);
     // The same through the extended protocol: the commit's error comes at the Sync (review 18).
     const ext = await aliceClient();
     try {

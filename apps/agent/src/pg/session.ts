@@ -376,6 +376,8 @@ export class PgSession {
        * transaction commits, and an error of it then comes with whatever statement is at hand.
        */
       unheld: boolean;
+      /** The cycle whose ReadyForQuery ends the message of the last WITH HOLD declaration. */
+      heldAt: number;
       /** Sync cycles before the last definition (see Portal.cycle). */
       cycle: number;
     }
@@ -426,6 +428,8 @@ export class PgSession {
   /** Messages sent to the target that each end in one ReadyForQuery (Query, Sync), and those answered. */
   private cyclesSent = 0;
   private cyclesDone = 0;
+  /** The client message being handled is a simple Query (see the cursors' heldAt). */
+  private inQuery = false;
   private plan: ResultPlan | undefined;
   /** The masking rules (planner) `plan` was made under: rules that change during an Execute remake it. */
   private planMasks: MaskPlanner | undefined;
@@ -596,6 +600,7 @@ export class PgSession {
     if (this.awaitingSync && f.type !== 0x53 && f.type !== 0x58) return undefined;
     // Query, Sync, and FunctionCall (replaced by a Query) each get one ReadyForQuery.
     if (f.type === 0x51 || f.type === 0x46 || (f.type === 0x53 && !this.copyIn)) this.cyclesSent++;
+    this.inQuery = f.type === 0x51;
     switch (f.type) {
       case 0x51: // Query
         return this.onQuery(decodeQuery(f.body), f.raw);
@@ -890,6 +895,8 @@ export class PgSession {
       since: ++this.definitions,
       hold: hold || previous?.hold === true,
       unheld: hold || previous?.unheld === true,
+      // A Query is counted when it is sent; a Bind's cycle is its Sync, counted later.
+      heldAt: hold ? this.cyclesSent + (this.inQuery ? 0 : 1) : (previous?.heldAt ?? 0),
       cycle: this.cyclesSent,
     });
   }
@@ -1362,10 +1369,9 @@ export class PgSession {
   private readsOf(run: Run | undefined): ColumnSources {
     const info = run?.info;
     if (!info) return ANY_COLUMN;
-    const commit = info.kind === "TransactionStmt";
-    let reads: ColumnSources | undefined = commit ? info.reads : (this.rowSource(info)?.reads ?? ANY_COLUMN);
-    for (const cursor of this.cursors.values())
-      if (cursor.unheld || (commit && cursor.hold)) reads = mergeSources(reads, cursor.reads);
+    let reads: ColumnSources | undefined =
+      info.kind === "TransactionStmt" ? info.reads : (this.rowSource(info)?.reads ?? ANY_COLUMN);
+    for (const cursor of this.cursors.values()) if (cursor.unheld) reads = mergeSources(reads, cursor.reads);
     return reads ?? ANY_COLUMN;
   }
 
@@ -1603,10 +1609,9 @@ export class PgSession {
           // Cursors without WITH HOLD and protocol portals end with their transaction: names free.
           // WITH HOLD ones have run their query (or were rolled back).
           for (const [name, cursor] of [...this.cursors])
-            if (cursor.cycle < this.cyclesDone) {
-              if (!cursor.hold) this.cursors.delete(name);
-              else cursor.unheld = false;
-            }
+            if (!cursor.hold) {
+              if (cursor.cycle < this.cyclesDone) this.cursors.delete(name);
+            } else if (cursor.heldAt <= this.cyclesDone) cursor.unheld = false;
         }
         return undefined;
       }
