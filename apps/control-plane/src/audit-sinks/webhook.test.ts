@@ -109,6 +109,14 @@ describe("webhook sink", () => {
     await waitFor(() => receiver.accepted().length === 12, 10_000);
     await audit.ingest("agent-b", shippedEvents("B", 4, 6));
     await waitFor(() => receiver.accepted().length === 15, 10_000);
+    // The receiver has the events before the worker has read its answer, counted the delivery and
+    // looked for more (the lag).
+    await waitFor(
+      async () =>
+        (await counterValue(metrics.delivered, { sink: "webhook.siem" })) === 15 &&
+        (await metrics.lagEvents.get()).values[0]?.value === 0,
+      10_000,
+    );
 
     const events = receiver.accepted();
     expect(seqsOf(events, "agent-a")).toEqual(range(1, 9));
