@@ -1145,6 +1145,8 @@ describe("audit", () => {
       // EXECUTE of a prepared dblink call, its argument in the EXECUTE.
       await c.query("PREPARE conn_p(text) AS SELECT dblink_connect('c2', $1)");
       expect((await c.query("EXECUTE conn_p('password=execute-secret')")).rows).toEqual([{ dblink_connect: "OK" }]);
+      // set_config with its name and value bound (review 19).
+      await c.query("SELECT set_config($1, $2, false)", ["app.password", "param-secret"]);
     } finally {
       await c.end();
     }
@@ -1165,7 +1167,7 @@ describe("audit", () => {
     const events = h.events();
     const json = JSON.stringify(events, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v));
     expect(json).not.toMatch(
-      /bind-secret|execute-secret|same-secret|bare-secret|quoted-secret|message-secret|app-secret/,
+      /param-secret|bind-secret|execute-secret|same-secret|bare-secret|quoted-secret|message-secret|app-secret/,
     );
     expect(json).toContain("SELECT dblink_connect('***', $1) AS r -- parameters: ***");
     expect(json).toContain("EXECUTE conn_p('***')");

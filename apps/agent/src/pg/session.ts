@@ -1272,7 +1272,7 @@ export class PgSession {
       // What a failure quotes may be the secret (`missing "=" after "hunter2"`).
       message: redaction === "none" ? message : redactMessage(message),
       query: {
-        text: params === undefined ? text : `${text} -- parameters: ${redaction === "none" ? params : "***"}`,
+        text: params === undefined ? text : `${text} -- parameters: ${hiddenParams(run, params) ? "***" : params}`,
         fingerprint: "",
         statementClass: run.statementClass,
         tables: run.tables,
@@ -1761,6 +1761,16 @@ export class PgSession {
       this.bytesEncoding = reads === "SQL_ASCII";
     }
   }
+}
+
+/**
+ * Whether a run's bound parameters stay out of the audit trail: its text may hold a secret, or it
+ * calls set_config with parameters naming one (`SELECT set_config($1, $2, false)` with
+ * `app.password`, review 19).
+ */
+function hiddenParams(run: Run, params: string): boolean {
+  if (run.redaction !== "none") return true;
+  return run.info.functions.some((f) => /(^|\.)set_config$/.test(f)) && SECRET_WORDS.test(params);
 }
 
 /**
