@@ -465,7 +465,7 @@ const PLAIN_CALL_KEYS: ReadonlySet<string> = new Set(["funcname", "args", "funcf
 
 /** True when `parts` names the built-in set_config (unqualified or pg_catalog's). */
 function isSetConfig(parts: readonly string[]): boolean {
-  return (parts.length === 1 || (parts.length === 2 && parts[0] === "pg_catalog")) && parts.at(-1) === "set_config";
+  return isCatalogFunction(parts, "set_config");
 }
 
 /**
