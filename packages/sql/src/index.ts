@@ -21,12 +21,12 @@ export { pathShadowsCatalog, qualifyTables, type QualifyContext } from "./qualif
 export { functionVerdict, isBuiltinFunction, isBuiltinOperator, type FunctionVerdict } from "./functions.js";
 export { PG_CATALOG_VERSION } from "./gen/pg-catalog.js";
 export {
+  auditParameters,
   auditRedaction,
-  auditStatementText,
-  mayHoldSecrets,
   redactFor,
   redactLiterals,
   redactMessage,
   SECRET_WORDS,
+  unparsedAuditText,
   type AuditRedaction,
 } from "./redact.js";

@@ -1,11 +1,13 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import {
-  auditStatementText,
+  auditParameters,
+  auditRedaction,
   createClassifier,
   loadSqlParser,
-  mayHoldSecrets,
+  redactFor,
   redactLiterals,
   redactMessage,
+  unparsedAuditText,
   type Classifier,
 } from "./index.js";
 import { ON } from "./test-helpers.js";
@@ -84,7 +86,7 @@ describe("redactLiterals, generated", () => {
   });
 });
 
-describe("mayHoldSecrets", () => {
+describe("auditRedaction", () => {
   const info = (sql: string) => {
     const r = classifier.classify(sql, ON);
     if (!r.ok) throw new Error(r.error.message);
@@ -114,7 +116,7 @@ describe("mayHoldSecrets", () => {
       "ALTER DATABASE d SET app.secret = 'x'",
       "ALTER FUNCTION f() SET app.conninfo = 'password=x'",
     ])
-      expect(mayHoldSecrets(info(sql), sql), sql).toBe(true);
+      expect(auditRedaction(info(sql), sql), sql).not.toBe("none");
     for (const sql of [
       "SELECT 'x'",
       "UPDATE t SET password = 'x'",
@@ -123,15 +125,15 @@ describe("mayHoldSecrets", () => {
       "SELECT set_config('search_path', 'x', false)",
       "COPY t FROM STDIN",
     ])
-      expect(mayHoldSecrets(info(sql), sql), sql).toBe(false);
+      expect(auditRedaction(info(sql), sql), sql).toBe("none");
   });
 });
 
-describe("auditStatementText: code that sets a secret (DO blocks, function bodies)", () => {
+describe("redactFor(auditRedaction): code that sets a secret (DO blocks, function bodies)", () => {
   const audit = (sql: string) => {
     const r = classifier.classify(sql, ON);
     if (!r.ok) throw new Error(r.error.message);
-    return auditStatementText(r.statements[0] as NonNullable<(typeof r.statements)[0]>, sql);
+    return redactFor(sql, auditRedaction(r.statements[0] as NonNullable<(typeof r.statements)[0]>, sql));
   };
   it("keeps the code and replaces the literals inside it", () => {
     expect(audit("DO $$BEGIN EXECUTE 'ALTER ROLE app PASSWORD ''hunter2'''; END$$")).toBe(
@@ -245,5 +247,22 @@ describe("redactMessage", () => {
     expect(redactMessage("syntax error at or near \"'hunter2'\"")).toBe('syntax error at or near "***"');
     expect(redactMessage('invalid percent-encoded token: "hunter2%zz')).toBe('invalid percent-encoded token: "***"');
     expect(redactMessage("no quotes here")).toBe("no quotes here");
+  });
+});
+
+describe("unparsedAuditText and auditParameters", () => {
+  it("keeps a statement the parser refused without literals, cut after a secret-like word", () => {
+    expect(unparsedAuditText("SELEC 'x' FROM t")).toBe("SELEC '***' FROM t");
+    expect(unparsedAuditText("ALTER ROLE app PASSWORD hunter2")).toBe("ALTER ROLE app PASSWORD …");
+    expect(unparsedAuditText('ALTER ROLE app PASSWORD "hunter2"')).toBe("ALTER ROLE app PASSWORD …");
+    expect(unparsedAuditText("ALTER ROLE app PASSWORD")).toBe("ALTER ROLE app PASSWORD");
+  });
+  it("hides bound parameters of a statement that may hold a secret, and set_config's naming one", () => {
+    const plain = { functions: [] };
+    const setConfig = { functions: ["set_config"] };
+    expect(auditParameters(plain, "none", "$1 = 'a'")).toBe("$1 = 'a'");
+    expect(auditParameters(plain, "literals", "$1 = 'a'")).toBe("***");
+    expect(auditParameters(setConfig, "none", "$1 = 'app.password', $2 = 'x'")).toBe("***");
+    expect(auditParameters(setConfig, "none", "$1 = 'work_mem', $2 = '1MB'")).toBe("$1 = 'work_mem', $2 = '1MB'");
   });
 });

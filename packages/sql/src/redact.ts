@@ -70,20 +70,39 @@ export function auditRedaction(info: { kind: string; functions: readonly string[
   return "none";
 }
 
-/** Whether a statement's text may hold a secret (any redaction). */
-export function mayHoldSecrets(info: { kind: string; functions: readonly string[] }, text: string): boolean {
-  return auditRedaction(info, text) !== "none";
-}
-
-/** A statement's text as the audit trail keeps it (see auditRedaction). */
-export function auditStatementText(info: { kind: string; functions: readonly string[] }, text: string): string {
-  return redactFor(text, auditRedaction(info, text));
-}
-
+/** A statement's text as the audit trail keeps it, redacted as auditRedaction said. */
 export function redactFor(text: string, redaction: AuditRedaction): string {
   if (redaction === "none") return text;
   if (redaction === "value") return redactSettingValue(text);
   return redactLiterals(text, redaction === "code");
+}
+
+/**
+ * A statement's bound parameters (rendered) as the audit trail keeps them: `***` when its text may
+ * hold a secret, or when it calls set_config with parameters naming one (`SELECT set_config($1, $2,
+ * false)` with `app.password`, review 19).
+ */
+export function auditParameters(
+  info: { functions: readonly string[] },
+  redaction: AuditRedaction,
+  params: string,
+): string {
+  const hidden = redaction !== "none" || (info.functions.some((f) => SET_CONFIG.test(f)) && SECRET_WORDS.test(params));
+  return hidden ? "***" : params;
+}
+
+/**
+ * A statement the parser could not read, as the audit trail keeps it: unread, it may be anything, so
+ * its literals go, and one that names a secret (`ALTER ROLE app PASSWORD hunter2`, unquoted or "in
+ * quotes") is kept up to that word.
+ */
+export function unparsedAuditText(text: string): string {
+  const kept = redactLiterals(text);
+  const secret = SECRET_WORDS.exec(kept);
+  if (!secret) return kept;
+  let end = secret.index + secret[0].length;
+  while (end < kept.length && /[\w$]/.test(kept[end] as string)) end++;
+  return end < kept.length ? `${kept.slice(0, end)} …` : kept;
 }
 
 /** `... SET name = value` / `TO value` cut after the `=` or `TO` (review 19); literals otherwise. */
@@ -108,19 +127,17 @@ export function redactMessage(message: string): string {
  * language (Python, JavaScript, C) is replaced whole.
  */
 function readableCode(kind: string, text: string): boolean {
-  let named = false;
   // The word spelled in a way the match below does not read (`LANGUAGE/**/plpython3u`, a
   // dollar-quoted name): not readable (review 19).
   const words = text.match(/language/gi)?.length ?? 0;
   let matched = 0;
   for (const m of text.matchAll(/\blanguage\s+(?:"([^"]*)"|'([^']*)'|([A-Za-z_\u0080-\uffff][\w$\u0080-\uffff]*))/gi)) {
-    named = true;
     matched++;
     const lang = (m[1] ?? m[2] ?? m[3] ?? "").toLowerCase();
     if (lang !== "plpgsql" && lang !== "sql") return false;
   }
   if (matched !== words) return false;
-  return named || kind === "DoStmt";
+  return matched > 0 || kind === "DoStmt";
 }
 
 const REDACTED = "'***'";

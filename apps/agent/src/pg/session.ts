@@ -43,6 +43,7 @@ import {
 } from "@moat/pg-wire";
 import {
   ANY_COLUMN,
+  auditParameters,
   auditRedaction,
   columnSources,
   mergeLineage,
@@ -50,10 +51,9 @@ import {
   pathShadowsCatalog,
   qualifyTables,
   redactFor,
-  redactLiterals,
   redactMessage,
-  SECRET_WORDS,
   UNKNOWN_LINEAGE,
+  unparsedAuditText,
   type ActionUse,
   type AuditRedaction,
   type Classification,
@@ -1237,16 +1237,8 @@ export class PgSession {
   /** Counts and audits a statement the parser could not read (denied as dynamic). */
   private unparsed(text: string, message: string): void {
     this.ctx.metrics.statement("deny");
-    // Unread, it may be anything: its literals are left out of the audit trail, and what the parser's
-    // message quotes; one that names a secret (`ALTER ROLE app PASSWORD hunter2`, unquoted, or "in
-    // quotes") is kept up to that word.
-    let kept = redactLiterals(text);
-    const secret = SECRET_WORDS.exec(kept);
-    if (secret) {
-      let end = secret.index + secret[0].length;
-      while (end < kept.length && /[\w$]/.test(kept[end] as string)) end++;
-      if (end < kept.length) kept = `${kept.slice(0, end)} …`;
-    }
+    // Unread: its text and what the parser's message quotes are kept without what may be a secret.
+    const kept = unparsedAuditText(text);
     const safe = redactMessage(message);
     this.recordRefusal(kept, "dynamic", { effect: "deny", rule: "", message: safe, tables: [] }, "");
   }
@@ -1272,7 +1264,7 @@ export class PgSession {
       // What a failure quotes may be the secret (`missing "=" after "hunter2"`).
       message: redaction === "none" ? message : redactMessage(message),
       query: {
-        text: params === undefined ? text : `${text} -- parameters: ${hiddenParams(run, params) ? "***" : params}`,
+        text: params === undefined ? text : `${text} -- parameters: ${auditParameters(run.info, redaction, params)}`,
         fingerprint: "",
         statementClass: run.statementClass,
         tables: run.tables,
@@ -1761,16 +1753,6 @@ export class PgSession {
       this.bytesEncoding = reads === "SQL_ASCII";
     }
   }
-}
-
-/**
- * Whether a run's bound parameters stay out of the audit trail: its text may hold a secret, or it
- * calls set_config with parameters naming one (`SELECT set_config($1, $2, false)` with
- * `app.password`, review 19).
- */
-function hiddenParams(run: Run, params: string): boolean {
-  if (run.redaction !== "none") return true;
-  return run.info.functions.some((f) => /(^|\.)set_config$/.test(f)) && SECRET_WORDS.test(params);
 }
 
 /**
