@@ -372,11 +372,11 @@ export class PgSession {
       /** Some DECLARE of the name was WITH HOLD: it may outlive its transaction. */
       hold: boolean;
       /**
-       * A WITH HOLD cursor whose transaction may not have ended: its query runs when that
-       * transaction commits, and an error of it then comes with whatever statement is at hand.
+       * The cycle whose ReadyForQuery ends the message of the last WITH HOLD declaration. Until an
+       * idle ReadyForQuery at or after it (`heldAt > idleAt`), the transaction may not have ended:
+       * the cursor's query runs when it commits, and an error of it then comes with whatever
+       * statement is at hand.
        */
-      unheld: boolean;
-      /** The cycle whose ReadyForQuery ends the message of the last WITH HOLD declaration. */
       heldAt: number;
       /** Sync cycles before the last definition (see Portal.cycle). */
       cycle: number;
@@ -430,6 +430,8 @@ export class PgSession {
   private cyclesDone = 0;
   /** The client message being handled is a simple Query (see the cursors' heldAt). */
   private inQuery = false;
+  /** cyclesDone at the last ReadyForQuery outside a transaction block. */
+  private idleAt = 0;
   private plan: ResultPlan | undefined;
   /** The masking rules (planner) `plan` was made under: rules that change during an Execute remake it. */
   private planMasks: MaskPlanner | undefined;
@@ -894,7 +896,6 @@ export class PgSession {
       reads: mergeSources(previous?.reads, info.reads) ?? ANY_COLUMN,
       since: ++this.definitions,
       hold: hold || previous?.hold === true,
-      unheld: hold || previous?.unheld === true,
       // A Query is counted when it is sent; a Bind's cycle is its Sync, counted later.
       heldAt: hold ? this.cyclesSent + (this.inQuery ? 0 : 1) : (previous?.heldAt ?? 0),
       cycle: this.cyclesSent,
@@ -1363,7 +1364,8 @@ export class PgSession {
     if (!info) return ANY_COLUMN;
     let reads: ColumnSources | undefined =
       info.kind === "TransactionStmt" ? info.reads : (this.rowSource(info)?.reads ?? ANY_COLUMN);
-    for (const cursor of this.cursors.values()) if (cursor.unheld) reads = mergeSources(reads, cursor.reads);
+    for (const cursor of this.cursors.values())
+      if (cursor.hold && cursor.heldAt > this.idleAt) reads = mergeSources(reads, cursor.reads);
     return reads ?? ANY_COLUMN;
   }
 
@@ -1597,13 +1599,11 @@ export class PgSession {
         // Portals do not outlive their transaction (a SQL cursor may take the name next); one bound
         // in a later Sync cycle (pipelined behind this one) is not this transaction's.
         if (this.status === "I") {
+          this.idleAt = this.cyclesDone;
           for (const [name, portal] of [...this.portals]) if (portal.cycle < this.cyclesDone) this.dropPortal(name);
           // Cursors without WITH HOLD and protocol portals end with their transaction: names free.
-          // WITH HOLD ones have run their query (or were rolled back).
           for (const [name, cursor] of [...this.cursors])
-            if (!cursor.hold) {
-              if (cursor.cycle < this.cyclesDone) this.cursors.delete(name);
-            } else if (cursor.heldAt <= this.cyclesDone) cursor.unheld = false;
+            if (!cursor.hold && cursor.cycle < this.cyclesDone) this.cursors.delete(name);
         }
         return undefined;
       }
