@@ -100,6 +100,13 @@ describe("postgres through the agent", () => {
     expect(read.stdout).toMatch(/^1\|j\*+@example\.com/);
     const write = await psql(listen, token, "DELETE FROM customers");
     expect(write.stderr).toMatch(/ERROR: {2}no policy allows db:write on prod-db \(table public\.customers\)/);
+    // Texts over parseOffThreadBytes (16 KiB) are classified on the agent's worker thread: same verdicts.
+    const ids = Array.from({ length: 4000 }, (_, i) => i + 1).join(",");
+    const longRead = await psql(listen, token, `SELECT id, email FROM customers WHERE id IN (${ids})`);
+    expect(longRead.stderr).toBe("");
+    expect(longRead.stdout).toMatch(/^1\|j\*+@example\.com/);
+    const longWrite = await psql(listen, token, `DELETE FROM customers WHERE id IN (${ids})`);
+    expect(longWrite.stderr).toMatch(/ERROR: {2}no policy allows db:write on prod-db \(table public\.customers\)/);
     expect(await pgServer.sql("SELECT count(*) FROM customers", "app")).toMatch(/^1/);
     // The agent's metrics count the statements by verdict (psql's own queries are none here: -c).
     const metrics = await (await fetch(`http://127.0.0.1:${agent.adminPort}/metrics`)).text();
@@ -109,8 +116,8 @@ describe("postgres through the agent", () => {
           metrics,
         )?.[1],
       );
-    expect(counted("allow")).toBeGreaterThanOrEqual(2);
-    expect(counted("deny")).toBe(1);
+    expect(counted("allow")).toBeGreaterThanOrEqual(3);
+    expect(counted("deny")).toBe(2);
 
     // Audit events reach the control plane, with the statement, verdict and masked columns.
     await waitFor(async () => {

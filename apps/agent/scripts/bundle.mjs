@@ -10,9 +10,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 
 const dist = fileURLToPath(new URL("../dist/", import.meta.url));
 
-await build({
-  entryPoints: [`${dist}main.js`],
-  outfile: `${dist}moat-agent.mjs`,
+const options = {
   bundle: true,
   platform: "node",
   format: "esm",
@@ -24,12 +22,18 @@ await build({
   },
   legalComments: "none",
   logLevel: "warning",
-});
+};
+await build({ ...options, entryPoints: [`${dist}main.js`], outfile: `${dist}moat-agent.mjs` });
+// The classifier pool's worker (@moat/sql's classifier-pool.js looks for it beside its own code,
+// which is moat-agent.mjs once bundled).
+const sqlDist = fileURLToPath(new URL(".", import.meta.resolve("@moat/sql")));
+await build({ ...options, entryPoints: [`${sqlDist}classify-worker.js`], outfile: `${dist}classify-worker.js` });
 
 // V8 keeps a script's source in memory, as one byte per character only when every character is
 // Latin-1: the few non-ASCII characters esbuild leaves (in comments; it escapes them in strings)
 // would double the 3 MB source's footprint. Escaped here (harmless in a comment).
-const out = `${dist}moat-agent.mjs`;
-const text = readFileSync(out, "utf8");
-const ascii = text.replace(/[\u0080-\u{10ffff}]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
-if (ascii !== text) writeFileSync(out, ascii);
+for (const out of [`${dist}moat-agent.mjs`, `${dist}classify-worker.js`]) {
+  const text = readFileSync(out, "utf8");
+  const ascii = text.replace(/[\u0080-\u{10ffff}]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
+  if (ascii !== text) writeFileSync(out, ascii);
+}

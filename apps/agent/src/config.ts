@@ -63,6 +63,11 @@ export const PostgresListenerSchema = Type.Object(
     maxMessageBytes: Type.Integer({ minimum: 64 * 1024, default: 64 * 1024 * 1024 }),
     /** Most statement shapes whose classification is cached. */
     classifierCacheEntries: Type.Integer({ minimum: 0, default: 10_000 }),
+    /**
+     * Query and Parse messages at least this long are classified on a worker thread, not on the
+     * event loop every session shares (parsing costs about 1 ms per KiB); 0: all on the loop.
+     */
+    parseOffThreadBytes: Type.Integer({ minimum: 0, default: 16 * 1024 }),
     /** Most concurrent sessions on this resource. */
     maxSessions: Type.Integer({ minimum: 1, default: 1000 }),
     /**

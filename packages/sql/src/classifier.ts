@@ -163,6 +163,23 @@ function instantiate(entry: Entry, text: string, spans: readonly number[], cache
 }
 
 /**
+ * Classifies `text` without a cache: what a classifier does for a text too long to cache, and what
+ * a classifier worker (classify-worker.ts) runs for the proxy. Throws unless {@link loadSqlParser}
+ * has been awaited.
+ */
+export function classifyText(text: string, lexical: LexicalState): Classification {
+  if (!sqlParserReady()) throw new Error("@moat/sql: await loadSqlParser() before classifyText()");
+  return classifyUncached(text, lexical.standardConformingStrings === true);
+}
+
+function classifyUncached(text: string, scs: boolean): Classification {
+  const normalized = normalizeForCache(text);
+  const fresh = classifyFresh(text, scs, normalized ? canonicalText(normalized.key) : text);
+  if (!("entry" in fresh)) return fresh;
+  return instantiate(fresh.entry, text, NO_SPANS, false);
+}
+
+/**
  * Creates a classifier with its own cache. Throws unless {@link loadSqlParser} has been awaited.
  * One classifier can serve every session of a process: the cache key includes the lexical state.
  */
@@ -172,13 +189,6 @@ export function createClassifier(options: ClassifierOptions = {}): Classifier {
   const maxCachedTextLength = options.maxCachedTextLength ?? DEFAULT_MAX_CACHED_TEXT_LENGTH;
   const maxCacheChars = options.maxCacheChars ?? DEFAULT_MAX_CACHE_CHARS;
   const cache = cacheEntries > 0 ? new LruCache<Entry>(cacheEntries, maxCacheChars) : undefined;
-
-  function classifyUncached(text: string, scs: boolean): Classification {
-    const normalized = normalizeForCache(text);
-    const fresh = classifyFresh(text, scs, normalized ? canonicalText(normalized.key) : text);
-    if (!("entry" in fresh)) return fresh;
-    return instantiate(fresh.entry, text, NO_SPANS, false);
-  }
 
   return {
     get cacheSize() {

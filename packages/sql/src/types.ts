@@ -136,8 +136,11 @@ export interface SqlSyntaxError {
   message: string;
   /** 1-based character position like PostgreSQL's, 0 when unknown. */
   position: number;
-  /** 42601 syntax error; 54001 statement too complex (nested deeper than the checks can follow). */
-  sqlstate: "42601" | "54001";
+  /**
+   * 42601 syntax error; 54001 statement too complex (nested deeper than the checks can follow);
+   * XX000 the classifier itself failed (a classifier worker that died: see classifier-pool.ts).
+   */
+  sqlstate: "42601" | "54001" | "XX000";
 }
 
 export type Classification =

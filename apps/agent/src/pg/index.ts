@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { hostname } from "node:os";
 import { createCertificateAuthority, issueServerCertificate } from "@moat/pki";
-import { createClassifier, loadSqlParser } from "@moat/sql";
+import { createClassifier, createClassifierPool, loadSqlParser } from "@moat/sql";
 import type { Logger } from "@moat/common";
 import { Counter, Gauge, type Registry } from "prom-client";
 import type { AgentConfig } from "../config.js";
@@ -78,6 +78,8 @@ export async function startPostgresListeners(deps: {
     ? await ensureListenerCertificate(deps.config.dataDir)
     : undefined;
   const listeners: PgListener[] = [];
+  // One worker thread for every resource's long texts; started on the first one, gone when idle.
+  const classifierPool = createClassifierPool();
   for (const r of served) {
     const pg = r.postgres as NonNullable<typeof r.postgres>;
     const tls = pg.tls
@@ -95,6 +97,7 @@ export async function startPostgresListeners(deps: {
         bundles: deps.bundles,
         audit: deps.audit,
         classifier: createClassifier({ cacheEntries: pg.classifierCacheEntries }),
+        classifierPool,
         logger: deps.logger,
         metrics: {
           sessions: { inc: () => gauge.inc(), dec: () => gauge.dec() },

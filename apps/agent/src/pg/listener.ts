@@ -19,7 +19,7 @@ import {
   readyForQuery,
   SIMPLE_MESSAGES,
 } from "@moat/pg-wire";
-import { SECRET_WORDS, type Classifier } from "@moat/sql";
+import { SECRET_WORDS, type Classifier, type ClassifierPool } from "@moat/sql";
 import { ACTIONS } from "@moat/policy";
 import { createUlidFactory, type Logger } from "@moat/common";
 import { Verdict as ProtoVerdict } from "@moat/proto";
@@ -58,6 +58,8 @@ export interface PgListenerOptions {
   bundles: BundleHolder;
   audit: AuditRecorder;
   classifier: Classifier;
+  /** Classifies long texts off the event loop (config.parseOffThreadBytes says from what length). */
+  classifierPool?: ClassifierPool;
   logger: Logger;
   metrics: {
     sessions: { inc(): void; dec(): void };
@@ -398,6 +400,10 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
         bundles: options.bundles,
         audit: options.audit,
         classifier: options.classifier,
+        offThread:
+          options.classifierPool && config.parseOffThreadBytes > 0
+            ? { pool: options.classifierPool, minBytes: config.parseOffThreadBytes }
+            : undefined,
         logger,
         maxMessageBytes: config.maxMessageBytes,
         metrics: { statement: options.metrics.statement },

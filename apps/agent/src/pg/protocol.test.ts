@@ -6,6 +6,7 @@
 import { connect, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeErrorFields, serialize } from "@moat/pg-wire";
+import { createClassifierPool } from "@moat/sql";
 import { startPostgres, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
 import { startHarness, type Harness } from "../test-support/pg.js";
@@ -731,6 +732,75 @@ async function pipeline(c: Raw, answers: number, ...parts: Buffer[]): Promise<Ms
   return c.messages.slice(start);
 }
 
+describe("long texts, classified on a worker thread", () => {
+  // Longer than parseOffThreadBytes (16 KiB in the harness): `SELECT ... WHERE id IN (1, 2, ...)`.
+  const inList = (n: number) => Array.from({ length: n }, (_, i) => i + 1).join(", ");
+  const longRead = `SELECT count(*) FROM t WHERE id IN (${inList(5000)})`;
+  const longWrite = `DELETE FROM t WHERE id IN (${inList(5000)})`;
+
+  it("gives them the verdicts it gives short ones, in order with the messages around them", async () => {
+    const c = await open();
+    const ms = await pipeline(
+      c,
+      5,
+      serialize.query(longRead),
+      serialize.query("SELECT 1"),
+      serialize.parse({ name: "", text: longWrite }),
+      serialize.bind({}),
+      serialize.execute({}),
+      serialize.sync(),
+      serialize.parse({ name: "s1", text: longRead }),
+      serialize.bind({ statement: "s1" }),
+      serialize.execute({}),
+      serialize.sync(),
+      serialize.query(`${longRead}; ${longWrite}`),
+    );
+    expect(types(ms)).toBe("TDCZTDCZEZ12DCZEZ");
+    expect(firstValues(ms)).toEqual(["10", "1", "10"]);
+    expect(errors(ms).map((e) => e.code)).toEqual(["42501", "42501"]);
+    // What came after them is answered too.
+    expect(types(await c.exchange(serialize.query("SELECT count(*) FROM t")))).toBe("TDCZ");
+    expect(await server.sql("SELECT count(*) FROM t", "app")).toMatch(/^10/);
+    c.socket.destroy();
+  });
+
+  it("serves other sessions while one long text is being classified", async () => {
+    const a = await open();
+    const b = await open();
+    // About 0.9 MiB (the harness's maxMessageBytes is 1 MiB): half a second of parsing or more.
+    const huge = `INSERT INTO t VALUES ${Array.from({ length: 115_000 }, (_, i) => `(${i})`).join(",")}`;
+    expect(huge.length).toBeGreaterThan(900_000);
+    expect(huge.length).toBeLessThan(1_000_000);
+    a.socket.write(serialize.query(huge));
+    let answered = 0;
+    while (!a.closed && !a.messages.some((m) => m.type === "Z")) {
+      expect(types(await b.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+      answered++;
+    }
+    expect(errors(a.messages)[0]).toMatchObject({ code: "42501" });
+    // On the event loop (before the worker), b got no answer until a's text was parsed.
+    expect(answered).toBeGreaterThanOrEqual(20);
+    a.socket.destroy();
+    b.socket.destroy();
+  });
+
+  it("refuses a long text whose classifier worker died (XX000) and goes on with the session", async () => {
+    const broken = createClassifierPool({ workerUrl: new URL("data:text/javascript,process.exit(1)") });
+    const harness = await startHarness({ pg: server, policies: [readPolicy()], classifierPool: broken });
+    try {
+      const c = await open(harness);
+      const ms = await c.exchange(serialize.query(longRead));
+      expect(types(ms)).toBe("EZ");
+      expect(errors(ms)[0]).toMatchObject({ code: "XX000", message: expect.stringContaining("could not check") });
+      expect(firstValues(await c.exchange(serialize.query("SELECT count(*) FROM t")))).toEqual(["10"]);
+      c.socket.destroy();
+    } finally {
+      await harness.close();
+      await broken.close();
+    }
+  });
+});
+
 describe("texts the server could read differently from the agent (lexical settings)", () => {
   const rows = async () => (await server.sql("SELECT count(*) FROM t", "app")).trim();
   // Under SJIS, 0x81 is a lead byte: 0x81 + backslash is one character, so the server ends the
@@ -822,6 +892,22 @@ describe("texts the server could read differently from the agent (lexical settin
       c.socket.destroy();
       expect(await rows()).toMatch(/^10/);
     }
+  });
+
+  it("reads a long text (classified on a worker) pipelined behind an unanswered lexical change pessimistically too", async () => {
+    const padding = ` /* ${"x".repeat(20_000)} */`;
+    const longTrick = serialize.query(`SELECT 'a\\' || ' ; DELETE FROM t; -- '${padding}`);
+    const c = await open();
+    await c.exchange(serialize.query("SET standard_conforming_strings = off"), longTrick);
+    await c.until((m) => m.filter((x) => x.type === "Z").length >= 2);
+    expect(errors(c.messages)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("backslash") });
+    // Answered: off is known now, and a long text with a backslash is still refused.
+    expect(errors(await c.exchange(longTrick))[0]?.code).toBe("42501");
+    // Back on: the long text is read as the server reads it (a harmless concatenation).
+    await c.exchange(serialize.query("SET standard_conforming_strings = on"));
+    expect(types(await c.exchange(longTrick))).toBe("TDCZ");
+    c.socket.destroy();
+    expect(await rows()).toMatch(/^10/);
   });
 
   it("lets a lexical change through only alone, outside a transaction block, with nothing in flight", async () => {

@@ -58,6 +58,7 @@ import {
   type AuditRedaction,
   type Classification,
   type Classifier,
+  type ClassifierPool,
   type ColumnSources,
   type ResultLineage,
   type StatementInfo,
@@ -158,6 +159,12 @@ export interface SessionContext {
   bundles: BundleHolder;
   audit: AuditRecorder;
   classifier: Classifier;
+  /**
+   * Classifies a Query or Parse message at least `offThreadBytes` long on a worker thread: the
+   * parser costs about 1 ms per KiB, and such a text (longer than the classifier caches) would
+   * otherwise hold every session of the process for as long, each time it is sent.
+   */
+  offThread?: { pool: ClassifierPool; minBytes: number };
   logger: Logger;
   maxMessageBytes: number;
   metrics: SessionMetrics;
@@ -441,6 +448,15 @@ export class PgSession {
   private closed = false;
   /** The client's socket buffer is full: reading from the target is paused until it drains. */
   private clientBlocked = false;
+  /** The target's socket buffer is full: reading from the client is paused until it drains. */
+  private targetBlocked = false;
+  /**
+   * A client message whose text is being classified off the event loop: the client's later
+   * messages wait behind it (reading from the client is paused), the target's answers do not.
+   */
+  private held: Frame | undefined;
+  /** The classification made off the loop for the held message, used once (see classify). */
+  private offloaded: { text: string; scs: boolean; result: Classification } | undefined;
   private readonly started = Date.now();
   private readonly now: () => number;
   /** Resolves when the session is over, with the reason. */
@@ -491,7 +507,10 @@ export class PgSession {
       this.clientBlocked = false;
       if (!this.scanner.isHeld) target.resume();
     });
-    target.on("drain", () => client.resume());
+    target.on("drain", () => {
+      this.targetBlocked = false;
+      if (this.held === undefined) client.resume();
+    });
     client.on("data", (chunk: Buffer) => this.onClientData(chunk));
     // No cork around the scanner: it forwards what one chunk brings in a single write.
     target.on("data", (chunk: Buffer) => {
@@ -564,11 +583,27 @@ export class PgSession {
       this.auditFailed(new Error("the audit spool is full"));
       return;
     }
-    const out: Buffer[] = [];
     try {
       this.reader.push(chunk);
-      for (let f = this.reader.next(); f; f = this.reader.next()) {
+    } catch (error) {
+      this.fail(error, "invalid message from the client");
+      return;
+    }
+    if (this.held === undefined) this.relayClient(undefined);
+  }
+
+  /**
+   * Handles the client's complete messages and forwards what they become, in one write; `resumed`
+   * first, a message held while its text was classified off the loop.
+   */
+  private relayClient(resumed: Frame | undefined): void {
+    const out: Buffer[] = [];
+    try {
+      for (let f = resumed ?? this.reader.next(); f; f = this.reader.next()) {
+        // What comes before it is sent now; it and what follows wait for its classification.
+        if (f !== resumed && this.holdForClassification(f)) break;
         const r = this.onClientMessage(f);
+        this.offloaded = undefined;
         if (r === undefined) continue;
         if (Buffer.isBuffer(r)) out.push(r);
         else out.push(...r);
@@ -589,7 +624,47 @@ export class PgSession {
       for (const b of out) ok = this.target.write(b) && ok;
       this.target.uncork();
     }
-    if (!ok) this.client.pause();
+    if (!ok) {
+      this.targetBlocked = true;
+      this.client.pause();
+    }
+  }
+
+  /**
+   * Whether `f` is a Query or Parse long enough to be classified on a worker thread; if so, holds it
+   * (and pauses reading from the client) until that is done, then handles it and what followed it.
+   * A worker that fails leaves the statement unclassified: refused like one the parser could not read.
+   */
+  private holdForClassification(f: Frame): boolean {
+    const off = this.ctx.offThread;
+    if (off === undefined || f.body.length < off.minBytes || this.awaitingSync) return false;
+    if (f.type !== 0x51 && f.type !== 0x50) return false;
+    const text = f.type === 0x51 ? decodeQuery(f.body) : decodeParse(f.body).query;
+    const scs = this.lexicalScs;
+    this.held = f;
+    this.client.pause();
+    off.pool
+      .classify(text, { standardConformingStrings: scs })
+      .catch((error: unknown): Classification => {
+        this.ctx.logger.warn({ session: this.ctx.sessionId, err: (error as Error).message }, "classifier worker");
+        return {
+          ok: false,
+          error: {
+            message: "access denied: Moat could not check this statement (its classifier failed); try again",
+            position: 0,
+            sqlstate: "XX000",
+          },
+        };
+      })
+      .then((result) => {
+        if (this.closed) return;
+        this.offloaded = { text, scs, result };
+        this.held = undefined;
+        this.relayClient(f);
+        if (this.held === undefined && !this.targetBlocked && !this.closed) this.client.resume();
+      })
+      .catch((error: unknown) => this.fail(error, "invalid message from the client"));
+    return true;
   }
 
   private onClientMessage(f: Frame): Buffer | Buffer[] | undefined {
@@ -721,11 +796,17 @@ export class PgSession {
     return undefined;
   }
 
+  /** How texts are read now: while a lexical change is in flight, as if standard_conforming_strings were off. */
+  private get lexicalScs(): boolean {
+    return this.standardConformingStrings && !this.lexicalUncertain;
+  }
+
   private classify(text: string): Classification {
-    // While a lexical change is in flight, a backslash is read as if standard_conforming_strings were off.
-    return this.ctx.classifier.classify(text, {
-      standardConformingStrings: this.standardConformingStrings && !this.lexicalUncertain,
-    });
+    const scs = this.lexicalScs;
+    // Made off the loop for the message being handled, under the lexical state still in force.
+    const off = this.offloaded;
+    if (off !== undefined && off.scs === scs && off.text === text) return off.result;
+    return this.ctx.classifier.classify(text, { standardConformingStrings: scs });
   }
 
   private onQuery(text: string, raw: Buffer): Buffer {

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { SignJWT } from "jose";
 import { createLogger } from "@moat/common";
 import { AuditEventSchema, fromBinary, type AuditEvent } from "@moat/proto";
-import { createClassifier, loadSqlParser } from "@moat/sql";
+import { createClassifier, createClassifierPool, loadSqlParser, type ClassifierPool } from "@moat/sql";
 import { tempDir, type TestPostgres } from "@moat/testkit";
 import { createBundleHolder, type BundleHolder } from "../bundle.js";
 import { AuditSpool } from "../audit/spool.js";
@@ -39,6 +39,9 @@ export interface Harness {
 
 let version = 1n;
 
+/** Shared by every harness of a test file, as by every listener of an agent (its worker is unref'd). */
+const classifierPool = createClassifierPool();
+
 export async function startHarness(options: {
   pg: TestPostgres;
   policies: object[];
@@ -46,6 +49,8 @@ export async function startHarness(options: {
   listener?: Partial<PostgresListenerConfig>;
   /** Audit spool limits (default: 64 MiB, fail-closed). */
   spool?: { maxBytes?: number; segmentBytes?: number; whenFull?: "fail-closed" | "drop-oldest" };
+  /** Where long texts are classified (default: a pool shared by the file's harnesses). */
+  classifierPool?: ClassifierPool;
 }): Promise<Harness> {
   await loadSqlParser();
   const dataDir = tempDir("moat-pg-agent-");
@@ -83,6 +88,7 @@ export async function startHarness(options: {
       plaintextAuth: "loopback",
       maxMessageBytes: 64 * 1024 * 1024,
       classifierCacheEntries: 10_000,
+      parseOffThreadBytes: 16 * 1024,
       maxSessions: 1000,
       readOnlySessions: true,
       ...options.listener,
@@ -99,6 +105,7 @@ export async function startHarness(options: {
     bundles,
     audit,
     classifier: createClassifier(),
+    classifierPool: options.classifierPool ?? classifierPool,
     logger,
     metrics: {
       sessions: { inc() {}, dec() {} },
