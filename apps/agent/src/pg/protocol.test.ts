@@ -9,6 +9,8 @@ import { decodeErrorFields, serialize } from "@moat/pg-wire";
 import { createClassifierPool } from "@moat/sql";
 import { startPostgres, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
+
+const POLICY_READ = readPolicy() as { spec: Record<string, unknown> };
 import { startHarness, type Harness } from "../test-support/pg.js";
 
 let server: TestPostgres;
@@ -670,6 +672,74 @@ describe("extended protocol through the agent", () => {
       e.socket.destroy();
     } finally {
       await m.close();
+    }
+  });
+
+  it("decides a cursor's FETCH and a portal's later Execute again when the policies change (a rule that arrives applies to them)", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    const noT = {
+      ...POLICY_READ,
+      spec: {
+        ...POLICY_READ.spec,
+        rules: [
+          { name: "read", effect: "allow", actions: ["connect", "db:read"] },
+          { name: "no-t", effect: "deny", actions: ["db:*"], tables: ["public.t"], message: "t is closed now" },
+        ],
+      },
+    };
+    try {
+      const sql = await open(harness);
+      const proto = await open(harness);
+      const held = await open(harness);
+      expect(
+        types(await sql.exchange(serialize.query("BEGIN; DECLARE c1 CURSOR FOR SELECT id FROM t ORDER BY id"))),
+      ).toBe("CCZ");
+      expect(firstValues(await sql.exchange(serialize.query("FETCH 2 FROM c1")))).toEqual(["1", "2"]);
+      await proto.exchange(serialize.query("BEGIN"));
+      const paged = await proto.exchange(
+        serialize.parse({ name: "", text: "SELECT id FROM t ORDER BY id" }),
+        serialize.bind({ portal: "p1" }),
+        serialize.execute({ portal: "p1", rows: 2 }),
+        serialize.sync(),
+      );
+      expect(types(paged)).toBe("12DDsZ");
+      await held.exchange(
+        serialize.query(
+          "DECLARE h1 CURSOR WITH HOLD FOR SELECT id FROM t ORDER BY id; DECLARE u1 CURSOR WITH HOLD FOR SELECT email FROM users",
+        ),
+      );
+
+      harness.setPolicies([noT]);
+      const fetched = await sql.exchange(serialize.query("FETCH 2 FROM c1"));
+      expect(errors(fetched)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("t is closed now") });
+      await sql.exchange(serialize.query("ROLLBACK"));
+      const page = await proto.exchange(serialize.execute({ portal: "p1", rows: 2 }), serialize.sync());
+      expect(types(page)).toBe("EZ");
+      expect(errors(page)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("t is closed now") });
+      await proto.exchange(serialize.query("ROLLBACK"));
+      expect(errors(await held.exchange(serialize.query("FETCH 1 FROM h1")))[0]?.code).toBe("42501");
+      // Other cursors read on; closing one needs nothing.
+      expect(firstValues(await held.exchange(serialize.query("FETCH 1 FROM u1")))).toEqual(["user1@example.com"]);
+      expect(types(await held.exchange(serialize.query("CLOSE h1")))).toBe("CZ");
+
+      // Back: a portal bound under the new bundle reads as before.
+      harness.setPolicies([readPolicy()]);
+      await proto.exchange(serialize.query("BEGIN"));
+      const again = await pipeline(
+        proto,
+        2,
+        serialize.parse({ name: "", text: "SELECT id FROM t ORDER BY id" }),
+        serialize.bind({ portal: "p2" }),
+        serialize.execute({ portal: "p2", rows: 1 }),
+        serialize.sync(),
+        serialize.execute({ portal: "p2", rows: 1 }),
+        serialize.sync(),
+      );
+      expect(types(again)).toBe("12DsZDsZ");
+      expect(firstValues(again)).toEqual(["1", "2"]);
+      for (const c of [sql, proto, held]) c.socket.destroy();
+    } finally {
+      await harness.close();
     }
   });
 

@@ -240,6 +240,8 @@ interface Portal {
   fields?: RowField[];
   /** Sync cycles (Query or Sync sent) before its Bind: its cycle's ReadyForQuery is number cycle + 1. */
   cycle: number;
+  /** The bundle its statement was last decided under: an Execute under another decides it again. */
+  bundle: ActiveBundle | undefined;
 }
 
 type Pending =
@@ -387,6 +389,11 @@ export class PgSession {
       heldAt: number;
       /** Sync cycles before the last definition (see Portal.cycle). */
       cycle: number;
+      /**
+       * What reading it needs: what its query needed when declared (both queries' needs for a name
+       * declared twice). A FETCH is decided as that, so a rule that arrived since applies to it.
+       */
+      actions: readonly ActionUse[];
     }
   >();
   /**
@@ -691,6 +698,8 @@ export class PgSession {
         const badName = this.nameRefusal(name);
         if (badName) return this.poisonBind("", badName);
         const portal = this.portals.get(name);
+        const refusal = portal && this.portalRefusal(portal);
+        if (refusal) return this.poisonBind("", refusal);
         if (!portal) {
           // Not bound through the protocol: a SQL cursor (DECLARE), whose rows the agent reads only
           // as FETCH results (this Execute would bring no RowDescription to mask them by), or
@@ -929,7 +938,7 @@ export class PgSession {
     }
     if (run && (info.deallocate || info.cursor?.op === "close")) run.forgetsUpTo = this.definitions;
     if (info.cursor?.op === "declare" && info.cursor.name !== null)
-      this.noteCursor(info.cursor.name, info, info.cursor.hold === true);
+      this.noteCursor(info.cursor.name, info, info.cursor.hold === true, info.actions);
   }
 
   /**
@@ -969,7 +978,7 @@ export class PgSession {
    * share one namespace on the target). Kept with whatever the name held before: a DECLARE of a name
    * already taken fails on the target, which keeps the first.
    */
-  private noteCursor(name: string, info: StatementInfo, hold: boolean): void {
+  private noteCursor(name: string, info: StatementInfo, hold: boolean, actions: readonly ActionUse[]): void {
     const previous = this.cursors.get(name);
     // Past the cap new names are refused before they are sent (cursorRefusal).
     this.cursors.set(name, {
@@ -980,6 +989,7 @@ export class PgSession {
       // A Query is counted when it is sent; a Bind's cycle is its Sync, counted later.
       heldAt: hold ? this.cyclesSent + (this.inQuery ? 0 : 1) : (previous?.heldAt ?? 0),
       cycle: this.cyclesSent,
+      actions: previous ? [...previous.actions, ...actions] : actions,
     });
   }
 
@@ -1063,16 +1073,36 @@ export class PgSession {
     const params = bind.parameters.length > 0 ? renderParameters(bind) : "";
     if (run && params) run.params = params;
     for (const info of infos) this.afterAllowed(info, run);
-    if (portalName !== "" && run) this.noteCursor(portalName, run.info, false);
+    if (portalName !== "" && run) this.noteCursor(portalName, run.info, false, this.neededActions(run.info) ?? []);
     // No column list from the statement's Describe: it may predate a search_path change (another
     // table, same types). Masking asks for the portal's own (Describe P) before its rows.
     this.portals.set(portalName, {
       statement,
       run,
       cycle: this.cyclesSent,
+      bundle: this.ctx.bundles.current(),
     });
     this.push({ kind: "bind", portal: portalName });
     return f.raw;
+  }
+
+  /**
+   * Why an Execute of `portal` is refused now, if it is: its statement is decided again when the
+   * bundle has changed since its Bind (a portal read page by page, or kept open in a transaction,
+   * would otherwise go on returning rows a new rule denies).
+   */
+  private portalRefusal(portal: Portal): string | undefined {
+    const bundle = this.ctx.bundles.current();
+    if (portal.bundle === bundle) return undefined;
+    for (const info of portal.statement.classification.statements) {
+      const decision = this.decide(info);
+      if (decision.effect !== "allow") {
+        this.refused(info, decision, portal.statement.classification.fingerprint);
+        return decision.message;
+      }
+    }
+    portal.bundle = bundle;
+    return undefined;
   }
 
   /** A Bind sure to fail on the target in place of a refused message, whose error becomes `message`. */
@@ -1202,7 +1232,7 @@ export class PgSession {
     }
     if (info.prepare?.name.startsWith(RESERVED_PREFIX))
       return { effect: "deny", rule: "", message: reservedNameMessage(info.prepare.name), tables: [] };
-    let actions = info.actions;
+    let actions: readonly ActionUse[] = info.actions;
     if (info.cursor?.op === "declare" && info.cursor.name !== null) {
       const tooMany = this.cursorRefusal(info.cursor.name);
       if (tooMany) return { effect: "deny", rule: "", message: tooMany, tables: [] };
@@ -1216,22 +1246,28 @@ export class PgSession {
       };
     }
     if (info.execute) {
-      const prepared = this.preparedInfo(info.execute.name);
-      if (!prepared)
+      const needed = this.neededActions(info);
+      if (!needed)
         return {
           effect: "deny",
           rule: "",
           message: `access denied: prepared statement "${info.execute.name}" was not prepared through Moat`,
           tables: [],
         };
-      // What the prepared statement does, plus what EXECUTE's own arguments call.
-      actions = [...prepared.actions, ...info.actions.filter((a) => a.action !== "db:dynamic")];
+      actions = needed;
     }
-    // A statement shape's verdict depends on its actions (one frozen array per cached shape), the
-    // bundle, the search path and whether it shadows pg_catalog: it is kept per session and reused
-    // while those stay the same, unless the policies have time conditions (or the bundle expires).
+    // Reading a cursor reads what its query reads (a FETCH itself needs nothing): decided again at
+    // each FETCH, so a rule that arrived since its DECLARE applies. A name the agent never saw
+    // declared (a refcursor a function opened) needs what the function call needed.
+    const cursor =
+      info.cursor?.op === "fetch" && info.cursor.name !== null ? this.cursors.get(info.cursor.name) : undefined;
+    if (cursor !== undefined) actions = cursor.actions;
+    // A statement shape's verdict depends on its actions (one frozen array per cached shape, one per
+    // cursor), the bundle, the search path and whether it shadows pg_catalog: it is kept per session
+    // and reused while those stay the same, unless the policies have time conditions (or the bundle
+    // expires).
     const cacheable =
-      actions === info.actions &&
+      (actions === info.actions || actions === cursor?.actions) &&
       bundle !== undefined &&
       !bundle.policies.timeDependent &&
       now < bundle.notAfter.getTime();
@@ -1250,6 +1286,17 @@ export class PgSession {
     const decision = this.decideActions(info, actions, now);
     if (cacheable) this.decisions.byActions.set(actions, Object.freeze(decision));
     return decision;
+  }
+
+  /**
+   * What a statement needs: its own actions, and for EXECUTE what the prepared statement does too
+   * (undefined when the name was not prepared through Moat).
+   */
+  private neededActions(info: StatementInfo): readonly ActionUse[] | undefined {
+    if (!info.execute) return info.actions;
+    const prepared = this.preparedInfo(info.execute.name);
+    // What the prepared statement does, plus what EXECUTE's own arguments call.
+    return prepared && [...prepared.actions, ...info.actions.filter((a) => a.action !== "db:dynamic")];
   }
 
   /** decide's verdict for the statement's actions, once the checks on the session's state are passed. */
