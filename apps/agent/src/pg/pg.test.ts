@@ -1124,6 +1124,48 @@ describe("audit", () => {
     expect(json).toContain("DO $$BEGIN EXECUTE '***'; END$$");
   });
 
+  it("records an implicit commit that fails (a deferred constraint) after the statements it undid", async () => {
+    const asDba = { user: "dba@example.com" };
+    const setup = await psql(
+      h,
+      dba,
+      "CREATE TABLE IF NOT EXISTS parents (id int PRIMARY KEY); CREATE TABLE IF NOT EXISTS children (pid int REFERENCES parents DEFERRABLE INITIALLY DEFERRED)",
+      asDba,
+    );
+    expect(setup.stderr).toBe("");
+    // A simple query: its statement completes, the commit at its end fails.
+    expect((await psql(h, dba, "INSERT INTO children VALUES (41)", asDba)).stderr).toMatch(/violates foreign key/);
+    // The extended protocol (node-postgres): the commit at the Sync fails.
+    const c = new pg.Client({
+      host: "127.0.0.1",
+      port: h.port,
+      user: "dba@example.com",
+      password: dba,
+      database: "app",
+    });
+    await c.connect();
+    try {
+      await expect(c.query("INSERT INTO children VALUES ($1)", [42])).rejects.toThrow(/violates foreign key/);
+    } finally {
+      await c.end();
+    }
+    const queries = h
+      .events()
+      .flatMap((e) => (e.type === "db.query" && e.detail.case === "dbQuery" ? [{ e, q: e.detail.value }] : []));
+    const failure = /^failed on the target: insert or update on table "children" violates foreign key constraint/;
+    // The simple query's statement is still the one at hand when its commit fails: it carries the error.
+    const simple = queries.find(({ q }) => q.text === "INSERT INTO children VALUES (41)");
+    expect(simple?.e.message).toMatch(failure);
+    // At a Sync no statement is: the commit is an event of its own, after the statement it undid.
+    const i = queries.findIndex(({ q }) => q.text.startsWith("INSERT INTO children VALUES ($1)"));
+    const j = queries.findIndex(({ q }, k) => k > i && q.text === "-- commit at Sync (implicit transaction)");
+    expect(i).toBeGreaterThanOrEqual(0);
+    expect(j).toBeGreaterThan(i);
+    expect(queries[j]?.e.message).toMatch(failure);
+    expect(queries[j]?.e.verdict).toBe(queries[i]?.e.verdict);
+    expect(await pgServer.sql("SELECT count(*) FROM children", "app")).toMatch(/^0/);
+  });
+
   it("keeps secrets out of bound parameters, EXECUTE arguments, error messages and the application name (review 18)", async () => {
     const dbaPsql = (sql: string, env?: Record<string, string>) => psql(h, dba, sql, { user: "dba@example.com", env });
     // A stand-in for dblink's function (the extension is not installed): the name is what counts.

@@ -1404,6 +1404,27 @@ export class PgSession {
     });
   }
 
+  /** Audits an implicit commit's failure: the commit at a Sync, or at the end of a simple query. */
+  private recordCommitFailure(at: "sync" | "query", message: string): void {
+    this.soon({
+      verdict: VERDICTS.allow,
+      rule: "",
+      message,
+      query: {
+        text:
+          at === "sync"
+            ? "-- commit at Sync (implicit transaction)"
+            : "-- commit at the end of the query (implicit transaction)",
+        fingerprint: "",
+        statementClass: "session",
+        tables: [],
+        durationUs: 0,
+        rows: 0,
+        maskedColumns: NO_COLUMNS,
+      },
+    });
+  }
+
   /**
    * Queues a statement's event; the queue is spooled in a microtask, once the relay's writes of the
    * same turn have gone out (the client does not wait for the encoding and hashing of its events).
@@ -1843,6 +1864,10 @@ export class PgSession {
       ("replaceError" in head ? head.replaceError : undefined) ??
       (run || atCommit ? this.scrubError(raw, run) : undefined);
     const failed = () => `failed on the target: ${decodeErrorFields((replace ?? raw).subarray(5)).message}`;
+    // A commit that fails (a deferred constraint, a serialization failure, a WITH HOLD cursor's
+    // query) undoes the transaction whose statements were recorded as run: the trail says so.
+    if (!run && atCommit && !("replaceError" in head && head.replaceError))
+      this.recordCommitFailure(head.kind, failed());
     if (head.kind === "query") {
       if (run) {
         head.runs.length = head.index; // the rest of the message does not run
