@@ -406,6 +406,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
             : undefined,
         logger,
         maxMessageBytes: config.maxMessageBytes,
+        maxStatementLength: config.maxStatementLength,
         metrics: { statement: options.metrics.statement },
       },
       socket,

@@ -854,6 +854,35 @@ describe("long texts, classified on a worker thread", () => {
     b.socket.destroy();
   });
 
+  it("refuses a text longer than maxStatementLength (54000) without parsing it, and goes on with the session", async () => {
+    const harness = await startHarness({
+      pg: server,
+      policies: [readPolicy()],
+      listener: { maxStatementLength: 64 * 1024 },
+    });
+    try {
+      const c = await open(harness);
+      const tooLong = `SELECT count(*) FROM t WHERE id IN (${inList(15_000)})`;
+      expect(tooLong.length).toBeGreaterThan(64 * 1024);
+      for (const ms of [
+        await c.exchange(serialize.query(tooLong)),
+        await c.exchange(
+          serialize.parse({ name: "", text: tooLong }),
+          serialize.bind({}),
+          serialize.execute({}),
+          serialize.sync(),
+        ),
+      ]) {
+        expect(types(ms)).toBe("EZ");
+        expect(errors(ms)[0]).toMatchObject({ code: "54000", message: expect.stringContaining("maxStatementLength") });
+      }
+      expect(types(await c.exchange(serialize.query(longRead)))).toBe("TDCZ");
+      c.socket.destroy();
+    } finally {
+      await harness.close();
+    }
+  });
+
   it("refuses a long text whose classifier worker died (XX000) and goes on with the session", async () => {
     const broken = createClassifierPool({ workerUrl: new URL("data:text/javascript,process.exit(1)") });
     const harness = await startHarness({ pg: server, policies: [readPolicy()], classifierPool: broken });

@@ -167,6 +167,8 @@ export interface SessionContext {
   offThread?: { pool: ClassifierPool; minBytes: number };
   logger: Logger;
   maxMessageBytes: number;
+  /** Longest SQL text the session parses (characters); a longer one is refused with 54000. */
+  maxStatementLength: number;
   metrics: SessionMetrics;
   now?: () => number;
 }
@@ -647,6 +649,7 @@ export class PgSession {
     if (off === undefined || f.body.length < off.minBytes || this.awaitingSync) return false;
     if (f.type !== 0x51 && f.type !== 0x50) return false;
     const text = f.type === 0x51 ? decodeQuery(f.body) : decodeParse(f.body).query;
+    if (text.length > this.ctx.maxStatementLength) return false; // refused at once (classify)
     const scs = this.lexicalScs;
     this.held = f;
     this.client.pause();
@@ -811,6 +814,16 @@ export class PgSession {
   }
 
   private classify(text: string): Classification {
+    // Parsing needs memory in proportion (a 10 MiB IN list ~0.9 GiB): beyond this, not at all.
+    if (text.length > this.ctx.maxStatementLength)
+      return {
+        ok: false,
+        error: {
+          message: `access denied: this statement (${text.length} characters) is longer than Moat checks (maxStatementLength ${this.ctx.maxStatementLength}); split it, or load data with COPY`,
+          position: 0,
+          sqlstate: "54000",
+        },
+      };
     const scs = this.lexicalScs;
     // Made off the loop for the message being handled, under the lexical state still in force.
     const off = this.offloaded;
