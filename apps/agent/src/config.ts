@@ -63,9 +63,10 @@ export const PostgresListenerSchema = Type.Object(
     maxMessageBytes: Type.Integer({ minimum: 64 * 1024, default: 64 * 1024 * 1024 }),
     /**
      * Longest SQL text (characters) the agent parses; a longer statement is refused (54000), the
-     * session goes on. Parsing needs memory in proportion: a 10 MiB IN list ~0.9 GiB.
+     * session goes on. Parsing needs memory in proportion (a 10 MiB IN list ~0.9 GiB). Default:
+     * 16 Mi characters, less where the JavaScript heap limit is under 1 GiB (limit / 64).
      */
-    maxStatementLength: Type.Integer({ minimum: 64 * 1024, default: 16 * 1024 * 1024 }),
+    maxStatementLength: Type.Optional(Type.Integer({ minimum: 64 * 1024 })),
     /** Most statement shapes whose classification is cached. */
     classifierCacheEntries: Type.Integer({ minimum: 0, default: 10_000 }),
     /**

@@ -7,6 +7,7 @@
 import { createServer, isIP, type Server, type Socket } from "node:net";
 import { TLSSocket, createSecureContext, type SecureContext } from "node:tls";
 import { randomInt, timingSafeEqual } from "node:crypto";
+import { getHeapStatistics } from "node:v8";
 import {
   authenticationRequest,
   backendKeyData,
@@ -92,6 +93,17 @@ function isLoopback(address: string | undefined): boolean {
   if (!address) return false;
   return address === "::1" || address.startsWith("127.") || address.startsWith("::ffff:127.");
 }
+
+/**
+ * Longest SQL text parsed when the configuration says nothing: 16 Mi characters, or less where the
+ * heap limit is under 1 GiB. A parse tree takes up to ~50 bytes of heap per character (an IN list
+ * of 10 MiB passed under a 512 MiB limit, one of 20 MiB did not), and V8 aborts the whole process
+ * when a worker reaches the limit while parsing.
+ */
+const DEFAULT_MAX_STATEMENT_LENGTH = Math.max(
+  64 * 1024,
+  Math.min(16 * 1024 * 1024, Math.floor(getHeapStatistics().heap_size_limit / 64)),
+);
 
 const clientAddress = (s: Socket) => (s.remoteAddress ?? "").replace(/^::ffff:/, "");
 
@@ -406,7 +418,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
             : undefined,
         logger,
         maxMessageBytes: config.maxMessageBytes,
-        maxStatementLength: config.maxStatementLength,
+        maxStatementLength: config.maxStatementLength ?? DEFAULT_MAX_STATEMENT_LENGTH,
         metrics: { statement: options.metrics.statement },
       },
       socket,

@@ -87,7 +87,6 @@ export async function startHarness(options: {
     config: {
       plaintextAuth: "loopback",
       maxMessageBytes: 64 * 1024 * 1024,
-      maxStatementLength: 16 * 1024 * 1024,
       classifierCacheEntries: 10_000,
       parseOffThreadBytes: 16 * 1024,
       maxSessions: 1000,
