@@ -1,6 +1,6 @@
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { classifyText } from "./classifier.js";
-import { createClassifierPool, type ClassifierPool } from "./classifier-pool.js";
+import { createClassifierPool, POOL_BUSY, type ClassifierPool } from "./classifier-pool.js";
 import { loadSqlParser } from "./parser.js";
 
 // The worker as built (npm test builds every package before the tests).
@@ -14,7 +14,7 @@ import { parentPort } from "node:worker_threads";
 parentPort.on("message", (m) => {
   if (m.text === "die") process.exit(3);
   if (m.text === "throw") setTimeout(() => { throw new Error("boom"); });
-  if (m.text === "wait" || m.text === "throw") return;
+  if (m.text.startsWith("wait") || m.text === "throw") return;
   if (m.text === "fail") return parentPort.postMessage({ id: m.id, error: "RangeError" });
   parentPort.postMessage({ id: m.text === "bad" ? m.id + 1 : m.id,
     result: { ok: true, statements: [], fingerprint: m.text + "/" + m.standardConformingStrings, cached: false } });
@@ -97,6 +97,35 @@ describe("classifier pool (its mechanics, with a stand-in worker)", () => {
     await new Promise((r) => setTimeout(r, 200));
     expect(pool.workers).toBe(0);
     expect(await fingerprint(pool.classify("b", scs))).toBe("b/true");
+  });
+
+  it("a caller's abort drops its queued text, or stops the worker parsing it; other texts go on", async () => {
+    pool = createClassifierPool({ workerUrl: FAKE_WORKER });
+    const running = new AbortController();
+    const queued = new AbortController();
+    const a = pool.classify("wait", scs, running.signal);
+    const b = pool.classify("b", scs, queued.signal);
+    const c = pool.classify("c", scs);
+    expect(pool.pendingLength).toBe(6);
+    queued.abort();
+    await expect(b).rejects.toThrow(/cancelled/);
+    running.abort();
+    await expect(a).rejects.toThrow(/cancelled/);
+    expect(await fingerprint(c)).toBe("c/true");
+    expect(pool.pending).toBe(0);
+    expect(pool.pendingLength).toBe(0);
+    const gone = new AbortController();
+    gone.abort();
+    await expect(pool.classify("d", scs, gone.signal)).rejects.toThrow(/cancelled/);
+  });
+
+  it("refuses a text at once (POOL_BUSY) past maxQueuedLength characters waiting, never the first", async () => {
+    pool = createClassifierPool({ workerUrl: FAKE_WORKER, maxQueuedLength: 10 });
+    const first = pool.classify("wait-longer-than-ten", scs);
+    await expect(pool.classify("x", scs)).rejects.toMatchObject({ code: POOL_BUSY });
+    const closing = expect(first).rejects.toThrow(/closed/);
+    await pool.close();
+    await closing;
   });
 
   it("close rejects what is pending and every later text", async () => {

@@ -17,7 +17,7 @@ export {
   REASON_BACKSLASH,
   REASON_LEXICAL_CHANGE,
 } from "./classifier.js";
-export { createClassifierPool, type ClassifierPool, type ClassifierPoolOptions } from "./classifier-pool.js";
+export { createClassifierPool, POOL_BUSY, type ClassifierPool, type ClassifierPoolOptions } from "./classifier-pool.js";
 export { ANY_COLUMN, columnSources, mergeLineage, mergeSources, UNKNOWN_LINEAGE } from "./lineage.js";
 export { pathShadowsCatalog, qualifyTables, type QualifyContext } from "./qualify.js";
 export { functionVerdict, isBuiltinFunction, isBuiltinOperator, type FunctionVerdict } from "./functions.js";

@@ -138,10 +138,11 @@ export interface SqlSyntaxError {
   position: number;
   /**
    * 42601 syntax error; 54001 statement too complex (nested deeper than the checks can follow);
-   * 54000 longer than the proxy parses (its maxStatementLength); XX000 the classifier itself failed
-   * (a classifier worker that died: see classifier-pool.ts).
+   * 54000 longer than the proxy parses (its maxStatementLength); 53400 too much text already waiting
+   * for a classifier worker; XX000 the classifier itself failed (a classifier worker that died: see
+   * classifier-pool.ts).
    */
-  sqlstate: "42601" | "54000" | "54001" | "XX000";
+  sqlstate: "42601" | "53400" | "54000" | "54001" | "XX000";
 }
 
 export type Classification =

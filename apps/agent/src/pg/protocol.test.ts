@@ -6,7 +6,7 @@
 import { connect, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeErrorFields, serialize } from "@moat/pg-wire";
-import { createClassifierPool } from "@moat/sql";
+import { createClassifier, createClassifierPool, type Classifier } from "@moat/sql";
 import { startPostgres, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
 
@@ -852,6 +852,105 @@ describe("long texts, classified on a worker thread", () => {
     expect(answered).toBeGreaterThanOrEqual(20);
     a.socket.destroy();
     b.socket.destroy();
+  });
+
+  it("cancels the classification of a text whose session ends, and refuses texts past the pool's limit (53400)", async () => {
+    const pool = createClassifierPool({ maxQueuedLength: 2_000_000 });
+    const harness = await startHarness({ pg: server, policies: [readPolicy()], classifierPool: pool });
+    const until = async (what: () => boolean) => {
+      for (const deadline = Date.now() + 10_000; !what(); await new Promise((r) => setTimeout(r, 20)))
+        if (Date.now() > deadline) throw new Error("timeout");
+    };
+    try {
+      // About 1.8 MiB each (seconds of parsing): the sessions reset as soon as the pool has them.
+      const huge = (i: number) => serialize.query(`SELECT count(*) FROM t WHERE id IN (${inList(250_000)}, ${i})`);
+      for (let i = 0; i < 4; i++) {
+        const c = await open(harness);
+        c.socket.write(huge(i));
+        await until(() => pool.pending > 0);
+        c.socket.resetAndDestroy();
+        // Nothing is left behind: not queued, not parsing (its worker stopped).
+        await until(() => pool.pending === 0 && harness.listener.sessions() === 0);
+      }
+      // Past maxQueuedLength, a text is refused at once while another is parsed; the session goes on.
+      const a = await open(harness);
+      const b = await open(harness);
+      a.socket.write(huge(9));
+      await until(() => pool.pending > 0);
+      const refused = await b.exchange(serialize.query(longRead.replace("SELECT", `SELECT ${"1 + ".repeat(60_000)}`)));
+      expect(errors(refused)[0]).toMatchObject({ code: "53400", message: expect.stringContaining("too many long") });
+      expect(types(await b.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+      await a.until((m) => m.some((x) => x.type === "Z"), 30_000);
+      expect(firstValues(a.messages)).toEqual(["10"]);
+      expect(types(await b.exchange(serialize.query(longRead)))).toBe("TDCZ");
+      a.socket.destroy();
+      b.socket.destroy();
+    } finally {
+      await harness.close();
+      await pool.close();
+    }
+  });
+
+  it("runs what the client sent before it closed or terminated, as PostgreSQL does, and audits it", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy(["db:write"])] });
+    const marked = async (mark: string) =>
+      (await server.sql(`SELECT count(*) FROM inbox WHERE v = '${mark}'`, "app")).trim();
+    try {
+      // A long INSERT, held for its classification, then the client's FIN (no Terminate).
+      const c = await open(harness);
+      c.socket.end(
+        serialize.query(`INSERT INTO inbox SELECT 'fin' WHERE 1 NOT IN (${inList(5000).replace(/^1, /, "")})`),
+      );
+      // A short INSERT and Terminate in one write: the Terminate reached the target first.
+      const d = await open(harness);
+      d.socket.write(Buffer.concat([serialize.query("INSERT INTO inbox VALUES ('term')"), serialize.end()]));
+      await Promise.all([c.until(() => c.closed), d.until(() => d.closed)]);
+      for (let i = 0; i < 100 && ((await marked("fin")) !== "1" || (await marked("term")) !== "1"); i++)
+        await new Promise((r) => setTimeout(r, 50));
+      expect(await marked("fin")).toBe("1");
+      expect(await marked("term")).toBe("1");
+      await new Promise((r) => setTimeout(r, 200));
+      const texts = harness
+        .events()
+        .flatMap((e) => (e.type === "db.query" && e.detail.case === "dbQuery" ? [e.detail.value.text] : []));
+      expect(texts).toContain("INSERT INTO inbox VALUES ('term')");
+      expect(texts.some((t) => t.startsWith("INSERT INTO inbox SELECT 'fin'"))).toBe(true);
+    } finally {
+      await harness.close();
+    }
+  });
+
+  it("does not parse a long text on the loop after all when a lexical change it was held under is answered meanwhile", async () => {
+    // The classifier of the agent's own thread, watched: no long text may reach it.
+    const base = createClassifier();
+    const onLoop: number[] = [];
+    const classifier: Classifier = {
+      get cacheSize() {
+        return base.cacheSize;
+      },
+      classify(text, lexical) {
+        if (text.length >= 16 * 1024) onLoop.push(text.length);
+        return base.classify(text, lexical);
+      },
+    };
+    const harness = await startHarness({ pg: server, policies: [readPolicy()], classifier });
+    try {
+      const c = await open(harness);
+      const padding = ` /* ${"x".repeat(200_000)} */`;
+      // Held while the SET is in flight (read as if standard_conforming_strings were off); the SET
+      // is answered long before the worker is done. Without a backslash the classification holds;
+      // with one it is made again, on the worker, under the setting now known (on: allowed).
+      for (const text of [`${longRead}${padding}`, `SELECT 'a\\b' AS v${padding}`]) {
+        const ms = await pipeline(c, 2, serialize.query("SET client_encoding = 'LATIN1'"), serialize.query(text));
+        expect(types(ms)).toBe("CSZTDCZ");
+        await c.exchange(serialize.query("RESET client_encoding"));
+      }
+      expect(firstValues(c.messages)).toEqual(["10", "a\\b"]);
+      expect(onLoop).toEqual([]);
+      c.socket.destroy();
+    } finally {
+      await harness.close();
+    }
   });
 
   it("refuses a text longer than maxStatementLength (54000) without parsing it, and goes on with the session", async () => {

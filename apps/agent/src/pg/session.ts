@@ -44,6 +44,7 @@ import {
 import {
   ANY_COLUMN,
   auditParameters,
+  POOL_BUSY,
   auditRedaction,
   columnSources,
   mergeLineage,
@@ -466,6 +467,12 @@ export class PgSession {
   private held: Frame | undefined;
   /** The classification made off the loop for the held message, used once (see classify). */
   private offloaded: { text: string; scs: boolean; result: Classification } | undefined;
+  /** Cancels the held message's classification when the session ends first. */
+  private holdAbort: AbortController | undefined;
+  /** The client closed cleanly while a message was held: the session ends once it is handled. */
+  private endAfterHold: string | undefined;
+  /** The client sent Terminate: forwarded after what came before it, then the session ends. */
+  private terminated = false;
   private readonly started = Date.now();
   private readonly now: () => number;
   /** Resolves when the session is over, with the reason. */
@@ -529,7 +536,12 @@ export class PgSession {
         this.fail(error, "the target sent an invalid message");
       }
     });
-    client.on("close", () => this.end("client disconnected"));
+    client.on("close", (hadError: boolean) => {
+      // What a client sent before closing cleanly still runs, as on PostgreSQL: a message held for
+      // its classification is handled first.
+      if (this.held !== undefined && !hadError) this.endAfterHold = "client disconnected";
+      else this.end("client disconnected");
+    });
     target.on("close", () => this.end("target closed the connection"));
     client.on("error", () => this.end("client connection error"));
     target.on("error", () => this.end("target connection error"));
@@ -546,11 +558,19 @@ export class PgSession {
   private end(reason: string): void {
     if (this.closed) return;
     this.closed = true;
+    this.holdAbort?.abort();
+    // Statements sent whose results will not be seen are recorded all the same.
+    for (const p of this.pending)
+      if (p.kind === "query")
+        for (let i = p.index; i < p.runs.length; i++)
+          this.recordRun(p.runs[i], "allow", "the session ended before the target answered");
     for (const p of this.portals.values()) this.recordRun(p.run, "allow", "");
     // The session's statements are in the spool before its end.
     this.spoolQueued();
     this.client.destroySoon?.();
-    this.target.end(serialize.end());
+    // The client's Terminate was forwarded already.
+    if (this.terminated) this.target.end();
+    else this.target.end(serialize.end());
     this.target.destroySoon?.();
     const durationMs = BigInt(Date.now() - this.started);
     this.ctx.audit
@@ -609,14 +629,16 @@ export class PgSession {
     const out: Buffer[] = [];
     try {
       for (let f = resumed ?? this.reader.next(); f; f = this.reader.next()) {
-        // What comes before it is sent now; it and what follows wait for its classification.
-        if (f !== resumed && this.holdForClassification(f)) break;
+        // What comes before it is sent now; it and what follows wait for its classification (again,
+        // when the lexical state it was made under has changed since and the text has a backslash).
+        if ((f !== resumed || this.offloadStale()) && this.holdForClassification(f)) break;
         const r = this.onClientMessage(f);
         this.offloaded = undefined;
+        if (this.closed) return;
         if (r === undefined) continue;
         if (Buffer.isBuffer(r)) out.push(r);
         else out.push(...r);
-        if (this.closed) return;
+        if (this.terminated) break;
       }
     } catch (error) {
       this.fail(error, "invalid message from the client");
@@ -637,6 +659,13 @@ export class PgSession {
       this.targetBlocked = true;
       this.client.pause();
     }
+    if (this.terminated) this.end("client terminated the session");
+  }
+
+  /** The held message's classification was made under another lexical state, which its text depends on. */
+  private offloadStale(): boolean {
+    const off = this.offloaded;
+    return off !== undefined && off.scs !== this.lexicalScs && off.text.includes("\\");
   }
 
   /**
@@ -652,11 +681,24 @@ export class PgSession {
     if (text.length > this.ctx.maxStatementLength) return false; // refused at once (classify)
     const scs = this.lexicalScs;
     this.held = f;
+    this.offloaded = undefined;
     this.client.pause();
+    const abort = new AbortController();
+    this.holdAbort = abort;
     off.pool
-      .classify(text, { standardConformingStrings: scs })
-      .catch((error: unknown): Classification => {
-        this.ctx.logger.warn({ session: this.ctx.sessionId, err: (error as Error).message }, "classifier worker");
+      .classify(text, { standardConformingStrings: scs }, abort.signal)
+      .catch((error: Error & { code?: string }): Classification => {
+        if (error.code === POOL_BUSY)
+          return {
+            ok: false,
+            error: {
+              message: "access denied: Moat is checking too many long statements at once; try again shortly",
+              position: 0,
+              sqlstate: "53400",
+            },
+          };
+        if (!this.closed)
+          this.ctx.logger.warn({ session: this.ctx.sessionId, err: error.message }, "classifier worker");
         return {
           ok: false,
           error: {
@@ -668,10 +710,13 @@ export class PgSession {
       })
       .then((result) => {
         if (this.closed) return;
+        this.holdAbort = undefined;
         this.offloaded = { text, scs, result };
         this.held = undefined;
         this.relayClient(f);
-        if (this.held === undefined && !this.targetBlocked && !this.closed) this.client.resume();
+        if (this.held !== undefined || this.closed) return;
+        if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
+        else if (!this.targetBlocked) this.client.resume();
       })
       .catch((error: unknown) => this.fail(error, "invalid message from the client"));
     return true;
@@ -761,10 +806,9 @@ export class PgSession {
       case 0x48: // Flush
       case 0x64: // CopyData
         return f.raw;
-      case 0x58: // Terminate
-        this.target.write(f.raw);
-        this.end("client terminated the session");
-        return undefined;
+      case 0x58: // Terminate: after what came before it (a Query in the same write runs), then the end
+        this.terminated = true;
+        return f.raw;
       case 0x46: {
         // FunctionCall: a function by OID, nothing to inspect.
         const error = this.denialError(
@@ -827,7 +871,8 @@ export class PgSession {
     const scs = this.lexicalScs;
     // Made off the loop for the message being handled, under the lexical state still in force.
     const off = this.offloaded;
-    if (off !== undefined && off.scs === scs && off.text === text) return off.result;
+    // Without a backslash, a text reads the same whatever standard_conforming_strings says.
+    if (off !== undefined && off.text === text && (off.scs === scs || !text.includes("\\"))) return off.result;
     return this.ctx.classifier.classify(text, { standardConformingStrings: scs });
   }
 

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { SignJWT } from "jose";
 import { createLogger } from "@moat/common";
 import { AuditEventSchema, fromBinary, type AuditEvent } from "@moat/proto";
-import { createClassifier, createClassifierPool, loadSqlParser, type ClassifierPool } from "@moat/sql";
+import { createClassifier, createClassifierPool, loadSqlParser, type Classifier, type ClassifierPool } from "@moat/sql";
 import { tempDir, type TestPostgres } from "@moat/testkit";
 import { createBundleHolder, type BundleHolder } from "../bundle.js";
 import { AuditSpool } from "../audit/spool.js";
@@ -51,6 +51,8 @@ export async function startHarness(options: {
   spool?: { maxBytes?: number; segmentBytes?: number; whenFull?: "fail-closed" | "drop-oldest" };
   /** Where long texts are classified (default: a pool shared by the file's harnesses). */
   classifierPool?: ClassifierPool;
+  /** The classifier of the agent's own thread (default: a new one). */
+  classifier?: Classifier;
 }): Promise<Harness> {
   await loadSqlParser();
   const dataDir = tempDir("moat-pg-agent-");
@@ -104,7 +106,7 @@ export async function startHarness(options: {
     tls: await ensureListenerCertificate(dataDir),
     bundles,
     audit,
-    classifier: createClassifier(),
+    classifier: options.classifier ?? createClassifier(),
     classifierPool: options.classifierPool ?? classifierPool,
     logger,
     metrics: {
