@@ -145,17 +145,14 @@ function withEngReadRules(rules: (existing: (typeof POLICIES)[number]["spec"]["r
 }
 
 /** node-postgres connected through the agent as alice (extended protocol). */
-async function aliceClient(): Promise<pg.Client> {
-  const c = new pg.Client({
-    host: "127.0.0.1",
-    port: h.port,
-    user: "alice@example.com",
-    password: alice,
-    database: "app",
-  });
+/** A node-postgres client connected through the agent as `user` with `token`. */
+async function clientAs(user: string, token: string): Promise<pg.Client> {
+  const c = new pg.Client({ host: "127.0.0.1", port: h.port, user, password: token, database: "app" });
   await c.connect();
   return c;
 }
+
+const aliceClient = () => clientAs("alice@example.com", alice);
 
 afterAll(async () => {
   await h?.close();
@@ -1136,14 +1133,7 @@ describe("audit", () => {
     // A simple query: its statement completes, the commit at its end fails.
     expect((await psql(h, dba, "INSERT INTO children VALUES (41)", asDba)).stderr).toMatch(/violates foreign key/);
     // The extended protocol (node-postgres): the commit at the Sync fails.
-    const c = new pg.Client({
-      host: "127.0.0.1",
-      port: h.port,
-      user: "dba@example.com",
-      password: dba,
-      database: "app",
-    });
-    await c.connect();
+    const c = await clientAs("dba@example.com", dba);
     try {
       await expect(c.query("INSERT INTO children VALUES ($1)", [42])).rejects.toThrow(/violates foreign key/);
     } finally {
@@ -1172,14 +1162,7 @@ describe("audit", () => {
     await dbaPsql(
       "CREATE OR REPLACE FUNCTION public.dblink_connect(text, text) RETURNS text LANGUAGE sql AS $$SELECT 'OK'$$",
     );
-    const c = new pg.Client({
-      host: "127.0.0.1",
-      port: h.port,
-      user: "dba@example.com",
-      password: dba,
-      database: "app",
-    });
-    await c.connect();
+    const c = await clientAs("dba@example.com", dba);
     try {
       // node-postgres sends its parameters in a Bind.
       const bound = await c.query("SELECT dblink_connect('c1', $1) AS r", ["host=h password=bind-secret"]);
