@@ -90,6 +90,13 @@ describe("classifier pool (its mechanics, with a stand-in worker)", () => {
     expect(await fingerprint(pool.classify("fine", scs))).toBe("fine/true");
   });
 
+  it("a worker that cannot start fails the text (no exception escapes)", async () => {
+    pool = createClassifierPool({ workerUrl: new URL("https://example.invalid/worker.js") });
+    await expect(pool.classify("a", scs)).rejects.toThrow(/could not start a classifier worker/);
+    expect(pool.pending).toBe(0);
+    expect(pool.pendingLength).toBe(0);
+  });
+
   it("idle workers leave; a later text starts one again", async () => {
     pool = createClassifierPool({ workerUrl: FAKE_WORKER, idleMs: 50 });
     await pool.classify("a", scs);

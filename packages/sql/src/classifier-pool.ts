@@ -156,7 +156,18 @@ export function createClassifierPool(options: ClassifierPoolOptions = {}): Class
       }
       send(slot, job);
     }
-    while (queue.length > 0 && slots.size < max) send(start(), queue.shift() as Job);
+    while (queue.length > 0 && slots.size < max) {
+      const job = queue.shift() as Job;
+      let slot: Slot;
+      try {
+        slot = start();
+      } catch (error) {
+        // A thread that cannot start (out of memory, a process limit) fails this text, not the caller.
+        settle(job, { error: new Error(`could not start a classifier worker: ${(error as Error).message}`) });
+        continue;
+      }
+      send(slot, job);
+    }
   }
 
   /** The caller went away: a queued job is dropped, a running one stops its worker. */

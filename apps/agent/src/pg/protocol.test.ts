@@ -708,8 +708,19 @@ describe("extended protocol through the agent", () => {
           "DECLARE h1 CURSOR WITH HOLD FOR SELECT id FROM t ORDER BY id; DECLARE u1 CURSOR WITH HOLD FOR SELECT email FROM users",
         ),
       );
+      // A portal whose statement is a FETCH runs it at its first SQL FETCH (review 21).
+      const lazy = await open(harness);
+      await lazy.exchange(serialize.query("BEGIN; DECLARE c2 CURSOR FOR SELECT id FROM t"));
+      const bound = await lazy.exchange(
+        serialize.parse({ name: "", text: "FETCH ALL FROM c2" }),
+        serialize.bind({ portal: "f2" }),
+        serialize.sync(),
+      );
+      expect(types(bound)).toBe("12Z");
 
       harness.setPolicies([noT]);
+      expect(errors(await lazy.exchange(serialize.query("FETCH ALL FROM f2")))[0]?.code).toBe("42501");
+      lazy.socket.destroy();
       const fetched = await sql.exchange(serialize.query("FETCH 2 FROM c1"));
       expect(errors(fetched)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("t is closed now") });
       await sql.exchange(serialize.query("ROLLBACK"));
@@ -738,6 +749,69 @@ describe("extended protocol through the agent", () => {
       expect(types(again)).toBe("12DsZDsZ");
       expect(firstValues(again)).toEqual(["1", "2"]);
       for (const c of [sql, proto, held]) c.socket.destroy();
+    } finally {
+      await harness.close();
+    }
+  });
+
+  it("audits a commit that fails at Sync after the statements it undid, a suspended portal's included", async () => {
+    await server.sql(
+      "CREATE TABLE IF NOT EXISTS parents (id int PRIMARY KEY); CREATE TABLE IF NOT EXISTS children (pid int REFERENCES parents DEFERRABLE INITIALLY DEFERRED)",
+      "app",
+    );
+    const harness = await startHarness({ pg: server, policies: [readPolicy(["db:write"])] });
+    try {
+      const c = await open(harness);
+      const ms = await c.exchange(
+        serialize.parse({ name: "", text: "INSERT INTO children VALUES (6), (7) RETURNING pid" }),
+        serialize.bind({}),
+        serialize.execute({ rows: 1 }),
+        serialize.sync(),
+      );
+      expect(types(ms)).toBe("12DsEZ");
+      expect(errors(ms)[0]?.code).toBe("23503");
+      c.socket.destroy();
+      await new Promise((r) => setTimeout(r, 200));
+      const texts = harness
+        .events()
+        .flatMap((e) => (e.type === "db.query" && e.detail.case === "dbQuery" ? [e.detail.value.text] : []));
+      const insert = texts.findIndex((t) => t.startsWith("INSERT INTO children"));
+      expect(insert).toBeGreaterThanOrEqual(0);
+      expect(texts.indexOf("-- commit at Sync (implicit transaction)")).toBeGreaterThan(insert);
+    } finally {
+      await harness.close();
+    }
+  });
+
+  it("decides a paged portal's Execute again once a rule's time condition has run out", async () => {
+    const expiresAt = new Date(Date.now() + 1500).toISOString();
+    const timed = {
+      ...POLICY_READ,
+      spec: {
+        ...POLICY_READ.spec,
+        rules: [
+          { name: "connect", effect: "allow", actions: ["connect"] },
+          { name: "until-soon", effect: "allow", actions: ["db:read"], conditions: { expiresAt } },
+        ],
+      },
+    };
+    const harness = await startHarness({ pg: server, policies: [timed] });
+    try {
+      const c = await open(harness);
+      await c.exchange(serialize.query("BEGIN"));
+      const first = await c.exchange(
+        serialize.parse({ name: "", text: "SELECT id FROM t ORDER BY id" }),
+        serialize.bind({ portal: "C_1" }),
+        serialize.execute({ portal: "C_1", rows: 2 }),
+        serialize.sync(),
+      );
+      expect(firstValues(first)).toEqual(["1", "2"]);
+      // The same bundle, later: the rule that allowed it has expired.
+      await new Promise((r) => setTimeout(r, Date.parse(expiresAt) - Date.now() + 100));
+      const later = await c.exchange(serialize.execute({ portal: "C_1", rows: 2 }), serialize.sync());
+      expect(types(later)).toBe("EZ");
+      expect(errors(later)[0]?.code).toBe("42501");
+      c.socket.destroy();
     } finally {
       await harness.close();
     }
@@ -904,17 +978,39 @@ describe("long texts, classified on a worker thread", () => {
       // A short INSERT and Terminate in one write: the Terminate reached the target first.
       const d = await open(harness);
       d.socket.write(Buffer.concat([serialize.query("INSERT INTO inbox VALUES ('term')"), serialize.end()]));
-      await Promise.all([c.until(() => c.closed), d.until(() => d.closed)]);
+      // The same through the extended protocol: the Execute's answer is never seen.
+      const e = await open(harness);
+      e.socket.write(
+        Buffer.concat([
+          serialize.parse({ name: "", text: "INSERT INTO inbox VALUES ('extended')" }),
+          serialize.bind({}),
+          serialize.execute({}),
+          serialize.sync(),
+          serialize.end(),
+        ]),
+      );
+      // A large result the client leaves in the middle: the rows it was sent are counted.
+      const f = await open(harness);
+      f.socket.write(serialize.query("SELECT g FROM generate_series(1, 2000000) g"));
+      await f.until((m) => m.filter((x) => x.type === "D").length > 20_000, 20_000);
+      const relayed = f.messages.filter((x) => x.type === "D").length;
+      f.socket.destroy();
+      await Promise.all([c.until(() => c.closed), d.until(() => d.closed), e.until(() => e.closed)]);
       for (let i = 0; i < 100 && ((await marked("fin")) !== "1" || (await marked("term")) !== "1"); i++)
         await new Promise((r) => setTimeout(r, 50));
       expect(await marked("fin")).toBe("1");
       expect(await marked("term")).toBe("1");
       await new Promise((r) => setTimeout(r, 200));
-      const texts = harness
+      const queries = harness
         .events()
-        .flatMap((e) => (e.type === "db.query" && e.detail.case === "dbQuery" ? [e.detail.value.text] : []));
-      expect(texts).toContain("INSERT INTO inbox VALUES ('term')");
-      expect(texts.some((t) => t.startsWith("INSERT INTO inbox SELECT 'fin'"))).toBe(true);
+        .flatMap((ev) => (ev.type === "db.query" && ev.detail.case === "dbQuery" ? [{ ev, q: ev.detail.value }] : []));
+      const find = (text: string) => queries.find(({ q }) => q.text.startsWith(text));
+      expect(find("INSERT INTO inbox VALUES ('term')")?.ev.message).toMatch(/^the session ended before/);
+      expect(find("INSERT INTO inbox VALUES ('extended')")?.ev.message).toMatch(/^the session ended before/);
+      expect(find("INSERT INTO inbox SELECT 'fin'")).toBeDefined();
+      const cut = find("SELECT g FROM generate_series");
+      expect(cut?.ev.message).toBe("the session ended before the statement completed");
+      expect(Number(cut?.q.rows)).toBeGreaterThanOrEqual(relayed);
     } finally {
       await harness.close();
     }

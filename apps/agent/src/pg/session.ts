@@ -559,11 +559,20 @@ export class PgSession {
     if (this.closed) return;
     this.closed = true;
     this.holdAbort?.abort();
-    // Statements sent whose results will not be seen are recorded all the same.
-    for (const p of this.pending)
-      if (p.kind === "query")
-        for (let i = p.index; i < p.runs.length; i++)
-          this.recordRun(p.runs[i], "allow", "the session ended before the target answered");
+    // Statements sent whose results will not be seen are recorded all the same: the one running with
+    // the rows relayed so far.
+    this.pending.forEach((p, at) => {
+      const runs = p.kind === "query" ? p.runs.slice(p.index) : p.kind === "execute" ? [p.portal?.run] : [];
+      runs.forEach((run, i) => {
+        if (!run || run.recorded) return;
+        const running = at === 0 && i === 0;
+        if (running) run.rows += this.rowsSeen;
+        const message = running
+          ? "the session ended before the statement completed"
+          : "the session ended before the target answered";
+        this.recordRun(run, "allow", message);
+      });
+    });
     for (const p of this.portals.values()) this.recordRun(p.run, "allow", "");
     // The session's statements are in the spool before its end.
     this.spoolQueued();
@@ -1146,12 +1155,19 @@ export class PgSession {
 
   /**
    * Why an Execute of `portal` is refused now, if it is: its statement is decided again when the
-   * bundle has changed since its Bind (a portal read page by page, or kept open in a transaction,
-   * would otherwise go on returning rows a new rule denies).
+   * bundle has changed since its Bind, or its rules depend on the time (a portal read page by page,
+   * or kept open in a transaction, would otherwise go on returning rows a new rule denies).
    */
   private portalRefusal(portal: Portal): string | undefined {
     const bundle = this.ctx.bundles.current();
-    if (portal.bundle === bundle) return undefined;
+    // Unless the verdict may have changed with the time: rules with time conditions, an expiry.
+    if (
+      portal.bundle === bundle &&
+      bundle !== undefined &&
+      !bundle.policies.timeDependent &&
+      this.now() < bundle.notAfter.getTime()
+    )
+      return undefined;
     for (const info of portal.statement.classification.statements) {
       const decision = this.decide(info);
       if (decision.effect !== "allow") {
@@ -1303,32 +1319,21 @@ export class PgSession {
         tables: [],
       };
     }
-    if (info.execute) {
-      const needed = this.neededActions(info);
-      if (!needed)
-        return {
-          effect: "deny",
-          rule: "",
-          message: `access denied: prepared statement "${info.execute.name}" was not prepared through Moat`,
-          tables: [],
-        };
-      actions = needed;
-    }
-    // Reading a cursor reads what its query reads (a FETCH itself needs nothing): decided again at
-    // each FETCH, so a rule that arrived since its DECLARE applies. A name the agent never saw
-    // declared (a refcursor a function opened) needs what the function call needed.
-    const cursor =
-      info.cursor?.op === "fetch" && info.cursor.name !== null ? this.cursors.get(info.cursor.name) : undefined;
-    if (cursor !== undefined) actions = cursor.actions;
+    const needed = this.neededActions(info);
+    if (!needed)
+      return {
+        effect: "deny",
+        rule: "",
+        message: `access denied: prepared statement "${info.execute?.name ?? ""}" was not prepared through Moat`,
+        tables: [],
+      };
+    actions = needed;
     // A statement shape's verdict depends on its actions (one frozen array per cached shape, one per
-    // cursor), the bundle, the search path and whether it shadows pg_catalog: it is kept per session
-    // and reused while those stay the same, unless the policies have time conditions (or the bundle
-    // expires).
+    // cursor; an EXECUTE's are made anew), the bundle, the search path and whether it shadows
+    // pg_catalog: it is kept per session and reused while those stay the same, unless the policies
+    // have time conditions (or the bundle expires).
     const cacheable =
-      (actions === info.actions || actions === cursor?.actions) &&
-      bundle !== undefined &&
-      !bundle.policies.timeDependent &&
-      now < bundle.notAfter.getTime();
+      !info.execute && bundle !== undefined && !bundle.policies.timeDependent && now < bundle.notAfter.getTime();
     if (cacheable) {
       const c = this.decisions;
       if (c.bundle !== bundle || c.searchPath !== this.searchPath || c.shadowed !== this.userFunctionsFirst)
@@ -1347,14 +1352,21 @@ export class PgSession {
   }
 
   /**
-   * What a statement needs: its own actions, and for EXECUTE what the prepared statement does too
-   * (undefined when the name was not prepared through Moat).
+   * What a statement needs: its own actions; for EXECUTE what the prepared statement does too
+   * (undefined when the name was not prepared through Moat); for FETCH or MOVE what its cursor's
+   * query needed (a FETCH itself needs nothing): decided again at each FETCH, so a rule that arrived
+   * since the DECLARE applies. A name the agent never saw declared (a refcursor a function opened,
+   * which took db:function to call) needs nothing more.
    */
   private neededActions(info: StatementInfo): readonly ActionUse[] | undefined {
-    if (!info.execute) return info.actions;
-    const prepared = this.preparedInfo(info.execute.name);
-    // What the prepared statement does, plus what EXECUTE's own arguments call.
-    return prepared && [...prepared.actions, ...info.actions.filter((a) => a.action !== "db:dynamic")];
+    if (info.execute) {
+      const prepared = this.preparedInfo(info.execute.name);
+      // What the prepared statement does, plus what EXECUTE's own arguments call.
+      return prepared && [...prepared.actions, ...info.actions.filter((a) => a.action !== "db:dynamic")];
+    }
+    if (info.cursor?.op === "fetch" && info.cursor.name !== null)
+      return this.cursors.get(info.cursor.name)?.actions ?? info.actions;
+    return info.actions;
   }
 
   /** decide's verdict for the statement's actions, once the checks on the session's state are passed. */
@@ -1924,8 +1936,11 @@ export class PgSession {
     const failed = () => `failed on the target: ${decodeErrorFields((replace ?? raw).subarray(5)).message}`;
     // A commit that fails (a deferred constraint, a serialization failure, a WITH HOLD cursor's
     // query) undoes the transaction whose statements were recorded as run: the trail says so.
-    if (!run && atCommit && !("replaceError" in head && head.replaceError))
+    if (!run && atCommit && !("replaceError" in head && head.replaceError)) {
+      // After the statements it undid: portals still open (suspended) are recorded first.
+      for (const p of this.portals.values()) this.recordRun(p.run, "allow", "");
       this.recordCommitFailure(head.kind, failed());
+    }
     if (head.kind === "query") {
       if (run) {
         head.runs.length = head.index; // the rest of the message does not run
