@@ -762,24 +762,108 @@ describe("extended protocol through the agent", () => {
     const harness = await startHarness({ pg: server, policies: [readPolicy(["db:write"])] });
     try {
       const c = await open(harness);
-      const ms = await c.exchange(
+      // A second Sync cycle pipelined behind: its own transaction, recorded after the failed commit.
+      const ms = await pipeline(
+        c,
+        2,
         serialize.parse({ name: "", text: "INSERT INTO children VALUES (6), (7) RETURNING pid" }),
         serialize.bind({}),
         serialize.execute({ rows: 1 }),
         serialize.sync(),
+        serialize.parse({ name: "", text: "SELECT id FROM t" }),
+        serialize.bind({ portal: "later" }),
+        serialize.execute({ portal: "later" }),
+        serialize.sync(),
       );
-      expect(types(ms)).toBe("12DsEZ");
+      expect(types(ms)).toBe("12DsEZ12DDDDDDDDDDCZ");
       expect(errors(ms)[0]?.code).toBe("23503");
       c.socket.destroy();
       await new Promise((r) => setTimeout(r, 200));
-      const texts = harness
+      const queries = harness
         .events()
-        .flatMap((e) => (e.type === "db.query" && e.detail.case === "dbQuery" ? [e.detail.value.text] : []));
-      const insert = texts.findIndex((t) => t.startsWith("INSERT INTO children"));
-      expect(insert).toBeGreaterThanOrEqual(0);
-      expect(texts.indexOf("-- commit at Sync (implicit transaction)")).toBeGreaterThan(insert);
+        .flatMap((e) => (e.type === "db.query" && e.detail.case === "dbQuery" ? [e.detail.value] : []));
+      const at = (text: string) => queries.findIndex((q) => q.text.startsWith(text));
+      expect(at("INSERT INTO children")).toBeGreaterThanOrEqual(0);
+      expect(at("-- commit at Sync (implicit transaction)")).toBeGreaterThan(at("INSERT INTO children"));
+      expect(at("SELECT id FROM t")).toBeGreaterThan(at("-- commit at Sync (implicit transaction)"));
+      expect(Number(queries[at("SELECT id FROM t")]?.rows)).toBe(10);
     } finally {
       await harness.close();
+    }
+  });
+
+  it("audits each Execute of a pipeline when answered: rows, an error, the skipped ones (review 22)", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    try {
+      const c = await open(harness);
+      // pgjdbc's batches: Bind and Execute of the unnamed portal again and again, one Sync.
+      const batch = await c.exchange(
+        serialize.parse({ name: "a", text: "SELECT id FROM t" }),
+        serialize.parse({ name: "b", text: "SELECT 1/0" }),
+        serialize.bind({ statement: "a" }),
+        serialize.execute({}),
+        serialize.bind({ statement: "b" }),
+        serialize.execute({}),
+        serialize.bind({ statement: "a" }),
+        serialize.execute({}),
+        serialize.sync(),
+      );
+      // (1/0 fails at its Bind, where PostgreSQL plans it.)
+      expect(types(batch)).toBe("112DDDDDDDDDDCEZ");
+      // An Execute and a Close of its portal in one write.
+      await c.exchange(
+        serialize.bind({ portal: "P", statement: "a" }),
+        serialize.execute({ portal: "P" }),
+        serialize.close({ type: "P", name: "P" }),
+        serialize.sync(),
+      );
+      c.socket.destroy();
+      await new Promise((r) => setTimeout(r, 200));
+      const runs = harness
+        .events()
+        .flatMap((e) =>
+          e.type === "db.query" && e.detail.case === "dbQuery"
+            ? [[e.detail.value.text, Number(e.detail.value.rows), e.message]]
+            : [],
+        );
+      expect(runs).toEqual([
+        ["SELECT id FROM t", 10, ""],
+        ["SELECT 1/0", 0, "failed on the target: division by zero"],
+        ["SELECT id FROM t", 0, "not run: an earlier message of the same Sync failed"],
+        ["SELECT id FROM t", 10, ""],
+      ]);
+    } finally {
+      await harness.close();
+    }
+  });
+
+  it("refuses an Execute of a FETCH portal whose cursor was closed or replaced since its Bind (review 22: masking)", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT 'plain' AS n"));
+      const described = await c.exchange(
+        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+        serialize.bind({ portal: "P", statement: "f" }),
+        serialize.describe({ type: "P", name: "P" }),
+        serialize.sync(),
+      );
+      expect(types(described)).toBe("12TZ");
+      // The cursor closed through the protocol, the name bound to a query of the masked column.
+      const swapped = await c.exchange(
+        serialize.close({ type: "P", name: "c" }),
+        serialize.parse({ name: "e", text: "SELECT email FROM users" }),
+        serialize.bind({ portal: "c", statement: "e" }),
+        serialize.sync(),
+      );
+      expect(types(swapped)).toBe("312Z");
+      const ms = await c.exchange(serialize.execute({ portal: "P" }), serialize.sync());
+      expect(types(ms)).toBe("EZ");
+      expect(errors(ms)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("closed or replaced") });
+      expect(JSON.stringify(ms.map((m) => m.body.toString()))).not.toContain("user1@example.com");
+      c.socket.destroy();
+    } finally {
+      await masked.close();
     }
   });
 

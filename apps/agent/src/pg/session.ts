@@ -199,6 +199,9 @@ function changesSession(info: StatementInfo): boolean {
   );
 }
 
+/** The audit message of a statement the target skipped (an earlier message of its Sync cycle failed). */
+const SKIPPED = "not run: an earlier message of the same Sync failed";
+
 /** Cursors and named portals a session tracks at once; a new one past this is refused. */
 const MAX_CURSORS = 1000;
 
@@ -245,6 +248,12 @@ interface Portal {
   cycle: number;
   /** The bundle its statement was last decided under: an Execute under another decides it again. */
   bundle: ActiveBundle | undefined;
+  /**
+   * Its statement is a FETCH or MOVE: the cursor it reads, as the agent knew it at the Bind (its
+   * definition number). PostgreSQL runs the FETCH at the first Execute, on whatever holds the name
+   * then; another cursor or portal there has other columns than the ones described.
+   */
+  fetches?: { name: string; since: number | undefined };
 }
 
 type Pending =
@@ -263,7 +272,13 @@ type Pending =
       name?: string;
       previous?: PreparedStatement | undefined;
     }
-  | { kind: "bind"; replaceError?: Buffer; portal?: string }
+  | {
+      kind: "bind";
+      replaceError?: Buffer;
+      portal?: string;
+      /** The portal it made, as it was then (a later Bind may reuse the name). */
+      bound?: Portal;
+    }
   | {
       kind: "describe";
       /** The portal described, as it was when the Describe was sent (a later Bind may reuse the name). */
@@ -1143,13 +1158,19 @@ export class PgSession {
     if (portalName !== "" && run) this.noteCursor(portalName, run.info, false, this.neededActions(run.info) ?? []);
     // No column list from the statement's Describe: it may predate a search_path change (another
     // table, same types). Masking asks for the portal's own (Describe P) before its rows.
-    this.portals.set(portalName, {
+    const fetched = infos.length === 1 && infos[0]?.cursor?.op === "fetch" ? infos[0].cursor.name : null;
+    const portal: Portal = {
       statement,
       run,
       cycle: this.cyclesSent,
       bundle: this.ctx.bundles.current(),
-    });
-    this.push({ kind: "bind", portal: portalName });
+      fetches:
+        fetched === null || fetched === undefined
+          ? undefined
+          : { name: fetched, since: this.cursors.get(fetched)?.since },
+    };
+    this.portals.set(portalName, portal);
+    this.push({ kind: "bind", portal: portalName, bound: portal });
     return f.raw;
   }
 
@@ -1159,6 +1180,9 @@ export class PgSession {
    * or kept open in a transaction, would otherwise go on returning rows a new rule denies).
    */
   private portalRefusal(portal: Portal): string | undefined {
+    const source = portal.fetches;
+    if (source !== undefined && this.cursors.get(source.name)?.since !== source.since)
+      return `access denied: cursor "${source.name}" was closed or replaced since this portal was bound; bind it again`;
     const bundle = this.ctx.bundles.current();
     // Unless the verdict may have changed with the time: rules with time conditions, an expiry.
     if (
@@ -1253,8 +1277,19 @@ export class PgSession {
   private dropPortal(name: string): void {
     const p = this.portals.get(name);
     if (!p) return;
-    this.recordRun(p.run, "allow", "");
     this.portals.delete(name);
+    this.settlePortalRun(p, "");
+  }
+
+  /**
+   * Records the run of a portal that is gone (closed, bound again, its transaction over) once no
+   * Execute of it is pending: an Execute sent before a Close or a new Bind of the name is recorded
+   * when answered (its rows, its error), not when the name was reused (review 22).
+   */
+  private settlePortalRun(portal: Portal, message: string): void {
+    if (portal.run === undefined || portal.run.recorded) return;
+    for (const p of this.pending) if (p.kind === "execute" && p.portal === portal) return;
+    this.recordRun(portal.run, "allow", message);
   }
 
   private newRun(info: StatementInfo, text: string, decision: Decision): Run {
@@ -1791,8 +1826,10 @@ export class PgSession {
         // PortalSuspended: the portal stays open for more Executes.
         const head = this.pending[0];
         if (head?.kind === "execute") {
-          if (head.portal?.run) head.portal.run.rows += this.rowsSeen;
+          const portal = head.portal;
+          if (portal?.run) portal.run.rows += this.rowsSeen;
           this.shift();
+          if (portal && this.portals.get(head.portalName) !== portal) this.settlePortalRun(portal, "");
         }
         this.rowsSeen = 0;
         return undefined;
@@ -1937,8 +1974,9 @@ export class PgSession {
     // A commit that fails (a deferred constraint, a serialization failure, a WITH HOLD cursor's
     // query) undoes the transaction whose statements were recorded as run: the trail says so.
     if (!run && atCommit && !("replaceError" in head && head.replaceError)) {
-      // After the statements it undid: portals still open (suspended) are recorded first.
-      for (const p of this.portals.values()) this.recordRun(p.run, "allow", "");
+      // After the statements it undid: portals of this transaction still open (suspended) are
+      // recorded first, not those bound in a later Sync cycle (pipelined behind this one).
+      for (const p of this.portals.values()) if (p.cycle <= this.cyclesDone) this.recordRun(p.run, "allow", "");
       this.recordCommitFailure(head.kind, failed());
     }
     if (head.kind === "query") {
@@ -1956,9 +1994,16 @@ export class PgSession {
           else this.statements.delete(p.name);
         }
         // Nor did Binds (the failed one included): the name may be a cursor's (WITH HOLD) there.
-        if (p.kind === "bind" && p.portal !== undefined) this.dropPortal(p.portal);
+        // Their statements never ran.
+        if (p.kind === "bind" && p.portal !== undefined) {
+          if (p.bound?.run) this.recordRun(p.bound.run, "allow", p === head ? failed() : SKIPPED);
+          if (this.portals.get(p.portal) === p.bound) this.dropPortal(p.portal);
+        }
         if (p.kind === "query") this.cyclesSent--; // skipped: no ReadyForQuery for it
         this.shift();
+        // An Execute skipped of a portal already gone: recorded now (the rows it had, if any).
+        if (p.kind === "execute" && p.portal && this.portals.get(p.portalName) !== p.portal)
+          this.settlePortalRun(p.portal, p.portal.run?.rows ? "" : SKIPPED);
       }
       // No Sync sent yet: the target ignores what comes until the client sends one.
       if (this.pending.length === 0) this.awaitingSync = true;
