@@ -97,6 +97,12 @@ function startMasked(extra: string[] = []): Promise<Harness> {
   return startHarness({ pg: server, policies: [readPolicy(extra, [{ columns: ["email"], style: "full" }])] });
 }
 
+/** A harness's statement events, in order: each event with its query record. */
+const queryEvents = (harness: Harness) =>
+  harness
+    .events()
+    .flatMap((ev) => (ev.type === "db.query" && ev.detail.case === "dbQuery" ? [{ ev, q: ev.detail.value }] : []));
+
 const types = (ms: Msg[]) => ms.map((m) => m.type).join("");
 const errors = (ms: Msg[]) => ms.filter((m) => m.type === "E").map((m) => decodeErrorFields(m.body));
 /** The first value of each DataRow, as text. */
@@ -779,9 +785,7 @@ describe("extended protocol through the agent", () => {
       expect(errors(ms)[0]?.code).toBe("23503");
       c.socket.destroy();
       await new Promise((r) => setTimeout(r, 200));
-      const queries = harness
-        .events()
-        .flatMap((e) => (e.type === "db.query" && e.detail.case === "dbQuery" ? [e.detail.value] : []));
+      const queries = queryEvents(harness).map(({ q }) => q);
       const at = (text: string) => queries.findIndex((q) => q.text.startsWith(text));
       expect(at("INSERT INTO children")).toBeGreaterThanOrEqual(0);
       expect(at("-- commit at Sync (implicit transaction)")).toBeGreaterThan(at("INSERT INTO children"));
@@ -819,13 +823,7 @@ describe("extended protocol through the agent", () => {
       );
       c.socket.destroy();
       await new Promise((r) => setTimeout(r, 200));
-      const runs = harness
-        .events()
-        .flatMap((e) =>
-          e.type === "db.query" && e.detail.case === "dbQuery"
-            ? [[e.detail.value.text, Number(e.detail.value.rows), e.message]]
-            : [],
-        );
+      const runs = queryEvents(harness).map(({ ev, q }) => [q.text, Number(q.rows), ev.message]);
       expect(runs).toEqual([
         ["SELECT id FROM t", 10, ""],
         ["SELECT 1/0", 0, "failed on the target: division by zero"],
@@ -1085,10 +1083,7 @@ describe("long texts, classified on a worker thread", () => {
       expect(await marked("fin")).toBe("1");
       expect(await marked("term")).toBe("1");
       await new Promise((r) => setTimeout(r, 200));
-      const queries = harness
-        .events()
-        .flatMap((ev) => (ev.type === "db.query" && ev.detail.case === "dbQuery" ? [{ ev, q: ev.detail.value }] : []));
-      const find = (text: string) => queries.find(({ q }) => q.text.startsWith(text));
+      const find = (text: string) => queryEvents(harness).find(({ q }) => q.text.startsWith(text));
       expect(find("INSERT INTO inbox VALUES ('term')")?.ev.message).toMatch(/^the session ended before/);
       expect(find("INSERT INTO inbox VALUES ('extended')")?.ev.message).toMatch(/^the session ended before/);
       expect(find("INSERT INTO inbox SELECT 'fin'")).toBeDefined();
