@@ -865,6 +865,151 @@ describe("extended protocol through the agent", () => {
     }
   });
 
+  // PostgreSQL describes a FETCH or EXECUTE portal at its Bind and runs it at its first Execute, on
+  // whatever holds the name then; through a FETCH portal not run yet, on what that one names.
+  const swaps: { name: string; setup: Buffer[]; bind: Buffer[]; swap: Buffer[]; names: string }[] = [
+    {
+      name: "a FETCH portal reading a FETCH portal whose cursor was replaced",
+      setup: [serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT 'plain' AS n")],
+      bind: [
+        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+        serialize.bind({ portal: "q", statement: "f" }),
+        serialize.parse({ name: "g", text: "FETCH ALL FROM q" }),
+        serialize.bind({ portal: "P", statement: "g" }),
+      ],
+      swap: [
+        serialize.close({ type: "P", name: "c" }),
+        serialize.parse({ name: "e", text: "SELECT email FROM users" }),
+        serialize.bind({ portal: "c", statement: "e" }),
+        serialize.sync(),
+      ],
+      names: 'cursor "c"',
+    },
+    {
+      name: "a portal of EXECUTE s after DEALLOCATE s and PREPARE s",
+      setup: [serialize.query("BEGIN; PREPARE s AS SELECT 'plain' AS n")],
+      bind: [serialize.parse({ name: "x", text: "EXECUTE s" }), serialize.bind({ portal: "P", statement: "x" })],
+      swap: [serialize.query("DEALLOCATE s; PREPARE s AS SELECT email FROM users")],
+      names: 'prepared statement "s"',
+    },
+    {
+      name: "a portal of EXECUTE s after a protocol Close and Parse of s",
+      setup: [serialize.query("BEGIN")],
+      bind: [
+        serialize.parse({ name: "s", text: "SELECT 'plain' AS n" }),
+        serialize.parse({ name: "x", text: "EXECUTE s" }),
+        serialize.bind({ portal: "P", statement: "x" }),
+      ],
+      swap: [
+        serialize.close({ type: "S", name: "s" }),
+        serialize.parse({ name: "s", text: "SELECT email FROM users" }),
+        serialize.sync(),
+      ],
+      names: 'prepared statement "s"',
+    },
+  ];
+  for (const { name, setup, bind, swap, names } of swaps)
+    it(`refuses an Execute of ${name} since its Bind, and audits the refusal (review 23: masking)`, async () => {
+      const masked = await startMasked();
+      try {
+        const c = await open(masked);
+        for (const m of setup) await c.exchange(m);
+        const described = await c.exchange(...bind, serialize.describe({ type: "P", name: "P" }), serialize.sync());
+        expect(described.filter((m) => m.type === "E")).toEqual([]);
+        expect(types(described)).toMatch(/TZ$/);
+        await c.exchange(...swap);
+        const ms = await c.exchange(serialize.execute({ portal: "P" }), serialize.sync());
+        expect(types(ms)).toBe("EZ");
+        expect(errors(ms)[0]).toMatchObject({
+          code: "42501",
+          message: `access denied: ${names} was closed or replaced since this portal was bound; bind it again`,
+        });
+        expect(JSON.stringify(ms.map((m) => m.body.toString()))).not.toContain("user1@example.com");
+        c.socket.destroy();
+        await new Promise((r) => setTimeout(r, 200));
+        // The refusal is the portal's record: no allowed run of it follows.
+        const last = queryEvents(masked).filter(({ q }) => /^(FETCH ALL FROM q|EXECUTE s)$/.test(q.text));
+        expect(last.map(({ ev }) => [ev.verdict, ev.message])).toEqual([[2, errors(ms)[0]?.message]]);
+      } finally {
+        await masked.close();
+      }
+    });
+
+  it("runs a chain of FETCH portals and a portal of EXECUTE s when nothing changed, masked", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(
+        serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT email FROM users; PREPARE s AS SELECT email FROM users"),
+      );
+      const ms = await c.exchange(
+        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+        serialize.bind({ portal: "q", statement: "f" }),
+        serialize.parse({ name: "g", text: "FETCH ALL FROM q" }),
+        serialize.bind({ portal: "P", statement: "g" }),
+        serialize.execute({ portal: "P" }),
+        serialize.parse({ name: "x", text: "EXECUTE s" }),
+        serialize.bind({ portal: "X", statement: "x" }),
+        serialize.execute({ portal: "X" }),
+        serialize.sync(),
+      );
+      expect(types(ms)).toBe("1212DC12DCZ");
+      expect(firstValues(ms)).toHaveLength(2);
+      expect(firstValues(ms).join()).not.toContain("user1@example.com");
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("audits a portal whose Execute pipelined past its implicit transaction finds it gone as run (review 23)", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    try {
+      const c = await open(harness);
+      const ms = await pipeline(
+        c,
+        2,
+        serialize.parse({ name: "a", text: "SELECT id FROM t" }),
+        serialize.bind({ portal: "P", statement: "a" }),
+        serialize.execute({ portal: "P", rows: 3 }),
+        serialize.sync(),
+        serialize.execute({ portal: "P", rows: 3 }),
+        serialize.sync(),
+      );
+      expect(types(ms)).toBe("12DDDsZEZ");
+      expect(errors(ms)[0]?.code).toBe("34000");
+      c.socket.destroy();
+      await new Promise((r) => setTimeout(r, 200));
+      expect(queryEvents(harness).map(({ ev, q }) => [q.text, Number(q.rows), ev.message])).toEqual([
+        ["SELECT id FROM t", 3, ""],
+      ]);
+    } finally {
+      await harness.close();
+    }
+  });
+
+  it("answers a pipeline of 20 000 Bind/Execute pairs in order (the queue of awaited answers)", async () => {
+    const c = await open();
+    await c.exchange(serialize.parse({ name: "one", text: "SELECT id FROM t WHERE id = 1" }), serialize.sync());
+    const pair = Buffer.concat([serialize.bind({ statement: "one" }), serialize.execute({})]);
+    const n = 20_000;
+    const start = c.messages.length;
+    c.socket.write(
+      Buffer.concat([serialize.query("SELECT pg_sleep(0.2)"), ...Array<Buffer>(n).fill(pair), serialize.sync()]),
+    );
+    let zs = 0;
+    let seen = start;
+    await c.until((m) => {
+      for (; seen < m.length; seen++) if (m[seen]?.type === "Z") zs++;
+      return zs >= 2;
+    }, 60_000);
+    const ms = c.messages.slice(start);
+    expect(ms.length).toBe(4 + 3 * n + 1);
+    expect(ms.filter((m) => m.type === "D").length).toBe(1 + n);
+    expect(ms.filter((m) => m.type === "E")).toEqual([]);
+    c.socket.destroy();
+  });
+
   it("decides a paged portal's Execute again once a rule's time condition has run out", async () => {
     const expiresAt = new Date(Date.now() + 1500).toISOString();
     const timed = {

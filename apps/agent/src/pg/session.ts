@@ -71,6 +71,7 @@ import type { ActiveBundle, BundleHolder } from "../bundle.js";
 import type { AuditRecorder, QueryRecord, QueryRecorder } from "../audit/recorder.js";
 import type { VerifiedIdentity } from "../tokens.js";
 import type { CatalogCache } from "./catalog.js";
+import { Fifo } from "./fifo.js";
 
 /** A statement the target is sure to refuse (at Parse time too), whose error the agent replaces. */
 export const POISON = "SELECT 'moat: statement denied by policy'::pg_catalog.int4";
@@ -249,12 +250,28 @@ interface Portal {
   /** The bundle its statement was last decided under: an Execute under another decides it again. */
   bundle: ActiveBundle | undefined;
   /**
-   * Its statement is a FETCH or MOVE: the cursor it reads, as the agent knew it at the Bind (its
-   * definition number). PostgreSQL runs the FETCH at the first Execute, on whatever holds the name
-   * then; another cursor or portal there has other columns than the ones described.
+   * What its statement looks up by name when it runs, as the agent knew each at the Bind. PostgreSQL
+   * describes a FETCH or EXECUTE portal at the Bind but runs it at the first Execute, on whatever
+   * holds the name then: another cursor or prepared statement there has other columns than the ones
+   * described (masked by), and so does one a portal not run yet looks up in turn. Cleared once an
+   * Execute of it is sent (the target then keeps the rows it read).
    */
-  fetches?: { name: string; since: number | undefined };
+  lookups?: Lookup[];
+  /** An Execute of it has been sent. */
+  executed: boolean;
+  /** Its Executes sent and not answered yet. */
+  pendingExecutes: number;
 }
+
+/** A cursor or portal (FETCH) or prepared statement (EXECUTE) name, with its definition number. */
+interface Lookup {
+  kind: "cursor" | "statement";
+  name: string;
+  since: number | undefined;
+}
+
+/** Past this many names looked up through portals and prepared statements, a Bind is refused. */
+const MAX_LOOKUPS = 16;
 
 type Pending =
   | ({
@@ -378,7 +395,7 @@ export class PgSession {
   /** Events of this turn not spooled yet (see soon). */
   private unspooled: QueryRecord[] = [];
   private readonly scanner: RelayScanner;
-  private readonly pending: Pending[] = [];
+  private readonly pending = new Fifo<Pending>();
   private readonly statements = new Map<string, PreparedStatement>();
   private readonly portals = new Map<string, Portal>();
   /** SQL-level PREPARE names whose statement may hold a secret: their EXECUTEs' arguments may too. */
@@ -576,7 +593,8 @@ export class PgSession {
     this.holdAbort?.abort();
     // Statements sent whose results will not be seen are recorded all the same: the one running with
     // the rows relayed so far.
-    this.pending.forEach((p, at) => {
+    let at = 0;
+    for (const p of this.pending) {
       const runs = p.kind === "query" ? p.runs.slice(p.index) : p.kind === "execute" ? [p.portal?.run] : [];
       runs.forEach((run, i) => {
         if (!run || run.recorded) return;
@@ -587,7 +605,8 @@ export class PgSession {
           : "the session ended before the target answered";
         this.recordRun(run, "allow", message);
       });
-    });
+      at++;
+    }
     for (const p of this.portals.values()) this.recordRun(p.run, "allow", "");
     // The session's statements are in the spool before its end.
     this.spoolQueued();
@@ -780,6 +799,9 @@ export class PgSession {
           this.unparsed(`-- protocol Execute of portal "${name}"`, message);
           return this.poisonBind("", message);
         }
+        // The target runs a FETCH or EXECUTE now, and keeps its rows for later Executes.
+        portal.lookups = undefined;
+        portal.executed = true;
         if (portal.fields === undefined && this.planner()) {
           // Masking needs the result's columns: ask the target, keep its answer to ourselves.
           this.push({ kind: "describe", portal, injected: true });
@@ -1141,6 +1163,12 @@ export class PgSession {
     }
     // Decided again at each Bind: a policy change or revocation applies to prepared statements too.
     const infos = statement.classification.statements;
+    const lookups = this.lookups(infos, 0);
+    if (lookups && lookups.length > MAX_LOOKUPS) {
+      const message = `access denied: this portal reads through more than ${MAX_LOOKUPS} cursors, portals and prepared statements not run yet; run them first`;
+      this.unparsed(`-- protocol Bind of prepared statement "${statementName}"`, message);
+      return poison(message);
+    }
     let run: Run | undefined;
     for (const info of infos) {
       const decision = this.decide(info);
@@ -1158,16 +1186,14 @@ export class PgSession {
     if (portalName !== "" && run) this.noteCursor(portalName, run.info, false, this.neededActions(run.info) ?? []);
     // No column list from the statement's Describe: it may predate a search_path change (another
     // table, same types). Masking asks for the portal's own (Describe P) before its rows.
-    const fetched = infos.length === 1 && infos[0]?.cursor?.op === "fetch" ? infos[0].cursor.name : null;
     const portal: Portal = {
       statement,
       run,
       cycle: this.cyclesSent,
       bundle: this.ctx.bundles.current(),
-      fetches:
-        fetched === null || fetched === undefined
-          ? undefined
-          : { name: fetched, since: this.cursors.get(fetched)?.since },
+      lookups,
+      executed: false,
+      pendingExecutes: 0,
     };
     this.portals.set(portalName, portal);
     this.push({ kind: "bind", portal: portalName, bound: portal });
@@ -1175,14 +1201,26 @@ export class PgSession {
   }
 
   /**
-   * Why an Execute of `portal` is refused now, if it is: its statement is decided again when the
-   * bundle has changed since its Bind, or its rules depend on the time (a portal read page by page,
-   * or kept open in a transaction, would otherwise go on returning rows a new rule denies).
+   * Why an Execute of `portal` is refused now, if it is: a cursor or prepared statement its
+   * statement looks up was closed or replaced since the Bind (see Portal.lookups); its statement is
+   * decided again when the bundle has changed since its Bind, or its rules depend on the time (a
+   * portal read page by page, or kept open in a transaction, would otherwise go on returning rows a
+   * new rule denies).
    */
   private portalRefusal(portal: Portal): string | undefined {
-    const source = portal.fetches;
-    if (source !== undefined && this.cursors.get(source.name)?.since !== source.since)
-      return `access denied: cursor "${source.name}" was closed or replaced since this portal was bound; bind it again`;
+    const { statements, fingerprint } = portal.statement.classification;
+    const refuse = (info: StatementInfo, decision: Decision) => {
+      this.refused(info, decision, fingerprint);
+      // A statement that never ran: the refusal is its record (not an allowed run of 0 rows).
+      if (portal.run && !portal.executed) portal.run.recorded = true;
+      return decision.message;
+    };
+    const changed = portal.lookups?.find((l) => this.definitionOf(l) !== l.since);
+    if (changed) {
+      const what = changed.kind === "cursor" ? "cursor" : "prepared statement";
+      const message = `access denied: ${what} "${changed.name}" was closed or replaced since this portal was bound; bind it again`;
+      return refuse(statements[0] as StatementInfo, { effect: "deny", rule: "", message, tables: [] });
+    }
     const bundle = this.ctx.bundles.current();
     // Unless the verdict may have changed with the time: rules with time conditions, an expiry.
     if (
@@ -1192,15 +1230,47 @@ export class PgSession {
       this.now() < bundle.notAfter.getTime()
     )
       return undefined;
-    for (const info of portal.statement.classification.statements) {
+    for (const info of statements) {
       const decision = this.decide(info);
-      if (decision.effect !== "allow") {
-        this.refused(info, decision, portal.statement.classification.fingerprint);
-        return decision.message;
-      }
+      if (decision.effect !== "allow") return refuse(info, decision);
     }
     portal.bundle = bundle;
     return undefined;
+  }
+
+  /** The definition number of what a lookup names now (undefined: nothing the agent knows of). */
+  private definitionOf(l: Lookup): number | undefined {
+    return l.kind === "cursor" ? this.cursors.get(l.name)?.since : this.preparedSince.get(l.name);
+  }
+
+  /**
+   * What statements `infos` look up by name when they run (see Portal.lookups): the cursor a FETCH
+   * reads and what that one, a portal not run yet, looks up; the statement an EXECUTE runs and what
+   * its statements look up. Undefined when nothing.
+   */
+  private lookups(infos: readonly StatementInfo[], depth: number): Lookup[] | undefined {
+    let out: Lookup[] | undefined;
+    for (const info of infos) {
+      const fetched = info.cursor?.op === "fetch" ? info.cursor.name : null;
+      if (fetched !== null) {
+        (out ??= []).push({ kind: "cursor", name: fetched, since: this.cursors.get(fetched)?.since });
+        const through = this.portals.get(fetched)?.lookups;
+        if (through) out.push(...through);
+      }
+      const executed = info.execute?.name;
+      if (executed !== undefined) {
+        (out ??= []).push({ kind: "statement", name: executed, since: this.preparedSince.get(executed) });
+        const statements = [
+          ...(this.statements.get(executed)?.classification.statements ?? []),
+          ...(this.sqlPrepared.has(executed) ? [this.sqlPrepared.get(executed) as StatementInfo] : []),
+        ];
+        // The depth bounds the work (a Parse of `EXECUTE s` named s names itself).
+        const inner = depth < MAX_LOOKUPS ? this.lookups(statements, depth + 1) : undefined;
+        if (inner) out.push(...inner);
+      }
+      if (out && out.length > MAX_LOOKUPS) break;
+    }
+    return out;
   }
 
   /** A Bind sure to fail on the target in place of a refused message, whose error becomes `message`. */
@@ -1287,8 +1357,7 @@ export class PgSession {
    * when answered (its rows, its error), not when the name was reused (review 22).
    */
   private settlePortalRun(portal: Portal, message: string): void {
-    if (portal.run === undefined || portal.run.recorded) return;
-    for (const p of this.pending) if (p.kind === "execute" && p.portal === portal) return;
+    if (portal.run === undefined || portal.run.recorded || portal.pendingExecutes > 0) return;
     this.recordRun(portal.run, "allow", message);
   }
 
@@ -1693,6 +1762,7 @@ export class PgSession {
   private push(p: Pending): void {
     if (p.kind === "query" || p.kind === "execute" || p.kind === "sync") p.copyEnds = this.copyEnds;
     this.pending.push(p);
+    if (p.kind === "execute" && p.portal) p.portal.pendingExecutes++;
     if (this.pending.length === 1 && p.kind === "execute" && p.portal) this.startResult(p.portal.fields, p.portal.run);
   }
 
@@ -1700,8 +1770,9 @@ export class PgSession {
   private shift(): void {
     const p = this.pending.shift();
     if (p?.kind === "query" && p.lexical) this.lexicalInFlight--;
+    if (p?.kind === "execute" && p.portal) p.portal.pendingExecutes--;
     this.plan = undefined;
-    const head = this.pending[0];
+    const head = this.pending.first;
     if (head?.kind === "execute" && head.portal) this.startResult(head.portal.fields, head.portal.run);
   }
 
@@ -1748,7 +1819,7 @@ export class PgSession {
       case 0x44: {
         // DataRow. Masking rules that arrived while an Execute runs apply to its next rows (review
         // 17): its plan is made again from the portal's columns (looked up first if need be).
-        const head = this.pending[0];
+        const head = this.pending.first;
         if (this.replanNeeded() && head?.kind === "execute" && head.portal) {
           const fields = head.portal.fields;
           if (fields && this.awaitCatalog(fields)) return HOLD;
@@ -1761,7 +1832,7 @@ export class PgSession {
       }
       case 0x54: {
         // RowDescription
-        const head = this.pending[0];
+        const head = this.pending.first;
         const planner = this.planner();
         if (head?.kind !== "query" && head?.kind !== "describe" && planner) throw lostTrack();
         // Columns matter only for masking: a query's are read only under masking rules; a portal's
@@ -1781,7 +1852,7 @@ export class PgSession {
       }
       case 0x6e: {
         // NoData
-        const head = this.pending[0];
+        const head = this.pending.first;
         if (head?.kind === "describe") {
           this.shift();
           return head.injected ? [] : undefined;
@@ -1801,7 +1872,7 @@ export class PgSession {
         return undefined;
       case 0x33: {
         // CloseComplete
-        const head = this.pending[0];
+        const head = this.pending.first;
         if (head?.kind === "close") {
           if (head.statement !== undefined) this.forgetPrepared(head.statement, head.upTo ?? 0);
           // Closing a portal closes whatever cursor holds the name (a SQL one too).
@@ -1824,7 +1895,7 @@ export class PgSession {
       }
       case 0x73: {
         // PortalSuspended: the portal stays open for more Executes.
-        const head = this.pending[0];
+        const head = this.pending.first;
         if (head?.kind === "execute") {
           const portal = head.portal;
           if (portal?.run) portal.run.rows += this.rowsSeen;
@@ -1845,7 +1916,7 @@ export class PgSession {
         // ReadyForQuery
         this.status = String.fromCharCode(raw[5] as number) as TransactionStatus;
         while (this.pending.length > 0) {
-          const p = this.pending[0] as Pending;
+          const p = this.pending.first as Pending;
           this.shift();
           if (p.kind === "sync" || p.kind === "query") break;
         }
@@ -1886,14 +1957,14 @@ export class PgSession {
    * queued (`copyIn`).
    */
   private onCopyIn(): void {
-    const head = this.pending[0];
+    const head = this.pending.first;
     if (!head || (head.kind !== "query" && head.kind !== "execute")) return;
     const ends = (head.copyEnds ?? 0) + (head.copyStarts ?? 0);
     head.copyStarts = (head.copyStarts ?? 0) + 1;
     for (let i = this.pending.length - 1; i > 0; i--) {
-      const p = this.pending[i] as Pending;
+      const p = this.pending.at(i) as Pending;
       if (p.kind === "sync" && p.copyEnds === ends) {
-        this.pending.splice(i, 1);
+        this.pending.removeAt(i);
         this.cyclesSent--;
       }
     }
@@ -1906,7 +1977,7 @@ export class PgSession {
    * be relayed unmasked, so they end the session instead (see lostTrack).
    */
   private rowsExpected(): boolean {
-    const kind = this.pending[0]?.kind;
+    const kind = this.pending.first?.kind;
     return kind === "query" || kind === "execute" || this.planner() === undefined;
   }
 
@@ -1916,24 +1987,24 @@ export class PgSession {
    * them is preceded by a Describe of its portal). Such rows cannot be masked: the session ends.
    */
   private unmaskable(): boolean {
-    const head = this.pending[0];
+    const head = this.pending.first;
     return head?.kind === "execute" && head.portal?.fields === undefined && this.planner() !== undefined;
   }
 
   /** Whether the masking rules changed since the plan of the Execute answered now was made. */
   private replanNeeded(): boolean {
-    return this.pending[0]?.kind === "execute" && this.planner() !== this.planMasks;
+    return this.pending.first?.kind === "execute" && this.planner() !== this.planMasks;
   }
 
   /** The statement whose answer comes next from the target. */
   private headRun(): Run | undefined {
-    const head = this.pending[0];
+    const head = this.pending.first;
     if (head?.kind === "query") return head.runs[head.index];
     return head?.kind === "execute" ? head.portal?.run : undefined;
   }
 
   private completeStatement(rows: number): void {
-    const head = this.pending[0];
+    const head = this.pending.first;
     this.plan = undefined;
     if (head?.kind === "query") {
       const run = head.runs[head.index++];
@@ -1956,7 +2027,7 @@ export class PgSession {
   }
 
   private onServerError(raw: Buffer): Buffer[] | undefined {
-    const head = this.pending[0];
+    const head = this.pending.first;
     // An error ends the target's COPY mode (it answers Syncs again).
     this.copyIn = false;
     this.plan = undefined;
@@ -1985,10 +2056,13 @@ export class PgSession {
         this.recordRun(run, "allow", failed());
       }
     } else {
-      if (run) this.recordRun(run, "allow", failed());
+      // An Execute of a portal the target has dropped (its transaction ended) after earlier ones
+      // returned its rows: the statement ran; this Execute read nothing.
+      const gone = head.kind === "execute" && run !== undefined && run.rows > 0 && errorCode(raw) === "34000";
+      if (run) this.recordRun(run, "allow", gone ? "" : failed());
       // After an error the target ignores everything up to Sync: Parses it skipped created nothing.
-      while (this.pending.length > 0 && this.pending[0]?.kind !== "sync") {
-        const p = this.pending[0] as Pending;
+      while (this.pending.length > 0 && this.pending.first?.kind !== "sync") {
+        const p = this.pending.first as Pending;
         if (p.kind === "parse" && p.name !== undefined) {
           if (p.previous) this.statements.set(p.name, p.previous);
           else this.statements.delete(p.name);
@@ -2024,6 +2098,11 @@ export class PgSession {
       this.bytesEncoding = reads === "SQL_ASCII";
     }
   }
+}
+
+/** The SQLSTATE of an ErrorResponse message. */
+function errorCode(raw: Buffer): string {
+  return decodeErrorFields(raw.subarray(5)).code;
 }
 
 /**
