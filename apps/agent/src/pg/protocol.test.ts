@@ -3,15 +3,16 @@
  * with a denial in the middle, the skip-until-Sync rule, named statements and portals (pgjdbc-style
  * `S_1`), re-Parse of an existing name, unknown statements, oversized messages, garbage input.
  */
-import { connect, type Socket } from "node:net";
+import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decodeErrorFields, serialize } from "@moat/pg-wire";
+import { serialize } from "@moat/pg-wire";
 import { createClassifier, createClassifierPool, type Classifier } from "@moat/sql";
 import { startPostgres, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
 
 const POLICY_READ = readPolicy() as { spec: Record<string, unknown> };
 import { startHarness, type Harness } from "../test-support/pg.js";
+import { errors, firstValues, openRaw, queryEvents, types, type Msg, Raw } from "../test-support/raw-client.js";
 
 let server: TestPostgres;
 let h: Harness;
@@ -31,82 +32,14 @@ afterAll(async () => {
   await server?.stop();
 });
 
-interface Msg {
-  type: string;
-  body: Buffer;
-}
-
-/** A raw protocol client: collects backend messages, waits for the n-th ReadyForQuery. */
-class Raw {
-  private buf = Buffer.alloc(0);
-  readonly messages: Msg[] = [];
-  private waiters: (() => void)[] = [];
-  closed = false;
-  constructor(readonly socket: Socket) {
-    socket.on("data", (c: Buffer) => {
-      this.buf = Buffer.concat([this.buf, c]);
-      while (this.buf.length >= 5) {
-        const len = this.buf.readInt32BE(1);
-        if (this.buf.length < len + 1) break;
-        this.messages.push({ type: String.fromCharCode(this.buf[0] as number), body: this.buf.subarray(5, len + 1) });
-        this.buf = this.buf.subarray(len + 1);
-      }
-      for (const w of this.waiters.splice(0)) w();
-    });
-    socket.on("close", () => {
-      this.closed = true;
-      for (const w of this.waiters.splice(0)) w();
-    });
-  }
-  async until(pred: (m: Msg[]) => boolean, ms = 5000): Promise<Msg[]> {
-    const deadline = Date.now() + ms;
-    while (!pred(this.messages)) {
-      if (this.closed) return this.messages;
-      if (Date.now() > deadline) throw new Error(`timeout; got ${this.messages.map((m) => m.type).join("")}`);
-      await new Promise<void>((r) => {
-        this.waiters.push(r);
-        setTimeout(r, 100);
-      });
-    }
-    return this.messages;
-  }
-  /** Sends and returns the message types received up to the next ReadyForQuery. */
-  async exchange(...parts: Buffer[]): Promise<Msg[]> {
-    const start = this.messages.length;
-    this.socket.write(Buffer.concat(parts));
-    await this.until((m) => m.slice(start).some((x) => x.type === "Z"));
-    return this.messages.slice(start);
-  }
-}
-
-async function open(harness: Harness = h): Promise<Raw> {
-  const token = await harness.token();
-  const socket = connect(harness.port, "127.0.0.1");
-  const raw = new Raw(socket);
-  await new Promise((r) => socket.once("connect", r));
-  socket.write(serialize.startup({ user: "alice@example.com", database: "app" }));
-  await raw.until((m) => m.some((x) => x.type === "R"));
-  socket.write(serialize.password(token));
-  await raw.until((m) => m.some((x) => x.type === "Z"));
-  raw.messages.length = 0;
-  return raw;
+function open(harness: Harness = h): Promise<Raw> {
+  return openRaw(harness);
 }
 
 /** An agent whose one policy allows reads (and `extra` actions) and masks `email` whole. */
 function startMasked(extra: string[] = []): Promise<Harness> {
   return startHarness({ pg: server, policies: [readPolicy(extra, [{ columns: ["email"], style: "full" }])] });
 }
-
-/** A harness's statement events, in order: each event with its query record. */
-const queryEvents = (harness: Harness) =>
-  harness
-    .events()
-    .flatMap((ev) => (ev.type === "db.query" && ev.detail.case === "dbQuery" ? [{ ev, q: ev.detail.value }] : []));
-
-const types = (ms: Msg[]) => ms.map((m) => m.type).join("");
-const errors = (ms: Msg[]) => ms.filter((m) => m.type === "E").map((m) => decodeErrorFields(m.body));
-/** The first value of each DataRow, as text. */
-const firstValues = (ms: Msg[]) => ms.filter((m) => m.type === "D").map((m) => m.body.subarray(6).toString());
 
 describe("extended protocol through the agent", () => {
   it("runs a pipelined batch, denies the write in the middle and skips to Sync like PostgreSQL", async () => {
@@ -835,133 +768,6 @@ describe("extended protocol through the agent", () => {
     }
   });
 
-  it("refuses an Execute of a FETCH portal whose cursor was closed or replaced since its Bind (review 22: masking)", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
-      await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT 'plain' AS n"));
-      const described = await c.exchange(
-        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
-        serialize.bind({ portal: "P", statement: "f" }),
-        serialize.describe({ type: "P", name: "P" }),
-        serialize.sync(),
-      );
-      expect(types(described)).toBe("12TZ");
-      // The cursor closed through the protocol, the name bound to a query of the masked column.
-      const swapped = await c.exchange(
-        serialize.close({ type: "P", name: "c" }),
-        serialize.parse({ name: "e", text: "SELECT email FROM users" }),
-        serialize.bind({ portal: "c", statement: "e" }),
-        serialize.sync(),
-      );
-      expect(types(swapped)).toBe("312Z");
-      const ms = await c.exchange(serialize.execute({ portal: "P" }), serialize.sync());
-      expect(types(ms)).toBe("EZ");
-      expect(errors(ms)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("closed or replaced") });
-      expect(JSON.stringify(ms.map((m) => m.body.toString()))).not.toContain("user1@example.com");
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
-  });
-
-  // PostgreSQL describes a FETCH or EXECUTE portal at its Bind and runs it at its first Execute, on
-  // whatever holds the name then; through a FETCH portal not run yet, on what that one names.
-  const swaps: { name: string; setup: Buffer[]; bind: Buffer[]; swap: Buffer[]; names: string }[] = [
-    {
-      name: "a FETCH portal reading a FETCH portal whose cursor was replaced",
-      setup: [serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT 'plain' AS n")],
-      bind: [
-        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
-        serialize.bind({ portal: "q", statement: "f" }),
-        serialize.parse({ name: "g", text: "FETCH ALL FROM q" }),
-        serialize.bind({ portal: "P", statement: "g" }),
-      ],
-      swap: [
-        serialize.close({ type: "P", name: "c" }),
-        serialize.parse({ name: "e", text: "SELECT email FROM users" }),
-        serialize.bind({ portal: "c", statement: "e" }),
-        serialize.sync(),
-      ],
-      names: 'cursor "c"',
-    },
-    {
-      name: "a portal of EXECUTE s after DEALLOCATE s and PREPARE s",
-      setup: [serialize.query("BEGIN; PREPARE s AS SELECT 'plain' AS n")],
-      bind: [serialize.parse({ name: "x", text: "EXECUTE s" }), serialize.bind({ portal: "P", statement: "x" })],
-      swap: [serialize.query("DEALLOCATE s; PREPARE s AS SELECT email FROM users")],
-      names: 'prepared statement "s"',
-    },
-    {
-      name: "a portal of EXECUTE s after a protocol Close and Parse of s",
-      setup: [serialize.query("BEGIN")],
-      bind: [
-        serialize.parse({ name: "s", text: "SELECT 'plain' AS n" }),
-        serialize.parse({ name: "x", text: "EXECUTE s" }),
-        serialize.bind({ portal: "P", statement: "x" }),
-      ],
-      swap: [
-        serialize.close({ type: "S", name: "s" }),
-        serialize.parse({ name: "s", text: "SELECT email FROM users" }),
-        serialize.sync(),
-      ],
-      names: 'prepared statement "s"',
-    },
-  ];
-  for (const { name, setup, bind, swap, names } of swaps)
-    it(`refuses an Execute of ${name} since its Bind, and audits the refusal (review 23: masking)`, async () => {
-      const masked = await startMasked();
-      try {
-        const c = await open(masked);
-        for (const m of setup) await c.exchange(m);
-        const described = await c.exchange(...bind, serialize.describe({ type: "P", name: "P" }), serialize.sync());
-        expect(described.filter((m) => m.type === "E")).toEqual([]);
-        expect(types(described)).toMatch(/TZ$/);
-        await c.exchange(...swap);
-        const ms = await c.exchange(serialize.execute({ portal: "P" }), serialize.sync());
-        expect(types(ms)).toBe("EZ");
-        expect(errors(ms)[0]).toMatchObject({
-          code: "42501",
-          message: `access denied: ${names} was closed or replaced since this portal was bound; bind it again`,
-        });
-        expect(JSON.stringify(ms.map((m) => m.body.toString()))).not.toContain("user1@example.com");
-        c.socket.destroy();
-        await new Promise((r) => setTimeout(r, 200));
-        // The refusal is the portal's record: no allowed run of it follows.
-        const last = queryEvents(masked).filter(({ q }) => /^(FETCH ALL FROM q|EXECUTE s)$/.test(q.text));
-        expect(last.map(({ ev }) => [ev.verdict, ev.message])).toEqual([[2, errors(ms)[0]?.message]]);
-      } finally {
-        await masked.close();
-      }
-    });
-
-  it("runs a chain of FETCH portals and a portal of EXECUTE s when nothing changed, masked", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
-      await c.exchange(
-        serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT email FROM users; PREPARE s AS SELECT email FROM users"),
-      );
-      const ms = await c.exchange(
-        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
-        serialize.bind({ portal: "q", statement: "f" }),
-        serialize.parse({ name: "g", text: "FETCH ALL FROM q" }),
-        serialize.bind({ portal: "P", statement: "g" }),
-        serialize.execute({ portal: "P" }),
-        serialize.parse({ name: "x", text: "EXECUTE s" }),
-        serialize.bind({ portal: "X", statement: "x" }),
-        serialize.execute({ portal: "X" }),
-        serialize.sync(),
-      );
-      expect(types(ms)).toBe("1212DC12DCZ");
-      expect(firstValues(ms)).toHaveLength(2);
-      expect(firstValues(ms).join()).not.toContain("user1@example.com");
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
-  });
-
   it("audits a portal whose Execute pipelined past its implicit transaction finds it gone as run (review 23)", async () => {
     const harness = await startHarness({ pg: server, policies: [readPolicy()] });
     try {
@@ -1008,6 +814,29 @@ describe("extended protocol through the agent", () => {
     expect(ms.filter((m) => m.type === "D").length).toBe(1 + n);
     expect(ms.filter((m) => m.type === "E")).toEqual([]);
     c.socket.destroy();
+  });
+
+  it("audits a refused Parse once: the Bind and Execute the target skips after it are skipped by the agent too", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    try {
+      const c = await open(harness);
+      const ms = await c.exchange(
+        serialize.parse({ name: "w", text: "DELETE FROM t" }),
+        serialize.bind({ portal: "P", statement: "w" }),
+        serialize.describe({ type: "P", name: "P" }),
+        serialize.execute({ portal: "P" }),
+        serialize.sync(),
+      );
+      expect(types(ms)).toBe("EZ");
+      expect(errors(ms)[0]?.code).toBe("42501");
+      expect(types(await c.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+      c.socket.destroy();
+      await new Promise((r) => setTimeout(r, 200));
+      const refusals = queryEvents(harness).filter(({ ev }) => ev.verdict !== 1);
+      expect(refusals.map(({ q }) => q.text)).toEqual(["DELETE FROM t"]);
+    } finally {
+      await harness.close();
+    }
   });
 
   it("decides a paged portal's Execute again once a rule's time condition has run out", async () => {

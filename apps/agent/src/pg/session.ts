@@ -249,18 +249,33 @@ interface Portal {
   cycle: number;
   /** The bundle its statement was last decided under: an Execute under another decides it again. */
   bundle: ActiveBundle | undefined;
-  /**
-   * What its statement looks up by name when it runs, as the agent knew each at the Bind. PostgreSQL
-   * describes a FETCH or EXECUTE portal at the Bind but runs it at the first Execute, on whatever
-   * holds the name then: another cursor or prepared statement there has other columns than the ones
-   * described (masked by), and so does one a portal not run yet looks up in turn. Cleared once an
-   * Execute of it is sent (the target then keeps the rows it read).
-   */
-  lookups?: Lookup[];
+  /** Its statement is a FETCH or EXECUTE: see Lazy. */
+  lazy?: Lazy;
   /** An Execute of it has been sent. */
   executed: boolean;
+  /** An Execute of it was refused before any was sent: that refusal is its record (until one runs). */
+  refused: boolean;
   /** Its Executes sent and not answered yet. */
   pendingExecutes: number;
+}
+
+/**
+ * A protocol portal whose statement is a FETCH or EXECUTE. PostgreSQL describes it at its Bind and
+ * at each Describe by looking up the cursor or prepared statement by name then (and through a
+ * portal of this kind, what that one names), but runs it at its first Execute (or SQL FETCH/MOVE of
+ * it), on whatever holds the names at that time, and keeps the rows. So the columns the agent masks
+ * by match the rows only while nothing has changed what the names hold since the Bind: no name it
+ * looks up closed or defined again (`lookups`), and no statement run that could have done so out of
+ * the agent's sight (a function opening and closing cursors, a search_path change re-planning the
+ * prepared statement): `since` is the session's run count (Session.runs) at the Bind. A stale one is
+ * refused to run or be described (PostgreSQL 15 crashes describing a FETCH of a cursor closed
+ * since), and so is a FETCH of it.
+ */
+interface Lazy {
+  lookups: Lookup[];
+  since: number;
+  /** An Execute of it has been answered: the target keeps its rows; later Executes page through them. */
+  ran: boolean;
 }
 
 /** A cursor or portal (FETCH) or prepared statement (EXECUTE) name, with its definition number. */
@@ -272,6 +287,9 @@ interface Lookup {
 
 /** Past this many names looked up through portals and prepared statements, a Bind is refused. */
 const MAX_LOOKUPS = 16;
+
+const STALE_PORTAL =
+  "was bound before a cursor or prepared statement it reads may have changed (closed, defined again, or a statement run since); bind it again";
 
 type Pending =
   | ({
@@ -429,8 +447,15 @@ export class PgSession {
        * declared twice). A FETCH is decided as that, so a rule that arrived since applies to it.
        */
       actions: readonly ActionUse[];
+      /** A protocol portal of a FETCH or EXECUTE (kept when the agent forgets the portal itself). */
+      lazy?: Lazy | undefined;
     }
   >();
+  /**
+   * Query, Bind (but of a FETCH or EXECUTE) and Execute messages sent: each may run statements and
+   * functions that change what a name holds without the agent seeing it (see Lazy).
+   */
+  private runs = 0;
   /**
    * Names of prepared statements (SQL PREPARE and protocol Parse share one namespace on the target)
    * and cursors are forgotten only when a DEALLOCATE, Close or CLOSE that was sent after their last
@@ -607,7 +632,7 @@ export class PgSession {
       });
       at++;
     }
-    for (const p of this.portals.values()) this.recordRun(p.run, "allow", "");
+    for (const p of this.portals.values()) this.recordPortalRun(p, "");
     // The session's statements are in the spool before its end.
     this.spoolQueued();
     this.client.destroySoon?.();
@@ -789,7 +814,7 @@ export class PgSession {
         const badName = this.nameRefusal(name);
         if (badName) return this.poisonBind("", badName);
         const portal = this.portals.get(name);
-        const refusal = portal && this.portalRefusal(portal);
+        const refusal = portal && this.portalRefusal(portal, name);
         if (refusal) return this.poisonBind("", refusal);
         if (!portal) {
           // Not bound through the protocol: a SQL cursor (DECLARE), whose rows the agent reads only
@@ -799,8 +824,7 @@ export class PgSession {
           this.unparsed(`-- protocol Execute of portal "${name}"`, message);
           return this.poisonBind("", message);
         }
-        // The target runs a FETCH or EXECUTE now, and keeps its rows for later Executes.
-        portal.lookups = undefined;
+        this.countRun(portal.lazy);
         portal.executed = true;
         if (portal.fields === undefined && this.planner()) {
           // Masking needs the result's columns: ask the target, keep its answer to ourselves.
@@ -818,6 +842,12 @@ export class PgSession {
         if (badName) return this.poisonBind("", badName);
         // A statement's columns are not kept: its portals are described for masking (onServerMessage).
         const portal = d.target === "P" ? this.portals.get(d.name) : undefined;
+        const lazy = d.target === "P" ? (portal?.lazy ?? this.cursors.get(d.name)?.lazy) : undefined;
+        if (lazy && this.stale(lazy)) {
+          const message = `access denied: portal "${d.name}" ${STALE_PORTAL}`;
+          this.unparsed(`-- protocol Describe of portal "${d.name}"`, message);
+          return this.poisonBind("", message);
+        }
         this.push({ kind: "describe", portal, injected: false });
         return f.raw;
       }
@@ -939,11 +969,13 @@ export class PgSession {
     const runs: Run[] = [];
     let denied: { decision: Decision; info: StatementInfo } | undefined;
     const lexicalRefusal = this.lexicalChangeRefusal(c.statements, false);
+    let first = true;
     for (const info of c.statements) {
       const decision: Decision =
         lexicalRefusal && info.lexicalChange
           ? { effect: "deny", rule: "", message: lexicalRefusal, tables: [] }
-          : this.decide(info);
+          : (this.staleFetch(info, first) ?? this.decide(info));
+      first = false;
       if (decision.effect !== "allow") {
         denied ??= { decision, info };
         continue;
@@ -968,6 +1000,7 @@ export class PgSession {
     const lexical = c.statements.some((info) => this.changesLexically(info));
     c.statements.forEach((info, i) => this.afterAllowed(info, runs[i]));
     if (lexical) this.lexicalInFlight++;
+    this.countRun(undefined);
     this.push({ kind: "query", runs, index: 0, lexical });
     return raw;
   }
@@ -1082,7 +1115,13 @@ export class PgSession {
    * share one namespace on the target). Kept with whatever the name held before: a DECLARE of a name
    * already taken fails on the target, which keeps the first.
    */
-  private noteCursor(name: string, info: StatementInfo, hold: boolean, actions: readonly ActionUse[]): void {
+  private noteCursor(
+    name: string,
+    info: StatementInfo,
+    hold: boolean,
+    actions: readonly ActionUse[],
+    lazy?: Lazy,
+  ): void {
     const previous = this.cursors.get(name);
     // Past the cap new names are refused before they are sent (cursorRefusal).
     this.cursors.set(name, {
@@ -1094,6 +1133,7 @@ export class PgSession {
       heldAt: hold ? this.cyclesSent + (this.inQuery ? 0 : 1) : (previous?.heldAt ?? 0),
       cycle: this.cyclesSent,
       actions: previous ? [...previous.actions, ...actions] : actions,
+      lazy: lazy ?? previous?.lazy,
     });
   }
 
@@ -1103,6 +1143,7 @@ export class PgSession {
     this.statements.delete(parse.name);
     const poison = (message: string, code = "42501") => {
       this.push({ kind: "parse", replaceError: this.denialError(message, code) });
+      this.skipToSync();
       return serialize.parse({ name: parse.name, text: POISON });
     };
     const badName = this.nameRefusal(parse.name);
@@ -1129,7 +1170,7 @@ export class PgSession {
       const decision: Decision =
         lexicalRefusal && info.lexicalChange
           ? { effect: "deny", rule: "", message: lexicalRefusal, tables: [] }
-          : this.decide(info);
+          : (this.staleFetch(info, true) ?? this.decide(info));
       if (decision.effect !== "allow") {
         this.refused(info, decision, c.fingerprint);
         return poison(decision.message);
@@ -1163,15 +1204,15 @@ export class PgSession {
     }
     // Decided again at each Bind: a policy change or revocation applies to prepared statements too.
     const infos = statement.classification.statements;
-    const lookups = this.lookups(infos, 0);
-    if (lookups && lookups.length > MAX_LOOKUPS) {
-      const message = `access denied: this portal reads through more than ${MAX_LOOKUPS} cursors, portals and prepared statements not run yet; run them first`;
+    const lazy = this.lazyOf(infos);
+    if (lazy && lazy.lookups.length > MAX_LOOKUPS) {
+      const message = `access denied: this portal reads through more than ${MAX_LOOKUPS} cursors, portals and prepared statements; run them first`;
       this.unparsed(`-- protocol Bind of prepared statement "${statementName}"`, message);
       return poison(message);
     }
     let run: Run | undefined;
     for (const info of infos) {
-      const decision = this.decide(info);
+      const decision = this.staleFetch(info, true) ?? this.decide(info);
       if (decision.effect !== "allow") {
         this.refused(info, decision, statement.classification.fingerprint);
         return poison(decision.message);
@@ -1183,7 +1224,11 @@ export class PgSession {
     const params = bind.parameters.length > 0 ? renderParameters(bind) : "";
     if (run && params) run.params = params;
     for (const info of infos) this.afterAllowed(info, run);
-    if (portalName !== "" && run) this.noteCursor(portalName, run.info, false, this.neededActions(run.info) ?? []);
+    if (portalName !== "" && run)
+      this.noteCursor(portalName, run.info, false, this.neededActions(run.info) ?? [], lazy);
+    // Binding a FETCH or EXECUTE only describes it; any other may run functions (planning a query
+    // evaluates immutable ones).
+    if (!lazy) this.countRun(undefined);
     // No column list from the statement's Describe: it may predate a search_path change (another
     // table, same types). Masking asks for the portal's own (Describe P) before its rows.
     const portal: Portal = {
@@ -1191,8 +1236,9 @@ export class PgSession {
       run,
       cycle: this.cyclesSent,
       bundle: this.ctx.bundles.current(),
-      lookups,
+      lazy,
       executed: false,
+      refused: false,
       pendingExecutes: 0,
     };
     this.portals.set(portalName, portal);
@@ -1201,24 +1247,23 @@ export class PgSession {
   }
 
   /**
-   * Why an Execute of `portal` is refused now, if it is: a cursor or prepared statement its
-   * statement looks up was closed or replaced since the Bind (see Portal.lookups); its statement is
+   * Why an Execute of `portal` is refused now, if it is: a portal of a FETCH or EXECUTE that is
+   * stale (see Lazy) before it has run, or whose columns must be asked for; its statement is
    * decided again when the bundle has changed since its Bind, or its rules depend on the time (a
    * portal read page by page, or kept open in a transaction, would otherwise go on returning rows a
    * new rule denies).
    */
-  private portalRefusal(portal: Portal): string | undefined {
+  private portalRefusal(portal: Portal, name: string): string | undefined {
     const { statements, fingerprint } = portal.statement.classification;
     const refuse = (info: StatementInfo, decision: Decision) => {
       this.refused(info, decision, fingerprint);
       // A statement that never ran: the refusal is its record (not an allowed run of 0 rows).
-      if (portal.run && !portal.executed) portal.run.recorded = true;
+      if (!portal.executed) portal.refused = true;
       return decision.message;
     };
-    const changed = portal.lookups?.find((l) => this.definitionOf(l) !== l.since);
-    if (changed) {
-      const what = changed.kind === "cursor" ? "cursor" : "prepared statement";
-      const message = `access denied: ${what} "${changed.name}" was closed or replaced since this portal was bound; bind it again`;
+    const lazy = portal.lazy;
+    if (lazy && (!lazy.ran || (portal.fields === undefined && this.planner())) && this.stale(lazy)) {
+      const message = `access denied: portal "${name}" ${STALE_PORTAL}`;
       return refuse(statements[0] as StatementInfo, { effect: "deny", rule: "", message, tables: [] });
     }
     const bundle = this.ctx.bundles.current();
@@ -1238,45 +1283,91 @@ export class PgSession {
     return undefined;
   }
 
-  /** The definition number of what a lookup names now (undefined: nothing the agent knows of). */
-  private definitionOf(l: Lookup): number | undefined {
-    return l.kind === "cursor" ? this.cursors.get(l.name)?.since : this.preparedSince.get(l.name);
+  /**
+   * Counts a message that may run statements (see Lazy); the Execute of a portal of a FETCH or
+   * EXECUTE (`own`) leaves that one as current as it was (its later Executes read the rows it keeps).
+   */
+  private countRun(own: Lazy | undefined): void {
+    const current = own !== undefined && !this.stale(own);
+    this.runs++;
+    if (current) own.since = this.runs;
+  }
+
+  /** Whether what a portal of a FETCH or EXECUTE reads may have changed since its Bind (see Lazy). */
+  private stale(lazy: Lazy): boolean {
+    if (lazy.since !== this.runs) return true;
+    for (const l of lazy.lookups)
+      if ((l.kind === "cursor" ? this.cursors.get(l.name)?.since : this.preparedSince.get(l.name)) !== l.since)
+        return true;
+    return false;
   }
 
   /**
-   * What statements `infos` look up by name when they run (see Portal.lookups): the cursor a FETCH
-   * reads and what that one, a portal not run yet, looks up; the statement an EXECUTE runs and what
-   * its statements look up. Undefined when nothing.
+   * A FETCH or MOVE of a stale portal of a FETCH or EXECUTE (see Lazy) is refused: PostgreSQL would
+   * describe it by what its names hold now, and may crash doing so when one is gone. So is one after
+   * another statement of the same message (`first` false), which may change what they hold.
    */
-  private lookups(infos: readonly StatementInfo[], depth: number): Lookup[] | undefined {
-    let out: Lookup[] | undefined;
+  private staleFetch(info: StatementInfo, first: boolean): Decision | undefined {
+    const name = info.cursor?.op === "fetch" ? info.cursor.name : null;
+    const lazy = name === null ? undefined : this.cursors.get(name)?.lazy;
+    if (!lazy || (first && !this.stale(lazy))) return undefined;
+    return { effect: "deny", rule: "", message: `access denied: portal "${name}" ${STALE_PORTAL}`, tables: [] };
+  }
+
+  /**
+   * The portal of `infos` reads a cursor or prepared statement it names at its first Execute (a
+   * FETCH or EXECUTE): what it looks up, as the agent knows each now (see Lazy). Undefined otherwise.
+   */
+  private lazyOf(infos: readonly StatementInfo[]): Lazy | undefined {
+    const info = infos.length === 1 ? infos[0] : undefined;
+    if (!info || ((info.cursor?.op !== "fetch" || info.cursor.name === null) && !info.execute)) return undefined;
+    const lazy: Lazy = { lookups: [], since: this.runs, ran: false };
+    this.addLookups(lazy.lookups, infos, 0);
+    return lazy;
+  }
+
+  /**
+   * Adds what `infos` look up by name when they run: the cursor a FETCH reads and what that one, a
+   * portal of a FETCH or EXECUTE, looks up; the statement an EXECUTE runs and what its statements
+   * look up. Stops past MAX_LOOKUPS.
+   */
+  private addLookups(out: Lookup[], infos: readonly StatementInfo[], depth: number): void {
     for (const info of infos) {
       const fetched = info.cursor?.op === "fetch" ? info.cursor.name : null;
       if (fetched !== null) {
-        (out ??= []).push({ kind: "cursor", name: fetched, since: this.cursors.get(fetched)?.since });
-        const through = this.portals.get(fetched)?.lookups;
-        if (through) out.push(...through);
+        const record = this.cursors.get(fetched);
+        out.push({ kind: "cursor", name: fetched, since: record?.since });
+        if (record?.lazy) out.push(...record.lazy.lookups);
       }
       const executed = info.execute?.name;
       if (executed !== undefined) {
-        (out ??= []).push({ kind: "statement", name: executed, since: this.preparedSince.get(executed) });
+        out.push({ kind: "statement", name: executed, since: this.preparedSince.get(executed) });
         const statements = [
           ...(this.statements.get(executed)?.classification.statements ?? []),
           ...(this.sqlPrepared.has(executed) ? [this.sqlPrepared.get(executed) as StatementInfo] : []),
         ];
         // The depth bounds the work (a Parse of `EXECUTE s` named s names itself).
-        const inner = depth < MAX_LOOKUPS ? this.lookups(statements, depth + 1) : undefined;
-        if (inner) out.push(...inner);
+        if (depth < MAX_LOOKUPS) this.addLookups(out, statements, depth + 1);
       }
-      if (out && out.length > MAX_LOOKUPS) break;
+      if (out.length > MAX_LOOKUPS) return;
     }
-    return out;
   }
 
   /** A Bind sure to fail on the target in place of a refused message, whose error becomes `message`. */
   private poisonBind(portal: string, message: string): Buffer {
     this.push({ kind: "bind", replaceError: this.denialError(message) });
+    this.skipToSync();
     return serialize.bind({ portal, statement: POISON_STATEMENT, values: [] });
+  }
+
+  /**
+   * The message just sent in place of a refused one fails on the target, which then ignores every
+   * message up to the next Sync: so does the agent from now on (a Bind or Execute of a statement
+   * it refused would otherwise be refused and audited again, and a Bind would drop a portal the
+   * target keeps).
+   */
+  private skipToSync(): void {
+    this.awaitingSync = true;
   }
 
   /**
@@ -1357,8 +1448,12 @@ export class PgSession {
    * when answered (its rows, its error), not when the name was reused (review 22).
    */
   private settlePortalRun(portal: Portal, message: string): void {
-    if (portal.run === undefined || portal.run.recorded || portal.pendingExecutes > 0) return;
-    this.recordRun(portal.run, "allow", message);
+    if (portal.pendingExecutes === 0) this.recordPortalRun(portal, message);
+  }
+
+  /** Records a portal's run as allowed, unless its Execute was refused before any was sent. */
+  private recordPortalRun(portal: Portal, message: string): void {
+    if (!portal.refused || portal.executed) this.recordRun(portal.run, "allow", message);
   }
 
   private newRun(info: StatementInfo, text: string, decision: Decision): Run {
@@ -1899,6 +1994,7 @@ export class PgSession {
         if (head?.kind === "execute") {
           const portal = head.portal;
           if (portal?.run) portal.run.rows += this.rowsSeen;
+          if (portal?.lazy) portal.lazy.ran = true;
           this.shift();
           if (portal && this.portals.get(head.portalName) !== portal) this.settlePortalRun(portal, "");
         }
@@ -2017,6 +2113,7 @@ export class PgSession {
     }
     if (head?.kind === "execute") {
       this.shift();
+      if (head.portal?.lazy) head.portal.lazy.ran = true;
       const run = head.portal?.run;
       if (run) {
         run.rows += rows;
@@ -2047,7 +2144,7 @@ export class PgSession {
     if (!run && atCommit && !("replaceError" in head && head.replaceError)) {
       // After the statements it undid: portals of this transaction still open (suspended) are
       // recorded first, not those bound in a later Sync cycle (pipelined behind this one).
-      for (const p of this.portals.values()) if (p.cycle <= this.cyclesDone) this.recordRun(p.run, "allow", "");
+      for (const p of this.portals.values()) if (p.cycle <= this.cyclesDone) this.recordPortalRun(p, "");
       this.recordCommitFailure(head.kind, failed());
     }
     if (head.kind === "query") {
@@ -2058,7 +2155,14 @@ export class PgSession {
     } else {
       // An Execute of a portal the target has dropped (its transaction ended) after earlier ones
       // returned its rows: the statement ran; this Execute read nothing.
-      const gone = head.kind === "execute" && run !== undefined && run.rows > 0 && errorCode(raw) === "34000";
+      // (Its portal was bound in an earlier Sync cycle than this one: not the statement's own 34000.)
+      const gone =
+        head.kind === "execute" &&
+        run !== undefined &&
+        run.rows > 0 &&
+        head.portal !== undefined &&
+        head.portal.cycle < this.cyclesDone &&
+        errorCode(raw) === "34000";
       if (run) this.recordRun(run, "allow", gone ? "" : failed());
       // After an error the target ignores everything up to Sync: Parses it skipped created nothing.
       while (this.pending.length > 0 && this.pending.first?.kind !== "sync") {

@@ -1,0 +1,464 @@
+/**
+ * Portals whose statement is a FETCH or EXECUTE, through the agent to a real PostgreSQL. The server
+ * describes such a portal by looking the cursor or prepared statement up by name when asked, but
+ * runs it at its first Execute (or SQL FETCH of it) on whatever holds the name then, and keeps the
+ * rows: each test changes what a name holds between those moments (reviews 22-24 found each one
+ * returning a masked column in clear, or crashing the server), and checks that the agent refuses
+ * rather than mask by the wrong columns. Its own server: a regression that lets a crash through
+ * takes only this file's tests down.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { serialize } from "@moat/pg-wire";
+import { startPostgres, type TestPostgres } from "@moat/testkit";
+import { readPolicy } from "../test-support/bundles.js";
+import { startHarness, type Harness } from "../test-support/pg.js";
+import { errors, firstValues, openRaw as open, queryEvents, types, type Msg } from "../test-support/raw-client.js";
+
+const STALE =
+  "was bound before a cursor or prepared statement it reads may have changed (closed, defined again, or a statement run since); bind it again";
+
+let server: TestPostgres;
+
+beforeAll(async () => {
+  server = await startPostgres();
+  await server.createDatabase("app");
+  await server.sql(
+    [
+      "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10)",
+      "CREATE TABLE inbox (v text); INSERT INTO inbox VALUES ('hello')",
+      "CREATE TABLE users (email text); INSERT INTO users VALUES ('user1@example.com'), ('user2@example.com'), ('user3@example.com')",
+      "CREATE SCHEMA hr; GRANT USAGE ON SCHEMA hr TO PUBLIC",
+      "CREATE TABLE hr.people (name text); INSERT INTO hr.people VALUES ('Secret Person')",
+      "CREATE TABLE public.people (name text); INSERT INTO public.people VALUES ('public person')",
+      "CREATE FUNCTION open_inbox(r refcursor) RETURNS refcursor LANGUAGE plpgsql AS $$ BEGIN OPEN r FOR SELECT v AS n FROM inbox; RETURN r; END $$",
+      "CREATE FUNCTION open_users(r refcursor) RETURNS refcursor LANGUAGE plpgsql AS $$ BEGIN OPEN r FOR SELECT email AS n FROM users; RETURN r; END $$",
+      "CREATE FUNCTION boom(i int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN IF i > 3 THEN RAISE EXCEPTION 'the fourth row failed' USING ERRCODE = '34000'; END IF; RETURN i; END $$",
+    ].join("; "),
+    "app",
+  );
+}, 120_000);
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+/** An agent whose one policy allows reads (and `extra` actions) and masks `email` whole. */
+function startMasked(extra: string[] = []): Promise<Harness> {
+  return startHarness({ pg: server, policies: [readPolicy(extra, [{ columns: ["email"], style: "full" }])] });
+}
+
+const leaked = (ms: Msg[]) => ms.some((m) => m.body.toString().includes("@example.com"));
+const stale = (ms: Msg[], portal = "P") => {
+  expect(errors(ms)[0]).toMatchObject({ code: "42501", message: `access denied: portal "${portal}" ${STALE}` });
+  expect(leaked(ms)).toBe(false);
+};
+
+describe("portals of FETCH and EXECUTE", () => {
+  it("refuses an Execute of a FETCH portal whose cursor was closed or replaced since its Bind (review 22)", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT 'plain' AS n"));
+      const described = await c.exchange(
+        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+        serialize.bind({ portal: "P", statement: "f" }),
+        serialize.describe({ type: "P", name: "P" }),
+        serialize.sync(),
+      );
+      expect(types(described)).toBe("12TZ");
+      // The cursor closed through the protocol, the name bound to a query of the masked column.
+      const swapped = await c.exchange(
+        serialize.close({ type: "P", name: "c" }),
+        serialize.parse({ name: "e", text: "SELECT email FROM users" }),
+        serialize.bind({ portal: "c", statement: "e" }),
+        serialize.sync(),
+      );
+      expect(types(swapped)).toBe("312Z");
+      const ms = await c.exchange(serialize.execute({ portal: "P" }), serialize.sync());
+      expect(types(ms)).toBe("EZ");
+      expect(errors(ms)[0]).toMatchObject({ code: "42501", message: `access denied: portal "P" ${STALE}` });
+      expect(JSON.stringify(ms.map((m) => m.body.toString()))).not.toContain("user1@example.com");
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  // PostgreSQL describes a FETCH or EXECUTE portal at its Bind and runs it at its first Execute, on
+  // whatever holds the name then; through a FETCH portal not run yet, on what that one names.
+  const swaps: { name: string; setup: Buffer[]; bind: Buffer[]; swap: Buffer[] }[] = [
+    {
+      name: "a FETCH portal reading a FETCH portal whose cursor was replaced",
+      setup: [serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT 'plain' AS n")],
+      bind: [
+        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+        serialize.bind({ portal: "q", statement: "f" }),
+        serialize.parse({ name: "g", text: "FETCH ALL FROM q" }),
+        serialize.bind({ portal: "P", statement: "g" }),
+      ],
+      swap: [
+        serialize.close({ type: "P", name: "c" }),
+        serialize.parse({ name: "e", text: "SELECT email FROM users" }),
+        serialize.bind({ portal: "c", statement: "e" }),
+        serialize.sync(),
+      ],
+    },
+    {
+      name: "a portal of EXECUTE s after DEALLOCATE s and PREPARE s",
+      setup: [serialize.query("BEGIN; PREPARE s AS SELECT 'plain' AS n")],
+      bind: [serialize.parse({ name: "x", text: "EXECUTE s" }), serialize.bind({ portal: "P", statement: "x" })],
+      swap: [serialize.query("DEALLOCATE s; PREPARE s AS SELECT email FROM users")],
+    },
+    {
+      name: "a portal of EXECUTE s after a protocol Close and Parse of s",
+      setup: [serialize.query("BEGIN")],
+      bind: [
+        serialize.parse({ name: "s", text: "SELECT 'plain' AS n" }),
+        serialize.parse({ name: "x", text: "EXECUTE s" }),
+        serialize.bind({ portal: "P", statement: "x" }),
+      ],
+      swap: [
+        serialize.close({ type: "S", name: "s" }),
+        serialize.parse({ name: "s", text: "SELECT email FROM users" }),
+        serialize.sync(),
+      ],
+    },
+  ];
+  for (const { name, setup, bind, swap } of swaps)
+    it(`refuses an Execute of ${name} since its Bind, and audits the refusal (review 23)`, async () => {
+      const masked = await startMasked();
+      try {
+        const c = await open(masked);
+        for (const m of setup) await c.exchange(m);
+        const described = await c.exchange(...bind, serialize.describe({ type: "P", name: "P" }), serialize.sync());
+        expect(described.filter((m) => m.type === "E")).toEqual([]);
+        expect(types(described)).toMatch(/TZ$/);
+        await c.exchange(...swap);
+        const ms = await c.exchange(serialize.execute({ portal: "P" }), serialize.sync());
+        expect(types(ms)).toBe("EZ");
+        expect(errors(ms)[0]).toMatchObject({
+          code: "42501",
+          message: `access denied: portal "P" ${STALE}`,
+        });
+        expect(JSON.stringify(ms.map((m) => m.body.toString()))).not.toContain("user1@example.com");
+        c.socket.destroy();
+        await new Promise((r) => setTimeout(r, 200));
+        // The refusal is the portal's record: no allowed run of it follows.
+        const last = queryEvents(masked).filter(({ q }) => /^(FETCH ALL FROM q|EXECUTE s)$/.test(q.text));
+        expect(last.map(({ ev }) => [ev.verdict, ev.message])).toEqual([[2, errors(ms)[0]?.message]]);
+      } finally {
+        await masked.close();
+      }
+    });
+
+  it("runs a chain of FETCH portals and a portal of EXECUTE s when nothing changed, masked", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(
+        serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT email FROM users; PREPARE s AS SELECT email FROM users"),
+      );
+      const ms = await c.exchange(
+        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+        serialize.bind({ portal: "q", statement: "f" }),
+        serialize.parse({ name: "g", text: "FETCH ALL FROM q" }),
+        serialize.bind({ portal: "P", statement: "g" }),
+        serialize.execute({ portal: "P" }),
+        serialize.parse({ name: "x", text: "EXECUTE s" }),
+        serialize.bind({ portal: "X", statement: "x" }),
+        serialize.execute({ portal: "X" }),
+        serialize.sync(),
+      );
+      expect(types(ms)).toBe("1212DDDC12DDDCZ");
+      expect(firstValues(ms)).toHaveLength(6);
+      expect(firstValues(ms).join()).not.toContain("user1@example.com");
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("refuses a Describe after a swap, once the portal ran: its columns would be the new name's, its rows the old (review 24)", async () => {
+    for (const [setup, bind, swap] of [
+      [
+        "BEGIN; DECLARE c CURSOR FOR SELECT email AS n FROM users",
+        "FETCH ALL FROM c",
+        "CLOSE c; DECLARE c CURSOR FOR SELECT v AS n FROM inbox",
+      ],
+      [
+        "BEGIN; PREPARE s AS SELECT email AS n FROM users",
+        "EXECUTE s",
+        "DEALLOCATE s; PREPARE s AS SELECT v AS n FROM inbox",
+      ],
+    ] as const) {
+      const masked = await startMasked();
+      try {
+        const c = await open(masked);
+        await c.exchange(serialize.query(setup));
+        const first = await c.exchange(
+          serialize.parse({ name: "f", text: bind }),
+          serialize.bind({ portal: "P", statement: "f" }),
+          serialize.describe({ type: "P", name: "P" }),
+          serialize.execute({ portal: "P", rows: 1 }),
+          serialize.sync(),
+        );
+        expect(types(first)).toBe("12TDsZ");
+        expect(leaked(first)).toBe(false);
+        await c.exchange(serialize.query(swap));
+        stale(
+          await c.exchange(
+            serialize.describe({ type: "P", name: "P" }),
+            serialize.execute({ portal: "P" }),
+            serialize.sync(),
+          ),
+        );
+        c.socket.destroy();
+      } finally {
+        await masked.close();
+      }
+    }
+  });
+
+  it("pages a portal that ran while other statements run between its Executes, masked", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT email AS n FROM users"));
+      const pages: Msg[] = [];
+      pages.push(
+        ...(await c.exchange(
+          serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+          serialize.bind({ portal: "P", statement: "f" }),
+          serialize.execute({ portal: "P", rows: 1 }),
+          serialize.sync(),
+        )),
+      );
+      for (let i = 0; i < 2; i++) {
+        expect(types(await c.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+        pages.push(...(await c.exchange(serialize.execute({ portal: "P", rows: 1 }), serialize.sync())));
+      }
+      expect(firstValues(pages)).toHaveLength(3);
+      expect(leaked(pages)).toBe(false);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("refuses a SQL FETCH of a portal that ran before its cursor or statement was swapped (review 24)", async () => {
+    for (const [setup, bind, swap] of [
+      [
+        "BEGIN; PREPARE s AS SELECT email AS n FROM users",
+        "EXECUTE s",
+        "DEALLOCATE s; PREPARE s AS SELECT v AS n FROM inbox",
+      ],
+      [
+        "BEGIN; DECLARE c CURSOR FOR SELECT email AS n FROM users",
+        "FETCH ALL FROM c",
+        "CLOSE c; DECLARE c CURSOR FOR SELECT v AS n FROM inbox",
+      ],
+    ] as const) {
+      const masked = await startMasked();
+      try {
+        const c = await open(masked);
+        await c.exchange(serialize.query(setup));
+        await c.exchange(
+          serialize.parse({ name: "f", text: bind }),
+          serialize.bind({ portal: "P", statement: "f" }),
+          serialize.sync(),
+        );
+        expect(types(await c.exchange(serialize.query('MOVE FORWARD 0 IN "P"')))).toBe("CZ");
+        await c.exchange(serialize.query(swap));
+        stale(await c.exchange(serialize.query('FETCH ALL FROM "P"')));
+        c.socket.destroy();
+      } finally {
+        await masked.close();
+      }
+    }
+  });
+
+  it("refuses the Execute of a portal whose first Execute the target skipped, after a swap (review 24)", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT v AS n FROM inbox"));
+      await c.exchange(
+        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+        serialize.bind({ portal: "P", statement: "f" }),
+        serialize.describe({ type: "P", name: "P" }),
+        serialize.sync(),
+      );
+      await c.exchange(serialize.query("SAVEPOINT s1"));
+      const skipped = await c.exchange(
+        serialize.parse({ name: "z", text: "SELECT 1/0" }),
+        serialize.bind({ portal: "Z", statement: "z" }),
+        serialize.execute({ portal: "Z" }),
+        serialize.execute({ portal: "P" }),
+        serialize.sync(),
+      );
+      expect(errors(skipped)[0]?.code).toBe("22012");
+      await c.exchange(serialize.query("ROLLBACK TO SAVEPOINT s1"));
+      await c.exchange(
+        serialize.close({ type: "P", name: "c" }),
+        serialize.parse({ name: "e", text: "SELECT email AS n FROM users" }),
+        serialize.bind({ portal: "c", statement: "e" }),
+        serialize.sync(),
+      );
+      stale(await c.exchange(serialize.execute({ portal: "P" }), serialize.sync()));
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("refuses a portal of EXECUTE bound before a search_path change: the server plans it again (review 24)", async () => {
+    const policy = readPolicy() as { spec: { rules: object[] } };
+    policy.spec.rules.push({
+      name: "no-hr",
+      effect: "deny",
+      actions: ["db:*"],
+      tables: ["hr.*"],
+      message: "hr is off limits",
+    });
+    const harness = await startHarness({ pg: server, policies: [policy] });
+    try {
+      const c = await open(harness);
+      await c.exchange(serialize.query("BEGIN; PREPARE s AS SELECT name FROM people"));
+      await c.exchange(
+        serialize.parse({ name: "x", text: "EXECUTE s" }),
+        serialize.bind({ portal: "P", statement: "x" }),
+        serialize.sync(),
+      );
+      await c.exchange(serialize.query("SET search_path = hr, public"));
+      const ms = await c.exchange(serialize.execute({ portal: "P" }), serialize.sync());
+      stale(ms);
+      expect(JSON.stringify(ms.map((m) => m.body.toString()))).not.toContain("Secret Person");
+      c.socket.destroy();
+    } finally {
+      await harness.close();
+    }
+  });
+
+  it("refuses to describe or FETCH a portal whose cursor was closed: PostgreSQL 15 crashes doing it (review 24)", async () => {
+    const masked = await startMasked();
+    const bystander = await open(masked);
+    try {
+      for (const probe of [
+        [serialize.describe({ type: "P", name: "P" }), serialize.sync()],
+        [serialize.query('FETCH ALL FROM "P"')],
+        [serialize.parse({ name: "g", text: 'FETCH ALL FROM "P"' }), serialize.sync()],
+      ]) {
+        const c = await open(masked);
+        await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT 'plain' AS n"));
+        await c.exchange(
+          serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+          serialize.bind({ portal: "P", statement: "f" }),
+          serialize.sync(),
+        );
+        await c.exchange(serialize.query("CLOSE c"));
+        stale(await c.exchange(...probe));
+        expect(types(await c.exchange(serialize.query("ROLLBACK")))).toBe("CZ");
+        c.socket.destroy();
+      }
+      // The server is still up: another session's query runs.
+      expect(types(await bystander.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+    } finally {
+      bystander.socket.destroy();
+      await masked.close();
+    }
+  });
+
+  it("runs a FETCH of a cursor a function opened (pgjdbc's refcursor), and refuses it once another function ran (review 24)", async () => {
+    const masked = await startMasked(["db:function"]);
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("BEGIN; SELECT open_users('r')"));
+      const read = await c.exchange(
+        serialize.parse({ name: "", text: 'FETCH ALL IN "r"' }),
+        serialize.bind({}),
+        serialize.describe({ type: "P", name: "" }),
+        serialize.execute({}),
+        serialize.sync(),
+      );
+      expect(types(read)).toBe("12TDDDCZ");
+      expect(leaked(read)).toBe(false);
+      // A portal on a cursor the agent never saw declared, the cursor swapped by functions.
+      await c.exchange(serialize.query("SELECT open_inbox('c')"));
+      await c.exchange(
+        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+        serialize.bind({ portal: "P", statement: "f" }),
+        serialize.describe({ type: "P", name: "P" }),
+        serialize.close({ type: "P", name: "c" }),
+        serialize.sync(),
+      );
+      await c.exchange(serialize.query("SELECT open_users('c')"));
+      stale(await c.exchange(serialize.execute({ portal: "P" }), serialize.sync()));
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+});
+
+describe("audit of portals", () => {
+  const summary = (harness: Harness, text: string) =>
+    queryEvents(harness)
+      .filter(({ q }) => q.text === text)
+      .map(({ ev, q }) => [ev.verdict, Number(q.rows), ev.message]);
+
+  it("records a portal refused once and run after the policy allows it again (review 24)", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    try {
+      const c = await open(harness);
+      const text = "SELECT id FROM t WHERE id < 4";
+      await c.exchange(serialize.query("BEGIN"));
+      await c.exchange(
+        serialize.parse({ name: "a", text }),
+        serialize.bind({ portal: "P", statement: "a" }),
+        serialize.describe({ type: "P", name: "P" }),
+        serialize.sync(),
+      );
+      await c.exchange(serialize.query("SAVEPOINT a"));
+      const policy = readPolicy() as { spec: { rules: object[] } };
+      policy.spec.rules.push({ name: "no-t", effect: "deny", actions: ["db:*"], tables: ["public.t"] });
+      harness.setPolicies([policy]);
+      expect(errors(await c.exchange(serialize.execute({ portal: "P" }), serialize.sync()))[0]?.code).toBe("42501");
+      await c.exchange(serialize.query("ROLLBACK TO SAVEPOINT a"));
+      harness.setPolicies([readPolicy()]);
+      expect(firstValues(await c.exchange(serialize.execute({ portal: "P" }), serialize.sync()))).toEqual([
+        "1",
+        "2",
+        "3",
+      ]);
+      await c.exchange(serialize.query("COMMIT"));
+      c.socket.destroy();
+      await new Promise((r) => setTimeout(r, 300));
+      expect(summary(harness, text).map(([verdict, rows]) => [verdict, rows])).toEqual([
+        [2, 0],
+        [1, 3],
+      ]);
+    } finally {
+      await harness.close();
+    }
+  });
+
+  it("records a statement's own 34000 error after rows as its failure (review 24)", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy(["db:function"])] });
+    try {
+      const c = await open(harness);
+      const text = "SELECT boom(id) FROM t";
+      await c.exchange(
+        serialize.parse({ name: "a", text }),
+        serialize.bind({ portal: "P", statement: "a" }),
+        serialize.execute({ portal: "P", rows: 3 }),
+        serialize.execute({ portal: "P", rows: 3 }),
+        serialize.sync(),
+      );
+      c.socket.destroy();
+      await new Promise((r) => setTimeout(r, 300));
+      expect(summary(harness, text)).toEqual([[1, 3, "failed on the target: the fourth row failed"]]);
+    } finally {
+      await harness.close();
+    }
+  });
+});
