@@ -18,6 +18,9 @@ const STALE =
   "was bound before a cursor or prepared statement it reads may have changed (closed, defined again, or a statement run since); bind it again";
 
 let server: TestPostgres;
+/** Domains whose CHECK swaps cursor c (closes it, reopens it on users' emails) or closes it. */
+let swapperOid = 0;
+let closerOid = 0;
 
 beforeAll(async () => {
   server = await startPostgres();
@@ -33,9 +36,15 @@ beforeAll(async () => {
       "CREATE FUNCTION open_inbox(r refcursor) RETURNS refcursor LANGUAGE plpgsql AS $$ BEGIN OPEN r FOR SELECT v AS n FROM inbox; RETURN r; END $$",
       "CREATE FUNCTION open_users(r refcursor) RETURNS refcursor LANGUAGE plpgsql AS $$ BEGIN OPEN r FOR SELECT email AS n FROM users; RETURN r; END $$",
       "CREATE FUNCTION boom(i int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN IF i > 3 THEN RAISE EXCEPTION 'the fourth row failed' USING ERRCODE = '34000'; END IF; RETURN i; END $$",
+      "CREATE FUNCTION swap_c() RETURNS bool LANGUAGE plpgsql AS $$ DECLARE r refcursor := 'c'; BEGIN CLOSE r; OPEN r FOR SELECT email AS n FROM users; RETURN true; END $$",
+      "CREATE DOMAIN swapper AS int CHECK (swap_c())",
+      "CREATE FUNCTION close_c() RETURNS bool LANGUAGE plpgsql AS $$ DECLARE r refcursor := 'c'; BEGIN CLOSE r; RETURN true; END $$",
+      "CREATE DOMAIN closer AS int CHECK (close_c())",
     ].join("; "),
     "app",
   );
+  swapperOid = Number((await server.sql("SELECT 'swapper'::regtype::oid", "app")).trim());
+  closerOid = Number((await server.sql("SELECT 'closer'::regtype::oid", "app")).trim());
 }, 120_000);
 
 afterAll(async () => {
@@ -92,8 +101,8 @@ describe("portals of FETCH and EXECUTE", () => {
       setup: [serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT 'plain' AS n")],
       bind: [
         serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
-        serialize.bind({ portal: "q", statement: "f" }),
         serialize.parse({ name: "g", text: "FETCH ALL FROM q" }),
+        serialize.bind({ portal: "q", statement: "f" }),
         serialize.bind({ portal: "P", statement: "g" }),
       ],
       swap: [
@@ -160,8 +169,8 @@ describe("portals of FETCH and EXECUTE", () => {
       );
       const ms = await c.exchange(
         serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
-        serialize.bind({ portal: "q", statement: "f" }),
         serialize.parse({ name: "g", text: "FETCH ALL FROM q" }),
+        serialize.bind({ portal: "q", statement: "f" }),
         serialize.bind({ portal: "P", statement: "g" }),
         serialize.execute({ portal: "P" }),
         serialize.parse({ name: "x", text: "EXECUTE s" }),
@@ -169,7 +178,7 @@ describe("portals of FETCH and EXECUTE", () => {
         serialize.execute({ portal: "X" }),
         serialize.sync(),
       );
-      expect(types(ms)).toBe("1212DDDC12DDDCZ");
+      expect(types(ms)).toBe("1122DDDC12DDDCZ");
       expect(firstValues(ms)).toHaveLength(6);
       expect(firstValues(ms).join()).not.toContain("user1@example.com");
       c.socket.destroy();
@@ -400,6 +409,117 @@ describe("portals of FETCH and EXECUTE", () => {
   });
 });
 
+describe("what PostgreSQL looks up when describing (review 25: crashes and a swap the agent did not see)", () => {
+  it("refuses a Describe of a prepared FETCH once anything ran since its Parse, and allows it right after", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    const bystander = await open(harness);
+    try {
+      const c = await open(harness);
+      await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT 1 AS n"));
+      const fresh = await c.exchange(
+        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+        serialize.describe({ type: "S", name: "f" }),
+        serialize.sync(),
+      );
+      expect(types(fresh)).toBe("1tTZ");
+      // The statement outlives the transaction; its cursor does not.
+      await c.exchange(serialize.query("COMMIT"));
+      const ms = await c.exchange(serialize.describe({ type: "S", name: "f" }), serialize.sync());
+      expect(errors(ms)[0]).toMatchObject({ code: "42501", message: expect.stringContaining("right after its Parse") });
+      c.socket.destroy();
+      expect(types(await bystander.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+    } finally {
+      bystander.socket.destroy();
+      await harness.close();
+    }
+  });
+
+  it("refuses a portal on a function's cursor once a protocol Close of that cursor was sent, the agent's own Describe too", async () => {
+    const masked = await startMasked(["db:function"]);
+    const bystander = await open(masked);
+    try {
+      for (const probe of [
+        [serialize.describe({ type: "P", name: "" }), serialize.sync()],
+        [serialize.execute({}), serialize.sync()],
+      ]) {
+        const c = await open(masked);
+        await c.exchange(serialize.query("BEGIN; SELECT open_inbox('r')"));
+        await c.exchange(
+          serialize.parse({ name: "", text: 'FETCH ALL IN "r"' }),
+          serialize.bind({}),
+          serialize.close({ type: "P", name: "r" }),
+          serialize.sync(),
+        );
+        stale(await c.exchange(...probe), "");
+        c.socket.destroy();
+      }
+      expect(types(await bystander.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+    } finally {
+      bystander.socket.destroy();
+      await masked.close();
+    }
+  });
+
+  it("counts a Bind as a run: its parameters' domain CHECK can swap or close the cursor another portal reads", async () => {
+    for (const [domain, probe] of [
+      [() => swapperOid, serialize.execute({ portal: "P" })],
+      [() => closerOid, serialize.describe({ type: "P", name: "P" })],
+    ] as const) {
+      const masked = await startMasked();
+      try {
+        const c = await open(masked);
+        await c.exchange(
+          serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT v AS n FROM inbox; DECLARE d CURSOR FOR SELECT 1"),
+        );
+        await c.exchange(
+          serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+          serialize.bind({ portal: "P", statement: "f" }),
+          serialize.describe({ type: "P", name: "P" }),
+          serialize.sync(),
+        );
+        const ms = await c.exchange(
+          serialize.parse({ name: "g", text: "FETCH ALL FROM d", types: [domain()] }),
+          serialize.bind({ portal: "Q", statement: "g", values: ["1"] }),
+          probe,
+          serialize.sync(),
+        );
+        expect(types(ms)).toBe("12EZ");
+        stale(ms);
+        c.socket.destroy();
+      } finally {
+        await masked.close();
+      }
+    }
+  });
+
+  it("lets a portal name closed and bound again to a SELECT be described and read", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT v AS n FROM inbox"));
+      await c.exchange(
+        serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+        serialize.bind({ portal: "P", statement: "f" }),
+        serialize.sync(),
+      );
+      const ms = await c.exchange(
+        serialize.close({ type: "P", name: "P" }),
+        serialize.parse({ name: "s", text: "SELECT email FROM users" }),
+        serialize.bind({ portal: "P", statement: "s" }),
+        serialize.describe({ type: "P", name: "P" }),
+        serialize.execute({ portal: "P" }),
+        serialize.sync(),
+      );
+      expect(types(ms)).toBe("312TDDDCZ");
+      expect(leaked(ms)).toBe(false);
+      expect(types(await c.exchange(serialize.query('FETCH ALL FROM "P"')))).toBe("TCZ");
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+});
+
 describe("audit of portals", () => {
   const summary = (harness: Harness, text: string) =>
     queryEvents(harness)
@@ -442,7 +562,7 @@ describe("audit of portals", () => {
     }
   });
 
-  it("records a statement's own 34000 error after rows as its failure (review 24)", async () => {
+  it("records a statement's own 34000 error after rows as its failure, in its Sync cycle or a later one (reviews 24, 25)", async () => {
     const harness = await startHarness({ pg: server, policies: [readPolicy(["db:function"])] });
     try {
       const c = await open(harness);
@@ -454,9 +574,19 @@ describe("audit of portals", () => {
         serialize.execute({ portal: "P", rows: 3 }),
         serialize.sync(),
       );
+      await c.exchange(serialize.query("BEGIN"));
+      await c.exchange(
+        serialize.bind({ portal: "Q", statement: "a" }),
+        serialize.execute({ portal: "Q", rows: 3 }),
+        serialize.sync(),
+      );
+      await c.exchange(serialize.execute({ portal: "Q", rows: 3 }), serialize.sync());
       c.socket.destroy();
       await new Promise((r) => setTimeout(r, 300));
-      expect(summary(harness, text)).toEqual([[1, 3, "failed on the target: the fourth row failed"]]);
+      expect(summary(harness, text)).toEqual([
+        [1, 3, "failed on the target: the fourth row failed"],
+        [1, 3, "failed on the target: the fourth row failed"],
+      ]);
     } finally {
       await harness.close();
     }

@@ -238,6 +238,12 @@ interface PreparedStatement {
   text: string;
   /** Why a Bind of it is refused (see boundStatement). */
   refusal?: string;
+  /**
+   * It is a FETCH: the session's run count right after its Parse. PostgreSQL describes it (Describe
+   * S) by looking its cursor up, and PostgreSQL 15 crashes when the cursor it had then is gone: a
+   * Describe of it is sent only while nothing has run since (see Lazy).
+   */
+  fetchParsedAt?: number;
 }
 
 interface Portal {
@@ -265,11 +271,12 @@ interface Portal {
  * portal of this kind, what that one names), but runs it at its first Execute (or SQL FETCH/MOVE of
  * it), on whatever holds the names at that time, and keeps the rows. So the columns the agent masks
  * by match the rows only while nothing has changed what the names hold since the Bind: no name it
- * looks up closed or defined again (`lookups`), and no statement run that could have done so out of
- * the agent's sight (a function opening and closing cursors, a search_path change re-planning the
- * prepared statement): `since` is the session's run count (Session.runs) at the Bind. A stale one is
- * refused to run or be described (PostgreSQL 15 crashes describing a FETCH of a cursor closed
- * since), and so is a FETCH of it.
+ * looks up closed or defined again (`lookups`), and nothing sent that could have done so out of the
+ * agent's sight (a function opening and closing cursors, a search_path change re-planning the
+ * prepared statement, a Close of a cursor it never saw declared): `since` is the session's run
+ * count (`runs`) right after the Bind. A stale one is refused to run or be described (PostgreSQL 15
+ * crashes describing a FETCH of a cursor closed since), and so is a FETCH of it (and the Bind of a
+ * portal reading it).
  */
 interface Lazy {
   lookups: Lookup[];
@@ -313,6 +320,8 @@ type Pending =
       portal?: string;
       /** The portal it made, as it was then (a later Bind may reuse the name). */
       bound?: Portal;
+      /** The portal of a FETCH or EXECUTE the name was noted as when this Bind was sent (see onBind). */
+      replaces?: Lazy | undefined;
     }
   | {
       kind: "describe";
@@ -452,8 +461,9 @@ export class PgSession {
     }
   >();
   /**
-   * Query, Bind (but of a FETCH or EXECUTE) and Execute messages sent: each may run statements and
-   * functions that change what a name holds without the agent seeing it (see Lazy).
+   * Query, Parse, Bind, Execute and Close messages sent: each may run statements and functions
+   * (a domain's CHECK on a literal or a parameter, an immutable function at planning) or close a
+   * cursor the agent never saw declared, changing what a name holds out of its sight (see Lazy).
    */
   private runs = 0;
   /**
@@ -842,10 +852,13 @@ export class PgSession {
         if (badName) return this.poisonBind("", badName);
         // A statement's columns are not kept: its portals are described for masking (onServerMessage).
         const portal = d.target === "P" ? this.portals.get(d.name) : undefined;
-        const lazy = d.target === "P" ? (portal?.lazy ?? this.cursors.get(d.name)?.lazy) : undefined;
-        if (lazy && this.stale(lazy)) {
-          const message = `access denied: portal "${d.name}" ${STALE_PORTAL}`;
-          this.unparsed(`-- protocol Describe of portal "${d.name}"`, message);
+        const lazy = d.target !== "P" ? undefined : portal ? portal.lazy : this.cursors.get(d.name)?.lazy;
+        const parsedAt = d.target === "S" ? this.statements.get(d.name)?.fetchParsedAt : undefined;
+        if ((lazy && this.stale(lazy)) || (parsedAt !== undefined && parsedAt !== this.runs)) {
+          const message = lazy
+            ? `access denied: portal "${d.name}" ${STALE_PORTAL}`
+            : `access denied: a prepared FETCH is described through Moat only right after its Parse; describe its portal instead`;
+          this.unparsed(`-- protocol Describe of ${lazy ? "portal" : "statement"} "${d.name}"`, message);
           return this.poisonBind("", message);
         }
         this.push({ kind: "describe", portal, injected: false });
@@ -856,6 +869,8 @@ export class PgSession {
         const c = decodeTarget(f.body);
         const badName = this.nameRefusal(c.name);
         if (badName) return this.poisonBind("", badName);
+        // It may close a cursor the agent never saw declared (a function's), which a portal reads.
+        this.countRun(undefined);
         // A statement is forgotten once the target has closed it (it skips a Close after an error);
         // a portal at once (an Execute of an unknown portal is refused, never masked wrongly).
         if (c.target === "P") this.dropPortal(c.name);
@@ -1178,7 +1193,11 @@ export class PgSession {
     }
     // Known at once, so that a Bind pipelined right behind this Parse finds it; undone if the target
     // refuses the Parse (a named statement that already exists keeps its old text there).
-    this.statements.set(parse.name, { classification: c, text: parse.query });
+    // Parsing may run functions (a literal cast to a domain evaluates its CHECK).
+    this.countRun(undefined);
+    const prepared: PreparedStatement = { classification: c, text: parse.query };
+    if (c.statements.length === 1 && c.statements[0]?.cursor?.op === "fetch") prepared.fetchParsedAt = this.runs;
+    this.statements.set(parse.name, prepared);
     if (parse.name !== "") this.preparedSince.set(parse.name, ++this.definitions);
     this.push({ kind: "parse", name: parse.name, previous });
     return f.raw;
@@ -1224,11 +1243,13 @@ export class PgSession {
     const params = bind.parameters.length > 0 ? renderParameters(bind) : "";
     if (run && params) run.params = params;
     for (const info of infos) this.afterAllowed(info, run);
+    const replaces = this.cursors.get(portalName)?.lazy;
     if (portalName !== "" && run)
       this.noteCursor(portalName, run.info, false, this.neededActions(run.info) ?? [], lazy);
-    // Binding a FETCH or EXECUTE only describes it; any other may run functions (planning a query
-    // evaluates immutable ones).
-    if (!lazy) this.countRun(undefined);
+    // Binding may run functions (its parameters' domain checks, planning evaluating immutable
+    // ones), before PostgreSQL describes the portal.
+    this.countRun(undefined);
+    if (lazy) lazy.since = this.runs;
     // No column list from the statement's Describe: it may predate a search_path change (another
     // table, same types). Masking asks for the portal's own (Describe P) before its rows.
     const portal: Portal = {
@@ -1242,7 +1263,7 @@ export class PgSession {
       pendingExecutes: 0,
     };
     this.portals.set(portalName, portal);
-    this.push({ kind: "bind", portal: portalName, bound: portal });
+    this.push({ kind: "bind", portal: portalName, bound: portal, replaces });
     return f.raw;
   }
 
@@ -1977,9 +1998,18 @@ export class PgSession {
         return undefined;
       }
       case 0x31: // ParseComplete
-      case 0x32: // BindComplete
         this.shift();
         return undefined;
+      case 0x32: {
+        // BindComplete: the portal of a FETCH or EXECUTE the name held before is gone on the target.
+        const head = this.pending.first;
+        if (head?.kind === "bind" && head.portal !== undefined && head.replaces && !head.bound?.lazy) {
+          const record = this.cursors.get(head.portal);
+          if (record?.lazy === head.replaces) record.lazy = undefined;
+        }
+        this.shift();
+        return undefined;
+      }
       case 0x43: // CommandComplete
       case 0x49: {
         // EmptyQueryResponse
@@ -2162,7 +2192,7 @@ export class PgSession {
         run.rows > 0 &&
         head.portal !== undefined &&
         head.portal.cycle < this.cyclesDone &&
-        errorCode(raw) === "34000";
+        portalGone(raw, head.portalName);
       if (run) this.recordRun(run, "allow", gone ? "" : failed());
       // After an error the target ignores everything up to Sync: Parses it skipped created nothing.
       while (this.pending.length > 0 && this.pending.first?.kind !== "sync") {
@@ -2204,9 +2234,10 @@ export class PgSession {
   }
 }
 
-/** The SQLSTATE of an ErrorResponse message. */
-function errorCode(raw: Buffer): string {
-  return decodeErrorFields(raw.subarray(5)).code;
+/** An ErrorResponse is the server's for an Execute of a portal it does not have. */
+function portalGone(raw: Buffer, portal: string): boolean {
+  const e = decodeErrorFields(raw.subarray(5));
+  return e.code === "34000" && e.message === `portal "${portal}" does not exist`;
 }
 
 /**
