@@ -235,7 +235,9 @@ function memoryOf(pid) {
   try {
     const status = readFileSync(`/proc/${pid}/status`, "utf8");
     const field = (name) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
-    return { rss: field("VmRSS"), hwm: field("VmHWM") };
+    // RssFile: pages of files mapped (the node binary's code, V8's snapshot, ICU data), shared with
+    // every other node process; RssAnon: the heap, WebAssembly memory, buffers.
+    return { rss: field("VmRSS"), hwm: field("VmHWM"), anon: field("RssAnon"), file: field("RssFile") };
   } catch {
     return { rss: NaN, hwm: NaN };
   }
@@ -1419,7 +1421,7 @@ try {
   if (moat) {
     out();
     out(
-      `agent RSS: idle ${mib(agentMemory.idle?.rss)}, after the pgbench runs ${mib(agentMemory.afterMain?.rss)}, ` +
+      `agent RSS: idle ${mib(agentMemory.idle?.rss)} (anonymous ${mib(agentMemory.idle?.anon)}, files ${mib(agentMemory.idle?.file)}), after the pgbench runs ${mib(agentMemory.afterMain?.rss)}, ` +
         (agentMemory.sessions
           ? `with ${agentMemory.sessions.open} idle sessions open ${mib(agentMemory.sessions.rss)}, `
           : "") +
