@@ -434,6 +434,29 @@ describe("what PostgreSQL looks up when describing (review 25: crashes and a swa
     }
   });
 
+  it("refuses a Describe of a prepared FETCH of a function's cursor after the Sync that ended its implicit transaction", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy(["db:function"])] });
+    const bystander = await open(harness);
+    try {
+      const c = await open(harness);
+      const ms = await c.exchange(
+        serialize.parse({ name: "o", text: "SELECT open_inbox('r')" }),
+        serialize.bind({ statement: "o" }),
+        serialize.execute({}),
+        serialize.parse({ name: "f", text: 'FETCH ALL IN "r"' }),
+        serialize.sync(),
+      );
+      expect(types(ms)).toBe("12DC1Z");
+      const described = await c.exchange(serialize.describe({ type: "S", name: "f" }), serialize.sync());
+      expect(errors(described)[0]?.code).toBe("42501");
+      c.socket.destroy();
+      expect(types(await bystander.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+    } finally {
+      bystander.socket.destroy();
+      await harness.close();
+    }
+  });
+
   it("refuses a portal on a function's cursor once a protocol Close of that cursor was sent, the agent's own Describe too", async () => {
     const masked = await startMasked(["db:function"]);
     const bystander = await open(masked);

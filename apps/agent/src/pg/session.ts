@@ -461,9 +461,10 @@ export class PgSession {
     }
   >();
   /**
-   * Query, Parse, Bind, Execute and Close messages sent: each may run statements and functions
-   * (a domain's CHECK on a literal or a parameter, an immutable function at planning) or close a
-   * cursor the agent never saw declared, changing what a name holds out of its sight (see Lazy).
+   * Query, Parse, Bind, Execute and Close messages sent, and Syncs outside a transaction block:
+   * each may run statements and functions (a domain's CHECK on a literal or a parameter, an
+   * immutable function at planning) or close a cursor the agent never saw declared (a Close, the
+   * end of an implicit transaction), changing what a name holds out of its sight (see Lazy).
    */
   private runs = 0;
   /**
@@ -887,6 +888,9 @@ export class PgSession {
         // reads it: then it answers it, which the agent could not tell in advance (review 13: every
         // later answer went to the wrong statement). Not sent: what the target would ignore anyway.
         if (this.copyIn) return undefined;
+        // Outside a transaction block it commits the implicit one, closing the cursors a function
+        // opened in it (see Lazy).
+        if (this.status === "I") this.countRun(undefined);
         this.push({ kind: "sync" });
         return f.raw;
       case 0x63: // CopyDone
