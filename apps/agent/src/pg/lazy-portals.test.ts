@@ -543,6 +543,119 @@ describe("what PostgreSQL looks up when describing (review 25: crashes and a swa
   });
 });
 
+describe("ends of transactions and refusals, as runs (review 26)", () => {
+  /** Sends each write, waiting for a ReadyForQuery after each; then checks the server is still up. */
+  async function crashProbe(harness: Harness, ...writes: Buffer[][]): Promise<Msg[]> {
+    const bystander = await open(harness);
+    const c = await open(harness);
+    let last: Msg[] = [];
+    try {
+      for (const w of writes) last = await c.exchange(...w);
+      expect(types(await bystander.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+    } finally {
+      c.socket.destroy();
+      bystander.socket.destroy();
+    }
+    return last;
+  }
+  const portalAndFetch = [
+    serialize.parse({ name: "", text: "SELECT v AS n FROM inbox" }),
+    serialize.bind({ portal: "c" }),
+    serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
+  ];
+  const describeF = [serialize.describe({ type: "S", name: "f" }), serialize.sync()];
+
+  it("keeps a named statement a refused Parse of its name leaves on the server", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    try {
+      const ms = await crashProbe(
+        harness,
+        [serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT v AS n FROM inbox")],
+        [serialize.parse({ name: "f", text: "FETCH ALL FROM c" }), serialize.sync()],
+        [serialize.parse({ name: "f", text: "DELETE FROM t" }), serialize.sync()],
+        [serialize.query("ROLLBACK")],
+        describeF,
+      );
+      expect(errors(ms)[0]?.code).toBe("42501");
+    } finally {
+      await harness.close();
+    }
+  });
+
+  it("masks EXECUTE of a statement whose refused re-Parse and failed PREPARE the server ignored", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.parse({ name: "s", text: "SELECT email || '' AS n FROM users" }), serialize.sync());
+      await c.exchange(serialize.parse({ name: "s", text: "SELEC garbage" }), serialize.sync());
+      expect(errors(await c.exchange(serialize.query("PREPARE s AS SELECT 'plain'::text AS n")))[0]?.code).toBe(
+        "42P05",
+      );
+      const ms = await c.exchange(serialize.query("EXECUTE s"));
+      expect(firstValues(ms)).toHaveLength(3);
+      expect(leaked(ms)).toBe(false);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("counts a refused Query and a FunctionCall: each ends the implicit transaction holding the cursor", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    try {
+      const functionCall = Buffer.from([0x46, 0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+      functionCall.writeInt32BE(1, 5);
+      for (const ending of [serialize.query("DELETE FROM t"), serialize.query("SELEC 1"), functionCall]) {
+        const ms = await crashProbe(harness, [...portalAndFetch, ending, ...describeF]);
+        expect(errors(ms).map((e) => e.code)).toContain("42501");
+      }
+    } finally {
+      await harness.close();
+    }
+  });
+
+  it("counts a Sync unless surely inside a block: a COMMIT pipelined or executed in the same cycle", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    try {
+      let ms = await crashProbe(
+        harness,
+        [serialize.query("BEGIN")],
+        [serialize.query("COMMIT"), ...portalAndFetch, serialize.sync()],
+        describeF,
+      );
+      expect(errors(ms)[0]?.code).toBe("42501");
+      ms = await crashProbe(
+        harness,
+        [serialize.query("BEGIN")],
+        [
+          serialize.parse({ name: "k", text: "COMMIT" }),
+          serialize.bind({ statement: "k" }),
+          serialize.execute({}),
+          ...portalAndFetch,
+          serialize.sync(),
+        ],
+        describeF,
+      );
+      expect(errors(ms)[0]?.code).toBe("42501");
+    } finally {
+      await harness.close();
+    }
+  });
+
+  it("describes a prepared FETCH later in the same transaction block (psql's \\gdesc)", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    try {
+      const c = await open(harness);
+      await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT 1 AS n"));
+      await c.exchange(serialize.parse({ name: "f", text: "FETCH ALL FROM c" }), serialize.sync());
+      expect(types(await c.exchange(...describeF))).toBe("tTZ");
+      c.socket.destroy();
+    } finally {
+      await harness.close();
+    }
+  });
+});
+
 describe("audit of portals", () => {
   const summary = (harness: Harness, text: string) =>
     queryEvents(harness)

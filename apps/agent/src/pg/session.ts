@@ -467,6 +467,8 @@ export class PgSession {
    * end of an implicit transaction), changing what a name holds out of its sight (see Lazy).
    */
   private runs = 0;
+  /** The Sync cycle of the last Query, Execute or FunctionCall sent (see Portal.cycle). */
+  private lastEndingCycle = 0;
   /**
    * Names of prepared statements (SQL PREPARE and protocol Parse share one namespace on the target)
    * and cursors are forgotten only when a DEALLOCATE, Close or CLOSE that was sent after their last
@@ -813,8 +815,13 @@ export class PgSession {
     if (f.type === 0x51 || f.type === 0x46 || (f.type === 0x53 && !this.copyIn)) this.cyclesSent++;
     this.inQuery = f.type === 0x51;
     switch (f.type) {
-      case 0x51: // Query
-        return this.onQuery(decodeQuery(f.body), f.raw);
+      case 0x51: {
+        // Query. Refused or not, it ends an implicit transaction the messages before it opened.
+        const sent = this.onQuery(decodeQuery(f.body), f.raw);
+        this.countRun(undefined);
+        this.lastEndingCycle = this.cyclesSent;
+        return sent;
+      }
       case 0x50: // Parse
         return this.onParse(f);
       case 0x42: // Bind
@@ -836,6 +843,7 @@ export class PgSession {
           return this.poisonBind("", message);
         }
         this.countRun(portal.lazy);
+        this.lastEndingCycle = this.cyclesSent + 1;
         portal.executed = true;
         if (portal.fields === undefined && this.planner()) {
           // Masking needs the result's columns: ask the target, keep its answer to ourselves.
@@ -888,9 +896,16 @@ export class PgSession {
         // reads it: then it answers it, which the agent could not tell in advance (review 13: every
         // later answer went to the wrong statement). Not sent: what the target would ignore anyway.
         if (this.copyIn) return undefined;
-        // Outside a transaction block it commits the implicit one, closing the cursors a function
-        // opened in it (see Lazy).
-        if (this.status === "I") this.countRun(undefined);
+        // Unless surely inside a transaction block, it may end a transaction (the implicit one, or
+        // a block a COMMIT in flight ends), closing the cursors a function opened (see Lazy). Sure:
+        // the last ReadyForQuery said so, no other cycle is in flight, and nothing that can end a
+        // transaction (Query, Execute, FunctionCall) was sent in this one.
+        if (
+          this.status === "I" ||
+          this.cyclesSent - this.cyclesDone !== 1 ||
+          this.lastEndingCycle === this.cyclesSent
+        )
+          this.countRun(undefined);
         this.push({ kind: "sync" });
         return f.raw;
       case 0x63: // CopyDone
@@ -911,6 +926,8 @@ export class PgSession {
           "42501",
         );
         this.push({ kind: "query", runs: [], index: 0, replaceError: error });
+        this.countRun(undefined);
+        this.lastEndingCycle = this.cyclesSent;
         return serialize.query(POISON);
       }
       default:
@@ -1019,7 +1036,6 @@ export class PgSession {
     const lexical = c.statements.some((info) => this.changesLexically(info));
     c.statements.forEach((info, i) => this.afterAllowed(info, runs[i]));
     if (lexical) this.lexicalInFlight++;
-    this.countRun(undefined);
     this.push({ kind: "query", runs, index: 0, lexical });
     return raw;
   }
@@ -1159,7 +1175,10 @@ export class PgSession {
   private onParse(f: Frame): Buffer {
     const parse = decodeParse(f.body);
     const previous = this.statements.get(parse.name);
-    this.statements.delete(parse.name);
+    // The server drops the unnamed statement at any Parse of it; a named one stays until closed (a
+    // Parse of its name fails, refused or not: forgetting it here would leave the agent with less
+    // than the server, review 26).
+    if (parse.name === "") this.statements.delete("");
     const poison = (message: string, code = "42501") => {
       this.push({ kind: "parse", replaceError: this.denialError(message, code) });
       this.skipToSync();
