@@ -12,7 +12,15 @@ import { serialize } from "@moat/pg-wire";
 import { startPostgres, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
 import { startHarness, type Harness } from "../test-support/pg.js";
-import { errors, firstValues, openRaw as open, queryEvents, types, type Msg } from "../test-support/raw-client.js";
+import {
+  errors,
+  firstValues,
+  openRaw as open,
+  pipeline,
+  queryEvents,
+  types,
+  type Msg,
+} from "../test-support/raw-client.js";
 
 const STALE =
   "was bound before a cursor or prepared statement it reads may have changed (closed, defined again, or a statement run since); bind it again";
@@ -651,6 +659,81 @@ describe("ends of transactions and refusals, as runs (review 26)", () => {
       expect(types(await c.exchange(...describeF))).toBe("tTZ");
       c.socket.destroy();
     } finally {
+      await harness.close();
+    }
+  });
+});
+
+describe("a Parse of a name the server still holds (review 27)", () => {
+  const emails = serialize.parse({ name: "s", text: "SELECT email || '' AS n FROM users" });
+  const readS = [
+    serialize.bind({ statement: "s" }),
+    serialize.describe({ type: "P", name: "" }),
+    serialize.execute({}),
+    serialize.sync(),
+  ];
+
+  it("masks a Bind pipelined behind it as either statement until the server answers", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(emails, serialize.sync());
+      const ms = await pipeline(
+        c,
+        2,
+        serialize.parse({ name: "s", text: "SELECT 'plain'::text AS n" }),
+        serialize.sync(),
+        ...readS,
+      );
+      expect(errors(ms)[0]?.code).toBe("42P05");
+      expect(firstValues(ms)).toHaveLength(3);
+      expect(leaked(ms)).toBe(false);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("keeps the first statement after two failed Parses of its name in one cycle", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(emails, serialize.sync());
+      await c.exchange(
+        serialize.parse({ name: "s", text: "SELECT 'plain'::text AS n" }),
+        serialize.parse({ name: "s", text: "SELECT 'plain2'::text AS n" }),
+        serialize.sync(),
+      );
+      const ms = [...(await c.exchange(...readS)), ...(await c.exchange(serialize.query("EXECUTE s")))];
+      expect(firstValues(ms)).toHaveLength(6);
+      expect(leaked(ms)).toBe(false);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("refuses a Describe of the prepared FETCH the server kept, its cursor gone", async () => {
+    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    const bystander = await open(harness);
+    try {
+      const c = await open(harness);
+      await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT v AS n FROM inbox"));
+      await c.exchange(serialize.parse({ name: "f", text: "FETCH ALL FROM c" }), serialize.sync());
+      await c.exchange(serialize.query("ROLLBACK"));
+      const ms = await pipeline(
+        c,
+        2,
+        serialize.parse({ name: "f", text: "SELECT 1 AS n" }),
+        serialize.sync(),
+        serialize.describe({ type: "S", name: "f" }),
+        serialize.sync(),
+      );
+      expect(errors(ms).map((e) => e.code)).toEqual(["42P05", "42501"]);
+      c.socket.destroy();
+      expect(types(await bystander.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+    } finally {
+      bystander.socket.destroy();
       await harness.close();
     }
   });

@@ -12,7 +12,7 @@ import { readPolicy } from "../test-support/bundles.js";
 
 const POLICY_READ = readPolicy() as { spec: Record<string, unknown> };
 import { startHarness, type Harness } from "../test-support/pg.js";
-import { errors, firstValues, openRaw, queryEvents, types, type Msg, Raw } from "../test-support/raw-client.js";
+import { errors, firstValues, openRaw, pipeline, queryEvents, types, Raw } from "../test-support/raw-client.js";
 
 let server: TestPostgres;
 let h: Harness;
@@ -922,14 +922,6 @@ function rawQuery(...parts: (string | number[])[]): Buffer {
   msg.writeInt32BE(text.length + 5, 1);
   text.copy(msg, 5);
   return msg;
-}
-
-/** Sends `parts` in one write; the messages received up to the `answers`-th ReadyForQuery after it. */
-async function pipeline(c: Raw, answers: number, ...parts: Buffer[]): Promise<Msg[]> {
-  const start = c.messages.length;
-  c.socket.write(Buffer.concat(parts));
-  await c.until((m) => m.slice(start).filter((x) => x.type === "Z").length >= answers);
-  return c.messages.slice(start);
 }
 
 describe("long texts, classified on a worker thread", () => {

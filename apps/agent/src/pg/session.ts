@@ -189,6 +189,27 @@ function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
 }
 
 /** Whether a statement defines or forgets names, or changes settings the agent tracks. */
+/**
+ * A statement that may be either `next` or `earlier` (a Parse of a name not yet confirmed): needs
+ * what both need, masked by what both compute, described only while both may be (fetchParsedAt).
+ */
+function mergePrepared(next: PreparedStatement, earlier: PreparedStatement): PreparedStatement {
+  const [a] = next.classification.statements;
+  const [b] = earlier.classification.statements;
+  const merged: PreparedStatement = {
+    classification: { ...next.classification, statements: a && b ? [mergeInfos(a, b)] : a ? [a] : b ? [b] : [] },
+    text: next.text,
+  };
+  const refusal = earlier.refusal ?? next.refusal;
+  if (refusal) merged.refusal = refusal;
+  else if (a && b && (changesSession(a) || changesSession(b)))
+    merged.refusal =
+      "access denied: a prepared statement was prepared again while the server may still hold the earlier one, and one of them changes the session; close it first";
+  const parsedAt = [next.fetchParsedAt, earlier.fetchParsedAt].filter((v): v is number => v !== undefined);
+  if (parsedAt.length > 0) merged.fetchParsedAt = Math.min(...parsedAt);
+  return merged;
+}
+
 function changesSession(info: StatementInfo): boolean {
   return (
     info.prepare !== undefined ||
@@ -313,6 +334,9 @@ type Pending =
       /** The statement name and what it held before, restored if the target refuses this Parse. */
       name?: string;
       previous?: PreparedStatement | undefined;
+      /** The record this Parse set for the name, and what it becomes once the target confirms it. */
+      set?: PreparedStatement;
+      confirmed?: PreparedStatement;
     }
   | {
       kind: "bind";
@@ -900,11 +924,7 @@ export class PgSession {
         // a block a COMMIT in flight ends), closing the cursors a function opened (see Lazy). Sure:
         // the last ReadyForQuery said so, no other cycle is in flight, and nothing that can end a
         // transaction (Query, Execute, FunctionCall) was sent in this one.
-        if (
-          this.status === "I" ||
-          this.cyclesSent - this.cyclesDone !== 1 ||
-          this.lastEndingCycle === this.cyclesSent
-        )
+        if (this.status === "I" || this.cyclesSent - this.cyclesDone !== 1 || this.lastEndingCycle === this.cyclesSent)
           this.countRun(undefined);
         this.push({ kind: "sync" });
         return f.raw;
@@ -1220,9 +1240,13 @@ export class PgSession {
     this.countRun(undefined);
     const prepared: PreparedStatement = { classification: c, text: parse.query };
     if (c.statements.length === 1 && c.statements[0]?.cursor?.op === "fetch") prepared.fetchParsedAt = this.runs;
-    this.statements.set(parse.name, prepared);
+    // A named statement the target may still hold (a Close of it may be in flight): this Parse then
+    // fails there and the old one stays. Until the target answers, a Bind, Describe or EXECUTE of
+    // the name pipelined behind it (after a Sync) is decided and masked as either (review 27).
+    const set = previous && parse.name !== "" ? mergePrepared(prepared, previous) : prepared;
+    this.statements.set(parse.name, set);
     if (parse.name !== "") this.preparedSince.set(parse.name, ++this.definitions);
-    this.push({ kind: "parse", name: parse.name, previous });
+    this.push({ kind: "parse", name: parse.name, previous, set, confirmed: prepared });
     return f.raw;
   }
 
@@ -2020,9 +2044,14 @@ export class PgSession {
         this.shift();
         return undefined;
       }
-      case 0x31: // ParseComplete
+      case 0x31: {
+        // ParseComplete: the name holds this Parse's statement alone.
+        const head = this.pending.first;
+        if (head?.kind === "parse" && head.name !== undefined && head.confirmed && head.set !== head.confirmed)
+          if (this.statements.get(head.name) === head.set) this.statements.set(head.name, head.confirmed);
         this.shift();
         return undefined;
+      }
       case 0x32: {
         // BindComplete: the portal of a FETCH or EXECUTE the name held before is gone on the target.
         const head = this.pending.first;
@@ -2220,7 +2249,9 @@ export class PgSession {
       // After an error the target ignores everything up to Sync: Parses it skipped created nothing.
       while (this.pending.length > 0 && this.pending.first?.kind !== "sync") {
         const p = this.pending.first as Pending;
-        if (p.kind === "parse" && p.name !== undefined) {
+        // (Only if the name still holds what it set: of two Parses of a name, the later one's record
+        // is the first's, merged.)
+        if (p.kind === "parse" && p.name !== undefined && this.statements.get(p.name) === p.set) {
           if (p.previous) this.statements.set(p.name, p.previous);
           else this.statements.delete(p.name);
         }

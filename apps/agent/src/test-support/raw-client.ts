@@ -52,6 +52,14 @@ export class Raw {
   }
 }
 
+/** Sends `parts` in one write; the messages received up to the `answers`-th ReadyForQuery after it. */
+export async function pipeline(c: Raw, answers: number, ...parts: Buffer[]): Promise<Msg[]> {
+  const start = c.messages.length;
+  c.socket.write(Buffer.concat(parts));
+  await c.until((m) => m.slice(start).filter((x) => x.type === "Z").length >= answers);
+  return c.messages.slice(start);
+}
+
 /** A session through the harness's agent as alice@example.com on database app, past its first ReadyForQuery. */
 export async function openRaw(harness: Harness): Promise<Raw> {
   const token = await harness.token();
