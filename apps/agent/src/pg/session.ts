@@ -188,7 +188,6 @@ function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
   return merged;
 }
 
-/** Whether a statement defines or forgets names, or changes settings the agent tracks. */
 /**
  * A statement that may be either `next` or `earlier` (a Parse of a name not yet confirmed): needs
  * what both need, masked by what both compute, described only while both may be (fetchParsedAt).
@@ -210,6 +209,7 @@ function mergePrepared(next: PreparedStatement, earlier: PreparedStatement): Pre
   return merged;
 }
 
+/** Whether a statement defines or forgets names, or changes settings the agent tracks. */
 function changesSession(info: StatementInfo): boolean {
   return (
     info.prepare !== undefined ||
