@@ -70,6 +70,23 @@ const stale = (ms: Msg[], portal = "P") => {
   expect(leaked(ms)).toBe(false);
 };
 
+/**
+ * A cursor and a prepared statement of users' emails, each with the statement reading it through a
+ * portal and the swap that gives the name inbox's plain values instead.
+ */
+const EMAIL_THEN_INBOX = [
+  [
+    "BEGIN; DECLARE c CURSOR FOR SELECT email AS n FROM users",
+    "FETCH ALL FROM c",
+    "CLOSE c; DECLARE c CURSOR FOR SELECT v AS n FROM inbox",
+  ],
+  [
+    "BEGIN; PREPARE s AS SELECT email AS n FROM users",
+    "EXECUTE s",
+    "DEALLOCATE s; PREPARE s AS SELECT v AS n FROM inbox",
+  ],
+] as const;
+
 describe("portals of FETCH and EXECUTE", () => {
   it("refuses an Execute of a FETCH portal whose cursor was closed or replaced since its Bind (review 22)", async () => {
     const masked = await startMasked();
@@ -196,18 +213,7 @@ describe("portals of FETCH and EXECUTE", () => {
   });
 
   it("refuses a Describe after a swap, once the portal ran: its columns would be the new name's, its rows the old (review 24)", async () => {
-    for (const [setup, bind, swap] of [
-      [
-        "BEGIN; DECLARE c CURSOR FOR SELECT email AS n FROM users",
-        "FETCH ALL FROM c",
-        "CLOSE c; DECLARE c CURSOR FOR SELECT v AS n FROM inbox",
-      ],
-      [
-        "BEGIN; PREPARE s AS SELECT email AS n FROM users",
-        "EXECUTE s",
-        "DEALLOCATE s; PREPARE s AS SELECT v AS n FROM inbox",
-      ],
-    ] as const) {
+    for (const [setup, bind, swap] of EMAIL_THEN_INBOX) {
       const masked = await startMasked();
       try {
         const c = await open(masked);
@@ -263,18 +269,7 @@ describe("portals of FETCH and EXECUTE", () => {
   });
 
   it("refuses a SQL FETCH of a portal that ran before its cursor or statement was swapped (review 24)", async () => {
-    for (const [setup, bind, swap] of [
-      [
-        "BEGIN; PREPARE s AS SELECT email AS n FROM users",
-        "EXECUTE s",
-        "DEALLOCATE s; PREPARE s AS SELECT v AS n FROM inbox",
-      ],
-      [
-        "BEGIN; DECLARE c CURSOR FOR SELECT email AS n FROM users",
-        "FETCH ALL FROM c",
-        "CLOSE c; DECLARE c CURSOR FOR SELECT v AS n FROM inbox",
-      ],
-    ] as const) {
+    for (const [setup, bind, swap] of EMAIL_THEN_INBOX) {
       const masked = await startMasked();
       try {
         const c = await open(masked);

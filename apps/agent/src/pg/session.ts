@@ -209,6 +209,11 @@ function mergePrepared(next: PreparedStatement, earlier: PreparedStatement): Pre
   return merged;
 }
 
+/** The cursor (or portal) a FETCH or MOVE reads; null for any other statement. */
+function fetchedName(info: StatementInfo): string | null {
+  return info.cursor?.op === "fetch" ? info.cursor.name : null;
+}
+
 /** Whether a statement defines or forgets names, or changes settings the agent tracks. */
 function changesSession(info: StatementInfo): boolean {
   return (
@@ -842,8 +847,7 @@ export class PgSession {
       case 0x51: {
         // Query. Refused or not, it ends an implicit transaction the messages before it opened.
         const sent = this.onQuery(decodeQuery(f.body), f.raw);
-        this.countRun(undefined);
-        this.lastEndingCycle = this.cyclesSent;
+        this.countEnding(undefined, this.cyclesSent);
         return sent;
       }
       case 0x50: // Parse
@@ -866,8 +870,7 @@ export class PgSession {
           this.unparsed(`-- protocol Execute of portal "${name}"`, message);
           return this.poisonBind("", message);
         }
-        this.countRun(portal.lazy);
-        this.lastEndingCycle = this.cyclesSent + 1;
+        this.countEnding(portal.lazy, this.cyclesSent + 1);
         portal.executed = true;
         if (portal.fields === undefined && this.planner()) {
           // Masking needs the result's columns: ask the target, keep its answer to ourselves.
@@ -946,8 +949,7 @@ export class PgSession {
           "42501",
         );
         this.push({ kind: "query", runs: [], index: 0, replaceError: error });
-        this.countRun(undefined);
-        this.lastEndingCycle = this.cyclesSent;
+        this.countEnding(undefined, this.cyclesSent);
         return serialize.query(POISON);
       }
       default:
@@ -1361,6 +1363,12 @@ export class PgSession {
     if (current) own.since = this.runs;
   }
 
+  /** Counts a Query, Execute or FunctionCall, which may also end a transaction, of Sync cycle `cycle`. */
+  private countEnding(own: Lazy | undefined, cycle: number): void {
+    this.countRun(own);
+    this.lastEndingCycle = cycle;
+  }
+
   /** Whether what a portal of a FETCH or EXECUTE reads may have changed since its Bind (see Lazy). */
   private stale(lazy: Lazy): boolean {
     if (lazy.since !== this.runs) return true;
@@ -1376,7 +1384,7 @@ export class PgSession {
    * another statement of the same message (`first` false), which may change what they hold.
    */
   private staleFetch(info: StatementInfo, first: boolean): Decision | undefined {
-    const name = info.cursor?.op === "fetch" ? info.cursor.name : null;
+    const name = fetchedName(info);
     const lazy = name === null ? undefined : this.cursors.get(name)?.lazy;
     if (!lazy || (first && !this.stale(lazy))) return undefined;
     return { effect: "deny", rule: "", message: `access denied: portal "${name}" ${STALE_PORTAL}`, tables: [] };
@@ -1388,7 +1396,7 @@ export class PgSession {
    */
   private lazyOf(infos: readonly StatementInfo[]): Lazy | undefined {
     const info = infos.length === 1 ? infos[0] : undefined;
-    if (!info || ((info.cursor?.op !== "fetch" || info.cursor.name === null) && !info.execute)) return undefined;
+    if (!info || (fetchedName(info) === null && !info.execute)) return undefined;
     const lazy: Lazy = { lookups: [], since: this.runs, ran: false };
     this.addLookups(lazy.lookups, infos, 0);
     return lazy;
@@ -1401,7 +1409,7 @@ export class PgSession {
    */
   private addLookups(out: Lookup[], infos: readonly StatementInfo[], depth: number): void {
     for (const info of infos) {
-      const fetched = info.cursor?.op === "fetch" ? info.cursor.name : null;
+      const fetched = fetchedName(info);
       if (fetched !== null) {
         const record = this.cursors.get(fetched);
         out.push({ kind: "cursor", name: fetched, since: record?.since });
