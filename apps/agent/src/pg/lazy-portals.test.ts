@@ -659,7 +659,7 @@ describe("ends of transactions and refusals, as runs (review 26)", () => {
   });
 });
 
-describe("a Parse of a name the server still holds (review 27)", () => {
+describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
   const emails = serialize.parse({ name: "s", text: "SELECT email || '' AS n FROM users" });
   const readS = [
     serialize.bind({ statement: "s" }),
@@ -683,6 +683,63 @@ describe("a Parse of a name the server still holds (review 27)", () => {
       expect(errors(ms)[0]?.code).toBe("42P05");
       expect(firstValues(ms)).toHaveLength(3);
       expect(leaked(ms)).toBe(false);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("audits a Bind pipelined behind it with the text of the statement the server ran", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(emails, serialize.sync());
+      const plain = "SELECT 'plain'::text AS n";
+      await pipeline(c, 2, serialize.parse({ name: "s", text: plain }), serialize.sync(), ...readS);
+      c.socket.destroy();
+      await new Promise((r) => setTimeout(r, 300));
+      const runs = queryEvents(masked).filter(({ q }) => Number(q.rows) > 0);
+      expect(runs.map(({ q }) => q.text)).toEqual(["SELECT email || '' AS n FROM users"]);
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("binds, in the Parse's own Sync cycle, the statement it made: the Bind runs only if the Parse did", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.parse({ name: "s", text: "SET search_path TO public" }), serialize.sync());
+      // A statement cache evicting s (pgx): Close and Parse again, bound in the same cycle.
+      const again = [serialize.close({ type: "S", name: "s" }), serialize.parse({ name: "s", text: "SELECT 1 AS n" })];
+      const ms = await c.exchange(...again, ...readS);
+      expect(errors(ms)).toEqual([]);
+      expect(firstValues(ms)).toEqual(["1"]);
+      // Without the Close the Parse fails, and so the Bind behind it is skipped (no rows of either).
+      await c.exchange(emails, serialize.sync());
+      const skipped = await c.exchange(serialize.parse({ name: "s", text: "SELECT 'plain'::text AS n" }), ...readS);
+      expect(errors(skipped).map((e) => e.code)).toEqual(["42P05"]);
+      expect(firstValues(skipped)).toEqual([]);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("forgets the name after a Close of it and a Parse the server refused", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(emails, serialize.sync());
+      const failed = await c.exchange(
+        serialize.close({ type: "S", name: "s" }),
+        serialize.parse({ name: "s", text: "SELECT n FROM nosuch" }),
+        serialize.sync(),
+      );
+      expect(errors(failed).map((e) => e.code)).toEqual(["42P01"]);
+      // The server holds nothing under s: a new Parse of it is that statement alone, not masked.
+      const ms = await c.exchange(serialize.parse({ name: "s", text: "SELECT 'plain'::text AS n" }), ...readS);
+      expect(firstValues(ms)).toEqual(["plain"]);
       c.socket.destroy();
     } finally {
       await masked.close();

@@ -180,7 +180,12 @@ export interface SessionContext {
  * kept): it needs what both need, its rows may come from what either computes.
  */
 function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
-  const merged: StatementInfo = { ...a, actions: [...a.actions, ...b.actions], tables: [...a.tables, ...b.tables] };
+  const merged: StatementInfo = {
+    ...a,
+    actions: [...a.actions, ...b.actions],
+    tables: [...a.tables, ...b.tables],
+    functions: [...a.functions, ...b.functions],
+  };
   const result = mergeLineage(a.result, b.result);
   const reads = mergeSources(a.reads, b.reads);
   if (result) merged.result = result;
@@ -255,6 +260,8 @@ interface Run {
   forgetsUpTo?: number;
   /** Its bound parameters, rendered (extended protocol). */
   params?: string;
+  /** The prepared statement it was bound from, when that may be either of two (see `resolved`). */
+  of?: PreparedStatement;
   /** How its text, parameters and message are kept in the audit trail. */
   redaction: AuditRedaction;
 }
@@ -270,6 +277,14 @@ interface PreparedStatement {
    * Describe of it is sent only while nothing has run since (see Lazy).
    */
   fetchParsedAt?: number;
+  /**
+   * A record for a Parse of a name the server may still hold (see mergePrepared): the statement
+   * that Parse made, which is the one a Bind or Describe sent before the next Sync finds if it runs
+   * at all (a Parse that fails or is skipped makes the server skip everything up to that Sync).
+   */
+  alone?: { statement: PreparedStatement; syncs: number };
+  /** Of such a record, the statement the server turned out to hold (the audit's text of its runs). */
+  resolved?: PreparedStatement | undefined;
 }
 
 interface Portal {
@@ -342,6 +357,8 @@ type Pending =
       /** The record this Parse set for the name, and what it becomes once the target confirms it. */
       set?: PreparedStatement;
       confirmed?: PreparedStatement;
+      /** A Close of the name sent before it in its Sync cycle: once that has run, the name is free. */
+      closing?: { kind: "close"; closed?: boolean };
     }
   | {
       kind: "bind";
@@ -359,7 +376,7 @@ type Pending =
       injected: boolean;
     }
   | ({ kind: "execute"; portal: Portal | undefined; portalName: string } & CopyCount)
-  | { kind: "close"; statement?: string; portal?: string; upTo?: number }
+  | { kind: "close"; statement?: string; portal?: string; upTo?: number; closed?: boolean }
   | ({ kind: "sync" } & CopyCount);
 
 /**
@@ -543,6 +560,10 @@ export class PgSession {
   private copyIn = false;
   /** Messages sent to the target that each end in one ReadyForQuery (Query, Sync), and those answered. */
   private cyclesSent = 0;
+  /** Syncs sent: the target skips to the next one after an extended message fails. */
+  private syncs = 0;
+  /** Close S messages sent since the last Sync, by name (see the pending parse's `closing`). */
+  private readonly closingInCycle = new Map<string, { kind: "close"; closed?: boolean }>();
   private cyclesDone = 0;
   /** The client message being handled is a simple Query (see the cursors' heldAt). */
   private inQuery = false;
@@ -889,7 +910,7 @@ export class PgSession {
         // A statement's columns are not kept: its portals are described for masking (onServerMessage).
         const portal = d.target === "P" ? this.portals.get(d.name) : undefined;
         const lazy = d.target !== "P" ? undefined : portal ? portal.lazy : this.cursors.get(d.name)?.lazy;
-        const parsedAt = d.target === "S" ? this.statements.get(d.name)?.fetchParsedAt : undefined;
+        const parsedAt = d.target === "S" ? this.protocolStatement(d.name)?.fetchParsedAt : undefined;
         if ((lazy && this.stale(lazy)) || (parsedAt !== undefined && parsedAt !== this.runs)) {
           const message = lazy
             ? `access denied: portal "${d.name}" ${STALE_PORTAL}`
@@ -910,11 +931,11 @@ export class PgSession {
         // A statement is forgotten once the target has closed it (it skips a Close after an error);
         // a portal at once (an Execute of an unknown portal is refused, never masked wrongly).
         if (c.target === "P") this.dropPortal(c.name);
-        this.push(
-          c.target === "S"
-            ? { kind: "close", statement: c.name, upTo: this.definitions }
-            : { kind: "close", portal: c.name, upTo: this.definitions },
-        );
+        if (c.target === "S") {
+          const close = { kind: "close" as const, statement: c.name, upTo: this.definitions };
+          this.closingInCycle.set(c.name, close);
+          this.push(close);
+        } else this.push({ kind: "close", portal: c.name, upTo: this.definitions });
         return f.raw;
       }
       case 0x53: // Sync
@@ -929,6 +950,8 @@ export class PgSession {
         // transaction (Query, Execute, FunctionCall) was sent in this one.
         if (this.status === "I" || this.cyclesSent - this.cyclesDone !== 1 || this.lastEndingCycle === this.cyclesSent)
           this.countRun(undefined);
+        this.syncs++;
+        if (this.closingInCycle.size > 0) this.closingInCycle.clear();
         this.push({ kind: "sync" });
         return f.raw;
       case 0x63: // CopyDone
@@ -1246,9 +1269,11 @@ export class PgSession {
     // fails there and the old one stays. Until the target answers, a Bind, Describe or EXECUTE of
     // the name pipelined behind it (after a Sync) is decided and masked as either (review 27).
     const set = previous && parse.name !== "" ? mergePrepared(prepared, previous) : prepared;
+    if (set !== prepared) set.alone = { statement: prepared, syncs: this.syncs };
     this.statements.set(parse.name, set);
     if (parse.name !== "") this.preparedSince.set(parse.name, ++this.definitions);
-    this.push({ kind: "parse", name: parse.name, previous, set, confirmed: prepared });
+    const closing = parse.name === "" ? undefined : this.closingInCycle.get(parse.name);
+    this.push({ kind: "parse", name: parse.name, previous, set, confirmed: prepared, ...(closing && { closing }) });
     return f.raw;
   }
 
@@ -1287,6 +1312,7 @@ export class PgSession {
       }
       run ??= this.newRun(info, statement.text, decision);
     }
+    if (run && statement.alone) run.of = statement;
     this.ctx.metrics.statement("allow");
     const bind = decodeBind(f.body);
     const params = bind.parameters.length > 0 ? renderParameters(bind) : "";
@@ -1452,8 +1478,14 @@ export class PgSession {
    * merged, refused when either declares, fetches, prepares, executes or changes settings (which
    * one runs decides what the agent must track).
    */
+  /** What a Bind or Describe of protocol statement `name` sent now finds there if it runs (see `alone`). */
+  private protocolStatement(name: string): PreparedStatement | undefined {
+    const record = this.statements.get(name);
+    return record?.alone?.syncs === this.syncs ? record.alone.statement : record;
+  }
+
   private boundStatement(name: string): PreparedStatement | undefined {
-    const protocol = this.statements.get(name);
+    const protocol = this.protocolStatement(name);
     const sql = name === "" ? undefined : this.sqlPrepared.get(name);
     if (!sql) return protocol;
     const info = this.preparedInfo(name) as StatementInfo;
@@ -1730,8 +1762,12 @@ export class PgSession {
   private recordRun(run: Run | undefined, effect: "allow" | "deny", message: string): void {
     if (!run || run.recorded) return;
     run.recorded = true;
-    const { redaction, params } = run;
-    const text = redactFor(run.text, redaction);
+    const { params } = run;
+    // Bound from a Parse of a name the server may still have held: the text of the one it ran.
+    const resolved = run.of?.resolved;
+    const resolvedInfo = resolved?.classification.statements[0];
+    const redaction = resolvedInfo ? this.redaction(resolvedInfo) : run.redaction;
+    const text = redactFor(resolved ? resolved.text : run.text, redaction);
     this.soon({
       verdict: VERDICTS[effect],
       rule: run.rule,
@@ -2045,6 +2081,7 @@ export class PgSession {
         // CloseComplete
         const head = this.pending.first;
         if (head?.kind === "close") {
+          head.closed = true;
           if (head.statement !== undefined) this.forgetPrepared(head.statement, head.upTo ?? 0);
           // Closing a portal closes whatever cursor holds the name (a SQL one too).
           if (head.portal !== undefined) this.forgetCursor(head.portal, head.upTo ?? 0);
@@ -2055,8 +2092,16 @@ export class PgSession {
       case 0x31: {
         // ParseComplete: the name holds this Parse's statement alone.
         const head = this.pending.first;
-        if (head?.kind === "parse" && head.name !== undefined && head.confirmed && head.set !== head.confirmed)
+        if (
+          head?.kind === "parse" &&
+          head.name !== undefined &&
+          head.confirmed &&
+          head.set &&
+          head.set !== head.confirmed
+        ) {
+          head.set.resolved = head.confirmed;
           if (this.statements.get(head.name) === head.set) this.statements.set(head.name, head.confirmed);
+        }
         this.shift();
         return undefined;
       }
@@ -2259,9 +2304,14 @@ export class PgSession {
         const p = this.pending.first as Pending;
         // (Only if the name still holds what it set: of two Parses of a name, the later one's record
         // is the first's, merged.)
-        if (p.kind === "parse" && p.name !== undefined && this.statements.get(p.name) === p.set) {
-          if (p.previous) this.statements.set(p.name, p.previous);
-          else this.statements.delete(p.name);
+        // (A Close of the name that ran before it left the server nothing under the name.)
+        if (p.kind === "parse" && p.name !== undefined) {
+          const held = p.closing?.closed ? undefined : p.previous;
+          if (p.set && p.set !== p.confirmed) p.set.resolved = held;
+          if (this.statements.get(p.name) === p.set) {
+            if (held) this.statements.set(p.name, held);
+            else this.statements.delete(p.name);
+          }
         }
         // Nor did Binds (the failed one included): the name may be a cursor's (WITH HOLD) there.
         // Their statements never ran.
