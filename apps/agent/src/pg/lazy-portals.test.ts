@@ -746,6 +746,82 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
     }
   });
 
+  it("frees the name for the first Parse after a Close only: a second one fails, keeping the first (review 29)", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.parse({ name: "s", text: "SELECT 'old'::text AS n" }), serialize.sync());
+      const first = await c.exchange(
+        serialize.close({ type: "S", name: "s" }),
+        emails,
+        serialize.parse({ name: "s", text: "SELECT 'plain'::text AS n" }),
+        serialize.sync(),
+      );
+      expect(errors(first).map((e) => e.code)).toEqual(["42P05"]);
+      // The server holds the emails statement under s: bound, it is masked (and not refused).
+      const bound = await c.exchange(...readS);
+      expect(errors(bound)).toEqual([]);
+      expect(firstValues(bound)).toEqual(["****", "****", "****"]);
+      const ms = await pipeline(
+        c,
+        2,
+        serialize.parse({ name: "s", text: "SELECT 'plain2'::text AS n" }),
+        serialize.sync(),
+        ...readS,
+      );
+      expect(firstValues(ms)).toHaveLength(3);
+      expect(leaked(ms)).toBe(false);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("audits a Bind behind two failed Parses with the text of the statement the server kept (review 29)", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(emails, serialize.sync());
+      await pipeline(
+        c,
+        2,
+        serialize.parse({ name: "s", text: "SELECT 'plainA'::text AS n" }),
+        serialize.parse({ name: "s", text: "SELECT 'plainB'::text AS n" }),
+        serialize.sync(),
+        ...readS,
+      );
+      c.socket.destroy();
+      await new Promise((r) => setTimeout(r, 300));
+      const runs = queryEvents(masked).filter(({ q }) => Number(q.rows) > 0);
+      expect(runs.map(({ q }) => q.text)).toEqual(["SELECT email || '' AS n FROM users"]);
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("refuses EXECUTE of a name that may still hold a statement changing the session (review 29)", async () => {
+    const policy = readPolicy() as { spec: { rules: object[] } };
+    policy.spec.rules.push({ name: "no-hr", effect: "deny", actions: ["db:*"], tables: ["hr.*"] });
+    const harness = await startHarness({ pg: server, policies: [policy] });
+    try {
+      const c = await open(harness);
+      await c.exchange(serialize.parse({ name: "s", text: "SET search_path TO hr, public" }), serialize.sync());
+      const ms = await pipeline(
+        c,
+        3,
+        serialize.parse({ name: "s", text: "SELECT 1 AS n" }),
+        serialize.sync(),
+        serialize.query("EXECUTE s"),
+        serialize.query("SELECT name FROM people"),
+      );
+      expect(errors(ms).map((e) => e.code)).toEqual(["42P05", "42501"]);
+      expect(firstValues(ms)).toEqual(["public person"]);
+      c.socket.destroy();
+    } finally {
+      await harness.close();
+    }
+  });
+
   it("keeps the first statement after two failed Parses of its name in one cycle", async () => {
     const masked = await startMasked();
     try {

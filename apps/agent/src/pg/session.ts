@@ -260,7 +260,7 @@ interface Run {
   forgetsUpTo?: number;
   /** Its bound parameters, rendered (extended protocol). */
   params?: string;
-  /** The prepared statement it was bound from, when that may be either of two (see `resolved`). */
+  /** The prepared statement it was bound from, when that may be either of two (see `answered`). */
   of?: PreparedStatement;
   /** How its text, parameters and message are kept in the audit trail. */
   redaction: AuditRedaction;
@@ -283,8 +283,18 @@ interface PreparedStatement {
    * at all (a Parse that fails or is skipped makes the server skip everything up to that Sync).
    */
   alone?: { statement: PreparedStatement; syncs: number };
-  /** Of such a record, the statement the server turned out to hold (the audit's text of its runs). */
-  resolved?: PreparedStatement | undefined;
+  /**
+   * Of such a record, once the server has answered its Parse: the statement it turned out to hold
+   * (undefined: none), the audit's text of the record's runs (see `settled`).
+   */
+  answered?: { held: PreparedStatement | undefined };
+}
+
+/** What the server holds of `record` as far as the answers so far tell (a merged record may merge another). */
+function settled(record: PreparedStatement | undefined): PreparedStatement | undefined {
+  let r = record;
+  for (let i = 0; r?.answered && i < 64; i++) r = r.answered.held;
+  return r;
 }
 
 interface Portal {
@@ -1272,7 +1282,9 @@ export class PgSession {
     if (set !== prepared) set.alone = { statement: prepared, syncs: this.syncs };
     this.statements.set(parse.name, set);
     if (parse.name !== "") this.preparedSince.set(parse.name, ++this.definitions);
+    // (Only for the first Parse after it: a second one of the name fails there, keeping the first.)
     const closing = parse.name === "" ? undefined : this.closingInCycle.get(parse.name);
+    if (closing) this.closingInCycle.delete(parse.name);
     this.push({ kind: "parse", name: parse.name, previous, set, confirmed: prepared, ...(closing && { closing }) });
     return f.raw;
   }
@@ -1472,18 +1484,18 @@ export class PgSession {
     this.awaitingSync = true;
   }
 
-  /**
-   * What a Bind of statement `name` runs: the protocol statement, or the SQL-prepared one (they share
-   * one namespace), or — when the agent has both and cannot tell which the target kept — both
-   * merged, refused when either declares, fetches, prepares, executes or changes settings (which
-   * one runs decides what the agent must track).
-   */
   /** What a Bind or Describe of protocol statement `name` sent now finds there if it runs (see `alone`). */
   private protocolStatement(name: string): PreparedStatement | undefined {
     const record = this.statements.get(name);
     return record?.alone?.syncs === this.syncs ? record.alone.statement : record;
   }
 
+  /**
+   * What a Bind of statement `name` runs: the protocol statement, or the SQL-prepared one (they share
+   * one namespace), or — when the agent has both and cannot tell which the target kept — both
+   * merged, refused when either declares, fetches, prepares, executes or changes settings (which
+   * one runs decides what the agent must track).
+   */
   private boundStatement(name: string): PreparedStatement | undefined {
     const protocol = this.protocolStatement(name);
     const sql = name === "" ? undefined : this.sqlPrepared.get(name);
@@ -1500,6 +1512,7 @@ export class PgSession {
     };
     // The SQL record without its PREPARE (binding does not run it again), and the protocol one.
     const { prepare: _prepare, ...sqlInfo } = sql;
+    if (protocol?.refusal) statement.refusal = protocol.refusal;
     const both = protocol !== undefined && protocol.classification.statements.length > 0;
     if (both && [sqlInfo, ...protocol.classification.statements].some(changesSession))
       statement.refusal = `access denied: prepared statement "${name}" is claimed by both a SQL PREPARE and a protocol Parse, one of which changes the session; DEALLOCATE it and prepare it again`;
@@ -1618,7 +1631,9 @@ export class PgSession {
       const tooMany = this.cursorRefusal(info.cursor.name);
       if (tooMany) return { effect: "deny", rule: "", message: tooMany, tables: [] };
     }
-    if (info.execute && this.statements.get(info.execute.name)?.classification.statements.some(changesSession)) {
+    const executed = info.execute && this.statements.get(info.execute.name);
+    // (A record merged from two Parses keeps one's fields: its refusal says whether either changes it.)
+    if (info.execute && executed && (executed.refusal || executed.classification.statements.some(changesSession))) {
       return {
         effect: "deny",
         rule: "",
@@ -1764,7 +1779,7 @@ export class PgSession {
     run.recorded = true;
     const { params } = run;
     // Bound from a Parse of a name the server may still have held: the text of the one it ran.
-    const resolved = run.of?.resolved;
+    const resolved = run.of?.answered ? settled(run.of) : undefined;
     const resolvedInfo = resolved?.classification.statements[0];
     const redaction = resolvedInfo ? this.redaction(resolvedInfo) : run.redaction;
     const text = redactFor(resolved ? resolved.text : run.text, redaction);
@@ -2099,7 +2114,7 @@ export class PgSession {
           head.set &&
           head.set !== head.confirmed
         ) {
-          head.set.resolved = head.confirmed;
+          head.set.answered = { held: head.confirmed };
           if (this.statements.get(head.name) === head.set) this.statements.set(head.name, head.confirmed);
         }
         this.shift();
@@ -2197,6 +2212,7 @@ export class PgSession {
       if (p.kind === "sync" && p.copyEnds === ends) {
         this.pending.removeAt(i);
         this.cyclesSent--;
+        this.syncs--; // (a Bind behind it runs in the same cycle as a Parse before it)
       }
     }
     if (this.copyEnds === ends) this.copyIn = true;
@@ -2306,8 +2322,8 @@ export class PgSession {
         // is the first's, merged.)
         // (A Close of the name that ran before it left the server nothing under the name.)
         if (p.kind === "parse" && p.name !== undefined) {
-          const held = p.closing?.closed ? undefined : p.previous;
-          if (p.set && p.set !== p.confirmed) p.set.resolved = held;
+          const held = p.closing?.closed ? undefined : settled(p.previous);
+          if (p.set && p.set !== p.confirmed) p.set.answered = { held };
           if (this.statements.get(p.name) === p.set) {
             if (held) this.statements.set(p.name, held);
             else this.statements.delete(p.name);
