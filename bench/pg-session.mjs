@@ -43,11 +43,12 @@ const { values: args } = parseArgs({
   options: {
     statements: { type: "string", default: "200000" },
     modes: { type: "string", default: "simple,extended,masked" },
+    batch: { type: "string", default: "100" },
   },
 });
 const STATEMENTS = Number(args.statements);
 const MODES = args.modes.split(",");
-const BATCH = 100;
+const BATCH = Number(args.batch);
 
 /** A socket that takes every write and lets the bench emit what it "receives". */
 class FakeSocket extends EventEmitter {

@@ -19,7 +19,7 @@ function reference(e: DbQueryEvent): Uint8Array {
       rule: e.rule,
       message: e.message,
       bundleVersion: e.bundleVersion,
-      prevHash: e.prevHash,
+      prevHash: typeof e.prevHash === "string" ? Buffer.from(e.prevHash, "latin1") : e.prevHash,
       detail: {
         case: "dbQuery",
         value: {
@@ -61,7 +61,10 @@ describe("encodeQueryEvent", () => {
         rule: str(),
         message: str(),
         bundleVersion: BigInt(rnd(1000)),
-        prevHash: rnd(5) === 0 ? new Uint8Array(0) : Uint8Array.from({ length: 32 }, () => rnd(256)),
+        // Bytes, or the latin1 string of them the spool hands over (one char per byte).
+        prevHash: ((hash: Uint8Array) => (rnd(2) === 0 ? Buffer.from(hash).toString("latin1") : hash))(
+          rnd(5) === 0 ? new Uint8Array(0) : Uint8Array.from({ length: 32 }, () => rnd(256)),
+        ),
         query: {
           text: str(),
           fingerprint: str(),

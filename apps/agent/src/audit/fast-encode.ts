@@ -88,6 +88,17 @@ class Writer {
     this.buf.set(b, this.pos);
     this.pos += b.length;
   }
+  /** A bytes field given as a latin1 string (one char per byte, as the spool keeps its hash). */
+  latin1(field: number, s: string) {
+    if (s.length === 0) return;
+    this.tag(field, 2);
+    this.varint(s.length);
+    this.ensure(s.length);
+    const buf = this.buf;
+    let p = this.pos;
+    for (let i = 0; i < s.length; i++) buf[p++] = s.charCodeAt(i);
+    this.pos = p;
+  }
   uint64(field: number, v: bigint) {
     if (v === 0n) return;
     this.tag(field, 0);
@@ -136,7 +147,8 @@ export interface QueryEventFields {
   rule: string;
   message: string;
   bundleVersion: bigint;
-  prevHash: Uint8Array;
+  /** Bytes, or a latin1 string of them (AuditSpool.lastHashLatin1). */
+  prevHash: Uint8Array | string;
   query: {
     text: string;
     fingerprint: string;
@@ -204,7 +216,8 @@ export function encodeQueryEvent(session: Uint8Array, e: QueryEventFields): Uint
   w.string(9, e.rule);
   w.string(10, e.message);
   w.uint64(11, e.bundleVersion);
-  w.bytes(12, e.prevHash);
+  if (typeof e.prevHash === "string") w.latin1(12, e.prevHash);
+  else w.bytes(12, e.prevHash);
   const q = inner;
   q.pos = 0;
   q.string(1, e.query.text);

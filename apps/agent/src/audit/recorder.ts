@@ -115,16 +115,8 @@ export function createAuditRecorder(deps: {
       }),
     );
   };
-  // The shipper is woken once per turn, after the turn's events are written.
-  let wakeScheduled = false;
-  const scheduleWake = () => {
-    if (wakeScheduled) return;
-    wakeScheduled = true;
-    setImmediate(() => {
-      wakeScheduled = false;
-      deps.onRecorded?.();
-    });
-  };
+  // The shipper is woken once per turn, after the turn's statements are written.
+  deps.spool.onWritten = deps.onRecorded;
   const recorder: AuditRecorder = {
     hasRoom: (bytes) => deps.spool.hasRoom(bytes),
     async record(event) {
@@ -162,7 +154,7 @@ export function createAuditRecorder(deps: {
               rule: r.rule,
               message: r.message,
               bundleVersion: deps.bundleVersion(),
-              prevHash: deps.spool.lastHash,
+              prevHash: deps.spool.lastHashLatin1,
               query: r.query,
             }),
           );
@@ -170,7 +162,6 @@ export function createAuditRecorder(deps: {
             void recordGap(result.gap, "the audit spool was full: the oldest unshipped events were dropped").catch(
               () => undefined,
             );
-          scheduleWake();
         },
       };
     },

@@ -1,5 +1,15 @@
 import { spawn } from "node:child_process";
-import { appendFileSync, closeSync, openSync, readdirSync, statSync, writeSync } from "node:fs";
+import { createHash } from "node:crypto";
+import {
+  appendFileSync,
+  closeSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
@@ -25,6 +35,28 @@ describe("audit spool", () => {
     const again = AuditSpool.open({ dir });
     expect(again.recovery.lastSeq).toBe(10n);
     expect((await again.spool.append((seq) => payload(seq))).seq).toBe(11n);
+  });
+
+  it("chains each event to the SHA-256 of the one before, across a reopen, and numbers past 2^32", async () => {
+    const dir = tempDir();
+    const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest();
+    // A spool whose control plane has stored events up to 2^32 + 5: it goes on after that.
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, "acked"), `${2n ** 32n + 5n}\n`);
+    const { spool } = AuditSpool.open({ dir });
+    expect(spool.lastHash).toHaveLength(0);
+    const { seq } = spool.appendSoon((s) => payload(s));
+    expect(seq).toBe(2n ** 32n + 6n);
+    expect(Buffer.from(spool.lastHash)).toEqual(sha256(payload(seq)));
+    expect(spool.lastHashLatin1).toBe(sha256(payload(seq)).toString("latin1"));
+    await spool.append((s) => payload(s, 300));
+    expect(Buffer.from(spool.lastHash)).toEqual(sha256(payload(seq + 1n, 300)));
+    spool.close();
+    const again = AuditSpool.open({ dir });
+    expect(again.recovery.lastSeq).toBe(seq + 1n);
+    expect(again.spool.read(seq, 10).map((e) => e.seq)).toEqual([seq, seq + 1n]);
+    expect(Buffer.from(again.spool.lastHash)).toEqual(sha256(payload(seq + 1n, 300)));
+    again.spool.close();
   });
 
   it("serves reads from memory and from segment files alike across arenas, tail trimming and acks", async () => {
