@@ -48,6 +48,9 @@ beforeAll(async () => {
       "CREATE DOMAIN swapper AS int CHECK (swap_c())",
       "CREATE FUNCTION close_c() RETURNS bool LANGUAGE plpgsql AS $$ DECLARE r refcursor := 'c'; BEGIN CLOSE r; RETURN true; END $$",
       "CREATE DOMAIN closer AS int CHECK (close_c())",
+      // A cursor and a prepared statement made by functions, of computed columns (no table to mask by).
+      "CREATE FUNCTION open_lower(r refcursor) RETURNS refcursor LANGUAGE plpgsql AS $$ BEGIN OPEN r FOR SELECT lower(email) AS n FROM users; RETURN r; END $$",
+      "CREATE FUNCTION prep_lower() RETURNS int LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'PREPARE s AS SELECT lower(email) AS n FROM users'; RETURN 1; END $$",
     ].join("; "),
     "app",
   );
@@ -863,6 +866,45 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
     } finally {
       bystander.socket.destroy();
       await harness.close();
+    }
+  });
+});
+
+describe("names a function defined out of the agent's sight (review 25)", () => {
+  it("reads a cursor as any column until its DECLARE has succeeded: it fails when a function's cursor holds the name", async () => {
+    const masked = await startMasked(["db:function"]);
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("BEGIN; SELECT open_lower('c')"));
+      const declared = await c.exchange(serialize.query("SAVEPOINT s; DECLARE c CURSOR FOR SELECT v AS n FROM inbox"));
+      expect(errors(declared).map((e) => e.code)).toEqual(["42P03"]);
+      await c.exchange(serialize.query("ROLLBACK TO SAVEPOINT s"));
+      const ms = await c.exchange(serialize.query("FETCH ALL FROM c"));
+      expect(firstValues(ms)).toEqual(["****", "****", "****"]);
+      // A DECLARE that succeeds reads as its own query at once, in the same message too.
+      const own = await c.exchange(serialize.query("DECLARE d CURSOR FOR SELECT v AS n FROM inbox; FETCH ALL FROM d"));
+      expect(firstValues(own)).toEqual(["hello"]);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("reads a SQL prepared statement as any column until its PREPARE has succeeded", async () => {
+    const masked = await startMasked(["db:function"]);
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("SELECT prep_lower()"));
+      const prepared = await c.exchange(serialize.query("PREPARE s AS SELECT v AS n FROM inbox"));
+      expect(errors(prepared).map((e) => e.code)).toEqual(["42P05"]);
+      const ms = await c.exchange(serialize.query("EXECUTE s"));
+      expect(firstValues(ms)).toEqual(["****", "****", "****"]);
+      await c.exchange(serialize.query("PREPARE t AS SELECT v AS n FROM inbox"));
+      const own = await c.exchange(serialize.query("EXECUTE t"));
+      expect(firstValues(own)).toEqual(["hello"]);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
     }
   });
 });

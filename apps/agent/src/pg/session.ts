@@ -262,6 +262,12 @@ interface Run {
   params?: string;
   /** The prepared statement it was bound from, when that may be either of two (see `answered`). */
   of?: PreparedStatement;
+  /**
+   * A cursor or SQL prepared statement it defines under a name the agent had no record of: read as
+   * any column until it has succeeded (see CursorRecord.unconfirmed).
+   */
+  defines?:
+    { cursor?: CursorRecord; prepared?: { name: string; record: StatementInfo; info: StatementInfo } } | undefined;
   /** How its text, parameters and message are kept in the audit trail. */
   redaction: AuditRedaction;
 }
@@ -295,6 +301,37 @@ function settled(record: PreparedStatement | undefined): PreparedStatement | und
   let r = record;
   for (let i = 0; r?.answered && i < 64; i++) r = r.answered.held;
   return r;
+}
+
+interface CursorRecord {
+  result: ResultLineage;
+  reads: ColumnSources;
+  since: number;
+  /** Some DECLARE of the name was WITH HOLD: it may outlive its transaction. */
+  hold: boolean;
+  /**
+   * The cycle whose ReadyForQuery ends the message of the last WITH HOLD declaration. Until an
+   * idle ReadyForQuery at or after it (`heldAt > idleAt`), the transaction may not have ended:
+   * the cursor's query runs when it commits, and an error of it then comes with whatever
+   * statement is at hand.
+   */
+  heldAt: number;
+  /** Sync cycles before the last definition (see Portal.cycle). */
+  cycle: number;
+  /**
+   * What reading it needs: what its query needed when declared (both queries' needs for a name
+   * declared twice). A FETCH is decided as that, so a rule that arrived since applies to it.
+   */
+  actions: readonly ActionUse[];
+  /** A protocol portal of a FETCH or EXECUTE (kept when the agent forgets the portal itself). */
+  lazy?: Lazy | undefined;
+  /**
+   * A name the agent had no record of, declared (or bound) and not yet confirmed by the target: a
+   * function may have opened a cursor of that name out of the agent's sight, and then this
+   * definition fails there, leaving that cursor's rows under the name. Until the definition
+   * succeeds the name reads as any column (`result`, `reads`); then as this.
+   */
+  unconfirmed?: { result: ResultLineage; reads: ColumnSources } | undefined;
 }
 
 interface Portal {
@@ -378,6 +415,8 @@ type Pending =
       bound?: Portal;
       /** The portal of a FETCH or EXECUTE the name was noted as when this Bind was sent (see onBind). */
       replaces?: Lazy | undefined;
+      /** The cursor record it made for its portal's name (confirmed at BindComplete). */
+      named?: CursorRecord | undefined;
     }
   | {
       kind: "describe";
@@ -490,32 +529,7 @@ export class PgSession {
    * declared again while the first may still be open (the second DECLARE fails on the server) keeps
    * both lineages; an unknown name counts as any column.
    */
-  private readonly cursors = new Map<
-    string,
-    {
-      result: ResultLineage;
-      reads: ColumnSources;
-      since: number;
-      /** Some DECLARE of the name was WITH HOLD: it may outlive its transaction. */
-      hold: boolean;
-      /**
-       * The cycle whose ReadyForQuery ends the message of the last WITH HOLD declaration. Until an
-       * idle ReadyForQuery at or after it (`heldAt > idleAt`), the transaction may not have ended:
-       * the cursor's query runs when it commits, and an error of it then comes with whatever
-       * statement is at hand.
-       */
-      heldAt: number;
-      /** Sync cycles before the last definition (see Portal.cycle). */
-      cycle: number;
-      /**
-       * What reading it needs: what its query needed when declared (both queries' needs for a name
-       * declared twice). A FETCH is decided as that, so a rule that arrived since applies to it.
-       */
-      actions: readonly ActionUse[];
-      /** A protocol portal of a FETCH or EXECUTE (kept when the agent forgets the portal itself). */
-      lazy?: Lazy | undefined;
-    }
-  >();
+  private readonly cursors = new Map<string, CursorRecord>();
   /**
    * Query, Parse, Bind, Execute and Close messages sent, and Syncs outside a transaction block:
    * each may run statements and functions (a domain's CHECK on a literal or a parameter, an
@@ -1158,14 +1172,20 @@ export class PgSession {
       // or the transaction has failed), EXECUTE runs the earlier statement: until it is deallocated,
       // the agent assumes either may run, so EXECUTE needs what both need and is masked by what both
       // compute.
+      // A name the agent had no record of may be one a function prepared out of its sight: EXECUTE
+      // reads as any column until this PREPARE has succeeded (afterSucceeded).
       const name = info.prepare.name;
       const earlier = this.preparedInfo(name);
-      this.sqlPrepared.set(name, earlier ? mergeInfos(info, earlier) : info);
+      const record = earlier ? mergeInfos(info, earlier) : { ...info, result: UNKNOWN_LINEAGE, reads: ANY_COLUMN };
+      this.sqlPrepared.set(name, record);
       this.preparedSince.set(name, ++this.definitions);
+      if (run && !earlier) run.defines = { prepared: { name, record, info } };
     }
     if (run && (info.deallocate || info.cursor?.op === "close")) run.forgetsUpTo = this.definitions;
-    if (info.cursor?.op === "declare" && info.cursor.name !== null)
-      this.noteCursor(info.cursor.name, info, info.cursor.hold === true, info.actions);
+    if (info.cursor?.op === "declare" && info.cursor.name !== null) {
+      const record = this.noteCursor(info.cursor.name, info, info.cursor.hold === true, info.actions);
+      if (run && record.unconfirmed) run.defines = { cursor: record };
+    }
   }
 
   /**
@@ -1175,7 +1195,13 @@ export class PgSession {
    * it.
    */
   private afterSucceeded(run: Run): void {
-    const { info, forgetsUpTo: upTo } = run;
+    const { info, forgetsUpTo: upTo, defines } = run;
+    if (defines) {
+      this.confirmCursor(defines.cursor);
+      const p = defines.prepared;
+      if (p && this.sqlPrepared.get(p.name) === p.record) this.sqlPrepared.set(p.name, p.info);
+      run.defines = undefined;
+    }
     if (upTo === undefined) return;
     if (info.deallocate) {
       const names = info.deallocate.name === null ? [...this.preparedSince.keys()] : [info.deallocate.name];
@@ -1211,12 +1237,15 @@ export class PgSession {
     hold: boolean,
     actions: readonly ActionUse[],
     lazy?: Lazy,
-  ): void {
+  ): CursorRecord {
     const previous = this.cursors.get(name);
+    const unconfirmed = previous
+      ? undefined
+      : { result: info.result ?? UNKNOWN_LINEAGE, reads: info.reads ?? ANY_COLUMN };
     // Past the cap new names are refused before they are sent (cursorRefusal).
-    this.cursors.set(name, {
-      result: mergeLineage(previous?.result, info.result) ?? UNKNOWN_LINEAGE,
-      reads: mergeSources(previous?.reads, info.reads) ?? ANY_COLUMN,
+    const record: CursorRecord = {
+      result: unconfirmed ? UNKNOWN_LINEAGE : (mergeLineage(previous?.result, info.result) ?? UNKNOWN_LINEAGE),
+      reads: unconfirmed ? ANY_COLUMN : (mergeSources(previous?.reads, info.reads) ?? ANY_COLUMN),
       since: ++this.definitions,
       hold: hold || previous?.hold === true,
       // A Query is counted when it is sent; a Bind's cycle is its Sync, counted later.
@@ -1224,7 +1253,19 @@ export class PgSession {
       cycle: this.cyclesSent,
       actions: previous ? [...previous.actions, ...actions] : actions,
       lazy: lazy ?? previous?.lazy,
-    });
+      unconfirmed,
+    };
+    this.cursors.set(name, record);
+    return record;
+  }
+
+  /** The target has run the definition that made `record` (see CursorRecord.unconfirmed). */
+  private confirmCursor(record: CursorRecord | undefined): void {
+    const defined = record?.unconfirmed;
+    if (!record || !defined) return;
+    record.result = defined.result;
+    record.reads = defined.reads;
+    record.unconfirmed = undefined;
   }
 
   private onParse(f: Frame): Buffer {
@@ -1331,8 +1372,10 @@ export class PgSession {
     if (run && params) run.params = params;
     for (const info of infos) this.afterAllowed(info, run);
     const replaces = this.cursors.get(portalName)?.lazy;
-    if (portalName !== "" && run)
-      this.noteCursor(portalName, run.info, false, this.neededActions(run.info) ?? [], lazy);
+    const named =
+      portalName !== "" && run
+        ? this.noteCursor(portalName, run.info, false, this.neededActions(run.info) ?? [], lazy)
+        : undefined;
     // Binding may run functions (its parameters' domain checks, planning evaluating immutable
     // ones), before PostgreSQL describes the portal.
     this.countRun(undefined);
@@ -1350,7 +1393,7 @@ export class PgSession {
       pendingExecutes: 0,
     };
     this.portals.set(portalName, portal);
-    this.push({ kind: "bind", portal: portalName, bound: portal, replaces });
+    this.push({ kind: "bind", portal: portalName, bound: portal, replaces, named });
     return f.raw;
   }
 
@@ -2123,6 +2166,7 @@ export class PgSession {
       case 0x32: {
         // BindComplete: the portal of a FETCH or EXECUTE the name held before is gone on the target.
         const head = this.pending.first;
+        if (head?.kind === "bind") this.confirmCursor(head.named);
         if (head?.kind === "bind" && head.portal !== undefined && head.replaces && !head.bound?.lazy) {
           const record = this.cursors.get(head.portal);
           if (record?.lazy === head.replaces) record.lazy = undefined;
