@@ -1,3 +1,5 @@
+import { createHash } from "node:crypto";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { AuditEventSchema, fromBinary, Verdict } from "@moat/proto";
@@ -73,4 +75,70 @@ describe("query events", () => {
     expect(s.message).toBe("no policy allows db:write");
     spool.close();
   });
+});
+
+describe("the audit chain", () => {
+  const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+  const session = {
+    actor: { user: "u", groups: ["g"], sourceAddress: "127.0.0.1", tokenId: "t" },
+    resource: "db",
+    sessionId: "s1",
+  };
+  const statement = (text: string) => ({
+    verdict: Verdict.ALLOW,
+    rule: "r",
+    message: "",
+    query: { text, fingerprint: "", statementClass: "read", tables: [], durationUs: 1, rows: 1, maskedColumns: [] },
+  });
+  const turn = () => new Promise((resolve) => setImmediate(resolve));
+
+  for (const start of [0n, 2n ** 32n - 3n, 2n ** 40n + 7n]) {
+    it(`links statements and session events alike, across reopens, from sequence ${start}`, async () => {
+      const dir = join(tempDir("moat-chain-"), "audit");
+      mkdirSync(dir, { recursive: true });
+      if (start > 0n) writeFileSync(join(dir, "acked"), `${start}\n`); // as if shipped up to there
+      let wakes = 0;
+      const open = () => {
+        const { spool } = AuditSpool.open({ dir });
+        return { spool, recorder: createAuditRecorder({ spool, bundleVersion: () => 1n, onRecorded: () => wakes++ }) };
+      };
+      let { spool, recorder } = open();
+      await recorder.record({ type: "session.start", message: "start" });
+      const q = recorder.queries(session);
+      q.recordSoon(statement("SELECT 1"));
+      q.recordSoon(statement("SELECT 2 \u00ff\u20ac"));
+      await recorder.record({ type: "session.end", message: "end" });
+      q.recordSoon(statement("SELECT 3"));
+      await turn();
+      const woken = wakes;
+      expect(woken).toBeGreaterThanOrEqual(3); // each record(), and the turn's statements once written
+      spool.close();
+      ({ spool, recorder } = open());
+      recorder.queries(session).recordSoon(statement("SELECT 4"));
+      await recorder.record({ type: "session.start", message: "again" });
+      await turn();
+      expect(wakes).toBeGreaterThan(woken);
+      spool.close();
+      ({ spool } = open());
+      const events = spool.read(start + 1n, 1000, 1 << 30);
+      expect(events.map((e) => e.seq)).toEqual(Array.from({ length: 7 }, (_, i) => start + 1n + BigInt(i)));
+      let previous = "";
+      for (const { seq, payload } of events) {
+        const e = fromBinary(AuditEventSchema, payload);
+        expect(e.seq).toBe(seq);
+        expect(Buffer.from(e.prevHash).toString("hex")).toBe(previous);
+        previous = sha256(payload);
+      }
+      // The frames' own headers say the same numbers.
+      const seqs: bigint[] = [];
+      for (const file of readdirSync(dir)
+        .filter((f) => f !== "acked")
+        .sort()) {
+        const b = readFileSync(join(dir, file));
+        for (let at = 0; at + 16 <= b.length; at += 16 + b.readUInt32LE(at)) seqs.push(b.readBigUInt64LE(at + 8));
+      }
+      expect(seqs).toEqual(events.map((e) => e.seq));
+      spool.close();
+    });
+  }
 });

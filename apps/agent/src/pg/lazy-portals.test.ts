@@ -48,6 +48,10 @@ beforeAll(async () => {
       "CREATE DOMAIN swapper AS int CHECK (swap_c())",
       "CREATE FUNCTION close_c() RETURNS bool LANGUAGE plpgsql AS $$ DECLARE r refcursor := 'c'; BEGIN CLOSE r; RETURN true; END $$",
       "CREATE DOMAIN closer AS int CHECK (close_c())",
+      // A COPY target that keeps the server busy (1.5 s a row).
+      "CREATE TABLE slowbox (v text)",
+      "CREATE FUNCTION slow_trg() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$",
+      "CREATE TRIGGER slow BEFORE INSERT ON slowbox FOR EACH ROW EXECUTE FUNCTION slow_trg()",
       // A cursor and a prepared statement made by functions, of computed columns (no table to mask by).
       "CREATE FUNCTION open_lower(r refcursor) RETURNS refcursor LANGUAGE plpgsql AS $$ BEGIN OPEN r FOR SELECT lower(email) AS n FROM users; RETURN r; END $$",
       "CREATE FUNCTION prep_lower() RETURNS int LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'PREPARE s AS SELECT lower(email) AS n FROM users'; RETURN 1; END $$",
@@ -822,6 +826,64 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
       c.socket.destroy();
     } finally {
       await harness.close();
+    }
+  });
+
+  it("masks a Bind behind a Sync the server answered as either statement, a Sync it ignored in COPY before it (review 30)", async () => {
+    const masked = await startMasked(["db:copy-in"]);
+    try {
+      const c = await open(masked);
+      await c.exchange(emails, serialize.sync());
+      const start = c.messages.length;
+      // An extended COPY with a Sync behind its Execute (ignored by the server in COPY mode), the
+      // data, and a Parse of s (it fails: s is held), all before the server's CopyInResponse.
+      c.socket.write(
+        Buffer.concat([
+          serialize.parse({ name: "", text: "COPY slowbox FROM STDIN" }),
+          serialize.bind({}),
+          serialize.execute({}),
+          serialize.sync(),
+          serialize.copyData(Buffer.from("x\n")),
+          serialize.copyDone(),
+          serialize.parse({ name: "s", text: "SELECT 'plain'::text AS n" }),
+        ]),
+      );
+      await c.until((m) => m.slice(start).some((x) => x.type === "G"));
+      // The server is still inserting: the Parse is not answered when the Bind behind a Sync is sent.
+      c.socket.write(Buffer.concat([serialize.sync(), ...readS]));
+      await c.until((m) => m.slice(start).filter((x) => x.type === "Z").length >= 2, 10_000);
+      const ms = c.messages.slice(start);
+      expect(errors(ms).map((e) => e.code)).toEqual(["42P05"]);
+      expect(firstValues(ms)).toHaveLength(3);
+      expect(leaked(ms)).toBe(false);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("audits the parameters of a Bind the other statement ran as redacted as the statement they were sent for (review 30)", async () => {
+    const masked = await startMasked(["db:admin"]);
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.parse({ name: "s", text: "SELECT $1::text AS n" }), serialize.sync());
+      await pipeline(
+        c,
+        2,
+        serialize.parse({ name: "s", text: "SELECT set_config('app.password', $1, false) AS n" }),
+        serialize.sync(),
+        serialize.bind({ statement: "s", values: ["hunter2"] }),
+        serialize.describe({ type: "P", name: "" }),
+        serialize.execute({}),
+        serialize.sync(),
+      );
+      c.socket.destroy();
+      await new Promise((r) => setTimeout(r, 300));
+      const texts = queryEvents(masked).map(({ q }) => q.text);
+      expect(texts).toContain("SELECT $1::text AS n -- parameters: ***");
+      expect(texts.join("\n")).not.toContain("hunter2");
+    } finally {
+      await masked.close();
     }
   });
 

@@ -1824,7 +1824,10 @@ export class PgSession {
     // Bound from a Parse of a name the server may still have held: the text of the one it ran.
     const resolved = run.of?.answered ? settled(run.of) : undefined;
     const resolvedInfo = resolved?.classification.statements[0];
-    const redaction = resolvedInfo ? this.redaction(resolvedInfo) : run.redaction;
+    // Redacted as that statement is, or as the run was when that says nothing: its parameters and
+    // its error may be what the client meant for the other (a password for a set_config, review 30).
+    const own = resolvedInfo ? this.redaction(resolvedInfo) : "none";
+    const redaction = own === "none" ? run.redaction : own;
     const text = redactFor(resolved ? resolved.text : run.text, redaction);
     this.soon({
       verdict: VERDICTS[effect],
@@ -2256,7 +2259,6 @@ export class PgSession {
       if (p.kind === "sync" && p.copyEnds === ends) {
         this.pending.removeAt(i);
         this.cyclesSent--;
-        this.syncs--; // (a Bind behind it runs in the same cycle as a Parse before it)
       }
     }
     if (this.copyEnds === ends) this.copyIn = true;
