@@ -20,6 +20,7 @@ import {
   queryEvents,
   types,
   type Msg,
+  type Raw,
 } from "../test-support/raw-client.js";
 
 const STALE =
@@ -666,7 +667,7 @@ describe("ends of transactions and refusals, as runs (review 26)", () => {
   });
 });
 
-describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
+describe("a Parse of a name the server still holds (reviews 27-30)", () => {
   const emails = serialize.parse({ name: "s", text: "SELECT email || '' AS n FROM users" });
   const readS = [
     serialize.bind({ statement: "s" }),
@@ -675,11 +676,21 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
     serialize.sync(),
   ];
 
-  it("masks a Bind pipelined behind it as either statement until the server answers", async () => {
-    const masked = await startMasked();
+  /** A session through a masked harness (and `extra` actions) in which `s` holds the emails statement. */
+  async function withEmailsPrepared(extra: string[], body: (c: Raw, masked: Harness) => Promise<void>): Promise<void> {
+    const masked = await startMasked(extra);
     try {
       const c = await open(masked);
       await c.exchange(emails, serialize.sync());
+      await body(c, masked);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  }
+
+  it("masks a Bind pipelined behind it as either statement until the server answers", async () => {
+    await withEmailsPrepared([], async (c) => {
       const ms = await pipeline(
         c,
         2,
@@ -690,26 +701,18 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
       expect(errors(ms)[0]?.code).toBe("42P05");
       expect(firstValues(ms)).toHaveLength(3);
       expect(leaked(ms)).toBe(false);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("audits a Bind pipelined behind it with the text of the statement the server ran", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
-      await c.exchange(emails, serialize.sync());
+    await withEmailsPrepared([], async (c, masked) => {
       const plain = "SELECT 'plain'::text AS n";
       await pipeline(c, 2, serialize.parse({ name: "s", text: plain }), serialize.sync(), ...readS);
       c.socket.destroy();
       await new Promise((r) => setTimeout(r, 300));
       const runs = queryEvents(masked).filter(({ q }) => Number(q.rows) > 0);
       expect(runs.map(({ q }) => q.text)).toEqual(["SELECT email || '' AS n FROM users"]);
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("binds, in the Parse's own Sync cycle, the statement it made: the Bind runs only if the Parse did", async () => {
@@ -734,10 +737,7 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
   });
 
   it("forgets the name after a Close of it and a Parse the server refused", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
-      await c.exchange(emails, serialize.sync());
+    await withEmailsPrepared([], async (c) => {
       const failed = await c.exchange(
         serialize.close({ type: "S", name: "s" }),
         serialize.parse({ name: "s", text: "SELECT n FROM nosuch" }),
@@ -747,10 +747,7 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
       // The server holds nothing under s: a new Parse of it is that statement alone, not masked.
       const ms = await c.exchange(serialize.parse({ name: "s", text: "SELECT 'plain'::text AS n" }), ...readS);
       expect(firstValues(ms)).toEqual(["plain"]);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("frees the name for the first Parse after a Close only: a second one fails, keeping the first (review 29)", async () => {
@@ -785,10 +782,7 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
   });
 
   it("audits a Bind behind two failed Parses with the text of the statement the server kept (review 29)", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
-      await c.exchange(emails, serialize.sync());
+    await withEmailsPrepared([], async (c, masked) => {
       await pipeline(
         c,
         2,
@@ -801,9 +795,7 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
       await new Promise((r) => setTimeout(r, 300));
       const runs = queryEvents(masked).filter(({ q }) => Number(q.rows) > 0);
       expect(runs.map(({ q }) => q.text)).toEqual(["SELECT email || '' AS n FROM users"]);
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("refuses EXECUTE of a name that may still hold a statement changing the session (review 29)", async () => {
@@ -830,10 +822,7 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
   });
 
   it("masks a Bind behind a Sync the server answered as either statement, a Sync it ignored in COPY before it (review 30)", async () => {
-    const masked = await startMasked(["db:copy-in"]);
-    try {
-      const c = await open(masked);
-      await c.exchange(emails, serialize.sync());
+    await withEmailsPrepared(["db:copy-in"], async (c) => {
       const start = c.messages.length;
       // An extended COPY with a Sync behind its Execute (ignored by the server in COPY mode), the
       // data, and a Parse of s (it fails: s is held), all before the server's CopyInResponse.
@@ -856,10 +845,7 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
       expect(errors(ms).map((e) => e.code)).toEqual(["42P05"]);
       expect(firstValues(ms)).toHaveLength(3);
       expect(leaked(ms)).toBe(false);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("audits the parameters of a Bind the other statement ran as redacted as the statement they were sent for (review 30)", async () => {
@@ -888,10 +874,7 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
   });
 
   it("keeps the first statement after two failed Parses of its name in one cycle", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
-      await c.exchange(emails, serialize.sync());
+    await withEmailsPrepared([], async (c) => {
       await c.exchange(
         serialize.parse({ name: "s", text: "SELECT 'plain'::text AS n" }),
         serialize.parse({ name: "s", text: "SELECT 'plain2'::text AS n" }),
@@ -900,10 +883,7 @@ describe("a Parse of a name the server still holds (reviews 27, 28)", () => {
       const ms = [...(await c.exchange(...readS)), ...(await c.exchange(serialize.query("EXECUTE s")))];
       expect(firstValues(ms)).toHaveLength(6);
       expect(leaked(ms)).toBe(false);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("refuses a Describe of the prepared FETCH the server kept, its cursor gone", async () => {
