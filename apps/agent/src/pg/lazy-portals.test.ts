@@ -932,6 +932,30 @@ describe("names a function defined out of the agent's sight (review 25)", () => 
     }
   });
 
+  it("reads a protocol statement as any column until its Parse has succeeded, behind a Sync (review 31)", async () => {
+    const masked = await startMasked(["db:function"]);
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("SELECT prep_lower()"));
+      const read = (statement: string) => [
+        serialize.bind({ statement }),
+        serialize.describe({ type: "P", name: "" }),
+        serialize.execute({}),
+        serialize.sync(),
+      ];
+      const inbox = (name: string) => serialize.parse({ name, text: "SELECT v AS n FROM inbox" });
+      const ms = await pipeline(c, 2, inbox("s"), serialize.sync(), ...read("s"));
+      expect(errors(ms).map((e) => e.code)).toEqual(["42P05"]);
+      expect(firstValues(ms)).toEqual(["****", "****", "****"]);
+      // A Parse that succeeds: its own statement, bound in its cycle and once answered.
+      expect(firstValues(await c.exchange(inbox("t"), ...read("t")))).toEqual(["hello"]);
+      expect(firstValues(await c.exchange(...read("t")))).toEqual(["hello"]);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
   it("reads a SQL prepared statement as any column until its PREPARE has succeeded", async () => {
     const masked = await startMasked(["db:function"]);
     try {

@@ -214,6 +214,16 @@ function mergePrepared(next: PreparedStatement, earlier: PreparedStatement): Pre
   return merged;
 }
 
+/** `p` with its rows read as any column (a name that may hold a statement the agent never saw). */
+function readingAnyColumn(p: PreparedStatement): PreparedStatement {
+  const statements = p.classification.statements.map((info) => ({
+    ...info,
+    result: UNKNOWN_LINEAGE,
+    reads: ANY_COLUMN,
+  }));
+  return { ...p, classification: { ...p.classification, statements } };
+}
+
 /** The cursor (or portal) a FETCH or MOVE reads; null for any other statement. */
 function fetchedName(info: StatementInfo): string | null {
   return info.cursor?.op === "fetch" ? info.cursor.name : null;
@@ -1319,7 +1329,10 @@ export class PgSession {
     // A named statement the target may still hold (a Close of it may be in flight): this Parse then
     // fails there and the old one stays. Until the target answers, a Bind, Describe or EXECUTE of
     // the name pipelined behind it (after a Sync) is decided and masked as either (review 27).
-    const set = previous && parse.name !== "" ? mergePrepared(prepared, previous) : prepared;
+    // A name the agent has no record of may hold one a function prepared out of its sight (review
+    // 31): until the target answers, the rows of a Bind of it after a Sync read as any column.
+    const set =
+      parse.name === "" ? prepared : previous ? mergePrepared(prepared, previous) : readingAnyColumn(prepared);
     if (set !== prepared) set.alone = { statement: prepared, syncs: this.syncs };
     this.statements.set(parse.name, set);
     if (parse.name !== "") this.preparedSince.set(parse.name, ++this.definitions);
