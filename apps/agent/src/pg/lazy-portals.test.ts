@@ -956,6 +956,40 @@ describe("names a function defined out of the agent's sight (review 25)", () => 
     }
   });
 
+  it("forgets a WITH HOLD cursor whose transaction did not commit: a function may reopen the name (review 31)", async () => {
+    const masked = await startMasked(["db:function"]);
+    try {
+      const declare = "DECLARE c CURSOR WITH HOLD FOR SELECT v AS n FROM inbox";
+      const extended = (text: string) => [serialize.parse({ text }), serialize.bind({}), serialize.execute({})];
+      // Each: the round trips of a transaction that declares c WITH HOLD and does not commit.
+      const endings: Buffer[][][] = [
+        [[serialize.query(`BEGIN; ${declare}`)], [serialize.query("ROLLBACK")]],
+        // The commit fails (the cursor's rows are computed then): COMMIT answers with an error.
+        [
+          [serialize.query("BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT (1/(id-5))::text AS n FROM t")],
+          [serialize.query("COMMIT")],
+        ],
+        [[serialize.query(`${declare}; SELECT 1/0`)]],
+        [[...extended(declare), ...extended("SELECT 1/0"), serialize.sync()]],
+      ];
+      for (const trips of endings) {
+        const c = await open(masked);
+        for (const messages of trips) await c.exchange(...messages);
+        await c.exchange(serialize.query("BEGIN; SELECT open_lower('c')"));
+        expect(firstValues(await c.exchange(serialize.query("FETCH ALL FROM c")))).toEqual(["****", "****", "****"]);
+        c.socket.destroy();
+      }
+      // Committed, it stays what it was declared as.
+      const c = await open(masked);
+      await c.exchange(serialize.query(`BEGIN; ${declare}`));
+      await c.exchange(serialize.query("COMMIT"));
+      expect(firstValues(await c.exchange(serialize.query("FETCH ALL FROM c")))).toEqual(["hello"]);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
   it("reads a SQL prepared statement as any column until its PREPARE has succeeded", async () => {
     const masked = await startMasked(["db:function"]);
     try {

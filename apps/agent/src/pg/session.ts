@@ -224,6 +224,10 @@ function readingAnyColumn(p: PreparedStatement): PreparedStatement {
   return { ...p, classification: { ...p.classification, statements } };
 }
 
+/** CommandComplete messages of a COMMIT, and of a ROLLBACK (or a COMMIT of a failed transaction). */
+const COMMIT_COMPLETE = Buffer.from("C\0\0\0\x0bCOMMIT\0", "latin1");
+const ROLLBACK_COMPLETE = Buffer.from("C\0\0\0\x0dROLLBACK\0", "latin1");
+
 /** The cursor (or portal) a FETCH or MOVE reads; null for any other statement. */
 function fetchedName(info: StatementInfo): string | null {
   return info.cursor?.op === "fetch" ? info.cursor.name : null;
@@ -603,6 +607,12 @@ export class PgSession {
   private inQuery = false;
   /** cyclesDone at the last ReadyForQuery outside a transaction block. */
   private idleAt = 0;
+  /**
+   * Since that ReadyForQuery, the target has failed a statement or rolled back (a ROLLBACK, a
+   * COMMIT of a failed transaction) with no COMMIT after: the transaction ending at the next idle
+   * ReadyForQuery did not commit.
+   */
+  private transactionFailed = false;
   private plan: ResultPlan | undefined;
   /** The masking rules (planner) `plan` was made under: rules that change during an Execute remake it. */
   private planMasks: MaskPlanner | undefined;
@@ -2193,6 +2203,11 @@ export class PgSession {
       case 0x43: // CommandComplete
       case 0x49: {
         // EmptyQueryResponse
+        // (COMMIT answers "ROLLBACK" when its transaction had failed; so does ROLLBACK TO.)
+        if (type === 0x43 && (raw.length === 12 || raw.length === 14)) {
+          if (raw.equals(COMMIT_COMPLETE)) this.transactionFailed = false;
+          else if (raw.equals(ROLLBACK_COMPLETE)) this.transactionFailed = true;
+        }
         const tagged = type === 0x43 ? commandCompleteRows(raw) : 0;
         this.completeStatement(tagged ?? this.rowsSeen);
         this.rowsSeen = 0;
@@ -2232,6 +2247,12 @@ export class PgSession {
         // Portals do not outlive their transaction (a SQL cursor may take the name next); one bound
         // in a later Sync cycle (pipelined behind this one) is not this transaction's.
         if (this.status === "I") {
+          // WITH HOLD cursors declared in a transaction that did not commit are gone with it.
+          if (this.transactionFailed)
+            for (const [name, cursor] of [...this.cursors])
+              if (cursor.hold && cursor.heldAt > this.idleAt && cursor.heldAt <= this.cyclesDone)
+                this.cursors.delete(name);
+          this.transactionFailed = false;
           this.idleAt = this.cyclesDone;
           for (const [name, portal] of [...this.portals]) if (portal.cycle < this.cyclesDone) this.dropPortal(name);
           // Cursors without WITH HOLD and protocol portals end with their transaction: names free.
@@ -2335,8 +2356,9 @@ export class PgSession {
 
   private onServerError(raw: Buffer): Buffer[] | undefined {
     const head = this.pending.first;
-    // An error ends the target's COPY mode (it answers Syncs again).
+    // An error ends the target's COPY mode (it answers Syncs again), and fails its transaction.
     this.copyIn = false;
+    this.transactionFailed = true;
     this.plan = undefined;
     this.rowsSeen = 0;
     if (!head) return undefined; // asynchronous (FATAL from the target): relay as is
