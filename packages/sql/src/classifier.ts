@@ -143,6 +143,7 @@ function withText(shape: StatementShape, text: string): StatementInfo {
   if (shape.result !== undefined) info.result = shape.result;
   if (shape.reads !== undefined) info.reads = shape.reads;
   if (shape.cursor !== undefined) info.cursor = shape.cursor;
+  if (shape.savepoint !== undefined) info.savepoint = shape.savepoint;
   return info;
 }
 

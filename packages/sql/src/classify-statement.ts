@@ -58,6 +58,7 @@ type Extra = Pick<
   | "result"
   | "reads"
   | "cursor"
+  | "savepoint"
 >;
 
 class Collector {
@@ -122,6 +123,12 @@ const withMode = (scope: Scope, mode: DbAction): Scope => ({ ...scope, mode });
 
 /** True when every field of `node` is one of `keys` (libpg-query leaves out fields at their defaults). */
 const hasOnlyKeys = (node: Obj, keys: ReadonlySet<string>): boolean => Object.keys(node).every((key) => keys.has(key));
+
+const SAVEPOINT_OPS: Record<string, "savepoint" | "release" | "rollback"> = {
+  TRANS_STMT_SAVEPOINT: "savepoint",
+  TRANS_STMT_RELEASE: "release",
+  TRANS_STMT_ROLLBACK_TO: "rollback",
+};
 
 function tableRef(rangeVar: Obj): TableRef {
   const ref: TableRef = { name: String(rangeVar.relname ?? "") };
@@ -1102,6 +1109,11 @@ function classifyInto(kind: string, node: Obj, out: Collector): void {
       }
       // BEGIN READ WRITE under a read-only default: see settingLiftsReadOnly.
       if (optionsLiftReadOnly(node.options)) out.action("db:write");
+      // Savepoints: a ROLLBACK TO closes the cursors and portals opened since (the agent forgets them).
+      if (typeof node.savepoint_name === "string") {
+        const op = SAVEPOINT_OPS[String(node.kind)];
+        if (op) out.extra.savepoint = { op, name: node.savepoint_name };
+      }
       return;
     case "DiscardStmt":
       if (node.target === "DISCARD_ALL") {

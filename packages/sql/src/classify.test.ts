@@ -618,6 +618,16 @@ describe("statement facts", () => {
     expect(one("DISCARD ALL").deallocate).toEqual({ name: null });
   });
 
+  it("names the savepoint of SAVEPOINT, RELEASE and ROLLBACK TO", () => {
+    expect(one("SAVEPOINT a").savepoint).toEqual({ op: "savepoint", name: "a" });
+    expect(one('RELEASE SAVEPOINT "A b"').savepoint).toEqual({ op: "release", name: "A b" });
+    expect(one("RELEASE a").savepoint).toEqual({ op: "release", name: "a" });
+    expect(one("ROLLBACK TO SAVEPOINT a").savepoint).toEqual({ op: "rollback", name: "a" });
+    expect(one("ROLLBACK TO A").savepoint).toEqual({ op: "rollback", name: "a" });
+    expect(one("ROLLBACK").savepoint).toBeUndefined();
+    expect(one("BEGIN").savepoint).toBeUndefined();
+  });
+
   it("gives reasons for dynamic statements", () => {
     expect(one("DO $$ BEGIN END $$").reason).toBe("DO blocks run procedural code that cannot be inspected");
     expect(one("SELECT query_to_xml('x', true, true, '')").reason).toMatch(/query_to_xml/);

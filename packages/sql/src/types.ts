@@ -130,6 +130,8 @@ export interface StatementInfo {
   reads?: ColumnSources;
   /** DECLARE, FETCH/MOVE or CLOSE of a cursor (name null: CLOSE ALL); `hold`: DECLARE ... WITH HOLD. */
   cursor?: { op: "declare" | "fetch" | "close"; name: string | null; hold?: boolean };
+  /** SAVEPOINT, RELEASE [SAVEPOINT] or ROLLBACK TO [SAVEPOINT] of savepoint `name`. */
+  savepoint?: { op: "savepoint" | "release" | "rollback"; name: string };
 }
 
 export interface SqlSyntaxError {

@@ -990,6 +990,33 @@ describe("names a function defined out of the agent's sight (review 25)", () => 
     }
   });
 
+  it("forgets the cursors and portals a ROLLBACK TO closed, and only those (review 31)", async () => {
+    const masked = await startMasked(["db:function"]);
+    try {
+      const c = await open(masked);
+      await c.exchange(serialize.query("BEGIN; DECLARE kept CURSOR FOR SELECT v AS n FROM inbox; SAVEPOINT a"));
+      await c.exchange(serialize.query("DECLARE c CURSOR FOR SELECT v AS n FROM inbox"));
+      await c.exchange(
+        serialize.parse({ name: "q", text: "SELECT v AS n FROM inbox" }),
+        serialize.bind({ portal: "P", statement: "q" }),
+        serialize.describe({ type: "P", name: "P" }),
+        serialize.sync(),
+      );
+      expect(errors(await c.exchange(serialize.query("ROLLBACK TO SAVEPOINT a")))).toEqual([]);
+      // Their names are free on the server: a function opens cursors under them.
+      await c.exchange(serialize.query("SELECT open_lower('c'), open_lower('P')"));
+      expect(firstValues(await c.exchange(serialize.query("FETCH ALL FROM c")))).toEqual(["****", "****", "****"]);
+      // The cursor declared before the savepoint is still its own.
+      expect(firstValues(await c.exchange(serialize.query("FETCH ALL FROM kept")))).toEqual(["hello"]);
+      const executed = await c.exchange(serialize.execute({ portal: "P" }), serialize.sync());
+      expect(errors(executed).map((e) => e.code)).toEqual(["42501"]);
+      expect(leaked(executed)).toBe(false);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
   it("reads a SQL prepared statement as any column until its PREPARE has succeeded", async () => {
     const masked = await startMasked(["db:function"]);
     try {

@@ -248,6 +248,9 @@ function changesSession(info: StatementInfo): boolean {
 /** The audit message of a statement the target skipped (an earlier message of its Sync cycle failed). */
 const SKIPPED = "not run: an earlier message of the same Sync failed";
 
+/** Savepoints a session tracks in one transaction (the oldest are dropped past it). */
+const MAX_SAVEPOINTS = 1024;
+
 /** Cursors and named portals a session tracks at once; a new one past this is refused. */
 const MAX_CURSORS = 1000;
 
@@ -282,6 +285,8 @@ interface Run {
    */
   defines?:
     { cursor?: CursorRecord; prepared?: { name: string; record: StatementInfo; info: StatementInfo } } | undefined;
+  /** A SAVEPOINT, RELEASE or ROLLBACK TO: the definition number when it was sent (see onSavepoint). */
+  savepointAt?: number;
   /** How its text, parameters and message are kept in the audit trail. */
   redaction: AuditRedaction;
 }
@@ -349,6 +354,8 @@ interface CursorRecord {
 }
 
 interface Portal {
+  /** Its definition number (see `definitions`): a ROLLBACK TO a savepoint set before it drops it. */
+  since: number;
   statement: PreparedStatement;
   run: Run | undefined;
   /** Its result's columns, from a Describe of the portal (the client's or one the agent adds). */
@@ -613,6 +620,8 @@ export class PgSession {
    * ReadyForQuery did not commit.
    */
   private transactionFailed = false;
+  /** The savepoints of the transaction in progress, oldest first, with the definitions sent before each. */
+  private savepoints: { name: string; since: number }[] = [];
   private plan: ResultPlan | undefined;
   /** The masking rules (planner) `plan` was made under: rules that change during an Execute remake it. */
   private planMasks: MaskPlanner | undefined;
@@ -1202,6 +1211,7 @@ export class PgSession {
       if (run && !earlier) run.defines = { prepared: { name, record, info } };
     }
     if (run && (info.deallocate || info.cursor?.op === "close")) run.forgetsUpTo = this.definitions;
+    if (run && info.savepoint) run.savepointAt = this.definitions;
     if (info.cursor?.op === "declare" && info.cursor.name !== null) {
       const record = this.noteCursor(info.cursor.name, info, info.cursor.hold === true, info.actions);
       if (run && record.unconfirmed) run.defines = { cursor: record };
@@ -1216,6 +1226,7 @@ export class PgSession {
    */
   private afterSucceeded(run: Run): void {
     const { info, forgetsUpTo: upTo, defines } = run;
+    if (info.savepoint && run.savepointAt !== undefined) this.onSavepoint(info.savepoint, run.savepointAt);
     if (defines) {
       this.confirmCursor(defines.cursor);
       const p = defines.prepared;
@@ -1230,6 +1241,33 @@ export class PgSession {
     if (info.cursor?.op === "close") {
       const names = info.cursor.name === null ? [...this.cursors.keys()] : [info.cursor.name];
       for (const name of names) this.forgetCursor(name, upTo);
+    }
+  }
+
+  /**
+   * A SAVEPOINT, RELEASE or ROLLBACK TO has run (`at`: the definitions sent before it). A ROLLBACK TO
+   * closes the cursors and portals opened since the savepoint: their names are free on the target,
+   * where a function may open others (review 31); the agent forgets them (a FETCH of such a name
+   * reads as any column, an Execute of such a portal is refused). Prepared statements are not
+   * transactional: they stay.
+   */
+  private onSavepoint(savepoint: NonNullable<StatementInfo["savepoint"]>, at: number): void {
+    const stack = this.savepoints;
+    let i = stack.length - 1;
+    while (i >= 0 && (stack[i] as { name: string }).name !== savepoint.name) i--;
+    if (savepoint.op === "savepoint") {
+      stack.push({ name: savepoint.name, since: at });
+      // Bounded: past that, a ROLLBACK TO an older one counts as to one not seen (forgets more).
+      if (stack.length > MAX_SAVEPOINTS) stack.shift();
+    } else if (savepoint.op === "release") stack.length = Math.max(i, 0);
+    else {
+      // (One the agent did not see set: everything defined before it may be gone.)
+      const since = i >= 0 ? (stack[i] as { since: number }).since : 0;
+      stack.length = i + 1;
+      for (const [name, cursor] of [...this.cursors])
+        if (cursor.since > since && cursor.since <= at) this.cursors.delete(name);
+      for (const [name, portal] of [...this.portals])
+        if (portal.since > since && portal.since <= at) this.dropPortal(name);
     }
   }
 
@@ -1414,6 +1452,7 @@ export class PgSession {
       executed: false,
       refused: false,
       pendingExecutes: 0,
+      since: ++this.definitions,
     };
     this.portals.set(portalName, portal);
     this.push({ kind: "bind", portal: portalName, bound: portal, replaces, named });
@@ -2253,6 +2292,7 @@ export class PgSession {
               if (cursor.hold && cursor.heldAt > this.idleAt && cursor.heldAt <= this.cyclesDone)
                 this.cursors.delete(name);
           this.transactionFailed = false;
+          this.savepoints = [];
           this.idleAt = this.cyclesDone;
           for (const [name, portal] of [...this.portals]) if (portal.cycle < this.cyclesDone) this.dropPortal(name);
           // Cursors without WITH HOLD and protocol portals end with their transaction: names free.
