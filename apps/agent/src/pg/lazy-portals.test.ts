@@ -1036,6 +1036,110 @@ describe("names a function defined out of the agent's sight (review 25)", () => 
   });
 });
 
+describe("what a transaction end or a ROLLBACK TO closes (review 32)", () => {
+  const q = (text: string) => serialize.query(text);
+  const ext = (text: string) => [serialize.parse({ text }), serialize.bind({}), serialize.execute({})];
+  const reopened = async (c: Raw, name: string) => {
+    await c.exchange(q(`SELECT open_lower('${name}')`));
+    return firstValues(await c.exchange(q(`FETCH ALL FROM "${name}"`)));
+  };
+
+  it("forgets cursors at COMMIT / ROLLBACK AND CHAIN and at a COMMIT or ROLLBACK inside one Query", async () => {
+    const masked = await startMasked(["db:function"]);
+    try {
+      const declare = (hold: string) => `DECLARE c CURSOR ${hold} FOR SELECT v AS n FROM inbox`;
+      const flows: Buffer[][] = [
+        [q(`BEGIN; ${declare("WITH HOLD")}`), q("ROLLBACK AND CHAIN"), q("COMMIT"), q("BEGIN")],
+        [q(`BEGIN; ${declare("WITH HOLD")}; ROLLBACK; BEGIN; COMMIT`), q("BEGIN")],
+        [q(`BEGIN; ${declare("")}`), q("COMMIT AND CHAIN")],
+        [q(`BEGIN; ${declare("")}; COMMIT; BEGIN`)],
+      ];
+      for (const flow of flows) {
+        const c = await open(masked);
+        for (const m of flow) await c.exchange(m);
+        expect(await reopened(c, "c")).toEqual(["****", "****", "****"]);
+        c.socket.destroy();
+      }
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("takes what a ROLLBACK TO or SAVEPOINT portal covers when it runs, not when it was bound", async () => {
+    const masked = await startMasked(["db:function"]);
+    try {
+      const c = await open(masked);
+      await c.exchange(q("BEGIN; SAVEPOINT a"));
+      await c.exchange(serialize.parse({ name: "s", text: "SELECT v AS n FROM inbox" }), serialize.sync());
+      const rollback = serialize.parse({ name: "r", text: "ROLLBACK TO SAVEPOINT a" });
+      await c.exchange(rollback, serialize.bind({ portal: "R", statement: "r" }), serialize.sync());
+      await c.exchange(
+        serialize.bind({ portal: "P", statement: "s" }),
+        serialize.describe({ type: "P", name: "P" }),
+        serialize.sync(),
+      );
+      await c.exchange(serialize.execute({ portal: "R" }), serialize.sync());
+      await c.exchange(q("SELECT open_lower('P')"));
+      const executed = await c.exchange(serialize.execute({ portal: "P" }), serialize.sync());
+      expect(errors(executed).map((e) => e.code)).toEqual(["42501"]);
+      expect(leaked(executed)).toBe(false);
+      c.socket.destroy();
+      // A SAVEPOINT bound before a portal and run after it: a ROLLBACK TO it keeps that portal.
+      const d = await open(masked);
+      await d.exchange(q("BEGIN"));
+      await d.exchange(serialize.parse({ name: "s", text: "SELECT id FROM t ORDER BY id" }), serialize.sync());
+      const savepoint = serialize.parse({ name: "sp", text: "SAVEPOINT a" });
+      await d.exchange(savepoint, serialize.bind({ portal: "S", statement: "sp" }), serialize.sync());
+      const page = (rows: number) => [serialize.execute({ portal: "P", rows }), serialize.sync()];
+      await d.exchange(
+        serialize.bind({ portal: "P", statement: "s" }),
+        serialize.describe({ type: "P", name: "P" }),
+        ...page(1),
+      );
+      await d.exchange(serialize.execute({ portal: "S" }), serialize.sync());
+      await d.exchange(q("SELECT 1/0"));
+      await d.exchange(q("ROLLBACK TO a"));
+      expect(firstValues(await d.exchange(...page(1)))).toEqual(["2"]);
+      d.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
+  it("keeps what clients keep open across savepoints and commits (pgjdbc autosave, psycopg2 WITH HOLD)", async () => {
+    const masked = await startMasked();
+    try {
+      const c = await open(masked);
+      await c.exchange(...ext("BEGIN"), serialize.sync());
+      const page = [serialize.execute({ portal: "C_1", rows: 2 }), serialize.sync()];
+      const ids = serialize.parse({ name: "S_1", text: "SELECT id FROM t ORDER BY id" });
+      await c.exchange(
+        ids,
+        serialize.bind({ portal: "C_1", statement: "S_1" }),
+        serialize.describe({ type: "P", name: "C_1" }),
+        ...page,
+      );
+      await c.exchange(...ext("SAVEPOINT PGJDBC_AUTOSAVE"), ...ext("SELECT 1/0"), serialize.sync());
+      await c.exchange(...ext("ROLLBACK TO SAVEPOINT PGJDBC_AUTOSAVE"), serialize.sync());
+      expect(firstValues(await c.exchange(...page))).toEqual(["3", "4"]);
+      await c.exchange(...ext("RELEASE SAVEPOINT PGJDBC_AUTOSAVE"), serialize.sync());
+      expect(firstValues(await c.exchange(...page))).toEqual(["5", "6"]);
+      c.socket.destroy();
+      const d = await open(masked);
+      await d.exchange(q('BEGIN; DECLARE "c_1" CURSOR WITH HOLD FOR SELECT id FROM t ORDER BY id'));
+      await d.exchange(q("COMMIT"));
+      const first = firstValues(await d.exchange(q('FETCH FORWARD 3 FROM "c_1"')));
+      await d.exchange(q("BEGIN; SELECT 1/0"));
+      await d.exchange(q("ROLLBACK"));
+      const next = firstValues(await d.exchange(q('FETCH FORWARD 3 FROM "c_1"')));
+      expect([...first, ...next]).toEqual(["1", "2", "3", "4", "5", "6"]);
+      d.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+});
+
 describe("audit of portals", () => {
   const summary = (harness: Harness, text: string) =>
     queryEvents(harness)

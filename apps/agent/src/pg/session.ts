@@ -285,8 +285,11 @@ interface Run {
    */
   defines?:
     { cursor?: CursorRecord; prepared?: { name: string; record: StatementInfo; info: StatementInfo } } | undefined;
-  /** A SAVEPOINT, RELEASE or ROLLBACK TO: the definition number when it was sent (see onSavepoint). */
-  savepointAt?: number;
+  /**
+   * A transaction statement (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ...): the definitions sent before
+   * it ran (its Query, or its portal's Execute), for what it ends (see transactionEnded, onSavepoint).
+   */
+  sentAt?: number;
   /** How its text, parameters and message are kept in the audit trail. */
   redaction: AuditRedaction;
 }
@@ -615,11 +618,13 @@ export class PgSession {
   /** cyclesDone at the last ReadyForQuery outside a transaction block. */
   private idleAt = 0;
   /**
-   * Since that ReadyForQuery, the target has failed a statement or rolled back (a ROLLBACK, a
-   * COMMIT of a failed transaction) with no COMMIT after: the transaction ending at the next idle
+   * The target has failed a statement since the last transaction end the agent saw (an idle
+   * ReadyForQuery, a COMMIT or ROLLBACK): an implicit transaction ending at the next idle
    * ReadyForQuery did not commit.
    */
   private transactionFailed = false;
+  /** The definitions sent before the last COMMIT or ROLLBACK ran (see transactionEnded). */
+  private transactionStart = 0;
   /** The savepoints of the transaction in progress, oldest first, with the definitions sent before each. */
   private savepoints: { name: string; since: number }[] = [];
   private plan: ResultPlan | undefined;
@@ -946,6 +951,8 @@ export class PgSession {
         }
         this.countEnding(portal.lazy, this.cyclesSent + 1);
         portal.executed = true;
+        // A transaction statement ends or rolls back what was sent before it runs, not before its Bind.
+        if (portal.run?.info.kind === "TransactionStmt") portal.run.sentAt = this.definitions;
         if (portal.fields === undefined && this.planner()) {
           // Masking needs the result's columns: ask the target, keep its answer to ourselves.
           this.push({ kind: "describe", portal, injected: true });
@@ -1211,7 +1218,7 @@ export class PgSession {
       if (run && !earlier) run.defines = { prepared: { name, record, info } };
     }
     if (run && (info.deallocate || info.cursor?.op === "close")) run.forgetsUpTo = this.definitions;
-    if (run && info.savepoint) run.savepointAt = this.definitions;
+    if (run && info.kind === "TransactionStmt") run.sentAt = this.definitions;
     if (info.cursor?.op === "declare" && info.cursor.name !== null) {
       const record = this.noteCursor(info.cursor.name, info, info.cursor.hold === true, info.actions);
       if (run && record.unconfirmed) run.defines = { cursor: record };
@@ -1226,7 +1233,7 @@ export class PgSession {
    */
   private afterSucceeded(run: Run): void {
     const { info, forgetsUpTo: upTo, defines } = run;
-    if (info.savepoint && run.savepointAt !== undefined) this.onSavepoint(info.savepoint, run.savepointAt);
+    if (info.savepoint && run.sentAt !== undefined) this.onSavepoint(info.savepoint, run.sentAt);
     if (defines) {
       this.confirmCursor(defines.cursor);
       const p = defines.prepared;
@@ -1269,6 +1276,22 @@ export class PgSession {
       for (const [name, portal] of [...this.portals])
         if (portal.since > since && portal.since <= at) this.dropPortal(name);
     }
+  }
+
+  /**
+   * A COMMIT or ROLLBACK (AND CHAIN too) has ended a transaction block; `at`: the definitions sent
+   * before it ran. Its cursors and portals are gone on the target, WITH HOLD cursors too unless it
+   * committed, and so are its savepoints: their names are free there, where a function may open
+   * others (review 32).
+   */
+  private transactionEnded(committed: boolean, at: number): void {
+    for (const [name, cursor] of [...this.cursors])
+      if (cursor.since <= at && (!cursor.hold || (!committed && cursor.since > this.transactionStart)))
+        this.cursors.delete(name);
+    for (const [name, portal] of [...this.portals]) if (portal.since <= at) this.dropPortal(name);
+    this.savepoints = [];
+    this.transactionStart = at;
+    this.transactionFailed = false;
   }
 
   /** Forgets prepared statement `name` (SQL or protocol) unless it was defined after number `upTo`. */
@@ -2242,13 +2265,18 @@ export class PgSession {
       case 0x43: // CommandComplete
       case 0x49: {
         // EmptyQueryResponse
-        // (COMMIT answers "ROLLBACK" when its transaction had failed; so does ROLLBACK TO.)
+        // The end of a transaction block (COMMIT answers "ROLLBACK" when its transaction had failed;
+        // so does ROLLBACK TO, which ends none; AND CHAIN starts the next at once).
+        let ended: { committed: boolean; at: number } | undefined;
         if (type === 0x43 && (raw.length === 12 || raw.length === 14)) {
-          if (raw.equals(COMMIT_COMPLETE)) this.transactionFailed = false;
-          else if (raw.equals(ROLLBACK_COMPLETE)) this.transactionFailed = true;
+          const run = this.headRun();
+          const committed = raw.equals(COMMIT_COMPLETE);
+          if ((committed || raw.equals(ROLLBACK_COMPLETE)) && run?.sentAt !== undefined && !run.info.savepoint)
+            ended = { committed, at: run.sentAt };
         }
         const tagged = type === 0x43 ? commandCompleteRows(raw) : 0;
         this.completeStatement(tagged ?? this.rowsSeen);
+        if (ended) this.transactionEnded(ended.committed, ended.at);
         this.rowsSeen = 0;
         return undefined;
       }
