@@ -1106,6 +1106,32 @@ describe("what a transaction end or a ROLLBACK TO closes (review 32)", () => {
     }
   });
 
+  it("keeps a WITH HOLD cursor its implicit transaction committed across a later ROLLBACK (review 33)", async () => {
+    const masked = await startMasked(["db:function"]);
+    try {
+      const hold = (name: string) => `DECLARE ${name} CURSOR WITH HOLD FOR SELECT upper(v) AS n FROM inbox`;
+      const flows: Buffer[][][] = [
+        // A pool's bare ROLLBACK with no transaction in progress; BEGIN ... ROLLBACK; the extended protocol.
+        [[q(hold("h"))], [q("ROLLBACK")]],
+        [[q(hold("h"))], [q("BEGIN")], [q("ROLLBACK")]],
+        [
+          [...ext(hold("h")), serialize.sync()],
+          [...ext("BEGIN"), serialize.sync()],
+          [...ext("ROLLBACK"), serialize.sync()],
+        ],
+        [[q(`BEGIN; ${hold("g")}; COMMIT`)], [q(hold("h"))], [q("BEGIN; SELECT 1")], [q("ROLLBACK")]],
+      ];
+      for (const trips of flows) {
+        const c = await open(masked);
+        for (const messages of trips) await c.exchange(...messages);
+        expect(firstValues(await c.exchange(q("FETCH ALL FROM h")))).toEqual(["HELLO"]);
+        c.socket.destroy();
+      }
+    } finally {
+      await masked.close();
+    }
+  });
+
   it("keeps what clients keep open across savepoints and commits (pgjdbc autosave, psycopg2 WITH HOLD)", async () => {
     const masked = await startMasked();
     try {

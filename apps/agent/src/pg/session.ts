@@ -1271,10 +1271,10 @@ export class PgSession {
       // (One the agent did not see set: everything defined before it may be gone.)
       const since = i >= 0 ? (stack[i] as { since: number }).since : 0;
       stack.length = i + 1;
-      for (const [name, cursor] of [...this.cursors])
+      if (at <= since) return; // nothing defined since the savepoint
+      for (const [name, cursor] of this.cursors)
         if (cursor.since > since && cursor.since <= at) this.cursors.delete(name);
-      for (const [name, portal] of [...this.portals])
-        if (portal.since > since && portal.since <= at) this.dropPortal(name);
+      for (const [name, portal] of this.portals) if (portal.since > since && portal.since <= at) this.dropPortal(name);
     }
   }
 
@@ -1285,10 +1285,17 @@ export class PgSession {
    * others (review 32).
    */
   private transactionEnded(committed: boolean, at: number): void {
-    for (const [name, cursor] of [...this.cursors])
-      if (cursor.since <= at && (!cursor.hold || (!committed && cursor.since > this.transactionStart)))
+    // Nothing defined since the last end: what that one left stays (a run of COMMITs costs nothing).
+    if (at <= this.transactionStart) return;
+    // (A WITH HOLD cursor of an implicit transaction, one before the last idle ReadyForQuery, was
+    // committed there: review 33.)
+    for (const [name, cursor] of this.cursors)
+      if (
+        cursor.since <= at &&
+        (!cursor.hold || (!committed && cursor.since > this.transactionStart && cursor.heldAt > this.idleAt))
+      )
         this.cursors.delete(name);
-    for (const [name, portal] of [...this.portals]) if (portal.since <= at) this.dropPortal(name);
+    for (const [name, portal] of this.portals) if (portal.since <= at) this.dropPortal(name);
     this.savepoints = [];
     this.transactionStart = at;
     this.transactionFailed = false;
