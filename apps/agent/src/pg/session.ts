@@ -1285,6 +1285,8 @@ export class PgSession {
    * others (review 32).
    */
   private transactionEnded(committed: boolean, at: number): void {
+    this.savepoints = [];
+    this.transactionFailed = false;
     // Nothing defined since the last end: what that one left stays (a run of COMMITs costs nothing).
     if (at <= this.transactionStart) return;
     // (A WITH HOLD cursor of an implicit transaction, one before the last idle ReadyForQuery, was
@@ -1296,9 +1298,7 @@ export class PgSession {
       )
         this.cursors.delete(name);
     for (const [name, portal] of this.portals) if (portal.since <= at) this.dropPortal(name);
-    this.savepoints = [];
     this.transactionStart = at;
-    this.transactionFailed = false;
   }
 
   /** Forgets prepared statement `name` (SQL or protocol) unless it was defined after number `upTo`. */
