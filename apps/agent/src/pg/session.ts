@@ -214,14 +214,14 @@ function mergePrepared(next: PreparedStatement, earlier: PreparedStatement): Pre
   return merged;
 }
 
-/** `p` with its rows read as any column (a name that may hold a statement the agent never saw). */
+/** `info` with its rows read as any column (a name that may hold a statement the agent never saw). */
+function anyColumn(info: StatementInfo): StatementInfo {
+  return { ...info, result: UNKNOWN_LINEAGE, reads: ANY_COLUMN };
+}
+
+/** `p` with its rows read as any column (see anyColumn). */
 function readingAnyColumn(p: PreparedStatement): PreparedStatement {
-  const statements = p.classification.statements.map((info) => ({
-    ...info,
-    result: UNKNOWN_LINEAGE,
-    reads: ANY_COLUMN,
-  }));
-  return { ...p, classification: { ...p.classification, statements } };
+  return { ...p, classification: { ...p.classification, statements: p.classification.statements.map(anyColumn) } };
 }
 
 /** CommandComplete messages of a COMMIT, and of a ROLLBACK (or a COMMIT of a failed transaction). */
@@ -429,7 +429,7 @@ type Pending =
       set?: PreparedStatement;
       confirmed?: PreparedStatement;
       /** A Close of the name sent before it in its Sync cycle: once that has run, the name is free. */
-      closing?: { kind: "close"; closed?: boolean };
+      closing?: PendingClose;
     }
   | {
       kind: "bind";
@@ -449,8 +449,17 @@ type Pending =
       injected: boolean;
     }
   | ({ kind: "execute"; portal: Portal | undefined; portalName: string } & CopyCount)
-  | { kind: "close"; statement?: string; portal?: string; upTo?: number; closed?: boolean }
+  | PendingClose
   | ({ kind: "sync" } & CopyCount);
+
+/** A Close sent; `closed` once the target has answered it. */
+interface PendingClose {
+  kind: "close";
+  statement?: string;
+  portal?: string;
+  upTo?: number;
+  closed?: boolean;
+}
 
 /**
  * COPY FROM STDIN bookkeeping: the server ignores Sync (and Flush) while it reads COPY data, so a
@@ -611,7 +620,7 @@ export class PgSession {
   /** Syncs sent: the target skips to the next one after an extended message fails. */
   private syncs = 0;
   /** Close S messages sent since the last Sync, by name (see the pending parse's `closing`). */
-  private readonly closingInCycle = new Map<string, { kind: "close"; closed?: boolean }>();
+  private readonly closingInCycle = new Map<string, PendingClose>();
   private cyclesDone = 0;
   /** The client message being handled is a simple Query (see the cursors' heldAt). */
   private inQuery = false;
@@ -992,7 +1001,7 @@ export class PgSession {
         // a portal at once (an Execute of an unknown portal is refused, never masked wrongly).
         if (c.target === "P") this.dropPortal(c.name);
         if (c.target === "S") {
-          const close = { kind: "close" as const, statement: c.name, upTo: this.definitions };
+          const close: PendingClose = { kind: "close", statement: c.name, upTo: this.definitions };
           this.closingInCycle.set(c.name, close);
           this.push(close);
         } else this.push({ kind: "close", portal: c.name, upTo: this.definitions });
@@ -1212,7 +1221,7 @@ export class PgSession {
       // reads as any column until this PREPARE has succeeded (afterSucceeded).
       const name = info.prepare.name;
       const earlier = this.preparedInfo(name);
-      const record = earlier ? mergeInfos(info, earlier) : { ...info, result: UNKNOWN_LINEAGE, reads: ANY_COLUMN };
+      const record = earlier ? mergeInfos(info, earlier) : anyColumn(info);
       this.sqlPrepared.set(name, record);
       this.preparedSince.set(name, ++this.definitions);
       if (run && !earlier) run.defines = { prepared: { name, record, info } };
@@ -1271,11 +1280,19 @@ export class PgSession {
       // (One the agent did not see set: everything defined before it may be gone.)
       const since = i >= 0 ? (stack[i] as { since: number }).since : 0;
       stack.length = i + 1;
-      if (at <= since) return; // nothing defined since the savepoint
-      for (const [name, cursor] of this.cursors)
-        if (cursor.since > since && cursor.since <= at) this.cursors.delete(name);
-      for (const [name, portal] of this.portals) if (portal.since > since && portal.since <= at) this.dropPortal(name);
+      this.forgetOpened(since, at, () => true);
     }
+  }
+
+  /**
+   * Forgets the portals, and the cursors `closed` says are closed, defined after number `after` and
+   * up to `upTo`: a transaction end or a ROLLBACK TO closed them on the target.
+   */
+  private forgetOpened(after: number, upTo: number, closed: (cursor: CursorRecord) => boolean): void {
+    if (upTo <= after) return; // nothing defined in between (a run of COMMITs costs nothing)
+    for (const [name, cursor] of this.cursors)
+      if (cursor.since > after && cursor.since <= upTo && closed(cursor)) this.cursors.delete(name);
+    for (const [name, portal] of this.portals) if (portal.since > after && portal.since <= upTo) this.dropPortal(name);
   }
 
   /**
@@ -1287,18 +1304,12 @@ export class PgSession {
   private transactionEnded(committed: boolean, at: number): void {
     this.savepoints = [];
     this.transactionFailed = false;
-    // Nothing defined since the last end: what that one left stays (a run of COMMITs costs nothing).
-    if (at <= this.transactionStart) return;
-    // (A WITH HOLD cursor of an implicit transaction, one before the last idle ReadyForQuery, was
+    // What was defined up to the last end was forgotten then, or stays (WITH HOLD, committed). (A
+    // WITH HOLD cursor of an implicit transaction, one before the last idle ReadyForQuery, was
     // committed there: review 33.)
-    for (const [name, cursor] of this.cursors)
-      if (
-        cursor.since <= at &&
-        (!cursor.hold || (!committed && cursor.since > this.transactionStart && cursor.heldAt > this.idleAt))
-      )
-        this.cursors.delete(name);
-    for (const [name, portal] of this.portals) if (portal.since <= at) this.dropPortal(name);
-    this.transactionStart = at;
+    const start = this.transactionStart;
+    this.forgetOpened(start, at, (c) => !c.hold || (!committed && c.heldAt > this.idleAt));
+    this.transactionStart = Math.max(start, at);
   }
 
   /** Forgets prepared statement `name` (SQL or protocol) unless it was defined after number `upTo`. */
@@ -2321,18 +2332,21 @@ export class PgSession {
         // Portals do not outlive their transaction (a SQL cursor may take the name next); one bound
         // in a later Sync cycle (pipelined behind this one) is not this transaction's.
         if (this.status === "I") {
-          // WITH HOLD cursors declared in a transaction that did not commit are gone with it.
-          if (this.transactionFailed)
-            for (const [name, cursor] of [...this.cursors])
-              if (cursor.hold && cursor.heldAt > this.idleAt && cursor.heldAt <= this.cyclesDone)
-                this.cursors.delete(name);
+          const failed = this.transactionFailed;
+          const since = this.idleAt;
           this.transactionFailed = false;
           this.savepoints = [];
           this.idleAt = this.cyclesDone;
           for (const [name, portal] of [...this.portals]) if (portal.cycle < this.cyclesDone) this.dropPortal(name);
-          // Cursors without WITH HOLD and protocol portals end with their transaction: names free.
-          for (const [name, cursor] of [...this.cursors])
-            if (!cursor.hold && cursor.cycle < this.cyclesDone) this.cursors.delete(name);
+          // Cursors without WITH HOLD and protocol portals end with their transaction: names free;
+          // WITH HOLD ones declared in it too when it did not commit.
+          for (const [name, cursor] of this.cursors)
+            if (
+              cursor.hold
+                ? failed && cursor.heldAt > since && cursor.heldAt <= this.cyclesDone
+                : cursor.cycle < this.cyclesDone
+            )
+              this.cursors.delete(name);
         }
         return undefined;
       }
