@@ -3,7 +3,9 @@
  * node-postgres, psycopg2): connection set-up, token authentication, statement decisions in the
  * simple and extended protocols, transactions, masking, cancel, COPY, audit events.
  */
+import { readdirSync, readFileSync } from "node:fs";
 import { connect } from "node:net";
+import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPostgres, type TestPostgres } from "@moat/testkit";
@@ -1119,6 +1121,32 @@ describe("audit", () => {
     expect(json).not.toMatch(/hunter2-secret|mapping-secret|do-secret/);
     expect(json).toContain("ALTER ROLE nobody_here PASSWORD '***'");
     expect(json).toContain("DO $$BEGIN EXECUTE '***'; END$$");
+  });
+
+  it("has an answered statement's event in the spool file before the session's next answer (kill -9 safe)", async () => {
+    const inFile = (text: string) => {
+      const dir = join(h.dataDir, "audit");
+      return readdirSync(dir)
+        .filter((n) => n.endsWith(".seg"))
+        .some((n) => readFileSync(join(dir, n)).includes(text));
+    };
+    const c = await aliceClient();
+    try {
+      for (const [first, next] of [
+        ["SELECT 'first-answered'", "SELECT 'next-answered'"],
+        ["DELETE FROM users WHERE id = 'first-refused'", "SELECT 'after-refused'"],
+      ] as const) {
+        await c.query(first).catch(() => undefined);
+        await c.query(next);
+        expect(inFile(first.split("'")[1] as string), first).toBe(true);
+      }
+      // Pipelined: both answers can come in one chunk; the next message's answer comes after both.
+      await Promise.all([c.query("SELECT 'piped-1'"), c.query("SELECT 'piped-2'")]);
+      await c.query("SELECT 1");
+      expect(inFile("piped-1") && inFile("piped-2")).toBe(true);
+    } finally {
+      await c.end();
+    }
   });
 
   it("records an implicit commit that fails (a deferred constraint) after the statements it undid", async () => {
