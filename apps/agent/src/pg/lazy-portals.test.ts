@@ -72,6 +72,21 @@ function startMasked(extra: string[] = []): Promise<Harness> {
   return startHarness({ pg: server, policies: [readPolicy(extra, [{ columns: ["email"], style: "full" }])] });
 }
 
+/**
+ * A raw session through a masked harness (and `extra` actions): `body` runs with them, then the
+ * socket and the harness are closed (the harness also when `body` fails).
+ */
+async function withMasked(extra: string[], body: (c: Raw, masked: Harness) => Promise<void>): Promise<void> {
+  const masked = await startMasked(extra);
+  try {
+    const c = await open(masked);
+    await body(c, masked);
+    c.socket.destroy();
+  } finally {
+    await masked.close();
+  }
+}
+
 const leaked = (ms: Msg[]) => ms.some((m) => m.body.toString().includes("@example.com"));
 const stale = (ms: Msg[], portal = "P") => {
   expect(errors(ms)[0]).toMatchObject({ code: "42501", message: `access denied: portal "${portal}" ${STALE}` });
@@ -97,9 +112,7 @@ const EMAIL_THEN_INBOX = [
 
 describe("portals of FETCH and EXECUTE", () => {
   it("refuses an Execute of a FETCH portal whose cursor was closed or replaced since its Bind (review 22)", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT 'plain' AS n"));
       const described = await c.exchange(
         serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
@@ -120,10 +133,7 @@ describe("portals of FETCH and EXECUTE", () => {
       expect(types(ms)).toBe("EZ");
       expect(errors(ms)[0]).toMatchObject({ code: "42501", message: `access denied: portal "P" ${STALE}` });
       expect(JSON.stringify(ms.map((m) => m.body.toString()))).not.toContain("user1@example.com");
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   // PostgreSQL describes a FETCH or EXECUTE portal at its Bind and runs it at its first Execute, on
@@ -168,9 +178,7 @@ describe("portals of FETCH and EXECUTE", () => {
   ];
   for (const { name, setup, bind, swap } of swaps)
     it(`refuses an Execute of ${name} since its Bind, and audits the refusal (review 23)`, async () => {
-      const masked = await startMasked();
-      try {
-        const c = await open(masked);
+      await withMasked([], async (c, masked) => {
         for (const m of setup) await c.exchange(m);
         const described = await c.exchange(...bind, serialize.describe({ type: "P", name: "P" }), serialize.sync());
         expect(described.filter((m) => m.type === "E")).toEqual([]);
@@ -188,15 +196,11 @@ describe("portals of FETCH and EXECUTE", () => {
         // The refusal is the portal's record: no allowed run of it follows.
         const last = queryEvents(masked).filter(({ q }) => /^(FETCH ALL FROM q|EXECUTE s)$/.test(q.text));
         expect(last.map(({ ev }) => [ev.verdict, ev.message])).toEqual([[2, errors(ms)[0]?.message]]);
-      } finally {
-        await masked.close();
-      }
+      });
     });
 
   it("runs a chain of FETCH portals and a portal of EXECUTE s when nothing changed, masked", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       await c.exchange(
         serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT email FROM users; PREPARE s AS SELECT email FROM users"),
       );
@@ -214,17 +218,12 @@ describe("portals of FETCH and EXECUTE", () => {
       expect(types(ms)).toBe("1122DDDC12DDDCZ");
       expect(firstValues(ms)).toHaveLength(6);
       expect(firstValues(ms).join()).not.toContain("user1@example.com");
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("refuses a Describe after a swap, once the portal ran: its columns would be the new name's, its rows the old (review 24)", async () => {
     for (const [setup, bind, swap] of EMAIL_THEN_INBOX) {
-      const masked = await startMasked();
-      try {
-        const c = await open(masked);
+      await withMasked([], async (c) => {
         await c.exchange(serialize.query(setup));
         const first = await c.exchange(
           serialize.parse({ name: "f", text: bind }),
@@ -243,17 +242,12 @@ describe("portals of FETCH and EXECUTE", () => {
             serialize.sync(),
           ),
         );
-        c.socket.destroy();
-      } finally {
-        await masked.close();
-      }
+      });
     }
   });
 
   it("pages a portal that ran while other statements run between its Executes, masked", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT email AS n FROM users"));
       const pages: Msg[] = [];
       pages.push(
@@ -270,17 +264,12 @@ describe("portals of FETCH and EXECUTE", () => {
       }
       expect(firstValues(pages)).toHaveLength(3);
       expect(leaked(pages)).toBe(false);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("refuses a SQL FETCH of a portal that ran before its cursor or statement was swapped (review 24)", async () => {
     for (const [setup, bind, swap] of EMAIL_THEN_INBOX) {
-      const masked = await startMasked();
-      try {
-        const c = await open(masked);
+      await withMasked([], async (c) => {
         await c.exchange(serialize.query(setup));
         await c.exchange(
           serialize.parse({ name: "f", text: bind }),
@@ -290,17 +279,12 @@ describe("portals of FETCH and EXECUTE", () => {
         expect(types(await c.exchange(serialize.query('MOVE FORWARD 0 IN "P"')))).toBe("CZ");
         await c.exchange(serialize.query(swap));
         stale(await c.exchange(serialize.query('FETCH ALL FROM "P"')));
-        c.socket.destroy();
-      } finally {
-        await masked.close();
-      }
+      });
     }
   });
 
   it("refuses the Execute of a portal whose first Execute the target skipped, after a swap (review 24)", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT v AS n FROM inbox"));
       await c.exchange(
         serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
@@ -325,10 +309,7 @@ describe("portals of FETCH and EXECUTE", () => {
         serialize.sync(),
       );
       stale(await c.exchange(serialize.execute({ portal: "P" }), serialize.sync()));
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("refuses a portal of EXECUTE bound before a search_path change: the server plans it again (review 24)", async () => {
@@ -389,9 +370,7 @@ describe("portals of FETCH and EXECUTE", () => {
   });
 
   it("runs a FETCH of a cursor a function opened (pgjdbc's refcursor), and refuses it once another function ran (review 24)", async () => {
-    const masked = await startMasked(["db:function"]);
-    try {
-      const c = await open(masked);
+    await withMasked(["db:function"], async (c) => {
       await c.exchange(serialize.query("BEGIN; SELECT open_users('r')"));
       const read = await c.exchange(
         serialize.parse({ name: "", text: 'FETCH ALL IN "r"' }),
@@ -413,10 +392,7 @@ describe("portals of FETCH and EXECUTE", () => {
       );
       await c.exchange(serialize.query("SELECT open_users('c')"));
       stale(await c.exchange(serialize.execute({ portal: "P" }), serialize.sync()));
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 });
 
@@ -499,9 +475,7 @@ describe("what PostgreSQL looks up when describing (review 25: crashes and a swa
       [() => swapperOid, serialize.execute({ portal: "P" })],
       [() => closerOid, serialize.describe({ type: "P", name: "P" })],
     ] as const) {
-      const masked = await startMasked();
-      try {
-        const c = await open(masked);
+      await withMasked([], async (c) => {
         await c.exchange(
           serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT v AS n FROM inbox; DECLARE d CURSOR FOR SELECT 1"),
         );
@@ -519,17 +493,12 @@ describe("what PostgreSQL looks up when describing (review 25: crashes and a swa
         );
         expect(types(ms)).toBe("12EZ");
         stale(ms);
-        c.socket.destroy();
-      } finally {
-        await masked.close();
-      }
+      });
     }
   });
 
   it("lets a portal name closed and bound again to a SELECT be described and read", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       await c.exchange(serialize.query("BEGIN; DECLARE c CURSOR FOR SELECT v AS n FROM inbox"));
       await c.exchange(
         serialize.parse({ name: "f", text: "FETCH ALL FROM c" }),
@@ -547,10 +516,7 @@ describe("what PostgreSQL looks up when describing (review 25: crashes and a swa
       expect(types(ms)).toBe("312TDDDCZ");
       expect(leaked(ms)).toBe(false);
       expect(types(await c.exchange(serialize.query('FETCH ALL FROM "P"')))).toBe("TCZ");
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 });
 
@@ -594,9 +560,7 @@ describe("ends of transactions and refusals, as runs (review 26)", () => {
   });
 
   it("masks EXECUTE of a statement whose refused re-Parse and failed PREPARE the server ignored", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       await c.exchange(serialize.parse({ name: "s", text: "SELECT email || '' AS n FROM users" }), serialize.sync());
       await c.exchange(serialize.parse({ name: "s", text: "SELEC garbage" }), serialize.sync());
       expect(errors(await c.exchange(serialize.query("PREPARE s AS SELECT 'plain'::text AS n")))[0]?.code).toBe(
@@ -605,10 +569,7 @@ describe("ends of transactions and refusals, as runs (review 26)", () => {
       const ms = await c.exchange(serialize.query("EXECUTE s"));
       expect(firstValues(ms)).toHaveLength(3);
       expect(leaked(ms)).toBe(false);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("counts a refused Query and a FunctionCall: each ends the implicit transaction holding the cursor", async () => {
@@ -678,15 +639,10 @@ describe("a Parse of a name the server still holds (reviews 27-30)", () => {
 
   /** A session through a masked harness (and `extra` actions) in which `s` holds the emails statement. */
   async function withEmailsPrepared(extra: string[], body: (c: Raw, masked: Harness) => Promise<void>): Promise<void> {
-    const masked = await startMasked(extra);
-    try {
-      const c = await open(masked);
+    await withMasked(extra, async (c, masked) => {
       await c.exchange(emails, serialize.sync());
       await body(c, masked);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   }
 
   it("masks a Bind pipelined behind it as either statement until the server answers", async () => {
@@ -716,9 +672,7 @@ describe("a Parse of a name the server still holds (reviews 27-30)", () => {
   });
 
   it("binds, in the Parse's own Sync cycle, the statement it made: the Bind runs only if the Parse did", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       await c.exchange(serialize.parse({ name: "s", text: "SET search_path TO public" }), serialize.sync());
       // A statement cache evicting s (pgx): Close and Parse again, bound in the same cycle.
       const again = [serialize.close({ type: "S", name: "s" }), serialize.parse({ name: "s", text: "SELECT 1 AS n" })];
@@ -730,10 +684,7 @@ describe("a Parse of a name the server still holds (reviews 27-30)", () => {
       const skipped = await c.exchange(serialize.parse({ name: "s", text: "SELECT 'plain'::text AS n" }), ...readS);
       expect(errors(skipped).map((e) => e.code)).toEqual(["42P05"]);
       expect(firstValues(skipped)).toEqual([]);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("forgets the name after a Close of it and a Parse the server refused", async () => {
@@ -751,9 +702,7 @@ describe("a Parse of a name the server still holds (reviews 27-30)", () => {
   });
 
   it("frees the name for the first Parse after a Close only: a second one fails, keeping the first (review 29)", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       await c.exchange(serialize.parse({ name: "s", text: "SELECT 'old'::text AS n" }), serialize.sync());
       const first = await c.exchange(
         serialize.close({ type: "S", name: "s" }),
@@ -775,10 +724,7 @@ describe("a Parse of a name the server still holds (reviews 27-30)", () => {
       );
       expect(firstValues(ms)).toHaveLength(3);
       expect(leaked(ms)).toBe(false);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("audits a Bind behind two failed Parses with the text of the statement the server kept (review 29)", async () => {
@@ -849,9 +795,7 @@ describe("a Parse of a name the server still holds (reviews 27-30)", () => {
   });
 
   it("audits the parameters of a Bind the other statement ran as redacted as the statement they were sent for (review 30)", async () => {
-    const masked = await startMasked(["db:admin"]);
-    try {
-      const c = await open(masked);
+    await withMasked(["db:admin"], async (c, masked) => {
       await c.exchange(serialize.parse({ name: "s", text: "SELECT $1::text AS n" }), serialize.sync());
       await pipeline(
         c,
@@ -868,9 +812,7 @@ describe("a Parse of a name the server still holds (reviews 27-30)", () => {
       const texts = queryEvents(masked).map(({ q }) => q.text);
       expect(texts).toContain("SELECT $1::text AS n -- parameters: ***");
       expect(texts.join("\n")).not.toContain("hunter2");
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("keeps the first statement after two failed Parses of its name in one cycle", async () => {
@@ -914,9 +856,7 @@ describe("a Parse of a name the server still holds (reviews 27-30)", () => {
 
 describe("names a function defined out of the agent's sight (review 25)", () => {
   it("reads a cursor as any column until its DECLARE has succeeded: it fails when a function's cursor holds the name", async () => {
-    const masked = await startMasked(["db:function"]);
-    try {
-      const c = await open(masked);
+    await withMasked(["db:function"], async (c) => {
       await c.exchange(serialize.query("BEGIN; SELECT open_lower('c')"));
       const declared = await c.exchange(serialize.query("SAVEPOINT s; DECLARE c CURSOR FOR SELECT v AS n FROM inbox"));
       expect(errors(declared).map((e) => e.code)).toEqual(["42P03"]);
@@ -926,16 +866,11 @@ describe("names a function defined out of the agent's sight (review 25)", () => 
       // A DECLARE that succeeds reads as its own query at once, in the same message too.
       const own = await c.exchange(serialize.query("DECLARE d CURSOR FOR SELECT v AS n FROM inbox; FETCH ALL FROM d"));
       expect(firstValues(own)).toEqual(["hello"]);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("reads a protocol statement as any column until its Parse has succeeded, behind a Sync (review 31)", async () => {
-    const masked = await startMasked(["db:function"]);
-    try {
-      const c = await open(masked);
+    await withMasked(["db:function"], async (c) => {
       await c.exchange(serialize.query("SELECT prep_lower()"));
       const read = (statement: string) => [
         serialize.bind({ statement }),
@@ -950,10 +885,7 @@ describe("names a function defined out of the agent's sight (review 25)", () => 
       // A Parse that succeeds: its own statement, bound in its cycle and once answered.
       expect(firstValues(await c.exchange(inbox("t"), ...read("t")))).toEqual(["hello"]);
       expect(firstValues(await c.exchange(...read("t")))).toEqual(["hello"]);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("forgets a WITH HOLD cursor whose transaction did not commit: a function may reopen the name (review 31)", async () => {
@@ -991,9 +923,7 @@ describe("names a function defined out of the agent's sight (review 25)", () => 
   });
 
   it("forgets the cursors and portals a ROLLBACK TO closed, and only those (review 31)", async () => {
-    const masked = await startMasked(["db:function"]);
-    try {
-      const c = await open(masked);
+    await withMasked(["db:function"], async (c) => {
       await c.exchange(serialize.query("BEGIN; DECLARE kept CURSOR FOR SELECT v AS n FROM inbox; SAVEPOINT a"));
       await c.exchange(serialize.query("DECLARE c CURSOR FOR SELECT v AS n FROM inbox"));
       await c.exchange(
@@ -1011,16 +941,11 @@ describe("names a function defined out of the agent's sight (review 25)", () => 
       const executed = await c.exchange(serialize.execute({ portal: "P" }), serialize.sync());
       expect(errors(executed).map((e) => e.code)).toEqual(["42501"]);
       expect(leaked(executed)).toBe(false);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("reads a SQL prepared statement as any column until its PREPARE has succeeded", async () => {
-    const masked = await startMasked(["db:function"]);
-    try {
-      const c = await open(masked);
+    await withMasked(["db:function"], async (c) => {
       await c.exchange(serialize.query("SELECT prep_lower()"));
       const prepared = await c.exchange(serialize.query("PREPARE s AS SELECT v AS n FROM inbox"));
       expect(errors(prepared).map((e) => e.code)).toEqual(["42P05"]);
@@ -1029,10 +954,7 @@ describe("names a function defined out of the agent's sight (review 25)", () => 
       await c.exchange(serialize.query("PREPARE t AS SELECT v AS n FROM inbox"));
       const own = await c.exchange(serialize.query("EXECUTE t"));
       expect(firstValues(own)).toEqual(["hello"]);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 });
 
@@ -1066,9 +988,7 @@ describe("what a transaction end or a ROLLBACK TO closes (review 32)", () => {
   });
 
   it("takes what a ROLLBACK TO or SAVEPOINT portal covers when it runs, not when it was bound", async () => {
-    const masked = await startMasked(["db:function"]);
-    try {
-      const c = await open(masked);
+    await withMasked(["db:function"], async (c, masked) => {
       await c.exchange(q("BEGIN; SAVEPOINT a"));
       await c.exchange(serialize.parse({ name: "s", text: "SELECT v AS n FROM inbox" }), serialize.sync());
       const rollback = serialize.parse({ name: "r", text: "ROLLBACK TO SAVEPOINT a" });
@@ -1101,9 +1021,7 @@ describe("what a transaction end or a ROLLBACK TO closes (review 32)", () => {
       await d.exchange(q("ROLLBACK TO a"));
       expect(firstValues(await d.exchange(...page(1)))).toEqual(["2"]);
       d.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("keeps a WITH HOLD cursor its implicit transaction committed across a later ROLLBACK (review 33)", async () => {
@@ -1133,9 +1051,7 @@ describe("what a transaction end or a ROLLBACK TO closes (review 32)", () => {
   });
 
   it("keeps what clients keep open across savepoints and commits (pgjdbc autosave, psycopg2 WITH HOLD)", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c, masked) => {
       await c.exchange(...ext("BEGIN"), serialize.sync());
       const page = [serialize.execute({ portal: "C_1", rows: 2 }), serialize.sync()];
       const ids = serialize.parse({ name: "S_1", text: "SELECT id FROM t ORDER BY id" });
@@ -1160,9 +1076,7 @@ describe("what a transaction end or a ROLLBACK TO closes (review 32)", () => {
       const next = firstValues(await d.exchange(q('FETCH FORWARD 3 FROM "c_1"')));
       expect([...first, ...next]).toEqual(["1", "2", "3", "4", "5", "6"]);
       d.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 });
 
