@@ -900,8 +900,23 @@ function explainAnalyzes(options: unknown): boolean {
  * `value` "none", exactly as PostgreSQL compares it; RESET/DEFAULT: `resets`);
  * session_replication_role turns off triggers and foreign keys (superuser only), whatever the value.
  */
-/** Extensions' settings a superuser sets (the generated list has core settings only). */
-const SUPERUSER_SETTING_PREFIXES = ["pgaudit.", "auto_explain.", "pg_stat_statements."];
+/**
+ * Extensions' settings a superuser sets (the generated list has core settings only): the audit and
+ * logging ones, and the procedural languages' start-up code (`plperl.on_plperl_init`,
+ * `pltcl.start_proc`: code run with the server's rights when the language next loads in the
+ * session, which a view or a default can make happen unseen; review 34).
+ */
+const SUPERUSER_SETTING_PREFIXES = [
+  "pgaudit.",
+  "auto_explain.",
+  "pg_stat_statements.",
+  "plperl.",
+  "plperlu.",
+  "pltcl.",
+  "pltclu.",
+  "plv8.",
+  "pljava.",
+];
 
 function settingIsPrivileged(name: string, resets: boolean, value: string | undefined): boolean {
   switch (name) {

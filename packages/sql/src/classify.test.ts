@@ -282,6 +282,12 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
   ["RESET transaction_read_only", { class: "write", "db:write": [] }],
   ["SET LOCAL transaction_read_only TO DEFAULT", { class: "write", "db:write": [] }],
   ["SET auto_explain.log_min_duration = 0", { class: "admin", "db:admin": [] }],
+  // A procedural language's start-up code runs as the server when the language loads (review 34).
+  ["SET plperl.on_plperl_init = 'system(\"id\")'", { class: "admin", "db:admin": [] }],
+  ["SET pltcl.start_proc = 'public.f'", { class: "admin", "db:admin": [] }],
+  ["SET SESSION pltclu.start_proc = 'public.f'", { class: "admin", "db:admin": [] }],
+  ["RESET plv8.start_proc", { class: "admin", "db:admin": [] }],
+  ["SET app.tenant = '42'", { class: "session" }],
   ["SET default_transaction_read_only = on", { class: "session" }],
   ["RESET default_transaction_read_only", { class: "session" }],
   ["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", { class: "session" }],
@@ -404,6 +410,10 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
   ["SELECT lo_export(1, '/tmp/x')", { class: "admin", "db:admin": ["lo_export"], "db:read": [] }],
   ["SELECT loread(0, 1)", { class: "admin", "db:admin": ["loread"], "db:read": [] }],
   ["SELECT pg_read_file('/etc/passwd')", { class: "admin", "db:admin": ["pg_read_file"], "db:read": [] }],
+  [
+    "SELECT fmgr_c_validator('plpgsql_call_handler'::regproc)",
+    { class: "admin", "db:admin": ["fmgr_c_validator"], "db:read": [] },
+  ],
   ["SELECT * FROM pg_ls_dir('.')", { class: "admin", "db:admin": ["pg_ls_dir"], "db:read": [] }],
   ["SELECT pg_reload_conf()", { class: "admin", "db:admin": ["pg_reload_conf"], "db:read": [] }],
   ["SELECT pg_stat_reset()", { class: "admin", "db:admin": ["pg_stat_reset"], "db:read": [] }],

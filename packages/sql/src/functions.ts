@@ -50,6 +50,8 @@ const ADMIN_FUNCTIONS: ReadonlySet<string> = new Set([
   "pg_nextoid",
   "pg_stop_making_pinned_objects",
   "pg_extension_config_dump",
+  // Loads the shared library of a C function (dlopen and its _PG_init), as LOAD does (review 34).
+  "fmgr_c_validator",
   // Index maintenance, like VACUUM.
   "gin_clean_pending_list",
   "brin_summarize_new_values",
