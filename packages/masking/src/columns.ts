@@ -101,6 +101,12 @@ export interface Representation {
   offset: number;
   /** Whether content detectors look at the values. */
   scan: boolean;
+  /**
+   * For a `typed` value whose bytes are not what detectors should read: the text to scan instead
+   * (a binary number's digits, as its text format would show them; nothing for bytea's hex). A
+   * match nulls the value, as for every `typed` one.
+   */
+  scanText?: (value: Buffer) => Buffer;
 }
 
 /** Types whose text and binary forms are both the text itself. */
@@ -117,7 +123,9 @@ const JSONB_OID = 3802;
 
 /**
  * Non-text types whose text form may hold something a detector finds (a card number in a bigint or
- * numeric). Scanned in text format; a match nulls the value.
+ * numeric). Scanned in text format, and in binary format as the text their binary value stands for
+ * (review 35: a driver asking for binary results got the card numbers of a bigint column in
+ * clear); a match nulls the value.
  */
 const TYPED_SCANNED = new Set([
   20, // int8
@@ -134,12 +142,12 @@ const TYPED_SCANNED = new Set([
 
 /**
  * Non-text types whose text form cannot hold a match of any detector (at most 10 digits and no
- * separator a detector needs, fixed layouts like dates and UUIDs, or bytea's hex, which never holds
- * the raw text): not scanned, which spares the proxy a call per value.
+ * separator a detector needs, fixed layouts like dates and UUIDs): not scanned, which spares the
+ * proxy a call per value. Not bytea: its binary form is the bytes themselves, its text form their
+ * hex (which clients decode) or, under `bytea_output = escape`, the printable bytes (review 35).
  */
 const TYPED_UNSCANNED = new Set([
   16, // bool
-  17, // bytea
   18, // "char"
   21, // int2
   23, // int4
@@ -165,12 +173,127 @@ const TYPED_UNSCANNED = new Set([
   5069, // xid8
 ]);
 
+const BYTEA_OID = 17;
+
+/**
+ * bytea in text format: hex (`\x...`, the default), which every client decodes back to the bytes,
+ * so the bytes are scanned; or escape, the printable bytes themselves.
+ */
+const byteaText = (value: Buffer): Buffer =>
+  value[0] === 0x5c && value[1] === 0x78 ? Buffer.from(value.toString("latin1", 2), "hex") : value;
+
 export function representation(typeOid: number, format: 0 | 1): Representation {
   if (TEXT_TYPES.has(typeOid)) return { kind: "text", offset: 0, scan: true };
   if (typeOid === JSON_OID) return { kind: "json", offset: 0, scan: true };
   if (typeOid === JSONB_OID) return { kind: "json", offset: format === 1 ? 1 : 0, scan: true };
   if (TYPED_UNSCANNED.has(typeOid)) return { kind: "typed", offset: 0, scan: false };
-  if (TYPED_SCANNED.has(typeOid)) return { kind: "typed", offset: 0, scan: format === 0 };
+  if (typeOid === BYTEA_OID)
+    return format === 0
+      ? { kind: "typed", offset: 0, scan: true, scanText: byteaText }
+      : { kind: "typed", offset: 0, scan: true };
+  if (TYPED_SCANNED.has(typeOid))
+    return format === 0
+      ? { kind: "typed", offset: 0, scan: true }
+      : { kind: "typed", offset: 0, scan: true, scanText: (value) => binaryNumberText(typeOid, value) };
   // Anything else in text format is text (enums, domains over text, citext, arrays, records...).
   return format === 0 ? { kind: "text", offset: 0, scan: true } : { kind: "opaque", offset: 0, scan: true };
+}
+
+const INT2 = 21;
+const INT4 = 23;
+const INT8 = 20;
+const FLOAT4 = 700;
+const FLOAT8 = 701;
+const MONEY = 790;
+const NUMERIC = 1700;
+const ARRAY_ELEMENTS: ReadonlyMap<number, number> = new Map([
+  [1005, INT2],
+  [1007, INT4],
+  [1016, INT8],
+  [1021, FLOAT4],
+  [1022, FLOAT8],
+  [1231, NUMERIC],
+]);
+
+/**
+ * The text a binary value of a scanned number type stands for, as its text format would show it
+ * (money without its currency symbol and separators: the digits of its cents). A value that is not
+ * what the type's binary form should be gives its own bytes (scanned as they are).
+ */
+export function binaryNumberText(typeOid: number, value: Buffer): Buffer {
+  try {
+    const element = ARRAY_ELEMENTS.get(typeOid);
+    const text = element === undefined ? scalarText(typeOid, value) : arrayText(element, value);
+    return text === undefined ? value : Buffer.from(text, "latin1");
+  } catch {
+    return value; // out of range reads: malformed, scanned as bytes
+  }
+}
+
+function scalarText(typeOid: number, v: Buffer): string | undefined {
+  switch (typeOid) {
+    case INT2:
+      return v.length === 2 ? String(v.readInt16BE(0)) : undefined;
+    case INT4:
+      return v.length === 4 ? String(v.readInt32BE(0)) : undefined;
+    case INT8:
+    case MONEY:
+      return v.length === 8 ? v.readBigInt64BE(0).toString() : undefined;
+    case FLOAT4:
+      return v.length === 4 ? floatText(v.readFloatBE(0)) : undefined;
+    case FLOAT8:
+      return v.length === 8 ? floatText(v.readDoubleBE(0)) : undefined;
+    case NUMERIC:
+      return numericText(v);
+    default:
+      return undefined;
+  }
+}
+
+/** Integral values as all their digits (4111111111111111, not 4.111111111111111e+15). */
+function floatText(x: number): string {
+  return Number.isInteger(x) && Math.abs(x) < 1e21 ? BigInt(x).toString() : String(x);
+}
+
+/** numeric's binary form: ndigits, weight, sign, dscale (int16 each), then base-10000 digits. */
+function numericText(v: Buffer): string | undefined {
+  if (v.length < 8) return undefined;
+  const ndigits = v.readInt16BE(0);
+  const weight = v.readInt16BE(2);
+  const sign = v.readUInt16BE(4);
+  const dscale = v.readInt16BE(6);
+  if (ndigits < 0 || dscale < 0 || v.length !== 8 + 2 * ndigits) return undefined;
+  if (sign === 0xc000) return "NaN";
+  if (sign === 0xd000) return "Infinity";
+  if (sign === 0xf000) return "-Infinity";
+  const digit = (i: number) => (i >= 0 && i < ndigits ? v.readInt16BE(8 + 2 * i) : 0);
+  let whole = "";
+  if (weight < 0) whole = "0";
+  else for (let i = 0; i <= weight; i++) whole += i === 0 ? String(digit(i)) : String(digit(i)).padStart(4, "0");
+  let fraction = "";
+  // The group of 10000^-k is digit weight + k.
+  for (let k = 1; fraction.length < dscale; k++) fraction += String(digit(weight + k)).padStart(4, "0");
+  return `${sign === 0x4000 ? "-" : ""}${whole}${dscale > 0 ? `.${fraction.slice(0, dscale)}` : ""}`;
+}
+
+/** An array's binary form: ndim, flags, element type, (size, lower bound) per dimension, then the elements. */
+function arrayText(element: number, v: Buffer): string | undefined {
+  const ndim = v.readInt32BE(0);
+  if (ndim < 0 || ndim > 6) return undefined;
+  let at = 12 + 8 * ndim;
+  const parts: string[] = [];
+  while (at < v.length) {
+    const length = v.readInt32BE(at);
+    at += 4;
+    if (length === -1) {
+      parts.push("NULL");
+      continue;
+    }
+    if (length < 0 || at + length > v.length) return undefined;
+    const text = scalarText(element, v.subarray(at, at + length));
+    if (text === undefined) return undefined;
+    parts.push(text);
+    at += length;
+  }
+  return `{${parts.join(",")}}`;
 }

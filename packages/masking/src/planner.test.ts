@@ -1,7 +1,7 @@
 import { createHmac } from "node:crypto";
 import type { MaskRule } from "@moat/policy";
 import { describe, expect, it } from "vitest";
-import type { ColumnInfo } from "./columns.js";
+import { binaryNumberText, type ColumnInfo } from "./columns.js";
 import { compileMasks, type MaskPlanner, type ResultPlan } from "./planner.js";
 
 const KEY = Buffer.alloc(32, 7);
@@ -36,6 +36,17 @@ function plan(rules: MaskRule[], columns: ColumnInfo[]): ResultPlan {
 function maskOne(rules: MaskRule[], value: string | Buffer, column: ColumnInfo = col("c")): string | null {
   const out = plan(rules, [column]).maskValue(0, Buffer.isBuffer(value) ? value : Buffer.from(value));
   return out === null ? null : out.toString();
+}
+
+/** numeric's binary form: base-10000 digits with their weight and display scale. */
+function numeric(weight: number, dscale: number, digits: number[], sign = 0): Buffer {
+  const b = Buffer.alloc(8 + 2 * digits.length);
+  b.writeInt16BE(digits.length, 0);
+  b.writeInt16BE(weight, 2);
+  b.writeUInt16BE(sign, 4);
+  b.writeInt16BE(dscale, 6);
+  digits.forEach((d, i) => b.writeInt16BE(d, 8 + 2 * i));
+  return b;
 }
 
 function hmac16(value: string | Buffer): string {
@@ -87,7 +98,7 @@ describe("plans", () => {
         col("id", { typeOid: INT4 }),
         col("uid", { typeOid: UUID }),
         col("at", { typeOid: TIMESTAMPTZ }),
-        col("big", { typeOid: INT8, format: 1 }),
+        col("small", { typeOid: INT4, format: 1 }),
       ]),
     ).toBeUndefined();
   });
@@ -102,7 +113,7 @@ describe("plans", () => {
         col("id", { table: USERS, typeOid: INT4 }),
         col("email", { table: USERS }),
         col("note", { table: USERS }),
-        col("total", { table: ORDERS, typeOid: INT8, format: 1 }),
+        col("total", { table: ORDERS, typeOid: INT4, format: 1 }),
       ],
     );
     expect(result.columns[0]).toBeUndefined();
@@ -428,14 +439,82 @@ describe("representations", () => {
     }
   });
 
-  it("nulls masked values of other binary types and skips their detectors", () => {
+  it("nulls masked values of other binary types", () => {
     const big = col("c", { typeOid: INT8, format: 1 });
     const value = Buffer.alloc(8);
     value.writeBigInt64BE(4111111111111111n);
     const result = plan([{ columns: ["c"], style: "partial" }], [big]);
     expect(result.columns[0]!.valueKind).toBe("typed");
     expect(result.maskValue(0, value)).toBeNull();
-    expect(planner(detect).plan([big])).toBeUndefined();
+    expect(planner(detect).plan([col("c", { typeOid: INT4, format: 1 })])).toBeUndefined();
+  });
+
+  it("runs detectors on binary numbers as the text they stand for, and on bytea's bytes (review 35)", () => {
+    const int8 = (n: bigint) => {
+      const b = Buffer.alloc(8);
+      b.writeBigInt64BE(n);
+      return b;
+    };
+    const float8 = (x: number) => {
+      const b = Buffer.alloc(8);
+      b.writeDoubleBE(x);
+      return b;
+    };
+    const masked = (typeOid: number, value: Buffer, format: 0 | 1 = 1) =>
+      plan(detect, [col("c", { typeOid, format })]).maskValue(0, value);
+    // A card number in a bigint, a double, money (cents) and numeric; ordinary numbers pass as they are.
+    expect(masked(INT8, int8(4111111111111111n))).toBeNull();
+    expect(masked(INT8, int8(-4111111111111111n))).toBeNull();
+    const small = int8(1234n);
+    expect(masked(INT8, small)).toBe(small);
+    expect(masked(701, float8(4111111111111111))).toBeNull();
+    const pi = float8(3.14159);
+    expect(masked(701, pi)).toBe(pi);
+    expect(masked(790, int8(4111111111111111n))).toBeNull();
+    expect(masked(1700, numeric(3, 2, [4111, 1111, 1111, 1111]))).toBeNull();
+    const price = numeric(1, 2, [12, 3456]);
+    expect(masked(1700, price)).toBe(price);
+    // Arrays of them: int8[] {1, NULL, 4111111111111111}.
+    const array = Buffer.concat([
+      Buffer.from([0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, 1]),
+      Buffer.from([0, 0, 0, 8]),
+      int8(1n),
+      Buffer.from([0xff, 0xff, 0xff, 0xff]),
+      Buffer.from([0, 0, 0, 8]),
+      int8(4111111111111111n),
+    ]);
+    expect(masked(1016, array)).toBeNull();
+    // bytea: the bytes in binary format, their hex in text format (which clients decode), or the
+    // printable bytes themselves under bytea_output = escape.
+    expect(masked(17, Buffer.from("contact user1@example.com"))).toBeNull();
+    expect(masked(17, Buffer.from("contact user1@example.com"), 0)).toBeNull();
+    expect(masked(17, Buffer.from(`\\x${Buffer.from("card 4111 1111 1111 1111").toString("hex")}`), 0)).toBeNull();
+    // Hex digits are not the bytes: \x4111... is 0x41 0x11 ..., no card number.
+    const hexDigits = Buffer.from("\\x4111111111111111");
+    expect(masked(17, hexDigits, 0)).toBe(hexDigits);
+    const clean = Buffer.from(`\\x${Buffer.from("just bytes").toString("hex")}`);
+    expect(masked(17, clean, 0)).toBe(clean);
+  });
+
+  it("reads binary numbers as their text format shows them", () => {
+    const text = (typeOid: number, value: Buffer) => binaryNumberText(typeOid, value).toString("latin1");
+    expect(text(1700, numeric(3, 2, [4111, 1111, 1111, 1111]))).toBe("4111111111111111.00");
+    expect(text(1700, numeric(1, 4, [1, 2345, 6789]))).toBe("12345.6789");
+    expect(text(1700, numeric(-1, 4, [42]))).toBe("0.0042");
+    expect(text(1700, numeric(-2, 8, [1]))).toBe("0.00000001");
+    expect(text(1700, numeric(-1, 1, [5000], 0x4000))).toBe("-0.5");
+    expect(text(1700, numeric(2, 0, [1]))).toBe("100000000");
+    expect(text(1700, numeric(0, 0, []))).toBe("0");
+    expect(text(1700, numeric(0, 0, [], 0xc000))).toBe("NaN");
+    const b = Buffer.alloc(4);
+    b.writeFloatBE(0.5);
+    expect(text(700, b)).toBe("0.5");
+    // Not a value of the type: its own bytes.
+    expect(text(20, Buffer.from("abc"))).toBe("abc");
+    const short = Buffer.from([0, 5, 0, 0, 0, 0, 0, 0]); // five digits announced, none there
+    expect(binaryNumberText(1700, short)).toBe(short);
+    const truncated = Buffer.from([0, 0, 0, 9]); // an array cut after its dimension count
+    expect(binaryNumberText(1016, truncated)).toBe(truncated);
   });
 
   it("nulls typed text-format values on a column rule or a detector match", () => {

@@ -214,11 +214,11 @@ function columnMasker(
   const mask = detectorMask(detectors.map((d) => d.detector));
   const minLength = detectors.length > 0 ? minimumLength(mask) : Infinity;
   const styleOf = new Map(detectors.map((d) => [d.detector, d.style]));
-  const { kind, offset } = rep;
+  const { kind, offset, scanText } = rep;
   const emailAlone = mask === EMAIL_ONLY && kind !== "json";
 
   /** Detector matches in the value (absolute byte offsets); the shared empty array when none. */
-  const scan = (value: Buffer): readonly DetectorMatch[] => {
+  const scanBytes = (value: Buffer): readonly DetectorMatch[] => {
     if (value.length - offset < minLength) return NONE;
     const candidates = mayContain(value, offset, mask);
     if (candidates === 0) return NONE;
@@ -235,6 +235,8 @@ function columnMasker(
     if (offset === 0) return found;
     return found.map((m) => ({ ...m, start: m.start + offset, end: m.end + offset }));
   };
+  // Matches in what scanText gives only say whether the value is nulled (a typed value).
+  const scan = scanText === undefined ? scanBytes : (value: Buffer) => scanBytes(scanText(value));
 
   if (style !== undefined) {
     return (value) => {

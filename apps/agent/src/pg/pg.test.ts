@@ -497,6 +497,38 @@ describe("masking", () => {
     await c.end();
   });
 
+  it("runs detectors on binary results and on bytea: a card number in a bigint, a numeric or bytes (review 35)", async () => {
+    // node-postgres asking for every result column in binary, as pgx and asyncpg do.
+    const c = new pg.Client({
+      host: "127.0.0.1",
+      port: h.port,
+      user: "alice@example.com",
+      password: alice,
+      database: "app",
+      binary: true,
+    });
+    await c.connect();
+    try {
+      // A parameter: node-postgres sends a query without one as a simple Query (text results).
+      const r = await c.query(
+        "SELECT 4111111111111111::bigint AS b, 4111111111111111.00::numeric AS n, ARRAY[1, 4111111111111111]::int8[] AS a, convert_to('card 4111 1111 1111 1111', 'UTF8') AS d, $1::bigint AS ok",
+        [42],
+      );
+      expect(r.rows[0]).toMatchObject({ b: null, n: null, a: null, d: null });
+      expect(String(r.rows[0].ok)).toBe("42");
+    } finally {
+      await c.end();
+    }
+    // In text format, bytea is hex (clients decode it) or, under bytea_output = escape, the bytes.
+    const card = "SELECT convert_to('card 4111 1111 1111 1111', 'UTF8'), convert_to('no card', 'UTF8')";
+    const hex = await psql(h, alice, card);
+    expect(hex.stderr).toBe("");
+    expect(hex.stdout.trim()).toBe(`|\\x${Buffer.from("no card").toString("hex")}`);
+    const escaped = await psql(h, alice, `SET bytea_output = 'escape'; ${card}`);
+    expect(escaped.stderr).toBe("");
+    expect(escaped.stdout.trim()).toBe("|no card");
+  });
+
   it("resolves result columns to their tables: an alias does not unmask, a table-qualified rule masks only its table", async () => {
     const setup = await psql(h, dba, "CREATE TABLE kinds (kind text); INSERT INTO kinds VALUES ('visible')", {
       user: "dba@example.com",
