@@ -3,12 +3,13 @@
  * node-postgres, psycopg2): connection set-up, token authentication, statement decisions in the
  * simple and extended protocols, transactions, masking, cancel, COPY, audit events.
  */
+import { spawn } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startPostgres, type TestPostgres } from "@moat/testkit";
+import { startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
 import { psql, run, startHarness, type Harness } from "../test-support/pg.js";
 
 const POLICIES = [
@@ -1090,6 +1091,43 @@ describe("clients", () => {
     });
     expect(r.stderr).toBe("");
     expect(r.stdout.trim().split("\n")).toEqual(["1", "2", "3", "14", "15"]);
+  });
+
+  it("cancels a running query when psql gets SIGINT (Ctrl-C), over TLS, and only that query", async () => {
+    const child = spawn(
+      "psql",
+      [
+        `host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require`,
+        "-X",
+        "-At",
+        "-c",
+        "SELECT pg_sleep(30)",
+      ],
+      { env: { ...process.env, PGPASSWORD: alice } },
+    );
+    let stderr = "";
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    // A bystander session of the same user, in a query of its own: the cancel must not reach it.
+    const bystander = await aliceClient();
+    const other = bystander.query("SELECT pg_sleep(3), 'still here' AS v");
+    try {
+      await waitFor(
+        async () =>
+          (await pgServer.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'")).trim() ===
+          "1",
+        10_000,
+      );
+      const sent = Date.now();
+      child.kill("SIGINT");
+      expect(await exited).toBe(1);
+      expect(Date.now() - sent).toBeLessThan(5_000);
+      expect(stderr).toMatch(/canceling statement due to user request/);
+      expect((await other).rows[0].v).toBe("still here");
+    } finally {
+      child.kill("SIGKILL");
+      await bystander.end();
+    }
   });
 
   it("cancels a running query through the agent (psycopg2), and a guessed key cancels nothing", async () => {
