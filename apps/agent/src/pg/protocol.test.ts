@@ -272,6 +272,72 @@ describe("extended protocol through the agent", () => {
     }
   });
 
+  it("stays in step when COPY data and Syncs are pipelined behind a COPY FROM STDIN before it has started (review 36)", async () => {
+    const masked = await startMasked(["db:copy-in"]);
+    const bad = Buffer.from([0x64, 0, 0, 0, 8, 0x61, 0x09, 0x62, 0x0a]); // CopyData "a\tb\n": one column too many
+    const good = Buffer.from([0x64, 0, 0, 0, 6, 0x61, 0x0a]); // CopyData "a\n"
+    const copyDone = Buffer.from([0x63, 0, 0, 0, 4]);
+    const reverse = serialize.query("SELECT reverse(email) AS r FROM users");
+    // Slow enough that its answer comes in a chunk of its own.
+    const slow = serialize.query("SELECT count(*)::text AS n FROM generate_series(1, 300000)");
+    /** Everything in one write, before the target has answered the COPY; what comes back. */
+    const oneWrite = async (answers: number, ...parts: Buffer[]) => {
+      const c = await open(masked);
+      const ms = await pipeline(c, answers, ...parts);
+      await new Promise((r) => setTimeout(r, 200)); // nothing more may come
+      expect(c.messages.length, types(c.messages)).toBe(ms.length);
+      expect(c.closed).toBe(false);
+      expect(JSON.stringify(ms.map((m) => m.body.toString()))).not.toContain("elpmaxe");
+      expect(types(await c.exchange(reverse))).toBe("TDCZ"); // still in step
+      c.socket.destroy();
+      return ms;
+    };
+    try {
+      // The COPY fails on data sent before the Sync: the target answers that Sync.
+      let ms = await oneWrite(4, serialize.query("COPY inbox FROM STDIN"), bad, serialize.sync(), reverse, slow);
+      expect(types(ms)).toBe("GEZZTDCZTDCZ");
+      expect(firstValues(ms)).toEqual(["****", "300000"]);
+      // Two Syncs the COPY ignores, then the data that fails it, then one it answers.
+      ms = await oneWrite(
+        4,
+        serialize.query("COPY inbox FROM STDIN"),
+        serialize.sync(),
+        serialize.sync(),
+        bad,
+        serialize.sync(),
+        reverse,
+        slow,
+      );
+      expect(types(ms)).toBe("GEZZTDCZTDCZ");
+      // The COPY succeeds: the Sync sent in its data is ignored.
+      ms = await oneWrite(3, serialize.query("COPY inbox FROM STDIN"), good, serialize.sync(), copyDone, reverse, slow);
+      expect(types(ms)).toBe("GCZTDCZTDCZ");
+      // Extended protocol: Sync behind the Execute (ignored), bad data, a Sync ending the error, a
+      // CopyDone the target drops, a Sync, then queries.
+      ms = await oneWrite(
+        4,
+        serialize.parse({ text: "COPY inbox FROM STDIN" }),
+        serialize.bind({}),
+        serialize.execute({}),
+        serialize.sync(),
+        bad,
+        serialize.sync(),
+        copyDone,
+        serialize.sync(),
+        reverse,
+        slow,
+      );
+      expect(types(ms)).toBe("12GEZZTDCZTDCZ");
+      expect(firstValues(ms)).toEqual(["****", "300000"]);
+      // Each statement recorded once, the COPY as failed.
+      const texts = queryEvents(masked).map(({ q }) => q.text);
+      expect(texts.filter((t) => t.startsWith("SELECT reverse"))).toHaveLength(8);
+      expect(texts.filter((t) => t.startsWith("COPY inbox"))).toHaveLength(4);
+    } finally {
+      await masked.close();
+    }
+  });
+
   it("forgets protocol portals that a SQL CLOSE/DECLARE or the end of their transaction may have replaced", async () => {
     const c = await open();
     await c.exchange(serialize.query("BEGIN"));

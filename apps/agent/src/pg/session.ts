@@ -450,7 +450,15 @@ type Pending =
     }
   | ({ kind: "execute"; portal: Portal | undefined; portalName: string } & CopyCount)
   | PendingClose
-  | ({ kind: "sync" } & CopyCount);
+  | ({
+      kind: "sync";
+      /**
+       * Sent while the COPY of this entry (a Query or Execute) may have been reading data: the target
+       * ignores it if it reads it while the COPY runs, and answers it if the COPY has failed by then,
+       * which the agent cannot tell in advance (see onCopyIn).
+       */
+      ignoredBy?: Pending;
+    } & CopyCount);
 
 /** A Close sent; `closed` once the target has answered it. */
 interface PendingClose {
@@ -615,6 +623,8 @@ export class PgSession {
   /** CopyDone/CopyFail messages the client has sent; whether the target is reading COPY data now. */
   private copyEnds = 0;
   private copyIn = false;
+  /** Syncs queued that the target may have ignored (marked `ignoredBy`, see onCopyIn). */
+  private ignoredSyncs = 0;
   /** Messages sent to the target that each end in one ReadyForQuery (Query, Sync), and those answered. */
   private cyclesSent = 0;
   /** Syncs sent: the target skips to the next one after an extended message fails. */
@@ -2141,6 +2151,7 @@ export class PgSession {
   private shift(): void {
     const p = this.pending.shift();
     if (p?.kind === "query" && p.lexical) this.lexicalInFlight--;
+    if (p?.kind === "sync" && p.ignoredBy !== undefined) this.ignoredSyncs--;
     if (p?.kind === "execute" && p.portal) p.portal.pendingExecutes--;
     this.plan = undefined;
     const head = this.pending.first;
@@ -2186,6 +2197,10 @@ export class PgSession {
   }
 
   private onServerMessage(type: number, raw: Buffer): Buffer[] | undefined | typeof HOLD {
+    // An answer to what follows Syncs that may have been ignored (not a ReadyForQuery, nor a message
+    // the target sends at any time): they were.
+    if (this.ignoredSyncs > 0 && type !== 0x5a && type !== 0x4e && type !== 0x53 && type !== 0x41)
+      this.dropIgnoredSyncs();
     switch (type) {
       case 0x44: {
         // DataRow. Masking rules that arrived while an Execute runs apply to its next rows (review
@@ -2323,6 +2338,10 @@ export class PgSession {
         this.status = String.fromCharCode(raw[5] as number) as TransactionStatus;
         while (this.pending.length > 0) {
           const p = this.pending.first as Pending;
+          if (p.kind === "sync" && p.ignoredBy !== undefined) {
+            this.takeReadyForQuery();
+            break;
+          }
           this.shift();
           if (p.kind === "sync" || p.kind === "query") break;
         }
@@ -2368,9 +2387,14 @@ export class PgSession {
   }
 
   /**
-   * The target now reads COPY data, ignoring Syncs until the client's next CopyDone/CopyFail: the
-   * Syncs already sent in that span get no answer (dropped from the queue), later ones are not
-   * queued (`copyIn`).
+   * The target now reads COPY data, ignoring Syncs until the client's next CopyDone/CopyFail; later
+   * ones are not sent (`copyIn`). The Syncs already sent in that span (pipelined behind the COPY
+   * before its CopyInResponse came) are ignored if the target reads them while the COPY runs, but
+   * answered if the COPY has failed by then, on data sent before them (review 36: counted as
+   * ignored, such a Sync's ReadyForQuery ended the next query's record, whose rows were then masked
+   * by the wrong statement's columns). They stay queued, marked `ignoredBy`: a ReadyForQuery may
+   * answer them (takeReadyForQuery), anything else answering what follows them means the target
+   * ignored them (dropIgnoredSyncs), and the COPY's success means it ignored them all.
    */
   private onCopyIn(): void {
     const head = this.pending.first;
@@ -2379,12 +2403,49 @@ export class PgSession {
     head.copyStarts = (head.copyStarts ?? 0) + 1;
     for (let i = this.pending.length - 1; i > 0; i--) {
       const p = this.pending.at(i) as Pending;
-      if (p.kind === "sync" && p.copyEnds === ends) {
-        this.pending.removeAt(i);
+      if (p.kind === "sync" && p.copyEnds === ends && p.ignoredBy === undefined) {
+        p.ignoredBy = head;
+        this.ignoredSyncs++;
         this.cyclesSent--;
       }
     }
     if (this.copyEnds === ends) this.copyIn = true;
+  }
+
+  /**
+   * A ReadyForQuery with a Sync that may have been ignored at the head of the queue: it answers one
+   * of the Syncs queued there in a row. A Sync the target surely answers is taken first (which of
+   * them does not matter: each gets just this); then one that may have been ignored, answered after
+   * all.
+   */
+  private takeReadyForQuery(): void {
+    for (let i = 0; ; i++) {
+      const p = this.pending.at(i);
+      if (p?.kind !== "sync") break;
+      if (p.ignoredBy === undefined) {
+        this.pending.removeAt(i);
+        return;
+      }
+    }
+    this.shift();
+    this.cyclesSent++; // counted out at the CopyInResponse, answered after all
+  }
+
+  /** Syncs that may have been ignored, at the head of the queue, now surely were: forgotten. */
+  private dropIgnoredSyncs(): void {
+    for (let p = this.pending.first; p?.kind === "sync" && p.ignoredBy !== undefined; p = this.pending.first)
+      this.shift();
+  }
+
+  /** A COPY succeeded: the Syncs sent while its data was read were all ignored. */
+  private forgetIgnoredSyncs(of: Pending): void {
+    for (let i = this.pending.length - 1; i >= 0; i--) {
+      const p = this.pending.at(i) as Pending;
+      if (p.kind === "sync" && p.ignoredBy === of) {
+        this.pending.removeAt(i);
+        this.ignoredSyncs--;
+      }
+    }
   }
 
   /**
@@ -2422,6 +2483,8 @@ export class PgSession {
   private completeStatement(rows: number): void {
     const head = this.pending.first;
     this.plan = undefined;
+    // A COPY that succeeded read every message sent before its CopyDone as COPY data or ignored it.
+    if (this.ignoredSyncs > 0 && head) this.forgetIgnoredSyncs(head);
     if (head?.kind === "query") {
       const run = head.runs[head.index++];
       if (run) {
