@@ -506,8 +506,8 @@ describe("masking", () => {
       user: "alice@example.com",
       password: alice,
       database: "app",
-      binary: true,
-    });
+      binary: true, // a node-postgres option its types do not list
+    } as pg.ClientConfig);
     await c.connect();
     try {
       // A parameter: node-postgres sends a query without one as a simple Query (text results).
