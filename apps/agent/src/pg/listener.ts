@@ -134,6 +134,41 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
   const live = new Map<PgSession, VerifiedIdentity>();
   const ulid = createUlidFactory();
   let count = 0;
+  const tooManySessions = `too many sessions on ${options.resource} (at most ${config.maxSessions})`;
+  /**
+   * Connections accepted and not yet sessions (TLS, startup, authentication, the target's login),
+   * at most maxSessions: each holds buffers until its authentication times out.
+   */
+  let connecting = 0;
+  /**
+   * Of those, the ones past their startup packet: each holds a session's place, so that sessions
+   * authenticating at once cannot take more than maxSessions (review 36: counted only once open,
+   * six at once got in past a limit of two). A CancelRequest takes none.
+   */
+  let reserved = 0;
+  /** Where one connection stands in those counts. */
+  interface Slot {
+    state: "connecting" | "reserved" | "session" | "gone";
+  }
+  const reserve = (slot: Slot): boolean => {
+    if (count + reserved >= config.maxSessions) return false;
+    reserved++;
+    slot.state = "reserved";
+    return true;
+  };
+  /** The connection is now a session (counted in `count` until it ends). */
+  const promote = (slot: Slot) => {
+    if (slot.state === "reserved") reserved--;
+    if (slot.state === "reserved" || slot.state === "connecting") connecting--;
+    slot.state = "session";
+    count++;
+  };
+  /** The connection closed before it became a session. */
+  const release = (slot: Slot) => {
+    if (slot.state === "reserved") reserved--;
+    if (slot.state === "reserved" || slot.state === "connecting") connecting--;
+    if (slot.state !== "session") slot.state = "gone";
+  };
 
   const refuse = (socket: Socket, code: string, message: string, reason: string) => {
     options.metrics.refused(reason);
@@ -144,10 +179,17 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
   const handle = (raw: Socket) => {
     raw.setNoDelay(true);
     raw.on("error", () => raw.destroy());
-    if (count >= config.maxSessions) {
-      refuse(raw, "53300", `too many sessions on ${options.resource} (at most ${config.maxSessions})`, "max-sessions");
+    if (connecting >= config.maxSessions) {
+      refuse(
+        raw,
+        "53300",
+        `too many connections being set up on ${options.resource} (at most ${config.maxSessions})`,
+        "max-connecting",
+      );
       return;
     }
+    connecting++;
+    const slot: Slot = { state: "connecting" };
     const source = clientAddress(raw);
     const reader = new FrameReader(64 * 1024);
     let socket: Socket = raw;
@@ -195,6 +237,11 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
             socket.destroy();
             return;
           }
+          if (!reserve(slot)) {
+            clearTimeout(timer);
+            refuse(socket, "53300", tooManySessions, "max-sessions");
+            return;
+          }
           startup = m.parameters;
           reader.initial = false;
           stage = "password";
@@ -235,7 +282,14 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
           socket.off("data", onData);
           socket.pause();
           clearTimeout(timer);
-          void authenticate(socket, startup as Map<string, string>, decodePassword(f.body), source, reader.drain());
+          void authenticate(
+            socket,
+            startup as Map<string, string>,
+            decodePassword(f.body),
+            source,
+            reader.drain(),
+            slot,
+          );
         }
       } catch (error) {
         clearTimeout(timer);
@@ -244,7 +298,10 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       }
     };
     raw.on("data", onData);
-    raw.on("close", () => clearTimeout(timer));
+    raw.on("close", () => {
+      clearTimeout(timer);
+      release(slot);
+    });
   };
 
   function checkStartup(p: Map<string, string>): { code: string; message: string } | undefined {
@@ -280,6 +337,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     token: string,
     source: string,
     rest: Buffer,
+    slot: Slot,
   ): Promise<void> {
     const user = startup.get("user") as string;
     const now = new Date();
@@ -391,7 +449,8 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
         .catch(() => undefined);
       return;
     }
-    if (socket.destroyed) {
+    if (socket.destroyed || slot.state === "gone") {
+      // The client left during the target's login.
       target.socket.destroy();
       return;
     }
@@ -425,7 +484,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       target.socket,
       { searchPath: target.searchPath, parameters: target.parameters },
     );
-    count++;
+    promote(slot);
     options.metrics.sessions.inc();
     live.set(session, identity);
     void session.done.then(() => {

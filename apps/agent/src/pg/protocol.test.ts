@@ -3,11 +3,11 @@
  * with a denial in the middle, the skip-until-Sync rule, named statements and portals (pgjdbc-style
  * `S_1`), re-Parse of an existing name, unknown statements, oversized messages, garbage input.
  */
-import { connect } from "node:net";
+import { connect, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { serialize } from "@moat/pg-wire";
 import { createClassifier, createClassifierPool, type Classifier } from "@moat/sql";
-import { startPostgres, type TestPostgres } from "@moat/testkit";
+import { startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
 
 const POLICY_READ = readPolicy() as { spec: Record<string, unknown> };
@@ -954,6 +954,75 @@ describe("extended protocol through the agent", () => {
     expect(errors(worse.messages)[0]?.message).toMatch(/unexpected message type/);
     expect(types(await good.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
     good.socket.destroy();
+  });
+
+  it("holds maxSessions against sessions authenticating at once and idle connections, and still routes cancels (review 36)", async () => {
+    const limited = await startHarness({ pg: server, policies: [readPolicy()], listener: { maxSessions: 2 } });
+    const token = await limited.token();
+    /** Startup and password in one write: the messages until ReadyForQuery or the close. */
+    const login = async () => {
+      const socket = connect(limited.port, "127.0.0.1");
+      const c = new Raw(socket);
+      await new Promise((r) => socket.once("connect", r));
+      socket.write(
+        Buffer.concat([serialize.startup({ user: "alice@example.com", database: "app" }), serialize.password(token)]),
+      );
+      await c.until((m) => m.some((x) => x.type === "Z"));
+      return c;
+    };
+    const idle: Socket[] = [];
+    try {
+      // Six at once: two sessions, four refused before authenticating.
+      const six = await Promise.all(Array.from({ length: 6 }, login));
+      const admitted = six.filter((c) => !c.closed);
+      expect(admitted).toHaveLength(2);
+      for (const c of six.filter((x) => x.closed))
+        expect(errors(c.messages)).toMatchObject([{ severity: "FATAL", code: "53300" }]);
+      expect(limited.listener.sessions()).toBe(2);
+      // At the limit, a cancel still reaches the session it names.
+      const [a] = admitted as [Raw, Raw];
+      const key = a.messages.find((m) => m.type === "K")?.body as Buffer;
+      const sent = a.messages.length;
+      a.socket.write(serialize.query("SELECT pg_sleep(10)"));
+      await waitFor(
+        async () =>
+          (await server.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)'")).trim() ===
+          "1",
+        10_000,
+      );
+      const cancel = connect(limited.port, "127.0.0.1");
+      cancel.on("error", () => undefined);
+      cancel.end(Buffer.concat([Buffer.from([0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e]), key]));
+      await a.until((m) => m.slice(sent).some((x) => x.type === "Z"));
+      expect(errors(a.messages.slice(sent))[0]?.code).toBe("57014");
+      // A session that ends frees its place.
+      a.socket.destroy();
+      await waitFor(async () => limited.listener.sessions() === 1, 5_000);
+      const again = await login();
+      expect(again.closed).toBe(false);
+      again.socket.destroy();
+      await waitFor(async () => limited.listener.sessions() === 1, 5_000);
+      // Connections that never authenticate count too: past maxSessions of them, others are refused.
+      for (let i = 0; i < 2; i++) {
+        const socket = connect(limited.port, "127.0.0.1");
+        socket.on("error", () => undefined);
+        await new Promise((r) => socket.once("connect", r));
+        idle.push(socket);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      const refused = await login();
+      expect(refused.closed).toBe(true);
+      expect(errors(refused.messages)[0]?.message).toMatch(/too many connections being set up/);
+      for (const socket of idle) socket.destroy();
+      await new Promise((r) => setTimeout(r, 100));
+      const served = await login();
+      expect(served.closed).toBe(false);
+      served.socket.destroy();
+      for (const c of admitted) c.socket.destroy();
+    } finally {
+      for (const socket of idle) socket.destroy();
+      await limited.close();
+    }
   });
 
   it("answers a startup asking for protocol 3.2 or protocol options with NegotiateProtocolVersion (3.0), like PostgreSQL 15", async () => {
