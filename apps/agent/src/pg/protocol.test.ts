@@ -956,6 +956,41 @@ describe("extended protocol through the agent", () => {
     good.socket.destroy();
   });
 
+  it("caps the prepared statements a session keeps, by number and by length of text (review 36)", async () => {
+    const c = await open();
+    const parses = Array.from({ length: 10_000 }, (_, i) => serialize.parse({ name: `s${i}`, text: "SELECT 1" }));
+    let ms = await c.exchange(...parses, serialize.sync());
+    expect(ms.filter((m) => m.type === "1")).toHaveLength(10_000);
+    ms = await c.exchange(serialize.parse({ name: "one-more", text: "SELECT 1" }), serialize.sync());
+    expect(errors(ms)[0]).toMatchObject({
+      code: "54000",
+      message: expect.stringMatching(/too many prepared statements/),
+    });
+    ms = await c.exchange(serialize.query("PREPARE q AS SELECT 1"));
+    expect(errors(ms)[0]).toMatchObject({
+      code: "42501",
+      message: expect.stringMatching(/too many prepared statements/),
+    });
+    // The unnamed statement does not count; a Close frees a place once the target has answered it.
+    ms = await c.exchange(
+      serialize.parse({ text: "SELECT 2" }),
+      serialize.bind({}),
+      serialize.execute({}),
+      serialize.sync(),
+    );
+    expect(types(ms)).toBe("12DCZ");
+    expect(types(await c.exchange(serialize.close({ type: "S", name: "s0" }), serialize.sync()))).toBe("3Z");
+    ms = await c.exchange(serialize.parse({ name: "one-more", text: "SELECT 1" }), serialize.sync());
+    expect(types(ms)).toBe("1Z");
+    c.socket.destroy();
+    // 32 Mi characters of text at most: the 34th statement of a million characters is refused.
+    const d = await open();
+    const big = (i: number) => serialize.parse({ name: `big${i}`, text: `SELECT ${i} -- ${"x".repeat(1_000_000)}` });
+    for (let i = 0; i < 33; i++) expect(types(await d.exchange(big(i), serialize.sync()))).toBe("1Z");
+    expect(errors(await d.exchange(big(33), serialize.sync()))[0]).toMatchObject({ code: "54000" });
+    d.socket.destroy();
+  }, 120_000);
+
   it("holds maxSessions against sessions authenticating at once and idle connections, and still routes cancels (review 36)", async () => {
     const limited = await startHarness({ pg: server, policies: [readPolicy()], listener: { maxSessions: 2 } });
     const token = await limited.token();

@@ -254,6 +254,34 @@ const MAX_SAVEPOINTS = 1024;
 /** Cursors and named portals a session tracks at once; a new one past this is refused. */
 const MAX_CURSORS = 1000;
 
+/**
+ * Named prepared statements (SQL and protocol) a session keeps at once, and the characters of their
+ * texts: each holds its text and classification in the agent's one heap, shared by every session
+ * (review 36: 3 000 statements of 15 kB took 49 MB). A new one past either is refused.
+ */
+const MAX_PREPARED = 10_000;
+const MAX_PREPARED_CHARS = 32 * 1024 * 1024;
+
+/** A map of records with a text, which keeps the total length of their texts. */
+class TextMap<V extends { text: string }> extends Map<string, V> {
+  chars = 0;
+  override set(key: string, value: V): this {
+    const old = super.get(key);
+    if (old) this.chars -= old.text.length;
+    this.chars += value.text.length;
+    return super.set(key, value);
+  }
+  override delete(key: string): boolean {
+    const old = super.get(key);
+    if (old) this.chars -= old.text.length;
+    return super.delete(key);
+  }
+  override clear(): void {
+    this.chars = 0;
+    super.clear();
+  }
+}
+
 /** PostgreSQL's NAMEDATALEN - 1: statement and portal names are compared on this many bytes. */
 const MAX_NAME_BYTES = 63;
 
@@ -559,12 +587,12 @@ export class PgSession {
   private unspooled: QueryRecord[] = [];
   private readonly scanner: RelayScanner;
   private readonly pending = new Fifo<Pending>();
-  private readonly statements = new Map<string, PreparedStatement>();
+  private readonly statements = new TextMap<PreparedStatement>();
   private readonly portals = new Map<string, Portal>();
   /** SQL-level PREPARE names whose statement may hold a secret: their EXECUTEs' arguments may too. */
   private readonly secretPrepared = new Set<string>();
   /** SQL-level PREPARE names -> what they run (EXECUTE is decided as that). */
-  private readonly sqlPrepared = new Map<string, StatementInfo>();
+  private readonly sqlPrepared = new TextMap<StatementInfo>();
   /**
    * Where the rows of each SQL cursor (DECLARE) come from, for masking what FETCH returns. A name
    * declared again while the first may still be open (the second DECLARE fails on the server) keeps
@@ -1398,6 +1426,11 @@ export class PgSession {
       this.unparsed(parse.query, reservedNameMessage(parse.name));
       return poison(reservedNameMessage(parse.name), "42939");
     }
+    const tooMany = this.preparedRefusal(parse.name, parse.query);
+    if (tooMany) {
+      this.unparsed(parse.query, tooMany);
+      return poison(tooMany, "54000");
+    }
     const refusal = this.encodingRefusal(parse.query);
     if (refusal) {
       this.unparsed(parse.query, refusal);
@@ -1706,6 +1739,18 @@ export class PgSession {
     return `access denied: statement and portal names must be at most ${MAX_NAME_BYTES} bytes of ASCII or UTF-8 text through Moat (the server would read "${name.slice(0, 20)}..." differently)`;
   }
 
+  /** A new prepared statement past what a session may keep (MAX_PREPARED) is refused. */
+  private preparedRefusal(name: string, text: string): string | undefined {
+    if (name === "") return undefined; // one at most, replaced by the next
+    const unnamed = this.statements.get("");
+    const count = this.statements.size + this.sqlPrepared.size - (unnamed ? 1 : 0);
+    const fresh = !this.statements.has(name) && !this.sqlPrepared.has(name);
+    const chars = this.statements.chars + this.sqlPrepared.chars - (unnamed?.text.length ?? 0);
+    if ((fresh && count >= MAX_PREPARED) || chars + text.length > MAX_PREPARED_CHARS)
+      return `access denied: too many prepared statements in this session (at most ${MAX_PREPARED}, ${MAX_PREPARED_CHARS / (1024 * 1024)} Mi characters of text); DEALLOCATE or Close some first`;
+    return undefined;
+  }
+
   /** A new cursor or portal name past the number the agent tracks is refused (FETCH masking needs it). */
   private cursorRefusal(name: string): string | undefined {
     if (this.cursors.has(name) || this.cursors.size < MAX_CURSORS) return undefined;
@@ -1785,6 +1830,10 @@ export class PgSession {
     let actions: readonly ActionUse[] = info.actions;
     if (info.cursor?.op === "declare" && info.cursor.name !== null) {
       const tooMany = this.cursorRefusal(info.cursor.name);
+      if (tooMany) return { effect: "deny", rule: "", message: tooMany, tables: [] };
+    }
+    if (info.prepare) {
+      const tooMany = this.preparedRefusal(info.prepare.name, info.text);
       if (tooMany) return { effect: "deny", rule: "", message: tooMany, tables: [] };
     }
     const executed = info.execute && this.statements.get(info.execute.name);
