@@ -251,6 +251,9 @@ const SKIPPED = "not run: an earlier message of the same Sync failed";
 /** Savepoints a session tracks in one transaction (the oldest are dropped past it). */
 const MAX_SAVEPOINTS = 1024;
 
+/** How long the target may take to close after a client's Terminate before the session ends anyway. */
+const TERMINATE_GRACE_MS = 5_000;
+
 /** Cursors and named portals a session tracks at once; a new one past this is refused. */
 const MAX_CURSORS = 1000;
 
@@ -698,6 +701,8 @@ export class PgSession {
   private endAfterHold: string | undefined;
   /** The client sent Terminate: forwarded after what came before it, then the session ends. */
   private terminated = false;
+  /** Ends the session if the target has not closed it after a Terminate (see afterTerminate). */
+  private terminateTimer: NodeJS.Timeout | undefined;
   private readonly started = Date.now();
   private readonly now: () => number;
   /** Resolves when the session is over, with the reason. */
@@ -767,10 +772,25 @@ export class PgSession {
       if (this.held !== undefined && !hadError) this.endAfterHold = "client disconnected";
       else this.end("client disconnected");
     });
-    target.on("close", () => this.end("target closed the connection"));
+    target.on("close", () =>
+      this.end(this.terminated ? "client terminated the session" : "target closed the connection"),
+    );
     client.on("error", () => this.end("client connection error"));
     target.on("error", () => this.end("target connection error"));
     if (leftover.length > 0) this.scanner.push(leftover);
+  }
+
+  /**
+   * The client sent Terminate (forwarded): the target answers what came before it and closes the
+   * connection, which ends the session, so that the client gets those answers as it would from
+   * PostgreSQL (review 36: a Query and Terminate in one write got no answer). Nothing after the
+   * Terminate is read; a target that does not close is left after TERMINATE_GRACE_MS.
+   */
+  private afterTerminate(): void {
+    if (this.terminateTimer !== undefined || this.closed) return;
+    this.client.pause();
+    this.terminateTimer = setTimeout(() => this.end("client terminated the session"), TERMINATE_GRACE_MS);
+    this.terminateTimer.unref();
   }
 
   /** Ends the session from outside (token revoked, user disabled, session too long). */
@@ -783,6 +803,7 @@ export class PgSession {
   private end(reason: string): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.terminateTimer);
     this.holdAbort?.abort();
     // Statements sent whose results will not be seen are recorded all the same: the one running with
     // the rows relayed so far.
@@ -895,7 +916,7 @@ export class PgSession {
       this.targetBlocked = true;
       this.client.pause();
     }
-    if (this.terminated) this.end("client terminated the session");
+    if (this.terminated) this.afterTerminate();
   }
 
   /** The held message's classification was made under another lexical state, which its text depends on. */
