@@ -196,6 +196,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     let tls = false;
     let stage: "initial" | "password" | "busy" = "initial";
     let startup: Map<string, string> | undefined;
+    let gssAsked = false;
     const timer = setTimeout(() => refuse(socket, "08006", "authentication timed out", "timeout"), 30_000);
 
     const upgrade = (head?: Buffer) => {
@@ -228,6 +229,9 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
             return;
           }
           if (m.kind === "gssenc") {
+            // Once, before TLS, as PostgreSQL allows it (review 36: answered again and again).
+            if (tls || gssAsked) throw new ProtocolError("GSSAPI encryption was already asked for or TLS is on");
+            gssAsked = true;
             socket.write(SIMPLE_MESSAGES.sslNo);
             continue;
           }

@@ -1060,6 +1060,19 @@ describe("extended protocol through the agent", () => {
     }
   });
 
+  it("answers a GSSENCRequest once, and refuses a second one (08P01)", async () => {
+    const gssenc = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]);
+    const socket = connect(h.port, "127.0.0.1");
+    const chunks: Buffer[] = [];
+    socket.on("data", (c: Buffer) => chunks.push(c));
+    await new Promise((r) => socket.once("connect", r));
+    socket.write(Buffer.concat([gssenc, gssenc]));
+    await new Promise((r) => socket.once("close", r));
+    const got = Buffer.concat(chunks);
+    expect(got.subarray(0, 1).toString()).toBe("N");
+    expect(got.subarray(1).toString("latin1")).toMatch(/08P01/);
+  });
+
   it("answers a startup asking for protocol 3.2 or protocol options with NegotiateProtocolVersion (3.0), like PostgreSQL 15", async () => {
     const token = await h.token();
     const socket = connect(h.port, "127.0.0.1");
