@@ -219,15 +219,20 @@ describe("extended protocol through the agent", () => {
       const bad = Buffer.from([0x64, 0, 0, 0, 8, 0x61, 0x09, 0x62, 0x0a]); // CopyData "a\tb\n": one column too many
       // Review 13: the target answers a Sync it reads after the COPY failed; the agent had let it
       // through without expecting an answer, so the next query's rows went to no statement, unmasked.
+      // (Review 36: a Sync after the data is now refused, the session ended, whatever the COPY does.)
       const c = await open(masked);
       c.socket.write(serialize.query("COPY inbox FROM STDIN"));
       await c.until((m) => m.some((x) => x.type === "G"));
       let start = c.messages.length;
-      c.socket.write(Buffer.concat([bad, serialize.sync(), serialize.query("SELECT email FROM users")]));
-      await c.until((m) => m.slice(start).filter((x) => x.type === "Z").length >= 2);
-      expect(types(c.messages.slice(start))).toBe("EZTDCZ");
+      c.socket.write(bad);
+      await c.until((m) => m.slice(start).filter((x) => x.type === "Z").length >= 1);
+      expect(types(c.messages.slice(start))).toBe("EZ");
+      start = c.messages.length;
+      c.socket.write(serialize.query("SELECT email FROM users"));
+      await c.until((m) => m.slice(start).filter((x) => x.type === "Z").length >= 1);
+      expect(types(c.messages.slice(start))).toBe("TDCZ");
       expect(firstValues(c.messages.slice(start))).not.toContain("user1@example.com");
-      // libpq's extended-protocol COPY: Sync behind Execute, a stray Sync in the data, CopyDone + Sync.
+      // libpq's extended-protocol COPY: Sync behind Execute, CopyDone + Sync.
       c.socket.write(
         Buffer.concat([
           serialize.parse({ name: "", text: "COPY inbox FROM STDIN" }),
@@ -241,7 +246,6 @@ describe("extended protocol through the agent", () => {
       c.socket.write(
         Buffer.concat([
           bad,
-          serialize.sync(),
           Buffer.from([0x63, 0, 0, 0, 4]), // CopyDone
           serialize.sync(),
           serialize.query("SELECT email FROM users"),
@@ -272,67 +276,85 @@ describe("extended protocol through the agent", () => {
     }
   });
 
-  it("stays in step when COPY data and Syncs are pipelined behind a COPY FROM STDIN before it has started (review 36)", async () => {
+  it("ends a session that sends a Sync among COPY data or other messages before its COPY ends (reviews 36, 37)", async () => {
     const masked = await startMasked(["db:copy-in"]);
     const bad = Buffer.from([0x64, 0, 0, 0, 8, 0x61, 0x09, 0x62, 0x0a]); // CopyData "a\tb\n": one column too many
     const good = Buffer.from([0x64, 0, 0, 0, 6, 0x61, 0x0a]); // CopyData "a\n"
     const copyDone = Buffer.from([0x63, 0, 0, 0, 4]);
     const reverse = serialize.query("SELECT reverse(email) AS r FROM users");
-    // Slow enough that its answer comes in a chunk of its own.
     const slow = serialize.query("SELECT count(*)::text AS n FROM generate_series(1, 300000)");
-    /** Everything in one write, before the target has answered the COPY; what comes back. */
-    const oneWrite = async (answers: number, ...parts: Buffer[]) => {
+    const extendedCopy = [
+      serialize.parse({ text: "COPY inbox FROM STDIN" }),
+      serialize.bind({}),
+      serialize.execute({}),
+    ];
+    /**
+     * Sends `before` in one write, then (once the COPY has started) `after`: the session must end
+     * with 08P01 and nothing masked come back in clear. The target answers such a Sync if the COPY
+     * failed on data sent before it and ignores it if not, which the agent cannot tell (review 36:
+     * its ReadyForQuery ended the next query's record, whose rows were masked by the wrong columns).
+     */
+    const ends = async (before: Buffer[], after: Buffer[] = []) => {
       const c = await open(masked);
-      const ms = await pipeline(c, answers, ...parts);
+      c.socket.write(Buffer.concat(before));
+      if (after.length > 0) {
+        await c.until((m) => m.some((x) => x.type === "G"));
+        c.socket.write(Buffer.concat(after));
+      }
+      await c.until(() => c.closed);
+      expect(errors(c.messages).at(-1)).toMatchObject({ severity: "FATAL", code: "08P01" });
+      expect(JSON.stringify(c.messages.map((m) => m.body.toString()))).not.toContain("elpmaxe");
+      return errors(c.messages).at(-1)?.message;
+    };
+    /** The same where the agent must let everything through: the answers, and the session goes on. */
+    const works = async (answers: number, before: Buffer[], after: Buffer[] = []) => {
+      const c = await open(masked);
+      const start = c.messages.length;
+      c.socket.write(Buffer.concat(before));
+      if (after.length > 0) {
+        await c.until((m) => m.some((x) => x.type === "G"));
+        c.socket.write(Buffer.concat(after));
+      }
+      await c.until((m) => m.slice(start).filter((x) => x.type === "Z").length >= answers);
       await new Promise((r) => setTimeout(r, 200)); // nothing more may come
-      expect(c.messages.length, types(c.messages)).toBe(ms.length);
+      const ms = c.messages.slice(start);
+      expect(types(await c.exchange(reverse))).toBe("TDCZ");
       expect(c.closed).toBe(false);
-      expect(JSON.stringify(ms.map((m) => m.body.toString()))).not.toContain("elpmaxe");
-      expect(types(await c.exchange(reverse))).toBe("TDCZ"); // still in step
       c.socket.destroy();
       return ms;
     };
     try {
-      // The COPY fails on data sent before the Sync: the target answers that Sync.
-      let ms = await oneWrite(4, serialize.query("COPY inbox FROM STDIN"), bad, serialize.sync(), reverse, slow);
-      expect(types(ms)).toBe("GEZZTDCZTDCZ");
-      expect(firstValues(ms)).toEqual(["****", "300000"]);
-      // Two Syncs the COPY ignores, then the data that fails it, then one it answers.
-      ms = await oneWrite(
-        4,
-        serialize.query("COPY inbox FROM STDIN"),
-        serialize.sync(),
+      // Pipelined before the CopyInResponse: a Sync after the data (the COPY fails on it or succeeds).
+      expect(await ends([serialize.query("COPY inbox FROM STDIN"), bad, serialize.sync(), reverse, slow])).toMatch(
+        /Sync among COPY data/,
+      );
+      await ends([serialize.query("COPY inbox FROM STDIN"), good, serialize.sync(), copyDone, reverse]);
+      await ends([...extendedCopy, serialize.sync(), bad, serialize.sync(), copyDone, serialize.sync(), reverse, slow]);
+      // Review 37: a Query or Describe in the span (the target skips it after the COPY failed).
+      expect(
+        await ends([...extendedCopy, serialize.sync(), bad, serialize.query("SELECT 1 AS x"), serialize.sync()]),
+      ).toMatch(/protocol synchronization was lost/);
+      await ends([
+        ...extendedCopy,
         serialize.sync(),
         bad,
+        serialize.describe({ type: "S", name: "" }),
         serialize.sync(),
-        reverse,
-        slow,
+      ]);
+      // Once the COPY is known to run: a Sync after data, or a Query before CopyDone.
+      await ends([serialize.query("COPY inbox FROM STDIN")], [bad, serialize.sync(), reverse]);
+      expect(await ends([serialize.query("COPY inbox FROM STDIN")], [good, reverse])).toMatch(
+        /unexpected message type 'Q' during COPY/,
       );
-      expect(types(ms)).toBe("GEZZTDCZTDCZ");
-      // The COPY succeeds: the Sync sent in its data is ignored.
-      ms = await oneWrite(3, serialize.query("COPY inbox FROM STDIN"), good, serialize.sync(), copyDone, reverse, slow);
-      expect(types(ms)).toBe("GCZTDCZTDCZ");
-      // Extended protocol: Sync behind the Execute (ignored), bad data, a Sync ending the error, a
-      // CopyDone the target drops, a Sync, then queries.
-      ms = await oneWrite(
-        4,
-        serialize.parse({ text: "COPY inbox FROM STDIN" }),
-        serialize.bind({}),
-        serialize.execute({}),
-        serialize.sync(),
-        bad,
-        serialize.sync(),
-        copyDone,
-        serialize.sync(),
-        reverse,
-        slow,
-      );
-      expect(types(ms)).toBe("12GEZZTDCZTDCZ");
-      expect(firstValues(ms)).toEqual(["****", "300000"]);
-      // Each statement recorded once, the COPY as failed.
-      const texts = queryEvents(masked).map(({ q }) => q.text);
-      expect(texts.filter((t) => t.startsWith("SELECT reverse"))).toHaveLength(8);
-      expect(texts.filter((t) => t.startsWith("COPY inbox"))).toHaveLength(4);
+      // What clients do works: libpq's Sync right behind the Execute (ignored), data, CopyDone, Sync.
+      let ms = await works(1, [...extendedCopy, serialize.sync()], [good, copyDone, serialize.sync()]);
+      expect(types(ms)).toBe("12GCZ");
+      // Syncs before any data are ignored by the target, pipelined or not; a failing COPY too.
+      ms = await works(1, [serialize.query("COPY inbox FROM STDIN"), serialize.sync(), serialize.sync()], [bad]);
+      expect(types(ms)).toBe("GEZ");
+      ms = await works(2, [serialize.query("COPY inbox FROM STDIN")], [serialize.sync(), good, copyDone, reverse]);
+      expect(types(ms)).toBe("GCZTDCZ");
+      expect(firstValues(ms)).toEqual(["****"]);
     } finally {
       await masked.close();
     }

@@ -251,6 +251,13 @@ const SKIPPED = "not run: an earlier message of the same Sync failed";
 /** Savepoints a session tracks in one transaction (the oldest are dropped past it). */
 const MAX_SAVEPOINTS = 1024;
 
+/** Why a session sending Sync among COPY data ends (see onCopyIn). */
+const SYNC_IN_COPY =
+  "a Sync among COPY data is not supported through Moat (the server answers it or not depending on where the COPY fails): send Sync after CopyDone";
+
+const OTHER_IN_COPY =
+  "protocol synchronization was lost: the client sent other messages than COPY data, Sync or Flush before its COPY FROM STDIN ended";
+
 /** How long the target may take to close after a client's Terminate before the session ends anyway. */
 const TERMINATE_GRACE_MS = 5_000;
 
@@ -441,7 +448,9 @@ const MAX_LOOKUPS = 16;
 const STALE_PORTAL =
   "was bound before a cursor or prepared statement it reads may have changed (closed, defined again, or a statement run since); bind it again";
 
-type Pending =
+type Pending = PendingKind & CopyCount;
+
+type PendingKind =
   | ({
       kind: "query";
       runs: Run[];
@@ -481,15 +490,7 @@ type Pending =
     }
   | ({ kind: "execute"; portal: Portal | undefined; portalName: string } & CopyCount)
   | PendingClose
-  | ({
-      kind: "sync";
-      /**
-       * Sent while the COPY of this entry (a Query or Execute) may have been reading data: the target
-       * ignores it if it reads it while the COPY runs, and answers it if the COPY has failed by then,
-       * which the agent cannot tell in advance (see onCopyIn).
-       */
-      ignoredBy?: Pending;
-    } & CopyCount);
+  | ({ kind: "sync" } & CopyCount);
 
 /** A Close sent; `closed` once the target has answered it. */
 interface PendingClose {
@@ -504,10 +505,12 @@ interface PendingClose {
  * COPY FROM STDIN bookkeeping: the server ignores Sync (and Flush) while it reads COPY data, so a
  * Sync the client sends between the Execute (or Query) that starts a COPY and its CopyDone/CopyFail
  * gets no ReadyForQuery. `copyEnds` is how many CopyDone/CopyFail the client had sent when this
- * message was sent; `copyStarts`, on the message running the COPY, how many COPYs it has started.
+ * message was sent, `copyData` how many CopyData; `copyStarts`, on the message running the COPY,
+ * how many COPYs it has started.
  */
 interface CopyCount {
   copyEnds?: number;
+  copyData?: number;
   copyStarts?: number;
 }
 
@@ -653,9 +656,14 @@ export class PgSession {
   private status: TransactionStatus = "I";
   /** CopyDone/CopyFail messages the client has sent; whether the target is reading COPY data now. */
   private copyEnds = 0;
+  /** CopyData messages the client has sent. */
+  private copyData = 0;
+  /**
+   * `copyData` when the COPY being read started (its message sent), or -1 when unknown (a second
+   * COPY of one Query): a Sync sent after data of it is ambiguous (see onCopyIn).
+   */
+  private copyDataAtStart = -1;
   private copyIn = false;
-  /** Syncs queued that the target may have ignored (marked `ignoredBy`, see onCopyIn). */
-  private ignoredSyncs = 0;
   /** Messages sent to the target that each end in one ReadyForQuery (Query, Sync), and those answered. */
   private cyclesSent = 0;
   /** Syncs sent: the target skips to the next one after an extended message fails. */
@@ -987,6 +995,7 @@ export class PgSession {
       throw new ProtocolError(`invalid message format: '${String.fromCharCode(f.type)}' message with a body`);
     // Skipping to Sync, as the target does (it ignores all but Sync; Terminate ends the session anyway).
     if (this.awaitingSync && f.type !== 0x53 && f.type !== 0x58) return undefined;
+    if (this.copyIn) this.checkCopyMessage(f.type);
     // Query, Sync, and FunctionCall (replaced by a Query) each get one ReadyForQuery.
     if (f.type === 0x51 || f.type === 0x46 || (f.type === 0x53 && !this.copyIn)) this.cyclesSent++;
     this.inQuery = f.type === 0x51;
@@ -1087,8 +1096,10 @@ export class PgSession {
         this.copyEnds++;
         this.copyIn = false;
         return f.raw;
-      case 0x48: // Flush
       case 0x64: // CopyData
+        this.copyData++;
+        return f.raw;
+      case 0x48: // Flush
         return f.raw;
       case 0x58: // Terminate: after what came before it (a Query in the same write runs), then the end
         this.terminated = true;
@@ -2211,7 +2222,8 @@ export class PgSession {
   }
 
   private push(p: Pending): void {
-    if (p.kind === "query" || p.kind === "execute" || p.kind === "sync") p.copyEnds = this.copyEnds;
+    p.copyEnds = this.copyEnds;
+    p.copyData = this.copyData;
     this.pending.push(p);
     if (p.kind === "execute" && p.portal) p.portal.pendingExecutes++;
     if (this.pending.length === 1 && p.kind === "execute" && p.portal) this.startResult(p.portal.fields, p.portal.run);
@@ -2221,7 +2233,6 @@ export class PgSession {
   private shift(): void {
     const p = this.pending.shift();
     if (p?.kind === "query" && p.lexical) this.lexicalInFlight--;
-    if (p?.kind === "sync" && p.ignoredBy !== undefined) this.ignoredSyncs--;
     if (p?.kind === "execute" && p.portal) p.portal.pendingExecutes--;
     this.plan = undefined;
     const head = this.pending.first;
@@ -2267,10 +2278,6 @@ export class PgSession {
   }
 
   private onServerMessage(type: number, raw: Buffer): Buffer[] | undefined | typeof HOLD {
-    // An answer to what follows Syncs that may have been ignored (not a ReadyForQuery, nor a message
-    // the target sends at any time): they were.
-    if (this.ignoredSyncs > 0 && type !== 0x5a && type !== 0x4e && type !== 0x53 && type !== 0x41)
-      this.dropIgnoredSyncs();
     switch (type) {
       case 0x44: {
         // DataRow. Masking rules that arrived while an Execute runs apply to its next rows (review
@@ -2408,10 +2415,6 @@ export class PgSession {
         this.status = String.fromCharCode(raw[5] as number) as TransactionStatus;
         while (this.pending.length > 0) {
           const p = this.pending.first as Pending;
-          if (p.kind === "sync" && p.ignoredBy !== undefined) {
-            this.takeReadyForQuery();
-            break;
-          }
           this.shift();
           if (p.kind === "sync" || p.kind === "query") break;
         }
@@ -2457,65 +2460,50 @@ export class PgSession {
   }
 
   /**
-   * The target now reads COPY data, ignoring Syncs until the client's next CopyDone/CopyFail; later
-   * ones are not sent (`copyIn`). The Syncs already sent in that span (pipelined behind the COPY
-   * before its CopyInResponse came) are ignored if the target reads them while the COPY runs, but
-   * answered if the COPY has failed by then, on data sent before them (review 36: counted as
-   * ignored, such a Sync's ReadyForQuery ended the next query's record, whose rows were then masked
-   * by the wrong statement's columns). They stay queued, marked `ignoredBy`: a ReadyForQuery may
-   * answer them (takeReadyForQuery), anything else answering what follows them means the target
-   * ignored them (dropIgnoredSyncs), and the COPY's success means it ignored them all.
+   * The target now reads COPY data, ignoring Syncs until the client's next CopyDone/CopyFail: the
+   * Syncs already sent in that span before any data (libpq's Sync right behind the Execute) get no
+   * answer (dropped from the queue), later ones are not sent (`copyIn`). A Sync sent after data of
+   * the COPY is answered if that data failed the COPY first, ignored if not, which the agent cannot
+   * tell; and a message other than COPY data, Sync or Flush in the span makes the COPY fail, or
+   * worse. Either ends the session (08P01), as no client needs them (review 36: such a Sync's
+   * ReadyForQuery ended the next query's record, whose rows were masked by the wrong statement's
+   * columns; review 37: a Query or Describe in the span did the same).
    */
   private onCopyIn(): void {
     const head = this.pending.first;
     if (!head || (head.kind !== "query" && head.kind !== "execute")) return;
+    const first = (head.copyStarts ?? 0) === 0;
     const ends = (head.copyEnds ?? 0) + (head.copyStarts ?? 0);
     head.copyStarts = (head.copyStarts ?? 0) + 1;
-    for (let i = this.pending.length - 1; i > 0; i--) {
+    const start = first ? (head.copyData ?? 0) : -1;
+    for (let i = 1; i < this.pending.length; i++) {
       const p = this.pending.at(i) as Pending;
-      if (p.kind === "sync" && p.copyEnds === ends && p.ignoredBy === undefined) {
-        p.ignoredBy = head;
-        this.ignoredSyncs++;
-        this.cyclesSent--;
-      }
-    }
-    if (this.copyEnds === ends) this.copyIn = true;
-  }
-
-  /**
-   * A ReadyForQuery with a Sync that may have been ignored at the head of the queue: it answers one
-   * of the Syncs queued there in a row. A Sync the target surely answers is taken first (which of
-   * them does not matter: each gets just this); then one that may have been ignored, answered after
-   * all.
-   */
-  private takeReadyForQuery(): void {
-    for (let i = 0; ; i++) {
-      const p = this.pending.at(i);
-      if (p?.kind !== "sync") break;
-      if (p.ignoredBy === undefined) {
-        this.pending.removeAt(i);
+      if (p.copyEnds === ends && (p.kind !== "sync" || p.copyData !== start)) {
+        this.terminate(p.kind === "sync" ? SYNC_IN_COPY : OTHER_IN_COPY, "08P01");
         return;
       }
     }
-    this.shift();
-    this.cyclesSent++; // counted out at the CopyInResponse, answered after all
-  }
-
-  /** Syncs that may have been ignored, at the head of the queue, now surely were: forgotten. */
-  private dropIgnoredSyncs(): void {
-    for (let p = this.pending.first; p?.kind === "sync" && p.ignoredBy !== undefined; p = this.pending.first)
-      this.shift();
-  }
-
-  /** A COPY succeeded: the Syncs sent while its data was read were all ignored. */
-  private forgetIgnoredSyncs(of: Pending): void {
-    for (let i = this.pending.length - 1; i >= 0; i--) {
-      const p = this.pending.at(i) as Pending;
-      if (p.kind === "sync" && p.ignoredBy === of) {
-        this.pending.removeAt(i);
-        this.ignoredSyncs--;
-      }
+    for (let i = this.pending.length - 1; i > 0; i--) {
+      if ((this.pending.at(i) as Pending).copyEnds !== ends) continue;
+      this.pending.removeAt(i);
+      this.cyclesSent--;
     }
+    if (this.copyEnds === ends) {
+      this.copyIn = true;
+      this.copyDataAtStart = start;
+    }
+  }
+
+  /** A client message while the target reads COPY data: only COPY data, Sync and Flush (see onCopyIn). */
+  private checkCopyMessage(type: number): void {
+    if (type === 0x64 || type === 0x63 || type === 0x66 || type === 0x48 || type === 0x58) return;
+    if (type === 0x53) {
+      if (this.copyDataAtStart >= 0 && this.copyData === this.copyDataAtStart) return;
+      throw new ProtocolError(SYNC_IN_COPY);
+    }
+    throw new ProtocolError(
+      `unexpected message type '${String.fromCharCode(type)}' during COPY FROM STDIN: end the COPY with CopyDone or CopyFail first`,
+    );
   }
 
   /**
@@ -2553,8 +2541,6 @@ export class PgSession {
   private completeStatement(rows: number): void {
     const head = this.pending.first;
     this.plan = undefined;
-    // A COPY that succeeded read every message sent before its CopyDone as COPY data or ignored it.
-    if (this.ignoredSyncs > 0 && head) this.forgetIgnoredSyncs(head);
     if (head?.kind === "query") {
       const run = head.runs[head.index++];
       if (run) {
