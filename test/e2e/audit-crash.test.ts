@@ -11,16 +11,16 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import { freePort, startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
+import { startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
 import {
   api,
   cleanup,
-  createAgent,
-  getAgent,
   startAgent,
   startControlPlane,
+  startPostgresStack,
   type AgentProc,
   type ControlPlaneProc,
+  type PostgresStack,
 } from "./support.js";
 
 let pgServer: TestPostgres | undefined;
@@ -40,47 +40,16 @@ const POLICY = {
   },
 };
 
-interface Setup {
-  cp: ControlPlaneProc;
-  agent: AgentProc;
-  agentId: string;
-  listen: number;
-  yaml: string;
-  token: () => Promise<string>;
-}
-
-async function setup(): Promise<Setup> {
+async function setup(): Promise<PostgresStack> {
   pgServer ??= await startPostgres();
-  const cp = await startControlPlane();
-  const { id, token: enrolment } = await createAgent(cp, `burst-${Date.now()}`);
-  const listen = await freePort();
-  const yaml = [
-    "resources:",
-    "  - name: burst-db",
-    "    type: postgres",
-    `    listen: 127.0.0.1:${listen}`,
-    "    postgres:",
-    `      target: { host: 127.0.0.1, port: ${pgServer.port}, user: postgres, database: postgres, sslmode: disable }`,
-    "",
-  ].join("\n");
-  const agent = await startAgent({ token: enrolment, yaml });
-  expect((await api(cp, "PUT", "/api/v1/policies/burst", POLICY)).status).toBe(201);
-  const user = await api<{ id: string }>(cp, "POST", "/api/v1/users", {
-    email: "loader@example.com",
-    role: "member",
+  return startPostgresStack({
+    pgPort: pgServer.port,
+    database: "postgres",
+    resource: "burst-db",
+    policy: POLICY,
+    user: "loader@example.com",
     groups: ["load"],
   });
-  expect(user.status).toBe(201);
-  const key = await api<{ apiKey: string }>(cp, "POST", `/api/v1/users/${user.body.id}/api-keys`, { name: "load" });
-  await waitFor(async () => (await getAgent(cp, id)).bundleVersion !== "0", 15_000);
-  const token = async () => {
-    const r = await fetch(`${cp.url}/api/v1/tokens`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${key.body.apiKey}` },
-    });
-    return ((await r.json()) as { accessToken: string }).accessToken;
-  };
-  return { cp, agent, agentId: id, listen, yaml, token };
 }
 
 function client(listen: number, password: string): pg.Client {

@@ -20,8 +20,8 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import { freePort, startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
-import { api, cleanup, createAgent, getAgent, startAgent, startControlPlane, type AgentProc } from "./support.js";
+import { startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
+import { cleanup, startPostgresStack, type AgentProc } from "./support.js";
 
 const SECONDS = 60;
 const PGBENCH_SIMPLE = 100;
@@ -102,37 +102,17 @@ describe("postgres under load", () => {
       "app",
     );
 
-    const cp = await startControlPlane();
-    const { id: agentId, token: enrolment } = await createAgent(cp, "load-agent");
-    const listen = await freePort();
-    const agent = await startAgent({
-      token: enrolment,
+    const { cp, agent, agentId, listen, ...stack } = await startPostgresStack({
+      pgPort: pgServer.port,
+      database: "app",
+      resource: "load-db",
+      policy: POLICY,
+      user: "loader@example.com",
+      groups: ["load"],
       // Per-statement debug lines would be most of the work at this rate.
       env: { MOAT_AGENT_LOG_LEVEL: "info" },
-      yaml: [
-        "resources:",
-        "  - name: load-db",
-        "    type: postgres",
-        `    listen: 127.0.0.1:${listen}`,
-        "    postgres:",
-        `      target: { host: 127.0.0.1, port: ${pgServer.port}, user: postgres, database: app, sslmode: disable }`,
-        "",
-      ].join("\n"),
     });
-    expect((await api(cp, "PUT", "/api/v1/policies/load-read", POLICY)).status).toBe(201);
-    const user = await api<{ id: string }>(cp, "POST", "/api/v1/users", {
-      email: "loader@example.com",
-      role: "member",
-      groups: ["load"],
-    });
-    expect(user.status).toBe(201);
-    const key = await api<{ apiKey: string }>(cp, "POST", `/api/v1/users/${user.body.id}/api-keys`, { name: "load" });
-    await waitFor(async () => (await getAgent(cp, agentId)).bundleVersion !== "0", 15_000);
-    const minted = await fetch(`${cp.url}/api/v1/tokens`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${key.body.apiKey}` },
-    });
-    const token = ((await minted.json()) as { accessToken: string }).accessToken;
+    const token = await stack.token();
     const conninfo = (sslmode: string) =>
       `host=127.0.0.1 port=${listen} user=loader@example.com dbname=app sslmode=${sslmode}`;
 

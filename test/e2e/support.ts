@@ -181,3 +181,62 @@ export async function createAgent(cp: ControlPlaneProc, name: string): Promise<{
 export async function getAgent(cp: ControlPlaneProc, id: string): Promise<AgentView> {
   return (await api<AgentView>(cp, "GET", `/api/v1/agents/${id}`)).body;
 }
+
+export interface PostgresStack {
+  cp: ControlPlaneProc;
+  agent: AgentProc;
+  agentId: string;
+  /** The agent's Postgres listener port. */
+  listen: number;
+  /** The agent's config, to start it again on the same data dir. */
+  yaml: string;
+  /** A fresh access token of the stack's user. */
+  token(): Promise<string>;
+}
+
+/**
+ * A control plane and an enrolled agent fronting `database` of a PostgreSQL server as resource
+ * `resource` (plaintext to the target), `policy` applied, and a member `user` in `groups` with an
+ * API key whose access tokens `token()` mints; resolves once the agent holds a bundle.
+ */
+export async function startPostgresStack(options: {
+  pgPort: number;
+  database: string;
+  resource: string;
+  policy: { metadata: { name: string } };
+  user: string;
+  groups: string[];
+  env?: Record<string, string>;
+}): Promise<PostgresStack> {
+  const cp = await startControlPlane();
+  const { id: agentId, token: enrolment } = await createAgent(cp, `${options.resource}-agent-${Date.now()}`);
+  const listen = await freePort();
+  const yaml = [
+    "resources:",
+    `  - name: ${options.resource}`,
+    "    type: postgres",
+    `    listen: 127.0.0.1:${listen}`,
+    "    postgres:",
+    `      target: { host: 127.0.0.1, port: ${options.pgPort}, user: postgres, database: ${options.database}, sslmode: disable }`,
+    "",
+  ].join("\n");
+  const agent = await startAgent({ token: enrolment, yaml, ...(options.env ? { env: options.env } : {}) });
+  const put = await api(cp, "PUT", `/api/v1/policies/${options.policy.metadata.name}`, options.policy);
+  if (put.status !== 201) throw new Error(`policy: ${put.status} ${JSON.stringify(put.body)}`);
+  const user = await api<{ id: string }>(cp, "POST", "/api/v1/users", {
+    email: options.user,
+    role: "member",
+    groups: options.groups,
+  });
+  if (user.status !== 201) throw new Error(`user: ${user.status} ${JSON.stringify(user.body)}`);
+  const key = await api<{ apiKey: string }>(cp, "POST", `/api/v1/users/${user.body.id}/api-keys`, { name: "e2e" });
+  await waitFor(async () => (await getAgent(cp, agentId)).bundleVersion !== "0", 15_000);
+  const token = async () => {
+    const r = await fetch(`${cp.url}/api/v1/tokens`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key.body.apiKey}` },
+    });
+    return ((await r.json()) as { accessToken: string }).accessToken;
+  };
+  return { cp, agent, agentId, listen, yaml, token };
+}
