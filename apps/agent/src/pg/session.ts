@@ -251,12 +251,15 @@ const SKIPPED = "not run: an earlier message of the same Sync failed";
 /** Savepoints a session tracks in one transaction (the oldest are dropped past it). */
 const MAX_SAVEPOINTS = 1024;
 
-/** Why a session sending Sync among COPY data ends (see onCopyIn). */
+const SYNC = serialize.sync();
+
+/** Whether a statement is COPY ... FROM STDIN (the client sends the data). */
+const copiesFromClient = (info: StatementInfo | undefined): boolean =>
+  info?.kind === "CopyStmt" && info.actions.some((a) => a.action === "db:copy-in");
+
+/** Why a session sending Sync among COPY data ends (see copySpan). */
 const SYNC_IN_COPY =
   "a Sync among COPY data is not supported through Moat (the server answers it or not depending on where the COPY fails): send Sync after CopyDone";
-
-const OTHER_IN_COPY =
-  "protocol synchronization was lost: the client sent other messages than COPY data, Sync or Flush before its COPY FROM STDIN ended";
 
 /** How long the target may take to close after a client's Terminate before the session ends anyway. */
 const TERMINATE_GRACE_MS = 5_000;
@@ -501,17 +504,9 @@ interface PendingClose {
   closed?: boolean;
 }
 
-/**
- * COPY FROM STDIN bookkeeping: the server ignores Sync (and Flush) while it reads COPY data, so a
- * Sync the client sends between the Execute (or Query) that starts a COPY and its CopyDone/CopyFail
- * gets no ReadyForQuery. `copyEnds` is how many CopyDone/CopyFail the client had sent when this
- * message was sent, `copyData` how many CopyData; `copyStarts`, on the message running the COPY,
- * how many COPYs it has started.
- */
+/** On a Query or Execute: it runs COPY ... FROM STDIN (see copySpan). */
 interface CopyCount {
-  copyEnds?: number;
-  copyData?: number;
-  copyStarts?: number;
+  startsCopy?: boolean;
 }
 
 interface Decision {
@@ -655,15 +650,27 @@ export class PgSession {
   private awaitingSync = false;
   private status: TransactionStatus = "I";
   /** CopyDone/CopyFail messages the client has sent; whether the target is reading COPY data now. */
-  private copyEnds = 0;
-  /** CopyData messages the client has sent. */
-  private copyData = 0;
   /**
-   * `copyData` when the COPY being read started (its message sent), or -1 when unknown (a second
-   * COPY of one Query): a Sync sent after data of it is ambiguous (see onCopyIn).
+   * COPY ... FROM STDIN statements the client has sent (a Query may hold several, an Execute one)
+   * and not yet ended with CopyDone/CopyFail, as far as its messages go; 0 also once the target has
+   * failed them. In that span the server reads COPY data and ignores Sync and Flush; it answers a
+   * Sync it reads after the COPY has failed (or never started), which the agent cannot tell from
+   * the client's side (reviews 36-38: counted wrongly either way, a ReadyForQuery ended the next
+   * query's record, whose rows were masked by the wrong statement's columns). So in the span only
+   * COPY data, Flush, Terminate and Sync before any data come (see checkCopyMessage); such a Sync is
+   * held back until the COPY's fate is known (settleHeldSyncs).
    */
-  private copyDataAtStart = -1;
-  private copyIn = false;
+  private copySpan = 0;
+  /** The Query or Execute that opened the span. */
+  private copyEntry: Pending | undefined;
+  /** The span holds several COPYs (one Query): no Sync may come in it. */
+  private copyMany = false;
+  /** CopyData was sent in the span. */
+  private copySpanData = false;
+  /** Syncs held back (see copySpan). */
+  private heldSyncs = 0;
+  /** CopyData was sent after the held Syncs. */
+  private heldSyncsData = false;
   /** Messages sent to the target that each end in one ReadyForQuery (Query, Sync), and those answered. */
   private cyclesSent = 0;
   /** Syncs sent: the target skips to the next one after an extended message fails. */
@@ -995,9 +1002,9 @@ export class PgSession {
       throw new ProtocolError(`invalid message format: '${String.fromCharCode(f.type)}' message with a body`);
     // Skipping to Sync, as the target does (it ignores all but Sync; Terminate ends the session anyway).
     if (this.awaitingSync && f.type !== 0x53 && f.type !== 0x58) return undefined;
-    if (this.copyIn) this.checkCopyMessage(f.type);
+    if (this.copySpan > 0) this.checkCopyMessage(f.type);
     // Query, Sync, and FunctionCall (replaced by a Query) each get one ReadyForQuery.
-    if (f.type === 0x51 || f.type === 0x46 || (f.type === 0x53 && !this.copyIn)) this.cyclesSent++;
+    if (f.type === 0x51 || f.type === 0x46 || (f.type === 0x53 && this.copySpan === 0)) this.cyclesSent++;
     this.inQuery = f.type === 0x51;
     switch (f.type) {
       case 0x51: {
@@ -1030,13 +1037,16 @@ export class PgSession {
         portal.executed = true;
         // A transaction statement ends or rolls back what was sent before it runs, not before its Bind.
         if (portal.run?.info.kind === "TransactionStmt") portal.run.sentAt = this.definitions;
+        const entry: Pending = { kind: "execute", portal, portalName: name };
         if (portal.fields === undefined && this.planner()) {
           // Masking needs the result's columns: ask the target, keep its answer to ourselves.
           this.push({ kind: "describe", portal, injected: true });
-          this.push({ kind: "execute", portal, portalName: name });
+          this.push(entry);
+          this.openCopySpan(entry, copiesFromClient(portal.run?.info) ? 1 : 0);
           return [serialize.describe({ type: "P", name }), f.raw];
         }
-        this.push({ kind: "execute", portal, portalName: name });
+        this.push(entry);
+        this.openCopySpan(entry, copiesFromClient(portal.run?.info) ? 1 : 0);
         return f.raw;
       }
       case 0x44: {
@@ -1077,27 +1087,22 @@ export class PgSession {
       }
       case 0x53: // Sync
         this.awaitingSync = false;
-        // While the target reads COPY data it ignores Sync, unless the COPY has failed by the time it
-        // reads it: then it answers it, which the agent could not tell in advance (review 13: every
-        // later answer went to the wrong statement). Not sent: what the target would ignore anyway.
-        if (this.copyIn) return undefined;
-        // Unless surely inside a transaction block, it may end a transaction (the implicit one, or
-        // a block a COMMIT in flight ends), closing the cursors a function opened (see Lazy). Sure:
-        // the last ReadyForQuery said so, no other cycle is in flight, and nothing that can end a
-        // transaction (Query, Execute, FunctionCall) was sent in this one.
-        if (this.status === "I" || this.cyclesSent - this.cyclesDone !== 1 || this.lastEndingCycle === this.cyclesSent)
-          this.countRun(undefined);
-        this.syncs++;
-        if (this.closingInCycle.size > 0) this.closingInCycle.clear();
-        this.push({ kind: "sync" });
+        // In a COPY's span, before any data: held back (see copySpan; libpq sends one right behind
+        // the Execute of a COPY).
+        if (this.copySpan > 0) {
+          this.heldSyncs++;
+          return undefined;
+        }
+        this.noteSync();
         return f.raw;
       case 0x63: // CopyDone
       case 0x66: // CopyFail
-        this.copyEnds++;
-        this.copyIn = false;
+        if (this.copySpan > 0 && --this.copySpan === 0) this.copyMany = false;
+        this.copySpanData = false;
         return f.raw;
       case 0x64: // CopyData
-        this.copyData++;
+        if (this.copySpan > 0) this.copySpanData = true;
+        if (this.heldSyncs > 0) this.heldSyncsData = true;
         return f.raw;
       case 0x48: // Flush
         return f.raw;
@@ -1220,7 +1225,9 @@ export class PgSession {
     const lexical = c.statements.some((info) => this.changesLexically(info));
     c.statements.forEach((info, i) => this.afterAllowed(info, runs[i]));
     if (lexical) this.lexicalInFlight++;
-    this.push({ kind: "query", runs, index: 0, lexical });
+    const entry: Pending = { kind: "query", runs, index: 0, lexical };
+    this.push(entry);
+    this.openCopySpan(entry, runs.filter((r) => copiesFromClient(r.info)).length);
     return raw;
   }
 
@@ -2222,8 +2229,6 @@ export class PgSession {
   }
 
   private push(p: Pending): void {
-    p.copyEnds = this.copyEnds;
-    p.copyData = this.copyData;
     this.pending.push(p);
     if (p.kind === "execute" && p.portal) p.portal.pendingExecutes++;
     if (this.pending.length === 1 && p.kind === "execute" && p.portal) this.startResult(p.portal.fields, p.portal.run);
@@ -2416,6 +2421,8 @@ export class PgSession {
         while (this.pending.length > 0) {
           const p = this.pending.first as Pending;
           this.shift();
+          // A Query whose COPY never ran (an earlier statement of it failed).
+          if (p.startsCopy && p.kind === "query") this.closeCopySpan(p);
           if (p.kind === "sync" || p.kind === "query") break;
         }
         this.plan = undefined;
@@ -2449,7 +2456,6 @@ export class PgSession {
         return undefined;
       }
       case 0x47: // CopyInResponse
-        this.onCopyIn();
         return undefined;
       case 0x48: // CopyOutResponse
       case 0x57: // CopyBothResponse
@@ -2459,51 +2465,69 @@ export class PgSession {
     }
   }
 
-  /**
-   * The target now reads COPY data, ignoring Syncs until the client's next CopyDone/CopyFail: the
-   * Syncs already sent in that span before any data (libpq's Sync right behind the Execute) get no
-   * answer (dropped from the queue), later ones are not sent (`copyIn`). A Sync sent after data of
-   * the COPY is answered if that data failed the COPY first, ignored if not, which the agent cannot
-   * tell; and a message other than COPY data, Sync or Flush in the span makes the COPY fail, or
-   * worse. Either ends the session (08P01), as no client needs them (review 36: such a Sync's
-   * ReadyForQuery ended the next query's record, whose rows were masked by the wrong statement's
-   * columns; review 37: a Query or Describe in the span did the same).
-   */
-  private onCopyIn(): void {
-    const head = this.pending.first;
-    if (!head || (head.kind !== "query" && head.kind !== "execute")) return;
-    const first = (head.copyStarts ?? 0) === 0;
-    const ends = (head.copyEnds ?? 0) + (head.copyStarts ?? 0);
-    head.copyStarts = (head.copyStarts ?? 0) + 1;
-    const start = first ? (head.copyData ?? 0) : -1;
-    for (let i = 1; i < this.pending.length; i++) {
-      const p = this.pending.at(i) as Pending;
-      if (p.copyEnds === ends && (p.kind !== "sync" || p.copyData !== start)) {
-        this.terminate(p.kind === "sync" ? SYNC_IN_COPY : OTHER_IN_COPY, "08P01");
-        return;
-      }
-    }
-    for (let i = this.pending.length - 1; i > 0; i--) {
-      if ((this.pending.at(i) as Pending).copyEnds !== ends) continue;
-      this.pending.removeAt(i);
-      this.cyclesSent--;
-    }
-    if (this.copyEnds === ends) {
-      this.copyIn = true;
-      this.copyDataAtStart = start;
-    }
+  /** A Sync sent to the target: its ReadyForQuery awaited. */
+  private noteSync(): void {
+    // Unless surely inside a transaction block, it may end a transaction (the implicit one, or a
+    // block a COMMIT in flight ends), closing the cursors a function opened (see Lazy). Sure: the
+    // last ReadyForQuery said so, no other cycle is in flight, and nothing that can end a
+    // transaction (Query, Execute, FunctionCall) was sent in this one.
+    if (this.status === "I" || this.cyclesSent - this.cyclesDone !== 1 || this.lastEndingCycle === this.cyclesSent)
+      this.countRun(undefined);
+    this.syncs++;
+    if (this.closingInCycle.size > 0) this.closingInCycle.clear();
+    this.push({ kind: "sync" });
   }
 
-  /** A client message while the target reads COPY data: only COPY data, Sync and Flush (see onCopyIn). */
+  /** `entry` (a Query or Execute) runs COPY ... FROM STDIN `copies` times: a span opens (see copySpan). */
+  private openCopySpan(entry: Pending, copies: number): void {
+    if (copies === 0) return;
+    entry.startsCopy = true;
+    this.copyEntry = entry;
+    this.copySpan = copies;
+    this.copyMany = copies > 1;
+    this.copySpanData = false;
+  }
+
+  /** A client message in a COPY's span: COPY data, Flush, Terminate, and Sync before any data. */
   private checkCopyMessage(type: number): void {
     if (type === 0x64 || type === 0x63 || type === 0x66 || type === 0x48 || type === 0x58) return;
     if (type === 0x53) {
-      if (this.copyDataAtStart >= 0 && this.copyData === this.copyDataAtStart) return;
+      if (!this.copySpanData && !this.copyMany) return;
       throw new ProtocolError(SYNC_IN_COPY);
     }
     throw new ProtocolError(
       `unexpected message type '${String.fromCharCode(type)}' during COPY FROM STDIN: end the COPY with CopyDone or CopyFail first`,
     );
+  }
+
+  /**
+   * The COPY of the held Syncs is over: if the target left it before reading them (it failed, or
+   * never started, with no data sent after them) it answers them: sent now; otherwise it read them
+   * as part of the COPY and ignored them: dropped. (A COPY that fails after its CopyInResponse but
+   * before reading data, on a view or in a statement trigger, while the client had already sent
+   * data, is taken for one failing on the data: the client then waits for a ReadyForQuery that
+   * never comes. Nothing is misattributed.)
+   */
+  private settleHeldSyncs(answered: boolean): void {
+    const n = this.heldSyncs;
+    this.heldSyncs = 0;
+    this.heldSyncsData = false;
+    if (!answered || n === 0 || this.closed) return;
+    for (let i = 0; i < n; i++) {
+      this.cyclesSent++;
+      this.noteSync();
+    }
+    this.target.write(n === 1 ? SYNC : Buffer.concat(Array.from({ length: n }, () => SYNC)));
+  }
+
+  /** The target is done with the COPY that opened the span (failed, or never started). */
+  private closeCopySpan(entry: Pending): void {
+    if (this.heldSyncs > 0) this.settleHeldSyncs(!this.heldSyncsData);
+    if (this.copyEntry !== entry) return;
+    this.copyEntry = undefined;
+    this.copySpan = 0;
+    this.copyMany = false;
+    this.copySpanData = false;
   }
 
   /**
@@ -2541,6 +2565,8 @@ export class PgSession {
   private completeStatement(rows: number): void {
     const head = this.pending.first;
     this.plan = undefined;
+    // A COPY that succeeded read the Syncs held in its span as part of it, ignoring them.
+    if (this.heldSyncs > 0 && head?.startsCopy && copiesFromClient(this.headRun()?.info)) this.settleHeldSyncs(false);
     if (head?.kind === "query") {
       const run = head.runs[head.index++];
       if (run) {
@@ -2564,8 +2590,8 @@ export class PgSession {
 
   private onServerError(raw: Buffer): Buffer[] | undefined {
     const head = this.pending.first;
-    // An error ends the target's COPY mode (it answers Syncs again), and fails its transaction.
-    this.copyIn = false;
+    // An error ends the target's COPY (it answers Syncs again), and fails its transaction.
+    if (head?.startsCopy) this.closeCopySpan(head);
     this.transactionFailed = true;
     this.plan = undefined;
     this.rowsSeen = 0;
