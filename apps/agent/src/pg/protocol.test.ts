@@ -1285,6 +1285,21 @@ describe("long texts, classified on a worker thread", () => {
     }
   });
 
+  it("reads nothing a client sends after its Terminate, even while a long text before it is classified (review 38)", async () => {
+    const c = await open();
+    c.socket.write(
+      Buffer.concat([serialize.query(`SELECT 'before-terminate' WHERE 1 IN (${inList(5000)})`), serialize.end()]),
+    );
+    await new Promise((r) => setTimeout(r, 150));
+    c.socket.write(serialize.query("SELECT 'after-terminate'"));
+    await c.until(() => c.closed, 10_000);
+    expect(types(c.messages)).toBe("TDCZ");
+    await new Promise((r) => setTimeout(r, 200));
+    const texts = queryEvents(h).map(({ q }) => q.text);
+    expect(texts.some((t) => t.startsWith("SELECT 'before-terminate'"))).toBe(true);
+    expect(texts.some((t) => t.includes("after-terminate"))).toBe(false);
+  });
+
   it("does not parse a long text on the loop after all when a lexical change it was held under is answered meanwhile", async () => {
     // The classifier of the agent's own thread, watched: no long text may reach it.
     const base = createClassifier();

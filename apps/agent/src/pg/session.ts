@@ -770,7 +770,7 @@ export class PgSession {
     });
     target.on("drain", () => {
       this.targetBlocked = false;
-      if (this.held === undefined) client.resume();
+      if (this.held === undefined && !this.terminated) client.resume();
     });
     client.on("data", (chunk: Buffer) => this.onClientData(chunk));
     // No cork around the scanner: it forwards what one chunk brings in a single write.
@@ -878,7 +878,8 @@ export class PgSession {
   // Client -> target
 
   private onClientData(chunk: Buffer): void {
-    if (this.closed) return;
+    // Nothing after a Terminate is read (see afterTerminate).
+    if (this.closed || this.terminated) return;
     if (!this.ctx.audit.hasRoom()) {
       // Fail closed: nothing runs that could not be audited.
       this.auditFailed(new Error("the audit spool is full"));
@@ -988,7 +989,7 @@ export class PgSession {
         this.relayClient(f);
         if (this.held !== undefined || this.closed) return;
         if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
-        else if (!this.targetBlocked) this.client.resume();
+        else if (!this.targetBlocked && !this.terminated) this.client.resume();
       })
       .catch((error: unknown) => this.fail(error, "invalid message from the client"));
     return true;
