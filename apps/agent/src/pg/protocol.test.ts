@@ -1021,6 +1021,22 @@ describe("extended protocol through the agent", () => {
     ms = await c.exchange(serialize.parse({ name: "one-more", text: "SELECT 1" }), serialize.sync());
     expect(types(ms)).toBe("1Z");
     c.socket.destroy();
+    // Definitions of one name awaiting the server's answer are merged (either may be what runs), each
+    // merge copying the ones before: past 16 in flight another is refused (review 38: 10 000 Parses
+    // of one name pipelined behind a slow query took 857 MB of the agent's heap).
+    const e = await open();
+    const redefine = Array.from({ length: 40 }, () => serialize.parse({ name: "s", text: "SELECT 1 AS x" }));
+    ms = await pipeline(e, 2, serialize.query("SELECT pg_sleep(0.3)"), ...redefine, serialize.sync());
+    // (The server fails the second Parse, 42P05, and skips the rest; the agent refused the 17th.)
+    expect(types(ms)).toBe("TDCZ1EZ");
+    expect(errors(ms)[0]?.code).toBe("42P05");
+    expect(
+      queryEvents(h).some(({ ev }) => /was defined again 16 times while the server may still hold/.test(ev.message)),
+    ).toBe(true);
+    ms = await e.exchange(serialize.query(Array.from({ length: 40 }, () => "PREPARE q AS SELECT 1").join("; ")));
+    expect(errors(ms)[0]).toMatchObject({ code: "42501" });
+    expect(types(await e.exchange(serialize.parse({ name: "s", text: "SELECT 2 AS x" }), serialize.sync()))).toBe("EZ"); // the server still holds s
+    e.socket.destroy();
     // 32 Mi characters of text at most: the 34th statement of a million characters is refused.
     const d = await open();
     const big = (i: number) => serialize.parse({ name: `big${i}`, text: `SELECT ${i} -- ${"x".repeat(1_000_000)}` });

@@ -214,6 +214,14 @@ function mergePrepared(next: PreparedStatement, earlier: PreparedStatement): Pre
   return merged;
 }
 
+/**
+ * Definitions of one name merged while unconfirmed (see mergePrepared), per record. Each merge copies
+ * the lists of the records before it, so a name defined again while MAX_UNCONFIRMED are unconfirmed
+ * is refused (review 38: 10 000 Parses of one name pipelined behind a slow query took 857 MB).
+ */
+const merges = new WeakMap<object, number>();
+const MAX_UNCONFIRMED = 16;
+
 /** `info` with its rows read as any column (a name that may hold a statement the agent never saw). */
 function anyColumn(info: StatementInfo): StatementInfo {
   return { ...info, result: UNKNOWN_LINEAGE, reads: ANY_COLUMN };
@@ -1196,12 +1204,21 @@ export class PgSession {
     let denied: { decision: Decision; info: StatementInfo } | undefined;
     const lexicalRefusal = this.lexicalChangeRefusal(c.statements, false);
     let first = true;
+    /** PREPAREs of each name so far in this message (each merges with the ones before: see merges). */
+    let prepares: Map<string, number> | undefined;
     for (const info of c.statements) {
-      const decision: Decision =
+      let decision: Decision =
         lexicalRefusal && info.lexicalChange
           ? { effect: "deny", rule: "", message: lexicalRefusal, tables: [] }
           : (this.staleFetch(info, first) ?? this.decide(info));
       first = false;
+      if (info.prepare && decision.effect === "allow") {
+        prepares ??= new Map();
+        const before = prepares.get(info.prepare.name) ?? 0;
+        prepares.set(info.prepare.name, before + 1);
+        const again = this.redefinitionRefusal(info.prepare.name, before);
+        if (again) decision = { effect: "deny", rule: "", message: again, tables: [] };
+      }
       if (decision.effect !== "allow") {
         denied ??= { decision, info };
         continue;
@@ -1300,6 +1317,7 @@ export class PgSession {
       const name = info.prepare.name;
       const earlier = this.preparedInfo(name);
       const record = earlier ? mergeInfos(info, earlier) : anyColumn(info);
+      if (earlier) merges.set(record, this.unconfirmedDefinitions(name) + 1);
       this.sqlPrepared.set(name, record);
       this.preparedSince.set(name, ++this.definitions);
       if (run && !earlier) run.defines = { prepared: { name, record, info } };
@@ -1466,7 +1484,7 @@ export class PgSession {
       this.unparsed(parse.query, reservedNameMessage(parse.name));
       return poison(reservedNameMessage(parse.name), "42939");
     }
-    const tooMany = this.preparedRefusal(parse.name, parse.query);
+    const tooMany = this.preparedRefusal(parse.name, parse.query) ?? this.redefinitionRefusal(parse.name);
     if (tooMany) {
       this.unparsed(parse.query, tooMany);
       return poison(tooMany, "54000");
@@ -1505,6 +1523,7 @@ export class PgSession {
     // 31): until the target answers, the rows of a Bind of it after a Sync read as any column.
     const set =
       parse.name === "" ? prepared : previous ? mergePrepared(prepared, previous) : readingAnyColumn(prepared);
+    if (previous && set !== prepared) merges.set(set, this.unconfirmedDefinitions(parse.name) + 1);
     if (set !== prepared) set.alone = { statement: prepared, syncs: this.syncs };
     this.statements.set(parse.name, set);
     if (parse.name !== "") this.preparedSince.set(parse.name, ++this.definitions);
@@ -1753,6 +1772,22 @@ export class PgSession {
    * records merged (either may be the one the target holds after a failed definition), without the
    * PREPARE itself (binding it prepares nothing: afterAllowed must not record it again).
    */
+  /** How many unconfirmed definitions the records of prepared statement `name` merge (see merges). */
+  private unconfirmedDefinitions(name: string): number {
+    const sql = this.sqlPrepared.get(name);
+    const protocol = this.statements.get(name);
+    return Math.max(sql ? (merges.get(sql) ?? 0) : 0, protocol ? (merges.get(protocol) ?? 0) : 0);
+  }
+
+  /**
+   * A definition of `name` past MAX_UNCONFIRMED unconfirmed ones is refused (see merges); `before`:
+   * the definitions of it earlier in the same message.
+   */
+  private redefinitionRefusal(name: string, before = 0): string | undefined {
+    if (name === "" || this.unconfirmedDefinitions(name) + before < MAX_UNCONFIRMED) return undefined;
+    return `access denied: prepared statement "${name}" was defined again ${MAX_UNCONFIRMED} times while the server may still hold an earlier one; wait for the answers, or close it (DEALLOCATE or Close) first`;
+  }
+
   private preparedInfo(name: string): StatementInfo | undefined {
     const sql = this.sqlPrepared.get(name);
     const protocol = name === "" ? [] : (this.statements.get(name)?.classification.statements ?? []);
@@ -1873,7 +1908,7 @@ export class PgSession {
       if (tooMany) return { effect: "deny", rule: "", message: tooMany, tables: [] };
     }
     if (info.prepare) {
-      const tooMany = this.preparedRefusal(info.prepare.name, info.text);
+      const tooMany = this.preparedRefusal(info.prepare.name, info.text) ?? this.redefinitionRefusal(info.prepare.name);
       if (tooMany) return { effect: "deny", rule: "", message: tooMany, tables: [] };
     }
     const executed = info.execute && this.statements.get(info.execute.name);
