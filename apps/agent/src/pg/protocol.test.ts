@@ -369,6 +369,21 @@ describe("extended protocol through the agent", () => {
       expect(types(ms)).toBe("12GEZ");
       ms = await works(2, [serialize.query("COPY nosuch FROM STDIN"), serialize.sync()]);
       expect(types(ms)).toBe("EZZ");
+      // An extended COPY whose Bind fails: the target skips its Execute to the held Sync.
+      ms = await works(1, [
+        serialize.parse({ text: "COPY inbox FROM STDIN" }),
+        serialize.bind({ values: ["1"] }),
+        serialize.execute({}),
+        serialize.sync(),
+      ]);
+      expect(types(ms)).toBe("1EZ");
+      // ... and a failure in an earlier cycle leaves the COPY's own span to it.
+      ms = await works(
+        2,
+        [serialize.query("SELECT 1/0"), ...extendedCopy, serialize.sync()],
+        [good, copyDone, serialize.sync()],
+      );
+      expect(types(ms)).toBe("EZ12GCZ");
       // As psql sends it: a COPY that cannot start, then the next query.
       expect(types(await works(1, [serialize.query("COPY nosuch FROM STDIN")]))).toBe("EZ");
     } finally {

@@ -2556,6 +2556,16 @@ export class PgSession {
     this.target.write(n === 1 ? SYNC : Buffer.concat(Array.from({ length: n }, () => SYNC)));
   }
 
+  /** Whether `entry` is queued in the cycle answered now (no Sync or other Query queued before it). */
+  private inCycleOf(entry: Pending): boolean {
+    for (let i = 0; i < this.pending.length; i++) {
+      const p = this.pending.at(i) as Pending;
+      if (p === entry) return true;
+      if (p.kind === "sync" || p.kind === "query") return false; // a Query is a cycle of its own
+    }
+    return false;
+  }
+
   /** The target is done with the COPY that opened the span (failed, or never started). */
   private closeCopySpan(entry: Pending): void {
     if (this.heldSyncs > 0) this.settleHeldSyncs(!this.heldSyncsData);
@@ -2626,8 +2636,10 @@ export class PgSession {
 
   private onServerError(raw: Buffer): Buffer[] | undefined {
     const head = this.pending.first;
-    // An error ends the target's COPY (it answers Syncs again), and fails its transaction.
-    if (head?.startsCopy) this.closeCopySpan(head);
+    // An error ends the target's COPY (it answers Syncs again), or means the COPY will not run (an
+    // earlier statement of its Query, or message of its Sync cycle, failed: the target skips to the
+    // next Sync, which may be one held back), and fails the transaction.
+    if (this.copyEntry && this.inCycleOf(this.copyEntry)) this.closeCopySpan(this.copyEntry);
     this.transactionFailed = true;
     this.plan = undefined;
     this.rowsSeen = 0;
