@@ -319,7 +319,9 @@ describe("extended protocol through the agent", () => {
       await c.until((m) => m.slice(start).filter((x) => x.type === "Z").length >= answers);
       await new Promise((r) => setTimeout(r, 200)); // nothing more may come
       const ms = c.messages.slice(start);
-      expect(types(await c.exchange(reverse)), `${types(ms)} ${JSON.stringify(errors(c.messages))}`).toBe("TDCZ");
+      const next = await c.exchange(reverse);
+      expect(types(next), `${types(ms)} ${JSON.stringify(errors(c.messages))}`).toBe("TDCZ");
+      expect(firstValues(next)).toEqual(["****"]);
       expect(c.closed).toBe(false);
       c.socket.destroy();
       return ms;
@@ -358,7 +360,7 @@ describe("extended protocol through the agent", () => {
       expect(firstValues(ms)).toEqual(["****"]);
       // Review 38: but answered when the COPY fails before reading any (a view), or never starts.
       ms = await works(4, [serialize.query("COPY inbox_view FROM STDIN"), serialize.sync(), copyDone, reverse, slow]);
-      expect(types(ms)).toBe("GEZTDCZTDCZZ");
+      expect(types(ms)).toBe("GEZZTDCZTDCZ"); // as PostgreSQL answers it
       expect(firstValues(ms)).toEqual(["****", "300000"]);
       ms = await works(1, [
         serialize.parse({ text: "COPY inbox_view FROM STDIN" }),
@@ -384,6 +386,23 @@ describe("extended protocol through the agent", () => {
         [good, copyDone, serialize.sync()],
       );
       expect(types(ms)).toBe("EZ12GCZ");
+      // Review 39: a Sync held in a second COPY's span, settled only by that COPY (the first one's
+      // outcome must not send it on or drop it), landing where the client put it.
+      const set = serialize.query("SET application_name = 'x'");
+      const twoCopies = [
+        serialize.query("COPY inbox FROM STDIN"),
+        bad,
+        copyDone,
+        serialize.query("COPY inbox FROM STDIN"),
+      ];
+      ms = await works(3, [...twoCopies, serialize.sync()], [good, copyDone, set]);
+      expect(types(ms)).toBe("GEZGCZCSZ");
+      ms = await works(
+        4,
+        [serialize.query("COPY inbox_view FROM STDIN"), serialize.sync(), copyDone, twoCopies[3] as Buffer],
+        [good, copyDone, set],
+      );
+      expect(types(ms)).toBe("GEZZGCZCSZ");
       // As psql sends it: a COPY that cannot start, then the next query.
       expect(types(await works(1, [serialize.query("COPY nosuch FROM STDIN")]))).toBe("EZ");
     } finally {

@@ -260,6 +260,23 @@ const SKIPPED = "not run: an earlier message of the same Sync failed";
 const MAX_SAVEPOINTS = 1024;
 
 const SYNC = serialize.sync();
+const FLUSH = serialize.flush();
+
+/** Statements that never send a RowDescription. */
+const NO_ROWS: ReadonlySet<string> = new Set([
+  "VariableSetStmt",
+  "TransactionStmt",
+  "CopyStmt",
+  "PrepareStmt",
+  "DeallocateStmt",
+  "DeclareCursorStmt",
+  "ClosePortalStmt",
+  "ListenStmt",
+  "UnlistenStmt",
+  "NotifyStmt",
+  "LockStmt",
+  "DiscardStmt",
+]);
 
 /** Whether a statement is COPY ... FROM STDIN (the client sends the data). */
 const copiesFromClient = (info: StatementInfo | undefined): boolean =>
@@ -679,6 +696,14 @@ export class PgSession {
   private heldSyncs = 0;
   /** CopyData was sent after the held Syncs. */
   private heldSyncsData = false;
+  /** The Query or Execute whose COPY's fate settles the held Syncs. */
+  private heldFor: Pending | undefined;
+  /**
+   * The client ended the span of the held Syncs before the target answered its COPY: its next
+   * messages wait (reading from it is paused) until they are settled, so that a Sync sent on lands
+   * where the client put it (review 39: sent on later, behind another COPY, the target ignored it).
+   */
+  private waitingSettle = false;
   /** Messages sent to the target that each end in one ReadyForQuery (Query, Sync), and those answered. */
   private cyclesSent = 0;
   /** Syncs sent: the target skips to the next one after an extended message fails. */
@@ -778,7 +803,7 @@ export class PgSession {
     });
     target.on("drain", () => {
       this.targetBlocked = false;
-      if (this.held === undefined && !this.terminated) client.resume();
+      if (this.held === undefined && !this.terminated && !this.waitingSettle) client.resume();
     });
     client.on("data", (chunk: Buffer) => this.onClientData(chunk));
     // No cork around the scanner: it forwards what one chunk brings in a single write.
@@ -899,7 +924,7 @@ export class PgSession {
       this.fail(error, "invalid message from the client");
       return;
     }
-    if (this.held === undefined) this.relayClient(undefined);
+    if (this.held === undefined && !this.waitingSettle) this.relayClient(undefined);
   }
 
   /**
@@ -919,7 +944,7 @@ export class PgSession {
         if (r === undefined) continue;
         if (Buffer.isBuffer(r)) out.push(r);
         else out.push(...r);
-        if (this.terminated) break;
+        if (this.terminated || this.waitingSettle) break;
       }
     } catch (error) {
       this.fail(error, "invalid message from the client");
@@ -941,6 +966,7 @@ export class PgSession {
       this.client.pause();
     }
     if (this.terminated) this.afterTerminate();
+    else if (this.waitingSettle) this.client.pause();
   }
 
   /** The held message's classification was made under another lexical state, which its text depends on. */
@@ -997,7 +1023,7 @@ export class PgSession {
         this.relayClient(f);
         if (this.held !== undefined || this.closed) return;
         if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
-        else if (!this.targetBlocked && !this.terminated) this.client.resume();
+        else if (!this.targetBlocked && !this.terminated && !this.waitingSettle) this.client.resume();
       })
       .catch((error: unknown) => this.fail(error, "invalid message from the client"));
     return true;
@@ -1100,6 +1126,7 @@ export class PgSession {
         // the Execute of a COPY).
         if (this.copySpan > 0) {
           this.heldSyncs++;
+          this.heldFor = this.copyEntry;
           return undefined;
         }
         this.noteSync();
@@ -1108,6 +1135,12 @@ export class PgSession {
       case 0x66: // CopyFail
         if (this.copySpan > 0 && --this.copySpan === 0) this.copyMany = false;
         this.copySpanData = false;
+        if (this.heldSyncs > 0 && this.copySpan === 0) {
+          this.waitingSettle = true;
+          // A Flush, so that the target sends the COPY's outcome now: in the extended protocol it
+          // keeps a CommandComplete until a Sync or Flush (an error it sends at once).
+          return [f.raw, FLUSH];
+        }
         return f.raw;
       case 0x64: // CopyData
         if (this.copySpan > 0) this.copySpanData = true;
@@ -2351,7 +2384,13 @@ export class PgSession {
           this.shift();
           return head.injected ? [] : undefined;
         }
-        if (head?.kind === "query") this.startResult(fields, head.runs[head.index]);
+        if (head?.kind === "query") {
+          const run = head.runs[head.index];
+          // Rows for a statement that returns none: the agent has lost track of what answers what
+          // (a safety net under the bookkeeping: review 39's desyncs showed as rows of a SET).
+          if (run && NO_ROWS.has(run.info.kind)) throw lostTrack();
+          this.startResult(fields, run);
+        }
         return undefined;
       }
       case 0x6e: {
@@ -2458,6 +2497,7 @@ export class PgSession {
           const p = this.pending.first as Pending;
           this.shift();
           // A Query whose COPY never ran (an earlier statement of it failed).
+          if (p === this.heldFor) this.settleHeldSyncs(!this.heldSyncsData);
           if (p.startsCopy && p.kind === "query") this.closeCopySpan(p);
           if (p.kind === "sync" || p.kind === "query") break;
         }
@@ -2548,12 +2588,24 @@ export class PgSession {
     const n = this.heldSyncs;
     this.heldSyncs = 0;
     this.heldSyncsData = false;
-    if (!answered || n === 0 || this.closed) return;
-    for (let i = 0; i < n; i++) {
-      this.cyclesSent++;
-      this.noteSync();
+    this.heldFor = undefined;
+    if (answered && n > 0 && !this.closed) {
+      for (let i = 0; i < n; i++) {
+        this.cyclesSent++;
+        this.noteSync();
+      }
+      this.target.write(n === 1 ? SYNC : Buffer.concat(Array.from({ length: n }, () => SYNC)));
     }
-    this.target.write(n === 1 ? SYNC : Buffer.concat(Array.from({ length: n }, () => SYNC)));
+    if (this.waitingSettle) {
+      this.waitingSettle = false;
+      // What the client sent after its CopyDone goes on, after this answer is handled.
+      queueMicrotask(() => {
+        if (this.closed || this.held !== undefined) return;
+        this.relayClient(undefined);
+        if (!this.closed && this.held === undefined && !this.waitingSettle && !this.targetBlocked && !this.terminated)
+          this.client.resume();
+      });
+    }
   }
 
   /** Whether `entry` is queued in the cycle answered now (no Sync or other Query queued before it). */
@@ -2568,7 +2620,6 @@ export class PgSession {
 
   /** The target is done with the COPY that opened the span (failed, or never started). */
   private closeCopySpan(entry: Pending): void {
-    if (this.heldSyncs > 0) this.settleHeldSyncs(!this.heldSyncsData);
     if (this.copyEntry !== entry) return;
     this.copyEntry = undefined;
     this.copySpan = 0;
@@ -2612,7 +2663,8 @@ export class PgSession {
     const head = this.pending.first;
     this.plan = undefined;
     // A COPY that succeeded read the Syncs held in its span as part of it, ignoring them.
-    if (this.heldSyncs > 0 && head?.startsCopy && copiesFromClient(this.headRun()?.info)) this.settleHeldSyncs(false);
+    if (head !== undefined && head === this.heldFor && copiesFromClient(this.headRun()?.info))
+      this.settleHeldSyncs(false);
     if (head?.kind === "query") {
       const run = head.runs[head.index++];
       if (run) {
@@ -2639,6 +2691,7 @@ export class PgSession {
     // An error ends the target's COPY (it answers Syncs again), or means the COPY will not run (an
     // earlier statement of its Query, or message of its Sync cycle, failed: the target skips to the
     // next Sync, which may be one held back), and fails the transaction.
+    if (this.heldFor && this.inCycleOf(this.heldFor)) this.settleHeldSyncs(!this.heldSyncsData);
     if (this.copyEntry && this.inCycleOf(this.copyEntry)) this.closeCopySpan(this.copyEntry);
     this.transactionFailed = true;
     this.plan = undefined;
