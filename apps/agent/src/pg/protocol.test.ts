@@ -403,6 +403,23 @@ describe("extended protocol through the agent", () => {
         [good, copyDone, set],
       );
       expect(types(ms)).toBe("GEZZGCZCSZ");
+      // Review 40: libpq's PQputCopyEnd with an error message (CopyFail, Sync): the target read the
+      // held Sync before the CopyFail failed the COPY: no answer of its own.
+      ms = await works(1, [...extendedCopy, serialize.sync()], [serialize.copyFail("no thanks"), serialize.sync()]);
+      expect(types(ms)).toBe("12GEZ");
+      // What followed a CopyDone while its COPY's outcome was awaited runs though the client closed.
+      const closing = await open(masked);
+      closing.socket.end(
+        Buffer.concat([
+          serialize.query("COPY inbox_view FROM STDIN"),
+          serialize.sync(),
+          copyDone,
+          serialize.query("SELECT 'after-copydone' AS a"),
+        ]),
+      );
+      await closing.until(() => closing.closed);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(queryEvents(masked).some(({ q }) => q.text.startsWith("SELECT 'after-copydone'"))).toBe(true);
       // As psql sends it: a COPY that cannot start, then the next query.
       expect(types(await works(1, [serialize.query("COPY nosuch FROM STDIN")]))).toBe("EZ");
     } finally {

@@ -260,6 +260,11 @@ const SKIPPED = "not run: an earlier message of the same Sync failed";
 const MAX_SAVEPOINTS = 1024;
 
 const SYNC = serialize.sync();
+
+/** The error a COPY FROM STDIN ends with when the client sends CopyFail (57014, "COPY from stdin failed"). */
+function isCopyFailError(raw: Buffer): boolean {
+  return decodeErrorFields(raw.subarray(5)).code === "57014";
+}
 const FLUSH = serialize.flush();
 
 /** Statements that never send a RowDescription. */
@@ -696,6 +701,8 @@ export class PgSession {
   private heldSyncs = 0;
   /** CopyData was sent after the held Syncs. */
   private heldSyncsData = false;
+  /** The client ended the span of the held Syncs with CopyFail. */
+  private copyFailed = false;
   /** The Query or Execute whose COPY's fate settles the held Syncs. */
   private heldFor: Pending | undefined;
   /**
@@ -817,7 +824,8 @@ export class PgSession {
     client.on("close", (hadError: boolean) => {
       // What a client sent before closing cleanly still runs, as on PostgreSQL: a message held for
       // its classification is handled first.
-      if (this.held !== undefined && !hadError) this.endAfterHold = "client disconnected";
+      // (Also while what followed a COPY's CopyDone waits for its outcome: review 40.)
+      if ((this.held !== undefined || this.waitingSettle) && !hadError) this.endAfterHold = "client disconnected";
       else this.end("client disconnected");
     });
     target.on("close", () =>
@@ -1133,6 +1141,7 @@ export class PgSession {
         return f.raw;
       case 0x63: // CopyDone
       case 0x66: // CopyFail
+        if (this.heldSyncs > 0 && f.type === 0x66) this.copyFailed = true;
         if (this.copySpan > 0 && --this.copySpan === 0) this.copyMany = false;
         this.copySpanData = false;
         if (this.heldSyncs > 0 && this.copySpan === 0) {
@@ -2588,6 +2597,7 @@ export class PgSession {
     const n = this.heldSyncs;
     this.heldSyncs = 0;
     this.heldSyncsData = false;
+    this.copyFailed = false;
     this.heldFor = undefined;
     if (answered && n > 0 && !this.closed) {
       for (let i = 0; i < n; i++) {
@@ -2602,8 +2612,9 @@ export class PgSession {
       queueMicrotask(() => {
         if (this.closed || this.held !== undefined) return;
         this.relayClient(undefined);
-        if (!this.closed && this.held === undefined && !this.waitingSettle && !this.targetBlocked && !this.terminated)
-          this.client.resume();
+        if (this.closed || this.held !== undefined || this.waitingSettle) return;
+        if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
+        else if (!this.targetBlocked && !this.terminated) this.client.resume();
       });
     }
   }
@@ -2691,7 +2702,10 @@ export class PgSession {
     // An error ends the target's COPY (it answers Syncs again), or means the COPY will not run (an
     // earlier statement of its Query, or message of its Sync cycle, failed: the target skips to the
     // next Sync, which may be one held back), and fails the transaction.
-    if (this.heldFor && this.inCycleOf(this.heldFor)) this.settleHeldSyncs(!this.heldSyncsData);
+    // Answered if the COPY failed before reading them: not if data came after them, nor when the
+    // client's CopyFail failed it (57014: read after them; review 40).
+    if (this.heldFor && this.inCycleOf(this.heldFor))
+      this.settleHeldSyncs(!this.heldSyncsData && !(this.copyFailed && isCopyFailError(raw)));
     if (this.copyEntry && this.inCycleOf(this.copyEntry)) this.closeCopySpan(this.copyEntry);
     this.transactionFailed = true;
     this.plan = undefined;
