@@ -418,8 +418,10 @@ describe("extended protocol through the agent", () => {
         ]),
       );
       await closing.until(() => closing.closed);
-      await new Promise((r) => setTimeout(r, 300));
-      expect(queryEvents(masked).some(({ q }) => q.text.startsWith("SELECT 'after-copydone'"))).toBe(true);
+      await waitFor(
+        async () => queryEvents(masked).some(({ q }) => q.text.startsWith("SELECT 'after-copydone'")),
+        10_000,
+      );
       // As psql sends it: a COPY that cannot start, then the next query.
       expect(types(await works(1, [serialize.query("COPY nosuch FROM STDIN")]))).toBe("EZ");
     } finally {
