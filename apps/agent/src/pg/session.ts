@@ -791,8 +791,9 @@ export class PgSession {
       },
       message: (t, raw) => this.onServerMessage(t, raw),
       forward: (b) => {
-        // A session ended while the scanner worked (a FATAL already sent) forwards nothing more.
-        if (this.closed) return;
+        // A session ended while the scanner worked (a FATAL already sent) forwards nothing more, nor
+        // to a client gone (see endAfterHold).
+        if (this.closed || this.client.writableEnded || this.client.destroyed) return;
         if (!this.client.write(b)) {
           this.clientBlocked = true;
           this.target.pause();
@@ -831,7 +832,11 @@ export class PgSession {
     target.on("close", () =>
       this.end(this.terminated ? "client terminated the session" : "target closed the connection"),
     );
-    client.on("error", () => this.end("client connection error"));
+    // A client that closed cleanly while its last messages wait (endAfterHold) cannot take their
+    // answers: writing them fails, which must not drop those messages (review 40).
+    client.on("error", () => {
+      if (this.endAfterHold === undefined) this.end("client connection error");
+    });
     target.on("error", () => this.end("target connection error"));
     if (leftover.length > 0) this.scanner.push(leftover);
   }
