@@ -11,6 +11,7 @@ import { getHeapStatistics } from "node:v8";
 import {
   authenticationRequest,
   backendKeyData,
+  CANCEL_REQUEST_CODE,
   decodeInitial,
   decodePassword,
   errorResponse,
@@ -176,16 +177,35 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     socket.destroySoon();
   };
 
+  const tooManyConnecting = `too many connections being set up on ${options.resource} (at most ${config.maxSessions})`;
+  /**
+   * Past the cap on connections in set-up, only a CancelRequest is read (its 16 bytes, within a
+   * second): a peer holding every set-up place open cannot keep users from cancelling their
+   * queries (review 38). Anything else is refused at once.
+   */
+  const cancelOnly = (raw: Socket) => {
+    let head = Buffer.alloc(0);
+    const timer = setTimeout(() => refuse(raw, "53300", tooManyConnecting, "max-connecting"), 1_000);
+    raw.on("close", () => clearTimeout(timer));
+    raw.on("data", (chunk: Buffer) => {
+      head = Buffer.concat([head, chunk]);
+      if (head.length < 8) return;
+      const isCancel = head.readInt32BE(0) === 16 && head.readInt32BE(4) === CANCEL_REQUEST_CODE;
+      if (isCancel && head.length < 16) return;
+      clearTimeout(timer);
+      raw.removeAllListeners("data");
+      if (isCancel && head.length === 16) {
+        cancel(head.readInt32BE(8), head.readInt32BE(12));
+        raw.destroy();
+      } else refuse(raw, "53300", tooManyConnecting, "max-connecting");
+    });
+  };
+
   const handle = (raw: Socket) => {
     raw.setNoDelay(true);
     raw.on("error", () => raw.destroy());
     if (connecting >= config.maxSessions) {
-      refuse(
-        raw,
-        "53300",
-        `too many connections being set up on ${options.resource} (at most ${config.maxSessions})`,
-        "max-connecting",
-      );
+      cancelOnly(raw);
       return;
     }
     connecting++;

@@ -1155,6 +1155,22 @@ describe("extended protocol through the agent", () => {
       const refused = await login();
       expect(refused.closed).toBe(true);
       expect(errors(refused.messages)[0]?.message).toMatch(/too many connections being set up/);
+      // ... but a cancel request still gets through (review 38).
+      const b = admitted[1] as Raw;
+      const bKey = b.messages.find((m) => m.type === "K")?.body as Buffer;
+      const bSent = b.messages.length;
+      b.socket.write(serialize.query("SELECT pg_sleep(10)"));
+      await waitFor(
+        async () =>
+          (await server.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)'")).trim() ===
+          "1",
+        10_000,
+      );
+      const lateCancel = connect(limited.port, "127.0.0.1");
+      lateCancel.on("error", () => undefined);
+      lateCancel.end(Buffer.concat([Buffer.from([0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e]), bKey]));
+      await b.until((m) => m.slice(bSent).some((x) => x.type === "Z"));
+      expect(errors(b.messages.slice(bSent))[0]?.code).toBe("57014");
       for (const socket of idle) socket.destroy();
       await new Promise((r) => setTimeout(r, 100));
       const served = await login();
