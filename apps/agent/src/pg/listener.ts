@@ -194,8 +194,9 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       if (isCancel && head.length < 16) return;
       clearTimeout(timer);
       raw.removeAllListeners("data");
-      if (isCancel && head.length === 16) {
-        cancel(head.readInt32BE(8), head.readInt32BE(12));
+      const m = isCancel && head.length === 16 ? decodeInitial(head.subarray(4)) : undefined;
+      if (m?.kind === "cancel") {
+        cancel(m.processId, m.secretKey);
         raw.destroy();
       } else refuse(raw, "53300", tooManyConnecting, "max-connecting");
     });

@@ -1112,6 +1112,23 @@ describe("extended protocol through the agent", () => {
       await c.until((m) => m.some((x) => x.type === "Z"));
       return c;
     };
+    /** Runs pg_sleep(10) in session `c` and cancels it with its BackendKeyData over a new connection. */
+    const cancelsSleep = async (c: Raw) => {
+      const key = c.messages.find((m) => m.type === "K")?.body as Buffer;
+      const sent = c.messages.length;
+      c.socket.write(serialize.query("SELECT pg_sleep(10)"));
+      await waitFor(
+        async () =>
+          (await server.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)'")).trim() ===
+          "1",
+        10_000,
+      );
+      const cancel = connect(limited.port, "127.0.0.1");
+      cancel.on("error", () => undefined);
+      cancel.end(Buffer.concat([Buffer.from([0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e]), key]));
+      await c.until((m) => m.slice(sent).some((x) => x.type === "Z"));
+      expect(errors(c.messages.slice(sent))[0]?.code).toBe("57014");
+    };
     const idle: Socket[] = [];
     try {
       // Six at once: two sessions, four refused before authenticating.
@@ -1123,20 +1140,7 @@ describe("extended protocol through the agent", () => {
       expect(limited.listener.sessions()).toBe(2);
       // At the limit, a cancel still reaches the session it names.
       const [a] = admitted as [Raw, Raw];
-      const key = a.messages.find((m) => m.type === "K")?.body as Buffer;
-      const sent = a.messages.length;
-      a.socket.write(serialize.query("SELECT pg_sleep(10)"));
-      await waitFor(
-        async () =>
-          (await server.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)'")).trim() ===
-          "1",
-        10_000,
-      );
-      const cancel = connect(limited.port, "127.0.0.1");
-      cancel.on("error", () => undefined);
-      cancel.end(Buffer.concat([Buffer.from([0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e]), key]));
-      await a.until((m) => m.slice(sent).some((x) => x.type === "Z"));
-      expect(errors(a.messages.slice(sent))[0]?.code).toBe("57014");
+      await cancelsSleep(a);
       // A session that ends frees its place.
       a.socket.destroy();
       await waitFor(async () => limited.listener.sessions() === 1, 5_000);
@@ -1156,21 +1160,7 @@ describe("extended protocol through the agent", () => {
       expect(refused.closed).toBe(true);
       expect(errors(refused.messages)[0]?.message).toMatch(/too many connections being set up/);
       // ... but a cancel request still gets through (review 38).
-      const b = admitted[1] as Raw;
-      const bKey = b.messages.find((m) => m.type === "K")?.body as Buffer;
-      const bSent = b.messages.length;
-      b.socket.write(serialize.query("SELECT pg_sleep(10)"));
-      await waitFor(
-        async () =>
-          (await server.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)'")).trim() ===
-          "1",
-        10_000,
-      );
-      const lateCancel = connect(limited.port, "127.0.0.1");
-      lateCancel.on("error", () => undefined);
-      lateCancel.end(Buffer.concat([Buffer.from([0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e]), bKey]));
-      await b.until((m) => m.slice(bSent).some((x) => x.type === "Z"));
-      expect(errors(b.messages.slice(bSent))[0]?.code).toBe("57014");
+      await cancelsSleep(admitted[1] as Raw);
       for (const socket of idle) socket.destroy();
       await new Promise((r) => setTimeout(r, 100));
       const served = await login();

@@ -260,12 +260,12 @@ const SKIPPED = "not run: an earlier message of the same Sync failed";
 const MAX_SAVEPOINTS = 1024;
 
 const SYNC = serialize.sync();
+const FLUSH = serialize.flush();
 
 /** The error a COPY FROM STDIN ends with when the client sends CopyFail (57014, "COPY from stdin failed"). */
 function isCopyFailError(raw: Buffer): boolean {
   return decodeErrorFields(raw.subarray(5)).code === "57014";
 }
-const FLUSH = serialize.flush();
 
 /** Statements that never send a RowDescription. */
 const NO_ROWS: ReadonlySet<string> = new Set([
