@@ -21,6 +21,13 @@ export interface ColumnInfo {
    * result lineage; absent when unknown to the proxy.
    */
   derivedFrom?: { names: readonly string[]; anyColumn: boolean };
+  /**
+   * The values come from the system catalogs alone (the statement reads pg_catalog and
+   * information_schema relations only, with built-in functions): column rules do not apply, so that
+   * a rule on a common name (`name`, `kind`) does not null the metadata drivers and tools look up
+   * (asyncpg's type introspection, review 41). Detectors still do.
+   */
+  catalog?: boolean;
   typeOid: number;
   /** 0 text, 1 binary. */
   format: 0 | 1;
@@ -102,11 +109,18 @@ export interface Representation {
   /** Whether content detectors look at the values. */
   scan: boolean;
   /**
-   * For a `typed` value whose bytes are not what detectors should read: the text to scan instead
-   * (a binary number's digits, as its text format would show them; nothing for bytea's hex). A
-   * match nulls the value, as for every `typed` one.
+   * For a `typed` or `opaque` value whose bytes are not what detectors should read: the text to
+   * scan instead (a binary number's digits, as its text format would show them; the leaves of a
+   * binary record, array or range). A match nulls the value, as for every `typed` one; null means
+   * the value cannot be read (nested too deep) and is nulled under any detector.
    */
-  scanText?: (value: Buffer) => Buffer;
+  scanText?: (value: Buffer) => Buffer | null;
+  /**
+   * Text format of a type not known here (arrays, records, ranges, enums, domains...): a whole
+   * value that looks like an array, record or range literal (`{`, `(`, `[`) is nulled rather than
+   * replaced, since `****` would not parse as one (review 42).
+   */
+  literal?: boolean;
 }
 
 /** Types whose text and binary forms are both the text itself. */
@@ -169,6 +183,7 @@ const TYPED_UNSCANNED = new Set([
   1560, // bit
   1562, // varbit
   2950, // uuid
+  2278, // void
   3220, // pg_lsn
   5069, // xid8
 ]);
@@ -196,7 +211,164 @@ export function representation(typeOid: number, format: 0 | 1): Representation {
       ? { kind: "typed", offset: 0, scan: true }
       : { kind: "typed", offset: 0, scan: true, scanText: (value) => binaryNumberText(typeOid, value) };
   // Anything else in text format is text (enums, domains over text, citext, arrays, records...).
-  return format === 0 ? { kind: "text", offset: 0, scan: true } : { kind: "opaque", offset: 0, scan: true };
+  // In binary, a record, array or range is read to its leaves (review 41: asyncpg reads
+  // `SELECT ROW(card_number)` in binary, whose bigint detectors did not see); other bytes as they are.
+  return format === 0
+    ? { kind: "text", offset: 0, scan: true, literal: true }
+    : { kind: "opaque", offset: 0, scan: true, scanText: (value) => binaryStructureText(typeOid, value) };
+}
+
+const RECORD = 2249;
+/** Built-in range types and their subtypes; multiranges and their ranges. */
+const RANGE_SUBTYPES: ReadonlyMap<number, number> = new Map([
+  [3904, 23], // int4range
+  [3906, 1700], // numrange
+  [3908, 1114], // tsrange
+  [3910, 1184], // tstzrange
+  [3912, 1082], // daterange
+  [3926, 20], // int8range
+]);
+const MULTIRANGE_RANGES: ReadonlyMap<number, number> = new Map([
+  [4451, 3904],
+  [4532, 3906],
+  [4533, 3908],
+  [4534, 3910],
+  [4535, 3912],
+  [4536, 3926],
+]);
+/** Nesting levels read in a binary value; a deeper value cannot be read (nulled under detectors). */
+const MAX_NESTING = 32;
+/** Fields of a row at most (PostgreSQL's MaxTupleAttributeNumber). */
+const MAX_FIELDS = 1664;
+
+class TooDeep extends Error {}
+
+/**
+ * What detectors read in a binary value of a type not known as a scalar: the leaves of a record
+ * (its fields carry their types), an array (its element type is in its header), a built-in range or
+ * multirange, nested to any depth, each leaf as its text format would show it (numbers as their
+ * digits, text as its bytes, types no detector can match left out), joined by commas as in the text
+ * format; the value's own bytes when they are none of these; null when nested deeper than
+ * MAX_NESTING.
+ */
+export function binaryStructureText(typeOid: number, value: Buffer): Buffer | null {
+  const parts: string[] = [];
+  try {
+    if (!structure(typeOid, value, parts, 0)) return value;
+  } catch (error) {
+    if (error instanceof TooDeep) return null;
+    return value; // out of range reads: malformed, scanned as bytes
+  }
+  return Buffer.from(parts.join(","), "latin1");
+}
+
+function leaf(typeOid: number, v: Buffer, parts: string[], depth: number): void {
+  if (TYPED_UNSCANNED.has(typeOid)) return;
+  const number = scalarText(typeOid, v);
+  if (number !== undefined) parts.push(number);
+  else if (typeOid === JSONB_OID) parts.push(v.toString("latin1", 1));
+  else if (!structure(typeOid, v, parts, depth + 1)) parts.push(v.toString("latin1"));
+}
+
+/** Pushes the leaves of `v` when it is a record, array, range or multirange; false when not. */
+function structure(typeOid: number, v: Buffer, parts: string[], depth: number): boolean {
+  if (depth > MAX_NESTING) throw new TooDeep();
+  if (TEXT_TYPES.has(typeOid) || typeOid === JSON_OID || typeOid === BYTEA_OID) return false;
+  const subtype = RANGE_SUBTYPES.get(typeOid);
+  if (subtype !== undefined) return range(subtype, v, parts, depth);
+  const rangeType = MULTIRANGE_RANGES.get(typeOid);
+  if (rangeType !== undefined) {
+    const count = v.readInt32BE(0);
+    let at = 4;
+    for (let i = 0; i < count; i++) {
+      const length = v.readInt32BE(at);
+      if (length < 0 || at + 4 + length > v.length) return false;
+      if (!range(RANGE_SUBTYPES.get(rangeType) as number, v.subarray(at + 4, at + 4 + length), parts, depth + 1))
+        return false;
+      at += 4 + length;
+    }
+    return at === v.length;
+  }
+  // The type does not say which (a table's row type, an array of a user type): bytes that read
+  // exactly as both are read both ways, so that no reading hides a leaf from the detectors.
+  const fields = ARRAY_ELEMENTS.has(typeOid) ? undefined : recordFields(v);
+  if (fields) for (const [oid, field] of fields) if (field) leaf(oid, field, parts, depth);
+  const array = typeOid === RECORD ? undefined : arrayElements(v);
+  if (array) for (const element of array.items) if (element) leaf(array.element, element, parts, depth);
+  return fields !== undefined || array !== undefined;
+}
+
+/** A range's binary form: flags, then the lower and upper bounds present (length-prefixed). */
+function range(subtype: number, v: Buffer, parts: string[], depth: number): boolean {
+  if (v.length < 1) return false;
+  const flags = v[0] as number;
+  let at = 1;
+  // Empty (0x01), or infinite lower (0x08) / upper (0x10) bounds: no bytes for them.
+  const bounds = flags & 0x01 ? 0 : (flags & 0x08 ? 0 : 1) + (flags & 0x10 ? 0 : 1);
+  for (let i = 0; i < bounds; i++) {
+    const length = v.readInt32BE(at);
+    if (length < 0 || at + 4 + length > v.length) return false;
+    leaf(subtype, v.subarray(at + 4, at + 4 + length), parts, depth);
+    at += 4 + length;
+  }
+  return at === v.length;
+}
+
+/** A record's fields (type, bytes or null) when `v` is exactly a binary record. */
+function recordFields(v: Buffer): [number, Buffer | null][] | undefined {
+  if (v.length < 4) return undefined;
+  const count = v.readInt32BE(0);
+  if (count < 0 || count > MAX_FIELDS) return undefined;
+  const fields: [number, Buffer | null][] = [];
+  let at = 4;
+  for (let i = 0; i < count; i++) {
+    if (at + 8 > v.length) return undefined;
+    const oid = v.readUInt32BE(at);
+    const length = v.readInt32BE(at + 4);
+    at += 8;
+    if (length === -1) {
+      fields.push([oid, null]);
+      continue;
+    }
+    if (length < 0 || at + length > v.length) return undefined;
+    fields.push([oid, v.subarray(at, at + length)]);
+    at += length;
+  }
+  return at === v.length ? fields : undefined;
+}
+
+/** An array's element type and elements when `v` is exactly a binary array. */
+function arrayElements(v: Buffer): { element: number; items: (Buffer | null)[] } | undefined {
+  if (v.length < 12) return undefined;
+  const ndim = v.readInt32BE(0);
+  const flags = v.readInt32BE(4);
+  if (ndim < 0 || ndim > 6 || (flags !== 0 && flags !== 1)) return undefined;
+  const element = v.readUInt32BE(8);
+  let at = 12;
+  let count = ndim === 0 ? 0 : 1;
+  for (let d = 0; d < ndim; d++) {
+    if (at + 8 > v.length) return undefined;
+    const size = v.readInt32BE(at);
+    if (size < 0) return undefined;
+    count *= size;
+    at += 8;
+  }
+  // Each element takes 4 bytes at least.
+  if (count > (v.length - at) / 4) return undefined;
+  const items: (Buffer | null)[] = [];
+  for (let i = 0; i < count; i++) {
+    if (at + 4 > v.length) return undefined;
+    const length = v.readInt32BE(at);
+    at += 4;
+    if (length === -1) {
+      items.push(null);
+      continue;
+    }
+    if (length < 0 || at + length > v.length) return undefined;
+    items.push(v.subarray(at, at + length));
+    at += length;
+  }
+  return at === v.length ? { element, items } : undefined;
 }
 
 const INT2 = 21;

@@ -537,6 +537,77 @@ describe("representations", () => {
     expect(plan(detect, [binary]).maskValue(0, clean)).toBe(clean);
   });
 
+  it("reads binary records, arrays and ranges to their leaves (review 41: asyncpg's ROW(card) in clear)", () => {
+    const int8 = (n: bigint) => {
+      const b = Buffer.alloc(8);
+      b.writeBigInt64BE(n);
+      return b;
+    };
+    const int32 = (n: number) => {
+      const b = Buffer.alloc(4);
+      b.writeInt32BE(n);
+      return b;
+    };
+    /** A binary record of (type, bytes or null) fields. */
+    const record = (...fields: [number, Buffer | null][]) =>
+      Buffer.concat([
+        int32(fields.length),
+        ...fields.flatMap(([oid, v]) => [int32(oid), int32(v ? v.length : -1), ...(v ? [v] : [])]),
+      ]);
+    /** A one-dimensional binary array of `element`. */
+    const array = (element: number, ...items: Buffer[]) =>
+      Buffer.concat([
+        int32(1),
+        int32(0),
+        int32(element),
+        int32(items.length),
+        int32(1),
+        ...items.flatMap((v) => [int32(v.length), v]),
+      ]);
+    /** A binary range with both bounds. */
+    const range = (lower: Buffer, upper: Buffer) =>
+      Buffer.concat([Buffer.from([0x02]), int32(lower.length), lower, int32(upper.length), upper]);
+    const card = int8(4111111111111111n);
+    const masked = (typeOid: number, value: Buffer) =>
+      plan(detect, [col("c", { typeOid, format: 1 })]).maskValue(0, value);
+    const RECORD = 2249;
+    const USER_TYPE = 16_700; // a table's row type, an array of a user type: unknown here
+    // SELECT ROW(n8), ROW(ROW(n8)), ARRAY[ROW(n8)], a table's row, int8range(n8, n8 + 1), int8multirange.
+    expect(masked(RECORD, record([INT8, card]))).toBeNull();
+    expect(masked(RECORD, record([RECORD, record([TEXT, Buffer.from("x")], [INT8, card])]))).toBeNull();
+    expect(masked(2287, array(RECORD, record([INT8, card])))).toBeNull();
+    expect(masked(USER_TYPE, record([INT4, int32(7)], [1700, numeric(3, 0, [4111, 1111, 1111, 1111])]))).toBeNull();
+    expect(masked(USER_TYPE, array(USER_TYPE + 1, record([INT8, card])))).toBeNull();
+    expect(masked(3926, range(card, int8(4111111111111112n)))).toBeNull();
+    expect(masked(4536, Buffer.concat([int32(1), int32(range(card, card).length), range(card, card)]))).toBeNull();
+    // Text leaves are read as text; a record with nothing to find passes as it is.
+    expect(masked(RECORD, record([TEXT, Buffer.from("mail bob@x.io")], [INT4, null]))).toBeNull();
+    const clean = record([INT8, int8(42n)], [TEXT, Buffer.from("ok")], [UUID, Buffer.alloc(16, 0x41)]);
+    expect(masked(RECORD, clean)).toBe(clean);
+    const cleanRange = range(int8(1n), int8(10n));
+    expect(masked(3926, cleanRange)).toBe(cleanRange);
+    // Nested deeper than the reader goes: nulled under detectors, whatever it holds.
+    let deep = record([INT8, int8(1n)]);
+    for (let i = 0; i < 40; i++) deep = record([RECORD, deep]);
+    expect(masked(RECORD, deep)).toBeNull();
+    // Bytes that are no record or array: read as they are.
+    const odd = Buffer.from([0, 0, 0, 9, 1, 2]);
+    expect(masked(USER_TYPE, odd)).toBe(odd);
+  });
+
+  it("nulls a whole masked array, record or range literal of a type not known (review 42: `****` would not parse)", () => {
+    const rule: MaskRule[] = [{ columns: ["c"], style: "full" }];
+    expect(maskOne(rule, "{a@x.io,ok}", col("c", { typeOid: 1009 }))).toBeNull();
+    expect(maskOne(rule, "(1,a@x.io)", col("c", { typeOid: 2249 }))).toBeNull();
+    expect(maskOne([{ columns: ["c"], style: "partial" }], "[1,5)", col("c", { typeOid: 3904 }))).toBeNull();
+    // Detector matches inside are replaced, which keeps the literal valid.
+    expect(maskOne(detect, "{a@x.io,ok}", col("c", { typeOid: 1009 }))).toBe("{****,ok}");
+    // Other values of such types keep the replacement (an enum, a domain over text).
+    expect(maskOne(rule, "happy", col("c", { typeOid: 16_800 }))).toBe("****");
+    // void carries nothing: nulled rather than given stars.
+    expect(maskOne(rule, "", col("c", { typeOid: 2278 }))).toBeNull();
+  });
+
   it("keeps json valid: whole values become JSON strings", () => {
     const json = col("c", { typeOid: JSON_OID });
     expect(maskOne([{ columns: ["c"], style: "full" }], '{"a":1}', json)).toBe('"****"');

@@ -172,7 +172,7 @@ function planColumn(
 ): { plan: ColumnPlan; masker: Masker } | undefined {
   const rep = representation(column.typeOid, column.format);
   let style: MaskStyle | undefined;
-  for (const rule of columnRules) if (rule.matches(column)) style = strongest(style, rule.style);
+  if (!column.catalog) for (const rule of columnRules) if (rule.matches(column)) style = strongest(style, rule.style);
   if (column.derivedFrom !== undefined) {
     // A computed value is the query's choice: partial would show, and a hash would let it compare,
     // whatever part of a masked value the query puts there (`'a@' || replace(email, '@', '.')`
@@ -235,8 +235,17 @@ function columnMasker(
     if (offset === 0) return found;
     return found.map((m) => ({ ...m, start: m.start + offset, end: m.end + offset }));
   };
-  // Matches in what scanText gives only say whether the value is nulled (a typed value).
-  const scan = scanText === undefined ? scanBytes : (value: Buffer) => scanBytes(scanText(value));
+  // Matches in what scanText gives only say whether the value is nulled (a typed value); a value
+  // it cannot read (nested too deep) counts as a match of the first detector.
+  const unreadable: readonly DetectorMatch[] =
+    detectors.length > 0 ? [{ detector: (detectors[0] as DetectorStyle).detector, start: 0, end: 0 }] : NONE;
+  const scan =
+    scanText === undefined
+      ? scanBytes
+      : (value: Buffer) => {
+          const text = scanText(value);
+          return text === null ? unreadable : scanBytes(text);
+        };
 
   if (style !== undefined) {
     return (value) => {
@@ -284,6 +293,8 @@ function versionOk(rep: Representation, value: Buffer): boolean {
 /** A whole value masked in `style`, in the column's representation. */
 function wholeValue(style: MaskStyle, rep: Representation, value: Buffer, key: Uint8Array): Buffer | null {
   if (style === "null") return null;
+  // An array, record or range literal of a type not known here: a replacement would not parse.
+  if (rep.literal && (value[0] === 0x7b || value[0] === 0x28 || value[0] === 0x5b)) return null;
   const { offset } = rep;
   if (rep.kind === "json") {
     // Fragments of JSON text mean nothing, so partial is full here; the result is a JSON string.

@@ -188,7 +188,9 @@ export function decodeInitial(payload: Buffer): InitialMessage {
     const key = r.cstring();
     if (key === "") break;
     const value = r.cstring();
-    if (parameters.has(key)) throw new ProtocolError(`startup parameter "${key}" given twice`);
+    // Given twice, the later value counts, as on PostgreSQL (asyncpg sends client_encoding twice when
+    // it is also among its server_settings).
+    parameters.delete(key);
     parameters.set(key, value);
   }
   if (r.remaining !== 0) throw new ProtocolError("malformed startup packet");

@@ -89,6 +89,15 @@ describe("FrameReader", () => {
     });
   });
 
+  it("takes the later value of a startup parameter given twice, as PostgreSQL does", () => {
+    const body = Buffer.concat([
+      Buffer.from([0, 3, 0, 0]),
+      Buffer.from("user\0a\0client_encoding\0'utf-8'\0user\0b\0client_encoding\0UTF8\0\0"),
+    ]);
+    const s = decodeInitial(body);
+    expect(s.kind === "startup" && Object.fromEntries(s.parameters)).toEqual({ user: "b", client_encoding: "UTF8" });
+  });
+
   it("decodes startup, SSL, GSSENC and cancel requests", () => {
     const s = decodeInitial(startup({ user: "a", database: "b" }).subarray(4));
     expect(s).toMatchObject({ kind: "startup" });

@@ -304,6 +304,9 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
   ["SELECT pg_notify('c', 'x')", { class: "write", "db:write": ["pg_notify"], "db:read": [] }],
   ["SELECT pg_advisory_lock(1)", { class: "write", "db:write": ["pg_advisory_lock"], "db:read": [] }],
   ["SELECT pg_try_advisory_xact_lock(1)", { class: "write", "db:write": ["pg_try_advisory_xact_lock"], "db:read": [] }],
+  ["SELECT pg_advisory_lock_shared(1)", { class: "write", "db:write": ["pg_advisory_lock_shared"], "db:read": [] }],
+  ["SELECT pg_advisory_unlock_all()", { class: "read", "db:read": [] }],
+  ["SELECT pg_advisory_unlock(1), pg_advisory_unlock_shared(2)", { class: "read", "db:read": [] }],
   // --- EXPLAIN
   ["EXPLAIN SELECT * FROM t", { class: "read", "db:read": ["t"] }],
   ["EXPLAIN DELETE FROM t", { class: "read", "db:read": ["t"] }],

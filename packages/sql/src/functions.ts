@@ -94,9 +94,11 @@ const DYNAMIC_PATTERNS: readonly RegExp[] = [
 
 /**
  * Change state other sessions see, without naming a table: sequences, notifications, transaction
- * IDs, and advisory locks. Advisory locks change no data, but holding one blocks other sessions and steers
- * applications that coordinate through them, like LOCK TABLE (a write); admin would be too much
- * for what applications call routinely.
+ * IDs, and taking advisory locks. Advisory locks change no data, but holding one blocks other
+ * sessions and steers applications that coordinate through them, like LOCK TABLE (a write); admin
+ * would be too much for what applications call routinely. Releasing the session's own locks
+ * (`pg_advisory_unlock*`) needs nothing: connection pools run `pg_advisory_unlock_all()` on every
+ * connection they take back (asyncpg's reset).
  */
 const WRITE_FUNCTIONS: ReadonlySet<string> = new Set([
   "nextval",
@@ -106,7 +108,7 @@ const WRITE_FUNCTIONS: ReadonlySet<string> = new Set([
   "txid_current",
   "pg_current_xact_id",
 ]);
-const WRITE_PATTERNS: readonly RegExp[] = [/^pg_(try_)?advisory_/];
+const WRITE_PATTERNS: readonly RegExp[] = [/^pg_(try_)?advisory_(xact_)?lock/];
 
 /** What a call needs: an action (with a reason for dynamic), or nothing for a plain built-in. */
 export interface FunctionVerdict {

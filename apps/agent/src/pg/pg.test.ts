@@ -486,6 +486,24 @@ describe("statement decisions", () => {
 });
 
 describe("masking", () => {
+  it("leaves rows of the system catalogs to detectors alone, not to column rules (review 41)", async () => {
+    // alice's rules mask analytics.events.kind, so a computed column labelled kind anywhere.
+    const catalog = await psql(h, alice, "SELECT upper(typname) AS kind FROM pg_type WHERE oid = 23");
+    expect(catalog.stdout.trim()).toBe("INT4");
+    const mixed = await psql(
+      h,
+      alice,
+      "SELECT upper(t.typname) AS kind, e.kind AS k2 FROM pg_type t, analytics.events e WHERE t.oid = 23 LIMIT 1",
+    );
+    expect(mixed.stdout.trim()).toBe("****|****");
+    const labelled = await psql(h, alice, "SELECT 'plain' AS kind FROM users LIMIT 1");
+    expect(labelled.stdout.trim()).toBe("****");
+    // Detectors still read catalog rows: a comment holding a card number.
+    await psql(h, dba, "COMMENT ON TABLE visits IS 'paid with 4111 1111 1111 1111'", { user: "dba@example.com" });
+    const comment = await psql(h, alice, "SELECT description FROM pg_description WHERE description LIKE 'paid%'");
+    expect(comment.stdout.trim()).toBe("paid with ****");
+  });
+
   it("masks columns by name and values by detector, in text and with the extended protocol", async () => {
     const r = await psql(h, alice, "SELECT email, note FROM users WHERE id = 1");
     expect(r.stdout).not.toContain("user1@example.com");
@@ -1160,6 +1178,120 @@ except psycopg2.extensions.QueryCanceledError:
       s.on("close", () => resolve());
     });
     expect((await psql(h, alice, "SELECT 1")).stdout.trim()).toBe("1");
+  });
+});
+
+describe("psycopg 3 (libpq pipeline mode)", () => {
+  it("answers a pipeline as PostgreSQL does when a statement in it is denied, masked in text and binary", async () => {
+    const script = `
+import json, sys, psycopg
+def run(binary):
+    out = []
+    with psycopg.connect(host="127.0.0.1", port=${h.port}, user="alice@example.com", password=sys.argv[1], dbname="app",
+                         sslmode="require", autocommit=True, prepare_threshold=0) as c:
+        curs = []
+        with c.pipeline() as p:
+            for q in ["SELECT 1", "SELECT email FROM users WHERE id = 1", "SELECT * FROM secrets", "SELECT 3"]:
+                cur = c.cursor(binary=binary)
+                curs.append(cur)
+                cur.execute(q)
+            try:
+                p.sync()
+            except psycopg.errors.InsufficientPrivilege as e:
+                out.append(e.sqlstate)
+            for q in ["SELECT 4", "SELECT email FROM users WHERE id = 4"]:
+                cur = c.cursor(binary=binary)
+                curs.append(cur)
+                cur.execute(q)
+        for cur in curs:
+            try:
+                out.append(cur.fetchall())
+            except psycopg.ProgrammingError:
+                out.append("no result")
+        out.append(c.execute("SELECT 5").fetchone()[0])
+    return out
+print(json.dumps([run(False), run(True)]))
+`;
+    const r = await run("/usr/bin/python3", ["-c", script, alice]);
+    expect(r.stderr).toBe("");
+    const expected = [
+      "42501",
+      [[1]],
+      [["u***@example.com"]],
+      "no result",
+      "no result",
+      [[4]],
+      [["u***@example.com"]],
+      5,
+    ];
+    expect(JSON.parse(r.stdout)).toEqual([expected, expected]);
+  });
+});
+
+describe("asyncpg (binary results, type introspection, pools)", () => {
+  it("connects stock asyncpg over TLS, masks records and ranges it reads in binary, and resets pooled connections", async () => {
+    const setup = await run("psql", [
+      `host=127.0.0.1 port=${pgServer.port} user=postgres dbname=app`,
+      "-X",
+      "-q",
+      "-v",
+      "ON_ERROR_STOP=1",
+      "-c",
+      `CREATE TYPE mood AS ENUM ('sad', 'ok');
+       CREATE TABLE cards (id int, n8 bigint, m mood);
+       INSERT INTO cards VALUES (1, 4111111111111111, 'ok');`,
+    ]);
+    expect(setup.stderr).toBe("");
+    // asyncpg sends client_encoding 'utf-8' (quotes included), twice with server_settings; it reads
+    // every result in binary, looks types up with a recursive catalog query, and resets a pooled
+    // connection with "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;".
+    const script = `
+import asyncio, asyncpg, json, ssl, sys
+async def main():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    args = dict(host="127.0.0.1", port=${h.port}, user="alice@example.com", password=sys.argv[1], database="app", ssl=ctx)
+    out = {}
+    pool = await asyncpg.create_pool(min_size=1, max_size=1, **args)
+    async with pool.acquire() as c:
+        out["ssl"] = c._transport.get_extra_info("ssl_object") is not None
+        await c.execute("SET work_mem = '7MB'")
+        out["n8"] = await c.fetchval("SELECT n8 FROM cards")
+        out["row"] = await c.fetchval("SELECT ROW(n8) FROM cards")
+        out["nested"] = await c.fetchval("SELECT ARRAY[ROW(ROW(n8))] FROM cards")
+        out["range"] = await c.fetchval("SELECT int8range(n8, n8 + 1) FROM cards")
+        out["clean"] = list(await c.fetchval("SELECT ROW(id, 42::bigint) FROM cards"))
+        out["enum"] = await c.fetchval("SELECT m FROM cards")
+        out["email"] = await c.fetchval("SELECT email FROM users WHERE id = 2")
+        try:
+            await c.execute("DELETE FROM users")
+        except asyncpg.exceptions.InsufficientPrivilegeError as e:
+            out["denied"] = e.sqlstate
+    async with pool.acquire() as c:
+        out["reset"] = await c.fetchval("SHOW work_mem")
+    await pool.close()
+    c = await asyncpg.connect(server_settings={"client_encoding": "UTF8"}, **args)
+    out["twice"] = await c.fetchval("SELECT 1")
+    await c.close()
+    print(json.dumps(out))
+asyncio.run(asyncio.wait_for(main(), 30))
+`;
+    const r = await run("/usr/bin/python3", ["-c", script, alice]);
+    expect(r.stderr).toBe("");
+    expect(JSON.parse(r.stdout)).toEqual({
+      ssl: true,
+      n8: null,
+      row: null,
+      nested: null,
+      range: null,
+      clean: [1, 42],
+      enum: "ok",
+      email: "u***@example.com",
+      denied: "42501",
+      reset: "4MB",
+      twice: 1,
+    });
   });
 });
 

@@ -1563,7 +1563,7 @@ describe("texts the server could read differently from the agent (lexical settin
     expect(await rows()).toMatch(/^10/);
   });
 
-  it("lets a lexical change through only alone, outside a transaction block, with nothing in flight", async () => {
+  it("lets a lexical change through only alone or last, outside a transaction block, with nothing in flight", async () => {
     const refusal = expect.stringContaining("outside a transaction block");
     const c = await open();
     // Inside a block: COMMIT, ROLLBACK or an error aborting the block could revert it unseen.
@@ -1574,10 +1574,17 @@ describe("texts the server could read differently from the agent (lexical settin
       message: refusal,
     });
     await c.exchange(serialize.query("ROLLBACK"));
-    // With another statement in the same message, or another message still unanswered.
-    expect(
-      errors(await c.exchange(serialize.query("SELECT 1; SET standard_conforming_strings = on")))[0],
-    ).toMatchObject({ code: "42501", message: refusal });
+    // With another statement after it in the same message (read under the new setting), a BEGIN
+    // before it, or another message still unanswered.
+    for (const text of [
+      "SET standard_conforming_strings = on; SELECT 1",
+      "BEGIN; SET standard_conforming_strings = on",
+      "SELECT 1; SET standard_conforming_strings = on; SET standard_conforming_strings = off",
+    ])
+      expect(errors(await c.exchange(serialize.query(text)))[0], text).toMatchObject({
+        code: "42501",
+        message: refusal,
+      });
     const pipelined = await pipeline(
       c,
       2,
@@ -1598,7 +1605,11 @@ describe("texts the server could read differently from the agent (lexical settin
     );
     expect(errors(portal)[0]).toMatchObject({ code: "42501", message: refusal });
     await c.exchange(serialize.query("ROLLBACK"));
-    // Alone and idle: fine.
+    // Alone and idle, or last of its message: fine (asyncpg's reset of a pooled connection ends
+    // with RESET ALL); the answer says what is in force.
+    expect(errors(await c.exchange(serialize.query("SELECT 1; RESET ALL")))).toEqual([]);
+    // Back on (the server's default): the trick is the harmless concatenation it then is.
+    expect(errors(await c.exchange(backslashTrick))).toEqual([]);
     expect(errors(await c.exchange(serialize.query("SET standard_conforming_strings = on")))).toEqual([]);
     // Setting the value in force changes nothing, anywhere (pg_restore --single-transaction sends
     // a dump's SETs inside its transaction); a real change there stays refused.

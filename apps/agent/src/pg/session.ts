@@ -124,7 +124,6 @@ const SAFE_ENCODINGS = new Set([
   "MULE_INTERNAL",
 ]);
 
-/** An encoding name as PostgreSQL spells it in ParameterStatus (`utf-8` -> `UTF8`). */
 /** The spellings of a boolean setting taken as such (PostgreSQL accepts more: those count as a change). */
 const BOOLEAN_WORDS: ReadonlyMap<string, boolean> = new Map([
   ["on", true],
@@ -137,11 +136,36 @@ const BOOLEAN_WORDS: ReadonlyMap<string, boolean> = new Map([
   ["0", false],
 ]);
 
+/** An encoding name as PostgreSQL compares it (clean_encoding_name): its ASCII letters and digits, lower case. */
+const cleanEncodingName = (name: string): string => name.replace(/[^A-Za-z0-9]/g, "").toLowerCase();
+
+/**
+ * Names PostgreSQL reads as a safe encoding, cleaned: the canonical names and the aliases of its
+ * table (src/common/encnames.c) for them. Any other name is refused by the listener (it may be an
+ * alias of an unsafe encoding) and, past the startup, caught by the ParameterStatus the server
+ * answers with, which always gives the canonical name.
+ */
+const SAFE_ENCODING_NAMES: ReadonlyMap<string, string> = new Map([
+  ...[...SAFE_ENCODINGS].map((name) => [cleanEncodingName(name), name === "UNICODE" ? "UTF8" : name] as const),
+  ["iso88591", "LATIN1"],
+  ["iso88592", "LATIN2"],
+  ["iso88593", "LATIN3"],
+  ["iso88594", "LATIN4"],
+  ["iso88599", "LATIN5"],
+  ["iso885910", "LATIN6"],
+  ["iso885913", "LATIN7"],
+  ["iso885914", "LATIN8"],
+  ["iso885915", "LATIN9"],
+  ["iso885916", "LATIN10"],
+]);
+
+/**
+ * An encoding name as PostgreSQL spells it in ParameterStatus: `utf-8`, `'utf-8'` (asyncpg sends the
+ * quotes), `Unicode` -> `UTF8`, as the server reads them (letters and digits only); a name that is
+ * not a safe encoding's comes back upper-cased.
+ */
 function normalizeEncoding(name: string): string {
-  return name
-    .toUpperCase()
-    .replace(/[-\s]/g, "_")
-    .replace(/^UTF_8$/, "UTF8");
+  return SAFE_ENCODING_NAMES.get(cleanEncodingName(name)) ?? name.toUpperCase();
 }
 
 export function isSafeEncoding(name: string): boolean {
@@ -1322,11 +1346,23 @@ export class PgSession {
    * error aborting the block — and the next texts would be read under the wrong setting.
    */
   private lexicalChangeRefusal(statements: readonly StatementInfo[], extended: boolean): string | undefined {
-    if (!statements.some((info) => this.changesLexically(info))) return undefined;
-    if (!extended && statements.length === 1 && this.status === "I" && this.pending.length === 0) return undefined;
+    const first = statements.findIndex((info) => this.changesLexically(info));
+    if (first < 0) return undefined;
+    // Last in its message: nothing after it is read under the new setting before the answer says
+    // which is in force (asyncpg resets a pooled connection with `...; UNLISTEN *; RESET ALL;`);
+    // with no transaction statement before it (a BEGIN would put it in a block).
+    if (
+      !extended &&
+      first === statements.length - 1 &&
+      !statements.some((info) => info.kind === "TransactionStmt") &&
+      this.status === "I" &&
+      this.pending.length === 0
+    )
+      return undefined;
     return (
       "access denied: a change of client_encoding or standard_conforming_strings (or RESET ALL, DISCARD ALL) " +
-      "must be sent as a simple query on its own, outside a transaction block, with no other query in flight"
+      "must be sent as a simple query on its own (or as its last statement), outside a transaction block, " +
+      "with no other query in flight"
     );
   }
 
@@ -2282,6 +2318,19 @@ export class PgSession {
     });
   }
 
+  /**
+   * Whether a run's rows can only come from the system catalogs: a read (no user function, nothing
+   * dynamic) of pg_catalog and information_schema relations alone, under a search path that finds
+   * built-ins first. Column rules do not apply to such rows (ColumnInfo.catalog): drivers and tools
+   * read metadata with complex queries whose labels (`name`, `kind`) rules may name.
+   */
+  private readsSystemCatalogsOnly(run: Run | undefined): boolean {
+    const info = run?.info;
+    if (!info || info.execute || info.cursor || info.statementClass !== "read" || this.userFunctionsFirst) return false;
+    if (info.tables.length === 0) return false;
+    return qualifyTables(info.tables, { searchPath: this.searchPath, user: this.ctx.targetUser }).length === 0;
+  }
+
   private startResult(fields: RowField[] | undefined, run: Run | undefined): void {
     this.planMasks = this.planner();
     const planner = fields ? this.planMasks : undefined;
@@ -2291,10 +2340,12 @@ export class PgSession {
     }
     const { catalog, database } = this.ctx;
     const lineage = this.lineageOf(run);
+    const systemOnly = this.readsSystemCatalogsOnly(run);
     this.plan = planner.plan(
       fields.map((f, i) => {
         const source = f.tableOid !== 0 ? catalog?.lookup(database, f.tableOid, f.columnNumber) : undefined;
         const column: ColumnInfo = { name: f.name, typeOid: f.typeOid, format: f.format === 1 ? 1 : 0 };
+        if (systemOnly) column.catalog = true;
         if (source) {
           column.table = { schema: source.schema, name: source.table };
           column.sourceColumn = source.column;
