@@ -60,8 +60,12 @@ export interface ResultPlan {
 }
 
 export interface MaskPlanner {
-  /** The plan for one result, or undefined when nothing in it can need masking. */
-  plan(columns: readonly ColumnInfo[]): ResultPlan | undefined;
+  /**
+   * The plan for one result, or undefined when nothing in it can need masking. `onMasked` is told
+   * each column's label (as in maskedColumns) the first time one of its values is masked: what the
+   * audit reports as masked, not every column a rule could reach.
+   */
+  plan(columns: readonly ColumnInfo[], onMasked?: (label: string) => void): ResultPlan | undefined;
   /**
    * Whether a value computed from these columns would be masked whole by a column rule (whatever
    * its label): for deciding whether an error message about such a value may be shown.
@@ -137,15 +141,18 @@ export function compileMasks(rules: readonly MaskRule[], options: CompileMasksOp
       const masked = textDetectors(bytes);
       return masked === bytes || masked === null ? text : masked.toString();
     },
-    plan(columns) {
+    plan(columns, onMasked) {
       const plans: (ColumnPlan | undefined)[] = [];
       const maskers: (Masker | undefined)[] = [];
+      const labels: (string | undefined)[] = [];
       const maskedColumns: string[] = [];
       for (const column of columns) {
         const planned = planColumn(column, columnRules, detectors, key);
         plans.push(planned?.plan);
         maskers.push(planned?.masker);
-        if (planned) maskedColumns.push(columnLabel(column));
+        const label = planned ? columnLabel(column) : undefined;
+        labels.push(label);
+        if (label !== undefined) maskedColumns.push(label);
       }
       if (maskedColumns.length === 0) return undefined;
       return {
@@ -154,7 +161,13 @@ export function compileMasks(rules: readonly MaskRule[], options: CompileMasksOp
         isPlanned: (i) => maskers[i] !== undefined,
         maskValue: (i, value) => {
           const masker = maskers[i];
-          return masker === undefined ? value : masker(value);
+          if (masker === undefined) return value;
+          const out = masker(value);
+          if (out !== value && onMasked !== undefined && labels[i] !== undefined) {
+            onMasked(labels[i]);
+            labels[i] = undefined; // told once
+          }
+          return out;
         },
       };
     },

@@ -259,6 +259,29 @@ export function bindNames(body: Buffer): { portal: string; statement: string } {
   return { portal: r.cstring(), statement: r.cstring() };
 }
 
+/**
+ * FunctionCall (the fast-path interface libpq's large-object functions use): the function's OID and
+ * how many arguments it is given. The whole message is checked; its argument bytes are not kept.
+ */
+export function decodeFunctionCall(body: Buffer): { oid: number; argumentCount: number } {
+  const r = new BodyReader(body);
+  const oid = r.int32() >>> 0;
+  const nf = r.int16();
+  if (nf < 0) throw new ProtocolError("malformed FunctionCall message");
+  for (let i = 0; i < nf; i++)
+    if ((r.int16() & ~1) !== 0) throw new ProtocolError("malformed FunctionCall message: format");
+  const argumentCount = r.int16();
+  if (argumentCount < 0 || (nf > 1 && nf !== argumentCount))
+    throw new ProtocolError("malformed FunctionCall message: argument formats");
+  for (let i = 0; i < argumentCount; i++) {
+    const len = r.int32();
+    if (len < -1) throw new ProtocolError("malformed FunctionCall message: argument length");
+    if (len > 0) r.bytes(len);
+  }
+  if ((r.int16() & ~1) !== 0 || r.remaining !== 0) throw new ProtocolError("malformed FunctionCall message");
+  return { oid, argumentCount };
+}
+
 export function decodeExecute(body: Buffer): { portal: string; maxRows: number } {
   const r = new BodyReader(body);
   const portal = r.cstring();

@@ -5,6 +5,7 @@ import {
   RelayScanner,
   HOLD,
   decodeBind,
+  decodeFunctionCall,
   decodeInitial,
   encodeStartup,
   decodeParse,
@@ -87,6 +88,22 @@ describe("FrameReader", () => {
       user: "u",
       database: "d",
     });
+  });
+
+  it("decodes a FunctionCall's function and argument count, and refuses a malformed one", () => {
+    const call = (tail: number[]) => Buffer.from([0, 0, 3, 0xb8, ...tail]); // OID 952 (lo_open)
+    // One format (binary) for both arguments, two int4 arguments, binary result.
+    const ok = call([0, 1, 0, 1, 0, 2, 0, 0, 0, 4, 0, 0, 0, 7, 0, 0, 0, 4, 0, 4, 0, 0, 0, 1]);
+    expect(decodeFunctionCall(ok)).toEqual({ oid: 952, argumentCount: 2 });
+    expect(decodeFunctionCall(call([0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0, 0]))).toEqual({
+      oid: 952,
+      argumentCount: 1,
+    });
+    for (let cut = 0; cut < ok.length; cut++)
+      expect(() => decodeFunctionCall(ok.subarray(0, cut))).toThrow(/malformed/);
+    expect(() => decodeFunctionCall(Buffer.concat([ok, Buffer.from([0])]))).toThrow(/malformed/);
+    expect(() => decodeFunctionCall(call([0, 2, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]))).toThrow(/argument formats/);
+    expect(() => decodeFunctionCall(call([0, 1, 0, 2, 0, 0, 0, 0]))).toThrow(/format/);
   });
 
   it("takes the later value of a startup parameter given twice, as PostgreSQL does", () => {

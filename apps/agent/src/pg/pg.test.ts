@@ -9,7 +9,7 @@ import { connect } from "node:net";
 import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
+import { startPostgres, tempDir, waitFor, type TestPostgres } from "@moat/testkit";
 import { psql, run, startHarness, type Harness } from "../test-support/pg.js";
 
 const POLICIES = [
@@ -226,13 +226,39 @@ describe("statement decisions", () => {
     expect(w.stderr).toMatch(/requires approval/);
   });
 
-  it("decides a whole multi-statement query before any of it runs", async () => {
+  it("runs a multi-statement query up to its denied statement, as PostgreSQL runs one up to a failing statement", async () => {
     const r = await psql(h, dba, "CREATE TABLE IF NOT EXISTS t1 (x int)", { user: "dba@example.com" });
     expect(r.code).toBe(0);
     const m = await psql(h, alice, "SELECT 1; DELETE FROM users");
     expect(m.stderr).toMatch(/db:write/);
     const count = await psql(h, alice, "SELECT count(*) FROM users");
     expect(count.stdout.trim()).toBe("100");
+
+    // The transaction state after it is PostgreSQL's (review 42): a BEGIN before the denied statement
+    // leaves a failed transaction block, a COMMIT before it has committed.
+    const reader = await aliceClient();
+    await expect(reader.query("BEGIN; SELECT count(*) FROM users; DELETE FROM users; SELECT 2")).rejects.toMatchObject({
+      code: "42501",
+    });
+    await expect(reader.query("SELECT 1")).rejects.toMatchObject({ code: "25P02" });
+    await reader.query("ROLLBACK");
+    expect((await reader.query("SELECT 3 AS v")).rows).toEqual([{ v: 3 }]);
+    await reader.end();
+    const writer = await clientAs("writer@example.com", await h.token("writer@example.com", ["writers"]));
+    await writer.query("BEGIN");
+    await writer.query("INSERT INTO t1 VALUES (7)");
+    await expect(writer.query("COMMIT; CREATE TABLE t1_nope (x int); INSERT INTO t1 VALUES (8)")).rejects.toMatchObject(
+      {
+        code: "42501",
+      },
+    );
+    expect((await writer.query("SELECT array_agg(x ORDER BY x) AS xs FROM t1 WHERE x IN (7, 8)")).rows).toEqual([
+      { xs: [7] },
+    ]);
+    await writer.end();
+    // A statement before the denied one that fails on the target shows its own error.
+    const again = await psql(h, alice, "SELECT 1/0; DELETE FROM users");
+    expect(again.stderr).toMatch(/division by zero/);
   });
 
   it("inside a transaction, a denial aborts it as PostgreSQL would", async () => {
@@ -959,6 +985,38 @@ describe("clients", () => {
     expect(single.stderr).toBe("");
   });
 
+  it("dumps and restores large objects (libpq's fast-path calls), refused and audited for a reader (review 43)", async () => {
+    await pgServer.createDatabase("lobs");
+    await pgServer.sql("SELECT lo_from_bytea(4242, 'large object bytes')", "lobs");
+    const dir = tempDir("moat-lobs-");
+    const conn = (db: string) => `host=127.0.0.1 port=${h.port} user=dba@example.com dbname=${db} sslmode=require`;
+    const dump = await run("pg_dump", [conn("lobs"), "-Fc", "-f", join(dir, "lobs.dump")], { PGPASSWORD: dba });
+    expect(dump.stderr).toBe("");
+    expect(dump.code).toBe(0);
+    await pgServer.createDatabase("lobs_restored");
+    const restore = await run("pg_restore", ["-d", conn("lobs_restored"), "--exit-on-error", join(dir, "lobs.dump")], {
+      PGPASSWORD: dba,
+    });
+    expect(restore.stderr).toBe("");
+    expect(await pgServer.sql("SELECT convert_from(lo_get(4242), 'UTF8')", "lobs_restored")).toContain(
+      "large object bytes",
+    );
+    const exported = join(dir, "out.bin");
+    const lo = await psql(h, dba, `\\lo_export 4242 '${exported}'`, { user: "dba@example.com", db: "lobs" });
+    expect(lo.stderr).toBe("");
+    expect(readFileSync(exported, "utf8")).toBe("large object bytes");
+    const texts = h.events().flatMap((e) => (e.detail.case === "dbQuery" ? [e.detail.value.text] : []));
+    expect(texts).toContain("SELECT pg_catalog.loread($1, $2) -- fast-path function call");
+
+    // A reader: lo_open needs db:admin, as SELECT lo_open(...) does; refused, audited, session usable.
+    const refused = await psql(h, alice, `\\lo_export 4242 '${join(dir, "nope.bin")}'`, { db: "lobs" });
+    expect(refused.stderr).toMatch(/no policy allows db:admin/);
+    const denied = h.events().filter((e) => e.verdict === 2 && e.actor?.user === "alice@example.com");
+    expect(denied.at(-1)?.detail.value).toMatchObject({
+      text: "SELECT pg_catalog.lo_open($1, $2) -- fast-path function call",
+    });
+  });
+
   it("dumps with pg_dump as a user allowed only db:read and db:copy-out, and the dump restores", async () => {
     // With a superuser target role, pg_dump reads subscriptions' connection strings (replication
     // passwords): that needs db:admin, so a backup user without it passes --no-subscriptions.
@@ -1296,6 +1354,21 @@ asyncio.run(asyncio.wait_for(main(), 30))
 });
 
 describe("audit", () => {
+  it("names the columns whose values were masked, not every column a detector reached (review 41)", async () => {
+    await psql(h, alice, "SELECT count(*) AS n1 FROM users WHERE id = 2 -- audit-masked-1");
+    await psql(h, alice, "SELECT id, note FROM users WHERE id = 2 -- audit-masked-2");
+    await psql(h, alice, "SELECT id, note, email FROM users WHERE id = 1 -- audit-masked-3");
+    const masked = (tag: string) =>
+      h
+        .events()
+        .flatMap((e) =>
+          e.detail.case === "dbQuery" && e.detail.value.text.endsWith(tag) ? [e.detail.value.maskedColumns] : [],
+        );
+    expect(masked("audit-masked-1")).toEqual([[]]);
+    expect(masked("audit-masked-2")).toEqual([[]]);
+    expect(masked("audit-masked-3")).toEqual([["users.note", "users.email"]]);
+  });
+
   it("records sessions and statements with verdicts, and never the token nor a password a statement sets", async () => {
     // A password in the text stays out of the trail (the role does not exist: the statement fails
     // on the target and is recorded all the same); a reader's refused attempt too.

@@ -62,6 +62,31 @@ describe("extended protocol through the agent", () => {
     c.socket.destroy();
   });
 
+  it("answers a simple query up to its denied statement as PostgreSQL up to a failing one, and audits what ran", async () => {
+    const c = await open();
+    const before = queryEvents(h).length;
+    // The first statement ends in a line comment: the agent's own text for the target must not let
+    // it swallow what follows.
+    const ms = await c.exchange(serialize.query("SELECT count(*) FROM t -- how many\n; DELETE FROM t; SELECT 2"));
+    expect(types(ms)).toBe("TDCEZ");
+    expect(firstValues(ms)).toEqual(["10"]);
+    expect(errors(ms)).toMatchObject([{ code: "42501" }]);
+    expect(ms.at(-1)?.body.toString()).toBe("I");
+    const events = queryEvents(h).slice(before);
+    expect(events.map(({ ev, q }) => [ev.verdict, q.text])).toEqual([
+      [2, "DELETE FROM t"],
+      [1, "SELECT count(*) FROM t -- how many"],
+    ]);
+    // In a block the session is left in the failed block, as PostgreSQL leaves it.
+    const block = await c.exchange(serialize.query("BEGIN; SELECT 1; DELETE FROM t"));
+    expect(types(block)).toBe("CTDCEZ");
+    expect(block.at(-1)?.body.toString()).toBe("E");
+    expect(errors(await c.exchange(serialize.query("SELECT 1")))[0]?.code).toBe("25P02");
+    expect(types(await c.exchange(serialize.query("ROLLBACK")))).toBe("CZ");
+    expect(await server.sql("SELECT count(*) FROM t", "app")).toMatch(/^10/);
+    c.socket.destroy();
+  });
+
   it("inside a transaction, a denied Parse leaves it aborted (status E)", async () => {
     const c = await open();
     await c.exchange(serialize.query("BEGIN"));
@@ -105,6 +130,11 @@ describe("extended protocol through the agent", () => {
     fc.writeInt32BE(4 + 4 + 2 + 2 + 2, 1);
     const fast = await c.exchange(fc.subarray(0, 15));
     expect(errors(fast)[0]?.message).toMatch(/fast-path function call/);
+    // Audited as refused (review 43: it went unrecorded).
+    expect(queryEvents(h).at(-1)).toMatchObject({
+      ev: { verdict: 2 },
+      q: { text: "-- fast-path call of the function with OID 1" },
+    });
     const ok = await c.exchange(serialize.query("SELECT 1"));
     expect(types(ok)).toBe("TDCZ");
     c.socket.destroy();
@@ -1086,8 +1116,16 @@ describe("extended protocol through the agent", () => {
     expect(
       queryEvents(h).some(({ ev }) => /was defined again 16 times while the server may still hold/.test(ev.message)),
     ).toBe(true);
+    // In one Query: the agent refuses the 17th, and sends the server the 16 before it, which fails
+    // the second (42P05) as PostgreSQL fails such a query.
+    const before = queryEvents(h).length;
     ms = await e.exchange(serialize.query(Array.from({ length: 40 }, () => "PREPARE q AS SELECT 1").join("; ")));
-    expect(errors(ms)[0]).toMatchObject({ code: "42501" });
+    expect(errors(ms)[0]).toMatchObject({ code: "42P05" });
+    expect(
+      queryEvents(h)
+        .slice(before)
+        .some(({ ev }) => /was defined again 16 times while the server may still hold/.test(ev.message)),
+    ).toBe(true);
     expect(types(await e.exchange(serialize.parse({ name: "s", text: "SELECT 2 AS x" }), serialize.sync()))).toBe("EZ"); // the server still holds s
     e.socket.destroy();
     // 32 Mi characters of text at most: the 34th statement of a million characters is refused.
@@ -1243,8 +1281,9 @@ describe("long texts, classified on a worker thread", () => {
       serialize.sync(),
       serialize.query(`${longRead}; ${longWrite}`),
     );
-    expect(types(ms)).toBe("TDCZTDCZEZ12DCZEZ");
-    expect(firstValues(ms)).toEqual(["10", "1", "10"]);
+    // (The last Query's read runs before its denied write, as on PostgreSQL.)
+    expect(types(ms)).toBe("TDCZTDCZEZ12DCZTDCEZ");
+    expect(firstValues(ms)).toEqual(["10", "1", "10", "10"]);
     expect(errors(ms).map((e) => e.code)).toEqual(["42501", "42501"]);
     // What came after them is answered too.
     expect(types(await c.exchange(serialize.query("SELECT count(*) FROM t")))).toBe("TDCZ");
@@ -1578,13 +1617,15 @@ describe("texts the server could read differently from the agent (lexical settin
     // before it, or another message still unanswered.
     for (const text of [
       "SET standard_conforming_strings = on; SELECT 1",
-      "BEGIN; SET standard_conforming_strings = on",
       "SELECT 1; SET standard_conforming_strings = on; SET standard_conforming_strings = off",
+      "BEGIN; SET standard_conforming_strings = on",
     ])
       expect(errors(await c.exchange(serialize.query(text)))[0], text).toMatchObject({
         code: "42501",
         message: refusal,
       });
+    // (The BEGIN before the refused statement ran: its block is failed, as on PostgreSQL.)
+    expect(types(await c.exchange(serialize.query("ROLLBACK")))).toBe("CZ");
     const pipelined = await pipeline(
       c,
       2,

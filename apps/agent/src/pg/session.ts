@@ -19,6 +19,7 @@ import {
   replaceDataRowValues,
   decodeErrorFields,
   decodeExecute,
+  decodeFunctionCall,
   decodeNotification,
   decodeParameterStatus,
   decodeParse,
@@ -75,6 +76,23 @@ import { Fifo } from "./fifo.js";
 
 /** A statement the target is sure to refuse (at Parse time too), whose error the agent replaces. */
 export const POISON = "SELECT 'moat: statement denied by policy'::pg_catalog.int4";
+
+/** The large-object functions libpq calls through the fast-path interface, by their (fixed) OIDs. */
+const LARGE_OBJECT_FUNCTIONS: ReadonlyMap<number, string> = new Map([
+  [952, "lo_open"],
+  [953, "lo_close"],
+  [954, "loread"],
+  [955, "lowrite"],
+  [956, "lo_lseek"],
+  [957, "lo_creat"],
+  [958, "lo_tell"],
+  [964, "lo_unlink"],
+  [715, "lo_create"],
+  [1004, "lo_truncate"],
+  [3170, "lo_lseek64"],
+  [3171, "lo_tell64"],
+  [3172, "lo_truncate64"],
+]);
 /**
  * A prepared statement name no client can create (names starting with `moat:` are refused, by
  * Parse and by SQL PREPARE), so a denied Bind fails on the target.
@@ -1190,18 +1208,63 @@ export class PgSession {
         this.terminated = true;
         return f.raw;
       case 0x46: {
-        // FunctionCall: a function by OID, nothing to inspect.
-        const error = this.denialError(
-          "the fast-path function call interface is not allowed through Moat; call the function in a query",
-          "42501",
-        );
-        this.push({ kind: "query", runs: [], index: 0, replaceError: error });
+        // FunctionCall: a function by OID.
+        const sent = this.onFunctionCall(f.body, f.raw);
         this.countEnding(undefined, this.cyclesSent);
-        return serialize.query(POISON);
+        return sent;
       }
       default:
         throw new ProtocolError(`unexpected message type '${String.fromCharCode(f.type)}' from the client`);
     }
+  }
+
+  /**
+   * A fast-path FunctionCall: only of the large-object functions libpq calls so (lo_import,
+   * lo_export and pg_dump's large objects), decided as the SQL call of the same function (they need
+   * `db:admin`, as `SELECT lo_open(...)` does) and audited as one; loread is refused under masking
+   * rules (the bytes it returns could not be masked). Any other function is refused: call it in a
+   * query. The target answers FunctionCallResponse (or an error), then ReadyForQuery.
+   */
+  private onFunctionCall(body: Buffer, raw: Buffer): Buffer {
+    const { oid, argumentCount } = decodeFunctionCall(body);
+    const name = LARGE_OBJECT_FUNCTIONS.get(oid);
+    const parameters = Array.from({ length: argumentCount }, (_, i) => `$${i + 1}`).join(", ");
+    const text =
+      name === undefined
+        ? `-- fast-path call of the function with OID ${oid}`
+        : `SELECT pg_catalog.${name}(${parameters}) -- fast-path function call`;
+    const c = name === undefined ? undefined : this.classify(text);
+    const info = c?.ok ? c.statements[0] : undefined;
+    let decision: Decision;
+    if (!info)
+      decision = {
+        effect: "deny",
+        rule: "",
+        message:
+          "access denied: the fast-path function call interface is not allowed through Moat but for large-object functions; call the function in a query",
+        tables: [],
+      };
+    else if (name === "loread" && this.planner())
+      decision = {
+        effect: "deny",
+        rule: "",
+        message:
+          "access denied: large objects cannot be read while masking rules apply to you (their bytes would not be masked)",
+        tables: [],
+      };
+    else decision = this.decide(info);
+    if (decision.effect !== "allow" || !info) {
+      if (info) this.refused(info, decision, c?.ok ? c.fingerprint : "");
+      else {
+        this.ctx.metrics.statement("deny");
+        this.recordRefusal(text, "function", decision, "");
+      }
+      this.push({ kind: "query", runs: [], index: 0, replaceError: this.denialError(decision.message) });
+      return serialize.query(POISON);
+    }
+    this.ctx.metrics.statement("allow");
+    this.push({ kind: "query", runs: [this.newRun(info, text, decision)], index: 0 });
+    return raw;
   }
 
   private denialError(message: string, code = "42501", extra: Partial<ErrorInit> = {}): Buffer {
@@ -1291,30 +1354,32 @@ export class PgSession {
         if (again) decision = { effect: "deny", rule: "", message: again, tables: [] };
       }
       if (decision.effect !== "allow") {
-        denied ??= { decision, info };
-        continue;
+        denied = { decision, info };
+        break;
       }
       runs.push(this.newRun(info, info.text, decision));
       // A search_path set by this statement applies to the next ones of the same message.
       this.widenSearchPath(info);
     }
-    if (denied) {
-      // The whole message is refused: nothing of it runs.
-      const { decision, info } = denied;
-      this.refused(info, decision, c.fingerprint);
-      this.push({
-        kind: "query",
-        runs: [],
-        index: 0,
-        replaceError: this.denialError(decision.message),
-      });
-      return serialize.query(POISON);
-    }
     for (let i = 0; i < runs.length; i++) this.ctx.metrics.statement("allow");
-    const lexical = c.statements.some((info) => this.changesLexically(info));
-    c.statements.forEach((info, i) => this.afterAllowed(info, runs[i]));
+    const prefix = c.statements.slice(0, runs.length);
+    const lexical = prefix.some((info) => this.changesLexically(info));
+    prefix.forEach((info, i) => this.afterAllowed(info, runs[i]));
     if (lexical) this.lexicalInFlight++;
     const entry: Pending = { kind: "query", runs, index: 0, lexical };
+    if (denied) {
+      // As on PostgreSQL when a statement of the message fails: the statements before the denied one
+      // run (their results reach the client; a BEGIN or COMMIT among them takes effect, so the
+      // session ends in the transaction state PostgreSQL would leave: review 42), the denied one
+      // fails, and the rest does not run. The server gets the statements the agent decided, each
+      // ending on a line of its own (a statement may end in a -- comment), then POISON.
+      const { decision, info } = denied;
+      this.refused(info, decision, c.fingerprint);
+      entry.replaceError = this.denialError(decision.message);
+      this.push(entry);
+      this.openCopySpan(entry, runs.filter((r) => copiesFromClient(r.info)).length);
+      return serialize.query(runs.length === 0 ? POISON : [...runs.map((r) => r.text), POISON].join("\n;\n"));
+    }
     this.push(entry);
     this.openCopySpan(entry, runs.filter((r) => copiesFromClient(r.info)).length);
     return raw;
@@ -2355,11 +2420,10 @@ export class PgSession {
         }
         return column;
       }),
+      // The audit names the columns whose values were masked (review 41: every column a detector
+      // rule reached was named, `count`, `pg_sleep`).
+      run ? (label) => (run.masked ??= new Set()).add(label) : undefined,
     );
-    if (this.plan && run && this.plan.maskedColumns.length > 0) {
-      run.masked ??= new Set();
-      for (const c of this.plan.maskedColumns) run.masked.add(c);
-    }
   }
 
   private push(p: Pending): void {
@@ -2535,6 +2599,9 @@ export class PgSession {
         this.rowsSeen = 0;
         return undefined;
       }
+      case 0x56: // FunctionCallResponse: a fast-path call's result (onFunctionCall)
+        this.completeStatement(0);
+        return undefined;
       case 0x73: {
         // PortalSuspended: the portal stays open for more Executes.
         const head = this.pending.first;
@@ -2772,8 +2839,10 @@ export class PgSession {
     // With no statement at hand, an error at a Sync or after a query's statements is a commit's (a
     // WITH HOLD cursor's query): scrubbed as reading anything.
     const atCommit = head.kind === "sync" || head.kind === "query";
+    // A query's own replacement is for the error of its POISON, after its statements (a statement
+    // before it that fails on the target is that statement's error).
     const replace =
-      ("replaceError" in head ? head.replaceError : undefined) ??
+      ("replaceError" in head && !(head.kind === "query" && run) ? head.replaceError : undefined) ??
       (run || atCommit ? this.scrubError(raw, run) : undefined);
     const failed = () => `failed on the target: ${decodeErrorFields((replace ?? raw).subarray(5)).message}`;
     // A commit that fails (a deferred constraint, a serialization failure, a WITH HOLD cursor's
