@@ -244,6 +244,17 @@ const MAX_FIELDS = 1664;
 class TooDeep extends Error {}
 
 /**
+ * What reading one binary value may cost, each bounded: structures visited, bytes they span (each
+ * level of an honest value spans at most the value: MAX_NESTING times its length), characters of
+ * leaves.
+ */
+interface Budget {
+  nodes: number;
+  bytes: number;
+  chars: number;
+}
+
+/**
  * What detectors read in a binary value of a type not known as a scalar: the leaves of a record
  * (its fields carry their types), an array (its element type is in its header), a built-in range or
  * multirange, nested to any depth, each leaf as its text format would show it (numbers as their
@@ -253,8 +264,16 @@ class TooDeep extends Error {}
  */
 export function binaryStructureText(typeOid: number, value: Buffer): Buffer | null {
   const parts: string[] = [];
+  // Bytes read both ways (see structure) are visited twice at each level: a crafted value could
+  // make that exponential (review 44: a 780-byte value held the agent's loop for seconds). Honest
+  // values stay far below these bounds; past them the value cannot be read.
+  const budget: Budget = {
+    nodes: 64 + value.length,
+    bytes: 4096 + MAX_NESTING * value.length,
+    chars: 1024 + 4 * value.length,
+  };
   try {
-    if (!structure(typeOid, value, parts, 0)) return value;
+    if (!structure(typeOid, value, parts, 0, budget)) return value;
   } catch (error) {
     if (error instanceof TooDeep) return null;
     return value; // out of range reads: malformed, scanned as bytes
@@ -262,20 +281,27 @@ export function binaryStructureText(typeOid: number, value: Buffer): Buffer | nu
   return Buffer.from(parts.join(","), "latin1");
 }
 
-function leaf(typeOid: number, v: Buffer, parts: string[], depth: number): void {
+function push(parts: string[], text: string, budget: Budget): void {
+  budget.chars -= text.length + 1;
+  if (budget.chars < 0) throw new TooDeep();
+  parts.push(text);
+}
+
+function leaf(typeOid: number, v: Buffer, parts: string[], depth: number, budget: Budget): void {
   if (TYPED_UNSCANNED.has(typeOid)) return;
   const number = scalarText(typeOid, v);
-  if (number !== undefined) parts.push(number);
-  else if (typeOid === JSONB_OID) parts.push(v.toString("latin1", 1));
-  else if (!structure(typeOid, v, parts, depth + 1)) parts.push(v.toString("latin1"));
+  if (number !== undefined) push(parts, number, budget);
+  else if (typeOid === JSONB_OID) push(parts, v.toString("latin1", 1), budget);
+  else if (!structure(typeOid, v, parts, depth + 1, budget)) push(parts, v.toString("latin1"), budget);
 }
 
 /** Pushes the leaves of `v` when it is a record, array, range or multirange; false when not. */
-function structure(typeOid: number, v: Buffer, parts: string[], depth: number): boolean {
-  if (depth > MAX_NESTING) throw new TooDeep();
+function structure(typeOid: number, v: Buffer, parts: string[], depth: number, budget: Budget): boolean {
+  budget.bytes -= v.length;
+  if (depth > MAX_NESTING || --budget.nodes < 0 || budget.bytes < 0) throw new TooDeep();
   if (TEXT_TYPES.has(typeOid) || typeOid === JSON_OID || typeOid === BYTEA_OID) return false;
   const subtype = RANGE_SUBTYPES.get(typeOid);
-  if (subtype !== undefined) return range(subtype, v, parts, depth);
+  if (subtype !== undefined) return range(subtype, v, parts, depth, budget);
   const rangeType = MULTIRANGE_RANGES.get(typeOid);
   if (rangeType !== undefined) {
     const count = v.readInt32BE(0);
@@ -283,8 +309,8 @@ function structure(typeOid: number, v: Buffer, parts: string[], depth: number): 
     for (let i = 0; i < count; i++) {
       const length = v.readInt32BE(at);
       if (length < 0 || at + 4 + length > v.length) return false;
-      if (!range(RANGE_SUBTYPES.get(rangeType) as number, v.subarray(at + 4, at + 4 + length), parts, depth + 1))
-        return false;
+      const bytes = v.subarray(at + 4, at + 4 + length);
+      if (!range(RANGE_SUBTYPES.get(rangeType) as number, bytes, parts, depth + 1, budget)) return false;
       at += 4 + length;
     }
     return at === v.length;
@@ -292,14 +318,14 @@ function structure(typeOid: number, v: Buffer, parts: string[], depth: number): 
   // The type does not say which (a table's row type, an array of a user type): bytes that read
   // exactly as both are read both ways, so that no reading hides a leaf from the detectors.
   const fields = ARRAY_ELEMENTS.has(typeOid) ? undefined : recordFields(v);
-  if (fields) for (const [oid, field] of fields) if (field) leaf(oid, field, parts, depth);
+  if (fields) for (const [oid, field] of fields) if (field) leaf(oid, field, parts, depth, budget);
   const array = typeOid === RECORD ? undefined : arrayElements(v);
-  if (array) for (const element of array.items) if (element) leaf(array.element, element, parts, depth);
+  if (array) for (const element of array.items) if (element) leaf(array.element, element, parts, depth, budget);
   return fields !== undefined || array !== undefined;
 }
 
 /** A range's binary form: flags, then the lower and upper bounds present (length-prefixed). */
-function range(subtype: number, v: Buffer, parts: string[], depth: number): boolean {
+function range(subtype: number, v: Buffer, parts: string[], depth: number, budget: Budget): boolean {
   if (v.length < 1) return false;
   const flags = v[0] as number;
   let at = 1;
@@ -308,7 +334,7 @@ function range(subtype: number, v: Buffer, parts: string[], depth: number): bool
   for (let i = 0; i < bounds; i++) {
     const length = v.readInt32BE(at);
     if (length < 0 || at + 4 + length > v.length) return false;
-    leaf(subtype, v.subarray(at + 4, at + 4 + length), parts, depth);
+    leaf(subtype, v.subarray(at + 4, at + 4 + length), parts, depth, budget);
     at += 4 + length;
   }
   return at === v.length;

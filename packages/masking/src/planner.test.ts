@@ -595,6 +595,29 @@ describe("representations", () => {
     expect(masked(USER_TYPE, odd)).toBe(odd);
   });
 
+  it("reads a crafted binary value in bounded time (review 44: read both ways at each level, it grew like Fibonacci)", () => {
+    // Each level reads exactly as a record (its field: the level below) and as an array (its item:
+    // two levels below). 30 levels (within the nesting limit), 380 bytes: millions of visits
+    // unbounded, which end in no match (the value came back as it was).
+    let value = Buffer.alloc(20, 0x41);
+    for (let i = 0; i < 30; i++) {
+      const head = Buffer.alloc(12);
+      head.writeInt32BE(1, 0);
+      head.writeInt32BE(1, 4);
+      head.writeInt32BE(value.length, 8);
+      value = Buffer.concat([head, value]);
+    }
+    const result = plan(detect, [col("c", { typeOid: 16_900, format: 1 })]).maskValue(0, value);
+    expect(result).toBeNull(); // cannot be read within its budget: nulled under detectors
+    // Wide and shallow honest values stay readable: a record of 1 000 text fields.
+    const fields = Array.from({ length: 1000 }, (_, i) => Buffer.from(`field ${i}`));
+    const wide = Buffer.concat([
+      Buffer.from([0, 0, 0x03, 0xe8]),
+      ...fields.flatMap((f) => [Buffer.from([0, 0, 0, 25]), Buffer.from([0, 0, 0, f.length]), f]),
+    ]);
+    expect(plan(detect, [col("c", { typeOid: 2249, format: 1 })]).maskValue(0, wide)).toBe(wide);
+  });
+
   it("nulls a whole masked array, record or range literal of a type not known (review 42: `****` would not parse)", () => {
     const rule: MaskRule[] = [{ columns: ["c"], style: "full" }];
     expect(maskOne(rule, "{a@x.io,ok}", col("c", { typeOid: 1009 }))).toBeNull();

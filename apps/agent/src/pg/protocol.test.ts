@@ -87,6 +87,25 @@ describe("extended protocol through the agent", () => {
     c.socket.destroy();
   });
 
+  it("leaves catalog reads to detectors only while the session cannot have a temporary relation named like a catalog (review 44)", async () => {
+    const masked = await startMasked(["db:ddl"]);
+    try {
+      const c = await open(masked);
+      // A computed column labelled like the masked one, from pg_catalog alone: not masked.
+      const catalog = await c.exchange(serialize.query("SELECT upper(typname) AS email FROM pg_type WHERE oid = 23"));
+      expect(firstValues(catalog)).toEqual(["INT4"]);
+      // A temporary view named pg_am: PostgreSQL finds it before pg_catalog.pg_am.
+      expect(
+        errors(await c.exchange(serialize.query("CREATE TEMP VIEW pg_temp.pg_am AS SELECT email FROM users"))),
+      ).toEqual([]);
+      expect(firstValues(await c.exchange(serialize.query("SELECT email FROM pg_am")))).toEqual(["****"]);
+      expect(firstValues(await c.exchange(serialize.query("SELECT upper(email) AS e FROM pg_am")))).toEqual(["****"]);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  });
+
   it("inside a transaction, a denied Parse leaves it aborted (status E)", async () => {
     const c = await open();
     await c.exchange(serialize.query("BEGIN"));
@@ -125,7 +144,7 @@ describe("extended protocol through the agent", () => {
   it("refuses a Bind of a statement it never saw prepared, and the fast-path function call", async () => {
     const c = await open();
     const ms = await c.exchange(serialize.bind({ statement: "nope" }), serialize.execute({}), serialize.sync());
-    expect(errors(ms)[0]?.message).toMatch(/not prepared through Moat/);
+    expect(errors(ms)[0]).toMatchObject({ code: "26000", message: expect.stringMatching(/not prepared through Moat/) });
     const fc = Buffer.from([0x46, 0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
     fc.writeInt32BE(4 + 4 + 2 + 2 + 2, 1);
     const fast = await c.exchange(fc.subarray(0, 15));

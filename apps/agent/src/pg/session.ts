@@ -77,6 +77,9 @@ import { Fifo } from "./fifo.js";
 /** A statement the target is sure to refuse (at Parse time too), whose error the agent replaces. */
 export const POISON = "SELECT 'moat: statement denied by policy'::pg_catalog.int4";
 
+/** Statement classes that cannot create a relation (see mayHaveTempRelations). */
+const READING_CLASSES: ReadonlySet<string> = new Set(["read", "session", "copy-out"]);
+
 /** The large-object functions libpq calls through the fast-path interface, by their (fixed) OIDs. */
 const LARGE_OBJECT_FUNCTIONS: ReadonlyMap<number, string> = new Map([
   [952, "lo_open"],
@@ -695,6 +698,11 @@ export class PgSession {
    * names of built-ins may resolve to that schema's functions and operators (pathShadowsCatalog).
    */
   private userFunctionsFirst: boolean;
+  /**
+   * The session has run something other than a read (DDL, a write, a function, dynamic SQL): it may
+   * have temporary relations, which PostgreSQL finds before pg_catalog's under the same name.
+   */
+  private mayHaveTempRelations = false;
   private standardConformingStrings = true;
   private unsafeEncoding: string | undefined;
   /** The client encoding when it is not UTF8: the agent reads text as UTF-8, so only ASCII then. */
@@ -1692,9 +1700,11 @@ export class PgSession {
     const tooMany = portalName === "" ? undefined : this.cursorRefusal(portalName);
     if (tooMany) return poison(tooMany);
     if (!statement) {
-      const message = `prepared statement "${statementName}" was not prepared through Moat`;
+      // PostgreSQL's SQLSTATE for a name it does not hold (26000): drivers that re-prepare on it
+      // (a statement cache after a Parse that failed) do so here too.
+      const message = `prepared statement "${statementName}" does not exist (it was not prepared through Moat)`;
       this.unparsed(`-- protocol Bind of prepared statement "${statementName}"`, message);
-      return poison(message);
+      return this.poisonBind(portalName, message, "26000");
     }
     if (statement.refusal) {
       this.unparsed(`-- protocol Bind of prepared statement "${statementName}"`, statement.refusal);
@@ -1864,8 +1874,8 @@ export class PgSession {
   }
 
   /** A Bind sure to fail on the target in place of a refused message, whose error becomes `message`. */
-  private poisonBind(portal: string, message: string): Buffer {
-    this.push({ kind: "bind", replaceError: this.denialError(message) });
+  private poisonBind(portal: string, message: string, code = "42501"): Buffer {
+    this.push({ kind: "bind", replaceError: this.denialError(message, code) });
     this.skipToSync();
     return serialize.bind({ portal, statement: POISON_STATEMENT, values: [] });
   }
@@ -2002,6 +2012,7 @@ export class PgSession {
   }
 
   private newRun(info: StatementInfo, text: string, decision: Decision): Run {
+    if (!READING_CLASSES.has(info.statementClass)) this.mayHaveTempRelations = true;
     return {
       info,
       text,
@@ -2392,6 +2403,10 @@ export class PgSession {
   private readsSystemCatalogsOnly(run: Run | undefined): boolean {
     const info = run?.info;
     if (!info || info.execute || info.cursor || info.statementClass !== "read" || this.userFunctionsFirst) return false;
+    // PostgreSQL looks a relation name up in the session's pg_temp schema before pg_catalog: a
+    // temporary view named pg_am would read users' columns (review 44). Only a session that has run
+    // nothing but reads can have none.
+    if (this.mayHaveTempRelations) return false;
     if (info.tables.length === 0) return false;
     return qualifyTables(info.tables, { searchPath: this.searchPath, user: this.ctx.targetUser }).length === 0;
   }
