@@ -1296,8 +1296,10 @@ describe("asyncpg (binary results, type introspection, pools)", () => {
       "ON_ERROR_STOP=1",
       "-c",
       `CREATE TYPE mood AS ENUM ('sad', 'ok');
-       CREATE TABLE cards (id int, n8 bigint, m mood);
-       INSERT INTO cards VALUES (1, 4111111111111111, 'ok');`,
+       CREATE DOMAIN card_no AS bigint;
+       CREATE DOMAIN card_no2 AS card_no;
+       CREATE TABLE cards (id int, n8 bigint, m mood, dn card_no2);
+       INSERT INTO cards VALUES (1, 4111111111111111, 'ok', 4111111111111111);`,
     ]);
     expect(setup.stderr).toBe("");
     // asyncpg sends client_encoding 'utf-8' (quotes included), twice with server_settings; it reads
@@ -1319,6 +1321,9 @@ async def main():
         out["row"] = await c.fetchval("SELECT ROW(n8) FROM cards")
         out["nested"] = await c.fetchval("SELECT ARRAY[ROW(ROW(n8))] FROM cards")
         out["range"] = await c.fetchval("SELECT int8range(n8, n8 + 1) FROM cards")
+        # A domain column is described as its base type (bigint), and read as such.
+        out["domain"] = await c.fetchval("SELECT dn FROM cards")
+        out["clean_domain"] = await c.fetchval("SELECT 42::card_no2")
         out["clean"] = list(await c.fetchval("SELECT ROW(id, 42::bigint) FROM cards"))
         out["enum"] = await c.fetchval("SELECT m FROM cards")
         out["email"] = await c.fetchval("SELECT email FROM users WHERE id = 2")
@@ -1343,6 +1348,8 @@ asyncio.run(asyncio.wait_for(main(), 30))
       row: null,
       nested: null,
       range: null,
+      domain: null,
+      clean_domain: 42,
       clean: [1, 42],
       enum: "ok",
       email: "u***@example.com",
