@@ -154,6 +154,12 @@ describe("extended protocol through the agent", () => {
       ev: { verdict: 2 },
       q: { text: "-- fast-path call of the function with OID 1" },
     });
+    // It leaves the unnamed prepared statement alone, as PostgreSQL's fast path does (review 45).
+    expect(types(await c.exchange(serialize.parse({ text: "SELECT 7" }), serialize.sync()))).toBe("1Z");
+    expect(types(await c.exchange(fc.subarray(0, 15)))).toBe("EZ");
+    const unnamed = await c.exchange(serialize.bind({}), serialize.execute({}), serialize.sync());
+    expect(types(unnamed)).toBe("2DCZ");
+    expect(firstValues(unnamed)).toEqual(["7"]);
     const ok = await c.exchange(serialize.query("SELECT 1"));
     expect(types(ok)).toBe("TDCZ");
     c.socket.destroy();

@@ -77,6 +77,9 @@ import { Fifo } from "./fifo.js";
 /** A statement the target is sure to refuse (at Parse time too), whose error the agent replaces. */
 export const POISON = "SELECT 'moat: statement denied by policy'::pg_catalog.int4";
 
+/** A FunctionCall of OID 0, no arguments: fails on the target (42883), in place of a refused one. */
+const FAST_PATH_POISON = Buffer.from([0x46, 0, 0, 0, 14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+
 /** Statement classes that cannot create a relation (see mayHaveTempRelations). */
 const READING_CLASSES: ReadonlySet<string> = new Set(["read", "session", "copy-out"]);
 
@@ -1268,7 +1271,9 @@ export class PgSession {
         this.recordRefusal(text, "function", decision, "");
       }
       this.push({ kind: "query", runs: [], index: 0, replaceError: this.denialError(decision.message) });
-      return serialize.query(POISON);
+      // A call of a function that does not exist fails as the refused call would have, and, unlike
+      // a Query, leaves the client's unnamed prepared statement alone (review 45).
+      return FAST_PATH_POISON;
     }
     this.ctx.metrics.statement("allow");
     this.push({ kind: "query", runs: [this.newRun(info, text, decision)], index: 0 });
