@@ -306,6 +306,14 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
   ["SELECT pg_try_advisory_xact_lock(1)", { class: "write", "db:write": ["pg_try_advisory_xact_lock"], "db:read": [] }],
   ["SELECT pg_advisory_lock_shared(1)", { class: "write", "db:write": ["pg_advisory_lock_shared"], "db:read": [] }],
   ["SELECT pg_advisory_unlock_all()", { class: "read", "db:read": [] }],
+  // information_schema's own functions, qualified (pgjdbc's getPrimaryKeys, review 46); unqualified,
+  // or another name there, a user's function.
+  ["SELECT (information_schema._pg_expandarray(ARRAY[1])).n", { class: "read", "db:read": [] }],
+  ["SELECT _pg_expandarray(ARRAY[1])", { class: "function", "db:function": ["_pg_expandarray"], "db:read": [] }],
+  [
+    "SELECT information_schema.my_function(1)",
+    { class: "function", "db:function": ["information_schema.my_function"], "db:read": [] },
+  ],
   ["SELECT pg_advisory_unlock(1), pg_advisory_unlock_shared(2)", { class: "read", "db:read": [] }],
   // --- EXPLAIN
   ["EXPLAIN SELECT * FROM t", { class: "read", "db:read": ["t"] }],

@@ -119,10 +119,35 @@ export interface FunctionVerdict {
 const matches = (name: string, set: ReadonlySet<string>, patterns: readonly RegExp[]) =>
   set.has(name) || patterns.some((pattern) => pattern.test(name));
 
-/** True when `parts` (a possibly qualified name) names a built-in function of pg_catalog. */
+/**
+ * The functions of information_schema (PostgreSQL 15: SQL functions reading the catalogs, created
+ * with the database): drivers' metadata queries call them qualified (pgjdbc's getPrimaryKeys calls
+ * `information_schema._pg_expandarray`; review 46).
+ */
+const INFORMATION_SCHEMA_FUNCTIONS: ReadonlySet<string> = new Set([
+  "_pg_char_max_length",
+  "_pg_char_octet_length",
+  "_pg_datetime_precision",
+  "_pg_expandarray",
+  "_pg_index_position",
+  "_pg_interval_type",
+  "_pg_numeric_precision",
+  "_pg_numeric_precision_radix",
+  "_pg_numeric_scale",
+  "_pg_truetypid",
+  "_pg_truetypmod",
+]);
+
+/**
+ * True when `parts` (a possibly qualified name) names a built-in function of pg_catalog, or one of
+ * information_schema's called by its qualified name (unqualified, it is found there only when the
+ * search path names that schema: taken as a user function).
+ */
 export function isBuiltinFunction(parts: readonly string[]): boolean {
   const name = parts[parts.length - 1];
-  if (name === undefined || !PG_CATALOG_FUNCTIONS.has(name)) return false;
+  if (name === undefined) return false;
+  if (parts.length === 2 && parts[0] === "information_schema") return INFORMATION_SCHEMA_FUNCTIONS.has(name);
+  if (!PG_CATALOG_FUNCTIONS.has(name)) return false;
   return parts.length === 1 || (parts.length === 2 && parts[0] === "pg_catalog");
 }
 
