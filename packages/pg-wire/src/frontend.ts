@@ -311,26 +311,60 @@ export function decodePassword(body: Buffer): string {
 
 /**
  * Renders Bind parameters into audit text in one pass: `$1 = 'value'` pairs, text values quoted
- * with doubled quotes, binary values as hex, NULL as NULL, each value cut at `maxValueChars`.
+ * with doubled quotes, NULL as NULL, each value cut at `maxValueChars`. A binary value of a type the
+ * Parse declared (`types`, by position) is shown as its text when the type is a number, a boolean
+ * or text (pgjdbc and psycopg send those in binary); other binary values as hex.
  */
-export function renderParameters(bind: BindMessage, maxValueChars = 256): string {
+export function renderParameters(bind: BindMessage, types: readonly number[] = [], maxValueChars = 256): string {
   let out = "";
   for (let i = 0; i < bind.parameters.length; i++) {
     const v = bind.parameters[i];
     if (i > 0) out += ", ";
     out += `$${i + 1} = `;
-    if (v === null || v === undefined) out += "NULL";
-    else if (bind.parameterFormats[i] === 1) {
+    if (v === null || v === undefined) {
+      out += "NULL";
+      continue;
+    }
+    const binary = bind.parameterFormats[i] === 1;
+    const text = binary ? binaryParameterText(types[i] ?? 0, v) : v.toString("utf8");
+    if (binary && text === undefined) {
       const hex = v.subarray(0, Math.ceil(maxValueChars / 2)).toString("hex");
       out += `'\\x${hex}${v.length * 2 > maxValueChars ? "…" : ""}'`;
-    } else {
-      let s = v.toString("utf8");
-      const cut = s.length > maxValueChars;
-      if (cut) s = s.slice(0, maxValueChars);
-      out += `'${s.replaceAll("'", "''")}${cut ? "…" : ""}'`;
+      continue;
     }
+    let s = text as string;
+    const cut = s.length > maxValueChars;
+    if (cut) s = s.slice(0, maxValueChars);
+    out += `'${s.replaceAll("'", "''")}${cut ? "…" : ""}'`;
   }
   return out;
+}
+
+/** The text of a binary parameter of a simple type (undefined: another type, or not its size). */
+function binaryParameterText(type: number, v: Buffer): string | undefined {
+  switch (type) {
+    case 16: // bool
+      return v.length === 1 ? (v[0] === 0 ? "f" : "t") : undefined;
+    case 21: // int2
+      return v.length === 2 ? String(v.readInt16BE(0)) : undefined;
+    case 23: // int4
+      return v.length === 4 ? String(v.readInt32BE(0)) : undefined;
+    case 26: // oid
+      return v.length === 4 ? String(v.readUInt32BE(0)) : undefined;
+    case 20: // int8
+      return v.length === 8 ? v.readBigInt64BE(0).toString() : undefined;
+    case 700: // float4
+      return v.length === 4 ? String(v.readFloatBE(0)) : undefined;
+    case 701: // float8
+      return v.length === 8 ? String(v.readDoubleBE(0)) : undefined;
+    case 25: // text
+    case 1043: // varchar
+    case 1042: // bpchar
+    case 19: // name
+      return v.toString("utf8");
+    default:
+      return undefined;
+  }
 }
 
 /**

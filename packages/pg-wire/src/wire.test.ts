@@ -178,6 +178,13 @@ describe("FrameReader", () => {
     expect(b.parameters[1]).toBeNull();
     expect(b.parameterFormats).toEqual([0, 0, 1]);
     expect(renderParameters(b)).toBe("$1 = 'it''s', $2 = NULL, $3 = '\\xdead'");
+    // Binary values of declared simple types as their text; others (and wrong sizes) as hex.
+    const int8 = Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]);
+    const values = [Buffer.from([0, 0, 0, 7]), int8, Buffer.from("o'k"), Buffer.from([1]), Buffer.from([0, 1])];
+    const typed = decodeBind(serialize.bind({ values }).subarray(5));
+    expect(renderParameters(typed, [23, 20, 25, 16, 23])).toBe(
+      "$1 = '7', $2 = '-2', $3 = 'o''k', $4 = 't', $5 = '\\x0001'",
+    );
   });
 
   it("renders $10 as the tenth parameter", () => {

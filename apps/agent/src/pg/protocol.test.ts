@@ -106,6 +106,21 @@ describe("extended protocol through the agent", () => {
     }
   });
 
+  it("audits binary parameters of the types their Parse declared as their text (reviews 42, 46)", async () => {
+    const c = await open();
+    const ms = await c.exchange(
+      serialize.parse({ name: "", text: "SELECT count(*) FROM t WHERE id = $1 AND $2::text <> ''", types: [23, 25] }),
+      serialize.bind({ values: [Buffer.from([0, 0, 0, 3]), Buffer.from("x'y")] }),
+      serialize.execute({}),
+      serialize.sync(),
+    );
+    expect(types(ms)).toBe("12DCZ");
+    expect(queryEvents(h).at(-1)?.q.text).toBe(
+      "SELECT count(*) FROM t WHERE id = $1 AND $2::text <> '' -- parameters: $1 = '3', $2 = 'x''y'",
+    );
+    c.socket.destroy();
+  });
+
   it("inside a transaction, a denied Parse leaves it aborted (status E)", async () => {
     const c = await open();
     await c.exchange(serialize.query("BEGIN"));

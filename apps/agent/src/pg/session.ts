@@ -416,6 +416,8 @@ interface Run {
 interface PreparedStatement {
   classification: Extract<Classification, { ok: true }>;
   text: string;
+  /** The parameter types its Parse declared (for the audit's rendering of binary parameters). */
+  parameterTypes?: readonly number[];
   /** Why a Bind of it is refused (see boundStatement). */
   refusal?: string;
   /**
@@ -1676,6 +1678,7 @@ export class PgSession {
     // Parsing may run functions (a literal cast to a domain evaluates its CHECK).
     this.countRun(undefined);
     const prepared: PreparedStatement = { classification: c, text: parse.query };
+    if (parse.parameterTypes.length > 0) prepared.parameterTypes = parse.parameterTypes;
     if (c.statements.length === 1 && c.statements[0]?.cursor?.op === "fetch") prepared.fetchParsedAt = this.runs;
     // A named statement the target may still hold (a Close of it may be in flight): this Parse then
     // fails there and the old one stays. Until the target answers, a Bind, Describe or EXECUTE of
@@ -1735,7 +1738,7 @@ export class PgSession {
     if (run && statement.alone) run.of = statement;
     this.ctx.metrics.statement("allow");
     const bind = decodeBind(f.body);
-    const params = bind.parameters.length > 0 ? renderParameters(bind) : "";
+    const params = bind.parameters.length > 0 ? renderParameters(bind, statement.parameterTypes) : "";
     if (run && params) run.params = params;
     for (const info of infos) this.afterAllowed(info, run);
     const replaces = this.cursors.get(portalName)?.lazy;
