@@ -2,7 +2,7 @@
 // One-time, idempotent set-up behind `npm start` and `npm test`, needing only Node 20 and npm:
 //   1. pnpm (the pinned version) into .moat/tools, unless the right one is already on PATH;
 //   2. workspace packages from the lockfile (skipped when the lockfile has not changed);
-//   3. with --test: the Debian packages the tests start for real (PostgreSQL, psycopg2, psycopg 3, asyncpg, nats-server), via apt-get;
+//   3. with --test: the Debian packages the tests start for real (PostgreSQL, psycopg2, psycopg 3, asyncpg, pgjdbc, nats-server), via apt-get;
 //   4. a build of every package (turbo caches it).
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -82,14 +82,17 @@ function postgresInstalled() {
 if (forTests) {
   const wanted = [];
   if (!postgresInstalled() || !existsSync("/usr/bin/psql")) wanted.push("postgresql", "postgresql-client");
-  // The Postgres enforcer's tests drive real clients: pgbench (in postgresql), psycopg2, psycopg 3
-  // and asyncpg.
+  // The Postgres enforcer's tests drive real clients: pgbench (in postgresql), psycopg2, psycopg 3,
+  // asyncpg and pgjdbc.
   const python = (module) =>
     existsSync("/usr/bin/python3") &&
     spawnSync("/usr/bin/python3", ["-c", `import ${module}`], { stdio: "ignore" }).status === 0;
   if (!python("psycopg2")) wanted.push("python3-psycopg2");
   if (!python("psycopg")) wanted.push("python3-psycopg");
   if (!python("asyncpg")) wanted.push("python3-asyncpg");
+  // And pgjdbc, run as a single-file Java program (which needs a JDK's compiler).
+  if (spawnSync("javac", ["-version"], { stdio: "ignore" }).status !== 0) wanted.push("default-jdk-headless");
+  if (!existsSync("/usr/share/java/postgresql.jar")) wanted.push("libpostgresql-jdbc-java");
   // The audit sinks' tests publish to a real NATS server with JetStream.
   if (!["/usr/sbin/nats-server", "/usr/bin/nats-server"].some((p) => existsSync(p))) wanted.push("nats-server");
   if (wanted.length > 0) {

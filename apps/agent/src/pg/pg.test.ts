@@ -4,7 +4,7 @@
  * simple and extended protocols, transactions, masking, cancel, COPY, audit events.
  */
 import { spawn } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import pg from "pg";
@@ -1283,6 +1283,77 @@ print(json.dumps([run(False), run(True)]))
       5,
     ];
     expect(JSON.parse(r.stdout)).toEqual([expected, expected]);
+  });
+});
+
+describe("pgjdbc (server-prepared statements, binary transfer, metadata, batches)", () => {
+  it("masks through binary transfer, answers metadata, refuses a batch's write and cancels on timeout", async () => {
+    const source = `
+import java.sql.*;
+import java.util.*;
+public class Main {
+  public static void main(String[] a) throws Exception {
+    Properties p = new Properties();
+    p.setProperty("user", "alice@example.com");
+    p.setProperty("password", a[1]);
+    p.setProperty("sslmode", "require");
+    p.setProperty("prepareThreshold", "1");
+    try (Connection c = DriverManager.getConnection("jdbc:postgresql://127.0.0.1:" + a[0] + "/app", p)) {
+      List<String> emails = new ArrayList<>();
+      try (PreparedStatement ps = c.prepareStatement("SELECT email FROM users WHERE id = ?")) {
+        for (int i = 0; i < 3; i++) {
+          ps.setInt(1, 2);
+          try (ResultSet rs = ps.executeQuery()) { rs.next(); emails.add(rs.getString(1)); }
+        }
+      }
+      System.out.println("emails=" + emails);
+      int keys = 0;
+      try (ResultSet rs = c.getMetaData().getPrimaryKeys(null, "public", "users")) { while (rs.next()) keys++; }
+      System.out.println("primaryKeys=" + keys);
+      try (PreparedStatement ps = c.prepareStatement("DELETE FROM users WHERE id = ?")) {
+        ps.setInt(1, 1); ps.addBatch(); ps.setInt(1, 2); ps.addBatch();
+        ps.executeBatch();
+        System.out.println("batch=ran");
+      } catch (BatchUpdateException e) { System.out.println("batch=" + e.getSQLState()); }
+      c.setAutoCommit(false);
+      int rows = 0, clear = 0;
+      try (PreparedStatement ps = c.prepareStatement("SELECT email FROM users ORDER BY id")) {
+        ps.setFetchSize(10);
+        try (ResultSet rs = ps.executeQuery()) { while (rs.next()) { rows++; if (rs.getString(1).startsWith("user")) clear++; } }
+      }
+      c.commit();
+      c.setAutoCommit(true);
+      System.out.println("paged=" + rows + "/" + clear);
+      try (Statement st = c.createStatement()) {
+        st.setQueryTimeout(1);
+        st.execute("SELECT pg_sleep(10)");
+        System.out.println("timeout=none");
+      } catch (SQLException e) { System.out.println("timeout=" + e.getSQLState()); }
+      try (Statement st = c.createStatement(); ResultSet rs = st.executeQuery("SELECT count(*) FROM users")) {
+        rs.next(); System.out.println("after=" + rs.getInt(1));
+      }
+    }
+  }
+}
+`;
+    const dir = tempDir("moat-jdbc-");
+    writeFileSync(join(dir, "Main.java"), source);
+    const r = await run("java", [
+      "-cp",
+      "/usr/share/java/postgresql.jar",
+      join(dir, "Main.java"),
+      String(h.port),
+      alice,
+    ]);
+    expect(r.stderr).toBe("");
+    expect(r.stdout.trim().split("\n")).toEqual([
+      "emails=[u***@example.com, u***@example.com, u***@example.com]",
+      "primaryKeys=1",
+      "batch=42501",
+      "paged=100/0",
+      "timeout=57014",
+      "after=100",
+    ]);
   });
 });
 
