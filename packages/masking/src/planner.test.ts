@@ -49,6 +49,13 @@ function numeric(weight: number, dscale: number, digits: number[], sign = 0): Bu
   return b;
 }
 
+/** A bigint's binary form. */
+function int8(n: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigInt64BE(n);
+  return b;
+}
+
 function hmac16(value: string | Buffer): string {
   return createHmac("sha256", KEY).update(value).digest("hex").slice(0, 16);
 }
@@ -450,11 +457,6 @@ describe("representations", () => {
   });
 
   it("runs detectors on binary numbers as the text they stand for, and on bytea's bytes (review 35)", () => {
-    const int8 = (n: bigint) => {
-      const b = Buffer.alloc(8);
-      b.writeBigInt64BE(n);
-      return b;
-    };
     const float8 = (x: number) => {
       const b = Buffer.alloc(8);
       b.writeDoubleBE(x);
@@ -538,11 +540,6 @@ describe("representations", () => {
   });
 
   it("reads binary records, arrays and ranges to their leaves (review 41: asyncpg's ROW(card) in clear)", () => {
-    const int8 = (n: bigint) => {
-      const b = Buffer.alloc(8);
-      b.writeBigInt64BE(n);
-      return b;
-    };
     const int32 = (n: number) => {
       const b = Buffer.alloc(4);
       b.writeInt32BE(n);

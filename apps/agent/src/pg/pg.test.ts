@@ -1359,20 +1359,14 @@ public class Main {
 
 describe("asyncpg (binary results, type introspection, pools)", () => {
   it("connects stock asyncpg over TLS, masks records and ranges it reads in binary, and resets pooled connections", async () => {
-    const setup = await run("psql", [
-      `host=127.0.0.1 port=${pgServer.port} user=postgres dbname=app`,
-      "-X",
-      "-q",
-      "-v",
-      "ON_ERROR_STOP=1",
-      "-c",
+    await pgServer.sql(
       `CREATE TYPE mood AS ENUM ('sad', 'ok');
        CREATE DOMAIN card_no AS bigint;
        CREATE DOMAIN card_no2 AS card_no;
        CREATE TABLE cards (id int, n8 bigint, m mood, dn card_no2);
        INSERT INTO cards VALUES (1, 4111111111111111, 'ok', 4111111111111111);`,
-    ]);
-    expect(setup.stderr).toBe("");
+      "app",
+    );
     // asyncpg sends client_encoding 'utf-8' (quotes included), twice with server_settings; it reads
     // every result in binary, looks types up with a recursive catalog query, and resets a pooled
     // connection with "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;".
