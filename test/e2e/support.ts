@@ -69,10 +69,28 @@ export interface ControlPlaneProc extends Proc {
   env: Record<string, string>;
 }
 
-/** Starts the built control plane; waits until /readyz answers. Reuse `dataDir`/ports to restart it. */
-export async function startControlPlane(
-  options: { dataDir?: string; httpPort?: number; grpcPort?: number; env?: Record<string, string> } = {},
-): Promise<ControlPlaneProc> {
+type ControlPlaneOptions = { dataDir?: string; httpPort?: number; grpcPort?: number; env?: Record<string, string> };
+
+/** The control plane could not bind a port picked for it (another test's process took it first). */
+class PortTaken extends Error {}
+
+/**
+ * Starts the built control plane; waits until /readyz answers. Reuse `dataDir`/ports to restart it.
+ * Ports it picks itself (freePort) can be taken by another test's process before the control plane
+ * binds them: it then tries other ones (twice at most).
+ */
+export async function startControlPlane(options: ControlPlaneOptions = {}): Promise<ControlPlaneProc> {
+  const picked = options.httpPort === undefined && options.grpcPort === undefined;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startControlPlaneOnce(options);
+    } catch (error) {
+      if (!(error instanceof PortTaken) || !picked || attempt >= 3) throw error;
+    }
+  }
+}
+
+async function startControlPlaneOnce(options: ControlPlaneOptions): Promise<ControlPlaneProc> {
   const dataDir = options.dataDir ?? tempDir("moat-cp-");
   const httpPort = options.httpPort ?? (await freePort());
   const grpcPort = options.grpcPort ?? (await freePort());
@@ -87,12 +105,16 @@ export async function startControlPlane(
   };
   const proc = spawnNode(controlPlaneMain, [], env);
   const url = `http://127.0.0.1:${httpPort}`;
-  await waitFor(async () => {
-    if (proc.child.exitCode !== null) throw new Error(`control plane exited: ${proc.output()}`);
-    return (await fetch(`${url}/readyz`)).ok;
+  const ready = await waitFor(async () => {
+    if (proc.child.exitCode !== null) return "exited";
+    return (await fetch(`${url}/readyz`)).ok && "ready";
   }, 20_000).catch((error: unknown) => {
     throw new Error(`control plane not ready: ${(error as Error).message}\n${proc.output()}`);
   });
+  if (ready === "exited") {
+    const message = `control plane exited: ${proc.output()}`;
+    throw proc.output().includes("EADDRINUSE") ? new PortTaken(message) : new Error(message);
+  }
   return {
     ...proc,
     url,
