@@ -474,24 +474,15 @@ function numericText(v: Buffer): string | undefined {
   return `${sign === 0x4000 ? "-" : ""}${whole}${dscale > 0 ? `.${fraction.slice(0, dscale)}` : ""}`;
 }
 
-/** An array's binary form: ndim, flags, element type, (size, lower bound) per dimension, then the elements. */
+/** An array of `element` numbers as its text format shows it (`{1,NULL,4111111111111111}`). */
 function arrayText(element: number, v: Buffer): string | undefined {
-  const ndim = v.readInt32BE(0);
-  if (ndim < 0 || ndim > 6) return undefined;
-  let at = 12 + 8 * ndim;
+  const array = arrayElements(v);
+  if (!array) return undefined;
   const parts: string[] = [];
-  while (at < v.length) {
-    const length = v.readInt32BE(at);
-    at += 4;
-    if (length === -1) {
-      parts.push("NULL");
-      continue;
-    }
-    if (length < 0 || at + length > v.length) return undefined;
-    const text = scalarText(element, v.subarray(at, at + length));
+  for (const item of array.items) {
+    const text = item === null ? "NULL" : scalarText(element, item);
     if (text === undefined) return undefined;
     parts.push(text);
-    at += length;
   }
   return `{${parts.join(",")}}`;
 }

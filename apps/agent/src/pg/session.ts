@@ -80,6 +80,9 @@ export const POISON = "SELECT 'moat: statement denied by policy'::pg_catalog.int
 /** A FunctionCall of OID 0, no arguments: fails on the target (42883), in place of a refused one. */
 const FAST_PATH_POISON = Buffer.from([0x46, 0, 0, 0, 14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 
+/** A refusal the agent makes itself (no policy rule): its message, for every table. */
+const agentDenial = (message: string): Decision => ({ effect: "deny", rule: "", message, tables: [] });
+
 /** Statement classes that cannot create a relation (see mayHaveTempRelations). */
 const READING_CLASSES: ReadonlySet<string> = new Set(["read", "session", "copy-out"]);
 
@@ -1089,9 +1092,7 @@ export class PgSession {
         this.offloaded = { text, scs, result };
         this.held = undefined;
         this.relayClient(f);
-        if (this.held !== undefined || this.closed) return;
-        if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
-        else if (!this.targetBlocked && !this.terminated && !this.waitingSettle) this.client.resume();
+        this.readOnAfterWait();
       })
       .catch((error: unknown) => this.fail(error, "invalid message from the client"));
     return true;
@@ -1250,21 +1251,13 @@ export class PgSession {
     const info = c?.ok ? c.statements[0] : undefined;
     let decision: Decision;
     if (!info)
-      decision = {
-        effect: "deny",
-        rule: "",
-        message:
-          "access denied: the fast-path function call interface is not allowed through Moat but for large-object functions; call the function in a query",
-        tables: [],
-      };
+      decision = agentDenial(
+        "access denied: the fast-path function call interface is not allowed through Moat but for large-object functions; call the function in a query",
+      );
     else if (name === "loread" && this.planner())
-      decision = {
-        effect: "deny",
-        rule: "",
-        message:
-          "access denied: large objects cannot be read while masking rules apply to you (their bytes would not be masked)",
-        tables: [],
-      };
+      decision = agentDenial(
+        "access denied: large objects cannot be read while masking rules apply to you (their bytes would not be masked)",
+      );
     else decision = this.decide(info);
     if (decision.effect !== "allow" || !info) {
       if (info) this.refused(info, decision, c?.ok ? c.fingerprint : "");
@@ -1358,7 +1351,7 @@ export class PgSession {
     for (const info of c.statements) {
       let decision: Decision =
         lexicalRefusal && info.lexicalChange
-          ? { effect: "deny", rule: "", message: lexicalRefusal, tables: [] }
+          ? agentDenial(lexicalRefusal)
           : (this.staleFetch(info, first) ?? this.decide(info));
       first = false;
       if (info.prepare && decision.effect === "allow") {
@@ -1366,7 +1359,7 @@ export class PgSession {
         const before = prepares.get(info.prepare.name) ?? 0;
         prepares.set(info.prepare.name, before + 1);
         const again = this.redefinitionRefusal(info.prepare.name, before);
-        if (again) decision = { effect: "deny", rule: "", message: again, tables: [] };
+        if (again) decision = agentDenial(again);
       }
       if (decision.effect !== "allow") {
         denied = { decision, info };
@@ -1383,21 +1376,18 @@ export class PgSession {
     if (lexical) this.lexicalInFlight++;
     const entry: Pending = { kind: "query", runs, index: 0, lexical };
     if (denied) {
-      // As on PostgreSQL when a statement of the message fails: the statements before the denied one
-      // run (their results reach the client; a BEGIN or COMMIT among them takes effect, so the
-      // session ends in the transaction state PostgreSQL would leave: review 42), the denied one
-      // fails, and the rest does not run. The server gets the statements the agent decided, each
-      // ending on a line of its own (a statement may end in a -- comment), then POISON.
-      const { decision, info } = denied;
-      this.refused(info, decision, c.fingerprint);
-      entry.replaceError = this.denialError(decision.message);
-      this.push(entry);
-      this.openCopySpan(entry, runs.filter((r) => copiesFromClient(r.info)).length);
-      return serialize.query(runs.length === 0 ? POISON : [...runs.map((r) => r.text), POISON].join("\n;\n"));
+      this.refused(denied.info, denied.decision, c.fingerprint);
+      entry.replaceError = this.denialError(denied.decision.message);
     }
     this.push(entry);
     this.openCopySpan(entry, runs.filter((r) => copiesFromClient(r.info)).length);
-    return raw;
+    if (!denied) return raw;
+    // As on PostgreSQL when a statement of the message fails: the statements before the denied one
+    // run (their results reach the client; a BEGIN or COMMIT among them takes effect, so the session
+    // ends in the transaction state PostgreSQL would leave: review 42), the denied one fails, and the
+    // rest does not run. The server gets the statements the agent decided, each ending on a line of
+    // its own (a statement may end in a -- comment), then POISON.
+    return serialize.query(runs.length === 0 ? POISON : [...runs.map((r) => r.text), POISON].join("\n;\n"));
   }
 
   /**
@@ -1666,7 +1656,7 @@ export class PgSession {
     for (const info of c.statements) {
       const decision: Decision =
         lexicalRefusal && info.lexicalChange
-          ? { effect: "deny", rule: "", message: lexicalRefusal, tables: [] }
+          ? agentDenial(lexicalRefusal)
           : (this.staleFetch(info, true) ?? this.decide(info));
       if (decision.effect !== "allow") {
         this.refused(info, decision, c.fingerprint);
@@ -1786,7 +1776,7 @@ export class PgSession {
     const lazy = portal.lazy;
     if (lazy && (!lazy.ran || (portal.fields === undefined && this.planner())) && this.stale(lazy)) {
       const message = `access denied: portal "${name}" ${STALE_PORTAL}`;
-      return refuse(statements[0] as StatementInfo, { effect: "deny", rule: "", message, tables: [] });
+      return refuse(statements[0] as StatementInfo, agentDenial(message));
     }
     const bundle = this.ctx.bundles.current();
     // Unless the verdict may have changed with the time: rules with time conditions, an expiry.
@@ -1839,7 +1829,7 @@ export class PgSession {
     const name = fetchedName(info);
     const lazy = name === null ? undefined : this.cursors.get(name)?.lazy;
     if (!lazy || (first && !this.stale(lazy))) return undefined;
-    return { effect: "deny", rule: "", message: `access denied: portal "${name}" ${STALE_PORTAL}`, tables: [] };
+    return agentDenial(`access denied: portal "${name}" ${STALE_PORTAL}`);
   }
 
   /**
@@ -2057,45 +2047,35 @@ export class PgSession {
     const bundle = this.ctx.bundles.current();
     if (bundle?.revokedTokenIds.has(id.tokenId)) {
       queueMicrotask(() => this.terminate("your access token was revoked"));
-      return { effect: "deny", rule: "", message: "access denied: your access token was revoked", tables: [] };
+      return agentDenial("access denied: your access token was revoked");
     }
     if (this.unsafeEncoding !== undefined && !info.lexicalChange) {
-      return {
-        effect: "deny",
-        rule: "",
-        message: `access denied: client_encoding ${this.unsafeEncoding} is not supported through Moat (its multibyte characters can hide quotes); use UTF8`,
-        tables: [],
-      };
+      return agentDenial(
+        `access denied: client_encoding ${this.unsafeEncoding} is not supported through Moat (its multibyte characters can hide quotes); use UTF8`,
+      );
     }
-    if (info.prepare?.name.startsWith(RESERVED_PREFIX))
-      return { effect: "deny", rule: "", message: reservedNameMessage(info.prepare.name), tables: [] };
+    if (info.prepare?.name.startsWith(RESERVED_PREFIX)) return agentDenial(reservedNameMessage(info.prepare.name));
     let actions: readonly ActionUse[] = info.actions;
     if (info.cursor?.op === "declare" && info.cursor.name !== null) {
       const tooMany = this.cursorRefusal(info.cursor.name);
-      if (tooMany) return { effect: "deny", rule: "", message: tooMany, tables: [] };
+      if (tooMany) return agentDenial(tooMany);
     }
     if (info.prepare) {
       const tooMany = this.preparedRefusal(info.prepare.name, info.text) ?? this.redefinitionRefusal(info.prepare.name);
-      if (tooMany) return { effect: "deny", rule: "", message: tooMany, tables: [] };
+      if (tooMany) return agentDenial(tooMany);
     }
     const executed = info.execute && this.statements.get(info.execute.name);
     // (A record merged from two Parses keeps one's fields: its refusal says whether either changes it.)
     if (info.execute && executed && (executed.refusal || executed.classification.statements.some(changesSession))) {
-      return {
-        effect: "deny",
-        rule: "",
-        message: `access denied: prepared statement "${info.execute.name}" (a protocol Parse) changes the session's names or settings; run it with Bind`,
-        tables: [],
-      };
+      return agentDenial(
+        `access denied: prepared statement "${info.execute.name}" (a protocol Parse) changes the session's names or settings; run it with Bind`,
+      );
     }
     const needed = this.neededActions(info);
     if (!needed)
-      return {
-        effect: "deny",
-        rule: "",
-        message: `access denied: prepared statement "${info.execute?.name ?? ""}" was not prepared through Moat`,
-        tables: [],
-      };
+      return agentDenial(
+        `access denied: prepared statement "${info.execute?.name ?? ""}" was not prepared through Moat`,
+      );
     actions = needed;
     // A statement shape's verdict depends on its actions (one frozen array per cached shape, one per
     // cursor; an EXECUTE's are made anew), the bundle, the search path and whether it shadows
@@ -2143,12 +2123,7 @@ export class PgSession {
     const id = this.ctx.identity;
     if (actions.length === 0) {
       if (info.statementClass === "session") return { effect: "allow", rule: "", message: "", tables: [] };
-      return {
-        effect: "deny",
-        rule: "",
-        message: info.reason ?? "access denied: the statement could not be classified",
-        tables: [],
-      };
+      return agentDenial(info.reason ?? "access denied: the statement could not be classified");
     }
     // Under a search path that puts a schema before pg_catalog, its functions and operators may
     // stand in for the built-ins the text names: every statement may run user functions.
@@ -2156,13 +2131,9 @@ export class PgSession {
     if (shadowed) actions = [...actions, { action: "db:function", tables: [] }];
     if (actions.some((a) => a.action === "db:copy-out") && this.planner() !== undefined) {
       // COPY's output is CopyData, not rows: the agent cannot mask it, so it is not sent at all.
-      return {
-        effect: "deny",
-        rule: "",
-        message:
-          "access denied: COPY ... TO STDOUT is not available while masking rules apply to you on this resource; use SELECT, whose results are masked",
-        tables: [],
-      };
+      return agentDenial(
+        "access denied: COPY ... TO STDOUT is not available while masking rules apply to you on this resource; use SELECT, whose results are masked",
+      );
     }
     let best: Decision | undefined;
     const allTables: string[] = [];
@@ -2208,7 +2179,7 @@ export class PgSession {
     // Unread: its text and what the parser's message quotes are kept without what may be a secret.
     const kept = unparsedAuditText(text);
     const safe = redactMessage(message);
-    this.recordRefusal(kept, "dynamic", { effect: "deny", rule: "", message: safe, tables: [] }, "");
+    this.recordRefusal(kept, "dynamic", agentDenial(safe), "");
   }
 
   private recordRefusal(text: string, statementClass: string, decision: Decision, fingerprint: string): void {
@@ -2758,11 +2729,20 @@ export class PgSession {
       queueMicrotask(() => {
         if (this.closed || this.held !== undefined) return;
         this.relayClient(undefined);
-        if (this.closed || this.held !== undefined || this.waitingSettle) return;
-        if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
-        else if (!this.targetBlocked && !this.terminated) this.client.resume();
+        this.readOnAfterWait();
       });
     }
+  }
+
+  /**
+   * After what waited has been relayed (a message held for its classification, or what followed a
+   * COPY's CopyDone): unless something holds the client again, the session ends if it closed
+   * meanwhile (endAfterHold), else reading from it resumes.
+   */
+  private readOnAfterWait(): void {
+    if (this.closed || this.held !== undefined || this.waitingSettle) return;
+    if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
+    else if (!this.targetBlocked && !this.terminated) this.client.resume();
   }
 
   /** Whether `entry` is queued in the cycle answered now (no Sync or other Query queued before it). */
