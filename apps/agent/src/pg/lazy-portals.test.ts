@@ -15,6 +15,7 @@ import { startHarness, type Harness } from "../test-support/pg.js";
 import {
   errors,
   firstValues,
+  maskedAgents,
   openRaw as open,
   pipeline,
   queryEvents,
@@ -67,25 +68,7 @@ afterAll(async () => {
   await server?.stop();
 });
 
-/** An agent whose one policy allows reads (and `extra` actions) and masks `email` whole. */
-function startMasked(extra: string[] = []): Promise<Harness> {
-  return startHarness({ pg: server, policies: [readPolicy(extra, [{ columns: ["email"], style: "full" }])] });
-}
-
-/**
- * A raw session through a masked harness (and `extra` actions): `body` runs with them, then the
- * socket and the harness are closed (the harness also when `body` fails).
- */
-async function withMasked(extra: string[], body: (c: Raw, masked: Harness) => Promise<void>): Promise<void> {
-  const masked = await startMasked(extra);
-  try {
-    const c = await open(masked);
-    await body(c, masked);
-    c.socket.destroy();
-  } finally {
-    await masked.close();
-  }
-}
+const { startMasked, withMasked } = maskedAgents(() => server);
 
 const leaked = (ms: Msg[]) => ms.some((m) => m.body.toString().includes("@example.com"));
 const stale = (ms: Msg[], portal = "P") => {

@@ -12,7 +12,16 @@ import { readPolicy } from "../test-support/bundles.js";
 
 const POLICY_READ = readPolicy() as { spec: Record<string, unknown> };
 import { startHarness, type Harness } from "../test-support/pg.js";
-import { errors, firstValues, openRaw, pipeline, queryEvents, types, Raw } from "../test-support/raw-client.js";
+import {
+  errors,
+  firstValues,
+  maskedAgents,
+  openRaw,
+  pipeline,
+  queryEvents,
+  types,
+  Raw,
+} from "../test-support/raw-client.js";
 
 let server: TestPostgres;
 let h: Harness;
@@ -36,10 +45,7 @@ function open(harness: Harness = h): Promise<Raw> {
   return openRaw(harness);
 }
 
-/** An agent whose one policy allows reads (and `extra` actions) and masks `email` whole. */
-function startMasked(extra: string[] = []): Promise<Harness> {
-  return startHarness({ pg: server, policies: [readPolicy(extra, [{ columns: ["email"], style: "full" }])] });
-}
+const { startMasked, withMasked } = maskedAgents(() => server);
 
 describe("extended protocol through the agent", () => {
   it("runs a pipelined batch, denies the write in the middle and skips to Sync like PostgreSQL", async () => {
@@ -88,9 +94,7 @@ describe("extended protocol through the agent", () => {
   });
 
   it("leaves catalog reads to detectors only while the session cannot have a temporary relation named like a catalog (review 44)", async () => {
-    const masked = await startMasked(["db:ddl"]);
-    try {
-      const c = await open(masked);
+    await withMasked(["db:ddl"], async (c) => {
       // A computed column labelled like the masked one, from pg_catalog alone: not masked.
       const catalog = await c.exchange(serialize.query("SELECT upper(typname) AS email FROM pg_type WHERE oid = 23"));
       expect(firstValues(catalog)).toEqual(["INT4"]);
@@ -100,10 +104,7 @@ describe("extended protocol through the agent", () => {
       ).toEqual([]);
       expect(firstValues(await c.exchange(serialize.query("SELECT email FROM pg_am")))).toEqual(["****"]);
       expect(firstValues(await c.exchange(serialize.query("SELECT upper(email) AS e FROM pg_am")))).toEqual(["****"]);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("audits binary parameters of the types their Parse declared as their text (reviews 42, 46)", async () => {
@@ -239,9 +240,7 @@ describe("extended protocol through the agent", () => {
   });
 
   it("stays in step when a client sends Sync during COPY FROM STDIN (the target ignores it): the next result is still masked", async () => {
-    const masked = await startMasked(["db:copy-in"]);
-    try {
-      const c = await open(masked);
+    await withMasked(["db:copy-in"], async (c) => {
       // libpq's extended-protocol COPY: Sync right behind Execute, CopyDone + Sync after the data.
       c.socket.write(
         Buffer.concat([
@@ -277,10 +276,7 @@ describe("extended protocol through the agent", () => {
       expect(types(again)).toBe("TDCZ");
       expect(firstValues(again)).not.toContain("user1@example.com");
       expect(await server.sql("SELECT count(*) FROM inbox", "app")).toMatch(/^2/);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("stays in step when a COPY FROM STDIN fails on its data with Syncs sent during it, and ends a session sending a Sync or Flush with a body", async () => {
@@ -518,9 +514,7 @@ describe("extended protocol through the agent", () => {
   });
 
   it("masks FETCH from a protocol portal whose name a failed DECLARE tried to take", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       await c.exchange(serialize.query("BEGIN"));
       await c.exchange(
         serialize.parse({ name: "s2", text: "SELECT lower(email) FROM users" }),
@@ -535,10 +529,7 @@ describe("extended protocol through the agent", () => {
       expect(types(rows)).toBe("TDCZ");
       expect(firstValues(rows)).toEqual(["****"]);
       await c.exchange(serialize.query("ROLLBACK"));
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("keeps its names in step with the server's: long names, EXECUTE of a Parse'd name, a DEALLOCATE bound twice, a Describe before Bind", async () => {
@@ -621,9 +612,7 @@ describe("extended protocol through the agent", () => {
   });
 
   it("frees a closed portal's name: a thousand and more cursors one after another in one transaction (pg-cursor)", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       await c.exchange(serialize.query("BEGIN"));
       await c.exchange(serialize.parse({ name: "q", text: "SELECT id FROM t ORDER BY id" }), serialize.sync());
       for (let i = 0; i < 1005; i++) {
@@ -637,16 +626,11 @@ describe("extended protocol through the agent", () => {
       }
       expect(types(await c.exchange(serialize.query("DECLARE fresh CURSOR FOR SELECT 1")))).toBe("CZ");
       await c.exchange(serialize.query("COMMIT"));
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("keeps the effects of a Parse'd DECLARE or PREPARE bound under a name a failed SQL PREPARE also claims", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       // A cursor declared by binding a Parse'd DECLARE.
       await c.exchange(
         serialize.parse({ name: "p", text: "DECLARE c CURSOR WITH HOLD FOR SELECT lower(email) FROM users" }),
@@ -682,16 +666,11 @@ describe("extended protocol through the agent", () => {
       ).toBe("2CZ");
       await c.exchange(serialize.query("PREPARE q AS SELECT 'x'::text AS v")); // fails: q exists
       expect(firstValues(await c.exchange(serialize.query("EXECUTE q")))).toEqual(["****"]);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("forgets a portal whose Bind failed (its name taken by a WITH HOLD cursor): an Execute of the name is refused", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       await c.exchange(serialize.query("DECLARE c CURSOR WITH HOLD FOR SELECT lower(email) FROM users"));
       await c.exchange(serialize.query("BEGIN; SAVEPOINT s"));
       const failed = await c.exchange(
@@ -707,16 +686,11 @@ describe("extended protocol through the agent", () => {
       expect(errors(run)[0]?.message).toMatch(/not bound through Moat/);
       await c.exchange(serialize.query("ROLLBACK"));
       await c.exchange(serialize.query("CLOSE c"));
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("applies a Describe's answer only to what it described, not to a statement or portal parsed since under the name", async () => {
-    const masked = await startMasked();
-    try {
-      const c = await open(masked);
+    await withMasked([], async (c) => {
       const bindCompletes = () => c.messages.filter((m) => m.type === "2").length;
       // The unnamed portal: described, then replaced before the answer arrives.
       let before = bindCompletes();
@@ -746,10 +720,7 @@ describe("extended protocol through the agent", () => {
       await c.until((m) => m.filter((x) => x.type === "1").length >= before + 2);
       const rows = await c.exchange(serialize.bind({ statement: "s" }), serialize.execute({}), serialize.sync());
       expect(firstValues(rows)).toEqual(["****"]);
-      c.socket.destroy();
-    } finally {
-      await masked.close();
-    }
+    });
   });
 
   it("pages a portal with a row limit and audits it once", async () => {

@@ -1,7 +1,9 @@
 /** A raw PostgreSQL protocol client for tests: exact messages in, every backend message out. */
 import { connect, type Socket } from "node:net";
 import { decodeErrorFields, serialize } from "@moat/pg-wire";
-import type { Harness } from "./pg.js";
+import type { TestPostgres } from "@moat/testkit";
+import { readPolicy } from "./bundles.js";
+import { startHarness, type Harness } from "./pg.js";
 
 export interface Msg {
   type: string;
@@ -72,6 +74,28 @@ export async function openRaw(harness: Harness): Promise<Raw> {
   await raw.until((m) => m.some((x) => x.type === "Z"));
   raw.messages.length = 0;
   return raw;
+}
+
+/**
+ * Agents in front of the server `pg()` gives (read when they start: test files set it in beforeAll)
+ * whose one policy allows reads (and `extra` actions) and masks `email` whole. `withMasked` runs
+ * `body` with a raw session through a new one, then closes the socket and the agent (the agent also
+ * when `body` fails).
+ */
+export function maskedAgents(pg: () => TestPostgres) {
+  const startMasked = (extra: string[] = []): Promise<Harness> =>
+    startHarness({ pg: pg(), policies: [readPolicy(extra, [{ columns: ["email"], style: "full" }])] });
+  const withMasked = async (extra: string[], body: (c: Raw, masked: Harness) => Promise<void>): Promise<void> => {
+    const masked = await startMasked(extra);
+    try {
+      const c = await openRaw(masked);
+      await body(c, masked);
+      c.socket.destroy();
+    } finally {
+      await masked.close();
+    }
+  };
+  return { startMasked, withMasked };
 }
 
 /** A harness's statement events, in order: each event with its query record. */
