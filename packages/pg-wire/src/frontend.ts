@@ -6,6 +6,7 @@
  * The reader never holds more than one message plus one chunk; a message over `maxMessageBytes`
  * is a protocol violation the caller reports (08P01) before closing that session.
  */
+import { isAscii } from "node:buffer";
 
 export const SSL_REQUEST_CODE = 80877103;
 export const GSSENC_REQUEST_CODE = 80877104;
@@ -313,9 +314,17 @@ export function decodePassword(body: Buffer): string {
  * Renders Bind parameters into audit text in one pass: `$1 = 'value'` pairs, text values quoted
  * with doubled quotes, NULL as NULL, each value cut at `maxValueChars`. A binary value of a type the
  * Parse declared (`types`, by position) is shown as its text when the type is a number, a boolean
- * or text (pgjdbc and psycopg send those in binary); other binary values as hex.
+ * or text (pgjdbc and psycopg send those in binary); other binary values as hex. With `asciiOnly`
+ * (a client encoding other than UTF-8: text comes in that encoding), text with bytes past ASCII is
+ * shown as hex too, rather than misread as UTF-8 (review 49: LATIN1's `café` and `cafè` both read
+ * `caf\ufffd`).
  */
-export function renderParameters(bind: BindMessage, types: readonly number[] = [], maxValueChars = 256): string {
+export function renderParameters(
+  bind: BindMessage,
+  types: readonly number[] = [],
+  maxValueChars = 256,
+  asciiOnly = false,
+): string {
   let out = "";
   for (let i = 0; i < bind.parameters.length; i++) {
     const v = bind.parameters[i];
@@ -326,8 +335,14 @@ export function renderParameters(bind: BindMessage, types: readonly number[] = [
       continue;
     }
     const binary = bind.parameterFormats[i] === 1;
-    const text = binary ? binaryParameterText(types[i] ?? 0, v) : v.toString("utf8");
-    if (binary && text === undefined) {
+    const type = types[i] ?? 0;
+    const text =
+      asciiOnly && (!binary || TEXT_TYPES.has(type)) && !isAscii(v)
+        ? undefined
+        : binary
+          ? binaryParameterText(type, v)
+          : v.toString("utf8");
+    if (text === undefined) {
       const hex = v.subarray(0, Math.ceil(maxValueChars / 2)).toString("hex");
       out += `'\\x${hex}${v.length * 2 > maxValueChars ? "…" : ""}'`;
       continue;
@@ -339,6 +354,9 @@ export function renderParameters(bind: BindMessage, types: readonly number[] = [
   }
   return out;
 }
+
+/** Text types, sent the same in binary as in text: text, varchar, bpchar, name. */
+const TEXT_TYPES: ReadonlySet<number> = new Set([25, 1043, 1042, 19]);
 
 /** The text of a binary parameter of a simple type (undefined: another type, or not its size). */
 function binaryParameterText(type: number, v: Buffer): string | undefined {
@@ -357,10 +375,10 @@ function binaryParameterText(type: number, v: Buffer): string | undefined {
       return v.length === 4 ? String(v.readFloatBE(0)) : undefined;
     case 701: // float8
       return v.length === 8 ? String(v.readDoubleBE(0)) : undefined;
-    case 25: // text
-    case 1043: // varchar
-    case 1042: // bpchar
-    case 19: // name
+    case 25:
+    case 1043:
+    case 1042:
+    case 19:
       return v.toString("utf8");
     default:
       return undefined;

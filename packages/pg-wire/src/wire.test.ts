@@ -23,6 +23,7 @@ import {
   md5Password,
   ScramClient,
   type RelayHandler,
+  type BindMessage,
 } from "./index.js";
 
 const startup = (params: Record<string, string>) => serialize.startup(params);
@@ -184,6 +185,28 @@ describe("FrameReader", () => {
     const typed = decodeBind(serialize.bind({ values }).subarray(5));
     expect(renderParameters(typed, [23, 20, 25, 16, 23])).toBe(
       "$1 = '7', $2 = '-2', $3 = 'o''k', $4 = 't', $5 = '\\x0001'",
+    );
+  });
+
+  it("renders text past ASCII as hex when the client encoding is not UTF-8", () => {
+    // Text format: LATIN1 bytes, ASCII; binary: text (declared), then an int4 whose bytes pass ASCII.
+    const b: BindMessage = {
+      portal: "",
+      statement: "",
+      parameterFormats: [0, 0, 1, 1],
+      parameters: [
+        Buffer.from("caf\xe9", "latin1"),
+        Buffer.from("plain"),
+        Buffer.from("caf\xe8", "latin1"),
+        Buffer.from([0, 0, 0, 0xe9]),
+      ],
+      resultFormats: [],
+    };
+    expect(renderParameters(b, [0, 0, 25, 23], 256, true)).toBe(
+      "$1 = '\\x636166e9', $2 = 'plain', $3 = '\\x636166e8', $4 = '233'",
+    );
+    expect(renderParameters(b, [0, 0, 25, 23], 256, false)).toBe(
+      "$1 = 'caf\ufffd', $2 = 'plain', $3 = 'caf\ufffd', $4 = '233'",
     );
   });
 

@@ -257,12 +257,38 @@ describe("unparsedAuditText and auditParameters", () => {
     expect(unparsedAuditText('ALTER ROLE app PASSWORD "hunter2"')).toBe("ALTER ROLE app PASSWORD …");
     expect(unparsedAuditText("ALTER ROLE app PASSWORD")).toBe("ALTER ROLE app PASSWORD");
   });
-  it("hides bound parameters of a statement that may hold a secret, and set_config's naming one", () => {
-    const plain = { functions: [] };
-    const setConfig = { functions: ["set_config"] };
+  it("hides bound parameters of a statement that may hold a secret, or that sets configuration values", () => {
+    const plain = { kind: "SelectStmt", functions: [], text: "SELECT $1" };
+    const setConfig = { kind: "SelectStmt", functions: ["set_config"], text: "SELECT set_config($1, $2, false)" };
     expect(auditParameters(plain, "none", "$1 = 'a'")).toBe("$1 = 'a'");
     expect(auditParameters(plain, "literals", "$1 = 'a'")).toBe("***");
     expect(auditParameters(setConfig, "none", "$1 = 'app.password', $2 = 'x'")).toBe("***");
-    expect(auditParameters(setConfig, "none", "$1 = 'work_mem', $2 = '1MB'")).toBe("$1 = 'work_mem', $2 = '1MB'");
+    // Whatever they look like: sent in binary with no declared type, they are rendered in hex, which
+    // no word list reads (review 49: `app.password` / `hunter2` as '\x6170...').
+    expect(auditParameters(setConfig, "none", "$1 = '\\x6170702e70617373776f7264', $2 = '\\x68756e74657232'")).toBe(
+      "***",
+    );
+    expect(auditParameters(setConfig, "none", "$1 = 'work_mem', $2 = '1MB'")).toBe("***");
+    const settings = { kind: "UpdateStmt", functions: [], text: "UPDATE pg_settings SET setting = $1 WHERE name = $2" };
+    expect(auditParameters(settings, "none", "$1 = 'hunter3', $2 = 'app.password'")).toBe("***");
+    const update = { kind: "UpdateStmt", functions: [], text: "UPDATE t SET a = $1" };
+    expect(auditParameters(update, "none", "$1 = 'x'")).toBe("$1 = 'x'");
+  });
+  it("redacts settings changed through pg_settings, key-like setting names and foreign tables' options", () => {
+    const text = "UPDATE pg_settings SET setting = 'hunter3' WHERE name = 'app.password'";
+    expect(auditRedaction({ kind: "UpdateStmt", functions: [] }, text)).toBe("literals");
+    const key = "SELECT set_config('app.api_key', 'abc123', false)";
+    expect(auditRedaction({ kind: "SelectStmt", functions: ["set_config"] }, key)).toBe("literals");
+    expect(auditRedaction({ kind: "VariableSetStmt", functions: [] }, "SET app.jwt = 'eyJ...'")).toBe("value");
+    const fdw = "ALTER FOREIGN TABLE ft OPTIONS (SET password 'x')";
+    expect(auditRedaction({ kind: "AlterTableStmt", functions: [] }, fdw)).toBe("literals");
+    const fdw2 = "ALTER FOREIGN TABLE ft OPTIONS (ADD filename '/x')";
+    expect(auditRedaction({ kind: "AlterTableStmt", functions: [] }, fdw2)).toBe("literals");
+    expect(auditRedaction({ kind: "AlterTableStmt", functions: [] }, "ALTER TABLE t ADD c text DEFAULT 'x'")).toBe(
+      "none",
+    );
+    expect(
+      auditRedaction({ kind: "SelectStmt", functions: ["set_config"] }, "SELECT set_config('work_mem', '1MB', false)"),
+    ).toBe("none");
   });
 });

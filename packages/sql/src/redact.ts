@@ -40,10 +40,19 @@ const CODE_KINDS: ReadonlySet<string> = new Set(["DoStmt", "CreateFunctionStmt"]
  * subscription's connection, `SET app.db_password = ...`). Matching more than needed only redacts
  * more.
  */
-export const SECRET_WORDS = /passw|pwd|conninfo|connection|dblink|mapping|subscription|server|secret|token|credential/i;
+export const SECRET_WORDS =
+  /passw|pwd|conninfo|connection|dblink|mapping|subscription|server|secret|token|credential|key\b|jwt/i;
 
 const DBLINK = /(^|\.)dblink/;
 const SET_CONFIG = /(^|\.)set_config$/;
+
+/**
+ * Whether a statement sets configuration values from what it is given: a set_config call, or an
+ * UPDATE of the pg_settings view (its rule calls set_config; review 49).
+ */
+function setsConfig(info: { kind: string; functions: readonly string[] }, text: string): boolean {
+  return info.functions.some((f) => SET_CONFIG.test(f)) || (info.kind === "UpdateStmt" && /pg_settings/i.test(text));
+}
 
 /**
  * How a statement's text is kept in the audit trail:
@@ -59,10 +68,11 @@ export type AuditRedaction = "none" | "literals" | "code" | "value";
 export function auditRedaction(info: { kind: string; functions: readonly string[] }, text: string): AuditRedaction {
   const { kind, functions } = info;
   if (SECRET_KINDS.has(kind)) return "literals";
-  for (const f of functions) {
-    if (DBLINK.test(f)) return "literals";
-    if (SET_CONFIG.test(f) && SECRET_WORDS.test(text)) return "literals";
-  }
+  for (const f of functions) if (DBLINK.test(f)) return "literals";
+  if (setsConfig(info, text) && SECRET_WORDS.test(text)) return "literals";
+  // ALTER FOREIGN TABLE ... OPTIONS (...): a foreign table's options may hold credentials, as
+  // CREATE FOREIGN TABLE's do.
+  if (kind === "AlterTableStmt" && /\bforeign\s+table\b/i.test(text) && /\boptions\b/i.test(text)) return "literals";
   if (kind === "CopyStmt") return /program/i.test(text) ? "literals" : "none";
   if (kind === "AlterSystemStmt") return "value";
   if (SETTING_KINDS.has(kind)) return SECRET_WORDS.test(text) ? "value" : "none";
@@ -79,16 +89,17 @@ export function redactFor(text: string, redaction: AuditRedaction): string {
 
 /**
  * A statement's bound parameters (rendered) as the audit trail keeps them: `***` when its text may
- * hold a secret, or when it calls set_config with parameters naming one (`SELECT set_config($1, $2,
- * false)` with `app.password`, review 19).
+ * hold a secret, or when it sets configuration values (set_config, an UPDATE of pg_settings): its
+ * parameters may name a secret setting and give its value (`SELECT set_config($1, $2, false)` with
+ * `app.password`, review 19), in any encoding or format (sent in binary, a value of no declared type
+ * is rendered in hex: review 49), so they are never kept.
  */
 export function auditParameters(
-  info: { functions: readonly string[] },
+  info: { kind: string; functions: readonly string[]; text: string },
   redaction: AuditRedaction,
   params: string,
 ): string {
-  const hidden = redaction !== "none" || (info.functions.some((f) => SET_CONFIG.test(f)) && SECRET_WORDS.test(params));
-  return hidden ? "***" : params;
+  return redaction !== "none" || setsConfig(info, info.text) ? "***" : params;
 }
 
 /**

@@ -69,7 +69,7 @@ import { compileMasks, type ColumnInfo, type MaskPlanner, type ResultPlan } from
 import { Verdict as ProtoVerdict } from "@moat/proto";
 import type { Logger } from "@moat/common";
 import type { ActiveBundle, BundleHolder } from "../bundle.js";
-import type { AuditRecorder, QueryRecord, QueryRecorder } from "../audit/recorder.js";
+import { QUERY_EVENT_LIMITS, type AuditRecorder, type QueryRecord, type QueryRecorder } from "../audit/recorder.js";
 import type { VerifiedIdentity } from "../tokens.js";
 import type { CatalogCache } from "./catalog.js";
 import { Fifo } from "./fifo.js";
@@ -306,6 +306,13 @@ function changesSession(info: StatementInfo): boolean {
 
 /** The audit message of a statement the target skipped (an earlier message of its Sync cycle failed). */
 const SKIPPED = "not run: an earlier message of the same Sync failed";
+/** Where an implicit transaction ends, as its commit's or rollback's event says. */
+const IMPLICIT_END = {
+  sync: "at Sync (implicit transaction)",
+  query: "at the end of the query (implicit transaction)",
+};
+/** A portal's run recorded when it closed suspended (recordPortalRun). */
+const SUSPENDED_READ = "closed while suspended: rows counts the rows returned to the client";
 
 /** Savepoints a session tracks in one transaction (the oldest are dropped past it). */
 const MAX_SAVEPOINTS = 1024;
@@ -795,6 +802,13 @@ export class PgSession {
   private planMasks: MaskPlanner | undefined;
   /** DataRows relayed since the last statement completed. */
   private rowsSeen = 0;
+  /**
+   * Statements other than reads that succeeded since the last transaction end (idle ReadyForQuery,
+   * COMMIT, ROLLBACK), and whether the failure of that transaction was recorded already (a failed
+   * commit): an implicit transaction that fails undoes them, which the trail says (recordRollback).
+   */
+  private changesInTransaction = 0;
+  private undoRecorded = false;
   private masks: { version: bigint; planner: MaskPlanner | undefined } | undefined;
   private closed = false;
   /** The client's socket buffer is full: reading from the target is paused until it drains. */
@@ -1491,6 +1505,7 @@ export class PgSession {
    */
   private afterSucceeded(run: Run): void {
     const { info, forgetsUpTo: upTo, defines } = run;
+    if (!READING_CLASSES.has(info.statementClass)) this.changesInTransaction++;
     if (info.savepoint && run.sentAt !== undefined) this.onSavepoint(info.savepoint, run.sentAt);
     if (defines) {
       this.confirmCursor(defines.cursor);
@@ -1553,6 +1568,7 @@ export class PgSession {
   private transactionEnded(committed: boolean, at: number): void {
     this.savepoints = [];
     this.transactionFailed = false;
+    this.changesInTransaction = 0;
     // What was defined up to the last end was forgotten then, or stays (WITH HOLD, committed). (A
     // WITH HOLD cursor of an implicit transaction, one before the last idle ReadyForQuery, was
     // committed there: review 33.)
@@ -1728,7 +1744,10 @@ export class PgSession {
     if (run && statement.alone) run.of = statement;
     this.ctx.metrics.statement("allow");
     const bind = decodeBind(f.body);
-    const params = bind.parameters.length > 0 ? renderParameters(bind, statement.parameterTypes) : "";
+    const params =
+      bind.parameters.length > 0
+        ? renderParameters(bind, statement.parameterTypes, 256, this.notUtf8Encoding !== undefined)
+        : "";
     if (run && params) run.params = params;
     for (const info of infos) this.afterAllowed(info, run);
     const replaces = this.cursors.get(portalName)?.lazy;
@@ -2004,9 +2023,21 @@ export class PgSession {
     if (portal.pendingExecutes === 0) this.recordPortalRun(portal, message);
   }
 
-  /** Records a portal's run as allowed, unless its Execute was refused before any was sent. */
+  /**
+   * Records a portal's run as allowed, unless its Execute was refused before any was sent. One
+   * closed while suspended says so: its rows are those the client read, and a statement other than
+   * a plain SELECT (`INSERT ... RETURNING`, a writable CTE) ran to completion at its first Execute
+   * whatever was read of it (review 49).
+   */
   private recordPortalRun(portal: Portal, message: string): void {
-    if (!portal.refused || portal.executed) this.recordRun(portal.run, "allow", message);
+    if (portal.refused && !portal.executed) return;
+    const run = portal.run;
+    if (message === "" && run && !run.recorded && run.rows > 0)
+      message =
+        run.statementClass === "read"
+          ? SUSPENDED_READ
+          : "closed while suspended: rows counts the rows returned to the client; the statement itself ran to completion at its first Execute";
+    this.recordRun(run, "allow", message);
   }
 
   private newRun(info: StatementInfo, text: string, decision: Decision): Run {
@@ -2014,7 +2045,7 @@ export class PgSession {
     return {
       info,
       text,
-      statementClass: info.statementClass,
+      statementClass: this.auditedClass(info),
       tables: decision.tables,
       rule: decision.rule,
       started: performance.now(),
@@ -2023,6 +2054,17 @@ export class PgSession {
       recorded: false,
       redaction: this.redaction(info),
     };
+  }
+
+  /**
+   * The class the audit trail shows for a statement: EXECUTE's is the prepared statement's, a
+   * FETCH of a cursor the agent knows reads (review 49: an investigator looking for writes missed
+   * `EXECUTE ins(42)`, recorded as dynamic).
+   */
+  private auditedClass(info: StatementInfo): StatementInfo["statementClass"] {
+    if (info.execute) return this.preparedInfo(info.execute.name)?.statementClass ?? info.statementClass;
+    if (info.cursor?.op === "fetch" && info.cursor.name !== null && this.cursors.has(info.cursor.name)) return "read";
+    return info.statementClass;
   }
 
   /**
@@ -2170,7 +2212,7 @@ export class PgSession {
   /** Counts and audits a statement the policy refused (deny or review). */
   private refused(info: StatementInfo, decision: Decision, fingerprint: string): void {
     this.ctx.metrics.statement(decision.effect);
-    this.recordRefusal(redactFor(info.text, this.redaction(info)), info.statementClass, decision, fingerprint);
+    this.recordRefusal(redactFor(info.text, this.redaction(info)), this.auditedClass(info), decision, fingerprint);
   }
 
   /** Counts and audits a statement the parser could not read (denied as dynamic). */
@@ -2204,13 +2246,21 @@ export class PgSession {
     const own = resolvedInfo ? this.redaction(resolvedInfo) : "none";
     const redaction = own === "none" ? run.redaction : own;
     const text = redactFor(resolved ? resolved.text : run.text, redaction);
+    // The parameters are kept whole within the event's limit: a long text is cut before them, not
+    // they with it (review 49).
+    const parameters =
+      params === undefined ? undefined : ` -- parameters: ${auditParameters(run.info, redaction, params)}`;
+    const room = QUERY_EVENT_LIMITS.text - (parameters?.length ?? 0);
     this.soon({
       verdict: VERDICTS[effect],
       rule: run.rule,
       // What a failure quotes may be the secret (`missing "=" after "hunter2"`).
       message: redaction === "none" ? message : redactMessage(message),
       query: {
-        text: params === undefined ? text : `${text} -- parameters: ${auditParameters(run.info, redaction, params)}`,
+        text:
+          parameters === undefined
+            ? text
+            : `${text.length > room ? `${text.slice(0, Math.max(0, room - 1))}…` : text}${parameters}`,
         fingerprint: "",
         statementClass: run.statementClass,
         tables: run.tables,
@@ -2223,15 +2273,30 @@ export class PgSession {
 
   /** Audits an implicit commit's failure: the commit at a Sync, or at the end of a simple query. */
   private recordCommitFailure(at: "sync" | "query", message: string): void {
+    this.recordTransactionEnd(`-- commit ${IMPLICIT_END[at]}`, message);
+  }
+
+  /**
+   * Audits the rollback of an implicit transaction by an error (a statement's, or the substitute of
+   * one the agent refused): the statements recorded as run before it in that transaction were undone
+   * (review 49: `INSERT ...; SELECT 1/0` left an INSERT recorded with a row and nothing saying so).
+   */
+  private recordRollback(at: "sync" | "query", changes: number): void {
+    const what = changes === 1 ? "statement" : `${changes} statements`;
+    this.recordTransactionEnd(
+      `-- rollback ${IMPLICIT_END[at]}`,
+      `an error ended the implicit transaction: the ${what} before it that changed something ${changes === 1 ? "was" : "were"} undone`,
+    );
+  }
+
+  /** An event about the end of an implicit transaction (no statement of the client's own). */
+  private recordTransactionEnd(text: string, message: string): void {
     this.soon({
       verdict: VERDICTS.allow,
       rule: "",
       message,
       query: {
-        text:
-          at === "sync"
-            ? "-- commit at Sync (implicit transaction)"
-            : "-- commit at the end of the query (implicit transaction)",
+        text,
         fingerprint: "",
         statementClass: "session",
         tables: [],
@@ -2619,13 +2684,17 @@ export class PgSession {
       case 0x5a: {
         // ReadyForQuery
         this.status = String.fromCharCode(raw[5] as number) as TransactionStatus;
+        let ending: "sync" | "query" = "sync";
         while (this.pending.length > 0) {
           const p = this.pending.first as Pending;
           this.shift();
           // A Query whose COPY never ran (an earlier statement of it failed).
           if (p === this.heldFor) this.settleHeldSyncs(!this.heldSyncsData);
           if (p.startsCopy && p.kind === "query") this.closeCopySpan(p);
-          if (p.kind === "sync" || p.kind === "query") break;
+          if (p.kind === "sync" || p.kind === "query") {
+            ending = p.kind;
+            break;
+          }
         }
         this.plan = undefined;
         this.rowsSeen = 0;
@@ -2635,6 +2704,12 @@ export class PgSession {
         if (this.status === "I") {
           const failed = this.transactionFailed;
           const since = this.idleAt;
+          // An implicit transaction that failed undid what ran in it before the error (the agent's
+          // refusal of a later statement included: its substitute fails on the target).
+          if (failed && !this.undoRecorded && this.changesInTransaction > 0)
+            this.recordRollback(ending, this.changesInTransaction);
+          this.changesInTransaction = 0;
+          this.undoRecorded = false;
           this.transactionFailed = false;
           this.savepoints = [];
           this.idleAt = this.cyclesDone;
@@ -2835,9 +2910,13 @@ export class PgSession {
     if (this.copyEntry && this.inCycleOf(this.copyEntry)) this.closeCopySpan(this.copyEntry);
     this.transactionFailed = true;
     this.plan = undefined;
+    // Rows relayed before the statement failed reached the client: they count (review 49: a query
+    // ending in `UNION ALL SELECT 1/0` recorded none of the rows it returned).
+    const relayed = this.rowsSeen;
     this.rowsSeen = 0;
     if (!head) return undefined; // asynchronous (FATAL from the target): relay as is
     const run = this.headRun();
+    if (run) run.rows += relayed;
     // A statement's own failure, possibly quoting a masked value (not a refusal the agent made up).
     // With no statement at hand, an error at a Sync or after a query's statements is a commit's (a
     // WITH HOLD cursor's query): scrubbed as reading anything.
@@ -2849,8 +2928,11 @@ export class PgSession {
       (run || atCommit ? this.scrubError(raw, run) : undefined);
     const failed = () => `failed on the target: ${decodeErrorFields((replace ?? raw).subarray(5)).message}`;
     // A commit that fails (a deferred constraint, a serialization failure, a WITH HOLD cursor's
-    // query) undoes the transaction whose statements were recorded as run: the trail says so.
-    if (!run && atCommit && !("replaceError" in head && head.replaceError)) {
+    // query) undoes the transaction whose statements were recorded as run: the trail says so (a
+    // failed COMMIT statement, in its own event).
+    const commitFailed = !run && atCommit && !("replaceError" in head && head.replaceError);
+    if (commitFailed || run?.info.kind === "TransactionStmt") this.undoRecorded = true;
+    if (commitFailed) {
       // After the statements it undid: portals of this transaction still open (suspended) are
       // recorded first, not those bound in a later Sync cycle (pipelined behind this one).
       for (const p of this.portals.values()) if (p.cycle <= this.cyclesDone) this.recordPortalRun(p, "");
