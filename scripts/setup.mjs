@@ -93,6 +93,8 @@ if (forTests) {
   // And pgjdbc, run as a single-file Java program (which needs a JDK's compiler).
   if (spawnSync("javac", ["-version"], { stdio: "ignore" }).status !== 0) wanted.push("default-jdk-headless");
   if (!existsSync("/usr/share/java/postgresql.jar")) wanted.push("libpostgresql-jdbc-java");
+  // A connection pooler as a target (it must be declared, in session mode).
+  if (!existsSync("/usr/sbin/pgbouncer")) wanted.push("pgbouncer");
   // The audit sinks' tests publish to a real NATS server with JetStream.
   if (!["/usr/sbin/nats-server", "/usr/bin/nats-server"].some((p) => existsSync(p))) wanted.push("nats-server");
   if (wanted.length > 0) {

@@ -44,6 +44,13 @@ export const PostgresTargetSchema = Type.Object(
     /** Name to verify for verify-full, when it differs from host. */
     serverName: Type.Optional(Type.String({ minLength: 1 })),
     connectTimeoutMs: Type.Integer({ minimum: 100, default: 10_000 }),
+    /**
+     * `none`: the target is PostgreSQL itself. `session`: a connection pooler giving each agent
+     * session its own server connection for as long as it lasts (pgbouncer `pool_mode = session`).
+     * A pooler answering otherwise is refused at connect: transaction and statement pooling share
+     * server connections between sessions, which the agent's per-session decisions cannot follow.
+     */
+    pooler: Type.Union([Type.Literal("none"), Type.Literal("session")], { default: "none" }),
   },
   strict,
 );

@@ -33,7 +33,14 @@ afterAll(async () => {
 
 const open = (database: string) =>
   connectTarget({
-    target: { host: "127.0.0.1", port: server.port, user: "postgres", sslmode: "disable", connectTimeoutMs: 5000 },
+    target: {
+      host: "127.0.0.1",
+      port: server.port,
+      user: "postgres",
+      sslmode: "disable",
+      connectTimeoutMs: 5000,
+      pooler: "none",
+    },
     database,
     parameters: {},
   });

@@ -461,7 +461,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     } catch (error) {
       const e = error instanceof TargetError ? error : new TargetError("cannot connect to the target");
       logger.warn({ resource: options.resource, err: e.message }, "target connection failed");
-      refuse(socket, e.code, e.message, "target");
+      refuse(socket, e.code, e.forClient, "target");
       void options.audit
         .record({
           type: "session.end",

@@ -73,6 +73,7 @@ import { QUERY_EVENT_LIMITS, type AuditRecorder, type QueryRecord, type QueryRec
 import type { VerifiedIdentity } from "../tokens.js";
 import type { CatalogCache } from "./catalog.js";
 import { Fifo } from "./fifo.js";
+import { TargetError } from "./target.js";
 
 /** A statement the target is sure to refuse (at Parse time too), whose error the agent replaces. */
 export const POISON = "SELECT 'moat: statement denied by policy'::pg_catalog.int4";
@@ -978,7 +979,9 @@ export class PgSession {
     const e = error instanceof ProtocolError ? error : new ProtocolError(`${context}: ${(error as Error).message}`);
     if (!this.closed) {
       this.ctx.logger.warn({ session: this.ctx.sessionId, err: e.message }, context);
-      this.client.end(errorResponse({ severity: "FATAL", code: e.code, message: e.message }));
+      // The target's details (hosts, files, the agent's role) stay in the log (review 47).
+      const told = error instanceof TargetError ? `${context}: ${error.forClient}` : e.message;
+      this.client.end(errorResponse({ severity: "FATAL", code: e.code, message: told }));
     }
     this.end(`${context}: ${e.message}`);
   }

@@ -3,15 +3,16 @@
  * password authentication, TLS with verify-full against the target's CA, and the errors users see
  * when the agent's credentials are wrong (never the password itself).
  */
-import { writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { chmodSync, writeFileSync } from "node:fs";
 import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import { connect as tlsConnect, TLSSocket } from "node:tls";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCertificateAuthority, issueServerCertificate } from "@moat/pki";
-import { startPostgres, tempDir, type TestPostgres } from "@moat/testkit";
+import { freePort, startPostgres, tempDir, waitFor, type TestPostgres } from "@moat/testkit";
 import { connectTarget, parseTextArray, TargetError } from "./target.js";
-import { psql, startHarness } from "../test-support/pg.js";
+import { psql, run, startHarness } from "../test-support/pg.js";
 
 const PASSWORD = "canary-target-password-8d1f";
 let server: TestPostgres;
@@ -48,6 +49,7 @@ const target = (user: string, extra: object = {}) => ({
   password: PASSWORD,
   sslmode: "disable" as const,
   connectTimeoutMs: 5000,
+  pooler: "none" as const,
   ...extra,
 });
 
@@ -182,6 +184,113 @@ describe("target authentication", () => {
       expect(JSON.stringify(h.events(), (_k, v: unknown) => (typeof v === "bigint" ? String(v) : v))).not.toContain(
         PASSWORD,
       );
+    } finally {
+      await h.close();
+    }
+  });
+});
+
+describe("what the agent connects to (review 47)", () => {
+  /** pgbouncer (Debian's, as the postgres user: it refuses to run as root) in front of the test server. */
+  async function withPgbouncer(extra: string[], body: (port: number) => Promise<void>): Promise<void> {
+    const dir = tempDir("moat-pgbouncer-");
+    chmodSync(dir, 0o777);
+    const port = await freePort();
+    writeFileSync(join(dir, "users.txt"), '"postgres" ""\n');
+    const ini = [
+      "[databases]",
+      `postgres = host=127.0.0.1 port=${server.port} dbname=postgres`,
+      "[pgbouncer]",
+      "listen_addr = 127.0.0.1",
+      `listen_port = ${port}`,
+      "unix_socket_dir =",
+      "auth_type = trust",
+      `auth_file = ${join(dir, "users.txt")}`,
+      "pool_mode = session",
+      ...extra,
+    ];
+    writeFileSync(join(dir, "pgbouncer.ini"), `${ini.join("\n")}\n`);
+    const asPostgres = process.getuid?.() === 0 ? ["runuser", "-u", "postgres", "--"] : [];
+    const command = [...asPostgres, "pgbouncer", join(dir, "pgbouncer.ini")];
+    const child = spawn(command[0] as string, command.slice(1), { stdio: "ignore" });
+    try {
+      await waitFor(
+        async () =>
+          (
+            await run("psql", [`host=127.0.0.1 port=${port} user=postgres dbname=postgres`, "-Atc", "SELECT 1"])
+          ).stdout.trim() === "1",
+        10_000,
+      );
+      await body(port);
+    } finally {
+      child.kill("SIGTERM");
+    }
+  }
+
+  it("refuses a pooler it was not told is one, and one that drops the read-only backstop", async () => {
+    await withPgbouncer(["ignore_startup_parameters = default_transaction_read_only"], async (port) => {
+      const bouncer = { ...target("postgres"), port };
+      const refused = await connectTarget({ target: bouncer, database: "postgres", parameters: {} }).catch(
+        (e: unknown) => e,
+      );
+      expect(refused).toBeInstanceOf(TargetError);
+      expect((refused as TargetError).message).toMatch(/looks like a connection pooler/);
+      expect((refused as TargetError).forClient).not.toContain(String(port));
+      // Declared as a session pooler: served.
+      const session = { ...bouncer, pooler: "session" as const };
+      const c = await connectTarget({ target: session, database: "postgres", parameters: {} });
+      c.socket.destroy();
+      // A read-only session it would open read-write (the parameter ignored): refused.
+      const readOnly = { default_transaction_read_only: "on" };
+      await expect(connectTarget({ target: session, database: "postgres", parameters: readOnly })).rejects.toThrow(
+        /did not apply default_transaction_read_only = on/,
+      );
+    });
+    // PostgreSQL itself applies it.
+    const direct = await connectTarget({
+      target: target("postgres"),
+      database: "postgres",
+      parameters: { default_transaction_read_only: "on" },
+    });
+    direct.socket.destroy();
+  });
+
+  it("tells clients the agent cannot connect without its hosts, files or role", async () => {
+    const policies = [
+      {
+        apiVersion: "moat.dev/v1",
+        kind: "Policy",
+        metadata: { name: "all" },
+        spec: {
+          subjects: { groups: ["eng"] },
+          resources: { names: ["db"] },
+          rules: [{ name: "all", effect: "allow", actions: ["connect", "db:*"] }],
+        },
+      },
+    ];
+    const closed = await freePort();
+    const secretDir = join(tempDir(), "secret-dir-4b1");
+    for (const [given, hidden] of [
+      [{ port: closed }, String(closed)],
+      [{ password: undefined, passwordFile: join(secretDir, "target.password") }, "secret-dir-4b1"],
+      [{ user: "agent_role_7c2", password: undefined }, "agent_role_7c2"],
+    ] as const) {
+      const h = await startHarness({ pg: server, policies, target: given });
+      try {
+        const r = await psql(h, await h.token(), "SELECT 1", { db: "postgres" });
+        expect(r.stderr).toMatch(
+          /the agent cannot (connect to|read its credentials for) the target database|the target database refused the agent's connection/,
+        );
+        expect(r.stderr).not.toContain(hidden);
+      } finally {
+        await h.close();
+      }
+    }
+    // What the client asked for that the server does not have is said as the server says it.
+    const h = await startHarness({ pg: server, policies });
+    try {
+      const r = await psql(h, await h.token(), "SELECT 1", { db: "no_such_db" });
+      expect(r.stderr).toContain('database "no_such_db" does not exist');
     } finally {
       await h.close();
     }

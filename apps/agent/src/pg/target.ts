@@ -37,27 +37,46 @@ export interface TargetConnection {
 }
 
 /** A failure to reach or log in to the target; `message` is safe to show (no credentials). */
+/** What a client is told when the agent cannot connect to the target: the details are in its log. */
+const CANNOT_CONNECT = "the agent cannot connect to the target database (the agent's log says why)";
+
+/**
+ * The agent could not open its connection to the target. `message` (for the agent's log and audit)
+ * may name hosts, ports, files and the agent's role; `forClient` is what the client is told, which
+ * names none of them (review 47).
+ */
 export class TargetError extends Error {
   constructor(
     message: string,
     readonly code = "08006",
+    readonly forClient = CANNOT_CONNECT,
   ) {
     super(message);
   }
 }
 
+const NO_CREDENTIALS = "the agent cannot read its credentials for the target database (the agent's log says why)";
+
+/**
+ * Errors of the target at log-in whose message a client may read as it is: they are about what the
+ * client asked for or about the server's state (the database does not exist, the server is starting
+ * or full), not about the agent's own credentials or configuration.
+ */
+const CLIENT_READABLE_LOGIN_ERRORS: ReadonlySet<string> = new Set(["3D000", "57P03", "53300", "53400"]);
+
 export function readTargetPassword(target: PostgresTargetConfig): string | undefined {
   if (target.password !== undefined) return target.password;
   if (target.passwordEnv) {
     const v = process.env[target.passwordEnv];
-    if (v === undefined) throw new TargetError(`the target password variable ${target.passwordEnv} is not set`);
+    if (v === undefined)
+      throw new TargetError(`the target password variable ${target.passwordEnv} is not set`, "08006", NO_CREDENTIALS);
     return v;
   }
   if (target.passwordFile) {
     try {
       return (readFileSync(target.passwordFile, "utf8").split(/\r?\n/)[0] ?? "").trimEnd();
     } catch {
-      throw new TargetError(`the target password file ${target.passwordFile} cannot be read`);
+      throw new TargetError(`the target password file ${target.passwordFile} cannot be read`, "08006", NO_CREDENTIALS);
     }
   }
   return undefined;
@@ -127,7 +146,13 @@ class SetupReader {
 
 function targetFailure(body: Buffer): TargetError {
   const e = decodeErrorFields(body);
-  return new TargetError(`the target refused the connection: ${e.message}`, e.code === "57P03" ? "57P03" : "08006");
+  const message = `the target refused the connection: ${e.message}`;
+  if (CLIENT_READABLE_LOGIN_ERRORS.has(e.code)) return new TargetError(message, e.code, message);
+  return new TargetError(
+    message,
+    "08006",
+    "the target database refused the agent's connection (the agent's log says why)",
+  );
 }
 
 export async function connectTarget(options: {
@@ -270,17 +295,27 @@ export async function connectTarget(options: {
     }
 
     // The schemas unqualified names resolve in (existing ones, "$user" resolved), to qualify table
-    // names for policy decisions.
-    socket.write(serialize.query("SELECT pg_catalog.current_schemas(false)"));
+    // names for policy decisions; the server process's id, to tell PostgreSQL itself from a pooler;
+    // whether the read-only backstop was applied.
+    socket.write(
+      serialize.query(
+        "SELECT pg_catalog.current_schemas(false), pg_catalog.pg_backend_pid(), pg_catalog.current_setting('default_transaction_read_only')",
+      ),
+    );
     let searchPath = ["public"];
+    let backendPid: number | undefined;
+    let readOnly: string | undefined;
     for (;;) {
       const m = await reader.message();
       if (m.type === "D") {
-        const v = decodeDataRow(m.body)[0];
-        if (v) searchPath = parseTextArray(v.toString("utf8"));
+        const [schemas, pid, ro] = decodeDataRow(m.body);
+        if (schemas) searchPath = parseTextArray(schemas.toString("utf8"));
+        backendPid = pid ? Number(pid.toString("latin1")) : undefined;
+        readOnly = ro?.toString("latin1");
       } else if (m.type === "E") throw targetFailure(m.body);
       else if (m.type === "Z") break;
     }
+    checkSessionTarget(target, options.parameters, { processId, backendPid, readOnly });
     const leftover = reader.detach();
     clearTimeout(deadline);
     return { socket, parameterStatus, parameters, processId, secretKey, searchPath, leftover };
@@ -291,6 +326,37 @@ export async function connectTarget(options: {
     if (error instanceof ProtocolError) throw new TargetError(`authentication to the target failed: ${error.message}`);
     throw new TargetError(`cannot set up the target connection: ${(error as Error).message}`);
   }
+}
+
+const MISCONFIGURED = "the target database is not set up as Moat needs (the agent's log says why)";
+
+/**
+ * Refuses a target connection the agent's decisions could not rely on (review 47):
+ * - a connection pooler not declared as one pooling in session mode (`pooler: session`): a pooler
+ *   answers with its own process id, not the server's; one pooling by transaction or statement runs a
+ *   session's statements on server connections other sessions share, under their search_path and
+ *   prepared statements, where the agent's per-session reading of names is wrong (another session's
+ *   `SET search_path` made an unqualified name read a denied schema's table);
+ * - a read-only session the target did not make read-only (a pooler dropping the startup parameter:
+ *   pgbouncer's `ignore_startup_parameters`).
+ */
+function checkSessionTarget(
+  target: PostgresTargetConfig,
+  parameters: Record<string, string>,
+  seen: { processId: number; backendPid: number | undefined; readOnly: string | undefined },
+): void {
+  if (target.pooler !== "session" && seen.backendPid !== seen.processId)
+    throw new TargetError(
+      `the target ${target.host}:${target.port} looks like a connection pooler (its server process ${String(seen.backendPid)} is not the ${seen.processId} it announced): Moat needs PostgreSQL itself, or a pooler in session mode declared with pooler: session (transaction and statement pooling share server connections between sessions)`,
+      "08006",
+      MISCONFIGURED,
+    );
+  if (parameters.default_transaction_read_only === "on" && seen.readOnly !== "on")
+    throw new TargetError(
+      `the target ${target.host}:${target.port} did not apply default_transaction_read_only = on to a read-only session (a pooler ignoring the startup parameter?): the session is refused; set readOnlySessions: false to rely on the agent's decisions alone`,
+      "08006",
+      MISCONFIGURED,
+    );
 }
 
 /**

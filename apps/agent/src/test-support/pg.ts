@@ -100,6 +100,7 @@ export async function startHarness(options: {
         user: "postgres",
         sslmode: "disable",
         connectTimeoutMs: 5000,
+        pooler: "none",
         ...options.target,
       },
     },
