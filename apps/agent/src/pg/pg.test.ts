@@ -793,6 +793,13 @@ describe("masking", () => {
     expect(after.stderr).toMatch(/ERROR: {2}division by zero/);
     expect(after.stderr).toMatch(/WARNING: {2}there is no transaction in progress/);
     expect(after.stderr).not.toMatch(/withheld/);
+    // Messages of a fixed text quote nothing: a masked read in a failed block gets 25P02's own (review 48).
+    const aborted = await psql(h, alice, "", {
+      extra: ["-c", "BEGIN", "-c", "SELECT 1/0", "-c", "SELECT email FROM users", "-c", "ROLLBACK"],
+    });
+    expect(aborted.stderr).toMatch(
+      /ERROR: {2}current transaction is aborted, commands ignored until end of transaction block/,
+    );
     // The same through the extended protocol: the commit's error comes at the Sync (review 18).
     const ext = await aliceClient();
     try {

@@ -307,6 +307,11 @@ function changesSession(info: StatementInfo): boolean {
 
 /** The audit message of a statement the target skipped (an earlier message of its Sync cycle failed). */
 const SKIPPED = "not run: an earlier message of the same Sync failed";
+/** Server messages that never quote a value, by SQLSTATE: passed under masking rules (scrubError). */
+const FIXED_MESSAGES: ReadonlyMap<string, ReadonlySet<string>> = new Map([
+  ["25P02", new Set(["current transaction is aborted, commands ignored until end of transaction block"])],
+  ["57014", new Set(["canceling statement due to user request", "canceling statement due to statement timeout"])],
+]);
 /** Where an implicit transaction ends, as its commit's or rollback's event says. */
 const IMPLICIT_END = {
   sync: "at Sync (implicit transaction)",
@@ -2422,6 +2427,9 @@ export class PgSession {
     // at run time fails with one too (`email::regtype`: a syntax error at or near "@", CONTEXT:
     // invalid type name "user5@example.com", review 14).
     if (planner.masksSources(this.readsOf(run)) && !analysisError(e, run?.text ?? "")) {
+      // Messages of a fixed text quote nothing: passed as they are, without their context (review 48:
+      // drivers read 25P02's and a cancel's).
+      if (FIXED_MESSAGES.get(e.code)?.has(e.message)) return encode({ severity, code: e.code, message: e.message });
       const what = notice ? `the target sent a ${e.severity || "notice"}` : "the statement failed on the target";
       return encode({
         severity,
