@@ -24,6 +24,7 @@ export { functionVerdict, isBuiltinFunction, isBuiltinOperator, type FunctionVer
 export { PG_CATALOG_VERSION } from "./gen/pg-catalog.js";
 export {
   auditParameters,
+  setsConfig,
   auditRedaction,
   redactFor,
   redactLiterals,

@@ -282,6 +282,16 @@ describe("unparsedAuditText and auditParameters", () => {
     expect(auditRedaction({ kind: "VariableSetStmt", functions: [] }, "SET app.jwt = 'eyJ...'")).toBe("value");
     const fdw = "ALTER FOREIGN TABLE ft OPTIONS (SET password 'x')";
     expect(auditRedaction({ kind: "AlterTableStmt", functions: [] }, fdw)).toBe("literals");
+    for (const spelled of [
+      "ALTER TABLE ft OPTIONS (ADD password 'x')",
+      "ALTER TABLE ft ALTER COLUMN c OPTIONS (ADD password 'x')",
+      "ALTER FOREIGN /**/ TABLE ft OPTIONS (SET password 'x')",
+    ])
+      expect(auditRedaction({ kind: "AlterTableStmt", functions: [] }, spelled)).toBe("literals");
+    for (const named of ["app.private_key_pem", "app.signing_key_v2", "app.KEYRING"])
+      expect(
+        auditRedaction({ kind: "SelectStmt", functions: ["set_config"] }, `SELECT set_config('${named}', 'v', false)`),
+      ).toBe("literals");
     const fdw2 = "ALTER FOREIGN TABLE ft OPTIONS (ADD filename '/x')";
     expect(auditRedaction({ kind: "AlterTableStmt", functions: [] }, fdw2)).toBe("literals");
     expect(auditRedaction({ kind: "AlterTableStmt", functions: [] }, "ALTER TABLE t ADD c text DEFAULT 'x'")).toBe(

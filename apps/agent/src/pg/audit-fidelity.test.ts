@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { serialize } from "@moat/pg-wire";
-import { startPostgres, type TestPostgres } from "@moat/testkit";
+import { startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
 import { startHarness, type Harness } from "../test-support/pg.js";
 import { errors, firstValues, openRaw, queryEvents, types, type Raw } from "../test-support/raw-client.js";
@@ -117,7 +117,7 @@ describe("the audit trail of what statements did", () => {
         "-- rollback at the end of the query (implicit transaction)",
       ]);
       expect(since(from)[3]?.message).toBe(
-        "an error ended the implicit transaction: the 2 statements before it that changed something were undone",
+        "an error ended the implicit transaction: what the 2 statements before it wrote were undone",
       );
       // A pipeline up to a Sync.
       from = queryEvents(h).length;
@@ -135,7 +135,7 @@ describe("the audit trail of what statements did", () => {
         "SELECT 1/0",
         "-- rollback at Sync (implicit transaction)",
       ]);
-      expect(since(from)[2]?.message).toMatch(/the statement before it that changed something was undone$/);
+      expect(since(from)[2]?.message).toMatch(/what the statement before it wrote was undone$/);
       // The agent's refusal of a later statement: its substitute fails on the target.
       from = queryEvents(h).length;
       const ms = await c.exchange(serialize.query("INSERT INTO w VALUES (4); DROP TABLE t"));
@@ -237,6 +237,126 @@ describe("the audit trail of what statements did", () => {
         "SELECT $1::text -- parameters: $1 = '\\x636166e9'",
         "SELECT $1::text -- parameters: $1 = '\\x636166e8'",
       ]);
+    });
+  });
+  it("counts for the rollback event only what a rollback undoes, where the transaction really ended (review 51)", async () => {
+    await server.sql(
+      `TRUNCATE w; CREATE SEQUENCE IF NOT EXISTS s;
+       CREATE OR REPLACE PROCEDURE pc() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$`,
+      "app",
+    );
+    await session(async (c) => {
+      const rollbacks = (from: number) => since(from).filter((e) => e.text.startsWith("-- rollback"));
+      // A failing transaction command in an implicit transaction undoes what came before it.
+      let from = queryEvents(h).length;
+      await c.exchange(serialize.query("INSERT INTO w VALUES (1); SAVEPOINT a; RELEASE nosuch"));
+      expect(rollbacks(from)).toMatchObject([
+        { message: expect.stringMatching(/what the statement before it wrote was undone/) },
+      ]);
+      // A sequence's value, an advisory lock, a prepared statement stay: nothing counted.
+      from = queryEvents(h).length;
+      await c.exchange(
+        serialize.query(
+          "SELECT setval('s', 42); SELECT pg_advisory_lock(7); PREPARE pi AS INSERT INTO w VALUES (9); SELECT 1/0",
+        ),
+      );
+      expect(rollbacks(from)).toEqual([]);
+      await c.exchange(serialize.query("SELECT pg_advisory_unlock(7); DEALLOCATE pi"));
+      // A procedure that commits: what came before it stays.
+      from = queryEvents(h).length;
+      await c.exchange(
+        parse("INSERT INTO w VALUES (2)"),
+        serialize.bind({}),
+        serialize.execute({}),
+        parse("CALL pc()"),
+        serialize.bind({}),
+        serialize.execute({}),
+        parse("SELECT 1/0"),
+        serialize.bind({}),
+        serialize.execute({}),
+        serialize.sync(),
+      );
+      expect(rollbacks(from)).toEqual([]);
+      expect(await server.sql("SELECT count(*) FROM w", "app")).toMatch(/^1/);
+      // A write with RETURNING read with a row limit ran whole; an error after it in the same Sync
+      // undoes it: the rollback event comes after the portal's (recorded when the next Bind replaced
+      // the unnamed portal).
+      from = queryEvents(h).length;
+      await c.exchange(
+        parse("INSERT INTO w SELECT id FROM t RETURNING id"),
+        serialize.bind({}),
+        serialize.execute({ rows: 1 }),
+        parse("SELECT 1/0"),
+        serialize.bind({}),
+        serialize.execute({}),
+        serialize.sync(),
+      );
+      expect(since(from).map((e) => e.text)).toEqual([
+        "INSERT INTO w SELECT id FROM t RETURNING id",
+        "SELECT 1/0",
+        "-- rollback at Sync (implicit transaction)",
+      ]);
+      expect(await server.sql("SELECT count(*) FROM w", "app")).toMatch(/^1/);
+      // A COMMIT of a failed block says PostgreSQL rolled it back.
+      from = queryEvents(h).length;
+      await c.exchange(serialize.query("BEGIN; INSERT INTO w VALUES (3); SELECT 1/0"));
+      await c.exchange(serialize.query("COMMIT"));
+      expect(since(from).find((e) => e.text === "COMMIT")?.message).toBe(
+        "the transaction block had failed: PostgreSQL rolled it back (its answer: ROLLBACK)",
+      );
+    });
+    // A session that ends inside a transaction: the target rolls it back.
+    const from = queryEvents(h).length;
+    await session(async (c) => {
+      await c.exchange(serialize.query("BEGIN; INSERT INTO w VALUES (4)"));
+    });
+    await waitFor(() => since(from).some((e) => e.text.startsWith("-- rollback")));
+    expect(since(from).at(-1)).toMatchObject({
+      text: "-- rollback at the end of the session (its transaction was open)",
+      message: "the session ended inside a transaction: what the statement before it wrote was undone",
+    });
+    expect(await server.sql("SELECT count(*) FROM w", "app")).toMatch(/^1/);
+  });
+
+  it("audits EXECUTE and FETCH by what they may run, and EXECUTE of a prepared set_config without its arguments (review 51)", async () => {
+    await server.sql(
+      `CREATE OR REPLACE FUNCTION fw(i int) RETURNS int LANGUAGE sql AS $$ INSERT INTO w VALUES (i) RETURNING i $$`,
+      "app",
+    );
+    await session(async (c) => {
+      const from = queryEvents(h).length;
+      for (const q of [
+        "PREPARE q AS INSERT INTO w VALUES (5)",
+        "PREPARE q AS SELECT 1",
+        "EXECUTE q",
+        "BEGIN",
+        "DECLARE cw CURSOR FOR SELECT fw(id) FROM t",
+        "FETCH 2 FROM cw",
+        "COMMIT",
+        "PREPARE sc(text, text) AS SELECT set_config($1, $2, false)",
+        "EXECUTE sc('app.password', 'hunter2-k')",
+      ])
+        await c.exchange(serialize.query(q));
+      const events = since(from);
+      const classOf = (text: string) => events.find((e) => e.text === text)?.statementClass;
+      expect(classOf("EXECUTE q")).toBe("write");
+      expect(classOf("FETCH 2 FROM cw")).not.toBe("read");
+      expect(events.map((e) => e.text)).toContain("EXECUTE sc('***', '***')");
+      expect(JSON.stringify(events)).not.toContain("hunter2-k");
+    });
+  });
+
+  it("keeps a statement readable when its parameters alone would fill the event", async () => {
+    await session(async (c) => {
+      const from = queryEvents(h).length;
+      const values = Array.from({ length: 300 }, () => "v".repeat(300));
+      const placeholders = values.map((_, i) => `$${i + 1}`).join(", ");
+      const text = `SELECT count(*) FROM t WHERE 'x' NOT IN (${placeholders})`;
+      const ms = await c.exchange(parse(text), serialize.bind({ values }), serialize.execute({}), serialize.sync());
+      expect(types(ms)).toBe("12DCZ");
+      const [event] = since(from);
+      expect(event?.text.startsWith("SELECT count(*) FROM t WHERE 'x' NOT IN ($1, $2")).toBe(true);
+      expect(event?.text.length).toBeLessThanOrEqual(64 * 1024 + 32);
     });
   });
 });

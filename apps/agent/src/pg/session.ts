@@ -45,6 +45,7 @@ import {
 import {
   ANY_COLUMN,
   auditParameters,
+  setsConfig,
   POOL_BUSY,
   auditRedaction,
   columnSources,
@@ -231,9 +232,16 @@ export interface SessionContext {
  * One statement standing for two that a name may hold (the agent cannot tell which the target
  * kept): it needs what both need, its rows may come from what either computes.
  */
+/** Statement classes from the least to the most a statement may do (mergeInfos keeps the most). */
+const CLASS_RANK = ["session", "read", "copy-out", "function", "copy-in", "write", "ddl", "admin", "dynamic"];
+
 function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
   const merged: StatementInfo = {
     ...a,
+    // Either may run: classed as the one that may do more (review 51: EXECUTE of a name whose
+    // second PREPARE failed ran the first, an INSERT, audited as the second's read).
+    statementClass:
+      CLASS_RANK.indexOf(b.statementClass) > CLASS_RANK.indexOf(a.statementClass) ? b.statementClass : a.statementClass,
     actions: [...a.actions, ...b.actions],
     tables: [...a.tables, ...b.tables],
     functions: [...a.functions, ...b.functions],
@@ -312,10 +320,25 @@ const FIXED_MESSAGES: ReadonlyMap<string, ReadonlySet<string>> = new Map([
   ["25P02", new Set(["current transaction is aborted, commands ignored until end of transaction block"])],
   ["57014", new Set(["canceling statement due to user request", "canceling statement due to statement timeout"])],
 ]);
+/** COMMIT or END (their CommandComplete says ROLLBACK when the block had failed). */
+const ENDS_BLOCK = /^\s*(commit|end)\b/i;
+const ROLLED_BACK_AT_COMMIT = "the transaction block had failed: PostgreSQL rolled it back (its answer: ROLLBACK)";
+/** Statements whose writes a rollback undoes (with DDL): counted for the rollback event. */
+const UNDONE_KINDS: ReadonlySet<string> = new Set([
+  "InsertStmt",
+  "UpdateStmt",
+  "DeleteStmt",
+  "MergeStmt",
+  "CreateTableAsStmt",
+  "CopyStmt",
+]);
+/** Statements that run to completion at their first Execute whatever is read of their rows. */
+const RUN_WHOLE_KINDS: ReadonlySet<string> = new Set(["InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"]);
 /** Where an implicit transaction ends, as its commit's or rollback's event says. */
 const IMPLICIT_END = {
   sync: "at Sync (implicit transaction)",
   query: "at the end of the query (implicit transaction)",
+  session: "at the end of the session (its transaction was open)",
 };
 /** A portal's run recorded when it closed suspended (recordPortalRun). */
 const SUSPENDED_READ = "closed while suspended: rows counts the rows returned to the client";
@@ -427,6 +450,10 @@ interface Run {
   sentAt?: number;
   /** How its text, parameters and message are kept in the audit trail. */
   redaction: AuditRedaction;
+  /** Counted among its transaction's changes (noteChange). */
+  counted?: boolean;
+  /** Its event's message when it succeeded (recordRun). */
+  note?: string;
 }
 
 interface PreparedStatement {
@@ -465,6 +492,8 @@ function settled(record: PreparedStatement | undefined): PreparedStatement | und
 interface CursorRecord {
   result: ResultLineage;
   reads: ColumnSources;
+  /** Every query the name may hold is a plain read (class read): a FETCH of it is audited as one. */
+  onlyReads: boolean;
   since: number;
   /** Some DECLARE of the name was WITH HOLD: it may outlive its transaction. */
   hold: boolean;
@@ -961,6 +990,10 @@ export class PgSession {
       at++;
     }
     for (const p of this.portals.values()) this.recordPortalRun(p, "");
+    // A transaction left open (nothing sent that could end it) is rolled back by the target: what
+    // its statements wrote is undone (review 51).
+    if (this.changesInTransaction > 0 && ![...this.pending].some((p) => p.kind === "sync" || p.kind === "query"))
+      this.recordRollback("session", this.changesInTransaction);
     // The session's statements are in the spool before its end.
     this.spoolQueued();
     this.client.destroySoon?.();
@@ -1511,9 +1544,23 @@ export class PgSession {
    * the target, and a later PREPARE or DECLARE of it would then fail there while the agent believed
    * it.
    */
+  /**
+   * Counts a statement that wrote to tables in the current transaction (what a rollback undoes:
+   * not a sequence's value, an advisory lock or a prepared statement, which stay; review 51). A
+   * procedure or DO block may have committed what came before it: the count starts again.
+   */
+  private noteChange(run: Run): void {
+    if (run.counted) return;
+    run.counted = true;
+    const info = run.info;
+    const ran = info.execute ? (this.preparedInfo(info.execute.name) ?? info) : info;
+    if (ran.kind === "CallStmt" || ran.kind === "DoStmt") this.changesInTransaction = 0;
+    else if (UNDONE_KINDS.has(ran.kind) || ran.statementClass === "ddl") this.changesInTransaction++;
+  }
+
   private afterSucceeded(run: Run): void {
     const { info, forgetsUpTo: upTo, defines } = run;
-    if (!READING_CLASSES.has(info.statementClass)) this.changesInTransaction++;
+    this.noteChange(run);
     if (info.savepoint && run.sentAt !== undefined) this.onSavepoint(info.savepoint, run.sentAt);
     if (defines) {
       this.confirmCursor(defines.cursor);
@@ -1626,6 +1673,7 @@ export class PgSession {
       actions: previous ? [...previous.actions, ...actions] : actions,
       lazy: lazy ?? previous?.lazy,
       unconfirmed,
+      onlyReads: info.statementClass === "read" && previous?.onlyReads !== false,
     };
     this.cursors.set(name, record);
     return record;
@@ -2041,10 +2089,9 @@ export class PgSession {
     if (portal.refused && !portal.executed) return;
     const run = portal.run;
     if (message === "" && run && !run.recorded && run.rows > 0)
-      message =
-        run.statementClass === "read"
-          ? SUSPENDED_READ
-          : "closed while suspended: rows counts the rows returned to the client; the statement itself ran to completion at its first Execute";
+      message = RUN_WHOLE_KINDS.has(run.info.kind)
+        ? "closed while suspended: rows counts the rows returned to the client; the statement itself ran to completion at its first Execute"
+        : SUSPENDED_READ;
     this.recordRun(run, "allow", message);
   }
 
@@ -2071,7 +2118,8 @@ export class PgSession {
    */
   private auditedClass(info: StatementInfo): StatementInfo["statementClass"] {
     if (info.execute) return this.preparedInfo(info.execute.name)?.statementClass ?? info.statementClass;
-    if (info.cursor?.op === "fetch" && info.cursor.name !== null && this.cursors.has(info.cursor.name)) return "read";
+    if (info.cursor?.op === "fetch" && info.cursor.name !== null && this.cursors.get(info.cursor.name)?.onlyReads)
+      return "read";
     return info.statementClass;
   }
 
@@ -2087,6 +2135,8 @@ export class PgSession {
     if (r !== "none" || !info.execute) return r;
     if (this.secretPrepared.size > 1024 || this.secretPrepared.has(info.execute.name)) return "literals";
     const prepared = this.preparedInfo(info.execute.name);
+    // One setting configuration values takes them from EXECUTE's arguments (review 51).
+    if (prepared && setsConfig(prepared, prepared.text)) return "literals";
     return prepared && auditRedaction(prepared, prepared.text) !== "none" ? "literals" : "none";
   }
 
@@ -2245,6 +2295,7 @@ export class PgSession {
   private recordRun(run: Run | undefined, effect: "allow" | "deny", message: string): void {
     if (!run || run.recorded) return;
     run.recorded = true;
+    if (message === "" && run.note !== undefined) message = run.note;
     const { params } = run;
     // Bound from a Parse of a name the server may still have held: the text of the one it ran.
     const resolved = run.of?.answered ? settled(run.of) : undefined;
@@ -2256,8 +2307,11 @@ export class PgSession {
     const text = redactFor(resolved ? resolved.text : run.text, redaction);
     // The parameters are kept whole within the event's limit: a long text is cut before them, not
     // they with it (review 49).
+    // (Themselves at most half of it: the statement stays readable.)
+    const half = QUERY_EVENT_LIMITS.text / 2;
+    const shown = params === undefined ? undefined : auditParameters(run.info, redaction, params);
     const parameters =
-      params === undefined ? undefined : ` -- parameters: ${auditParameters(run.info, redaction, params)}`;
+      shown === undefined ? undefined : ` -- parameters: ${shown.length > half ? `${shown.slice(0, half)}…` : shown}`;
     const room = QUERY_EVENT_LIMITS.text - (parameters?.length ?? 0);
     this.soon({
       verdict: VERDICTS[effect],
@@ -2289,11 +2343,14 @@ export class PgSession {
    * one the agent refused): the statements recorded as run before it in that transaction were undone
    * (review 49: `INSERT ...; SELECT 1/0` left an INSERT recorded with a row and nothing saying so).
    */
-  private recordRollback(at: "sync" | "query", changes: number): void {
+  private recordRollback(at: keyof typeof IMPLICIT_END, changes: number): void {
+    // (Sequences' values, advisory locks and prepared statements stay: not counted.)
     const what = changes === 1 ? "statement" : `${changes} statements`;
+    const cause =
+      at === "session" ? "the session ended inside a transaction" : "an error ended the implicit transaction";
     this.recordTransactionEnd(
       `-- rollback ${IMPLICIT_END[at]}`,
-      `an error ended the implicit transaction: the ${what} before it that changed something ${changes === 1 ? "was" : "were"} undone`,
+      `${cause}: what the ${what} before it wrote ${changes === 1 ? "was" : "were"} undone`,
     );
   }
 
@@ -2662,6 +2719,8 @@ export class PgSession {
           const committed = raw.equals(COMMIT_COMPLETE);
           if ((committed || raw.equals(ROLLBACK_COMPLETE)) && run?.sentAt !== undefined && !run.info.savepoint)
             ended = { committed, at: run.sentAt };
+          // A COMMIT of a failed transaction block: PostgreSQL rolled it back (review 51).
+          if (!committed && run && ENDS_BLOCK.test(run.text)) run.note = ROLLED_BACK_AT_COMMIT;
         }
         const tagged = type === 0x43 ? commandCompleteRows(raw) : 0;
         this.completeStatement(tagged ?? this.rowsSeen);
@@ -2677,6 +2736,9 @@ export class PgSession {
         const head = this.pending.first;
         if (head?.kind === "execute") {
           const portal = head.portal;
+          // A write with RETURNING ran whole at its first Execute: a change of this transaction.
+          if (portal?.run && portal.run.rows === 0 && RUN_WHOLE_KINDS.has(portal.run.info.kind))
+            this.noteChange(portal.run);
           if (portal?.run) portal.run.rows += this.rowsSeen;
           if (portal?.lazy) portal.lazy.ran = true;
           this.shift();
@@ -2716,15 +2778,16 @@ export class PgSession {
           const failed = this.transactionFailed;
           const since = this.idleAt;
           // An implicit transaction that failed undid what ran in it before the error (the agent's
-          // refusal of a later statement included: its substitute fails on the target).
-          if (failed && !this.undoRecorded && this.changesInTransaction > 0)
-            this.recordRollback(ending, this.changesInTransaction);
+          // refusal of a later statement included: its substitute fails on the target); said after
+          // the events of its portals, recorded as they close here.
+          const undone = failed && !this.undoRecorded ? this.changesInTransaction : 0;
           this.changesInTransaction = 0;
           this.undoRecorded = false;
           this.transactionFailed = false;
           this.savepoints = [];
           this.idleAt = this.cyclesDone;
           for (const [name, portal] of [...this.portals]) if (portal.cycle < this.cyclesDone) this.dropPortal(name);
+          if (undone > 0) this.recordRollback(ending, undone);
           // Cursors without WITH HOLD and protocol portals end with their transaction: names free;
           // WITH HOLD ones declared in it too when it did not commit.
           for (const [name, cursor] of this.cursors)
@@ -2942,7 +3005,7 @@ export class PgSession {
     // query) undoes the transaction whose statements were recorded as run: the trail says so (a
     // failed COMMIT statement, in its own event).
     const commitFailed = !run && atCommit && !("replaceError" in head && head.replaceError);
-    if (commitFailed || run?.info.kind === "TransactionStmt") this.undoRecorded = true;
+    if (commitFailed || (run?.info.kind === "TransactionStmt" && ENDS_BLOCK.test(run.text))) this.undoRecorded = true;
     if (commitFailed) {
       // After the statements it undid: portals of this transaction still open (suspended) are
       // recorded first, not those bound in a later Sync cycle (pipelined behind this one).
