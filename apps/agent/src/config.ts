@@ -47,8 +47,9 @@ export const PostgresTargetSchema = Type.Object(
     /**
      * `none`: the target is PostgreSQL itself. `session`: a connection pooler giving each agent
      * session its own server connection for as long as it lasts (pgbouncer `pool_mode = session`).
-     * A pooler answering otherwise is refused at connect: transaction and statement pooling share
-     * server connections between sessions, which the agent's per-session decisions cannot follow.
+     * An undeclared pooler is refused at connect (its process id is not the server's). `session` is
+     * trusted, not checked: transaction and statement pooling share server connections between
+     * sessions, which the agent's per-session decisions cannot follow (docs/postgres.md).
      */
     pooler: Type.Union([Type.Literal("none"), Type.Literal("session")], { default: "none" }),
   },

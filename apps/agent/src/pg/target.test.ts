@@ -255,6 +255,21 @@ describe("what the agent connects to (review 47)", () => {
     direct.socket.destroy();
   });
 
+  it("refuses a connection an earlier session left temporary relations in (a pooler without a reset query)", async () => {
+    await withPgbouncer(["server_reset_query =", "default_pool_size = 1"], async (port) => {
+      const before = await run("psql", [
+        `host=127.0.0.1 port=${port} user=postgres dbname=postgres`,
+        "-Atc",
+        "CREATE TEMP TABLE t AS SELECT 1 AS v",
+      ]);
+      expect(before.code).toBe(0);
+      const session = { ...target("postgres"), port, pooler: "session" as const };
+      await expect(connectTarget({ target: session, database: "postgres", parameters: {} })).rejects.toThrow(
+        /holding 1 temporary relations, prepared statements or cursors of an earlier session/,
+      );
+    });
+  });
+
   it("tells clients the agent cannot connect without its hosts, files or role", async () => {
     const policies = [
       {
@@ -268,18 +283,20 @@ describe("what the agent connects to (review 47)", () => {
         },
       },
     ];
+    await server.sql("DROP ROLE IF EXISTS agent_full_7c2; CREATE ROLE agent_full_7c2 LOGIN CONNECTION LIMIT 0");
     const closed = await freePort();
     const secretDir = join(tempDir(), "secret-dir-4b1");
     for (const [given, hidden] of [
       [{ port: closed }, String(closed)],
       [{ password: undefined, passwordFile: join(secretDir, "target.password") }, "secret-dir-4b1"],
       [{ user: "agent_role_7c2", password: undefined }, "agent_role_7c2"],
+      [{ user: "agent_full_7c2", password: undefined }, "agent_full_7c2"],
     ] as const) {
       const h = await startHarness({ pg: server, policies, target: given });
       try {
         const r = await psql(h, await h.token(), "SELECT 1", { db: "postgres" });
         expect(r.stderr).toMatch(
-          /the agent cannot (connect to|read its credentials for) the target database|the target database refused the agent's connection/,
+          /the agent cannot (connect to|read its credentials for) the target database|the target database refused the agent.s connection|the target database has too many connections/,
         );
         expect(r.stderr).not.toContain(hidden);
       } finally {

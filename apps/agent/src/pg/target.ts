@@ -62,7 +62,12 @@ const NO_CREDENTIALS = "the agent cannot read its credentials for the target dat
  * client asked for or about the server's state (the database does not exist, the server is starting
  * or full), not about the agent's own credentials or configuration.
  */
-const CLIENT_READABLE_LOGIN_ERRORS: ReadonlySet<string> = new Set(["3D000", "57P03", "53300", "53400"]);
+const CLIENT_READABLE_LOGIN_ERRORS: ReadonlySet<string> = new Set(["3D000", "57P03"]);
+/** Errors of the target at log-in passed with their code and a fixed text (theirs may name the agent's role). */
+const FIXED_LOGIN_ERRORS: ReadonlyMap<string, string> = new Map([
+  ["53300", "the target database has too many connections"],
+  ["53400", "the target database refused the connection: a configured limit was reached"],
+]);
 
 export function readTargetPassword(target: PostgresTargetConfig): string | undefined {
   if (target.password !== undefined) return target.password;
@@ -148,6 +153,8 @@ function targetFailure(body: Buffer): TargetError {
   const e = decodeErrorFields(body);
   const message = `the target refused the connection: ${e.message}`;
   if (CLIENT_READABLE_LOGIN_ERRORS.has(e.code)) return new TargetError(message, e.code, message);
+  const fixed = FIXED_LOGIN_ERRORS.get(e.code);
+  if (fixed) return new TargetError(message, e.code, fixed);
   return new TargetError(
     message,
     "08006",
@@ -297,25 +304,25 @@ export async function connectTarget(options: {
     // The schemas unqualified names resolve in (existing ones, "$user" resolved), to qualify table
     // names for policy decisions; the server process's id, to tell PostgreSQL itself from a pooler;
     // whether the read-only backstop was applied.
-    socket.write(
-      serialize.query(
-        "SELECT pg_catalog.current_schemas(false), pg_catalog.pg_backend_pid(), pg_catalog.current_setting('default_transaction_read_only')",
-      ),
-    );
+    // And whether the connection is new: no temporary relation, prepared statement or cursor left by
+    // an earlier user of it (a pooler without a reset query).
+    socket.write(serialize.query(SESSION_CHECK));
     let searchPath = ["public"];
     let backendPid: number | undefined;
     let readOnly: string | undefined;
+    let leftovers: string | undefined;
     for (;;) {
       const m = await reader.message();
       if (m.type === "D") {
-        const [schemas, pid, ro] = decodeDataRow(m.body);
+        const [schemas, pid, ro, left] = decodeDataRow(m.body);
         if (schemas) searchPath = parseTextArray(schemas.toString("utf8"));
         backendPid = pid ? Number(pid.toString("latin1")) : undefined;
         readOnly = ro?.toString("latin1");
+        leftovers = left?.toString("latin1");
       } else if (m.type === "E") throw targetFailure(m.body);
       else if (m.type === "Z") break;
     }
-    checkSessionTarget(target, options.parameters, { processId, backendPid, readOnly });
+    checkSessionTarget(target, options.parameters, { processId, backendPid, readOnly, leftovers });
     const leftover = reader.detach();
     clearTimeout(deadline);
     return { socket, parameterStatus, parameters, processId, secretKey, searchPath, leftover };
@@ -331,6 +338,17 @@ export async function connectTarget(options: {
 const MISCONFIGURED = "the target database is not set up as Moat needs (the agent's log says why)";
 
 /**
+ * Run at each target connection: the search path (to qualify names), the server's process id (a
+ * pooler answers with its own), the read-only backstop, and what an earlier user of the connection
+ * left in it (temporary relations, prepared statements, cursors: `0` when nothing).
+ */
+const SESSION_CHECK = `SELECT pg_catalog.current_schemas(false), pg_catalog.pg_backend_pid(),
+ pg_catalog.current_setting('default_transaction_read_only'),
+ (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())
+ + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements)
+ + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors)`;
+
+/**
  * Refuses a target connection the agent's decisions could not rely on (review 47):
  * - a connection pooler not declared as one pooling in session mode (`pooler: session`): a pooler
  *   answers with its own process id, not the server's; one pooling by transaction or statement runs a
@@ -343,8 +361,16 @@ const MISCONFIGURED = "the target database is not set up as Moat needs (the agen
 function checkSessionTarget(
   target: PostgresTargetConfig,
   parameters: Record<string, string>,
-  seen: { processId: number; backendPid: number | undefined; readOnly: string | undefined },
+  seen: { processId: number; backendPid: number | undefined; readOnly: string | undefined; leftovers?: string },
 ): void {
+  // A connection an earlier session used without a reset (a pooler's server_reset_query emptied):
+  // its temporary relations come before the schemas the agent qualifies names with (review 50).
+  if (seen.leftovers !== "0")
+    throw new TargetError(
+      `the target ${target.host}:${target.port} gave a connection holding ${seen.leftovers ?? "unknown"} temporary relations, prepared statements or cursors of an earlier session (a pooler without a reset query, e.g. pgbouncer's server_reset_query = DISCARD ALL?): the session is refused`,
+      "08006",
+      MISCONFIGURED,
+    );
   if (target.pooler !== "session" && seen.backendPid !== seen.processId)
     throw new TargetError(
       `the target ${target.host}:${target.port} looks like a connection pooler (its server process ${String(seen.backendPid)} is not the ${seen.processId} it announced): Moat needs PostgreSQL itself, or a pooler in session mode declared with pooler: session (transaction and statement pooling share server connections between sessions)`,
