@@ -510,7 +510,14 @@ describe("ends of transactions and refusals, as runs (review 26)", () => {
     const c = await open(harness);
     let last: Msg[] = [];
     try {
-      for (const w of writes) last = await c.exchange(...w);
+      // Each write's every ReadyForQuery (one per Query, FunctionCall and Sync) awaited: a late one
+      // must not end the next exchange early (seen flaking under load).
+      for (const w of writes)
+        last = await pipeline(
+          c,
+          Math.max(1, w.filter((m) => [0x51, 0x53, 0x46].includes(m[0] as number)).length),
+          ...w,
+        );
       expect(types(await bystander.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
     } finally {
       c.socket.destroy();
