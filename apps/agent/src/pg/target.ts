@@ -340,11 +340,13 @@ const MISCONFIGURED = "the target database is not set up as Moat needs (the agen
 /**
  * Run at each target connection: the search path (to qualify names), the server's process id (a
  * pooler answers with its own), the read-only backstop, and what an earlier user of the connection
- * left in it (temporary relations, prepared statements, cursors: `0` when nothing).
+ * left in it (temporary relations, prepared statements, cursors: `0` when nothing; pg_class is read
+ * only when the connection has a temporary schema, which a new one has not).
  */
 const SESSION_CHECK = `SELECT pg_catalog.current_schemas(false), pg_catalog.pg_backend_pid(),
  pg_catalog.current_setting('default_transaction_read_only'),
- (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())
+ CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN 0
+ ELSE (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) END
  + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements)
  + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors)`;
 
