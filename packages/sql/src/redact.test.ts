@@ -288,6 +288,9 @@ describe("unparsedAuditText and auditParameters", () => {
       "ALTER FOREIGN /**/ TABLE ft OPTIONS (SET password 'x')",
     ])
       expect(auditRedaction({ kind: "AlterTableStmt", functions: [] }, spelled)).toBe("literals");
+    expect(auditRedaction({ kind: "VariableSetStmt", functions: [] }, "SET app.passphrase = 'x'")).toBe("value");
+    const prepared = "PREPARE u(text, text) AS UPDATE pg_settings SET setting = $2 WHERE name = $1";
+    expect(auditParameters({ kind: "PrepareStmt", functions: [], text: prepared }, "none", "$1 = 'a'")).toBe("***");
     for (const named of ["app.private_key_pem", "app.signing_key_v2", "app.KEYRING"])
       expect(
         auditRedaction({ kind: "SelectStmt", functions: ["set_config"] }, `SELECT set_config('${named}', 'v', false)`),

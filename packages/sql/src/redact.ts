@@ -41,7 +41,7 @@ const CODE_KINDS: ReadonlySet<string> = new Set(["DoStmt", "CreateFunctionStmt"]
  * more.
  */
 export const SECRET_WORDS =
-  /passw|pwd|conninfo|connection|dblink|mapping|subscription|server|secret|token|credential|key|jwt/i;
+  /passw|passphrase|pwd|conninfo|connection|dblink|mapping|subscription|server|secret|token|credential|key|jwt/i;
 
 const DBLINK = /(^|\.)dblink/;
 const SET_CONFIG = /(^|\.)set_config$/;
@@ -51,7 +51,8 @@ const SET_CONFIG = /(^|\.)set_config$/;
  * UPDATE of the pg_settings view (its rule calls set_config; review 49).
  */
 export function setsConfig(info: { kind: string; functions: readonly string[] }, text: string): boolean {
-  return info.functions.some((f) => SET_CONFIG.test(f)) || (info.kind === "UpdateStmt" && /pg_settings/i.test(text));
+  // (By its text: a SQL PREPARE of the UPDATE, which EXECUTE runs, is a PrepareStmt; review 52.)
+  return info.functions.some((f) => SET_CONFIG.test(f)) || (/pg_settings/i.test(text) && /\bupdate\b/i.test(text));
 }
 
 /**

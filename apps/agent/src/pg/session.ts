@@ -323,17 +323,55 @@ const FIXED_MESSAGES: ReadonlyMap<string, ReadonlySet<string>> = new Map([
 /** COMMIT or END (their CommandComplete says ROLLBACK when the block had failed). */
 const ENDS_BLOCK = /^\s*(commit|end)\b/i;
 const ROLLED_BACK_AT_COMMIT = "the transaction block had failed: PostgreSQL rolled it back (its answer: ROLLBACK)";
-/** Statements whose writes a rollback undoes (with DDL): counted for the rollback event. */
-const UNDONE_KINDS: ReadonlySet<string> = new Set([
+/** Statements that write to tables, which a rollback undoes (with DDL and COPY FROM; see writesTables). */
+const WRITE_KINDS: ReadonlySet<string> = new Set([
   "InsertStmt",
   "UpdateStmt",
   "DeleteStmt",
   "MergeStmt",
   "CreateTableAsStmt",
-  "CopyStmt",
+  "TruncateStmt",
 ]);
-/** Statements that run to completion at their first Execute whatever is read of their rows. */
-const RUN_WHOLE_KINDS: ReadonlySet<string> = new Set(["InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"]);
+/** A data-modifying statement named in a SELECT (writable CTE), EXPLAIN ANALYZE or PREPARE's text. */
+const DML_WORD = /\b(insert|update|delete|merge|truncate)\b/i;
+/**
+ * Statements that commit on their own, outside any transaction block (PostgreSQL refuses them in
+ * one): what came before them is not undone by a later error.
+ */
+const OWN_COMMIT_KINDS: ReadonlySet<string> = new Set([
+  "CallStmt",
+  "DoStmt",
+  "VacuumStmt",
+  "CreatedbStmt",
+  "DropdbStmt",
+  "AlterSystemStmt",
+  "CreateTableSpaceStmt",
+  "DropTableSpaceStmt",
+  "ReindexStmt",
+  "ClusterStmt",
+  "CreateSubscriptionStmt",
+  "DropSubscriptionStmt",
+  "AlterSubscriptionStmt",
+]);
+
+/**
+ * Whether a statement writes to tables (what a rollback undoes): an INSERT, UPDATE, DELETE, MERGE,
+ * TRUNCATE, CREATE TABLE AS, COPY FROM or DDL; a SELECT or EXPLAIN classed as a write that names a
+ * data-modifying statement (a writable CTE, EXPLAIN ANALYZE of a write). Not a sequence's value, an
+ * advisory lock or a prepared statement (SELECTs of write functions, PREPARE), which a rollback
+ * leaves; `prepared`: the record of a SQL PREPARE an EXECUTE runs (its kind is PrepareStmt).
+ */
+function writesTables(info: StatementInfo, prepared = false): boolean {
+  if (WRITE_KINDS.has(info.kind) || info.statementClass === "ddl" || info.statementClass === "copy-in") return true;
+  const wrapper =
+    info.kind === "SelectStmt" || info.kind === "ExplainStmt" || (prepared && info.kind === "PrepareStmt");
+  return wrapper && info.statementClass === "write" && DML_WORD.test(info.text);
+}
+
+/** Whether a statement runs to completion at its first Execute whatever is read of its rows. */
+function runsWhole(info: StatementInfo): boolean {
+  return info.kind !== "CopyStmt" && info.statementClass !== "ddl" && writesTables(info);
+}
 /** Where an implicit transaction ends, as its commit's or rollback's event says. */
 const IMPLICIT_END = {
   sync: "at Sync (implicit transaction)",
@@ -968,6 +1006,20 @@ export class PgSession {
     this.end(message);
   }
 
+  /**
+   * Whether a message sent and not yet answered may end the transaction (commit it): one that ends
+   * an implicit transaction (a Sync, a Query, a FunctionCall outside a block), or a statement that
+   * commits (COMMIT, a procedure...) — or one the agent has no record of.
+   */
+  private mayEndTransaction(p: Pending): boolean {
+    if (this.status === "I" && (p.kind === "sync" || p.kind === "query")) return true;
+    const runs = p.kind === "query" ? p.runs.slice(p.index) : p.kind === "execute" ? [p.portal?.run] : [];
+    if (p.kind === "execute" && runs[0] === undefined) return true;
+    return runs.some(
+      (r) => r !== undefined && (r.info.kind === "TransactionStmt" || OWN_COMMIT_KINDS.has(r.info.kind)),
+    );
+  }
+
   private end(reason: string): void {
     if (this.closed) return;
     this.closed = true;
@@ -992,7 +1044,7 @@ export class PgSession {
     for (const p of this.portals.values()) this.recordPortalRun(p, "");
     // A transaction left open (nothing sent that could end it) is rolled back by the target: what
     // its statements wrote is undone (review 51).
-    if (this.changesInTransaction > 0 && ![...this.pending].some((p) => p.kind === "sync" || p.kind === "query"))
+    if (this.changesInTransaction > 0 && ![...this.pending].some((p) => this.mayEndTransaction(p)))
       this.recordRollback("session", this.changesInTransaction);
     // The session's statements are in the spool before its end.
     this.spoolQueued();
@@ -1554,8 +1606,9 @@ export class PgSession {
     run.counted = true;
     const info = run.info;
     const ran = info.execute ? (this.preparedInfo(info.execute.name) ?? info) : info;
-    if (ran.kind === "CallStmt" || ran.kind === "DoStmt") this.changesInTransaction = 0;
-    else if (UNDONE_KINDS.has(ran.kind) || ran.statementClass === "ddl") this.changesInTransaction++;
+    // One that commits on its own (a procedure or DO block may too): what came before it stays.
+    if (OWN_COMMIT_KINDS.has(ran.kind) || /\bconcurrently\b/i.test(ran.text)) this.changesInTransaction = 0;
+    else if (writesTables(ran, info.execute !== undefined)) this.changesInTransaction++;
   }
 
   private afterSucceeded(run: Run): void {
@@ -2089,7 +2142,7 @@ export class PgSession {
     if (portal.refused && !portal.executed) return;
     const run = portal.run;
     if (message === "" && run && !run.recorded && run.rows > 0)
-      message = RUN_WHOLE_KINDS.has(run.info.kind)
+      message = runsWhole(run.info)
         ? "closed while suspended: rows counts the rows returned to the client; the statement itself ran to completion at its first Execute"
         : SUSPENDED_READ;
     this.recordRun(run, "allow", message);
@@ -2131,7 +2184,10 @@ export class PgSession {
     const r = auditRedaction(info, info.text);
     // Remembered at the PREPARE's run: an EXECUTE in the same message runs before it is registered.
     // (Bounded: past 1 024 names, every EXECUTE's arguments are redacted.)
-    if (r !== "none" && info.prepare && this.secretPrepared.size <= 1024) this.secretPrepared.add(info.prepare.name);
+    // So is one that sets configuration values from EXECUTE's arguments (whichever of two PREPAREs of
+    // the name the target kept: review 52).
+    if ((r !== "none" || setsConfig(info, info.text)) && info.prepare && this.secretPrepared.size <= 1024)
+      this.secretPrepared.add(info.prepare.name);
     if (r !== "none" || !info.execute) return r;
     if (this.secretPrepared.size > 1024 || this.secretPrepared.has(info.execute.name)) return "literals";
     const prepared = this.preparedInfo(info.execute.name);
@@ -2737,8 +2793,7 @@ export class PgSession {
         if (head?.kind === "execute") {
           const portal = head.portal;
           // A write with RETURNING ran whole at its first Execute: a change of this transaction.
-          if (portal?.run && portal.run.rows === 0 && RUN_WHOLE_KINDS.has(portal.run.info.kind))
-            this.noteChange(portal.run);
+          if (portal?.run && portal.run.rows === 0 && runsWhole(portal.run.info)) this.noteChange(portal.run);
           if (portal?.run) portal.run.rows += this.rowsSeen;
           if (portal?.lazy) portal.lazy.ran = true;
           this.shift();

@@ -319,8 +319,16 @@ export async function connectTarget(options: {
         backendPid = pid ? Number(pid.toString("latin1")) : undefined;
         readOnly = ro?.toString("latin1");
         leftovers = left?.toString("latin1");
-      } else if (m.type === "E") throw targetFailure(m.body);
-      else if (m.type === "Z") break;
+      } else if (m.type === "E") {
+        // Logged in: the agent's own check failed (a role that may not read pg_prepared_statements or
+        // pg_cursors, review 52).
+        const e = decodeErrorFields(m.body);
+        throw new TargetError(
+          `the agent's connection check (search path, server process, read-only setting, pg_prepared_statements, pg_cursors) failed on the target: ${e.message}`,
+          "08006",
+          MISCONFIGURED,
+        );
+      } else if (m.type === "Z") break;
     }
     checkSessionTarget(target, options.parameters, { processId, backendPid, readOnly, leftovers });
     const leftover = reader.detach();
