@@ -9,7 +9,15 @@ import { serialize } from "@moat/pg-wire";
 import { startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
 import { startHarness, type Harness } from "../test-support/pg.js";
-import { errors, firstValues, openRaw, queryEvents, types, type Raw } from "../test-support/raw-client.js";
+import {
+  errors,
+  firstValues,
+  queryEvents,
+  types,
+  type Raw,
+  queryEventsSince,
+  withRaw,
+} from "../test-support/raw-client.js";
 
 let server: TestPostgres;
 let h: Harness;
@@ -34,24 +42,9 @@ afterAll(async () => {
 const parse = (text: string, name = "") => serialize.parse({ name, text });
 
 /** The db.query events recorded from `from` on: text, message, rows, class. */
-const since = (from: number) =>
-  queryEvents(h)
-    .slice(from)
-    .map(({ ev, q }) => ({
-      text: q.text,
-      message: ev.message,
-      rows: Number(q.rows),
-      statementClass: q.statementClass,
-    }));
+const since = (from: number) => queryEventsSince(h, from);
 
-async function session<T>(body: (c: Raw) => Promise<T>): Promise<T> {
-  const c = await openRaw(h);
-  try {
-    return await body(c);
-  } finally {
-    c.socket.destroy();
-  }
-}
+const session = <T>(body: (c: Raw) => Promise<T>): Promise<T> => withRaw(h, body);
 
 describe("the audit trail of what statements did", () => {
   it("counts the rows a statement returned before it failed", async () => {

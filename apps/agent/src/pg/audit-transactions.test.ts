@@ -12,7 +12,15 @@ import { dirname, join } from "node:path";
 import { startPostgres, tempDir, waitFor, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
 import { run, startHarness, type Harness } from "../test-support/pg.js";
-import { firstValues, openRaw, queryEvents, types, type Raw } from "../test-support/raw-client.js";
+import {
+  firstValues,
+  openRaw,
+  queryEvents,
+  types,
+  type Raw,
+  queryEventsSince,
+  withRaw,
+} from "../test-support/raw-client.js";
 
 let server: TestPostgres;
 let h: Harness;
@@ -35,25 +43,10 @@ afterAll(async () => {
 
 const parse = (text: string, name = "") => serialize.parse({ name, text });
 const ext = (text: string) => [parse(text), serialize.bind({}), serialize.execute({})];
-const since = (from: number) =>
-  queryEvents(h)
-    .slice(from)
-    .map(({ ev, q }) => ({
-      text: q.text,
-      message: ev.message,
-      rows: Number(q.rows),
-      statementClass: q.statementClass,
-    }));
+const since = (from: number) => queryEventsSince(h, from);
 const rollbacks = (from: number) => since(from).filter((e) => e.text.startsWith("-- rollback"));
 
-async function session<T>(body: (c: Raw) => Promise<T>): Promise<T> {
-  const c = await openRaw(h);
-  try {
-    return await body(c);
-  } finally {
-    c.socket.destroy();
-  }
-}
+const session = <T>(body: (c: Raw) => Promise<T>): Promise<T> => withRaw(h, body);
 
 describe("the audit trail of transactions", () => {
   beforeEach(async () => {

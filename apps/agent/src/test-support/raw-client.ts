@@ -104,6 +104,27 @@ export const queryEvents = (harness: Harness) =>
     .events()
     .flatMap((ev) => (ev.type === "db.query" && ev.detail.case === "dbQuery" ? [{ ev, q: ev.detail.value }] : []));
 
+/** The statement events recorded from the `from`-th on: text, message, rows, class. */
+export const queryEventsSince = (harness: Harness, from: number) =>
+  queryEvents(harness)
+    .slice(from)
+    .map(({ ev, q }) => ({
+      text: q.text,
+      message: ev.message,
+      rows: Number(q.rows),
+      statementClass: q.statementClass,
+    }));
+
+/** Runs `body` with a new raw session through the harness, closed after it. */
+export async function withRaw<T>(harness: Harness, body: (c: Raw) => Promise<T>): Promise<T> {
+  const c = await openRaw(harness);
+  try {
+    return await body(c);
+  } finally {
+    c.socket.destroy();
+  }
+}
+
 export const types = (ms: Msg[]) => ms.map((m) => m.type).join("");
 export const errors = (ms: Msg[]) => ms.filter((m) => m.type === "E").map((m) => decodeErrorFields(m.body));
 /** The first value of each DataRow, as text. */
