@@ -280,4 +280,45 @@ describe("the audit trail of transactions", () => {
       expect(rollbacks(from)).toHaveLength(1);
     });
   });
+  it("reads CONCURRENTLY only where it commits on its own (review 53)", async () => {
+    await withRaw(h, async (c) => {
+      let from = queryEvents(h).length;
+      await c.exchange(serialize.query("INSERT INTO w VALUES (1); SELECT 'concurrently'; SELECT 1/0"));
+      expect(rollbacks(from)).toHaveLength(1);
+      from = queryEvents(h).length;
+      await c.exchange(...ext("INSERT INTO w VALUES (1) /* concurrently */"), ...ext("SELECT 1/0"), serialize.sync());
+      expect(rollbacks(from)).toHaveLength(1);
+    });
+  });
+
+  it("says nothing undone after a statement it cannot tell (a name two definitions may hold), and keeps no secret its parameters may give (review 53)", async () => {
+    await withRaw(h, async (c) => {
+      // A protocol COMMIT under a name a failed SQL PREPARE also claims: it committed.
+      await c.exchange(parse("COMMIT", "s"), serialize.sync());
+      expect(types(await c.exchange(serialize.query("PREPARE s AS SELECT 1")))).toContain("E");
+      await c.exchange(serialize.query("BEGIN; INSERT INTO w VALUES (1)"));
+      let from = queryEvents(h).length;
+      await c.exchange(
+        serialize.bind({ statement: "s" }),
+        serialize.execute({}),
+        ...ext("SELECT 1/0"),
+        serialize.sync(),
+      );
+      expect(await server.sql("SELECT count(*) FROM w", "app")).toMatch(/^1/);
+      expect(rollbacks(from)).toEqual([]);
+      // An UPDATE of pg_settings under a name a failed SQL PREPARE also claims.
+      await c.exchange(serialize.query("SET app.password = 'x'"));
+      await c.exchange(parse("UPDATE pg_settings SET setting = $1 WHERE name = 'app.password'", "u"), serialize.sync());
+      expect(types(await c.exchange(serialize.query("PREPARE u AS SELECT 1")))).toContain("E");
+      from = queryEvents(h).length;
+      await c.exchange(
+        serialize.bind({ statement: "u", values: ["hunter2-u"] }),
+        serialize.execute({}),
+        serialize.sync(),
+      );
+      expect(since(from).map((e) => e.text)).toEqual([expect.stringMatching(/-- parameters: \*\*\*$/)]);
+      expect(JSON.stringify(since(from))).not.toContain("hunter2");
+    });
+    await server.sql("DELETE FROM w", "app");
+  });
 });

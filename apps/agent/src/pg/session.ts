@@ -372,6 +372,10 @@ function writesTables(info: StatementInfo, prepared = false): boolean {
 function runsWhole(info: StatementInfo): boolean {
   return info.kind !== "CopyStmt" && info.statementClass !== "ddl" && writesTables(info);
 }
+/** PREPARE TRANSACTION: the transaction is no longer the session's (it is committed or not later). */
+const PREPARE_TRANSACTION = /^\s*prepare\s+transaction\b/i;
+/** Statements that may be run CONCURRENTLY, which commits on its own. */
+const CONCURRENT_KINDS: ReadonlySet<string> = new Set(["IndexStmt", "DropStmt", "ReindexStmt", "AlterTableStmt"]);
 /** Where an implicit transaction ends, as its commit's or rollback's event says. */
 const IMPLICIT_END = {
   sync: "at Sync (implicit transaction)",
@@ -490,6 +494,8 @@ interface Run {
   redaction: AuditRedaction;
   /** Counted among its transaction's changes (noteChange). */
   counted?: boolean;
+  /** Bound from a name two definitions may hold (preparedUncertain): what it runs is not known. */
+  uncertain?: boolean;
   /** Its event's message when it succeeded (recordRun). */
   note?: string;
 }
@@ -876,9 +882,10 @@ export class PgSession {
   /** DataRows relayed since the last statement completed. */
   private rowsSeen = 0;
   /**
-   * Statements other than reads that succeeded since the last transaction end (idle ReadyForQuery,
-   * COMMIT, ROLLBACK), and whether the failure of that transaction was recorded already (a failed
-   * commit): an implicit transaction that fails undoes them, which the trail says (recordRollback).
+   * Statements that wrote to tables since the last transaction end (idle ReadyForQuery, COMMIT,
+   * ROLLBACK, a statement that commits on its own: noteChange), and whether the failure of that
+   * transaction was recorded already (a failed commit): a transaction that fails or is left open undoes
+   * them, which the trail says (recordRollback).
    */
   private changesInTransaction = 0;
   private undoRecorded = false;
@@ -1015,9 +1022,7 @@ export class PgSession {
     if (this.status === "I" && (p.kind === "sync" || p.kind === "query")) return true;
     const runs = p.kind === "query" ? p.runs.slice(p.index) : p.kind === "execute" ? [p.portal?.run] : [];
     if (p.kind === "execute" && runs[0] === undefined) return true;
-    return runs.some(
-      (r) => r !== undefined && (r.info.kind === "TransactionStmt" || OWN_COMMIT_KINDS.has(r.info.kind)),
-    );
+    return runs.some((r) => r !== undefined && (r.info.kind === "TransactionStmt" || this.mayCommit(r)));
   }
 
   private end(reason: string): void {
@@ -1606,9 +1611,40 @@ export class PgSession {
     run.counted = true;
     const info = run.info;
     const ran = info.execute ? (this.preparedInfo(info.execute.name) ?? info) : info;
-    // One that commits on its own (a procedure or DO block may too): what came before it stays.
-    if (OWN_COMMIT_KINDS.has(ran.kind) || /\bconcurrently\b/i.test(ran.text)) this.changesInTransaction = 0;
+    // One that commits on its own (a procedure or DO block may too, and PREPARE TRANSACTION ends
+    // the transaction), or one of which the agent cannot tell what ran: what came before it is not
+    // said to be undone (nothing is said rather than something false).
+    if (this.mayCommit(run) || (ran.kind === "TransactionStmt" && PREPARE_TRANSACTION.test(ran.text)))
+      this.changesInTransaction = 0;
     else if (writesTables(ran, info.execute !== undefined)) this.changesInTransaction++;
+  }
+
+  /**
+   * Whether a statement commits on its own (whatever transaction it runs in), or is one of which the
+   * agent cannot tell what runs.
+   */
+  private mayCommit(run: Run): boolean {
+    const info = run.info;
+    if (run.uncertain || (info.execute && this.preparedUncertain(info.execute.name))) return true;
+    const ran = info.execute ? (this.preparedInfo(info.execute.name) ?? info) : info;
+    if (OWN_COMMIT_KINDS.has(ran.kind)) return true;
+    // CREATE INDEX / DROP INDEX / REINDEX / DETACH PARTITION ... CONCURRENTLY.
+    return CONCURRENT_KINDS.has(ran.kind) && /\bconcurrently\b/i.test(ran.text);
+  }
+
+  /** Whether more than one definition may be what prepared statement `name` holds. */
+  private preparedUncertain(name: string): boolean {
+    return (
+      this.unconfirmedDefinitions(name) > 0 || (name !== "" && this.sqlPrepared.has(name) && this.statements.has(name))
+    );
+  }
+
+  /** Whether some definition prepared statement `name` may hold could take a secret from its parameters. */
+  private mayTakeSecret(name: string): boolean {
+    const infos = [...(this.statements.get(name)?.classification.statements ?? [])];
+    const sql = name === "" ? undefined : this.sqlPrepared.get(name);
+    if (sql) infos.push(sql);
+    return infos.some((i) => setsConfig(i, i.text) || auditRedaction(i, i.text) !== "none");
   }
 
   private afterSucceeded(run: Run): void {
@@ -1858,6 +1894,13 @@ export class PgSession {
         ? renderParameters(bind, statement.parameterTypes, 256, this.notUtf8Encoding !== undefined)
         : "";
     if (run && params) run.params = params;
+    if (run && this.preparedUncertain(statementName)) {
+      // Two definitions may hold the name (a second one failed on the target): what ran is not
+      // known, so the audit counts no change of it and keeps its parameters only if neither
+      // definition could take a secret from them (review 53).
+      run.uncertain = true;
+      if (this.mayTakeSecret(statementName)) run.redaction = "literals";
+    }
     for (const info of infos) this.afterAllowed(info, run);
     const replaces = this.cursors.get(portalName)?.lazy;
     const named =
@@ -2134,9 +2177,9 @@ export class PgSession {
 
   /**
    * Records a portal's run as allowed, unless its Execute was refused before any was sent. One
-   * closed while suspended says so: its rows are those the client read, and a statement other than
-   * a plain SELECT (`INSERT ... RETURNING`, a writable CTE) ran to completion at its first Execute
-   * whatever was read of it (review 49).
+   * closed while suspended says so: its rows are those the client read, and a write (`INSERT ...
+   * RETURNING`, a writable CTE: runsWhole) ran to completion at its first Execute whatever was read
+   * of it (review 49).
    */
   private recordPortalRun(portal: Portal, message: string): void {
     if (portal.refused && !portal.executed) return;
@@ -2396,8 +2439,9 @@ export class PgSession {
 
   /**
    * Audits the rollback of an implicit transaction by an error (a statement's, or the substitute of
-   * one the agent refused): the statements recorded as run before it in that transaction were undone
-   * (review 49: `INSERT ...; SELECT 1/0` left an INSERT recorded with a row and nothing saying so).
+   * one the agent refused), or of a transaction the session left open: what the statements recorded
+   * as run in it wrote was undone (review 49: `INSERT ...; SELECT 1/0` left an INSERT recorded with
+   * a row and nothing saying so).
    */
   private recordRollback(at: keyof typeof IMPLICIT_END, changes: number): void {
     // (Sequences' values, advisory locks and prepared statements stay: not counted.)

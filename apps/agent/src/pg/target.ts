@@ -36,7 +36,6 @@ export interface TargetConnection {
   leftover: Buffer;
 }
 
-/** A failure to reach or log in to the target; `message` is safe to show (no credentials). */
 /** What a client is told when the agent cannot connect to the target: the details are in its log. */
 const CANNOT_CONNECT = "the agent cannot connect to the target database (the agent's log says why)";
 
@@ -303,9 +302,8 @@ export async function connectTarget(options: {
 
     // The schemas unqualified names resolve in (existing ones, "$user" resolved), to qualify table
     // names for policy decisions; the server process's id, to tell PostgreSQL itself from a pooler;
-    // whether the read-only backstop was applied.
-    // And whether the connection is new: no temporary relation, prepared statement or cursor left by
-    // an earlier user of it (a pooler without a reset query).
+    // whether the read-only backstop was applied; whether the connection is new (nothing an earlier
+    // user of it left: a pooler without a reset query). See SESSION_CHECK and checkSessionTarget.
     socket.write(serialize.query(SESSION_CHECK));
     let searchPath = ["public"];
     let backendPid: number | undefined;
