@@ -1609,24 +1609,27 @@ export class PgSession {
   private noteChange(run: Run): void {
     if (run.counted) return;
     run.counted = true;
-    const info = run.info;
-    const ran = info.execute ? (this.preparedInfo(info.execute.name) ?? info) : info;
+    const ran = this.ranInfo(run.info);
     // One that commits on its own (a procedure or DO block may too, and PREPARE TRANSACTION ends
     // the transaction), or one of which the agent cannot tell what ran: what came before it is not
     // said to be undone (nothing is said rather than something false).
-    if (this.mayCommit(run) || (ran.kind === "TransactionStmt" && PREPARE_TRANSACTION.test(ran.text)))
+    if (this.mayCommit(run, ran) || (ran.kind === "TransactionStmt" && PREPARE_TRANSACTION.test(ran.text)))
       this.changesInTransaction = 0;
-    else if (writesTables(ran, info.execute !== undefined)) this.changesInTransaction++;
+    else if (writesTables(ran, run.info.execute !== undefined)) this.changesInTransaction++;
+  }
+
+  /** What a statement runs: EXECUTE's prepared statement (as far as the agent knows it), else itself. */
+  private ranInfo(info: StatementInfo): StatementInfo {
+    return info.execute ? (this.preparedInfo(info.execute.name) ?? info) : info;
   }
 
   /**
    * Whether a statement commits on its own (whatever transaction it runs in), or is one of which the
    * agent cannot tell what runs.
    */
-  private mayCommit(run: Run): boolean {
+  private mayCommit(run: Run, ran = this.ranInfo(run.info)): boolean {
     const info = run.info;
     if (run.uncertain || (info.execute && this.preparedUncertain(info.execute.name))) return true;
-    const ran = info.execute ? (this.preparedInfo(info.execute.name) ?? info) : info;
     if (OWN_COMMIT_KINDS.has(ran.kind)) return true;
     // CREATE INDEX / DROP INDEX / REINDEX / DETACH PARTITION ... CONCURRENTLY.
     return CONCURRENT_KINDS.has(ran.kind) && /\bconcurrently\b/i.test(ran.text);
@@ -2213,7 +2216,7 @@ export class PgSession {
    * `EXECUTE ins(42)`, recorded as dynamic).
    */
   private auditedClass(info: StatementInfo): StatementInfo["statementClass"] {
-    if (info.execute) return this.preparedInfo(info.execute.name)?.statementClass ?? info.statementClass;
+    if (info.execute) return this.ranInfo(info).statementClass;
     if (info.cursor?.op === "fetch" && info.cursor.name !== null && this.cursors.get(info.cursor.name)?.onlyReads)
       return "read";
     return info.statementClass;
