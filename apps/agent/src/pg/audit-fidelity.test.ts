@@ -1,22 +1,27 @@
 /**
- * What the audit trail says a statement did, against a real PostgreSQL (review 49): rows a failing
- * statement returned first, portals closed while suspended, implicit transactions an error rolled
- * back, the class of EXECUTE and FETCH, parameters of long texts, of set_config and of clients in
- * other encodings.
+ * What the audit trail says a statement did, against a real PostgreSQL (reviews 49-53): rows a
+ * failing statement returned first, portals closed while suspended, implicit transactions an error
+ * rolled back, the class of EXECUTE and FETCH, parameters of long texts, of set_config and of
+ * clients in other encodings; what commits on its own, what a rollback undoes or leaves, a session
+ * ending with messages in flight, ordinary traffic with no rollback event.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { chmodSync } from "node:fs";
+import { dirname, join } from "node:path";
+import pg from "pg";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { serialize } from "@moat/pg-wire";
-import { startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
+import { startPostgres, tempDir, waitFor, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
-import { startHarness, type Harness } from "../test-support/pg.js";
+import { run, startHarness, type Harness } from "../test-support/pg.js";
 import {
   errors,
   firstValues,
+  openRaw,
   queryEvents,
-  types,
-  type Raw,
   queryEventsSince,
+  types,
   withRaw,
+  type Raw,
 } from "../test-support/raw-client.js";
 
 let server: TestPostgres;
@@ -29,9 +34,19 @@ beforeAll(async () => {
     "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10); CREATE TABLE w (id int);",
     "app",
   );
-  // Everything but DDL: a DROP is the agent's own refusal.
-  const actions = ["db:write", "db:admin", "db:function", "db:dynamic", "db:copy-in", "db:copy-out"];
-  h = await startHarness({ pg: server, policies: [readPolicy(actions)] });
+  // Everything, but DDL on t: a DROP of it is the agent's own refusal.
+  const actions = ["db:write", "db:ddl", "db:admin", "db:function", "db:dynamic", "db:copy-in", "db:copy-out"];
+  const keepT = {
+    apiVersion: "moat.dev/v1",
+    kind: "Policy",
+    metadata: { name: "keep-t" },
+    spec: {
+      subjects: { groups: ["eng"] },
+      resources: { names: ["db"] },
+      rules: [{ name: "keep-t", effect: "deny", actions: ["db:ddl"], tables: ["public.t"] }],
+    },
+  };
+  h = await startHarness({ pg: server, policies: [readPolicy(actions), keepT] });
 }, 120_000);
 
 afterAll(async () => {
@@ -40,11 +55,32 @@ afterAll(async () => {
 });
 
 const parse = (text: string, name = "") => serialize.parse({ name, text });
+/** Parse, Bind and Execute of `text` (unnamed). */
+const ext = (text: string) => [parse(text), serialize.bind({}), serialize.execute({})];
 
 /** The db.query events recorded from `from` on: text, message, rows, class. */
 const since = (from: number) => queryEventsSince(h, from);
+const rollbacks = (from: number) => since(from).filter((e) => e.text.startsWith("-- rollback"));
 
 const session = <T>(body: (c: Raw) => Promise<T>): Promise<T> => withRaw(h, body);
+
+/**
+ * Opens a session, sends each of `setup` awaiting its answer, then sends `inFlight` and closes the
+ * connection before it is answered; resolves once the agent has recorded the session's end, with the
+ * index of the first event after `setup`.
+ */
+async function closeWithInFlight(setup: Buffer[][], inFlight: Buffer[]): Promise<number> {
+  const ends = () => h.events().filter((e) => e.type === "session.end").length;
+  const ended = ends();
+  const c = await openRaw(h);
+  for (const messages of setup) await c.exchange(...messages);
+  const from = queryEvents(h).length;
+  c.socket.write(Buffer.concat(inFlight));
+  await new Promise((r) => setTimeout(r, 50));
+  c.socket.destroy();
+  await waitFor(() => ends() > ended);
+  return from;
+}
 
 describe("the audit trail of what statements did", () => {
   it("counts the rows a statement returned before it failed", async () => {
@@ -114,15 +150,7 @@ describe("the audit trail of what statements did", () => {
       );
       // A pipeline up to a Sync.
       from = queryEvents(h).length;
-      await c.exchange(
-        parse("INSERT INTO w VALUES (3)"),
-        serialize.bind({}),
-        serialize.execute({}),
-        parse("SELECT 1/0"),
-        serialize.bind({}),
-        serialize.execute({}),
-        serialize.sync(),
-      );
+      await c.exchange(...ext("INSERT INTO w VALUES (3)"), ...ext("SELECT 1/0"), serialize.sync());
       expect(since(from).map((e) => e.text)).toEqual([
         "INSERT INTO w VALUES (3)",
         "SELECT 1/0",
@@ -239,7 +267,6 @@ describe("the audit trail of what statements did", () => {
       "app",
     );
     await session(async (c) => {
-      const rollbacks = (from: number) => since(from).filter((e) => e.text.startsWith("-- rollback"));
       // A failing transaction command in an implicit transaction undoes what came before it.
       let from = queryEvents(h).length;
       await c.exchange(serialize.query("INSERT INTO w VALUES (1); SAVEPOINT a; RELEASE nosuch"));
@@ -257,18 +284,7 @@ describe("the audit trail of what statements did", () => {
       await c.exchange(serialize.query("SELECT pg_advisory_unlock(7); DEALLOCATE pi"));
       // A procedure that commits: what came before it stays.
       from = queryEvents(h).length;
-      await c.exchange(
-        parse("INSERT INTO w VALUES (2)"),
-        serialize.bind({}),
-        serialize.execute({}),
-        parse("CALL pc()"),
-        serialize.bind({}),
-        serialize.execute({}),
-        parse("SELECT 1/0"),
-        serialize.bind({}),
-        serialize.execute({}),
-        serialize.sync(),
-      );
+      await c.exchange(...ext("INSERT INTO w VALUES (2)"), ...ext("CALL pc()"), ...ext("SELECT 1/0"), serialize.sync());
       expect(rollbacks(from)).toEqual([]);
       expect(await server.sql("SELECT count(*) FROM w", "app")).toMatch(/^1/);
       // A write with RETURNING read with a row limit ran whole; an error after it in the same Sync
@@ -279,9 +295,7 @@ describe("the audit trail of what statements did", () => {
         parse("INSERT INTO w SELECT id FROM t RETURNING id"),
         serialize.bind({}),
         serialize.execute({ rows: 1 }),
-        parse("SELECT 1/0"),
-        serialize.bind({}),
-        serialize.execute({}),
+        ...ext("SELECT 1/0"),
         serialize.sync(),
       );
       expect(since(from).map((e) => e.text)).toEqual([
@@ -351,5 +365,270 @@ describe("the audit trail of what statements did", () => {
       expect(event?.text.startsWith("SELECT count(*) FROM t WHERE 'x' NOT IN ($1, $2")).toBe(true);
       expect(event?.text.length).toBeLessThanOrEqual(64 * 1024 + 32);
     });
+  });
+});
+
+describe("the audit trail of transactions", () => {
+  beforeEach(async () => {
+    await server.sql("DELETE FROM w", "app");
+  });
+  it("says nothing undone of CREATE INDEX CONCURRENTLY, which commits at once", async () => {
+    await session(async (c) => {
+      const from = queryEvents(h).length;
+      await c.exchange(...ext("CREATE INDEX CONCURRENTLY wi ON w (id)"), ...ext("SELECT 1/0"), serialize.sync());
+      const kept = await server.sql("SELECT count(*) FROM pg_class WHERE relname = 'wi'", "app");
+      expect(kept).toMatch(/^1/);
+      expect(rollbacks(from)).toEqual([]);
+    });
+  });
+
+  it("says nothing undone of COPY ... TO (STDOUT or a file) before an error", async () => {
+    await session(async (c) => {
+      let from = queryEvents(h).length;
+      await c.exchange(serialize.query("COPY t TO STDOUT; SELECT 1/0"));
+      expect(rollbacks(from)).toEqual([]);
+      from = queryEvents(h).length;
+      // (A file the server writes, which a rollback leaves.)
+      const file = join(tempDir(), "copy.txt");
+      chmodSync(dirname(file), 0o777);
+      await c.exchange(serialize.query(`COPY t TO '${file}'; SELECT 1/0`));
+      expect(rollbacks(from)).toEqual([]);
+    });
+  });
+
+  it("counts TRUNCATE, a writable CTE and EXPLAIN ANALYZE of a write as writes an error undid", async () => {
+    await server.sql("INSERT INTO w VALUES (100)", "app");
+    await session(async (c) => {
+      for (const q of [
+        "TRUNCATE w; SELECT 1/0",
+        "WITH x AS (INSERT INTO w VALUES (1) RETURNING id) SELECT * FROM x; SELECT 1/0",
+        "EXPLAIN ANALYZE INSERT INTO w VALUES (2); SELECT 1/0",
+      ]) {
+        const from = queryEvents(h).length;
+        await c.exchange(serialize.query(q));
+        expect(rollbacks(from), q).toHaveLength(1);
+      }
+    });
+    expect(await server.sql("SELECT count(*) FROM w WHERE id <> 100", "app")).toMatch(/^0/);
+    await server.sql("DELETE FROM w", "app");
+  });
+
+  it("says a writable CTE closed suspended ran whole", async () => {
+    await session(async (c) => {
+      const from = queryEvents(h).length;
+      const ms = await c.exchange(
+        parse("WITH x AS (INSERT INTO w SELECT id FROM t RETURNING id) SELECT * FROM x"),
+        serialize.bind({}),
+        serialize.execute({ rows: 2 }),
+        serialize.sync(),
+      );
+      expect(types(ms)).toBe("12DDsZ");
+      expect(await server.sql("SELECT count(*) FROM w", "app")).toMatch(/^10/);
+      expect(since(from)[0]?.message).toMatch(/ran to completion/);
+    });
+    await server.sql("DELETE FROM w", "app");
+  });
+
+  it("records the rollback of a session closed inside an explicit transaction with a Sync in flight", async () => {
+    const from = await closeWithInFlight(
+      [[serialize.query("BEGIN")], [...ext("INSERT INTO w VALUES (7)"), serialize.sync()]],
+      [...ext("SELECT pg_sleep(0.3)"), serialize.sync()],
+    );
+    expect(await server.sql("SELECT count(*) FROM w", "app")).toMatch(/^0/);
+    expect(rollbacks(from)).toHaveLength(1);
+  });
+
+  it("records no rollback of a session closed with a COMMIT in flight (it committed)", async () => {
+    const from = await closeWithInFlight(
+      [[serialize.query("BEGIN; INSERT INTO w VALUES (8)")]],
+      [...ext("SELECT pg_sleep(0.3)"), ...ext("COMMIT")],
+    );
+    // The target runs what the agent forwarded after the session's end is recorded: the row is kept.
+    await waitFor(async () => /^1/.test(await server.sql("SELECT count(*) FROM w WHERE id = 8", "app")));
+    expect(rollbacks(from)).toEqual([]);
+    await server.sql("DELETE FROM w", "app");
+  });
+
+  it("counts the rows of a suspended portal that fails at a later Execute", async () => {
+    await session(async (c) => {
+      const from = queryEvents(h).length;
+      const ms = await c.exchange(
+        parse("SELECT 10 / (4 - id) FROM t"),
+        serialize.bind({}),
+        serialize.execute({ rows: 2 }),
+        serialize.execute({ rows: 1 }),
+        serialize.execute({ rows: 5 }),
+        serialize.sync(),
+      );
+      expect(since(from)[0]?.rows).toBe(firstValues(ms).length);
+    });
+  });
+
+  it("records no rollback event for ordinary traffic (pgbench TPC-B in three modes, node-postgres transactions)", async () => {
+    const init = await run("pgbench", [
+      "-i",
+      "-s",
+      "1",
+      "-q",
+      `host=127.0.0.1 port=${server.port} user=postgres dbname=app`,
+    ]);
+    expect(init.code).toBe(0);
+    const from = queryEvents(h).length;
+    for (const mode of ["simple", "extended", "prepared"]) {
+      const token = await h.token();
+      const r = await run(
+        "pgbench",
+        [
+          "-n",
+          "-M",
+          mode,
+          "-c",
+          "2",
+          "-t",
+          "30",
+          `host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require`,
+        ],
+        { PGPASSWORD: token },
+      );
+      expect(r.stderr + r.stdout, mode).toMatch(/processed: 60\/60/);
+    }
+    const token = await h.token();
+    const client = new pg.Client({
+      host: "127.0.0.1",
+      port: h.port,
+      user: "alice@example.com",
+      password: token,
+      database: "app",
+    });
+    await client.connect();
+    for (let i = 0; i < 5; i++) {
+      await client.query("BEGIN");
+      await client.query("INSERT INTO w VALUES ($1)", [i]);
+      await client.query("UPDATE w SET id = id + 1 WHERE id = $1", [i]);
+      await client.query("COMMIT");
+    }
+    await client.query("BEGIN");
+    await client.query("INSERT INTO w VALUES ($1)", [99]);
+    await client.query("SELECT 1/0").catch(() => undefined);
+    await client.query("ROLLBACK");
+    await client.query("INSERT INTO w VALUES ($1)", [50]);
+    await client.query("SELECT $1::int / 0", [1]).catch(() => undefined);
+    await client.end();
+    const psqlRun = await run(
+      "psql",
+      [
+        `host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require`,
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-1",
+        "-c",
+        "INSERT INTO w VALUES (1)",
+        "-c",
+        "UPDATE w SET id = 2 WHERE id = 1",
+      ],
+      { PGPASSWORD: await h.token() },
+    );
+    expect(psqlRun.code).toBe(0);
+    await waitFor(() => queryEvents(h).length > from);
+    await new Promise((r) => setTimeout(r, 500));
+    const rb = rollbacks(from);
+    expect(rb).toEqual([]);
+    await server.sql("DELETE FROM w", "app");
+  }, 120_000);
+
+  it("keeps no arguments of EXECUTE of a name that may hold an UPDATE of pg_settings (a second PREPARE failed)", async () => {
+    await session(async (c) => {
+      await c.exchange(serialize.query("SET app.password = 'x'"));
+      const from = queryEvents(h).length;
+      for (const q of [
+        "PREPARE q(text, text) AS UPDATE pg_settings SET setting = $2 WHERE name = $1",
+        "PREPARE q(text, text) AS SELECT $1, $2",
+        "EXECUTE q('app.password', 'hunter2-s1')",
+        "PREPARE r(text, text) AS SELECT $1, $2",
+        "PREPARE r(text, text) AS UPDATE pg_settings SET setting = $2 WHERE name = $1",
+        "EXECUTE r('app.password', 'hunter2-s1r')",
+        "SHOW app.password",
+      ])
+        await c.exchange(serialize.query(q));
+      expect(JSON.stringify(since(from))).not.toContain("hunter2");
+    });
+  });
+
+  it("records the rollback of a session closed while a query runs inside an explicit transaction", async () => {
+    const from = await closeWithInFlight(
+      [[serialize.query("BEGIN; INSERT INTO w VALUES (7)")]],
+      [serialize.query("SELECT pg_sleep(0.3)")],
+    );
+    expect(await server.sql("SELECT count(*) FROM w", "app")).toMatch(/^0/);
+    expect(rollbacks(from)).toHaveLength(1);
+  });
+
+  it("keeps no arguments of EXECUTE of a prepared UPDATE of pg_settings", async () => {
+    await session(async (c) => {
+      await c.exchange(serialize.query("SET app.password = 'x'"));
+      const from = queryEvents(h).length;
+      for (const q of [
+        "PREPARE u(text, text) AS UPDATE pg_settings SET setting = $2 WHERE name = $1",
+        "EXECUTE u('app.password', 'hunter2-s2')",
+      ])
+        await c.exchange(serialize.query(q));
+      // The same through a protocol-level Parse of the name, then SQL EXECUTE.
+      await c.exchange(parse("UPDATE pg_settings SET setting = $2 WHERE name = $1", "pu"), serialize.sync());
+      await c.exchange(serialize.query("EXECUTE pu('app.password', 'hunter2-s2p')"));
+      expect(JSON.stringify(since(from))).not.toContain("hunter2");
+    });
+  });
+
+  it("counts EXECUTE of a SQL-prepared INSERT before an error as a write undone", async () => {
+    await session(async (c) => {
+      await c.exchange(serialize.query("PREPARE ins9 AS INSERT INTO w VALUES (9)"));
+      const from = queryEvents(h).length;
+      await c.exchange(serialize.query("EXECUTE ins9; SELECT 1/0"));
+      expect(await server.sql("SELECT count(*) FROM w", "app")).toMatch(/^0/);
+      expect(rollbacks(from)).toHaveLength(1);
+    });
+  });
+  it("reads CONCURRENTLY only where it commits on its own (review 53)", async () => {
+    await withRaw(h, async (c) => {
+      let from = queryEvents(h).length;
+      await c.exchange(serialize.query("INSERT INTO w VALUES (1); SELECT 'concurrently'; SELECT 1/0"));
+      expect(rollbacks(from)).toHaveLength(1);
+      from = queryEvents(h).length;
+      await c.exchange(...ext("INSERT INTO w VALUES (1) /* concurrently */"), ...ext("SELECT 1/0"), serialize.sync());
+      expect(rollbacks(from)).toHaveLength(1);
+    });
+  });
+
+  it("says nothing undone after a statement it cannot tell (a name two definitions may hold), and keeps no secret its parameters may give (review 53)", async () => {
+    await withRaw(h, async (c) => {
+      // A protocol COMMIT under a name a failed SQL PREPARE also claims: it committed.
+      await c.exchange(parse("COMMIT", "s"), serialize.sync());
+      expect(types(await c.exchange(serialize.query("PREPARE s AS SELECT 1")))).toContain("E");
+      await c.exchange(serialize.query("BEGIN; INSERT INTO w VALUES (1)"));
+      let from = queryEvents(h).length;
+      await c.exchange(
+        serialize.bind({ statement: "s" }),
+        serialize.execute({}),
+        ...ext("SELECT 1/0"),
+        serialize.sync(),
+      );
+      expect(await server.sql("SELECT count(*) FROM w", "app")).toMatch(/^1/);
+      expect(rollbacks(from)).toEqual([]);
+      // An UPDATE of pg_settings under a name a failed SQL PREPARE also claims.
+      await c.exchange(serialize.query("SET app.password = 'x'"));
+      await c.exchange(parse("UPDATE pg_settings SET setting = $1 WHERE name = 'app.password'", "u"), serialize.sync());
+      expect(types(await c.exchange(serialize.query("PREPARE u AS SELECT 1")))).toContain("E");
+      from = queryEvents(h).length;
+      await c.exchange(
+        serialize.bind({ statement: "u", values: ["hunter2-u"] }),
+        serialize.execute({}),
+        serialize.sync(),
+      );
+      expect(since(from).map((e) => e.text)).toEqual([expect.stringMatching(/-- parameters: \*\*\*$/)]);
+      expect(JSON.stringify(since(from))).not.toContain("hunter2");
+    });
+    await server.sql("DELETE FROM w", "app");
   });
 });

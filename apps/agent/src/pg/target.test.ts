@@ -15,6 +15,19 @@ import { connectTarget, parseTextArray, TargetError } from "./target.js";
 import { psql, run, startHarness } from "../test-support/pg.js";
 
 const PASSWORD = "canary-target-password-8d1f";
+/** Group eng may connect to `db` and do anything there. */
+const ALLOW_ALL = [
+  {
+    apiVersion: "moat.dev/v1",
+    kind: "Policy",
+    metadata: { name: "all" },
+    spec: {
+      subjects: { groups: ["eng"] },
+      resources: { names: ["db"] },
+      rules: [{ name: "all", effect: "allow", actions: ["connect", "db:*"] }],
+    },
+  },
+];
 let server: TestPostgres;
 let caFile: string;
 
@@ -158,18 +171,7 @@ describe("target authentication", () => {
   it("serves users through SCRAM + TLS to the target, and the password appears nowhere users or audit see", async () => {
     const h = await startHarness({
       pg: server,
-      policies: [
-        {
-          apiVersion: "moat.dev/v1",
-          kind: "Policy",
-          metadata: { name: "all" },
-          spec: {
-            subjects: { groups: ["eng"] },
-            resources: { names: ["db"] },
-            rules: [{ name: "all", effect: "allow", actions: ["connect", "db:*"] }],
-          },
-        },
-      ],
+      policies: ALLOW_ALL,
       target: { user: "scram_user", password: PASSWORD, sslmode: "verify-full", caFile, serverName: "localhost" },
     });
     try {
@@ -271,18 +273,7 @@ describe("what the agent connects to (review 47)", () => {
   });
 
   it("tells clients the agent cannot connect without its hosts, files or role", async () => {
-    const policies = [
-      {
-        apiVersion: "moat.dev/v1",
-        kind: "Policy",
-        metadata: { name: "all" },
-        spec: {
-          subjects: { groups: ["eng"] },
-          resources: { names: ["db"] },
-          rules: [{ name: "all", effect: "allow", actions: ["connect", "db:*"] }],
-        },
-      },
-    ];
+    const policies = ALLOW_ALL;
     await server.sql("DROP ROLE IF EXISTS agent_full_7c2; CREATE ROLE agent_full_7c2 LOGIN CONNECTION LIMIT 0");
     const closed = await freePort();
     const secretDir = join(tempDir(), "secret-dir-4b1");
