@@ -29,6 +29,18 @@ const QUERIES = {
     "AND pronargs - pronargdefaults <= 1 AND proargtypes[0] IN ('record'::regtype, 'anyelement'::regtype, " +
     "'anycompatible'::regtype, '\"any\"'::regtype, 'anynonarray'::regtype, 'anycompatiblenonarray'::regtype) ORDER BY 1",
   superuserSettings: "SELECT name FROM pg_settings WHERE context = 'superuser' ORDER BY 1",
+  // What PostgreSQL keeps from PUBLIC by default: functions without EXECUTE for PUBLIC (superuser
+  // only, or granted to pg_monitor, pg_read_all_stats...), relations without SELECT for PUBLIC,
+  // on the table or on any of its columns (pg_subscription grants its columns but subconninfo).
+  restrictedFunctions:
+    "SELECT DISTINCT proname FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace AND proacl IS NOT NULL " +
+    "AND NOT EXISTS (SELECT 1 FROM aclexplode(proacl) a WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') ORDER BY 1",
+  restrictedRelations:
+    "SELECT relname FROM pg_class c WHERE relnamespace = 'pg_catalog'::regnamespace AND relkind IN ('r', 'v', 'm', 'p', 'f', 'S') " +
+    "AND NOT EXISTS (SELECT 1 FROM aclexplode(coalesce(relacl, acldefault('r', relowner))) a " +
+    "WHERE a.grantee = 0 AND a.privilege_type = 'SELECT') " +
+    "AND NOT EXISTS (SELECT 1 FROM pg_attribute t, aclexplode(t.attacl) b WHERE t.attrelid = c.oid " +
+    "AND b.grantee = 0 AND b.privilege_type = 'SELECT') ORDER BY 1",
   version: "SHOW server_version",
 };
 
@@ -113,7 +125,11 @@ await withServer(async (url) => {
     `\n/** Functions of pg_catalog callable with one row argument, so also in attribute notation (\`u.to_json\`). */\n` +
     list("PG_ROW_FUNCTIONS", psql(url, QUERIES.rowFunctions)) +
     `\n/** Settings only a superuser may change with SET (pg_settings.context = 'superuser'). */\n` +
-    list("PG_SUPERUSER_SETTINGS", psql(url, QUERIES.superuserSettings));
+    list("PG_SUPERUSER_SETTINGS", psql(url, QUERIES.superuserSettings)) +
+    `\n/** Functions of pg_catalog PUBLIC may not EXECUTE by default (some overload of the name). */\n` +
+    list("PG_RESTRICTED_FUNCTIONS", psql(url, QUERIES.restrictedFunctions)) +
+    `\n/** Relations of pg_catalog PUBLIC may not SELECT from by default (not even one column). */\n` +
+    list("PG_RESTRICTED_RELATIONS", psql(url, QUERIES.restrictedRelations));
   writeFileSync(out, text);
   console.log(`wrote ${out}`);
 });

@@ -2,6 +2,7 @@
 // come out as nothing but reads (or session statements), cached or not.
 import { beforeAll, describe, expect, it } from "vitest";
 import { createClassifier, loadSqlParser, type Classification, type Classifier } from "./index.js";
+import { PG_RESTRICTED_FUNCTIONS, PG_RESTRICTED_RELATIONS } from "./gen/pg-catalog.js";
 import { OFF, ON } from "./test-helpers.js";
 
 let uncached: Classifier;
@@ -241,6 +242,17 @@ const ATTACKS: string[] = [
   "SELECT * FROM pg_toast_temp_3.pg_toast_16500",
   "SELECT txid_current()",
   "SELECT pg_catalog.pg_current_xact_id()",
+  // what PostgreSQL keeps from PUBLIC by default (found by scripts/readonly-oracle.mjs's second
+  // oracle over PostgreSQL's regression suite): the target role may be allowed them
+  "SELECT * FROM pg_config",
+  "SELECT setting FROM pg_catalog.pg_config WHERE name = 'CONFIGURE'",
+  "SELECT pg_current_logfile()",
+  "SELECT * FROM pg_shmem_allocations",
+  "SELECT * FROM pg_get_shmem_allocations()",
+  "SELECT * FROM pg_backend_memory_contexts",
+  "SELECT * FROM pg_replication_origin_status",
+  "SELECT * FROM pg_show_replication_origin_status()",
+  "SELECT pg_stat_have_stats('relation', 0, 0)",
   // newer servers' syntax that PostgreSQL 15 reads as a call of a (user's) function of that name
   "SELECT merge_action()",
   "SELECT json_value('{}', '$')",
@@ -260,6 +272,23 @@ describe("read-only escapes", () => {
       // Twice through the cache: the miss, then the hit.
       expect(cached.classify(sql, lexical)).toEqual(fresh);
       expect(notOnlyReads(cached.classify(sql, lexical))).toBe(true);
+    }
+  });
+
+  it("needs db:admin for every function and relation of pg_catalog PostgreSQL keeps from PUBLIC", () => {
+    expect(PG_RESTRICTED_FUNCTIONS.size).toBeGreaterThan(40);
+    expect(PG_RESTRICTED_RELATIONS.size).toBeGreaterThan(10);
+    const needsAdmin = (sql: string) => {
+      const result = uncached.classify(sql, ON);
+      return result.ok && result.statements.some((s) => s.actions.some((use) => use.action === "db:admin"));
+    };
+    for (const name of PG_RESTRICTED_FUNCTIONS) {
+      expect(needsAdmin(`SELECT ${name}()`), name).toBe(true);
+      expect(needsAdmin(`SELECT * FROM pg_catalog.${name}(NULL)`), name).toBe(true);
+    }
+    for (const name of PG_RESTRICTED_RELATIONS) {
+      expect(needsAdmin(`SELECT count(*) FROM ${name}`), name).toBe(true);
+      expect(needsAdmin(`SELECT 1 FROM pg_catalog.${name} LIMIT 1`), name).toBe(true);
     }
   });
 

@@ -16,7 +16,7 @@ import { isCatalogRelation, pathShadowsCatalog } from "./qualify.js";
 import { statementLineage } from "./lineage.js";
 import { aliasOf, isObj, nameParts, unwrap, walkNodes, type Obj } from "./tree.js";
 import { NODE_FIELD_TYPES } from "./gen/node-fields.js";
-import { PG_SUPERUSER_SETTINGS } from "./gen/pg-catalog.js";
+import { PG_RESTRICTED_RELATIONS, PG_SUPERUSER_SETTINGS } from "./gen/pg-catalog.js";
 import {
   actionRank,
   classOfActions,
@@ -251,7 +251,9 @@ function walkNode(type: string, node: Obj, scope: Scope, out: Collector): void {
  * Catalog relations that are not "just metadata": password hashes (pg_authid, pg_shadow), FDW
  * credentials (user mappings), large-object contents, column statistics (most common values and
  * histograms: the data of tables a policy may deny), other sessions' query texts (every Moat user
- * shares the target role), server configuration files. Reading them needs db:admin. Matched
+ * shares the target role), server configuration files; and, from PG_RESTRICTED_RELATIONS, whatever
+ * else PostgreSQL keeps from PUBLIC by default (pg_config, pg_shmem_allocations: the target role
+ * the agent logs in as may be allowed them). Reading them needs db:admin. Matched
  * unqualified (PostgreSQL finds them in pg_catalog first unless the search path says otherwise; a
  * user table of that name gets the stricter treatment) and in pg_catalog.
  */
@@ -301,7 +303,8 @@ function isSensitiveCatalog(rangeVar: Obj): boolean {
   // TOAST tables hold the long values of every table, whatever the policy says of those tables.
   if (typeof schema === "string" && schema.startsWith("pg_toast")) return true;
   if (TOAST_RELATION.test(name)) return true;
-  if (SENSITIVE_CATALOG_RELATIONS.has(name)) return schema === undefined || schema === "pg_catalog";
+  if (SENSITIVE_CATALOG_RELATIONS.has(name) || PG_RESTRICTED_RELATIONS.has(name))
+    return schema === undefined || schema === "pg_catalog";
   // Unqualified, information_schema's views are found only with it on the search path: counted too.
   if (SENSITIVE_INFORMATION_SCHEMA_RELATIONS.has(name)) return schema === undefined || schema === "information_schema";
   return false;

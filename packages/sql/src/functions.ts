@@ -1,14 +1,14 @@
 /**
  * What calling a function (or using an operator) needs. Built-in functions of pg_catalog need
  * nothing of their own, except the lists below: functions with side effects outside the rows a
- * statement names (admin), functions that run SQL given as a string (dynamic), and functions that
- * change shared state (write). Everything else, user-defined or from an extension, is db:function.
+ * statement names and those PostgreSQL does not let PUBLIC execute (admin), functions that run SQL
+ * given as a string (dynamic), and functions that change shared state (write). Everything else, user-defined or from an extension, is db:function.
  *
  * The danger lists match the bare name in ANY schema (an extension installs dblink_exec wherever it
  * likes; a same-named user function gets the stricter treatment, which is safe). The built-in list
  * matches only unqualified names and `pg_catalog.x`: `myschema.lower(...)` is a user function.
  */
-import { PG_CATALOG_FUNCTIONS, PG_CATALOG_OPERATORS } from "./gen/pg-catalog.js";
+import { PG_CATALOG_FUNCTIONS, PG_CATALOG_OPERATORS, PG_RESTRICTED_FUNCTIONS } from "./gen/pg-catalog.js";
 import type { DbAction } from "./types.js";
 
 /** Side effects on the server, files, other sessions, replication or configuration. */
@@ -157,7 +157,13 @@ export function isBuiltinFunction(parts: readonly string[]): boolean {
  */
 export function functionVerdict(parts: readonly string[], procedure = false): FunctionVerdict {
   const name = parts[parts.length - 1] ?? "";
-  if (ADMIN_FUNCTIONS.has(name) || ADMIN_PATTERNS.some((pattern) => pattern.test(name))) {
+  // What PostgreSQL itself keeps for privileged roles by default (pg_config, pg_current_logfile,
+  // pg_get_shmem_allocations...) is admin too: the target role the agent logs in as may hold them.
+  if (
+    ADMIN_FUNCTIONS.has(name) ||
+    ADMIN_PATTERNS.some((pattern) => pattern.test(name)) ||
+    PG_RESTRICTED_FUNCTIONS.has(name)
+  ) {
     return { action: "db:admin" };
   }
   if (matches(name, DYNAMIC_FUNCTIONS, DYNAMIC_PATTERNS)) {
