@@ -412,6 +412,8 @@ export interface ErrorInit {
   message: string;
   detail?: string;
   hint?: string;
+  /** 1-based character position in the query text (psql shows its line and a caret under it). */
+  position?: number;
 }
 
 function fields(e: ErrorInit): Buffer {
@@ -428,6 +430,7 @@ function fields(e: ErrorInit): Buffer {
   ];
   if (e.detail) parts.push(Buffer.from("D"), cstr(e.detail));
   if (e.hint) parts.push(Buffer.from("H"), cstr(e.hint));
+  if (e.position !== undefined && e.position > 0) parts.push(Buffer.from("P"), cstr(String(e.position)));
   parts.push(Buffer.from([0]));
   return Buffer.concat(parts);
 }

@@ -442,6 +442,11 @@ describe("RelayScanner", () => {
     }
     const e = decodeErrorFields(errorResponse({ code: "42501", message: "denied", hint: "ask" }).subarray(5));
     expect(e).toMatchObject({ severity: "ERROR", code: "42501", message: "denied", hint: "ask" });
+    const at = decodeErrorFields(errorResponse({ code: "42601", message: "syntax", position: 12 }).subarray(5));
+    expect(at).toMatchObject({ code: "42601", position: "12" });
+    expect(
+      decodeErrorFields(errorResponse({ code: "42601", message: "x", position: 0 }).subarray(5)),
+    ).not.toHaveProperty("position");
   });
 });
 

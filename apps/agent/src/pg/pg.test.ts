@@ -276,9 +276,23 @@ describe("statement decisions", () => {
     expect(r.stderr).toMatch(/current transaction is aborted/);
   });
 
-  it("reports syntax errors like PostgreSQL (42601) without reaching the target", async () => {
+  it("reports syntax errors like PostgreSQL (42601, with their position) without reaching the target", async () => {
     const r = await psql(h, alice, "SELEC 1");
     expect(r.stderr).toMatch(/syntax error at or near "SELEC"/);
+    // psql shows the line and a caret under the error, as it does for the server's own.
+    const multi = await psql(h, alice, "", { input: "SELECT 'é';\nSELECT 2 FROM WHERE 1;\n" });
+    expect(multi.stderr).toContain('syntax error at or near "WHERE"\nLINE 1: SELECT 2 FROM WHERE 1;\n                      ^');
+    const lines = await psql(h, alice, "SELECT 1,\n  2 3abc");
+    expect(lines.stderr).toContain("LINE 2:   2 3abc\n            ^");
+    // A Parse (extended protocol) says where too.
+    const c = await clientAs("alice@example.com", alice);
+    try {
+      const error = await c.query("SELECT $1::int FROM WHERE", [1]).catch((e: unknown) => e as pg.DatabaseError);
+      expect(error).toMatchObject({ code: "42601", position: "21" });
+      expect((await c.query("SELECT 1 AS ok")).rows).toEqual([{ ok: 1 }]);
+    } finally {
+      await c.end();
+    }
   });
 
   it("denies the read-only escapes", async () => {

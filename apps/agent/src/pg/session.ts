@@ -1450,7 +1450,8 @@ export class PgSession {
     const c = this.classify(text);
     if (!c.ok) {
       this.unparsed(text, c.error.message);
-      const error = this.denialError(c.error.message, c.error.sqlstate, {});
+      // Where the syntax error is, as PostgreSQL says it (psql draws the line and a caret).
+      const error = this.denialError(c.error.message, c.error.sqlstate, { position: c.error.position });
       this.push({ kind: "query", runs: [], index: 0, replaceError: error });
       return serialize.query(POISON);
     }
@@ -1787,8 +1788,8 @@ export class PgSession {
     // Parse of its name fails, refused or not: forgetting it here would leave the agent with less
     // than the server, review 26).
     if (parse.name === "") this.statements.delete("");
-    const poison = (message: string, code = "42501") => {
-      this.push({ kind: "parse", replaceError: this.denialError(message, code) });
+    const poison = (message: string, code = "42501", position?: number) => {
+      this.push({ kind: "parse", replaceError: this.denialError(message, code, { position }) });
       this.skipToSync();
       return serialize.parse({ name: parse.name, text: POISON });
     };
@@ -1814,7 +1815,7 @@ export class PgSession {
     const c = this.classify(parse.query);
     if (!c.ok) {
       this.unparsed(parse.query, c.error.message);
-      return poison(c.error.message, c.error.sqlstate);
+      return poison(c.error.message, c.error.sqlstate, c.error.position);
     }
     const lexicalRefusal = this.lexicalChangeRefusal(c.statements, true);
     for (const info of c.statements) {
