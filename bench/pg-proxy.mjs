@@ -49,6 +49,8 @@ import { parseArgs } from "node:util";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const CONTROL_PLANE_MAIN = join(ROOT, "apps/control-plane/dist/main.js");
 const DEFAULT_AGENT_MAIN = join(ROOT, "apps/agent/dist/moat-agent.mjs");
+/** The agent's malloc settings as deployed (deploy/systemd/moat-agent.service, scripts/start.mjs). */
+const AGENT_GLIBC_TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=65536";
 const ALL_PATHS = ["direct", "pgbouncer", "pgpool", "pipe", "agent", "agent-mask"];
 const MODES = { select: "select-only (-S)", tpcb: "TPC-B-like" };
 
@@ -68,6 +70,9 @@ const USAGE = `usage: node bench/pg-proxy.mjs [options]
                        the bench's temp dir. E.g. /dev/shm to see the agent without the fsync cost
   --agent-main FILE    the agent bundle to run (default apps/agent/dist/moat-agent.mjs); e.g. a copy of an
                        earlier build, to compare two builds by alternating runs of this script
+  --agent-glibc-tunables T
+                       GLIBC_TUNABLES of the agent's process (default: the deployed setting,
+                       ${AGENT_GLIBC_TUNABLES}; "" for glibc's defaults)
   --agent-node-args A  extra node flags for the agent, space-separated
                        (e.g. --agent-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it)
   --pause-control-plane
@@ -94,6 +99,7 @@ try {
       "skip-extra": { type: "boolean", default: false },
       "agent-log-level": { type: "string", default: "info" },
       "agent-node-args": { type: "string", default: "" },
+      "agent-glibc-tunables": { type: "string", default: AGENT_GLIBC_TUNABLES },
       "agent-main": { type: "string", default: "" },
       "agent-data-dir": { type: "string", default: "" },
       "max-minutes": { type: "string", default: "90" },
@@ -814,6 +820,7 @@ async function startMoat(pgPort) {
       env: {
         ...process.env,
         MOAT_AGENT_ENROLMENT_TOKEN: enrolmentToken,
+        GLIBC_TUNABLES: args["agent-glibc-tunables"],
         MOAT_AGENT_LOG_LEVEL: args["agent-log-level"],
       },
     },
@@ -1024,6 +1031,13 @@ try {
       if (PATHS.includes("agent-mask")) paths.set("agent-mask", viaAgent(moat.maskedPort));
       await sleep(2_000);
       agentMemory.idle = memoryOf(moat.pid);
+      // V8 gives back part of its young generation once allocation has been low for some seconds
+      // (its memory reducer): up to 30 s more, until the RSS has fallen by 4 MiB.
+      for (let waited = 0; waited < 30; waited++) {
+        agentMemory.settled = { ...memoryOf(moat.pid), after: waited + 2 };
+        if (agentMemory.idle.rss - agentMemory.settled.rss >= 4096) break;
+        await sleep(1_000);
+      }
     } catch (error) {
       for (const name of ["agent", "agent-mask"])
         if (PATHS.includes(name)) skipped.set(name, error.message.split("\n").slice(0, 20).join("\n    "));
@@ -1255,6 +1269,7 @@ try {
     out(
       `agent data dir (audit spool, written each turn, fsynced within 5 ms): ${moat.dataDir}${type ? ` (${type})` : ""}`,
     );
+    out(`agent GLIBC_TUNABLES: ${args["agent-glibc-tunables"] || "(none: glibc's defaults)"}`);
     if (PAUSE_CP)
       out(
         "control plane paused (SIGSTOP) during each agent run of the main matrix, its backlog shipped between runs: " +
@@ -1421,7 +1436,8 @@ try {
   if (moat) {
     out();
     out(
-      `agent RSS: idle ${mib(agentMemory.idle?.rss)} (anonymous ${mib(agentMemory.idle?.anon)}, files ${mib(agentMemory.idle?.file)}), after the pgbench runs ${mib(agentMemory.afterMain?.rss)}, ` +
+      `agent RSS: idle ${mib(agentMemory.idle?.rss)} 2 s after start (anonymous ${mib(agentMemory.idle?.anon)}, files ${mib(agentMemory.idle?.file)}), ` +
+        `${mib(agentMemory.settled?.rss)} ${agentMemory.settled?.after} s after (anonymous ${mib(agentMemory.settled?.anon)}), after the pgbench runs ${mib(agentMemory.afterMain?.rss)}, ` +
         (agentMemory.sessions
           ? `with ${agentMemory.sessions.open} idle sessions open ${mib(agentMemory.sessions.rss)}, `
           : "") +
