@@ -4,7 +4,7 @@
  * reaches every computed column, `columns` each column's own (absent when they do not map one to one).
  */
 import { beforeAll, describe, expect, it } from "vitest";
-import { createClassifier, loadSqlParser, type Classifier, type ColumnSources } from "./index.js";
+import { columnSources, createClassifier, loadSqlParser, type Classifier, type ColumnSources } from "./index.js";
 import { ON, statementsOf } from "./test-helpers.js";
 
 let classifier: Classifier;
@@ -165,6 +165,36 @@ const CASES: Array<[string, string, string[] | undefined]> = [
 describe("result lineage", () => {
   it.each(CASES)("%s", (sql, shared, columns) => {
     expect(lineage(sql)).toEqual({ shared, ...(columns ? { columns } : {}) });
+  });
+
+  it("gives nothing to a result column of count(...) or a constant, not even what reaches every column", () => {
+    const of = (sql: string) => {
+      const result = statementsOf(classifier.classify(sql, ON))[0]?.result;
+      if (!result) throw new Error(sql);
+      const count = result.columns?.length ?? 2;
+      return Array.from({ length: count }, (_, i) => show(columnSources(result, i, count)));
+    };
+    const union = "FROM (SELECT * FROM users UNION SELECT * FROM old_users) s";
+    // Before: every column of these got the set operation's `*` (any column), count(*) too.
+    expect(of(`SELECT count(*) ${union}`)).toEqual([""]);
+    expect(of(`SELECT count(*), 1, 'x'::text, NULL, pg_catalog.count(x), max(x) ${union}`)).toEqual([
+      "",
+      "",
+      "",
+      "",
+      "",
+      "*,x",
+    ]);
+    expect(of(`SELECT count(*) OVER (PARTITION BY x), lower(x) ${union}`)).toEqual(["", "*,x"]);
+    // Not the built-in count, an expression over one, or a cast of a value: what every column gets.
+    expect(of(`SELECT public.count(x), count(*) + x, (count(*))::text, x::text ${union}`)).toEqual([
+      "*,x",
+      "*,x",
+      "*",
+      "*,x",
+    ]);
+    // With `*` in the output list the columns cannot be placed: every computed column gets it all.
+    expect(of(`SELECT *, count(*) OVER () ${union}`)).toEqual(["*", "*"]);
   });
 
   it("is absent for statements that return no table data", () => {

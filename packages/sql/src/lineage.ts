@@ -31,6 +31,8 @@ import type { ColumnSources, ResultLineage } from "./types.js";
 interface Acc {
   names: Set<string>;
   anyColumn: boolean;
+  /** A result column of `count(...)` or a constant (see ColumnSources.valueFree). */
+  valueFree?: boolean;
 }
 
 const newAcc = (): Acc => ({ names: new Set(), anyColumn: false });
@@ -210,6 +212,7 @@ class Walk {
       if (expandsFields(value)) oneToOne = false;
       const acc = newAcc();
       this.expr(value, acc);
+      if (carriesNoValue(value)) acc.valueFree = true;
       columns.push(acc);
     }
     if (oneToOne) return columns;
@@ -376,6 +379,20 @@ function plainColumnRef(value: unknown): string | undefined {
   return last[0] === "String" ? String(last[1].sval ?? "") : undefined;
 }
 
+/**
+ * A result column no row's values can reach: `count(...)` (a number of rows, window or not) or a
+ * constant (`1`, `'x'::text`, `NULL`). `SELECT count(*) FROM (SELECT * FROM a UNION SELECT * FROM
+ * b) s` would otherwise get what every computed column gets (a set operation's `*`: any column).
+ */
+function carriesNoValue(value: unknown): boolean {
+  const node = unwrap(value);
+  if (!node) return false;
+  const [kind, inner] = node;
+  if (kind === "A_Const") return true;
+  if (kind === "TypeCast") return unwrap(inner.arg)?.[0] === "A_Const";
+  return kind === "FuncCall" && isCount(inner);
+}
+
 /** `count(...)`, as the built-in aggregate (unqualified or pg_catalog.count). */
 function isCount(node: Obj): boolean {
   const parts = list(node.funcname).map((part) => unwrap(part)?.[1].sval);
@@ -444,7 +461,10 @@ function relationNames(tree: unknown): Set<string> {
   return out;
 }
 
-const sources = (acc: Acc): ColumnSources => ({ names: [...acc.names], anyColumn: acc.anyColumn });
+const sources = (acc: Acc): ColumnSources =>
+  acc.valueFree
+    ? { names: [...acc.names], anyColumn: acc.anyColumn, valueFree: true }
+    : { names: [...acc.names], anyColumn: acc.anyColumn };
 
 /**
  * A statement's lineage: where the rows it returns come from (`result`, undefined for statements
@@ -503,6 +523,8 @@ function columnsRead(node: Obj, relations: ReadonlySet<string>): ColumnSources {
   return sources(acc);
 }
 
+const NO_SOURCES: ColumnSources = Object.freeze({ names: [], anyColumn: false });
+
 /** Sources that may be any column (fail closed, for a statement the caller cannot see). */
 export const ANY_COLUMN: ColumnSources = Object.freeze({ names: [], anyColumn: true });
 
@@ -521,6 +543,7 @@ function union(into: Acc, from: ColumnSources | undefined): void {
  */
 export function columnSources(lineage: ResultLineage, index: number, count: number): ColumnSources {
   const own = lineage.columns;
+  if (own !== undefined && own.length === count && own[index]?.valueFree) return NO_SOURCES;
   if (own === undefined || (own.length === count && own[index]?.names.length === 0 && !own[index]?.anyColumn))
     return lineage.shared;
   const acc = newAcc();

@@ -67,6 +67,11 @@ export interface ColumnSources {
    * cannot follow.
    */
   anyColumn: boolean;
+  /**
+   * The column carries no value of any row (a result column that is `count(...)` or a constant):
+   * not even what reaches every computed column (`shared`) reaches it.
+   */
+  valueFree?: boolean;
 }
 
 /**

@@ -720,6 +720,10 @@ describe("masking", () => {
     expect(await check("SELECT upper(kind) FROM kinds")).toBe("****");
     expect(await check("SELECT lower(email), id + 1 FROM users WHERE id = 5")).toBe("****|6");
     expect(await check("SELECT count(*) FROM (SELECT lower(email) AS l FROM users) s")).toBe("100");
+    // A set operation's `*` may be any column, but not in a count or a constant (it nulled them).
+    expect(
+      await check("SELECT count(*), 'x', max(email) FROM (SELECT * FROM users UNION ALL SELECT * FROM users) s"),
+    ).toBe("200|x|****");
     // No table at all, alias lists, counts, windows and FILTER over a masked column.
     expect(await check("SELECT g FROM generate_series(1, 3) g")).toBe("1\n2\n3");
     expect(await check("SELECT name FROM (VALUES (1, 'a')) AS t(id, name)")).toBe("a");
