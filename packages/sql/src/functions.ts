@@ -2,7 +2,8 @@
  * What calling a function (or using an operator) needs. Built-in functions of pg_catalog need
  * nothing of their own, except the lists below: functions with side effects outside the rows a
  * statement names and those PostgreSQL does not let PUBLIC execute (admin), functions that run SQL
- * given as a string (dynamic), and functions that change shared state (write). Everything else, user-defined or from an extension, is db:function.
+ * given as a string (dynamic), and functions that change shared state (write). Everything else,
+ * user-defined or from an extension, is db:function.
  *
  * The danger lists match the bare name in ANY schema (an extension installs dblink_exec wherever it
  * likes; a same-named user function gets the stricter treatment, which is safe). The built-in list

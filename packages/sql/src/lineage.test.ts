@@ -193,6 +193,8 @@ describe("result lineage", () => {
       "*",
       "*,x",
     ]);
+    // A set operation's column is its branches' together: a count beside an email is an email.
+    expect(of("SELECT count(*), 1 FROM users UNION ALL SELECT email, 2 FROM users")).toEqual(["email", ""]);
     // With `*` in the output list the columns cannot be placed: every computed column gets it all.
     expect(of(`SELECT *, count(*) OVER () ${union}`)).toEqual(["*", "*"]);
   });

@@ -281,7 +281,9 @@ describe("statement decisions", () => {
     expect(r.stderr).toMatch(/syntax error at or near "SELEC"/);
     // psql shows the line and a caret under the error, as it does for the server's own.
     const multi = await psql(h, alice, "", { input: "SELECT 'é';\nSELECT 2 FROM WHERE 1;\n" });
-    expect(multi.stderr).toContain('syntax error at or near "WHERE"\nLINE 1: SELECT 2 FROM WHERE 1;\n                      ^');
+    expect(multi.stderr).toContain(
+      'syntax error at or near "WHERE"\nLINE 1: SELECT 2 FROM WHERE 1;\n                      ^',
+    );
     const lines = await psql(h, alice, "SELECT 1,\n  2 3abc");
     expect(lines.stderr).toContain("LINE 2:   2 3abc\n            ^");
     // A Parse (extended protocol) says where too.
