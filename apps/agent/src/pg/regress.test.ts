@@ -1,6 +1,8 @@
 // PostgreSQL's own regression suite through the agent: every file of src/test/regress run by psql
 // directly on one server and through the agent (a policy allowing everything) on another, and the
-// two outputs compared. Opt-in (about four minutes; PostgreSQL's source is not in this repository):
+// two outputs compared; every statement again with the extended protocol (node-postgres), result by
+// result; then every file sent by a reader, which must change nothing. Opt-in (about seven minutes;
+// PostgreSQL's source is not in this repository):
 //
 //   MOAT_PG_REGRESS_DIR=/path/to/postgresql-15.x/src/test/regress npx vitest run apps/agent/src/pg/regress.test.ts
 //
@@ -12,21 +14,11 @@ import { join } from "node:path";
 import { scanSync } from "libpg-query";
 import pg from "pg";
 import { startPostgres, tempDir, type TestPostgres } from "@moat/testkit";
+import { ALLOW_ALL_POLICY, readPolicy } from "../test-support/bundles.js";
 import { run, startHarness, type Harness } from "../test-support/pg.js";
 
 const REGRESS = process.env.MOAT_PG_REGRESS_DIR;
 const ONLY = process.env.MOAT_PG_REGRESS_ONLY ? new RegExp(process.env.MOAT_PG_REGRESS_ONLY) : undefined;
-
-const POLICY = {
-  apiVersion: "moat.dev/v1",
-  kind: "Policy",
-  metadata: { name: "all" },
-  spec: {
-    subjects: { groups: ["eng"] },
-    resources: { names: ["db"] },
-    rules: [{ name: "all", effect: "allow", actions: ["connect", "db:*"] }],
-  },
-};
 
 /**
  * What the agent's own syntax errors cannot say like PostgreSQL 15's: the parser (libpg-query)
@@ -133,7 +125,7 @@ describe.skipIf(!REGRESS)("PostgreSQL's regression suite through the agent", () 
   beforeAll(async () => {
     [direct, behind] = await Promise.all([startPostgres(), startPostgres()]);
     await Promise.all([direct.createDatabase("regression"), behind.createDatabase("regression")]);
-    h = await startHarness({ pg: behind, policies: [POLICY], listener: { readOnlySessions: false } });
+    h = await startHarness({ pg: behind, policies: [ALLOW_ALL_POLICY], listener: { readOnlySessions: false } });
   }, 120_000);
   afterAll(async () => {
     await h?.close();
@@ -218,12 +210,7 @@ describe.skipIf(!REGRESS)("PostgreSQL's regression suite through the agent", () 
     const dir = REGRESS!;
     const reader = await startHarness({
       pg: behind,
-      policies: [
-        {
-          ...POLICY,
-          spec: { ...POLICY.spec, rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read"] }] },
-        },
-      ],
+      policies: [readPolicy()],
       listener: { readOnlySessions: false },
     });
     const state = async () => {

@@ -12,22 +12,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCertificateAuthority, issueServerCertificate } from "@moat/pki";
 import { freePort, startPostgres, tempDir, waitFor, type TestPostgres } from "@moat/testkit";
 import { connectTarget, parseTextArray, TargetError } from "./target.js";
+import { ALLOW_ALL_POLICY } from "../test-support/bundles.js";
 import { psql, run, startHarness } from "../test-support/pg.js";
 
 const PASSWORD = "canary-target-password-8d1f";
 /** Group eng may connect to `db` and do anything there. */
-const ALLOW_ALL = [
-  {
-    apiVersion: "moat.dev/v1",
-    kind: "Policy",
-    metadata: { name: "all" },
-    spec: {
-      subjects: { groups: ["eng"] },
-      resources: { names: ["db"] },
-      rules: [{ name: "all", effect: "allow", actions: ["connect", "db:*"] }],
-    },
-  },
-];
+const ALLOW_ALL = [ALLOW_ALL_POLICY];
 let server: TestPostgres;
 let caFile: string;
 

@@ -46,6 +46,18 @@ export const POLICY = {
   },
 };
 
+/** A policy letting group eng connect to `db` and do anything there. */
+export const ALLOW_ALL_POLICY = {
+  apiVersion: "moat.dev/v1",
+  kind: "Policy",
+  metadata: { name: "all" },
+  spec: {
+    subjects: { groups: ["eng"] },
+    resources: { names: ["db"] },
+    rules: [{ name: "all", effect: "allow", actions: ["connect", "db:*"] }],
+  },
+};
+
 /** A policy letting group eng connect to `db` and read (and do `extra`), with masking rules if given. */
 export function readPolicy(extra: string[] = [], masking?: object[]): object {
   return {
