@@ -253,9 +253,11 @@ export function luhn(digits: string): boolean {
 
 /**
  * A plausible card number: 13-19 digits, an issuer prefix that exists (2 = Mastercard 2221-2720,
- * 3 = Amex/Diners/JCB, 4 = Visa with 13, 16 or 19 digits, 5 = Mastercard/Maestro, 6 = Discover/
- * UnionPay/Maestro) and a passing Luhn check. The prefix rule keeps epoch-millisecond timestamps
- * (13 digits starting with 1) and most database IDs out; Luhn alone would let one in ten through.
+ * 30/34-39 = Diners/Amex/JCB (31-33 are issued to none), 4 = Visa with 13, 16 or 19 digits, 5 =
+ * Mastercard/Maestro, 6 = Discover/UnionPay/Maestro) and a passing Luhn check. The prefix rule keeps
+ * epoch-millisecond timestamps (13 digits starting with 1) and most database IDs out (a byte count
+ * like pg_size_bytes('3000 TB'), 3298534883328000, passes Luhn); Luhn alone would let one in ten
+ * through.
  */
 export function plausibleCard(digits: string): boolean {
   const n = digits.length;
@@ -266,9 +268,11 @@ export function plausibleCard(digits: string): boolean {
       if (n !== 16 || p < 2221 || p > 2720) return false;
       break;
     }
-    case 3:
-      if (n < 14) return false;
+    case 3: {
+      const second = digits.charCodeAt(1) - 0x30;
+      if (n < 14 || (second >= 1 && second <= 3)) return false;
       break;
+    }
     case 4:
       if (n !== 13 && n !== 16 && n !== 19) return false;
       break;
@@ -358,7 +362,8 @@ function isDigitAt(text: string, i: number): boolean {
 /**
  * International: `+`, a country code, then digit groups with single separators, optionally one
  * parenthesised group (`+1 (555) 123-4567`, `+33 (0)1 23 45 67 89`); 8 to 15 digits (E.164), not
- * counting a `(0)` trunk prefix. Not after a digit or `+` (`1+23456789`, `++`).
+ * counting a `(0)` trunk prefix. Not after a digit or `+` (`1+23456789`, `++`). Two groups split by
+ * one `.` are a signed decimal (`+7799461.4119`, to_char's `S` format, an amount), not a phone.
  */
 const PHONE_INTERNATIONAL = /(?<![\d+])\+[1-9]\d*(?:[ .-]?\(\d{1,4}\)[ .-]?\d+)?(?:[ .-]\d+)*(?![\w(])/g;
 /**
@@ -372,6 +377,8 @@ const PHONE_NANP =
  * `0151-12345678`, `06.12.34.56.78`; one separator used throughout, 10 to 12 digits.
  */
 const PHONE_NATIONAL = /(?<![\w+.\-/]|\d[ .\-/])0[1-9]\d{0,4}([ .\-/])\d{2,8}(?:\1\d{2,8}){0,4}(?![\w]|[ .\-/]\d)/g;
+
+const SIGNED_DECIMAL = /^\+\d+\.\d+$/;
 
 function countDigits(s: string): number {
   let n = 0;
@@ -388,6 +395,7 @@ function countDigits(s: string): number {
  */
 const findPhones: Finder = (text, out) => {
   eachMatch(PHONE_INTERNATIONAL, text, (m) => {
+    if (SIGNED_DECIMAL.test(m[0])) return;
     const digits = countDigits(m[0]) - (m[0].includes("(0)") ? 1 : 0);
     if (digits >= 8 && digits <= 15) out.push({ start: m.index, end: m.index + m[0].length, detector: "phone" });
   });
