@@ -25,6 +25,7 @@ export { PG_CATALOG_VERSION } from "./gen/pg-catalog.js";
 export {
   auditParameters,
   setsConfig,
+  takesSecrets,
   auditRedaction,
   redactFor,
   redactLiterals,

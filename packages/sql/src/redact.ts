@@ -104,6 +104,14 @@ export function auditParameters(
 }
 
 /**
+ * Whether what a statement is given (bound parameters, EXECUTE's arguments) may carry a secret: the
+ * trail keeps it redacted, or it sets configuration values from them.
+ */
+export function takesSecrets(info: { kind: string; functions: readonly string[]; text: string }): boolean {
+  return setsConfig(info, info.text) || auditRedaction(info, info.text) !== "none";
+}
+
+/**
  * A statement the parser could not read, as the audit trail keeps it: unread, it may be anything, so
  * its literals go, and one that names a secret (`ALTER ROLE app PASSWORD hunter2`, unquoted or "in
  * quotes") is kept up to that word.

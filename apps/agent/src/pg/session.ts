@@ -46,6 +46,7 @@ import {
   ANY_COLUMN,
   auditParameters,
   setsConfig,
+  takesSecrets,
   POOL_BUSY,
   auditRedaction,
   columnSources,
@@ -228,13 +229,13 @@ export interface SessionContext {
   now?: () => number;
 }
 
+/** Statement classes from the least to the most a statement may do (mergeInfos keeps the most). */
+const CLASS_RANK = ["session", "read", "copy-out", "function", "copy-in", "write", "ddl", "admin", "dynamic"];
+
 /**
  * One statement standing for two that a name may hold (the agent cannot tell which the target
  * kept): it needs what both need, its rows may come from what either computes.
  */
-/** Statement classes from the least to the most a statement may do (mergeInfos keeps the most). */
-const CLASS_RANK = ["session", "read", "copy-out", "function", "copy-in", "write", "ddl", "admin", "dynamic"];
-
 function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
   const merged: StatementInfo = {
     ...a,
@@ -1597,12 +1598,6 @@ export class PgSession {
   }
 
   /**
-   * What a statement forgets, applied once the target has run it: a DEALLOCATE or CLOSE that fails,
-   * or never runs (behind a failed statement, in a failed transaction), leaves the name in place on
-   * the target, and a later PREPARE or DECLARE of it would then fail there while the agent believed
-   * it.
-   */
-  /**
    * Counts a statement that wrote to tables in the current transaction (what a rollback undoes:
    * not a sequence's value, an advisory lock or a prepared statement, which stay; review 51). A
    * procedure or DO block may have committed what came before it: the count starts again.
@@ -1643,14 +1638,24 @@ export class PgSession {
     );
   }
 
-  /** Whether some definition prepared statement `name` may hold could take a secret from its parameters. */
-  private mayTakeSecret(name: string): boolean {
-    const infos = [...(this.statements.get(name)?.classification.statements ?? [])];
-    const sql = name === "" ? undefined : this.sqlPrepared.get(name);
-    if (sql) infos.push(sql);
-    return infos.some((i) => setsConfig(i, i.text) || auditRedaction(i, i.text) !== "none");
+  /** Every definition prepared statement `name` may hold: its protocol Parse's statements and its SQL PREPARE. */
+  private definitionsOf(name: string): StatementInfo[] {
+    const protocol = this.statements.get(name)?.classification.statements ?? [];
+    const sql = this.sqlPrepared.get(name);
+    return sql ? [...protocol, sql] : [...protocol];
   }
 
+  /** Whether some definition prepared statement `name` may hold could take a secret from its parameters. */
+  private mayTakeSecret(name: string): boolean {
+    return this.definitionsOf(name).some(takesSecrets);
+  }
+
+  /**
+   * What a statement forgets, applied once the target has run it: a DEALLOCATE or CLOSE that fails,
+   * or never runs (behind a failed statement, in a failed transaction), leaves the name in place on
+   * the target, and a later PREPARE or DECLARE of it would then fail there while the agent believed
+   * it.
+   */
   private afterSucceeded(run: Run): void {
     const { info, forgetsUpTo: upTo, defines } = run;
     this.noteChange(run);
@@ -2035,12 +2040,8 @@ export class PgSession {
       const executed = info.execute?.name;
       if (executed !== undefined) {
         out.push({ kind: "statement", name: executed, since: this.preparedSince.get(executed) });
-        const statements = [
-          ...(this.statements.get(executed)?.classification.statements ?? []),
-          ...(this.sqlPrepared.has(executed) ? [this.sqlPrepared.get(executed) as StatementInfo] : []),
-        ];
         // The depth bounds the work (a Parse of `EXECUTE s` named s names itself).
-        if (depth < MAX_LOOKUPS) this.addLookups(out, statements, depth + 1);
+        if (depth < MAX_LOOKUPS) this.addLookups(out, this.definitionsOf(executed), depth + 1);
       }
       if (out.length > MAX_LOOKUPS) return;
     }
@@ -2238,9 +2239,8 @@ export class PgSession {
     if (r !== "none" || !info.execute) return r;
     if (this.secretPrepared.size > 1024 || this.secretPrepared.has(info.execute.name)) return "literals";
     const prepared = this.preparedInfo(info.execute.name);
-    // One setting configuration values takes them from EXECUTE's arguments (review 51).
-    if (prepared && setsConfig(prepared, prepared.text)) return "literals";
-    return prepared && auditRedaction(prepared, prepared.text) !== "none" ? "literals" : "none";
+    // One setting configuration values takes them from EXECUTE's arguments too (review 51).
+    return prepared && takesSecrets(prepared) ? "literals" : "none";
   }
 
   /** The bundle's verdict for one statement: every action it needs, the strictest wins. */

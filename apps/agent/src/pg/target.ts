@@ -369,7 +369,12 @@ const SESSION_CHECK = `SELECT pg_catalog.current_schemas(false), pg_catalog.pg_b
 function checkSessionTarget(
   target: PostgresTargetConfig,
   parameters: Record<string, string>,
-  seen: { processId: number; backendPid: number | undefined; readOnly: string | undefined; leftovers?: string },
+  seen: {
+    processId: number;
+    backendPid: number | undefined;
+    readOnly: string | undefined;
+    leftovers: string | undefined;
+  },
 ): void {
   // A connection an earlier session used without a reset (a pooler's server_reset_query emptied):
   // its temporary relations come before the schemas the agent qualifies names with (review 50).
