@@ -12,7 +12,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { serialize } from "@moat/pg-wire";
 import { startPostgres, tempDir, waitFor, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
-import { run, startHarness, type Harness } from "../test-support/pg.js";
+import { pgbench, pgbenchInit, run, startHarness, type Harness } from "../test-support/pg.js";
 import {
   errors,
   firstValues,
@@ -465,31 +465,11 @@ describe("the audit trail of transactions", () => {
   });
 
   it("records no rollback event for ordinary traffic (pgbench TPC-B in three modes, node-postgres transactions)", async () => {
-    const init = await run("pgbench", [
-      "-i",
-      "-s",
-      "1",
-      "-q",
-      `host=127.0.0.1 port=${server.port} user=postgres dbname=app`,
-    ]);
+    const init = await pgbenchInit(server.port);
     expect(init.code).toBe(0);
     const from = queryEvents(h).length;
     for (const mode of ["simple", "extended", "prepared"]) {
-      const token = await h.token();
-      const r = await run(
-        "pgbench",
-        [
-          "-n",
-          "-M",
-          mode,
-          "-c",
-          "2",
-          "-t",
-          "30",
-          `host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require`,
-        ],
-        { PGPASSWORD: token },
-      );
+      const r = await pgbench(h, await h.token(), ["-n", "-M", mode, "-c", "2", "-t", "30"]);
       expect(r.stderr + r.stdout, mode).toMatch(/processed: 60\/60/);
     }
     const token = await h.token();

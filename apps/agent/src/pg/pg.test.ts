@@ -10,7 +10,7 @@ import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPostgres, tempDir, waitFor, type TestPostgres } from "@moat/testkit";
-import { psql, run, startHarness, type Harness } from "../test-support/pg.js";
+import { pgbench, pgbenchInit, psql, run, startHarness, type Harness } from "../test-support/pg.js";
 
 const POLICIES = [
   {
@@ -905,46 +905,13 @@ describe("extended protocol (node-postgres)", () => {
 
 describe("clients", () => {
   it("runs pgbench in simple, extended and prepared modes", async () => {
-    const init = await run("pgbench", [
-      "-i",
-      "-s",
-      "1",
-      "-q",
-      `host=127.0.0.1 port=${pgServer.port} user=postgres dbname=app`,
-    ]);
+    const init = await pgbenchInit(pgServer.port);
     expect(init.code).toBe(0);
     for (const mode of ["simple", "extended", "prepared"]) {
-      const r = await run(
-        "pgbench",
-        [
-          "-n",
-          "-S",
-          "-M",
-          mode,
-          "-c",
-          "2",
-          "-t",
-          "200",
-          `host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require`,
-        ],
-        { PGPASSWORD: alice },
-      );
+      const r = await pgbench(h, alice, ["-n", "-S", "-M", mode, "-c", "2", "-t", "200"]);
       expect(r.stderr + r.stdout, mode).toMatch(/number of transactions actually processed: 400\/400/);
     }
-    const w = await run(
-      "pgbench",
-      [
-        "-n",
-        "-M",
-        "prepared",
-        "-c",
-        "2",
-        "-t",
-        "50",
-        `host=127.0.0.1 port=${h.port} user=dba@example.com dbname=app sslmode=require`,
-      ],
-      { PGPASSWORD: dba },
-    );
+    const w = await pgbench(h, dba, ["-n", "-M", "prepared", "-c", "2", "-t", "50"], "dba@example.com");
     expect(w.stderr + w.stdout).toMatch(/processed: 100\/100/);
   });
 

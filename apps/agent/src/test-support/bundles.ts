@@ -35,42 +35,29 @@ export function keyPair(kid: string): TestKey {
 
 export const NOW = new Date("2026-11-25T12:00:00Z");
 
-export const POLICY = {
-  apiVersion: "moat.dev/v1",
-  kind: "Policy",
-  metadata: { name: "p" },
-  spec: {
-    subjects: { groups: ["eng"] },
-    resources: { names: ["db"] },
-    rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read"] }],
-  },
-};
-
-/** A policy letting group eng connect to `db` and do anything there. */
-export const ALLOW_ALL_POLICY = {
-  apiVersion: "moat.dev/v1",
-  kind: "Policy",
-  metadata: { name: "all" },
-  spec: {
-    subjects: { groups: ["eng"] },
-    resources: { names: ["db"] },
-    rules: [{ name: "all", effect: "allow", actions: ["connect", "db:*"] }],
-  },
-};
-
-/** A policy letting group eng connect to `db` and read (and do `extra`), with masking rules if given. */
-export function readPolicy(extra: string[] = [], masking?: object[]): object {
+/** A policy for group eng on resource `db`: one allow rule of `actions`, masking rules if given. */
+function engPolicy(name: string, rule: string, actions: string[], masking?: object[]): object {
   return {
     apiVersion: "moat.dev/v1",
     kind: "Policy",
-    metadata: { name: "read" },
+    metadata: { name },
     spec: {
       subjects: { groups: ["eng"] },
       resources: { names: ["db"] },
-      rules: [{ name: "read", effect: "allow", actions: ["connect", "db:read", ...extra] }],
+      rules: [{ name: rule, effect: "allow", actions }],
       ...(masking ? { masking } : {}),
     },
   };
+}
+
+export const POLICY = engPolicy("p", "read", ["connect", "db:read"]);
+
+/** A policy letting group eng connect to `db` and do anything there. */
+export const ALLOW_ALL_POLICY = engPolicy("all", "all", ["connect", "db:*"]);
+
+/** A policy letting group eng connect to `db` and read (and do `extra`), with masking rules if given. */
+export function readPolicy(extra: string[] = [], masking?: object[]): object {
+  return engPolicy("read", "read", ["connect", "db:read", ...extra], masking);
 }
 
 export interface BundleOptions {

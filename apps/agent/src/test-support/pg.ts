@@ -190,3 +190,15 @@ export function psql(
     o.input,
   );
 }
+
+/** `pgbench -i -s 1` of database app, directly on the server (not through the agent). */
+export function pgbenchInit(port: number): Promise<Run> {
+  return run("pgbench", ["-i", "-s", "1", "-q", `host=127.0.0.1 port=${port} user=postgres dbname=app`]);
+}
+
+/** pgbench through the agent (`args` before the connection string), as `user` with `token`. */
+export function pgbench(h: Harness, token: string, args: string[], user = "alice@example.com"): Promise<Run> {
+  return run("pgbench", [...args, `host=127.0.0.1 port=${h.port} user=${user} dbname=app sslmode=require`], {
+    PGPASSWORD: token,
+  });
+}
