@@ -12,7 +12,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { serialize } from "@moat/pg-wire";
 import { startPostgres, tempDir, waitFor, type TestPostgres } from "@moat/testkit";
 import { readPolicy } from "../test-support/bundles.js";
-import { pgbench, pgbenchInit, run, startHarness, type Harness } from "../test-support/pg.js";
+import { pgbench, pgbenchInit, psql, startHarness, type Harness } from "../test-support/pg.js";
 import {
   errors,
   firstValues,
@@ -494,12 +494,8 @@ describe("the audit trail of transactions", () => {
     await client.query("INSERT INTO w VALUES ($1)", [50]);
     await client.query("SELECT $1::int / 0", [1]).catch(() => undefined);
     await client.end();
-    const psqlRun = await run(
-      "psql",
-      [
-        `host=127.0.0.1 port=${h.port} user=alice@example.com dbname=app sslmode=require`,
-        "-X",
-        "-q",
+    const psqlRun = await psql(h, await h.token(), "", {
+      extra: [
         "-v",
         "ON_ERROR_STOP=1",
         "-1",
@@ -508,8 +504,7 @@ describe("the audit trail of transactions", () => {
         "-c",
         "UPDATE w SET id = 2 WHERE id = 1",
       ],
-      { PGPASSWORD: await h.token() },
-    );
+    });
     expect(psqlRun.code).toBe(0);
     await waitFor(() => queryEvents(h).length > from);
     await new Promise((r) => setTimeout(r, 500));
