@@ -290,7 +290,7 @@ export function registerUserCommands(program: Command, context: CommandContext):
     .command("create")
     .description("create a user; with --password-stdin they can `moat login` with it")
     .argument("<email>", "the person's email, which is also their login")
-    .addOption(roleOption("admin, auditor, reviewer or member").makeOptionMandatory())
+    .addOption(roleOption("admin, auditor, reviewer or member (required)").makeOptionMandatory())
     .addOption(groupOption("a group the user belongs to (repeatable)"))
     .option("--display-name <name>", "the name shown in lists (default: the email)")
     .option("--password-stdin", "read the initial password from stdin (prompted twice on a terminal)")
