@@ -115,6 +115,36 @@ const CASES: Array<[string, string, string[] | undefined]> = [
   ["SELECT lower(e) FROM (SELECT * FROM users) s(i, e)", "*", ["e"]], // after a `*`: any column
   ["SELECT lower(b) FROM users u(a, b)", "*", ["b"]],
   ["SELECT x FROM (users JOIN orders USING (id)) AS j(x, y)", "*", ["x"]],
+  // An alias list shorter than a set operation's columns: PostgreSQL names the others after the
+  // leftmost branch, whatever a later branch calls them (`b` holds emails; a leak before).
+  ["WITH c(x) AS (SELECT 1, 2 AS b UNION SELECT 3, email FROM users) SELECT lower(b) FROM c", "", ["b,email"]],
+  ["SELECT lower(b) FROM (SELECT 1, 2 AS b UNION ALL SELECT 3, email FROM users) s(x)", "", ["b,email"]],
+  ["SELECT lower(b) FROM (SELECT 1, 2 AS b UNION SELECT 3, email FROM users) s(x, b)", "", ["b,email"]],
+  ["SELECT lower(b) FROM (SELECT 1, lower(note) UNION SELECT 3, email FROM users) s(x)", "email,note", ["b"]],
+  ["SELECT lower(b) FROM (SELECT * FROM t UNION SELECT 1, email FROM users) s(x)", "*,email", ["b"]],
+  // An alias list on a CTE's reference renames its columns, which are known: by position. Only a
+  // CTE in scope there (PostgreSQL's rules: an inner WITH's names are not seen outside it, a later
+  // CTE's only under WITH RECURSIVE); a table's columns are not known: any column.
+  ["WITH v(x) AS (VALUES (1), (2)) SELECT x1 FROM v AS v1(x1)", "", ["x,x1"]],
+  ["WITH v AS (SELECT email, name FROM users) SELECT lower(b) FROM v AS v1(a, b)", "", ["b,name"]],
+  ["WITH v(x) AS (SELECT email FROM users) SELECT lower(y) FROM v v1(y)", "", ["email,x,y"]],
+  ["WITH v AS (SELECT id, lower(email) FROM users) SELECT y || '' FROM v v1(x, y)", "email", ["y"]],
+  ["WITH v AS (SELECT email, name FROM users) SELECT lower(b) FROM public.v AS v1(a, b)", "*", ["b"]],
+  ["WITH v AS (SELECT 1 AS a) SELECT lower(x) FROM (WITH v AS (SELECT email FROM u) SELECT 1) s, v v1(x)", "", ["a,x"]],
+  ["SELECT lower(x) FROM (WITH v AS (SELECT 1 AS a) SELECT 1) s, v v1(x)", "*", ["x"]],
+  ["WITH a AS (SELECT x FROM v v1(x)), v AS (SELECT 1 AS q) SELECT lower(x) FROM a", "*", ["x"]],
+  [
+    "WITH RECURSIVE a AS (SELECT x FROM v v1(x)), v AS (SELECT email AS q FROM u) SELECT x || '' FROM a",
+    "",
+    ["email,q,x"],
+  ],
+  ["WITH v AS (SELECT *, 1 AS k FROM users) SELECT lower(x) FROM v v1(x)", "*", ["x"]],
+  ["WITH v AS (SELECT id, 1 AS k FROM users) SELECT lower(x) FROM v v1(x, y, z)", "", ["id,x"]],
+  [
+    "WITH RECURSIVE c(x) AS (SELECT email FROM users UNION ALL SELECT x FROM c) CYCLE x SET cyc USING path SELECT p FROM c c1(a, b, p)",
+    "*",
+    ["p"],
+  ],
   ["WITH d AS (DELETE FROM users RETURNING email AS e) SELECT lower(e) FROM d", "", ["e,email"]],
   ["WITH d AS (DELETE FROM users RETURNING email) SELECT lower(email) FROM d", "", ["email"]],
   // Table functions, VALUES, LATERAL.

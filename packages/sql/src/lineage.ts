@@ -42,8 +42,13 @@ type Sink =
   /** The statement's own result: one accumulator per column. */
   /** The statement's own rows; `setOperation` below a UNION/INTERSECT/EXCEPT (no column has a table there). */
   | { kind: "result"; setOperation?: boolean }
-  /** A FROM subquery or CTE: its named columns by name (`derived`), the rest to `shared`. */
-  | { kind: "from"; names?: readonly string[] | undefined }
+  /**
+   * A FROM subquery or CTE: its named columns by name (`derived`), the rest to `shared`. `names`
+   * are an alias list's (the output list names the columns past it), or with `positional` every
+   * column's name (a set operation's branches: column i is named by the leftmost branch, whatever
+   * a later branch calls it; undefined: a name the server makes up, so to `shared`).
+   */
+  | { kind: "from"; names?: readonly (string | undefined)[] | undefined; positional?: boolean }
   /** Everything into one accumulator (a scalar subquery, a set-operation branch below the top). */
   | { kind: "into"; acc: Acc };
 
@@ -57,12 +62,26 @@ class Walk {
    */
   private readonly derived = new Map<string, Acc>();
 
+  /**
+   * The CTEs in scope where the walk is, innermost WITH last: each one's output columns, for an
+   * alias list renaming them where it is referenced (`FROM c AS c1(a, b)`).
+   */
+  private readonly ctes: Map<string, OutputColumns>[] = [];
+
   /** Names of every FROM item and CTE of the statement (a one-part column reference to one is a whole row). */
   constructor(readonly relations: ReadonlySet<string>) {}
 
   /** A SELECT; for the `result` sink, its columns' sources when they map one to one. */
   select(node: Obj, sink: Sink): Acc[] | undefined {
-    this.withClause(node.withClause);
+    const scoped = this.withClause(node.withClause);
+    try {
+      return this.selectBody(node, sink);
+    } finally {
+      if (scoped) this.ctes.pop();
+    }
+  }
+
+  private selectBody(node: Obj, sink: Sink): Acc[] | undefined {
     if (node.op !== undefined && node.op !== "SETOP_NONE") {
       const left = isObj(node.larg) ? node.larg : {};
       const right = isObj(node.rarg) ? node.rarg : {};
@@ -78,9 +97,17 @@ class Walk {
       }
       if (sink.kind === "from" && sink.names) {
         // Named by an alias list (`WITH RECURSIVE r(n) AS (... UNION ALL ...)`): column i of each
-        // branch under name i.
-        this.select(left, sink);
-        this.select(right, sink);
+        // branch under name i, the alias list's or, past it, the leftmost branch's (`WITH c(x) AS
+        // (SELECT 1, 2 AS b UNION SELECT 3, email FROM users)`: c.b holds emails).
+        let branch = sink;
+        if (sink.positional !== true) {
+          const columns = outputColumns(sink.names, { SelectStmt: node });
+          // Past a `*` of the leftmost branch the columns' names are the table's, unknown here.
+          if (columns.open) this.shared.anyColumn = true;
+          branch = { kind: "from", names: columns.names, positional: true };
+        }
+        this.select(left, branch);
+        this.select(right, branch);
         return undefined;
       }
       const into: Sink = sink.kind === "into" ? sink : { kind: "into", acc: this.shared };
@@ -119,8 +146,16 @@ class Walk {
 
   /** INSERT/UPDATE/DELETE/MERGE: only RETURNING returns rows. */
   modify(kind: string, node: Obj, sink: Sink): Acc[] | undefined {
+    const scoped = this.withClause(node.withClause);
+    try {
+      return this.modifyBody(kind, node, sink);
+    } finally {
+      if (scoped) this.ctes.pop();
+    }
+  }
+
+  private modifyBody(kind: string, node: Obj, sink: Sink): Acc[] | undefined {
     const returning = returningList(node);
-    this.withClause(node.withClause);
     if (returning.length === 0) return undefined;
     for (const item of list(kind === "DeleteStmt" ? node.usingClause : node.fromClause)) this.fromItem(item);
     if (node.sourceRelation !== undefined) this.fromItem(node.sourceRelation);
@@ -144,11 +179,29 @@ class Walk {
     return undefined;
   }
 
-  private withClause(value: unknown): void {
-    if (!isObj(value)) return;
+  /**
+   * Walks a WITH clause's CTEs and puts them in scope (true: a scope was pushed, for the caller to
+   * pop when its statement is walked). Under WITH RECURSIVE each CTE's query sees all of them;
+   * otherwise only those before it (a later one's name there is a table's).
+   */
+  private withClause(value: unknown): boolean {
+    if (!isObj(value)) return false;
+    const scope = new Map<string, OutputColumns>();
+    this.ctes.push(scope);
+    const ctes: Obj[] = [];
     for (const item of list(value.ctes)) {
       const cte = unwrap(item)?.[1];
-      if (!cte) continue;
+      if (cte) ctes.push(cte);
+    }
+    const inScope = (cte: Obj) => {
+      if (typeof cte.ctename !== "string") return;
+      const columns = outputColumns(aliasNames(cte.aliascolnames), cte.ctequery);
+      // SEARCH and CYCLE add columns after the query's: not placed here.
+      const added = isObj(cte.search_clause) || isObj(cte.cycle_clause);
+      scope.set(cte.ctename, added ? { names: columns.names, open: true } : columns);
+    };
+    if (value.recursive === true) for (const cte of ctes) inScope(cte);
+    for (const cte of ctes) {
       this.resultOf(cte.ctequery, { kind: "from", names: aliasNames(cte.aliascolnames) });
       // SEARCH ... SET ord and CYCLE ... USING path add columns holding the values of the columns
       // they list (the mark column holds only the mark values).
@@ -162,7 +215,20 @@ class Walk {
       for (const [name, columns] of added)
         if (typeof name === "string")
           this.derive(name, { names: new Set(aliasNames(columns) ?? []), anyColumn: false });
+      if (value.recursive !== true) inScope(cte);
     }
+    return true;
+  }
+
+  /** The CTE an unqualified FROM item names, where the walk is (undefined: a table). */
+  private cteNamed(node: Obj): OutputColumns | undefined {
+    if (typeof node.relname !== "string" || node.schemaname !== undefined || node.catalogname !== undefined)
+      return undefined;
+    for (let i = this.ctes.length - 1; i >= 0; i--) {
+      const columns = this.ctes[i]?.get(node.relname);
+      if (columns) return columns;
+    }
+    return undefined;
   }
 
   private outputList(targets: unknown[], sink: Sink): Acc[] | undefined {
@@ -184,7 +250,7 @@ class Walk {
           continue;
         }
         const renamed = sink.names?.[position++];
-        const name = renamed ?? (typeof res?.name === "string" ? res.name : ref);
+        const name = sink.positional === true ? renamed : (renamed ?? (typeof res?.name === "string" ? res.name : ref));
         if (name === undefined) {
           // A computed column without an alias: the name the server gives it is not worked out
           // here, so what it computes reaches every computed column.
@@ -226,7 +292,7 @@ class Walk {
     const [kind, node] = wrapped;
     switch (kind) {
       case "RangeVar":
-        if (renames(node)) this.shared.anyColumn = true;
+        if (renames(node)) this.renamed(node);
         return;
       case "RangeSubselect":
         this.resultOf(node.subquery, {
@@ -247,6 +313,24 @@ class Walk {
         // Table functions (their arguments), XMLTABLE, JSON_TABLE: whatever they read.
         this.expr(node, this.shared);
     }
+  }
+
+  /**
+   * A table or CTE whose columns an alias list renames (`FROM c AS c1(a, b)`). A table's column
+   * order is not known here: any column. A CTE's is: alias i holds what its column i holds.
+   */
+  private renamed(node: Obj): void {
+    const columns = this.cteNamed(node);
+    const aliases = isObj(node.alias) ? (aliasNames(node.alias.colnames) ?? []) : [];
+    if (!columns || (columns.open && aliases.length > columns.names.length)) {
+      this.shared.anyColumn = true;
+      return;
+    }
+    aliases.forEach((alias, i) => {
+      const name = columns.names[i];
+      // A column named by the server (a computed one without an alias) went to `shared`.
+      if (name !== undefined) this.derive(alias, { names: new Set([name]), anyColumn: false });
+    });
   }
 
   /** Every column an expression (or any tree below it) references, into `acc`. */
@@ -410,6 +494,50 @@ function expandsFields(value: unknown): boolean {
 function aliasNames(value: unknown): string[] | undefined {
   const names = list(value).map((item) => String(unwrap(item)?.[1].sval ?? ""));
   return names.length > 0 ? names : undefined;
+}
+
+/** A query's output columns, as `outputColumns` works them out. */
+interface OutputColumns {
+  /** Column i's name; undefined where the server makes one up (a computed column without an alias). */
+  names: (string | undefined)[];
+  /** A `*` or field expansion: the columns from there on (past `names`) are not known here. */
+  open: boolean;
+}
+
+/**
+ * A query's output columns as PostgreSQL names them: an alias list's names first, then those of its
+ * output list (a set operation's leftmost branch; VALUES columns and computed columns without an
+ * alias get names from the server, undefined here).
+ */
+function outputColumns(aliases: readonly (string | undefined)[] | undefined, query: unknown): OutputColumns {
+  const own = ownColumns(query);
+  const names = [...own.names];
+  (aliases ?? []).forEach((alias, i) => (names[i] = alias));
+  return { names, open: own.open };
+}
+
+function ownColumns(query: unknown): OutputColumns {
+  const wrapped = unwrap(query);
+  if (!wrapped) return { names: [], open: true };
+  const kind = wrapped[0];
+  let node = wrapped[1];
+  let targets: unknown[];
+  if (kind === "SelectStmt") {
+    while (node.op !== undefined && node.op !== "SETOP_NONE") node = isObj(node.larg) ? node.larg : {};
+    const [row] = list(node.valuesLists);
+    if (row !== undefined) return { names: list(unwrap(row)?.[1].items ?? row).map(() => undefined), open: false };
+    targets = list(node.targetList);
+  } else if (kind === "InsertStmt" || kind === "UpdateStmt" || kind === "DeleteStmt" || kind === "MergeStmt") {
+    targets = returningList(node);
+  } else return { names: [], open: true };
+  const names: (string | undefined)[] = [];
+  for (const target of targets) {
+    const res = unwrap(target)?.[1];
+    const ref = plainColumnRef(res?.val);
+    if (ref === "*" || expandsFields(res?.val)) return { names, open: true };
+    names.push(typeof res?.name === "string" ? res.name : ref);
+  }
+  return { names, open: false };
 }
 
 /** Whether a FROM item's alias renames its columns (`users u(a, b)`). */

@@ -651,6 +651,12 @@ describe("masking", () => {
     await check("SELECT lower(e) FROM (SELECT email AS e FROM users) s WHERE e LIKE 'user5@%'");
     await check("WITH c(x) AS (SELECT email FROM users WHERE id = 5) SELECT x || '' FROM c");
     await check("SELECT lower(b) FROM users u(a, b) WHERE a = 5");
+    // An alias list shorter than a set operation's columns: the others are named by the leftmost branch.
+    await check(
+      "WITH c(x) AS (SELECT 0, 'b' AS b UNION ALL SELECT id, email FROM users WHERE id = 5) SELECT lower(b) FROM c",
+    );
+    await check("SELECT b || '' FROM (SELECT 0, 'b' AS b UNION ALL SELECT id, email FROM users WHERE id = 5) s(x)");
+    await check("WITH v AS (SELECT id, email FROM users WHERE id = 5) SELECT lower(e) FROM v AS v1(i, e)");
     await check("SELECT string_agg(email, ',') FROM users WHERE id BETWEEN 4 AND 6");
     await check("SELECT email AS e FROM users WHERE id = 5 UNION ALL SELECT 'x'");
     await check("SELECT 'x' UNION ALL SELECT email FROM users WHERE id = 5");
@@ -729,6 +735,12 @@ describe("masking", () => {
     // No table at all, alias lists, counts, windows and FILTER over a masked column.
     expect(await check("SELECT g FROM generate_series(1, 3) g")).toBe("1\n2\n3");
     expect(await check("SELECT name FROM (VALUES (1, 'a')) AS t(id, name)")).toBe("a");
+    // A CTE's columns renamed where it is referenced are known: only what they hold counts.
+    expect(
+      await check(
+        "WITH v AS (SELECT id, email, note FROM users WHERE id = 2) SELECT i + 1, upper(n) FROM v AS v1(i, e, n)",
+      ),
+    ).toBe("3|OK");
     expect(
       await check("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT n FROM r"),
     ).toBe("1\n2\n3");
