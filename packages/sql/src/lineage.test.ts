@@ -122,6 +122,14 @@ const CASES: Array<[string, string, string[] | undefined]> = [
   ["SELECT lower(b) FROM (SELECT 1, 2 AS b UNION SELECT 3, email FROM users) s(x, b)", "", ["b,email"]],
   ["SELECT lower(b) FROM (SELECT 1, lower(note) UNION SELECT 3, email FROM users) s(x)", "email,note", ["b"]],
   ["SELECT lower(b) FROM (SELECT * FROM t UNION SELECT 1, email FROM users) s(x)", "*,email", ["b"]],
+  // Review 56 found the same: a VALUES leftmost branch, a later branch's `*`, a recursive CTE.
+  ["SELECT column2 FROM (VALUES (1, 'x') UNION ALL SELECT id, name AS zz FROM users) s(a)", "name", ["column2"]],
+  ["SELECT c2 FROM (SELECT 0 AS k, 'a' AS c1, 'b' AS c2 UNION ALL SELECT id, * FROM users) s(k)", "*", ["c2"]],
+  [
+    "WITH RECURSIVE r(n) AS (SELECT 1, ''::text AS v UNION ALL SELECT n + 1, (SELECT name FROM users WHERE id = n) AS w FROM r WHERE n < 3) SELECT v FROM r",
+    "",
+    ["name,v"],
+  ],
   // An alias list on a CTE's reference renames its columns, which are known: by position. Only a
   // CTE in scope there (PostgreSQL's rules: an inner WITH's names are not seen outside it, a later
   // CTE's only under WITH RECURSIVE); a table's columns are not known: any column.
