@@ -898,12 +898,6 @@ function explainAnalyzes(options: unknown): boolean {
 }
 
 /**
- * True when setting `name` (lower case) needs db:admin, SET and set_config alike: a new role or
- * session user is new power, except going back to the login user (RESET ROLE, SET ROLE NONE:
- * `value` "none", exactly as PostgreSQL compares it; RESET/DEFAULT: `resets`);
- * session_replication_role turns off triggers and foreign keys (superuser only), whatever the value.
- */
-/**
  * Extensions' settings a superuser sets (the generated list has core settings only): the audit and
  * logging ones, and the procedural languages' start-up code (`plperl.on_plperl_init`,
  * `pltcl.start_proc`: code run with the server's rights when the language next loads in the
@@ -921,6 +915,12 @@ const SUPERUSER_SETTING_PREFIXES = [
   "pljava.",
 ];
 
+/**
+ * True when setting `name` (lower case) needs db:admin, SET and set_config alike: a new role or
+ * session user is new power, except going back to the login user (RESET ROLE, SET ROLE NONE:
+ * `value` "none", exactly as PostgreSQL compares it; RESET/DEFAULT: `resets`);
+ * session_replication_role turns off triggers and foreign keys (superuser only), whatever the value.
+ */
 function settingIsPrivileged(name: string, resets: boolean, value: string | undefined): boolean {
   switch (name) {
     case "role":

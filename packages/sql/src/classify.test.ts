@@ -651,7 +651,15 @@ describe("statement facts", () => {
 
   it("gives reasons for dynamic statements", () => {
     expect(one("DO $$ BEGIN END $$").reason).toBe("DO blocks run procedural code that cannot be inspected");
-    expect(one("SELECT query_to_xml('x', true, true, '')").reason).toMatch(/query_to_xml/);
+    expect(one("SELECT query_to_xml('x', true, true, '')").reason).toBe(
+      "query_to_xml() runs SQL given as text, which cannot be inspected",
+    );
+    // Review 55: these take names, not SQL.
+    expect(one("SELECT table_to_xmlschema('docs', true, false, '')").reason).toBe(
+      "table_to_xmlschema() reads tables named in a string, which cannot be checked against table scopes or masking",
+    );
+    expect(one("SELECT cursor_to_xml('c', 10, true, false, '')").reason).toMatch(/reads a cursor named in a string/);
+    expect(one("SELECT dblink('dbname=x', 'SELECT 1')").reason).toMatch(/over another connection/);
     expect(one("SELECT 1").reason).toBeUndefined();
   });
 

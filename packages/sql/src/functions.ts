@@ -93,6 +93,15 @@ const DYNAMIC_PATTERNS: readonly RegExp[] = [
   /^dblink/,
 ];
 
+/** What a dynamic function does that the agent cannot inspect, for its denial message. */
+function dynamicReason(name: string): string {
+  if (name.startsWith("dblink")) return "runs SQL given as text over another connection, which cannot be inspected";
+  if (/^(table|schema|database)_to_xml/.test(name))
+    return "reads tables named in a string, which cannot be checked against table scopes or masking";
+  if (name.startsWith("cursor_to_xml")) return "reads a cursor named in a string, which cannot be masked";
+  return "runs SQL given as text, which cannot be inspected";
+}
+
 /**
  * Change state other sessions see, without naming a table: sequences, notifications, transaction
  * IDs, and taking advisory locks. Advisory locks change no data, but holding one blocks other
@@ -168,7 +177,7 @@ export function functionVerdict(parts: readonly string[], procedure = false): Fu
     return { action: "db:admin" };
   }
   if (matches(name, DYNAMIC_FUNCTIONS, DYNAMIC_PATTERNS)) {
-    return { action: "db:dynamic", reason: `${name}() runs SQL given as text, which cannot be inspected` };
+    return { action: "db:dynamic", reason: `${name}() ${dynamicReason(name)}` };
   }
   if (matches(name, WRITE_FUNCTIONS, WRITE_PATTERNS)) return { action: "db:write" };
   if (!procedure && isBuiltinFunction(parts)) return {};
