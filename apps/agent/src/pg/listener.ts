@@ -453,8 +453,8 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     // database session, so PostgreSQL refuses writes the statement text did not show (functions
     // it calls implicitly). Lifting it (READ WRITE, *_read_only = off, RESET of transaction_read_only)
     // needs db:write; RESET of default_transaction_read_only returns to this startup value.
-    if (config.readOnlySessions && !mayChange(options.bundles, identity, options.resource))
-      passed.default_transaction_read_only = "on";
+    const readOnly = config.readOnlySessions && !mayChange(options.bundles, identity, options.resource);
+    if (readOnly) passed.default_transaction_read_only = "on";
     let target;
     try {
       target = await connectTarget({ target: config.target, database: targetDatabase, parameters: passed });
@@ -491,6 +491,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
         identity,
         sourceAddress: source,
         targetUser: config.target.user,
+        readOnly,
         database: targetDatabase,
         catalog,
         bundles: options.bundles,

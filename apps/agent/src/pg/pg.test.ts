@@ -129,7 +129,8 @@ beforeAll(async () => {
      CREATE TABLE visits (id int); INSERT INTO visits VALUES (1);
      CREATE TABLE visit_log (n int);
      CREATE FUNCTION touch(visits) RETURNS int LANGUAGE plpgsql
-       AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';`,
+       AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';
+     CREATE VIEW touched_visits AS SELECT id, touch(v) FROM visits v;`,
   ]);
   expect(setup.stderr).toBe("");
   h = await startHarness({ pg: pgServer, policies: POLICIES });
@@ -147,7 +148,6 @@ function withEngReadRules(rules: (existing: (typeof POLICIES)[number]["spec"]["r
   );
 }
 
-/** node-postgres connected through the agent as alice (extended protocol). */
 /** A node-postgres client connected through the agent as `user` with `token`. */
 async function clientAs(user: string, token: string): Promise<pg.Client> {
   const c = new pg.Client({ host: "127.0.0.1", port: h.port, user, password: token, database: "app" });
@@ -155,6 +155,7 @@ async function clientAs(user: string, token: string): Promise<pg.Client> {
   return c;
 }
 
+/** node-postgres connected through the agent as alice (extended protocol). */
 const aliceClient = () => clientAs("alice@example.com", alice);
 
 afterAll(async () => {
@@ -1069,8 +1070,33 @@ describe("clients", () => {
   it("opens a read-only database session for a user no rule lets change anything: writes the text hides fail there", async () => {
     // `v.touch` is attribute notation for touch(v), a function that INSERTs: the text reads as a
     // column, so the classifier allows it; PostgreSQL refuses the INSERT in the read-only session.
-    const hidden = await psql(h, reader, "SELECT v.touch FROM visits v", { user: "reader@example.com" });
-    expect(hidden.stderr).toMatch(/cannot execute INSERT in a read-only transaction/);
+    // Told and recorded as Moat's denial: 42501, PostgreSQL's 25006 named in the detail (review 55).
+    const hidden = await psql(h, reader, "SELECT v.touch FROM visits v", {
+      user: "reader@example.com",
+      extra: ["-v", "VERBOSITY=verbose"],
+    });
+    expect(hidden.stderr).toMatch(
+      /ERROR: {2}42501: access denied: this session is read-only \(no policy allows you to change the database\), and the statement tried to: cannot execute INSERT in a read-only transaction\nDETAIL: .*SQLSTATE 25006/,
+    );
+    const refused = h
+      .events()
+      .filter((e) => e.actor?.user === "reader@example.com" && e.detail.case === "dbQuery")
+      .find((e) => e.detail.case === "dbQuery" && e.detail.value.text === "SELECT v.touch FROM visits v");
+    expect(refused?.verdict).toBe(2);
+    expect(refused?.rule).toBe("");
+    expect(refused?.message).toMatch(/^failed on the target: access denied: this session is read-only/);
+    // A view calling the function, and the extended protocol, alike.
+    const view = await psql(h, reader, "SELECT * FROM touched_visits", { user: "reader@example.com" });
+    expect(view.stderr).toMatch(/ERROR: {2}access denied: this session is read-only/);
+    const c = await clientAs("reader@example.com", reader);
+    try {
+      await expect(c.query("SELECT v.touch FROM visits v WHERE $1::int = 1", [1])).rejects.toMatchObject({
+        code: "42501",
+      });
+      expect((await c.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }]);
+    } finally {
+      await c.end();
+    }
     const state = await psql(
       h,
       reader,

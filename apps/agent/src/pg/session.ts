@@ -86,6 +86,21 @@ const FAST_PATH_POISON = Buffer.from([0x46, 0, 0, 0, 14, 0, 0, 0, 0, 0, 0, 0, 0,
 /** A refusal the agent makes itself (no policy rule): its message, for every table. */
 const agentDenial = (message: string): Decision => ({ effect: "deny", rule: "", message, tables: [] });
 
+/**
+ * PostgreSQL's 25006 in a read-only session, as the agent's denial: 42501 with the server's
+ * message (scrubbed already if masking applies) in the text, as the agent's own refusals read.
+ */
+function readOnlyRefusal(error: Buffer): Buffer {
+  const e = decodeErrorFields(error.subarray(5));
+  return errorResponse({
+    severity: "ERROR",
+    code: "42501",
+    message: `access denied: this session is read-only (no policy allows you to change the database), and the statement tried to: ${e.message}`,
+    detail:
+      "The write was not in the statement's text (a function it calls, a view's function, a trigger): PostgreSQL refused it in the read-only transaction Moat started the session with (SQLSTATE 25006).",
+  });
+}
+
 /** Statement classes that cannot create a relation (see mayHaveTempRelations). */
 const READING_CLASSES: ReadonlySet<string> = new Set(["read", "session", "copy-out"]);
 
@@ -208,6 +223,11 @@ export interface SessionContext {
   identity: VerifiedIdentity;
   sourceAddress: string;
   targetUser: string;
+  /**
+   * The session was started read-only (`default_transaction_read_only = on`: readOnlySessions, for a
+   * user no rule lets change anything), so PostgreSQL refusing a write (25006) is a denial.
+   */
+  readOnly?: boolean;
   /** The target database (table OIDs are per database). */
   database: string;
   /** Resolves result columns to their tables for masking; without it, columns match by label only. */
@@ -3100,9 +3120,14 @@ export class PgSession {
     const atCommit = head.kind === "sync" || head.kind === "query";
     // A query's own replacement is for the error of its POISON, after its statements (a statement
     // before it that fails on the target is that statement's error).
-    const replace =
-      ("replaceError" in head && !(head.kind === "query" && run) ? head.replaceError : undefined) ??
-      (run || atCommit ? this.scrubError(raw, run) : undefined);
+    const own = "replaceError" in head && !(head.kind === "query" && run) ? head.replaceError : undefined;
+    let replace = own ?? (run || atCommit ? this.scrubError(raw, run) : undefined);
+    // The read-only session refused a write the statement's text did not show (a function it calls
+    // implicitly, a view's function, a trigger): Moat's denial, told as one (42501) and recorded as one.
+    const refused = !own && this.ctx.readOnly === true && decodeErrorFields(raw.subarray(5)).code === "25006";
+    if (refused) replace = readOnlyRefusal(replace ?? raw);
+    const effect = refused ? "deny" : "allow";
+    if (refused && run) run.rule = "";
     const failed = () => `failed on the target: ${decodeErrorFields((replace ?? raw).subarray(5)).message}`;
     // A commit that fails (a deferred constraint, a serialization failure, a WITH HOLD cursor's
     // query) undoes the transaction whose statements were recorded as run: the trail says so (a
@@ -3118,7 +3143,7 @@ export class PgSession {
     if (head.kind === "query") {
       if (run) {
         head.runs.length = head.index; // the rest of the message does not run
-        this.recordRun(run, "allow", failed());
+        this.recordRun(run, effect, failed());
       }
     } else {
       // An Execute of a portal the target has dropped (its transaction ended) after earlier ones
@@ -3131,7 +3156,7 @@ export class PgSession {
         head.portal !== undefined &&
         head.portal.cycle < this.cyclesDone &&
         portalGone(raw, head.portalName);
-      if (run) this.recordRun(run, "allow", gone ? "" : failed());
+      if (run) this.recordRun(run, effect, gone ? "" : failed());
       // After an error the target ignores everything up to Sync: Parses it skipped created nothing.
       while (this.pending.length > 0 && this.pending.first?.kind !== "sync") {
         const p = this.pending.first as Pending;
