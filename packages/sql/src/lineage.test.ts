@@ -147,6 +147,14 @@ const CASES: Array<[string, string, string[] | undefined]> = [
     ["email,q,x"],
   ],
   ["WITH v AS (SELECT *, 1 AS k FROM users) SELECT lower(x) FROM v v1(x)", "*", ["x"]],
+  // Review 58: names the server may cut or fold otherwise (a LATIN1 server cuts at 63 letters, the
+  // parser at 63 bytes of UTF-8): not matched, any column.
+  [
+    `WITH ${"a".repeat(62)}öx AS (SELECT id::text AS i, email FROM users) SELECT x FROM (WITH ${"a".repeat(62)}éx AS (SELECT email, id::text AS i FROM users) SELECT lower(q) AS x FROM ${"a".repeat(62)}öx v1(p, q)) s`,
+    "*",
+    ["q,x"],
+  ],
+  ["WITH véx AS (SELECT id, email FROM users) SELECT lower(b) FROM véx v1(a, b)", "*", ["b"]],
   ["WITH v AS (SELECT id, 1 AS k FROM users) SELECT lower(x) FROM v v1(x, y, z)", "", ["id,x"]],
   [
     "WITH RECURSIVE c(x) AS (SELECT email FROM users UNION ALL SELECT x FROM c) CYCLE x SET cyc USING path SELECT p FROM c c1(a, b, p)",

@@ -68,6 +68,14 @@ class Walk {
    */
   private readonly ctes: Map<string, OutputColumns>[] = [];
 
+  /**
+   * A CTE of the statement has a name the server may read otherwise: names are then not matched
+   * (review 58). The server cuts identifiers at 63 bytes of its own encoding (one byte a letter in
+   * LATIN1) and may lower-case non-ASCII letters; the parser cuts at 63 bytes of UTF-8: two names it
+   * reads as one (`a...aöx` and `a...aéx`, both cut to `a...a`) can be two there.
+   */
+  private unsureCte = false;
+
   /** Names of every FROM item and CTE of the statement (a one-part column reference to one is a whole row). */
   constructor(readonly relations: ReadonlySet<string>) {}
 
@@ -195,6 +203,7 @@ class Walk {
     }
     const inScope = (cte: Obj) => {
       if (typeof cte.ctename !== "string") return;
+      if (!sureName(cte.ctename)) this.unsureCte = true;
       const columns = outputColumns(aliasNames(cte.aliascolnames), cte.ctequery);
       // SEARCH and CYCLE add columns after the query's: not placed here.
       const added = isObj(cte.search_clause) || isObj(cte.cycle_clause);
@@ -224,6 +233,7 @@ class Walk {
   private cteNamed(node: Obj): OutputColumns | undefined {
     if (typeof node.relname !== "string" || node.schemaname !== undefined || node.catalogname !== undefined)
       return undefined;
+    if (this.unsureCte || !sureName(node.relname)) return undefined;
     for (let i = this.ctes.length - 1; i >= 0; i--) {
       const columns = this.ctes[i]?.get(node.relname);
       if (columns) return columns;
@@ -438,6 +448,13 @@ class Walk {
 }
 
 const list = (value: unknown): unknown[] => (Array.isArray(value) ? value : []);
+
+/**
+ * A name the parser reads as the server does in every encoding: ASCII characters only, and too short
+ * to have been cut (the parser's cut leaves at least 60 bytes of the 63).
+ */
+// eslint-disable-next-line no-control-regex
+const sureName = (name: string): boolean => name.length < 60 && /^[\x00-\x7f]*$/.test(name);
 
 /**
  * Functions that attribute notation can call on a whole row: pg_catalog's (generated) and common
