@@ -84,6 +84,8 @@ export const PostgresListenerSchema = Type.Object(
     parseOffThreadBytes: Type.Integer({ minimum: 0, default: 16 * 1024 }),
     /** Most concurrent sessions on this resource. */
     maxSessions: Type.Integer({ minimum: 1, default: 1000 }),
+    /** A connection that has not finished TLS, start-up and authentication by then is closed (08006). */
+    setupTimeoutMs: Type.Integer({ minimum: 100, default: 30_000 }),
     /**
      * Sessions of users no policy rule could let change anything (only connect, db:read,
      * db:copy-out) are opened read-only on the target (default_transaction_read_only = on), so

@@ -56,6 +56,11 @@ export class RelayScanner {
     return this.held;
   }
 
+  /** Part of a message was forwarded and the rest has not come (a streamed DataRow cut short). */
+  get midMessage(): boolean {
+    return this.passthrough > 0;
+  }
+
   /** Continues after HOLD, starting with the held message. */
   resume(): void {
     if (!this.held) return;

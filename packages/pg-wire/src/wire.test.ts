@@ -285,6 +285,22 @@ describe("RelayScanner", () => {
     }
   });
 
+  it("says when it has forwarded part of a streamed message and not the rest (midMessage)", () => {
+    const rowStart = rowDescription(fields).length;
+    const rowEnd = rowStart + dataRow([Buffer.from("1"), Buffer.from("a@example.com")]).length;
+    for (let i = 1; i < server.length; i++) {
+      const scanner = new RelayScanner(
+        { streamable: (t) => t === 0x44, message: () => undefined, forward: () => undefined },
+        1 << 16,
+      );
+      scanner.push(server.subarray(0, i));
+      // Streamed only once its header (5 bytes) is in; a whole message or a boundary is not "mid".
+      const inFirstRow = i >= rowStart + 5 && i < rowEnd;
+      if (inFirstRow) expect(scanner.midMessage, String(i)).toBe(true);
+      if (i === rowStart || i === rowEnd) expect(scanner.midMessage, String(i)).toBe(false);
+    }
+  });
+
   it("rewrites whole messages at every split point", () => {
     const rewrite = (t: number, raw: Buffer) => {
       if (t !== 0x44) return undefined;

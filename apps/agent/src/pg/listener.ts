@@ -106,6 +106,12 @@ const DEFAULT_MAX_STATEMENT_LENGTH = Math.max(
   Math.min(16 * 1024 * 1024, Math.floor(getHeapStatistics().heap_size_limit / 64)),
 );
 
+/** Cancel requests passed on to the target at once, at most (each is a connection to it). */
+const MAX_CANCELS_IN_FLIGHT = 64;
+
+/** How long a refused connection may take to read its error before it is closed. */
+const REFUSE_GRACE_MS = 2_000;
+
 const clientAddress = (s: Socket) => (s.remoteAddress ?? "").replace(/^::ffff:/, "");
 
 /** Every database action that can change something: all but db:read and db:copy-out (new ones count). */
@@ -127,6 +133,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
   const { config, logger } = options;
   const secureContext: SecureContext = createSecureContext({ cert: options.tls.certPem, key: options.tls.keyPem });
   const cancelKeys = new Map<number, CancelKey>();
+  let cancelsInFlight = 0;
   // Result columns' tables, for masking (a connection of the agent's own per database, on demand).
   const catalog = new CatalogCache({
     open: (database) =>
@@ -175,6 +182,10 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     options.metrics.refused(reason);
     socket.end(errorResponse({ severity: "FATAL", code, message }));
     socket.destroySoon();
+    // A peer that reads nothing, or a TLS handshake that never completed (the error cannot be sent
+    // before it does), must not keep the connection: review 57 saw such sockets, and their set-up
+    // places, held for good.
+    setTimeout(() => socket.destroy(), REFUSE_GRACE_MS).unref();
   };
 
   const tooManyConnecting = `too many connections being set up on ${options.resource} (at most ${config.maxSessions})`;
@@ -196,8 +207,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       raw.removeAllListeners("data");
       const m = isCancel && head.length === 16 ? decodeInitial(head.subarray(4)) : undefined;
       if (m?.kind === "cancel") {
-        cancel(m.processId, m.secretKey);
-        raw.destroy();
+        void cancel(m.processId, m.secretKey).finally(() => raw.destroy());
       } else refuse(raw, "53300", tooManyConnecting, "max-connecting");
     });
   };
@@ -218,13 +228,22 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     let stage: "initial" | "password" | "busy" = "initial";
     let startup: Map<string, string> | undefined;
     let gssAsked = false;
-    const timer = setTimeout(() => refuse(socket, "08006", "authentication timed out", "timeout"), 30_000);
+    const timer = setTimeout(
+      () => refuse(socket, "08006", "authentication timed out", "timeout"),
+      config.setupTimeoutMs,
+    );
 
     const upgrade = (head?: Buffer) => {
       socket.off("data", onData);
       if (head && head.length > 0) socket.unshift(head);
       const t = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ["postgresql"] });
       t.on("error", () => t.destroy());
+      // The TLS socket owns the connection from now on: its close is the connection's.
+      t.on("close", () => {
+        clearTimeout(timer);
+        release(slot);
+        raw.destroy();
+      });
       t.on("data", onData);
       socket = t;
       tls = true;
@@ -258,8 +277,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
           }
           if (m.kind === "cancel") {
             clearTimeout(timer);
-            cancel(m.processId, m.secretKey);
-            socket.destroy();
+            void cancel(m.processId, m.secretKey).finally(() => socket.destroy());
             return;
           }
           if (!reserve(slot)) {
@@ -345,15 +363,27 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     return undefined;
   }
 
-  function cancel(processId: number, secretKey: number) {
+  /**
+   * Passes a CancelRequest with the right key on to the target; resolves once the target has taken
+   * it (closed the connection), so that the client's connection is closed after that, as
+   * PostgreSQL's is: a client (libpq's PQcancel) takes the close as "delivered", and a cancel still
+   * on its way would cancel the session's next query instead (review 57). At most
+   * MAX_CANCELS_IN_FLIGHT at once; more are dropped, as the target may drop them.
+   */
+  async function cancel(processId: number, secretKey: number): Promise<void> {
     const key = cancelKeys.get(processId);
     if (!key) return;
     const a = Buffer.alloc(4);
     const b = Buffer.alloc(4);
     a.writeInt32BE(key.secretKey);
     b.writeInt32BE(secretKey);
-    if (!timingSafeEqual(a, b)) return;
-    void cancelOnTarget(config.target, key.targetProcessId, key.targetSecretKey);
+    if (!timingSafeEqual(a, b) || cancelsInFlight >= MAX_CANCELS_IN_FLIGHT) return;
+    cancelsInFlight++;
+    try {
+      await cancelOnTarget(config.target, key.targetProcessId, key.targetSecretKey);
+    } finally {
+      cancelsInFlight--;
+    }
   }
 
   async function authenticate(

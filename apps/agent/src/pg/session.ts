@@ -444,6 +444,18 @@ const SYNC_IN_COPY =
 /** How long the target may take to close after a client's Terminate before the session ends anyway. */
 const TERMINATE_GRACE_MS = 5_000;
 
+/** How long a session's ended connections may take to send what they still hold before they are closed. */
+const END_GRACE_MS = 2_000;
+
+/**
+ * Answers a session may wait for at once (messages forwarded and not yet answered): past this, the
+ * agent stops reading the client until half of them are answered. A client pipelining without
+ * reading (review 57: 700 000 `SELECT 1` queued in the kernel's buffers, 185 MB of the agent's
+ * heap for one session) holds a bounded amount of memory. PostgreSQL flushes its answers at least
+ * every 8 KiB, so a client that reads gets enough of them to resume well before half.
+ */
+const MAX_PENDING = 16_384;
+
 /** Cursors and named portals a session tracks at once; a new one past this is refused. */
 const MAX_CURSORS = 1000;
 
@@ -778,6 +790,10 @@ export class PgSession {
   private unspooled: QueryRecord[] = [];
   private readonly scanner: RelayScanner;
   private readonly pending = new Fifo<Pending>();
+  /** The target sent a FATAL (or PANIC) error: its connection ends with a reason given. */
+  private targetSaidFatal = false;
+  /** Reading from the client is paused: MAX_PENDING answers are awaited. */
+  private pendingFull = false;
   private readonly statements = new TextMap<PreparedStatement>();
   private readonly portals = new Map<string, Portal>();
   /** SQL-level PREPARE names whose statement may hold a secret: their EXECUTEs' arguments may too. */
@@ -984,7 +1000,7 @@ export class PgSession {
     });
     target.on("drain", () => {
       this.targetBlocked = false;
-      if (this.held === undefined && !this.terminated && !this.waitingSettle) client.resume();
+      if (this.held === undefined && !this.terminated && !this.waitingSettle && !this.pendingFull) client.resume();
     });
     client.on("data", (chunk: Buffer) => this.onClientData(chunk));
     // No cork around the scanner: it forwards what one chunk brings in a single write.
@@ -1002,15 +1018,22 @@ export class PgSession {
       if ((this.held !== undefined || this.waitingSettle) && !hadError) this.endAfterHold = "client disconnected";
       else this.end("client disconnected");
     });
-    target.on("close", () =>
-      this.end(this.terminated ? "client terminated the session" : "target closed the connection"),
-    );
+    target.on("close", () => {
+      if (this.terminated) this.end("client terminated the session");
+      else {
+        this.targetLost();
+        this.end("target closed the connection");
+      }
+    });
     // A client that closed cleanly while its last messages wait (endAfterHold) cannot take their
     // answers: writing them fails, which must not drop those messages (review 40).
     client.on("error", () => {
       if (this.endAfterHold === undefined) this.end("client connection error");
     });
-    target.on("error", () => this.end("target connection error"));
+    target.on("error", () => {
+      this.targetLost();
+      this.end("target connection error");
+    });
     if (leftover.length > 0) this.scanner.push(leftover);
   }
 
@@ -1025,6 +1048,24 @@ export class PgSession {
     this.client.pause();
     this.terminateTimer = setTimeout(() => this.end("client terminated the session"), TERMINATE_GRACE_MS);
     this.terminateTimer.unref();
+  }
+
+  /**
+   * The target's connection closed or failed without a word (a reset, a crash): the client is told,
+   * as an error in its protocol (review 57: it saw the connection just close). Not after the target's
+   * own FATAL (an administrator's pg_terminate_backend, a shutdown), which said why.
+   */
+  private targetLost(): void {
+    if (this.closed || this.targetSaidFatal || this.client.writableEnded || this.client.destroyed) return;
+    // Inside a message the client has begun to read: nothing can be said, only the connection closed.
+    if (this.scanner.midMessage) return;
+    this.client.write(
+      errorResponse({
+        severity: "FATAL",
+        code: "08006",
+        message: "the agent lost its connection to the target database",
+      }),
+    );
   }
 
   /** Ends the session from outside (token revoked, user disabled, session too long). */
@@ -1079,6 +1120,15 @@ export class PgSession {
     if (this.terminated) this.target.end();
     else this.target.end(serialize.end());
     this.target.destroySoon?.();
+    // A connection whose writes wait (a target blocked writing answers to a client that stopped
+    // reading, so reading nothing; review 57: its backend stayed, holding the session's locks) is
+    // closed outright: PostgreSQL then ends the backend and rolls its transaction back.
+    if (this.targetBlocked) this.target.destroy();
+    const { client, target } = this;
+    setTimeout(() => {
+      client.destroy();
+      target.destroy();
+    }, END_GRACE_MS).unref();
     const durationMs = BigInt(Date.now() - this.started);
     this.ctx.audit
       .record({
@@ -1138,7 +1188,7 @@ export class PgSession {
   private relayClient(resumed: Frame | undefined): void {
     const out: Buffer[] = [];
     try {
-      for (let f = resumed ?? this.reader.next(); f; f = this.reader.next()) {
+      for (let f = resumed ?? this.nextFrame(); f; f = this.nextFrame()) {
         // What comes before it is sent now; it and what follows wait for its classification (again,
         // when the lexical state it was made under has changed since and the text has a backslash).
         if ((f !== resumed || this.offloadStale()) && this.holdForClassification(f)) break;
@@ -1171,6 +1221,16 @@ export class PgSession {
     }
     if (this.terminated) this.afterTerminate();
     else if (this.waitingSettle) this.client.pause();
+  }
+
+  /** The client's next complete message, unless MAX_PENDING answers are awaited (then it stops reading). */
+  private nextFrame(): Frame | undefined {
+    if (this.pending.length >= MAX_PENDING) {
+      this.pendingFull = true;
+      this.client.pause();
+      return undefined;
+    }
+    return this.reader.next();
   }
 
   /** The held message's classification was made under another lexical state, which its text depends on. */
@@ -2686,6 +2746,15 @@ export class PgSession {
   /** Drops the oldest pending response; an Execute reaching the head sets up its result's masking. */
   private shift(): void {
     const p = this.pending.shift();
+    if (this.pendingFull && this.pending.length <= MAX_PENDING / 2) {
+      this.pendingFull = false;
+      // What the client sent meanwhile is handled after this answer (not inside its handling).
+      queueMicrotask(() => {
+        if (this.closed || this.held !== undefined || this.waitingSettle) return;
+        this.relayClient(undefined);
+        this.readOnAfterWait();
+      });
+    }
     if (p?.kind === "query" && p.lexical) this.lexicalInFlight--;
     if (p?.kind === "execute" && p.portal) p.portal.pendingExecutes--;
     this.plan = undefined;
@@ -3014,7 +3083,7 @@ export class PgSession {
   private readOnAfterWait(): void {
     if (this.closed || this.held !== undefined || this.waitingSettle) return;
     if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
-    else if (!this.targetBlocked && !this.terminated) this.client.resume();
+    else if (!this.targetBlocked && !this.terminated && !this.pendingFull) this.client.resume();
   }
 
   /** Whether `entry` is queued in the cycle answered now (no Sync or other Query queued before it). */
@@ -3096,6 +3165,8 @@ export class PgSession {
   }
 
   private onServerError(raw: Buffer): Buffer[] | undefined {
+    const fields = decodeErrorFields(raw.subarray(5));
+    if (fields.severity === "FATAL" || fields.severity === "PANIC") this.targetSaidFatal = true;
     const head = this.pending.first;
     // An error ends the target's COPY (it answers Syncs again), or means the COPY will not run (an
     // earlier statement of its Query, or message of its Sync cycle, failed: the target skips to the
@@ -3124,7 +3195,7 @@ export class PgSession {
     let replace = own ?? (run || atCommit ? this.scrubError(raw, run) : undefined);
     // The read-only session refused a write the statement's text did not show (a function it calls
     // implicitly, a view's function, a trigger): Moat's denial, told as one (42501) and recorded as one.
-    const refused = !own && this.ctx.readOnly === true && decodeErrorFields(raw.subarray(5)).code === "25006";
+    const refused = !own && this.ctx.readOnly === true && fields.code === "25006";
     if (refused) replace = readOnlyRefusal(replace ?? raw);
     const effect = refused ? "deny" : "allow";
     if (refused && run) run.rule = "";

@@ -92,6 +92,7 @@ export async function startHarness(options: {
       classifierCacheEntries: 10_000,
       parseOffThreadBytes: 16 * 1024,
       maxSessions: 1000,
+      setupTimeoutMs: 30_000,
       readOnlySessions: true,
       ...options.listener,
       target: {

@@ -1,0 +1,256 @@
+/**
+ * The proxy under misbehaving clients and a failing target (review 57): connections that stall in
+ * TLS set-up, clients that pipeline without reading (and then leave holding locks), cancel
+ * requests, and a target connection that is reset. Real PostgreSQL 15, raw sockets.
+ */
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { decodeErrorFields, serialize } from "@moat/pg-wire";
+import { startPostgres, type TestPostgres } from "@moat/testkit";
+import { ALLOW_ALL_POLICY } from "../test-support/bundles.js";
+import { startHarness, type Harness } from "../test-support/pg.js";
+import { errors, Raw, types } from "../test-support/raw-client.js";
+
+let pgServer: TestPostgres;
+
+beforeAll(async () => {
+  pgServer = await startPostgres();
+  await pgServer.createDatabase("app");
+  await pgServer.sql("CREATE TABLE sink (n int)", "app");
+}, 60_000);
+
+afterAll(async () => {
+  await pgServer?.stop();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+setFlagsFromString("--expose-gc");
+const gc = runInNewContext("gc") as () => void;
+
+async function withHarness<T>(
+  o: Partial<Parameters<typeof startHarness>[0]>,
+  body: (h: Harness) => Promise<T>,
+): Promise<T> {
+  const h = await startHarness({ pg: pgServer, policies: [ALLOW_ALL_POLICY], ...o });
+  try {
+    return await body(h);
+  } finally {
+    await Promise.race([h.close(), sleep(5000)]);
+  }
+}
+
+async function rawSocket(port: number): Promise<Socket> {
+  const s = connect(port, "127.0.0.1");
+  s.on("error", () => undefined);
+  await new Promise((r) => s.once("connect", r));
+  return s;
+}
+
+/** A session through the agent over a raw socket, with its BackendKeyData. */
+async function session(h: Harness): Promise<Raw & { pid: number; secret: number }> {
+  const token = await h.token();
+  const raw = new Raw(await rawSocket(h.port));
+  raw.socket.write(serialize.startup({ user: "alice@example.com", database: "app" }));
+  await raw.until((m) => m.some((x) => x.type === "R" || x.type === "E"));
+  raw.socket.write(serialize.password(token));
+  await raw.until((m) => m.some((x) => x.type === "Z" || x.type === "E"));
+  const k = raw.messages.find((x) => x.type === "K");
+  if (!k) throw new Error(`no session: ${JSON.stringify(errors(raw.messages))}`);
+  raw.messages.length = 0;
+  return Object.assign(raw, { pid: k.body.readInt32BE(0), secret: k.body.readInt32BE(4) });
+}
+
+async function query(h: Harness, sql: string): Promise<unknown[]> {
+  const c = new pg.Client({
+    host: "127.0.0.1",
+    port: h.port,
+    user: "alice@example.com",
+    password: await h.token(),
+    database: "app",
+    connectionTimeoutMillis: 5000,
+  });
+  await c.connect();
+  try {
+    return (await c.query(sql)).rows;
+  } finally {
+    await c.end();
+  }
+}
+
+/** Writes `chunk` again and again while the socket takes it, until it has stalled for `stallMs`. */
+async function pumpUntilStalled(s: Socket, chunk: Buffer, max: number, stallMs = 2000): Promise<number> {
+  let sent = 0;
+  while (sent < max && !s.destroyed) {
+    sent += chunk.length;
+    if (!s.write(chunk)) {
+      const drained = await Promise.race([
+        new Promise<boolean>((r) => s.once("drain", () => r(true))),
+        sleep(stallMs).then(() => false),
+      ]);
+      if (!drained) break;
+    }
+  }
+  return sent;
+}
+
+describe("clients that misbehave", () => {
+  it("closes connections that stall in TLS set-up at the set-up timeout, and frees their places", async () => {
+    await withHarness({ listener: { maxSessions: 2, setupTimeoutMs: 1500 } }, async (h) => {
+      const stalled: { s: Socket; closed: boolean }[] = [];
+      for (const partialHello of [false, true]) {
+        const s = await rawSocket(h.port);
+        const entry = { s, closed: false };
+        s.on("close", () => (entry.closed = true));
+        s.resume(); // reading, so that the agent closing it is seen
+        s.write(serialize.requestSsl());
+        await sleep(50);
+        // A TLS record header announcing 512 bytes, then 5 of them; or nothing at all.
+        if (partialHello) s.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 1, 0, 1, 0xfc, 3]));
+        stalled.push(entry);
+      }
+      await expect(query(h, "SELECT 1")).rejects.toThrow(/too many connections being set up/);
+      const deadline = Date.now() + 6000;
+      while (Date.now() < deadline && stalled.some((e) => !e.closed)) await sleep(100);
+      // Before: never closed, and their places taken for good (a peer could lock the listener).
+      expect(stalled.map((e) => e.closed)).toEqual([true, true]);
+      expect(await query(h, "SELECT 42 AS x")).toEqual([{ x: 42 }]);
+    });
+  }, 30_000);
+
+  it("releases the locks of a client that pipelines without reading and then leaves", async () => {
+    await withHarness({}, async (h) => {
+      const c = await session(h);
+      await c.exchange(serialize.query("BEGIN; LOCK TABLE sink IN ACCESS EXCLUSIVE MODE"));
+      c.socket.pause();
+      const chunk = Buffer.concat(Array.from({ length: 1000 }, () => serialize.query("SELECT 1")));
+      await pumpUntilStalled(c.socket, chunk, 100 * 1024 * 1024);
+      c.socket.destroy();
+      // Before: the agent left its target connection blocked (PostgreSQL writing answers nobody
+      // read, so never reading the Terminate): the backend stayed, holding the lock.
+      const deadline = Date.now() + 15_000;
+      let backends = "";
+      while (Date.now() < deadline) {
+        backends = (
+          await pgServer.sql("SELECT count(*) FROM pg_locks WHERE relation = 'sink'::regclass", "app")
+        ).trim();
+        if (backends === "0") break;
+        await sleep(250);
+      }
+      expect(backends).toBe("0");
+      expect(await query(h, "SELECT count(*)::int AS n FROM sink")).toEqual([{ n: 0 }]);
+    });
+  }, 60_000);
+
+  it("holds a bounded number of unanswered statements for a client that pipelines without reading", async () => {
+    await withHarness({}, async (h) => {
+      const c = await session(h);
+      c.socket.pause();
+      gc();
+      const before = process.memoryUsage().heapUsed;
+      const chunk = Buffer.concat(Array.from({ length: 2000 }, () => serialize.query("SELECT 1")));
+      const sent = await pumpUntilStalled(c.socket, chunk, 200 * 1024 * 1024);
+      await sleep(500);
+      gc();
+      const grown = (process.memoryUsage().heapUsed - before) / 1048576;
+      // Before: every statement the kernel's buffers took was queued (185 MB for one session).
+      expect(sent).toBeGreaterThan(1024 * 1024);
+      expect(grown).toBeLessThan(40);
+      expect(await query(h, "SELECT 1 AS one")).toEqual([{ one: 1 }]);
+      c.socket.destroy();
+    });
+  }, 60_000);
+
+  it("closes a client's cancel connection only once the target has taken the cancel", async () => {
+    await withHarness({}, async (h) => {
+      const c = await session(h);
+      c.socket.write(serialize.query("SELECT pg_sleep(20)"));
+      await sleep(300);
+      // As libpq's PQcancel does: send, then wait for the close. Before, the agent closed at once
+      // and the cancels still on their way cancelled the next queries.
+      await Promise.all(
+        Array.from({ length: 100 }, async () => {
+          const s = await rawSocket(h.port);
+          s.write(serialize.cancel(c.pid, c.secret));
+          await new Promise((r) => s.once("close", r));
+        }),
+      );
+      const cancelled = await c.until((m) => m.some((x) => x.type === "Z"), 10_000);
+      expect(errors(cancelled)[0]?.code).toBe("57014");
+      for (let i = 0; i < 5; i++) {
+        const next = await c.exchange(serialize.query("SELECT pg_sleep(0.2), 'after'"));
+        expect(types(next), JSON.stringify(errors(next))).toMatch(/TDCZ$/);
+      }
+      c.socket.destroy();
+    });
+  }, 60_000);
+});
+
+/** A TCP relay between the agent and PostgreSQL whose connections the test can reset. */
+class Relay {
+  private server: Server | undefined;
+  private readonly pairs = new Set<[Socket, Socket]>();
+  port = 0;
+
+  async start(targetPort: number): Promise<this> {
+    this.server = createServer((a) => {
+      const b = connect(targetPort, "127.0.0.1");
+      const pair: [Socket, Socket] = [a, b];
+      this.pairs.add(pair);
+      for (const s of pair) s.on("error", () => undefined);
+      a.pipe(b);
+      b.pipe(a);
+      a.on("close", () => b.destroy());
+      b.on("close", () => a.destroy());
+    });
+    await new Promise<void>((r) => this.server?.listen(0, "127.0.0.1", r));
+    this.port = (this.server?.address() as { port: number }).port;
+    return this;
+  }
+
+  resetAll(): void {
+    for (const [a, b] of this.pairs) {
+      a.resetAndDestroy();
+      b.resetAndDestroy();
+    }
+    this.pairs.clear();
+  }
+
+  async close(): Promise<void> {
+    this.resetAll();
+    await new Promise((r) => this.server?.close(r));
+  }
+}
+
+describe("a target that fails", () => {
+  it("tells the client when the connection to the target is lost (08006), mid-query and mid-COPY", async () => {
+    const relay = await new Relay().start(pgServer.port);
+    try {
+      await withHarness({ target: { port: relay.port } }, async (h) => {
+        const q = await session(h);
+        const copy = await session(h);
+        q.socket.write(serialize.query("SELECT pg_sleep(10)"));
+        copy.socket.write(serialize.query("COPY sink FROM STDIN"));
+        await copy.until((m) => m.some((x) => x.type === "G"));
+        copy.socket.write(serialize.copyData(Buffer.from("1\n")));
+        await sleep(300);
+        relay.resetAll();
+        for (const c of [q, copy]) {
+          await c.until(() => c.closed, 10_000);
+          const last = c.messages.filter((m) => m.type === "E").at(-1);
+          // Before: the connection just closed, with no error.
+          expect(last && decodeErrorFields(last.body)).toMatchObject({
+            severity: "FATAL",
+            code: "08006",
+            message: "the agent lost its connection to the target database",
+          });
+        }
+      });
+    } finally {
+      await relay.close();
+    }
+  }, 60_000);
+});
