@@ -144,6 +144,7 @@ function withText(shape: StatementShape, text: string): StatementInfo {
   if (shape.reads !== undefined) info.reads = shape.reads;
   if (shape.cursor !== undefined) info.cursor = shape.cursor;
   if (shape.savepoint !== undefined) info.savepoint = shape.savepoint;
+  if (shape.fieldNames !== undefined) info.fieldNames = shape.fieldNames;
   return info;
 }
 

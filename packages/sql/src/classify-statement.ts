@@ -59,6 +59,7 @@ type Extra = Pick<
   | "reads"
   | "cursor"
   | "savepoint"
+  | "fieldNames"
 >;
 
 class Collector {
@@ -73,6 +74,8 @@ class Collector {
   knownSetting: { call: Obj; name: string } | undefined;
   /** Catalogs with a secret column the statement reads from (see SECRET_CATALOG_COLUMNS). */
   readonly secretColumns: TableRef[] = [];
+  /** Names selected from rows and values (StatementInfo.fieldNames). */
+  readonly fieldNames = new Set<string>();
 
   /** Records that the statement needs `action` (possibly on no table at all). */
   action(action: DbAction): void {
@@ -395,6 +398,7 @@ function visitFieldSelections(items: unknown, from: number, out: Collector): voi
     const item = unwrap(items[i]);
     if (!item || item[0] !== "String" || typeof item[1].sval !== "string") continue;
     const name = item[1].sval;
+    out.fieldNames.add(name);
     // Only names of built-ins: the admin name patterns (`lo_*` ...) would also match composite fields.
     if (!isBuiltinFunction([name])) continue;
     const verdict = functionVerdict([name]);
@@ -1301,6 +1305,7 @@ function finish(kind: string, out: Collector): ShapeResult {
     functions: [...out.functions],
     ...out.extra,
   };
+  if (out.fieldNames.size > 0) shape.fieldNames = [...out.fieldNames];
   if (shape.statementClass !== "dynamic") delete shape.reason;
   return { shape, literalSensitive: out.literalSensitive };
 }

@@ -110,6 +110,13 @@ export interface StatementInfo {
   tables: TableRef[];
   /** Every function called, as written ("pg_catalog.lower" or "lower"), deduplicated. */
   functions: string[];
+  /**
+   * Names selected from a row or value (`t.name`, `(x).name`), deduplicated; absent when none.
+   * PostgreSQL reads one as a call of the function `name` when there is no such column or field
+   * (attribute notation): a user's function of that name would run, which the caller can check
+   * against the target's catalog.
+   */
+  fieldNames?: string[];
   /** Why a dynamic statement cannot be classified (safe to show to the user). */
   reason?: string;
   /** SET search_path: the new path; RESET/DEFAULT: null (back to the server's default). */

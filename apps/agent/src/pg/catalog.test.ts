@@ -4,7 +4,7 @@
  * the TTL, shared concurrent lookups, and failures (which the session turns into closing itself).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startPostgres, type TestPostgres } from "@moat/testkit";
+import { startPostgres, waitFor, type TestPostgres } from "@moat/testkit";
 import { CatalogCache } from "./catalog.js";
 import { connectTarget, TargetError } from "./target.js";
 
@@ -112,5 +112,42 @@ describe("catalog cache", () => {
       catalog.close();
     }
     await expect(catalog.resolve("cat", [usersOid])).rejects.toThrow(/stopping/);
+  });
+
+  it("reads which functions PostgreSQL may call unseen: attribute notation, overloads of built-ins, views and policies", async () => {
+    await server.sql(
+      `CREATE TABLE visits (id int); CREATE TABLE log (n int);
+       CREATE FUNCTION touch(visits) RETURNS int LANGUAGE sql AS 'INSERT INTO log VALUES (1) RETURNING 1';
+       CREATE FUNCTION log_msg() RETURNS int LANGUAGE sql AS 'INSERT INTO log VALUES (2) RETURNING 1';
+       CREATE FUNCTION pure(int, extra int DEFAULT 0) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';
+       CREATE FUNCTION two(int, int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+       CREATE FUNCTION "My Schema".initcap(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+       CREATE PROCEDURE proc(int) LANGUAGE sql AS 'SELECT 1';
+       CREATE VIEW calls_log AS SELECT id, log_msg() FROM visits;
+       CREATE VIEW over_it AS SELECT * FROM calls_log;
+       CREATE VIEW calls_pure AS SELECT pure(id) FROM visits;
+       CREATE TABLE guarded (id int); ALTER TABLE guarded ENABLE ROW LEVEL SECURITY;
+       CREATE POLICY p ON guarded USING (log_msg() = 1);
+       CREATE EXTENSION citext;`,
+      "cat",
+    );
+    let now = 1_000_000;
+    const catalog = new CatalogCache({ open, ttlMs: 1000, now: () => now });
+    try {
+      expect(catalog.hiddenCalls("cat")).toBeUndefined(); // not read yet: the session is not started
+      const calls = await catalog.loadHiddenCalls("cat");
+      expect(catalog.hiddenCalls("cat")).toBe(calls);
+      // citext's lower(citext), an extension's, is not among them.
+      expect([...calls.rowFunctions].sort()).toEqual(["initcap", "pure", "touch"]);
+      expect([...calls.shadowing]).toEqual(["initcap"]);
+      expect([...calls.relations].sort()).toEqual(["calls_log", "guarded", "over_it"]);
+      // A function created since counts once the answer is older than the TTL (read again in the background).
+      await server.sql("CREATE FUNCTION stamp(visits) RETURNS int LANGUAGE sql AS 'SELECT 1'", "cat");
+      now += 1001;
+      expect(catalog.hiddenCalls("cat")).toBe(calls);
+      await waitFor(() => catalog.hiddenCalls("cat")?.rowFunctions.has("stamp") === true);
+    } finally {
+      catalog.close();
+    }
   });
 });

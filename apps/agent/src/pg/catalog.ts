@@ -24,6 +24,49 @@ interface TableEntry {
   resolvedAt: number;
 }
 
+/**
+ * What the target's catalog says about functions PostgreSQL may call without the statement naming
+ * them, which the classifier cannot know from the text: a user's function of one argument is called
+ * by attribute notation (`t.f` is `f(t)` when `t` has no column `f`), one named like a built-in by
+ * an ordinary-looking call (`lower(5)` runs `public.lower(int)`), and reading a view, or a table
+ * with a row-level security policy, calls the volatile user functions they use (through other views
+ * too). Names only, in any schema (fail closed). Extensions' functions count as built-ins (citext's
+ * `lower(citext)` would otherwise make every `lower` call a user function's).
+ */
+export interface HiddenCalls {
+  /** User functions (not pg_catalog's) callable with one argument. */
+  rowFunctions: ReadonlySet<string>;
+  /** User functions named like one of pg_catalog's. */
+  shadowing: ReadonlySet<string>;
+  /** Relations whose reading calls a volatile user function: views, tables with policies. */
+  relations: ReadonlySet<string>;
+}
+
+/** A function of neither pg_catalog, information_schema nor an extension (installed by an administrator, trusted as built-ins are). */
+const USER_FUNCTION =
+  "n.nspname NOT IN ('pg_catalog', 'information_schema') AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend e " +
+  "WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = p.oid AND e.deptype = 'e')";
+const CALLS = (via: string, relation: string, object: string) =>
+  `SELECT ${relation} FROM pg_catalog.${via} x ` +
+  `JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.${via}'::pg_catalog.regclass AND d.objid = x.oid ` +
+  `AND d.refclassid = 'pg_catalog.${object}'::pg_catalog.regclass `;
+const VOLATILE_USER_FUNCTION =
+  "JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace " +
+  `WHERE p.provolatile = 'v' AND ${USER_FUNCTION}`;
+
+/** The query behind HiddenCalls: rows of (kind, name). PostgreSQL 11 and later (prokind). */
+const HIDDEN_CALLS_SQL =
+  "SELECT 'f', p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace " +
+  `WHERE ${USER_FUNCTION} AND p.prokind <> 'p' AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 ` +
+  "UNION SELECT 's', p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace " +
+  `WHERE ${USER_FUNCTION} AND EXISTS (SELECT FROM pg_catalog.pg_proc b ` +
+  "WHERE b.pronamespace = 'pg_catalog'::pg_catalog.regnamespace AND b.proname = p.proname) " +
+  "UNION SELECT 'r', c.relname FROM pg_catalog.pg_class c WHERE c.oid IN (WITH RECURSIVE calls(oid) AS (" +
+  `${CALLS("pg_rewrite", "x.ev_class", "pg_proc")}${VOLATILE_USER_FUNCTION} UNION ` +
+  `${CALLS("pg_policy", "x.polrelid", "pg_proc")}${VOLATILE_USER_FUNCTION} UNION ` +
+  `${CALLS("pg_rewrite", "x.ev_class", "pg_class")}JOIN calls ON calls.oid = d.refobjid` +
+  ") SELECT oid FROM calls)";
+
 export interface CatalogOptions {
   /** Opens a connection to `database` as the agent's target user. */
   open: (database: string) => Promise<TargetConnection>;
@@ -42,6 +85,7 @@ export class CatalogCache {
   private readonly databases = new Map<string, Map<number, TableEntry>>();
   private readonly connections = new Map<string, CatalogConnection>();
   private readonly inflight = new Map<string, Promise<void>>();
+  private readonly hidden = new Map<string, { calls?: HiddenCalls; at: number; refreshing?: Promise<HiddenCalls> }>();
   private readonly ttlMs: number;
   private readonly idleMs: number;
   private readonly maxTables: number;
@@ -55,6 +99,47 @@ export class CatalogCache {
     this.maxTables = options.maxTables ?? 20_000;
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.now = options.now ?? Date.now;
+  }
+
+  /**
+   * The database's HiddenCalls as last read (undefined before the first read), read again in the
+   * background once older than the TTL: a function or view created since counts from then on.
+   */
+  hiddenCalls(database: string): HiddenCalls | undefined {
+    const entry = this.hidden.get(database);
+    if (entry && this.now() - entry.at > this.ttlMs) void this.loadHiddenCalls(database).catch(() => undefined);
+    return entry?.calls;
+  }
+
+  /** Reads the database's HiddenCalls unless fresh ones are at hand (concurrent reads share one query). */
+  loadHiddenCalls(database: string): Promise<HiddenCalls> {
+    if (this.closed) return Promise.reject(new Error("the agent is stopping"));
+    let entry = this.hidden.get(database);
+    if (entry?.calls && this.now() - entry.at <= this.ttlMs) return Promise.resolve(entry.calls);
+    if (entry?.refreshing) return entry.refreshing;
+    if (!entry) this.hidden.set(database, (entry = { at: -Infinity }));
+    const current = entry;
+    const refreshing = this.connection(database)
+      .query(HIDDEN_CALLS_SQL, this.timeoutMs)
+      .then(
+        (rows) => {
+          const sets = { f: new Set<string>(), s: new Set<string>(), r: new Set<string>() };
+          for (const [kind, name] of rows) if (name) sets[kind as keyof typeof sets]?.add(name);
+          current.calls = { rowFunctions: sets.f, shadowing: sets.s, relations: sets.r };
+          current.at = this.now();
+          return current.calls;
+        },
+        (error: unknown) => {
+          // The last answer stays in force; asked again in 5 s, not at every statement.
+          current.at = Math.max(current.at, this.now() - this.ttlMs + 5_000);
+          throw error;
+        },
+      )
+      .finally(() => {
+        if (current.refreshing === refreshing) delete current.refreshing;
+      });
+    current.refreshing = refreshing;
+    return refreshing;
   }
 
   /** The table column behind (tableOid, attnum), if resolved (stale entries included). */

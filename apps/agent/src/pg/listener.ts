@@ -504,6 +504,31 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
         .catch(() => undefined);
       return;
     }
+    // What the target's catalog says PostgreSQL may call unseen (attribute notation, views' and
+    // policies' functions): decided with the statements; a session is not started without it.
+    try {
+      await catalog.loadHiddenCalls(targetDatabase);
+    } catch (error) {
+      target.socket.destroy();
+      logger.warn({ resource: options.resource, err: (error as Error).message }, "cannot read the target's catalog");
+      refuse(
+        socket,
+        "08006",
+        "the agent cannot read the target database's catalog (the agent's log says why)",
+        "target",
+      );
+      void options.audit
+        .record({
+          type: "session.end",
+          actor,
+          resource: options.resource,
+          sessionId,
+          message: `cannot read the target's catalog: ${(error as Error).message}`,
+          detail: { case: "sessionEnd", value: { reason: "cannot read the target's catalog", durationMs: 0n } },
+        })
+        .catch(() => undefined);
+      return;
+    }
     if (socket.destroyed || slot.state === "gone") {
       // The client left during the target's login.
       target.socket.destroy();

@@ -130,7 +130,12 @@ beforeAll(async () => {
      CREATE TABLE visit_log (n int);
      CREATE FUNCTION touch(visits) RETURNS int LANGUAGE plpgsql
        AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';
-     CREATE VIEW touched_visits AS SELECT id, touch(v) FROM visits v;`,
+     CREATE VIEW touched_visits AS SELECT id, touch(v) FROM visits v;
+     CREATE FUNCTION log_visit(int) RETURNS bool LANGUAGE plpgsql
+       AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN true; END';
+     CREATE DOMAIN logged_int AS int CHECK (log_visit(VALUE));
+     CREATE FUNCTION initcap(int) RETURNS text LANGUAGE plpgsql
+       AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';`,
   ]);
   expect(setup.stderr).toBe("");
   h = await startHarness({ pg: pgServer, policies: POLICIES });
@@ -1067,11 +1072,49 @@ describe("clients", () => {
     expect(settings?.detail.case === "dbQuery" && settings.detail.value.statementClass).toBe("read");
   });
 
+  it("decides the functions PostgreSQL calls unseen by the target's catalog: attribute notation, overloads of built-ins, views", async () => {
+    // `v.touch` is attribute notation for touch(v), a function that INSERTs; touched_visits calls
+    // it; `initcap(5)` runs public.initcap(int), which INSERTs too. The text shows none of it: the
+    // agent reads the target's catalog for such functions (review 55: allowed before, stopped only
+    // by the read-only session).
+    for (const sql of [
+      "SELECT v.touch FROM visits v",
+      "SELECT (v).touch FROM visits v",
+      "SELECT id FROM visits v WHERE v.touch = 1",
+      "SELECT * FROM touched_visits",
+      "SELECT initcap(5)",
+      "PREPARE t AS SELECT v.touch FROM visits v",
+      "BEGIN; DECLARE t CURSOR FOR SELECT * FROM touched_visits; FETCH ALL FROM t; COMMIT",
+    ]) {
+      const r = await psql(h, reader, sql, { user: "reader@example.com" });
+      expect(r.stderr, sql).toMatch(/ERROR: {2}no policy allows db:function/);
+    }
+    const told = await psql(h, reader, "SELECT v.touch FROM visits v", { user: "reader@example.com" });
+    expect(told.stderr).toContain(
+      "no policy allows db:function on db for reader@example.com: `.touch` may call the database's own function touch (attribute notation)",
+    );
+    const c = await clientAs("reader@example.com", reader);
+    try {
+      await expect(c.query("SELECT v.touch FROM visits v WHERE $1::int = 1", [1])).rejects.toMatchObject({
+        code: "42501",
+      });
+      expect((await c.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }]);
+    } finally {
+      await c.end();
+    }
+    expect(await pgServer.sql("SELECT count(*) FROM visit_log", "app")).toMatch(/^0/);
+    // Columns and built-ins are not affected; pg_catalog.initcap is the built-in.
+    const plain = await psql(h, reader, "SELECT v.id, pg_catalog.initcap('ab') FROM visits v", {
+      user: "reader@example.com",
+    });
+    expect(plain.stdout.trim()).toBe("1|Ab");
+  });
+
   it("opens a read-only database session for a user no rule lets change anything: writes the text hides fail there", async () => {
-    // `v.touch` is attribute notation for touch(v), a function that INSERTs: the text reads as a
-    // column, so the classifier allows it; PostgreSQL refuses the INSERT in the read-only session.
-    // Told and recorded as Moat's denial: 42501, PostgreSQL's 25006 named in the detail (review 55).
-    const hidden = await psql(h, reader, "SELECT v.touch FROM visits v", {
+    // A domain's CHECK calls log_visit, which INSERTs: neither the text nor the catalog lookups show
+    // it, so the classifier allows `1::logged_int`; PostgreSQL refuses the INSERT in the read-only
+    // session. Told and recorded as Moat's denial: 42501, PostgreSQL's 25006 in the detail (review 55).
+    const hidden = await psql(h, reader, "SELECT 1::logged_int", {
       user: "reader@example.com",
       extra: ["-v", "VERBOSITY=verbose"],
     });
@@ -1081,16 +1124,14 @@ describe("clients", () => {
     const refused = h
       .events()
       .filter((e) => e.actor?.user === "reader@example.com" && e.detail.case === "dbQuery")
-      .find((e) => e.detail.case === "dbQuery" && e.detail.value.text === "SELECT v.touch FROM visits v");
+      .find((e) => e.detail.case === "dbQuery" && e.detail.value.text === "SELECT 1::logged_int");
     expect(refused?.verdict).toBe(2);
     expect(refused?.rule).toBe("");
     expect(refused?.message).toMatch(/^failed on the target: access denied: this session is read-only/);
-    // A view calling the function, and the extended protocol, alike.
-    const view = await psql(h, reader, "SELECT * FROM touched_visits", { user: "reader@example.com" });
-    expect(view.stderr).toMatch(/ERROR: {2}access denied: this session is read-only/);
+    // The extended protocol alike.
     const c = await clientAs("reader@example.com", reader);
     try {
-      await expect(c.query("SELECT v.touch FROM visits v WHERE $1::int = 1", [1])).rejects.toMatchObject({
+      await expect(c.query("SELECT $1::int::logged_int", [1])).rejects.toMatchObject({
         code: "42501",
       });
       expect((await c.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }]);
@@ -1107,7 +1148,7 @@ describe("clients", () => {
     for (const lift of [
       "BEGIN READ WRITE",
       "SET default_transaction_read_only = off",
-      "BEGIN; RESET transaction_read_only; SELECT v.touch FROM visits v; COMMIT",
+      "BEGIN; RESET transaction_read_only; SELECT 1::logged_int; COMMIT",
     ]) {
       const r = await psql(h, reader, lift, { user: "reader@example.com" });
       expect(r.stderr).toMatch(/ERROR: {2}no policy allows db:write/);

@@ -73,7 +73,7 @@ import type { Logger } from "@moat/common";
 import type { ActiveBundle, BundleHolder } from "../bundle.js";
 import { QUERY_EVENT_LIMITS, type AuditRecorder, type QueryRecord, type QueryRecorder } from "../audit/recorder.js";
 import type { VerifiedIdentity } from "../tokens.js";
-import type { CatalogCache } from "./catalog.js";
+import type { CatalogCache, HiddenCalls } from "./catalog.js";
 import { Fifo } from "./fifo.js";
 import { TargetError } from "./target.js";
 
@@ -256,6 +256,35 @@ const CLASS_RANK = ["session", "read", "copy-out", "function", "copy-in", "write
  * One statement standing for two that a name may hold (the agent cannot tell which the target
  * kept): it needs what both need, its rows may come from what either computes.
  */
+/**
+ * The name of a user's function PostgreSQL may call running `info` that its text does not show
+ * (see HiddenCalls), or undefined. Names only, in any schema: a column named like such a function
+ * counts too (fails closed).
+ */
+function hiddenCall(info: StatementInfo, calls: HiddenCalls): { name: string; reason: string } | undefined {
+  if (info.fieldNames)
+    for (const name of info.fieldNames)
+      if (calls.rowFunctions.has(name))
+        return { name, reason: `\`.${name}\` may call the database's own function ${name} (attribute notation)` };
+  // Written unqualified (`pg_catalog.lower` is the built-in; another schema's is a user function already).
+  for (const name of info.functions)
+    if (calls.shadowing.has(name))
+      return {
+        name,
+        reason: `the database has a function ${name} of its own besides the built-in, which this call may run`,
+      };
+  for (const table of info.tables)
+    if (calls.relations.has(table.name))
+      return {
+        name: table.name,
+        reason: `reading ${table.name} calls a function of the database's own that may write`,
+      };
+  return undefined;
+}
+
+/** The db:function uses withHiddenCalls added, with why (for the denial message). */
+const HIDDEN_USES = new WeakMap<ActionUse, string>();
+
 function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
   const merged: StatementInfo = {
     ...a,
@@ -267,6 +296,7 @@ function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
     tables: [...a.tables, ...b.tables],
     functions: [...a.functions, ...b.functions],
   };
+  if (a.fieldNames || b.fieldNames) merged.fieldNames = [...(a.fieldNames ?? []), ...(b.fieldNames ?? [])];
   const result = mergeLineage(a.result, b.result);
   const reads = mergeSources(a.reads, b.reads);
   if (result) merged.result = result;
@@ -792,6 +822,11 @@ export class PgSession {
   private readonly pending = new Fifo<Pending>();
   /** The target sent a FATAL (or PANIC) error: its connection ends with a reason given. */
   private targetSaidFatal = false;
+  /** withHiddenCalls' answers, by the actions they extend. */
+  private readonly hiddenMemo = new WeakMap<
+    readonly ActionUse[],
+    { calls: HiddenCalls; actions: readonly ActionUse[] }
+  >();
   /** Reading from the client is paused: MAX_PENDING answers are awaited. */
   private pendingFull = false;
   private readonly statements = new TextMap<PreparedStatement>();
@@ -1672,7 +1707,12 @@ export class PgSession {
     if (run && (info.deallocate || info.cursor?.op === "close")) run.forgetsUpTo = this.definitions;
     if (run && info.kind === "TransactionStmt") run.sentAt = this.definitions;
     if (info.cursor?.op === "declare" && info.cursor.name !== null) {
-      const record = this.noteCursor(info.cursor.name, info, info.cursor.hold === true, info.actions);
+      const record = this.noteCursor(
+        info.cursor.name,
+        info,
+        info.cursor.hold === true,
+        this.withHiddenCalls(info, info.actions),
+      );
       if (run && record.unconfirmed) run.defines = { cursor: record };
     }
   }
@@ -2394,11 +2434,35 @@ export class PgSession {
     if (info.execute) {
       const prepared = this.preparedInfo(info.execute.name);
       // What the prepared statement does, plus what EXECUTE's own arguments call.
-      return prepared && [...prepared.actions, ...info.actions.filter((a) => a.action !== "db:dynamic")];
+      return (
+        prepared &&
+        this.withHiddenCalls(prepared, [...prepared.actions, ...info.actions.filter((a) => a.action !== "db:dynamic")])
+      );
     }
     if (info.cursor?.op === "fetch" && info.cursor.name !== null)
       return this.cursors.get(info.cursor.name)?.actions ?? info.actions;
-    return info.actions;
+    return this.withHiddenCalls(info, info.actions);
+  }
+
+  /**
+   * `actions`, plus db:function when PostgreSQL may call a user's function the text does not name
+   * (the target catalog's HiddenCalls: attribute notation, a call that may resolve to a user's
+   * overload of a built-in, a view or table whose reading calls a volatile user function). The same
+   * array when not; for the same catalog answer, the same new array (decisions are cached by it).
+   */
+  private withHiddenCalls(info: StatementInfo, actions: readonly ActionUse[]): readonly ActionUse[] {
+    const calls = this.ctx.catalog?.hiddenCalls(this.ctx.database);
+    // (Under a search path that puts a schema first, every statement needs db:function: decideActions.)
+    if (!calls || this.userFunctionsFirst) return actions;
+    const hidden = hiddenCall(info, calls);
+    if (hidden === undefined) return actions;
+    const memo = this.hiddenMemo.get(actions);
+    if (memo?.calls === calls) return memo.actions;
+    const use: ActionUse = { action: "db:function", tables: [], functions: [hidden.name] };
+    HIDDEN_USES.set(use, hidden.reason);
+    const out: readonly ActionUse[] = [...actions, use];
+    this.hiddenMemo.set(actions, { calls, actions: out });
+    return out;
   }
 
   /** decide's verdict for the statement's actions, once the checks on the session's state are passed. */
@@ -2436,6 +2500,8 @@ export class PgSession {
       // An allowed statement's message is never shown: not built.
       let message = v.effect === "allow" ? "" : v.message;
       if (v.effect !== "allow" && use.action === "db:dynamic" && info.reason) message = `${message}: ${info.reason}`;
+      const hidden = HIDDEN_USES.get(use);
+      if (v.effect !== "allow" && hidden !== undefined) message = `${message}: ${hidden}`;
       if (v.effect !== "allow" && shadowed && use.action === "db:function")
         message = `${message}: this session's search_path puts a schema before pg_catalog, so its functions and operators may replace the built-ins`;
       if (v.effect === "review")
