@@ -485,6 +485,18 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     // needs db:write; RESET of default_transaction_read_only returns to this startup value.
     const readOnly = config.readOnlySessions && !mayChange(options.bundles, identity, options.resource);
     if (readOnly) passed.default_transaction_read_only = "on";
+    /** The session ends before it started (its start was recorded): why, in its end event. */
+    const endUnstarted = (message: string, reason: string) =>
+      void options.audit
+        .record({
+          type: "session.end",
+          actor,
+          resource: options.resource,
+          sessionId,
+          message,
+          detail: { case: "sessionEnd", value: { reason, durationMs: 0n } },
+        })
+        .catch(() => undefined);
     let target;
     try {
       target = await connectTarget({ target: config.target, database: targetDatabase, parameters: passed });
@@ -492,16 +504,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       const e = error instanceof TargetError ? error : new TargetError("cannot connect to the target");
       logger.warn({ resource: options.resource, err: e.message }, "target connection failed");
       refuse(socket, e.code, e.forClient, "target");
-      void options.audit
-        .record({
-          type: "session.end",
-          actor,
-          resource: options.resource,
-          sessionId,
-          message: e.message,
-          detail: { case: "sessionEnd", value: { reason: e.message, durationMs: 0n } },
-        })
-        .catch(() => undefined);
+      endUnstarted(e.message, e.message);
       return;
     }
     // What the target's catalog says PostgreSQL may call unseen (attribute notation, views' and
@@ -517,16 +520,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
         "the agent cannot read the target database's catalog (the agent's log says why)",
         "target",
       );
-      void options.audit
-        .record({
-          type: "session.end",
-          actor,
-          resource: options.resource,
-          sessionId,
-          message: `cannot read the target's catalog: ${(error as Error).message}`,
-          detail: { case: "sessionEnd", value: { reason: "cannot read the target's catalog", durationMs: 0n } },
-        })
-        .catch(() => undefined);
+      endUnstarted(`cannot read the target's catalog: ${(error as Error).message}`, "cannot read the target's catalog");
       return;
     }
     if (socket.destroyed || slot.state === "gone") {
