@@ -29,6 +29,8 @@ const QUERIES = {
     "AND pronargs - pronargdefaults <= 1 AND proargtypes[0] IN ('record'::regtype, 'anyelement'::regtype, " +
     "'anycompatible'::regtype, '\"any\"'::regtype, 'anynonarray'::regtype, 'anycompatiblenonarray'::regtype) ORDER BY 1",
   superuserSettings: "SELECT name FROM pg_settings WHERE context = 'superuser' ORDER BY 1",
+  // Set at server start, in the configuration files or at connection start: no SET changes them.
+  fixedSettings: "SELECT name FROM pg_settings WHERE context NOT IN ('user', 'superuser') ORDER BY 1",
   // What PostgreSQL keeps from PUBLIC by default: functions without EXECUTE for PUBLIC (superuser
   // only, or granted to pg_monitor, pg_read_all_stats...), relations without SELECT for PUBLIC,
   // on the table or on any of its columns (pg_subscription grants its columns but subconninfo).
@@ -126,6 +128,8 @@ await withServer(async (url) => {
     list("PG_ROW_FUNCTIONS", psql(url, QUERIES.rowFunctions)) +
     `\n/** Settings only a superuser may change with SET (pg_settings.context = 'superuser'). */\n` +
     list("PG_SUPERUSER_SETTINGS", psql(url, QUERIES.superuserSettings)) +
+    `\n/** Settings no SET may change (pg_settings.context other than user and superuser). */\n` +
+    list("PG_FIXED_SETTINGS", psql(url, QUERIES.fixedSettings)) +
     `\n/** Functions of pg_catalog PUBLIC may not EXECUTE by default (some overload of the name). */\n` +
     list("PG_RESTRICTED_FUNCTIONS", psql(url, QUERIES.restrictedFunctions)) +
     `\n/** Relations of pg_catalog PUBLIC may not SELECT from by default (not even one column). */\n` +

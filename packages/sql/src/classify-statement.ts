@@ -16,7 +16,7 @@ import { isCatalogRelation, pathShadowsCatalog } from "./qualify.js";
 import { statementLineage } from "./lineage.js";
 import { aliasOf, isObj, nameParts, unwrap, walkNodes, type Obj } from "./tree.js";
 import { NODE_FIELD_TYPES } from "./gen/node-fields.js";
-import { PG_RESTRICTED_RELATIONS, PG_SUPERUSER_SETTINGS } from "./gen/pg-catalog.js";
+import { PG_FIXED_SETTINGS, PG_RESTRICTED_RELATIONS, PG_SUPERUSER_SETTINGS } from "./gen/pg-catalog.js";
 import {
   actionRank,
   classOfActions,
@@ -934,8 +934,13 @@ function settingIsPrivileged(name: string, resets: boolean, value: string | unde
     default:
       // Only a superuser may change them (session_replication_role skips triggers, log_statement
       // and pgaudit.* silence the server's own logs, zero_damaged_pages destroys data, ...): they
-      // need db:admin whatever the target role is.
-      return PG_SUPERUSER_SETTINGS.has(name) || SUPERUSER_SETTING_PREFIXES.some((prefix) => name.startsWith(prefix));
+      // need db:admin whatever the target role is. So do those no SET may change (max_connections,
+      // ignore_system_indexes: the server refuses them, 55P02; review 55 wanted Moat's 42501).
+      return (
+        PG_SUPERUSER_SETTINGS.has(name) ||
+        PG_FIXED_SETTINGS.has(name) ||
+        SUPERUSER_SETTING_PREFIXES.some((prefix) => name.startsWith(prefix))
+      );
   }
 }
 

@@ -59,6 +59,10 @@ const SETTINGS: Array<[string, string, boolean]> = [
   ["SESSION_AUTHORIZATION", "postgres", true],
   ["session_replication_role", "replica", true],
   ["session_replication_role", "origin", true],
+  // Settings no SET may change: the server refuses them (55P02); Moat says 42501 (review 55).
+  ["ignore_system_indexes", "on", true],
+  ["max_connections", "10", true],
+  ["server_version", "99", true],
 ];
 
 describe("set_config with constant arguments is SET", () => {
