@@ -145,6 +145,7 @@ function withText(shape: StatementShape, text: string): StatementInfo {
   if (shape.cursor !== undefined) info.cursor = shape.cursor;
   if (shape.savepoint !== undefined) info.savepoint = shape.savepoint;
   if (shape.fieldNames !== undefined) info.fieldNames = shape.fieldNames;
+  if (shape.operators !== undefined) info.operators = shape.operators;
   return info;
 }
 

@@ -60,6 +60,7 @@ type Extra = Pick<
   | "cursor"
   | "savepoint"
   | "fieldNames"
+  | "operators"
 >;
 
 class Collector {
@@ -76,6 +77,8 @@ class Collector {
   readonly secretColumns: TableRef[] = [];
   /** Names selected from rows and values (StatementInfo.fieldNames). */
   readonly fieldNames = new Set<string>();
+  /** Operators used, unqualified (StatementInfo.operators). */
+  readonly operators = new Set<string>();
 
   /** Records that the statement needs `action` (possibly on no table at all). */
   action(action: DbAction): void {
@@ -607,6 +610,7 @@ const SKIP_FUNCNAME: ReadonlySet<string> = new Set(["funcname"]);
 function visitOperator(list: unknown, out: Collector): void {
   const parts = nameParts(list);
   if (parts.length > 0 && !isBuiltinOperator(parts)) out.viaFunction("db:function", `OPERATOR(${parts.join(".")})`);
+  else if (parts.length === 1) out.operators.add(parts[0] as string);
 }
 
 /** WITH: walks the CTE bodies with the right names visible; returns the scope for the main query. */
@@ -1236,6 +1240,9 @@ function classifyExplain(node: Obj, out: Collector): void {
   classifyInner(node.query, inner);
   if (inner.literalSensitive) out.literalSensitive = true;
   for (const fn of inner.functions) out.functions.add(fn);
+  // (Review 60: EXPLAIN ANALYZE SELECT v.touch ran touch(v), its field names left behind.)
+  for (const name of inner.fieldNames) out.fieldNames.add(name);
+  for (const op of inner.operators) out.operators.add(op);
   Object.assign(out.extra, inner.extra);
   if (explainAnalyzes(options)) {
     // EXPLAIN ANALYZE runs the statement.
@@ -1311,6 +1318,7 @@ function finish(kind: string, out: Collector): ShapeResult {
     ...out.extra,
   };
   if (out.fieldNames.size > 0) shape.fieldNames = [...out.fieldNames];
+  if (out.operators.size > 0) shape.operators = [...out.operators];
   if (shape.statementClass !== "dynamic") delete shape.reason;
   return { shape, literalSensitive: out.literalSensitive };
 }

@@ -117,6 +117,11 @@ export interface StatementInfo {
    * against the target's catalog.
    */
   fieldNames?: string[];
+  /**
+   * Built-in operator names the statement uses unqualified (`||`, `=`), deduplicated; absent when
+   * none. A database's own operator of the same name on other types may be the one that runs.
+   */
+  operators?: string[];
   /** Why a dynamic statement cannot be classified (safe to show to the user). */
   reason?: string;
   /** SET search_path: the new path; RESET/DEFAULT: null (back to the server's default). */

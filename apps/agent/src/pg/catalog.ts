@@ -26,46 +26,56 @@ interface TableEntry {
 
 /**
  * What the target's catalog says about functions PostgreSQL may call without the statement naming
- * them, which the classifier cannot know from the text: a user's function of one argument is called
- * by attribute notation (`t.f` is `f(t)` when `t` has no column `f`), one named like a built-in by
- * an ordinary-looking call (`lower(5)` runs `public.lower(int)`), and reading a view, or a table
- * with a row-level security policy, calls the volatile user functions they use (through other views
- * too). Names only, in any schema (fail closed). Extensions' functions count as built-ins (citext's
- * `lower(citext)` would otherwise make every `lower` call a user function's).
+ * them, which the classifier cannot know from the text: a function of one argument is called by
+ * attribute notation (`t.f` is `f(t)` when `t` has no column `f`), a user's function or operator
+ * named like a built-in by an ordinary-looking call (`lower(5)` runs `public.lower(int)`, `1 || 2` a
+ * `public.||(int, int)`), and reading a view, or a table with a row-level security policy, calls the
+ * user functions they use, directly, through operators and aggregates, and through the views and
+ * tables they read (whatever the functions' volatility: a STABLE one may call a writing one).
+ * Names only, in any schema (fail closed). Extensions' functions count as built-ins, except by
+ * attribute notation (`('...'::text).dblink_exec` runs dblink_exec); pg_catalog's are the
+ * classifier's.
  */
 export interface HiddenCalls {
-  /** User functions (not pg_catalog's) callable with one argument. */
+  /** Functions outside pg_catalog callable with one argument (extensions' only when no built-in has the name). */
   rowFunctions: ReadonlySet<string>;
   /** User functions named like one of pg_catalog's. */
   shadowing: ReadonlySet<string>;
-  /** Relations whose reading calls a volatile user function: views, tables with policies. */
+  /** User operators named like one of pg_catalog's. */
+  operators: ReadonlySet<string>;
+  /** Relations whose reading calls a user function: views, tables with policies. */
   relations: ReadonlySet<string>;
 }
 
-/** A function of neither pg_catalog, information_schema nor an extension (installed by an administrator, trusted as built-ins are). */
-const USER_FUNCTION =
-  "n.nspname NOT IN ('pg_catalog', 'information_schema') AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend e " +
-  "WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = p.oid AND e.deptype = 'e')";
-const CALLS = (via: string, relation: string, object: string) =>
-  `SELECT ${relation} FROM pg_catalog.${via} x ` +
-  `JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.${via}'::pg_catalog.regclass AND d.objid = x.oid ` +
-  `AND d.refclassid = 'pg_catalog.${object}'::pg_catalog.regclass `;
-const VOLATILE_USER_FUNCTION =
-  "JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace " +
-  `WHERE p.provolatile = 'v' AND ${USER_FUNCTION}`;
+const EXTENSION_MEMBER = (catalog: string, oid: string) =>
+  `EXISTS (SELECT FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.${catalog}'::pg_catalog.regclass ` +
+  `AND e.objid = ${oid} AND e.deptype = 'e')`;
+const NOT_BUILTIN_SCHEMA = "n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 /** The query behind HiddenCalls: rows of (kind, name). PostgreSQL 11 and later (prokind). */
 const HIDDEN_CALLS_SQL =
-  "SELECT 'f', p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace " +
-  `WHERE ${USER_FUNCTION} AND p.prokind <> 'p' AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 ` +
-  "UNION SELECT 's', p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace " +
-  `WHERE ${USER_FUNCTION} AND EXISTS (SELECT FROM pg_catalog.pg_proc b ` +
-  "WHERE b.pronamespace = 'pg_catalog'::pg_catalog.regnamespace AND b.proname = p.proname) " +
-  "UNION SELECT 'r', c.relname FROM pg_catalog.pg_class c WHERE c.oid IN (WITH RECURSIVE calls(oid) AS (" +
-  `${CALLS("pg_rewrite", "x.ev_class", "pg_proc")}${VOLATILE_USER_FUNCTION} UNION ` +
-  `${CALLS("pg_policy", "x.polrelid", "pg_proc")}${VOLATILE_USER_FUNCTION} UNION ` +
-  `${CALLS("pg_rewrite", "x.ev_class", "pg_class")}JOIN calls ON calls.oid = d.refobjid` +
-  ") SELECT oid FROM calls)";
+  "WITH RECURSIVE " +
+  "fn AS (SELECT p.oid, p.proname, p.prokind <> 'p' AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 AS one_arg, " +
+  `${EXTENSION_MEMBER("pg_proc", "p.oid")} AS ext FROM pg_catalog.pg_proc p ` +
+  `JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE ${NOT_BUILTIN_SCHEMA}), ` +
+  "builtin AS (SELECT proname FROM pg_catalog.pg_proc WHERE pronamespace = 'pg_catalog'::pg_catalog.regnamespace), " +
+  "own AS (SELECT oid FROM fn WHERE NOT ext), " +
+  "deps AS (SELECT coalesce(r.ev_class, pol.polrelid) AS rel, d.refclassid, d.refobjid FROM pg_catalog.pg_depend d " +
+  "LEFT JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND r.oid = d.objid " +
+  "LEFT JOIN pg_catalog.pg_policy pol ON d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND pol.oid = d.objid " +
+  "WHERE d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass)), " +
+  "calls(oid) AS (SELECT rel FROM deps WHERE " +
+  "(refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND refobjid IN (SELECT oid FROM own)) OR " +
+  "(refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND refobjid IN " +
+  "(SELECT o.oid FROM pg_catalog.pg_operator o WHERE o.oprcode IN (SELECT oid FROM own))) " +
+  "UNION SELECT deps.rel FROM deps JOIN calls ON deps.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass " +
+  "AND deps.refobjid = calls.oid) " +
+  "SELECT 'f', proname FROM fn WHERE one_arg AND (NOT ext OR proname NOT IN (SELECT proname FROM builtin)) " +
+  "UNION SELECT 's', proname FROM fn WHERE NOT ext AND proname IN (SELECT proname FROM builtin) " +
+  "UNION SELECT 'o', o.oprname FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace " +
+  `WHERE ${NOT_BUILTIN_SCHEMA} AND NOT ${EXTENSION_MEMBER("pg_operator", "o.oid")} AND o.oprname IN ` +
+  "(SELECT oprname FROM pg_catalog.pg_operator WHERE oprnamespace = 'pg_catalog'::pg_catalog.regnamespace) " +
+  "UNION SELECT 'r', c.relname FROM pg_catalog.pg_class c WHERE c.oid IN (SELECT oid FROM calls)";
 
 export interface CatalogOptions {
   /** Opens a connection to `database` as the agent's target user. */
@@ -123,9 +133,9 @@ export class CatalogCache {
       .query(HIDDEN_CALLS_SQL, this.timeoutMs)
       .then(
         (rows) => {
-          const sets = { f: new Set<string>(), s: new Set<string>(), r: new Set<string>() };
+          const sets = { f: new Set<string>(), s: new Set<string>(), o: new Set<string>(), r: new Set<string>() };
           for (const [kind, name] of rows) if (name) sets[kind as keyof typeof sets]?.add(name);
-          current.calls = { rowFunctions: sets.f, shadowing: sets.s, relations: sets.r };
+          current.calls = { rowFunctions: sets.f, shadowing: sets.s, operators: sets.o, relations: sets.r };
           current.at = this.now();
           return current.calls;
         },

@@ -135,7 +135,13 @@ beforeAll(async () => {
        AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN true; END';
      CREATE DOMAIN logged_int AS int CHECK (log_visit(VALUE));
      CREATE FUNCTION initcap(int) RETURNS text LANGUAGE plpgsql
-       AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';`,
+       AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';
+     CREATE FUNCTION via_stable(int) RETURNS bool LANGUAGE plpgsql STABLE AS 'BEGIN RETURN log_visit($1); END';
+     CREATE VIEW stable_visits AS SELECT id, via_stable(id) FROM visits;
+     CREATE FUNCTION text_xor(text, text) RETURNS text LANGUAGE plpgsql
+       AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN $1; END';
+     CREATE OPERATOR public.# (leftarg = text, rightarg = text, function = text_xor);
+     CREATE EXTENSION IF NOT EXISTS dblink;`,
   ]);
   expect(setup.stderr).toBe("");
   h = await startHarness({ pg: pgServer, policies: POLICIES });
@@ -1085,10 +1091,22 @@ describe("clients", () => {
       "SELECT initcap(5)",
       "PREPARE t AS SELECT v.touch FROM visits v",
       "BEGIN; DECLARE t CURSOR FOR SELECT * FROM touched_visits; FETCH ALL FROM t; COMMIT",
+      // Review 60: EXPLAIN (ANALYZE), EXECUTE's own arguments, a view through a STABLE function,
+      // an operator named like a built-in, an extension's function by attribute notation.
+      "EXPLAIN ANALYZE SELECT v.touch FROM visits v",
+      "EXPLAIN SELECT (ROW(1)::visits).touch",
+      "SELECT * FROM stable_visits",
+      "SELECT 'a' # 'b'",
+      "SELECT ('SELECT 1'::text).dblink_exec",
     ]) {
       const r = await psql(h, reader, sql, { user: "reader@example.com" });
       expect(r.stderr, sql).toMatch(/ERROR: {2}no policy allows db:function/);
     }
+    const executed = await psql(h, reader, "", {
+      user: "reader@example.com",
+      input: "PREPARE e(text) AS SELECT $1;\nEXECUTE e(initcap(5));\n",
+    });
+    expect(executed.stderr).toMatch(/ERROR: {2}no policy allows db:function .*function initcap of its own/);
     const told = await psql(h, reader, "SELECT v.touch FROM visits v", { user: "reader@example.com" });
     expect(told.stderr).toContain(
       "no policy allows db:function on db for reader@example.com: `.touch` may call the database's own function touch (attribute notation)",

@@ -273,11 +273,18 @@ function hiddenCall(info: StatementInfo, calls: HiddenCalls): { name: string; re
         name,
         reason: `the database has a function ${name} of its own besides the built-in, which this call may run`,
       };
+  if (info.operators)
+    for (const name of info.operators)
+      if (calls.operators.has(name))
+        return {
+          name,
+          reason: `the database has an operator ${name} of its own besides the built-in, which may run here`,
+        };
   for (const table of info.tables)
     if (calls.relations.has(table.name))
       return {
         name: table.name,
-        reason: `reading ${table.name} calls a function of the database's own that may write`,
+        reason: `reading ${table.name} calls a function of the database's own`,
       };
   return undefined;
 }
@@ -297,6 +304,7 @@ function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
     functions: [...a.functions, ...b.functions],
   };
   if (a.fieldNames || b.fieldNames) merged.fieldNames = [...(a.fieldNames ?? []), ...(b.fieldNames ?? [])];
+  if (a.operators || b.operators) merged.operators = [...(a.operators ?? []), ...(b.operators ?? [])];
   const result = mergeLineage(a.result, b.result);
   const reads = mergeSources(a.reads, b.reads);
   if (result) merged.result = result;
@@ -2434,9 +2442,16 @@ export class PgSession {
     if (info.execute) {
       const prepared = this.preparedInfo(info.execute.name);
       // What the prepared statement does, plus what EXECUTE's own arguments call.
+      // (Review 60: EXECUTE p(initcap(5)) ran a user's initcap in EXECUTE's own arguments.)
       return (
         prepared &&
-        this.withHiddenCalls(prepared, [...prepared.actions, ...info.actions.filter((a) => a.action !== "db:dynamic")])
+        this.withHiddenCalls(
+          info,
+          this.withHiddenCalls(prepared, [
+            ...prepared.actions,
+            ...info.actions.filter((a) => a.action !== "db:dynamic"),
+          ]),
+        )
       );
     }
     if (info.cursor?.op === "fetch" && info.cursor.name !== null)
