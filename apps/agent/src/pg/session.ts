@@ -1058,8 +1058,13 @@ export class PgSession {
       // What a client sent before closing cleanly still runs, as on PostgreSQL: a message held for
       // its classification is handled first.
       // (Also while what followed a COPY's CopyDone waits for its outcome: review 40.)
-      if ((this.held !== undefined || this.waitingSettle) && !hadError) this.endAfterHold = "client disconnected";
-      else this.end("client disconnected");
+      // (Also while MAX_PENDING answers are awaited and read messages wait behind them: review 59.
+      // Nobody reads the answers now, so the target is read again.)
+      if ((this.held !== undefined || this.waitingSettle || this.pendingFull) && !hadError) {
+        this.endAfterHold = "client disconnected";
+        this.clientBlocked = false;
+        if (!this.scanner.isHeld) this.target.resume();
+      } else this.end("client disconnected");
     });
     target.on("close", () => {
       if (this.terminated) this.end("client terminated the session");
@@ -3162,7 +3167,7 @@ export class PgSession {
    * meanwhile (endAfterHold), else reading from it resumes.
    */
   private readOnAfterWait(): void {
-    if (this.closed || this.held !== undefined || this.waitingSettle) return;
+    if (this.closed || this.held !== undefined || this.waitingSettle || this.pendingFull) return;
     if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
     else if (!this.targetBlocked && !this.terminated && !this.pendingFull) this.client.resume();
   }

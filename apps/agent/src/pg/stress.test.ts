@@ -164,6 +164,29 @@ describe("clients that misbehave", () => {
     });
   }, 60_000);
 
+  it("runs what a client pipelined past the cap of unanswered messages before closing cleanly", async () => {
+    await pgServer.sql("TRUNCATE sink", "app");
+    await withHarness({}, async (h) => {
+      const c = await session(h);
+      const parts: Buffer[] = [];
+      for (let i = 0; i < 20_000; i++) parts.push(serialize.query(`SELECT ${i}`));
+      // One classified on the worker thread (16 KiB and more), then 100 more.
+      parts.push(serialize.query(`/* ${"y".repeat(20_000)} */ INSERT INTO sink VALUES (-1)`));
+      for (let i = 0; i < 100; i++) parts.push(serialize.query(`INSERT INTO sink VALUES (${i})`));
+      c.socket.end(Buffer.concat(parts));
+      await c.until(() => c.closed, 60_000);
+      // Before (review 59): the messages read but not yet relayed when the cap stopped the relay
+      // were dropped at the close; 2 to 32 of the 101 rows were written.
+      let rows = "";
+      const deadline = Date.now() + 30_000;
+      while (Date.now() < deadline && rows !== "101") {
+        await sleep(250);
+        rows = (await pgServer.sql("SELECT count(*) FROM sink", "app")).trim();
+      }
+      expect(rows).toBe("101");
+    });
+  }, 120_000);
+
   it("closes a client's cancel connection only once the target has taken the cancel", async () => {
     await withHarness({}, async (h) => {
       const c = await session(h);
