@@ -253,10 +253,6 @@ export interface SessionContext {
 const CLASS_RANK = ["session", "read", "copy-out", "function", "copy-in", "write", "ddl", "admin", "dynamic"];
 
 /**
- * One statement standing for two that a name may hold (the agent cannot tell which the target
- * kept): it needs what both need, its rows may come from what either computes.
- */
-/**
  * The name of a user's function PostgreSQL may call running `info` that its text does not show
  * (see HiddenCalls), or undefined. Names only, in any schema: a column named like such a function
  * counts too (fails closed).
@@ -292,6 +288,10 @@ function hiddenCall(info: StatementInfo, calls: HiddenCalls): { name: string; re
 /** The db:function uses withHiddenCalls added, with why (for the denial message). */
 const HIDDEN_USES = new WeakMap<ActionUse, string>();
 
+/**
+ * One statement standing for two that a name may hold (the agent cannot tell which the target
+ * kept): it needs what both need, its rows may come from what either computes.
+ */
 function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
   const merged: StatementInfo = {
     ...a,
@@ -2467,7 +2467,7 @@ export class PgSession {
   /**
    * `actions`, plus db:function when PostgreSQL may call a user's function the text does not name
    * (the target catalog's HiddenCalls: attribute notation, a call that may resolve to a user's
-   * overload of a built-in, a view or table whose reading calls a volatile user function). The same
+   * overload of a built-in, a view or table whose reading calls a user function). The same
    * array when not; for the same catalog answer, the same new array (decisions are cached by it).
    */
   private withHiddenCalls(info: StatementInfo, actions: readonly ActionUse[]): readonly ActionUse[] {
