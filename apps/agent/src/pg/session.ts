@@ -482,7 +482,7 @@ const SYNC_IN_COPY =
 /** How long the target may take to close after a client's Terminate before the session ends anyway. */
 const TERMINATE_GRACE_MS = 5_000;
 
-/** How long a session's ended connections may take to send what they still hold before they are closed. */
+/** How long an ended session's client may take to read what it is still sent before it is closed. */
 const END_GRACE_MS = 2_000;
 
 /**
@@ -1165,18 +1165,21 @@ export class PgSession {
     this.spoolQueued();
     this.client.destroySoon?.();
     // The client's Terminate was forwarded already.
+    // Half-closed only: the target closes once it has run what it was sent and read the Terminate
+    // (closing it outright would reset it while it still answers, and PostgreSQL would drop what it
+    // had not run yet: review 59).
     if (this.terminated) this.target.end();
     else this.target.end(serialize.end());
-    this.target.destroySoon?.();
-    // A connection whose writes wait (a target blocked writing answers to a client that stopped
-    // reading, so reading nothing; review 57: its backend stayed, holding the session's locks) is
-    // closed outright: PostgreSQL then ends the backend and rolls its transaction back.
-    if (this.targetBlocked) this.target.destroy();
-    const { client, target } = this;
-    setTimeout(() => {
-      client.destroy();
-      target.destroy();
-    }, END_GRACE_MS).unref();
+    // The target's answers are read and dropped from now on, so that it never blocks writing them
+    // (review 57: a client that stopped reading and left had its backend stay, blocked writing,
+    // holding the session's locks): it runs what it was sent, as PostgreSQL does for a client that
+    // closed cleanly (review 59), then reads the Terminate and closes.
+    this.target.removeAllListeners("data");
+    this.target.on("data", () => undefined);
+    this.target.resume();
+    // A client that reads nothing more is not waited for.
+    const { client } = this;
+    setTimeout(() => client.destroy(), END_GRACE_MS).unref();
     const durationMs = BigInt(Date.now() - this.started);
     this.ctx.audit
       .record({
