@@ -1043,7 +1043,7 @@ export class PgSession {
     });
     target.on("drain", () => {
       this.targetBlocked = false;
-      if (this.held === undefined && !this.terminated && !this.waitingSettle && !this.pendingFull) client.resume();
+      if (this.held === undefined && !this.waitingSettle && !this.pendingFull) client.resume();
     });
     client.on("data", (chunk: Buffer) => this.onClientData(chunk));
     // No cork around the scanner: it forwards what one chunk brings in a single write.
@@ -1088,12 +1088,14 @@ export class PgSession {
   /**
    * The client sent Terminate (forwarded): the target answers what came before it and closes the
    * connection, which ends the session, so that the client gets those answers as it would from
-   * PostgreSQL (review 36: a Query and Terminate in one write got no answer). Nothing after the
-   * Terminate is read; a target that does not close is left after TERMINATE_GRACE_MS.
+   * PostgreSQL (review 36: a Query and Terminate in one write got no answer), however long they take
+   * (review 59: a COPY the target took more than 5 s to read was cut, its rows never committed and
+   * its client never answered). What the client sends after the Terminate is read and dropped, so
+   * that its closing the connection is seen (and ends the session). A target that has answered all
+   * and does not close is left after TERMINATE_GRACE_MS.
    */
   private afterTerminate(): void {
-    if (this.terminateTimer !== undefined || this.closed) return;
-    this.client.pause();
+    if (this.terminateTimer !== undefined || this.closed || this.pending.length > 0) return;
     this.terminateTimer = setTimeout(() => this.end("client terminated the session"), TERMINATE_GRACE_MS);
     this.terminateTimer.unref();
   }
@@ -2846,6 +2848,7 @@ export class PgSession {
     }
     if (p?.kind === "query" && p.lexical) this.lexicalInFlight--;
     if (p?.kind === "execute" && p.portal) p.portal.pendingExecutes--;
+    if (this.terminated && this.pending.length === 0) this.afterTerminate();
     this.plan = undefined;
     const head = this.pending.first;
     if (head?.kind === "execute" && head.portal) this.startResult(head.portal.fields, head.portal.run);
@@ -3172,7 +3175,7 @@ export class PgSession {
   private readOnAfterWait(): void {
     if (this.closed || this.held !== undefined || this.waitingSettle || this.pendingFull) return;
     if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
-    else if (!this.targetBlocked && !this.terminated && !this.pendingFull) this.client.resume();
+    else if (!this.targetBlocked && !this.pendingFull) this.client.resume();
   }
 
   /** Whether `entry` is queued in the cycle answered now (no Sync or other Query queued before it). */

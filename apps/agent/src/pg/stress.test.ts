@@ -187,6 +187,28 @@ describe("clients that misbehave", () => {
     });
   }, 120_000);
 
+  it("answers a COPY sent with CopyDone and Terminate in one write, however long the target takes", async () => {
+    await pgServer.sql(
+      `CREATE TABLE slow (n int);
+       CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
+       CREATE TRIGGER slow_row BEFORE INSERT ON slow FOR EACH ROW EXECUTE FUNCTION slow_row();`,
+      "app",
+    );
+    await withHarness({}, async (h) => {
+      const c = await session(h);
+      // ~3 500 rows at >= 2 ms each: the target takes 7 s and more to read the COPY.
+      const parts = [serialize.query("COPY slow FROM STDIN")];
+      for (let i = 0; i < 3_500; i++) parts.push(serialize.copyData(Buffer.from(`${i}\n`)));
+      parts.push(serialize.copyDone(), serialize.end());
+      c.socket.write(Buffer.concat(parts));
+      await c.until(() => c.closed, 60_000);
+      // Before (review 59): the session ended 5 s after the Terminate; the client got only
+      // CopyInResponse and the COPY was not committed when the client's connection closed.
+      expect(types(c.messages)).toBe("GCZ");
+      expect((await pgServer.sql("SELECT count(*) FROM slow", "app")).trim()).toBe("3500");
+    });
+  }, 120_000);
+
   it("closes a client's cancel connection only once the target has taken the cancel", async () => {
     await withHarness({}, async (h) => {
       const c = await session(h);
