@@ -146,6 +146,7 @@ function withText(shape: StatementShape, text: string): StatementInfo {
   if (shape.savepoint !== undefined) info.savepoint = shape.savepoint;
   if (shape.fieldNames !== undefined) info.fieldNames = shape.fieldNames;
   if (shape.operators !== undefined) info.operators = shape.operators;
+  if (shape.typeNames !== undefined) info.typeNames = shape.typeNames;
   return info;
 }
 

@@ -61,6 +61,7 @@ type Extra = Pick<
   | "savepoint"
   | "fieldNames"
   | "operators"
+  | "typeNames"
 >;
 
 class Collector {
@@ -79,6 +80,8 @@ class Collector {
   readonly fieldNames = new Set<string>();
   /** Operators used, unqualified (StatementInfo.operators). */
   readonly operators = new Set<string>();
+  /** Types named (StatementInfo.typeNames). */
+  readonly typeNames = new Set<string>();
 
   /** Records that the statement needs `action` (possibly on no table at all). */
   action(action: DbAction): void {
@@ -219,6 +222,13 @@ function walkNode(type: string, node: Obj, scope: Scope, out: Collector): void {
     case "SortBy":
       if (node.useOp !== undefined) visitOperator(node.useOp, out);
       break;
+    case "TypeName": {
+      // A cast to a domain runs its CHECK constraints, a cast to a user type may run a cast function.
+      const parts = nameParts(node.names);
+      const name = parts[parts.length - 1];
+      if (name !== undefined) out.typeNames.add(name);
+      break;
+    }
     case "RangeTableSample":
       // TABLESAMPLE method(...) calls the method's handler function.
       visitFunctionName(nameParts(node.method), out, false);
@@ -1243,6 +1253,7 @@ function classifyExplain(node: Obj, out: Collector): void {
   // (Review 60: EXPLAIN ANALYZE SELECT v.touch ran touch(v), its field names left behind.)
   for (const name of inner.fieldNames) out.fieldNames.add(name);
   for (const op of inner.operators) out.operators.add(op);
+  for (const t of inner.typeNames) out.typeNames.add(t);
   Object.assign(out.extra, inner.extra);
   if (explainAnalyzes(options)) {
     // EXPLAIN ANALYZE runs the statement.
@@ -1319,6 +1330,7 @@ function finish(kind: string, out: Collector): ShapeResult {
   };
   if (out.fieldNames.size > 0) shape.fieldNames = [...out.fieldNames];
   if (out.operators.size > 0) shape.operators = [...out.operators];
+  if (out.typeNames.size > 0) shape.typeNames = [...out.typeNames];
   if (shape.statementClass !== "dynamic") delete shape.reason;
   return { shape, literalSensitive: out.literalSensitive };
 }

@@ -425,6 +425,15 @@ const CORPUS: Array<[string, Record<string, string | string[]>]> = [
     "SELECT fmgr_c_validator('plpgsql_call_handler'::regproc)",
     { class: "admin", "db:admin": ["fmgr_c_validator"], "db:read": [] },
   ],
+  // Review 62: on a SQL function, plans its body and takes its tables' write locks.
+  [
+    "SELECT fmgr_sql_validator('f()'::regprocedure)",
+    { class: "admin", "db:admin": ["fmgr_sql_validator"], "db:read": [] },
+  ],
+  [
+    "SELECT plpgsql_validator(1), postgresql_fdw_validator('{}', 0)",
+    { class: "admin", "db:admin": ["plpgsql_validator", "postgresql_fdw_validator"], "db:read": [] },
+  ],
   ["SELECT * FROM pg_ls_dir('.')", { class: "admin", "db:admin": ["pg_ls_dir"], "db:read": [] }],
   ["SELECT pg_reload_conf()", { class: "admin", "db:admin": ["pg_reload_conf"], "db:read": [] }],
   ["SELECT pg_stat_reset()", { class: "admin", "db:admin": ["pg_stat_reset"], "db:read": [] }],
@@ -637,6 +646,17 @@ describe("statement facts", () => {
     expect(one("DEALLOCATE PREPARE q").deallocate).toEqual({ name: "q" });
     expect(one("DEALLOCATE ALL").deallocate).toEqual({ name: null });
     expect(one("DISCARD ALL").deallocate).toEqual({ name: null });
+  });
+
+  it("reports the types a statement names (casts to domains and user types run functions)", () => {
+    expect(one("SELECT 1::d_notify, CAST(x AS public.stamp), int4 '1' FROM t").typeNames).toEqual([
+      "d_notify",
+      "stamp",
+      "int4",
+    ]);
+    expect(one("EXPLAIN ANALYZE SELECT '{1}'::dd[]").typeNames).toEqual(["dd"]);
+    expect(one("SELECT * FROM t WHERE x = ANY ($1::s.arr)").typeNames).toEqual(["arr"]);
+    expect(one("SELECT 1").typeNames).toBeUndefined();
   });
 
   it("names the savepoint of SAVEPOINT, RELEASE and ROLLBACK TO", () => {

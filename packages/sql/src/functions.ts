@@ -73,6 +73,9 @@ const ADMIN_PATTERNS: readonly RegExp[] = [
   /^binary_upgrade_/,
   /^dblink_connect/,
   /^pg_(restore|clear)_\w*stats$/,
+  // Language and foreign-data validators belong inside CREATE FUNCTION / CREATE FOREIGN ...; called
+  // on a SQL function they plan its body and take its tables' write locks (review 62).
+  /_validator$/,
 ];
 
 /** Run SQL (or read whole tables, schemas, databases) named in a string argument. */

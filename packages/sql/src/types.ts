@@ -122,6 +122,12 @@ export interface StatementInfo {
    * none. A database's own operator of the same name on other types may be the one that runs.
    */
   operators?: string[];
+  /**
+   * Types named (unqualified: the last part), deduplicated; absent when none. A cast to a domain
+   * runs the domain's CHECK constraints, a cast to a user type its cast function: functions the
+   * caller can look up in the target's catalog.
+   */
+  typeNames?: string[];
   /** Why a dynamic statement cannot be classified (safe to show to the user). */
   reason?: string;
   /** SET search_path: the new path; RESET/DEFAULT: null (back to the server's default). */

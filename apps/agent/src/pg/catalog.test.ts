@@ -139,7 +139,20 @@ describe("catalog cache", () => {
        CREATE TABLE guarded_by_view (id int); ALTER TABLE guarded_by_view ENABLE ROW LEVEL SECURITY;
        CREATE POLICY p ON guarded_by_view USING (EXISTS (SELECT FROM calls_stable));
        CREATE VIEW plain AS SELECT id, lower('x') FROM visits;
-       CREATE EXTENSION citext; CREATE EXTENSION dblink;`,
+       CREATE EXTENSION citext; CREATE EXTENSION dblink;
+       CREATE VIEW v_notify AS SELECT pg_notify('c', 'x') IS NULL AS n, now() AS t, upper('a') AS u;
+       CREATE VIEW over_notify AS SELECT * FROM v_notify;
+       CREATE VIEW v_activity AS SELECT pid FROM pg_stat_activity;
+       CREATE VIEW v_dblink AS SELECT dblink_exec('dbname=cat', 'SELECT 1') AS r;
+       CREATE TABLE guarded_lock (id int); ALTER TABLE guarded_lock ENABLE ROW LEVEL SECURITY;
+       CREATE POLICY p ON guarded_lock USING (pg_try_advisory_lock(id));
+       CREATE DOMAIN d_notify AS int CHECK (pg_notify('c', VALUE::text) IS NULL OR true);
+       CREATE DOMAIN d_over AS d_notify;
+       CREATE DOMAIN d_own AS int CHECK (pure(VALUE) > 0);
+       CREATE DOMAIN d_plain AS text CHECK (VALUE ~ '^a');
+       CREATE TYPE stamp AS (v text);
+       CREATE FUNCTION to_stamp(text) RETURNS stamp LANGUAGE sql AS 'SELECT ROW($1)::stamp';
+       CREATE CAST (text AS stamp) WITH FUNCTION to_stamp(text);`,
       "cat",
     );
     let now = 1_000_000;
@@ -168,6 +181,24 @@ describe("catalog cache", () => {
         "guarded_by_view",
         "over_it",
       ]);
+      // Views and policies calling VOLATILE built-ins or extension functions (review 62), through
+      // other views; not immutable or stable ones (upper, now), nor system views' own calls.
+      const relationCalls = Object.fromEntries([...calls.relationCalls].map(([k, v]) => [k, [...v].sort()]));
+      expect(relationCalls).toEqual({
+        v_notify: ["pg_notify"],
+        over_notify: ["pg_notify"],
+        v_dblink: ["dblink_exec"],
+        guarded_lock: ["pg_try_advisory_lock"],
+      });
+      // Casts: domains' CHECKs (VOLATILE built-ins, the database's own functions whatever their
+      // volatility), through base domains, and user cast functions; not a plain CHECK.
+      const typeCalls = Object.fromEntries([...calls.typeCalls].map(([k, v]) => [k, v]));
+      expect(typeCalls).toEqual({
+        d_notify: [{ name: "pg_notify", own: false }],
+        d_over: [{ name: "pg_notify", own: false }],
+        d_own: [{ name: "pure", own: true }],
+        stamp: [{ name: "to_stamp", own: true }],
+      });
       // A function created since counts once the answer is older than the TTL (read again in the background).
       await server.sql("CREATE FUNCTION stamp(visits) RETURNS int LANGUAGE sql AS 'SELECT 1'", "cat");
       now += 1001;

@@ -29,12 +29,14 @@ interface TableEntry {
  * them, which the classifier cannot know from the text: a function of one argument is called by
  * attribute notation (`t.f` is `f(t)` when `t` has no column `f`), a user's function or operator
  * named like a built-in by an ordinary-looking call (`lower(5)` runs `public.lower(int)`, `1 || 2` a
- * `public.||(int, int)`), and reading a view, or a table with a row-level security policy, calls the
- * user functions they use, directly, through operators and aggregates, and through the views and
- * tables they read (whatever the functions' volatility: a STABLE one may call a writing one).
- * Names only, in any schema (fail closed). Extensions' functions count as built-ins, except by
- * attribute notation (`('...'::text).dblink_exec` runs dblink_exec); pg_catalog's are the
- * classifier's.
+ * `public.||(int, int)`), reading a view, or a table with a row-level security policy, calls the
+ * functions they use, directly, through operators and aggregates, and through the views and tables
+ * they read (a user function whatever its volatility: a STABLE one may call a writing one; a
+ * built-in or an extension's when it is VOLATILE: `pg_notify`, `pg_terminate_backend`,
+ * `dblink_exec`), and a cast to a domain runs its CHECK constraints (and its base domains'), a cast
+ * to a user type its cast function. Names only, in any schema (fail closed). Extensions' functions
+ * count as built-ins where a statement names them (the classifier decides those), except by
+ * attribute notation (`('...'::text).dblink_exec` runs dblink_exec).
  */
 export interface HiddenCalls {
   /** Functions outside pg_catalog callable with one argument (extensions' only when no built-in has the name). */
@@ -45,14 +47,25 @@ export interface HiddenCalls {
   operators: ReadonlySet<string>;
   /** Relations whose reading calls a user function: views, tables with policies. */
   relations: ReadonlySet<string>;
+  /** Relations whose reading calls VOLATILE built-in or extension functions: those functions' names. */
+  relationCalls: ReadonlyMap<string, readonly string[]>;
+  /**
+   * Types (domains, user types) a cast to which calls functions: their names, `own` for the
+   * database's own functions (any volatility), else VOLATILE built-in or extension ones.
+   */
+  typeCalls: ReadonlyMap<string, readonly { name: string; own: boolean }[]>;
 }
 
 const EXTENSION_MEMBER = (catalog: string, oid: string) =>
   `EXISTS (SELECT FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.${catalog}'::pg_catalog.regclass ` +
   `AND e.objid = ${oid} AND e.deptype = 'e')`;
 const NOT_BUILTIN_SCHEMA = "n.nspname NOT IN ('pg_catalog', 'information_schema')";
+const PROC = "'pg_catalog.pg_proc'::pg_catalog.regclass";
+const CLASS = "'pg_catalog.pg_class'::pg_catalog.regclass";
+/** A name called in a deparsed expression: an identifier (possibly quoted) followed by "(". */
+const CALLED = `E'([A-Za-z_][A-Za-z0-9_$]*)"?\\\\s*\\\\('`;
 
-/** The query behind HiddenCalls: rows of (kind, name). PostgreSQL 11 and later (prokind). */
+/** The query behind HiddenCalls: rows of (kind, name, function). PostgreSQL 11 and later (prokind). */
 const HIDDEN_CALLS_SQL =
   "WITH RECURSIVE " +
   "fn AS (SELECT p.oid, p.proname, p.prokind <> 'p' AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 AS one_arg, " +
@@ -65,17 +78,50 @@ const HIDDEN_CALLS_SQL =
   "LEFT JOIN pg_catalog.pg_policy pol ON d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND pol.oid = d.objid " +
   "WHERE d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass)), " +
   "calls(oid) AS (SELECT rel FROM deps WHERE " +
-  "(refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND refobjid IN (SELECT oid FROM own)) OR " +
+  `(refclassid = ${PROC} AND refobjid IN (SELECT oid FROM own)) OR ` +
   "(refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND refobjid IN " +
   "(SELECT o.oid FROM pg_catalog.pg_operator o WHERE o.oprcode IN (SELECT oid FROM own))) " +
-  "UNION SELECT deps.rel FROM deps JOIN calls ON deps.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass " +
-  "AND deps.refobjid = calls.oid) " +
-  "SELECT 'f', proname FROM fn WHERE one_arg AND (NOT ext OR proname NOT IN (SELECT proname FROM builtin)) " +
-  "UNION SELECT 's', proname FROM fn WHERE NOT ext AND proname IN (SELECT proname FROM builtin) " +
-  "UNION SELECT 'o', o.oprname FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace " +
+  `UNION SELECT deps.rel FROM deps JOIN calls ON deps.refclassid = ${CLASS} ` +
+  "AND deps.refobjid = calls.oid), " +
+  // Every relation a user relation's reading reads, itself included (views of views, policies).
+  "reach(root, rel) AS (SELECT DISTINCT d.rel, d.rel FROM deps d JOIN pg_catalog.pg_class c ON c.oid = d.rel " +
+  `JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE ${NOT_BUILTIN_SCHEMA} ` +
+  `UNION SELECT reach.root, d.refobjid FROM reach JOIN deps d ON d.rel = reach.rel AND d.refclassid = ${CLASS}), ` +
+  // PostgreSQL records no dependency on pg_catalog's functions (they are pinned): which ones a
+  // view's query or a policy's USING expression calls is read from their text, as the names
+  // followed by "(" (a name in a string counts too: fails closed).
+  "defs(rel, def) AS (SELECT c.oid, pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c " +
+  "WHERE c.relkind = 'v' AND c.oid IN (SELECT rel FROM reach) " +
+  "UNION ALL SELECT pol.polrelid, pg_catalog.pg_get_expr(pol.polqual, pol.polrelid) FROM pg_catalog.pg_policy pol " +
+  "WHERE pol.polqual IS NOT NULL AND pol.polrelid IN (SELECT rel FROM reach)), " +
+  `named(rel, name) AS (SELECT DISTINCT rel, (pg_catalog.regexp_matches(def, ${CALLED}, 'g'))[1] FROM defs), ` +
+  "volatile AS (SELECT DISTINCT proname FROM pg_catalog.pg_proc WHERE provolatile = 'v' AND oid NOT IN (SELECT oid FROM own)), " +
+  // Domains and user types, with their base domains (a domain's value passes its base's CHECKs).
+  "typ(root, oid) AS (SELECT t.oid, t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace " +
+  `WHERE ${NOT_BUILTIN_SCHEMA} AND t.typtype IN ('d', 'b', 'c', 'e', 'r', 'm') ` +
+  "UNION SELECT typ.root, t.typbasetype FROM typ JOIN pg_catalog.pg_type t ON t.oid = typ.oid WHERE t.typtype = 'd'), " +
+  "typcheck(root, con) AS (SELECT typ.root, con.oid FROM typ JOIN pg_catalog.pg_constraint con ON con.contypid = typ.oid), " +
+  // The database's own functions a domain's CHECK calls (recorded), user cast functions.
+  "typfn(root, fn) AS (SELECT typcheck.root, d.refobjid FROM typcheck JOIN pg_catalog.pg_depend d ON " +
+  `d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = typcheck.con AND d.refclassid = ${PROC} ` +
+  "UNION SELECT c.casttarget, c.castfunc FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc " +
+  "WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace AND c.casttarget IN (SELECT root FROM typ)), " +
+  "typnamed(root, name) AS (SELECT DISTINCT root, " +
+  `(pg_catalog.regexp_matches(pg_catalog.pg_get_constraintdef(con), ${CALLED}, 'g'))[1] FROM typcheck) ` +
+  "SELECT 'f', proname, NULL FROM fn WHERE one_arg AND (NOT ext OR proname NOT IN (SELECT proname FROM builtin)) " +
+  "UNION SELECT 's', proname, NULL FROM fn WHERE NOT ext AND proname IN (SELECT proname FROM builtin) " +
+  "UNION SELECT 'o', o.oprname, NULL FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace " +
   `WHERE ${NOT_BUILTIN_SCHEMA} AND NOT ${EXTENSION_MEMBER("pg_operator", "o.oid")} AND o.oprname IN ` +
   "(SELECT oprname FROM pg_catalog.pg_operator WHERE oprnamespace = 'pg_catalog'::pg_catalog.regnamespace) " +
-  "UNION SELECT 'r', c.relname FROM pg_catalog.pg_class c WHERE c.oid IN (SELECT oid FROM calls)";
+  "UNION SELECT 'r', c.relname, NULL FROM pg_catalog.pg_class c WHERE c.oid IN (SELECT oid FROM calls) " +
+  "UNION SELECT 'c', c.relname, named.name FROM reach JOIN named ON named.rel = reach.rel " +
+  "JOIN pg_catalog.pg_class c ON c.oid = reach.root WHERE named.name IN (SELECT proname FROM volatile) " +
+  "UNION SELECT 'T', t.typname, p.proname FROM typfn JOIN pg_catalog.pg_type t ON t.oid = typfn.root " +
+  "JOIN pg_catalog.pg_proc p ON p.oid = typfn.fn WHERE p.oid IN (SELECT oid FROM own) " +
+  "UNION SELECT 't', t.typname, p.proname FROM typfn JOIN pg_catalog.pg_type t ON t.oid = typfn.root " +
+  "JOIN pg_catalog.pg_proc p ON p.oid = typfn.fn WHERE p.oid NOT IN (SELECT oid FROM own) AND p.provolatile = 'v' " +
+  "UNION SELECT 't', t.typname, typnamed.name FROM typnamed JOIN pg_catalog.pg_type t ON t.oid = typnamed.root " +
+  "WHERE typnamed.name IN (SELECT proname FROM volatile)";
 
 export interface CatalogOptions {
   /** Opens a connection to `database` as the agent's target user. */
@@ -134,8 +180,23 @@ export class CatalogCache {
       .then(
         (rows) => {
           const sets = { f: new Set<string>(), s: new Set<string>(), o: new Set<string>(), r: new Set<string>() };
-          for (const [kind, name] of rows) if (name) sets[kind as keyof typeof sets]?.add(name);
-          current.calls = { rowFunctions: sets.f, shadowing: sets.s, operators: sets.o, relations: sets.r };
+          const relationCalls = new Map<string, string[]>();
+          const typeCalls = new Map<string, { name: string; own: boolean }[]>();
+          for (const [kind, name, fn] of rows) {
+            if (!name) continue;
+            if (kind === "c" && fn) listIn(relationCalls, name).push(fn);
+            else if ((kind === "t" || kind === "T") && fn)
+              listIn(typeCalls, name).push({ name: fn, own: kind === "T" });
+            else sets[kind as keyof typeof sets]?.add(name);
+          }
+          current.calls = {
+            rowFunctions: sets.f,
+            shadowing: sets.s,
+            operators: sets.o,
+            relations: sets.r,
+            relationCalls,
+            typeCalls,
+          };
           current.at = this.now();
           return current.calls;
         },
@@ -326,4 +387,10 @@ class CatalogConnection {
     if (this.socket && !this.broken) this.socket.end(serialize.end());
     this.fail();
   }
+}
+
+function listIn<T>(map: Map<string, T[]>, key: string): T[] {
+  let list = map.get(key);
+  if (!list) map.set(key, (list = []));
+  return list;
 }

@@ -141,7 +141,16 @@ beforeAll(async () => {
      CREATE FUNCTION text_xor(text, text) RETURNS text LANGUAGE plpgsql
        AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN $1; END';
      CREATE OPERATOR public.# (leftarg = text, rightarg = text, function = text_xor);
-     CREATE EXTENSION IF NOT EXISTS dblink;`,
+     CREATE EXTENSION IF NOT EXISTS dblink;
+     CREATE VIEW notifying AS SELECT id, pg_notify('visits', id::text) IS NULL AS sent FROM visits;
+     CREATE DOMAIN notified_int AS int CHECK (pg_notify('visits', VALUE::text) IS NULL OR true);
+     CREATE FUNCTION visit_number(visits) RETURNS int LANGUAGE plpgsql
+       AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';
+     CREATE CAST (visits AS int) WITH FUNCTION visit_number(visits) AS IMPLICIT;
+     CREATE TABLE switches (id int); INSERT INTO switches VALUES (1);
+     CREATE FUNCTION lift(switches) RETURNS int LANGUAGE plpgsql
+       AS 'BEGIN PERFORM set_config(''default_transaction_read_only'', ''off'', false); RETURN 1; END';
+     CREATE CAST (switches AS int) WITH FUNCTION lift(switches) AS IMPLICIT;`,
   ]);
   expect(setup.stderr).toBe("");
   h = await startHarness({ pg: pgServer, policies: POLICIES });
@@ -1098,10 +1107,26 @@ describe("clients", () => {
       "SELECT * FROM stable_visits",
       "SELECT 'a' # 'b'",
       "SELECT ('SELECT 1'::text).dblink_exec",
+      // Review 62: a cast to a domain whose CHECK calls the database's own function.
+      "SELECT 1::logged_int",
+      "SELECT CAST('1' AS public.logged_int)",
     ]) {
       const r = await psql(h, reader, sql, { user: "reader@example.com" });
       expect(r.stderr, sql).toMatch(/ERROR: {2}no policy allows db:function/);
     }
+    // Review 62: views and domains calling built-ins with side effects need what calling them needs
+    // (PostgreSQL records no dependency on pg_catalog's functions: read from their definitions).
+    for (const [sql, why] of <[string, string][]>[
+      ["SELECT * FROM notifying", "reading notifying calls pg_notify()"],
+      ["SELECT count(*) FROM (SELECT * FROM notifying) n", "reading notifying calls pg_notify()"],
+      ["SELECT 1::notified_int", "a cast to notified_int calls pg_notify() (a domain's CHECK or a cast function)"],
+    ]) {
+      const r = await psql(h, reader, sql, { user: "reader@example.com" });
+      expect(r.stderr, sql).toContain(`ERROR:  no policy allows db:write on db for reader@example.com: ${why}`);
+    }
+    expect(await psql(h, reader, "SELECT 1::logged_int", { user: "reader@example.com" })).toMatchObject({
+      stderr: expect.stringContaining("a cast to logged_int calls log_visit() (a domain's CHECK or a cast function)"),
+    });
     const executed = await psql(h, reader, "", {
       user: "reader@example.com",
       input: "PREPARE e(text) AS SELECT $1;\nEXECUTE e(initcap(5));\n",
@@ -1129,10 +1154,11 @@ describe("clients", () => {
   });
 
   it("opens a read-only database session for a user no rule lets change anything: writes the text hides fail there", async () => {
-    // A domain's CHECK calls log_visit, which INSERTs: neither the text nor the catalog lookups show
-    // it, so the classifier allows `1::logged_int`; PostgreSQL refuses the INSERT in the read-only
-    // session. Told and recorded as Moat's denial: 42501, PostgreSQL's 25006 in the detail (review 55).
-    const hidden = await psql(h, reader, "SELECT 1::logged_int", {
+    // An implicit cast of visits to int calls visit_number, which INSERTs: neither the text nor the
+    // catalog lookups show it (the statement names no type), so the classifier allows `abs(v)`;
+    // PostgreSQL refuses the INSERT in the read-only session. Told and recorded as Moat's denial:
+    // 42501, PostgreSQL's 25006 in the detail (review 55; a domain's CHECK then, seen since review 62).
+    const hidden = await psql(h, reader, "SELECT abs(v) FROM visits v", {
       user: "reader@example.com",
       extra: ["-v", "VERBOSITY=verbose"],
     });
@@ -1142,14 +1168,14 @@ describe("clients", () => {
     const refused = h
       .events()
       .filter((e) => e.actor?.user === "reader@example.com" && e.detail.case === "dbQuery")
-      .find((e) => e.detail.case === "dbQuery" && e.detail.value.text === "SELECT 1::logged_int");
+      .find((e) => e.detail.case === "dbQuery" && e.detail.value.text === "SELECT abs(v) FROM visits v");
     expect(refused?.verdict).toBe(2);
     expect(refused?.rule).toBe("");
     expect(refused?.message).toMatch(/^failed on the target: access denied: this session is read-only/);
     // The extended protocol alike.
     const c = await clientAs("reader@example.com", reader);
     try {
-      await expect(c.query("SELECT $1::int::logged_int", [1])).rejects.toMatchObject({
+      await expect(c.query("SELECT abs(v) + $1::int FROM visits v", [1])).rejects.toMatchObject({
         code: "42501",
       });
       expect((await c.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }]);
@@ -1171,6 +1197,18 @@ describe("clients", () => {
       const r = await psql(h, reader, lift, { user: "reader@example.com" });
       expect(r.stderr).toMatch(/ERROR: {2}no policy allows db:write/);
     }
+    expect(await pgServer.sql("SELECT count(*) FROM visit_log", "app")).toMatch(/^0/);
+    // A function the agent does not see (an implicit cast's) turns the backstop off: the session
+    // ends when the server reports the change, before any later statement (review 62: it ran, and
+    // the next one's hidden INSERT was written).
+    const lifted = await psql(h, reader, "", {
+      user: "reader@example.com",
+      input: "SELECT abs(s) FROM switches s;\nSHOW default_transaction_read_only;\nSELECT abs(v) FROM visits v;\n",
+    });
+    expect(lifted.stderr).toContain(
+      "FATAL:  access denied: this session is read-only, and a statement turned default_transaction_read_only off",
+    );
+    expect(lifted.stdout).not.toContain("off");
     expect(await pgServer.sql("SELECT count(*) FROM visit_log", "app")).toMatch(/^0/);
     // A user some rule may let write (the DBA; alice, whose writes go to review) gets an ordinary session.
     const dbaState = await psql(h, dba, "SHOW default_transaction_read_only; SELECT v.touch FROM visits v", {

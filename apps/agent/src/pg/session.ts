@@ -50,6 +50,7 @@ import {
   POOL_BUSY,
   auditRedaction,
   columnSources,
+  functionVerdict,
   mergeLineage,
   mergeSources,
   pathShadowsCatalog,
@@ -64,6 +65,7 @@ import {
   type Classifier,
   type ClassifierPool,
   type ColumnSources,
+  type DbAction,
   type ResultLineage,
   type StatementInfo,
 } from "@moat/sql";
@@ -252,40 +254,73 @@ export interface SessionContext {
 /** Statement classes from the least to the most a statement may do (mergeInfos keeps the most). */
 const CLASS_RANK = ["session", "read", "copy-out", "function", "copy-in", "write", "ddl", "admin", "dynamic"];
 
+/** What PostgreSQL may call running a statement that its text does not show (see HiddenCalls). */
+interface HiddenUse {
+  action: DbAction;
+  name: string;
+  reason: string;
+}
+
+/** The action calling the built-in or extension function `name` needs, if any (functionVerdict). */
+function builtinCallAction(name: string): DbAction | undefined {
+  return functionVerdict([name]).action;
+}
+
 /**
- * The name of a user's function PostgreSQL may call running `info` that its text does not show
- * (see HiddenCalls), or undefined. Names only, in any schema: a column named like such a function
- * counts too (fails closed).
+ * What PostgreSQL may call running `info` that its text does not show (see HiddenCalls): at most
+ * one use per action, the first found. Names only, in any schema: a column named like such a
+ * function counts too (fails closed).
  */
-function hiddenCall(info: StatementInfo, calls: HiddenCalls): { name: string; reason: string } | undefined {
+function hiddenUses(info: StatementInfo, calls: HiddenCalls): HiddenUse[] | undefined {
+  let out: HiddenUse[] | undefined;
+  const add = (action: DbAction, name: string, reason: string) => {
+    if (!out) out = [{ action, name, reason }];
+    else if (!out.some((u) => u.action === action)) out.push({ action, name, reason });
+  };
   if (info.fieldNames)
     for (const name of info.fieldNames)
       if (calls.rowFunctions.has(name))
-        return { name, reason: `\`.${name}\` may call the database's own function ${name} (attribute notation)` };
+        add("db:function", name, `\`.${name}\` may call the database's own function ${name} (attribute notation)`);
   // Written unqualified (`pg_catalog.lower` is the built-in; another schema's is a user function already).
   for (const name of info.functions)
     if (calls.shadowing.has(name))
-      return {
+      add(
+        "db:function",
         name,
-        reason: `the database has a function ${name} of its own besides the built-in, which this call may run`,
-      };
+        `the database has a function ${name} of its own besides the built-in, which this call may run`,
+      );
   if (info.operators)
     for (const name of info.operators)
       if (calls.operators.has(name))
-        return {
+        add(
+          "db:function",
           name,
-          reason: `the database has an operator ${name} of its own besides the built-in, which may run here`,
-        };
-  for (const table of info.tables)
+          `the database has an operator ${name} of its own besides the built-in, which may run here`,
+        );
+  for (const table of info.tables) {
     if (calls.relations.has(table.name))
-      return {
-        name: table.name,
-        reason: `reading ${table.name} calls a function of the database's own`,
-      };
-  return undefined;
+      add("db:function", table.name, `reading ${table.name} calls a function of the database's own`);
+    const fns = calls.relationCalls.get(table.name);
+    if (fns)
+      for (const fn of fns) {
+        const action = builtinCallAction(fn);
+        if (action !== undefined) add(action, fn, `reading ${table.name} calls ${fn}()`);
+      }
+  }
+  if (info.typeNames)
+    for (const type of info.typeNames) {
+      const fns = calls.typeCalls.get(type);
+      if (fns)
+        for (const fn of fns) {
+          const action = fn.own ? "db:function" : builtinCallAction(fn.name);
+          if (action !== undefined)
+            add(action, fn.name, `a cast to ${type} calls ${fn.name}() (a domain's CHECK or a cast function)`);
+        }
+    }
+  return out;
 }
 
-/** The db:function uses withHiddenCalls added, with why (for the denial message). */
+/** The uses withHiddenCalls added, with why (for the denial message). */
 const HIDDEN_USES = new WeakMap<ActionUse, string>();
 
 /**
@@ -305,6 +340,7 @@ function mergeInfos(a: StatementInfo, b: StatementInfo): StatementInfo {
   };
   if (a.fieldNames || b.fieldNames) merged.fieldNames = [...(a.fieldNames ?? []), ...(b.fieldNames ?? [])];
   if (a.operators || b.operators) merged.operators = [...(a.operators ?? []), ...(b.operators ?? [])];
+  if (a.typeNames || b.typeNames) merged.typeNames = [...(a.typeNames ?? []), ...(b.typeNames ?? [])];
   const result = mergeLineage(a.result, b.result);
   const reads = mergeSources(a.reads, b.reads);
   if (result) merged.result = result;
@@ -2470,22 +2506,27 @@ export class PgSession {
   }
 
   /**
-   * `actions`, plus db:function when PostgreSQL may call a user's function the text does not name
+   * `actions`, plus what calling the functions PostgreSQL may run that the text does not name needs
    * (the target catalog's HiddenCalls: attribute notation, a call that may resolve to a user's
-   * overload of a built-in, a view or table whose reading calls a user function). The same
-   * array when not; for the same catalog answer, the same new array (decisions are cached by it).
+   * overload of a built-in, a view or table whose reading calls a user function or a VOLATILE
+   * built-in, a cast to a domain or user type): db:function for the database's own, the
+   * classifier's verdict for a built-in (`pg_notify`: db:write). The same array when not; for the
+   * same catalog answer, the same new array (decisions are cached by it).
    */
   private withHiddenCalls(info: StatementInfo, actions: readonly ActionUse[]): readonly ActionUse[] {
     const calls = this.ctx.catalog?.hiddenCalls(this.ctx.database);
     // (Under a search path that puts a schema first, every statement needs db:function: decideActions.)
     if (!calls || this.userFunctionsFirst) return actions;
-    const hidden = hiddenCall(info, calls);
+    const hidden = hiddenUses(info, calls);
     if (hidden === undefined) return actions;
     const memo = this.hiddenMemo.get(actions);
     if (memo?.calls === calls) return memo.actions;
-    const use: ActionUse = { action: "db:function", tables: [], functions: [hidden.name] };
-    HIDDEN_USES.set(use, hidden.reason);
-    const out: readonly ActionUse[] = [...actions, use];
+    const out: ActionUse[] = [...actions];
+    for (const h of hidden) {
+      const use: ActionUse = { action: h.action, tables: [], functions: [h.name] };
+      HIDDEN_USES.set(use, h.reason);
+      out.push(use);
+    }
     this.hiddenMemo.set(actions, { calls, actions: out });
     return out;
   }
@@ -3087,6 +3128,20 @@ export class PgSession {
       case 0x53: {
         // ParameterStatus
         const p = decodeParameterStatus(raw.subarray(5));
+        if (p.name === "default_transaction_read_only" && this.ctx.readOnly === true && p.value !== "on") {
+          // The read-only backstop was turned off by something the agent does not see (a view or a
+          // function calling set_config: review 62); a SET of it is denied. Its next transaction
+          // could write: the session ends before the client hears of the change.
+          this.ctx.logger.warn(
+            { session: this.ctx.sessionId },
+            "a statement turned a read-only session's default_transaction_read_only off: the session is ended",
+          );
+          this.terminate(
+            "access denied: this session is read-only, and a statement turned default_transaction_read_only off (through a function or view that calls set_config): the session is ended",
+            "42501",
+          );
+          return undefined;
+        }
         this.trackParameter(p.name, p.value);
         return undefined;
       }
