@@ -92,7 +92,7 @@ describe("agent enrolment and connection", () => {
     const view = await getAgent(cp, id);
     expect(view).toMatchObject({ state: "connected", version: "0.1.0" });
     await waitFor(async () => (await getAgent(cp, id)).bundleVersion === "1", 10_000); // the first bundle, acknowledged
-    expect((await agent.health()).controlPlane).toBe("connected");
+    expect(await agent.health()).toMatchObject({ controlPlane: "connected", status: "ok" });
 
     const resources = await api<{ items: { name: string; type: string; labels: object; agentName: string }[] }>(
       cp,
@@ -300,6 +300,39 @@ describe("configuration errors", () => {
     expect(out).toContain("resources.0.name");
     expect(out).toContain("resources.0.type");
     expect(out).toContain("resources.0.listen");
+  });
+
+  it("the agent names a resource's unreadable certificate, and a port in use, and exits 78 (review 63)", async () => {
+    const cp = await startControlPlane();
+    const resource = (extra: string) =>
+      "resources:\n  - name: dev-db\n    type: postgres\n    listen: 127.0.0.1:0\n    postgres:\n" +
+      "      target: { host: 127.0.0.1, port: 5432, user: postgres, sslmode: disable }\n" +
+      extra;
+    const { token } = await createAgent(cp, "edge-cert");
+    const agent = await startAgent({
+      token,
+      yaml: resource("      tls: { certFile: /nonexistent/agent.crt, keyFile: /nonexistent/agent.key }\n"),
+    });
+    expect((await agent.exited).code).toBe(78);
+    expect(agent.output()).toContain(
+      "resource dev-db: postgres.tls.certFile: cannot read /nonexistent/agent.crt (ENOENT)",
+    );
+    expect(agent.output()).not.toMatch(/\n\s+at /); // no stack trace
+    const { createServer } = await import("node:net");
+    const busy = createServer();
+    await new Promise<void>((r) => busy.listen(0, "127.0.0.1", () => r()));
+    const port = (busy.address() as { port: number }).port;
+    try {
+      const second = await createAgent(cp, "edge-port");
+      const taken = await startAgent({
+        token: second.token,
+        yaml: resource("").replace("127.0.0.1:0", `127.0.0.1:${port}`),
+      });
+      expect((await taken.exited).code).toBe(78);
+      expect(taken.output()).toContain(`resource dev-db: listen 127.0.0.1:${port}: EADDRINUSE`);
+    } finally {
+      busy.close();
+    }
   });
 
   it("an agent with no token and no identity says how to enrol", async () => {

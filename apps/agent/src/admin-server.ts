@@ -6,7 +6,14 @@ import { createServer, type Server, type ServerResponse } from "node:http";
 import type { Registry } from "prom-client";
 
 export interface AdminStatus {
-  status: "ok";
+  /**
+   * "ok", or "failing-closed" while the agent has no bundle or its bundle has expired: it denies
+   * every session and statement then (review 63: it said "ok"). Still HTTP 200: the process is
+   * alive, and restarting it would not bring a bundle.
+   */
+  status: "ok" | "failing-closed";
+  /** Why not "ok". */
+  problem?: string;
   agentId: string;
   agentName: string;
   version: string;

@@ -230,11 +230,14 @@ export async function startAgent(
   await audit.record({ type: "agent.started", message: `agent ${VERSION} started on ${hostname()}` });
 
   const loaded = bundles.loadPersisted();
-  if (loaded?.applied)
-    logger.info(
-      { version: loaded.version.toString(), expiresAt: bundles.current()?.notAfter },
-      "policy bundle loaded from disk",
+  const loadedExpiry = bundles.current()?.notAfter;
+  if (loaded?.applied && loadedExpiry && loadedExpiry.getTime() <= Date.now())
+    logger.warn(
+      { version: loaded.version.toString(), expiresAt: loadedExpiry },
+      "the policy bundle loaded from disk has expired; denying everything until the control plane sends a new one",
     );
+  else if (loaded?.applied)
+    logger.info({ version: loaded.version.toString(), expiresAt: loadedExpiry }, "policy bundle loaded from disk");
   else if (loaded)
     logger.error(
       { error: loaded.error },
@@ -347,7 +350,20 @@ export async function startAgent(
     logger,
     registry,
   });
-  // Revoking a token or disabling a user ends their live sessions as soon as the bundle saying so arrives.
+  /** Whether the agent can decide anything (see AdminStatus.status). */
+  function enforcementStatus(): { status: "ok" | "failing-closed"; problem?: string } {
+    const b = bundles.current();
+    if (!b) return { status: "failing-closed", problem: "no policy bundle yet: every session is denied" };
+    if (b.notAfter.getTime() <= Date.now())
+      return {
+        status: "failing-closed",
+        problem: `the policy bundle expired at ${b.notAfter.toISOString()}: every session and statement is denied until the control plane sends a new one`,
+      };
+    return { status: "ok" };
+  }
+
+  // Revoking a token or disabling a user ends their live sessions as soon as the bundle saying so
+  // arrives; so does a bundle under which `connect` is no longer allowed.
   function cutRevokedSessions() {
     const b = bundles.current();
     if (!b) return;
@@ -357,6 +373,8 @@ export async function startAgent(
         "your access was revoked: the session is closed",
       );
       if (n > 0) logger.info({ sessions: n }, "sessions of revoked tokens or disabled users closed");
+      const withdrawn = l.recheck();
+      if (withdrawn > 0) logger.info({ sessions: withdrawn }, "sessions no rule allows to connect any more closed");
     }
   }
   connection.start();
@@ -368,7 +386,7 @@ export async function startAgent(
         registry,
         ...(config.admin.decisionEndpoint ? { decide: (body: unknown) => decideFromJson(bundles, body) } : {}),
         status: () => ({
-          status: "ok",
+          ...enforcementStatus(),
           agentId: identity.agentId,
           agentName: identity.agentName,
           version: VERSION,

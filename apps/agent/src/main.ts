@@ -22,7 +22,7 @@ process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
 
 const usage = `usage: moat-agent --config FILE
 
-Runs a Moat agent. See docs/agent.md for the configuration reference.`;
+Runs a Moat agent. See docs/configuration.md for the configuration reference.`;
 
 async function main(): Promise<void> {
   let args;

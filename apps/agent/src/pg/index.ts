@@ -6,6 +6,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { hostname } from "node:os";
+import { createSecureContext } from "node:tls";
 import { createCertificateAuthority, issueServerCertificate } from "@moat/pki";
 import { createClassifier, createClassifierPool, loadSqlParser } from "@moat/sql";
 import type { Logger } from "@moat/common";
@@ -14,6 +15,7 @@ import type { AgentConfig } from "../config.js";
 import type { BundleHolder } from "../bundle.js";
 import type { AuditRecorder } from "../audit/recorder.js";
 import { startPgListener, type PgListener } from "./listener.js";
+import { FatalAgentError } from "../enrol.js";
 
 export type { PgListener } from "./listener.js";
 
@@ -82,30 +84,57 @@ export async function startPostgresListeners(deps: {
   const classifierPool = createClassifierPool();
   for (const r of served) {
     const pg = r.postgres as NonNullable<typeof r.postgres>;
+    // What cannot work is said at start, naming the resource and the field (review 63: a missing
+    // certificate, a key that is not the certificate's, a port in use ended the agent with a stack
+    // trace and exit code 1, which a supervisor restarts forever).
+    const field = `resource ${r.name}: postgres`;
     const tls = pg.tls
-      ? { certPem: readFileSync(pg.tls.certFile, "utf8"), keyPem: readFileSync(pg.tls.keyFile, "utf8") }
+      ? {
+          certPem: readConfigFile(`${field}.tls.certFile`, pg.tls.certFile),
+          keyPem: readConfigFile(`${field}.tls.keyFile`, pg.tls.keyFile),
+        }
       : (generated as { certPem: string; keyPem: string });
+    try {
+      createSecureContext({ cert: tls.certPem, key: tls.keyPem });
+    } catch (error) {
+      throw new FatalAgentError(`${field}.tls: the certificate and key cannot be used: ${(error as Error).message}`);
+    }
+    // The target's CA is read again for each connection; a file that cannot be read now is a mistake.
+    if (pg.target.caFile) readConfigFile(`${field}.target.caFile`, pg.target.caFile);
     const counters = { allow: 0, deny: 0, review: 0 };
     counts.set(r.name, counters);
     const gauge = sessions.labels(r.name);
-    listeners.push(
-      await startPgListener({
-        resource: r.name,
-        listen: r.listen,
-        config: pg,
-        tls,
-        bundles: deps.bundles,
-        audit: deps.audit,
-        classifier: createClassifier({ cacheEntries: pg.classifierCacheEntries }),
-        classifierPool,
-        logger: deps.logger,
-        metrics: {
-          sessions: { inc: () => gauge.inc(), dec: () => gauge.dec() },
-          statement: (v) => counters[v]++,
-          refused: (reason) => refused.labels(r.name, reason).inc(),
-        },
-      }),
-    );
+    const listener = await startPgListener({
+      resource: r.name,
+      listen: r.listen,
+      config: pg,
+      tls,
+      bundles: deps.bundles,
+      audit: deps.audit,
+      classifier: createClassifier({ cacheEntries: pg.classifierCacheEntries }),
+      classifierPool,
+      logger: deps.logger,
+      metrics: {
+        sessions: { inc: () => gauge.inc(), dec: () => gauge.dec() },
+        statement: (v) => counters[v]++,
+        refused: (reason) => refused.labels(r.name, reason).inc(),
+      },
+    }).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === "EADDRINUSE" || error.code === "EADDRNOTAVAIL" || error.code === "EACCES")
+        throw new FatalAgentError(`resource ${r.name}: listen ${r.listen}: ${error.code} (${error.message})`);
+      throw error;
+    });
+    listeners.push(listener);
   }
   return listeners;
+}
+
+/** A file the configuration names, read now; a FatalAgentError naming `field` when it cannot be. */
+function readConfigFile(field: string, path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new FatalAgentError(`${field}: cannot read ${path} (${code ?? (error as Error).message})`);
+  }
 }

@@ -76,7 +76,22 @@ export interface PgListener {
   sessions(): number;
   /** Ends sessions of a revoked token or a disabled user. */
   cut(match: (identity: VerifiedIdentity) => boolean, message: string): number;
+  /**
+   * Decides `connect` again for every live session under the current bundle (after a new one is
+   * applied): a session no rule allows any more is ended with the rule's message, and a maximum
+   * session length the bundle sets now applies to sessions already open. Returns how many ended.
+   */
+  recheck(): number;
   close(): Promise<void>;
+}
+
+interface LiveSession {
+  identity: VerifiedIdentity;
+  source: string;
+  started: number;
+  /** The maximum length in force (the timer ends the session then). */
+  maxSeconds: number | undefined;
+  timer: NodeJS.Timeout | undefined;
 }
 
 interface CancelKey {
@@ -139,7 +154,8 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     open: (database) =>
       connectTarget({ target: config.target, database, parameters: { application_name: "moat-agent (catalog)" } }),
   });
-  const live = new Map<PgSession, VerifiedIdentity>();
+  /** Live sessions, with what their `connect` is decided on again when the bundle changes. */
+  const live = new Map<PgSession, LiveSession>();
   const ulid = createUlidFactory();
   let count = 0;
   const tooManySessions = `too many sessions on ${options.resource} (at most ${config.maxSessions})`;
@@ -561,11 +577,13 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     );
     promote(slot);
     options.metrics.sessions.inc();
-    live.set(session, identity);
+    const entry: LiveSession = { identity, source, started: now.getTime(), maxSeconds: undefined, timer: undefined };
+    live.set(session, entry);
     void session.done.then(() => {
       count--;
       options.metrics.sessions.dec();
       live.delete(session);
+      clearTimeout(entry.timer);
       cancelKeys.delete(processId);
     });
     socket.cork();
@@ -577,15 +595,21 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     session.start(target.leftover);
     if (rest.length > 0) socket.unshift(rest);
     socket.resume();
-    const maxSeconds = verdict.obligations.maxSessionSeconds;
-    if (maxSeconds !== undefined) {
-      const t = setTimeout(
-        () => session.terminate(`the session reached its maximum length (${maxSeconds} s)`),
-        maxSeconds * 1000,
-      );
-      t.unref();
-      void session.done.then(() => clearTimeout(t));
-    }
+    limitLength(session, entry, verdict.obligations.maxSessionSeconds);
+  }
+
+  /** Ends `session` once it is `maxSeconds` long (none: no limit), counting from its start. */
+  function limitLength(session: PgSession, entry: LiveSession, maxSeconds: number | undefined): void {
+    if (maxSeconds === entry.maxSeconds) return;
+    clearTimeout(entry.timer);
+    entry.timer = undefined;
+    entry.maxSeconds = maxSeconds;
+    if (maxSeconds === undefined) return;
+    const end = () => session.terminate(`the session reached its maximum length (${maxSeconds} s)`);
+    const left = entry.started + maxSeconds * 1000 - Date.now();
+    if (left <= 0) return end();
+    entry.timer = setTimeout(end, left);
+    entry.timer.unref();
   }
 
   const { host, port } = splitHostPort(options.listen);
@@ -604,11 +628,37 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     sessions: () => count,
     cut(match, message) {
       let n = 0;
-      for (const [session, identity] of live)
+      for (const [session, { identity }] of live)
         if (match(identity)) {
           session.terminate(message);
           n++;
         }
+      return n;
+    },
+    recheck() {
+      let n = 0;
+      const at = Date.now();
+      for (const [session, entry] of live) {
+        const { identity } = entry;
+        const verdict = options.bundles.decide({
+          user: identity.user,
+          groups: identity.groups,
+          serviceAccount: identity.serviceAccount,
+          resource: options.resource,
+          action: "connect",
+          sourceIp: entry.source,
+          now: at,
+        });
+        if (verdict.effect !== "allow") {
+          // (review 63: a connect rule removed or denied later left open sessions running.)
+          const why = verdict.effect === "review" ? `${verdict.message}; approval is required` : verdict.message;
+          session.terminate(`your access to ${options.resource} was withdrawn: ${why}`);
+          n++;
+          continue;
+        }
+        // (review 63: a maximum length added later did not apply to sessions already open.)
+        limitLength(session, entry, verdict.obligations.maxSessionSeconds);
+      }
       return n;
     },
     async close() {

@@ -270,6 +270,63 @@ class Relay {
   }
 }
 
+describe("live sessions under a new bundle (review 63)", () => {
+  const policy = (session?: object, effect = "allow") => ({
+    ...(ALLOW_ALL_POLICY as { spec: object }),
+    spec: {
+      ...(ALLOW_ALL_POLICY as { spec: object }).spec,
+      rules: [{ name: "all", effect, actions: ["connect", "db:*"], message: "off duty" }],
+      ...(session ? { session } : {}),
+    },
+  });
+
+  it("ends a session no rule lets connect any more, with the rule's message", async () => {
+    await withHarness({ policies: [policy()] }, async (h) => {
+      const c = await session(h);
+      expect(types(await c.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+      h.setPolicies([policy()]);
+      expect(h.listener.recheck()).toBe(0);
+      expect(types(await c.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+      // Before: a connect rule denied (or removed) later left open sessions running.
+      h.setPolicies([policy(undefined, "deny")]);
+      expect(h.listener.recheck()).toBe(1);
+      await c.until(() => c.closed, 5000);
+      expect(errors(c.messages)).toMatchObject([
+        {
+          severity: "FATAL",
+          code: "57P01",
+          message: expect.stringMatching(/^your access to db was withdrawn: off duty/),
+        },
+      ]);
+      const d = await session(h).catch((e: Error) => e);
+      expect(String(d)).toContain("off duty");
+    });
+  }, 30_000);
+
+  it("applies a maximum session length a new bundle sets to sessions already open", async () => {
+    await withHarness({ policies: [policy()] }, async (h) => {
+      const older = await session(h);
+      await sleep(1200);
+      const newer = await session(h);
+      // Before: the limit was set only when a session started.
+      h.setPolicies([policy({ maxDuration: "1s" })]);
+      expect(h.listener.recheck()).toBe(0);
+      await older.until(() => older.closed, 3000);
+      expect(errors(older.messages)[0]?.message).toBe("the session reached its maximum length (1 s)");
+      expect(newer.closed).toBe(false);
+      await newer.until(() => newer.closed, 3000);
+      expect(newer.closed).toBe(true);
+      // A limit lifted again leaves sessions open.
+      const third = await session(h);
+      h.setPolicies([policy()]);
+      h.listener.recheck();
+      await sleep(1500);
+      expect(types(await third.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+      third.socket.destroy();
+    });
+  }, 30_000);
+});
+
 describe("a target that fails", () => {
   it("tells the client when the connection to the target is lost (08006), mid-query and mid-COPY", async () => {
     const relay = await new Relay().start(pgServer.port);

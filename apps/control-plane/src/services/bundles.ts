@@ -22,7 +22,7 @@ import {
   type VerificationKey,
 } from "@moat/proto";
 import type { Keyring } from "../keys.js";
-import type { ResourceType, Store } from "../store/index.js";
+import { REVOKED_TOKENS_KEPT_MS, type ResourceType, type Store } from "../store/index.js";
 import { canonicalJson, type PolicyService } from "./policies.js";
 
 const PROTO_TYPES: Record<ResourceType, ProtoResourceType> = {
@@ -136,8 +136,8 @@ export function createBundleService(deps: {
       deps.policies.snapshot(),
       keys("token"),
       keys("bundle"),
-      // Kept past expiry by the agents' clock tolerance (30 s) and a margin.
-      store.accessTokens.revokedUnexpired(new Date(at.getTime() - 120_000)),
+      // Kept past expiry: sessions started with a token outlive it (see REVOKED_TOKENS_KEPT_MS).
+      store.accessTokens.revokedUnexpired(new Date(at.getTime() - REVOKED_TOKENS_KEPT_MS)),
       store.users.disabledEmails(),
     ]);
     // Policy tests are for authors and CI, not for agents: bundles carry the rules only.

@@ -5,6 +5,15 @@
 import { AppError } from "@moat/common";
 import type { PrismaClient } from "./generated/sqlite/client.js";
 
+/**
+ * How long after it expires a revoked token is still listed in bundles: a database session started
+ * with a token outlives it, and the agent ends the sessions of the tokens a bundle lists as revoked
+ * (review 63: a token revoked, or a user's groups changed, more than two minutes after the token
+ * expired left its sessions running). A session older than this past its token's expiry is
+ * reached by disabling the user or by a policy that no longer lets it connect.
+ */
+export const REVOKED_TOKENS_KEPT_MS = 24 * 3600_000;
+
 export const ROLES = ["admin", "auditor", "reviewer", "member"] as const;
 export type Role = (typeof ROLES)[number];
 
@@ -326,9 +335,13 @@ export function createRepositories(db: PrismaClient) {
       }),
     revoke: (id: string, at: Date) =>
       db.accessToken.updateMany({ where: { id, revokedAt: null }, data: { revokedAt: at } }),
+    /** Revokes a user's tokens, those expired less than REVOKED_TOKENS_KEPT_MS ago too (their sessions may live). */
     revokeAllOf: (userId: string, at: Date) =>
-      db.accessToken.updateMany({ where: { userId, revokedAt: null, expiresAt: { gt: at } }, data: { revokedAt: at } }),
-    /** Ids of revoked tokens that have not expired yet (what agents must refuse). */
+      db.accessToken.updateMany({
+        where: { userId, revokedAt: null, expiresAt: { gt: new Date(at.getTime() - REVOKED_TOKENS_KEPT_MS) } },
+        data: { revokedAt: at },
+      }),
+    /** Ids of revoked tokens expiring after `at` (what agents must refuse, and whose sessions they end). */
     revokedUnexpired: async (at: Date): Promise<string[]> =>
       (
         await db.accessToken.findMany({

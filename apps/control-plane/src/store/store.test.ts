@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { hashSecret, randomId } from "@moat/common";
 import { startPostgres, tempDir, type TestPostgres } from "@moat/testkit";
-import { openStore, type Store } from "./index.js";
+import { openStore, REVOKED_TOKENS_KEPT_MS, type Store } from "./index.js";
 
 let pg: TestPostgres;
 const dirs: string[] = [];
@@ -64,6 +64,24 @@ describe.each(providers)("store on %s", (_name, makeUrl) => {
       store.users.create({ id: randomId(), email: "a@example.com", displayName: "A2", role: "member" }),
     ).rejects.toMatchObject({ code: "conflict" });
     expect(await store.users.count()).toBe(1);
+  });
+
+  it("revokes a user's tokens expired less than a day ago too, and lists them for bundles (review 63)", async () => {
+    const user = await store.users.create({ id: randomId(), email: "t@example.com", displayName: "T", role: "member" });
+    const at = new Date();
+    const token = async (expiredMs: number) => {
+      const id = randomId();
+      const expiresAt = new Date(at.getTime() - expiredMs);
+      await store.accessTokens.create({ id, userId: user.id, source: "login", issuedAt: at, expiresAt });
+      return id;
+    };
+    const live = await token(-60_000);
+    const recent = await token(3600_000);
+    const old = await token(REVOKED_TOKENS_KEPT_MS + 60_000);
+    await store.accessTokens.revokeAllOf(user.id, at);
+    const listed = await store.accessTokens.revokedUnexpired(new Date(at.getTime() - REVOKED_TOKENS_KEPT_MS));
+    expect(listed.sort()).toEqual([live, recent].sort());
+    expect((await store.accessTokens.findById(old))?.revokedAt).toBeNull();
   });
 
   it("keeps agent names unique among active agents only", async () => {
