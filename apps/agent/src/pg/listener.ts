@@ -361,6 +361,11 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       clearTimeout(timer);
       release(slot);
     });
+    // Half-open connections are allowed (a session's client may send its last messages and close
+    // its side, then read the answers: see PgSession); before the session, a close is the end.
+    raw.on("end", () => {
+      if (stage !== "busy") raw.destroy();
+    });
   };
 
   function checkStartup(p: Map<string, string>): { code: string; message: string } | undefined {
@@ -613,7 +618,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
   }
 
   const { host, port } = splitHostPort(options.listen);
-  const server: Server = createServer({ noDelay: true }, handle);
+  const server: Server = createServer({ noDelay: true, allowHalfOpen: true }, handle);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen({ host: host === "" ? undefined : host, port }, () => resolve());

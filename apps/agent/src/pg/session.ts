@@ -1024,6 +1024,8 @@ export class PgSession {
   private endAfterHold: string | undefined;
   /** The client sent Terminate: forwarded after what came before it, then the session ends. */
   private terminated = false;
+  /** The client closed its side of a half-open connection (see afterClientEnd). */
+  private clientEnded = false;
   /** Ends the session if the target has not closed it after a Terminate (see afterTerminate). */
   private terminateTimer: NodeJS.Timeout | undefined;
   private readonly started = Date.now();
@@ -1102,8 +1104,16 @@ export class PgSession {
         if (!this.scanner.isHeld) this.target.resume();
       } else this.end("client disconnected");
     });
+    // A client that closed its side of a half-open connection (plain TCP: the listener allows it)
+    // sends nothing more but may read on, as PostgreSQL lets it (review 59: the answers after its
+    // FIN were lost): what it sent runs and is answered, then the session ends as after a Terminate.
+    client.on("end", () => {
+      if (this.closed || !(client as Socket).allowHalfOpen) return;
+      this.clientEnded = true;
+      if (this.held === undefined && !this.waitingSettle && !this.pendingFull) this.afterClientEnd();
+    });
     target.on("close", () => {
-      if (this.terminated) this.end("client terminated the session");
+      if (this.terminated) this.end(this.clientEnded ? "client disconnected" : "client terminated the session");
       else {
         this.targetLost();
         this.end("target closed the connection");
@@ -1134,6 +1144,18 @@ export class PgSession {
     if (this.terminateTimer !== undefined || this.closed || this.pending.length > 0) return;
     this.terminateTimer = setTimeout(() => this.end("client terminated the session"), TERMINATE_GRACE_MS);
     this.terminateTimer.unref();
+  }
+
+  /**
+   * The client closed its side of the connection and everything it sent has been handled: the target
+   * is sent a Terminate after it (unless the client sent one), answers all, then closes, which ends
+   * the session. A message the client left incomplete is dropped, as PostgreSQL drops it.
+   */
+  private afterClientEnd(): void {
+    if (this.closed || this.terminated) return;
+    this.terminated = true;
+    this.target.write(serialize.end());
+    this.afterTerminate();
   }
 
   /**
@@ -3230,6 +3252,7 @@ export class PgSession {
   private readOnAfterWait(): void {
     if (this.closed || this.held !== undefined || this.waitingSettle || this.pendingFull) return;
     if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
+    else if (this.clientEnded) this.afterClientEnd();
     else if (!this.targetBlocked && !this.pendingFull) this.client.resume();
   }
 

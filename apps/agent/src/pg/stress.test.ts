@@ -209,6 +209,24 @@ describe("clients that misbehave", () => {
     });
   }, 120_000);
 
+  it("answers a client that closes its side after sending and reads on (half-open)", async () => {
+    await pgServer.sql("TRUNCATE sink", "app");
+    await withHarness({}, async (h) => {
+      const c = await session(h);
+      const parts: Buffer[] = [];
+      for (let i = 0; i < 3000; i++) parts.push(serialize.query(`INSERT INTO sink VALUES (${i})`));
+      parts.push(serialize.parse({ text: "SELECT count(*) FROM sink" }), serialize.bind({}));
+      parts.push(serialize.execute({}), serialize.sync());
+      // Its FIN right behind: PostgreSQL runs and answers all of it; before (review 59), the agent
+      // closed the connection at the FIN and the answers were lost.
+      c.socket.end(Buffer.concat(parts));
+      await c.until(() => c.closed, 60_000);
+      expect(c.messages.filter((m) => m.type === "Z")).toHaveLength(3001);
+      expect(c.messages.filter((m) => m.type === "D").at(-1)?.body.subarray(6).toString()).toBe("3000");
+      expect(errors(c.messages)).toEqual([]);
+    });
+  }, 120_000);
+
   it("closes a client's cancel connection only once the target has taken the cancel", async () => {
     await withHarness({}, async (h) => {
       const c = await session(h);
