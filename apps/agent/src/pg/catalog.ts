@@ -62,8 +62,8 @@ const EXTENSION_MEMBER = (catalog: string, oid: string) =>
 const NOT_BUILTIN_SCHEMA = "n.nspname NOT IN ('pg_catalog', 'information_schema')";
 const PROC = "'pg_catalog.pg_proc'::pg_catalog.regclass";
 const CLASS = "'pg_catalog.pg_class'::pg_catalog.regclass";
-/** A name called in a deparsed expression: an identifier (possibly quoted) followed by "(". */
-const CALLED = `E'([A-Za-z_][A-Za-z0-9_$]*)"?\\\\s*\\\\('`;
+/** The function OIDs an expression tree (pg_node_tree as text) calls: functions, operators, aggregates, window functions. */
+const CALLED = `E':(?:funcid|opfuncid|aggfnoid|winfnoid) (\\\\d+)'`;
 
 /** The query behind HiddenCalls: rows of (kind, name, function). PostgreSQL 11 and later (prokind). */
 const HIDDEN_CALLS_SQL =
@@ -88,14 +88,14 @@ const HIDDEN_CALLS_SQL =
   `JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE ${NOT_BUILTIN_SCHEMA} ` +
   `UNION SELECT reach.root, d.refobjid FROM reach JOIN deps d ON d.rel = reach.rel AND d.refclassid = ${CLASS}), ` +
   // PostgreSQL records no dependency on pg_catalog's functions (they are pinned): which ones a
-  // view's query or a policy's USING expression calls is read from their text, as the names
-  // followed by "(" (a name in a string counts too: fails closed).
-  "defs(rel, def) AS (SELECT c.oid, pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c " +
-  "WHERE c.relkind = 'v' AND c.oid IN (SELECT rel FROM reach) " +
-  "UNION ALL SELECT pol.polrelid, pg_catalog.pg_get_expr(pol.polqual, pol.polrelid) FROM pg_catalog.pg_policy pol " +
+  // view's query (its ON SELECT rule) or a policy's USING expression calls is read from their stored
+  // expression trees, by the function OIDs of their calls, operators, aggregates and window calls.
+  "named(rel, fn) AS (SELECT DISTINCT r.ev_class, " +
+  `(pg_catalog.regexp_matches(r.ev_action::text, ${CALLED}, 'g'))[1]::pg_catalog.oid FROM pg_catalog.pg_rewrite r ` +
+  "WHERE r.ev_type = '1' AND r.ev_class IN (SELECT rel FROM reach) " +
+  "UNION SELECT pol.polrelid, " +
+  `(pg_catalog.regexp_matches(pol.polqual::text, ${CALLED}, 'g'))[1]::pg_catalog.oid FROM pg_catalog.pg_policy pol ` +
   "WHERE pol.polqual IS NOT NULL AND pol.polrelid IN (SELECT rel FROM reach)), " +
-  `named(rel, name) AS (SELECT DISTINCT rel, (pg_catalog.regexp_matches(def, ${CALLED}, 'g'))[1] FROM defs), ` +
-  "volatile AS (SELECT DISTINCT proname FROM pg_catalog.pg_proc WHERE provolatile = 'v' AND oid NOT IN (SELECT oid FROM own)), " +
   // Domains and user types, with their base domains (a domain's value passes its base's CHECKs).
   "typ(root, oid) AS (SELECT t.oid, t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace " +
   `WHERE ${NOT_BUILTIN_SCHEMA} AND t.typtype IN ('d', 'b', 'c', 'e', 'r', 'm') ` +
@@ -106,22 +106,24 @@ const HIDDEN_CALLS_SQL =
   `d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = typcheck.con AND d.refclassid = ${PROC} ` +
   "UNION SELECT c.casttarget, c.castfunc FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc " +
   "WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace AND c.casttarget IN (SELECT root FROM typ)), " +
-  "typnamed(root, name) AS (SELECT DISTINCT root, " +
-  `(pg_catalog.regexp_matches(pg_catalog.pg_get_constraintdef(con), ${CALLED}, 'g'))[1] FROM typcheck) ` +
+  "typnamed(root, fn) AS (SELECT DISTINCT typcheck.root, " +
+  `(pg_catalog.regexp_matches(con.conbin::text, ${CALLED}, 'g'))[1]::pg_catalog.oid FROM typcheck ` +
+  "JOIN pg_catalog.pg_constraint con ON con.oid = typcheck.con WHERE con.conbin IS NOT NULL) " +
   "SELECT 'f', proname, NULL FROM fn WHERE one_arg AND (NOT ext OR proname NOT IN (SELECT proname FROM builtin)) " +
   "UNION SELECT 's', proname, NULL FROM fn WHERE NOT ext AND proname IN (SELECT proname FROM builtin) " +
   "UNION SELECT 'o', o.oprname, NULL FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace " +
   `WHERE ${NOT_BUILTIN_SCHEMA} AND NOT ${EXTENSION_MEMBER("pg_operator", "o.oid")} AND o.oprname IN ` +
   "(SELECT oprname FROM pg_catalog.pg_operator WHERE oprnamespace = 'pg_catalog'::pg_catalog.regnamespace) " +
   "UNION SELECT 'r', c.relname, NULL FROM pg_catalog.pg_class c WHERE c.oid IN (SELECT oid FROM calls) " +
-  "UNION SELECT 'c', c.relname, named.name FROM reach JOIN named ON named.rel = reach.rel " +
-  "JOIN pg_catalog.pg_class c ON c.oid = reach.root WHERE named.name IN (SELECT proname FROM volatile) " +
+  "UNION SELECT 'c', c.relname, p.proname FROM reach JOIN named ON named.rel = reach.rel " +
+  "JOIN pg_catalog.pg_class c ON c.oid = reach.root JOIN pg_catalog.pg_proc p ON p.oid = named.fn " +
+  "WHERE p.provolatile = 'v' AND p.oid NOT IN (SELECT oid FROM own) " +
   "UNION SELECT 'T', t.typname, p.proname FROM typfn JOIN pg_catalog.pg_type t ON t.oid = typfn.root " +
   "JOIN pg_catalog.pg_proc p ON p.oid = typfn.fn WHERE p.oid IN (SELECT oid FROM own) " +
   "UNION SELECT 't', t.typname, p.proname FROM typfn JOIN pg_catalog.pg_type t ON t.oid = typfn.root " +
   "JOIN pg_catalog.pg_proc p ON p.oid = typfn.fn WHERE p.oid NOT IN (SELECT oid FROM own) AND p.provolatile = 'v' " +
-  "UNION SELECT 't', t.typname, typnamed.name FROM typnamed JOIN pg_catalog.pg_type t ON t.oid = typnamed.root " +
-  "WHERE typnamed.name IN (SELECT proname FROM volatile)";
+  "UNION SELECT 't', t.typname, p.proname FROM typnamed JOIN pg_catalog.pg_type t ON t.oid = typnamed.root " +
+  "JOIN pg_catalog.pg_proc p ON p.oid = typnamed.fn WHERE p.provolatile = 'v' AND p.oid NOT IN (SELECT oid FROM own)";
 
 export interface CatalogOptions {
   /** Opens a connection to `database` as the agent's target user. */
