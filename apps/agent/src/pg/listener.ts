@@ -148,6 +148,8 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
   const { config, logger } = options;
   const secureContext: SecureContext = createSecureContext({ cert: options.tls.certPem, key: options.tls.keyPem });
   const cancelKeys = new Map<number, CancelKey>();
+  /** Target backend process IDs of live sessions -> the process IDs their clients were given. */
+  const clientPids = new Map<number, number>();
   let cancelsInFlight = 0;
   // Result columns' tables, for masking (a connection of the agent's own per database, on demand).
   const catalog = new CatalogCache({
@@ -553,10 +555,12 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     while (cancelKeys.has(processId)) processId = randomInt(1, 2 ** 31 - 1);
     const secretKey = randomInt(-(2 ** 31), 2 ** 31 - 1);
     cancelKeys.set(processId, { secretKey, targetProcessId: target.processId, targetSecretKey: target.secretKey });
+    clientPids.set(target.processId, processId);
 
     const session = new PgSession(
       {
         sessionId,
+        clientProcessId: (pid) => clientPids.get(pid),
         resource: options.resource,
         identity,
         sourceAddress: source,
@@ -590,6 +594,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       live.delete(session);
       clearTimeout(entry.timer);
       cancelKeys.delete(processId);
+      if (clientPids.get(target.processId) === processId) clientPids.delete(target.processId);
     });
     socket.cork();
     socket.write(authenticationRequest(0));

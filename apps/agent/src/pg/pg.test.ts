@@ -1284,6 +1284,32 @@ describe("clients", () => {
       expect(payloads).toEqual(["moat_events:hello", "moat_events:paid with ****"]);
       // The session is still in step after the asynchronous message.
       expect((await listener.query("SELECT 41 + 1 AS n")).rows[0]).toEqual({ n: 42 });
+      // A notification names the notifying session by the process ID its client was given
+      // (BackendKeyData), its own and another agent session's alike (review 61: the target's).
+      const own = await clientAs("dba@example.com", dba);
+      const other = await clientAs("dba@example.com", dba);
+      try {
+        const pids: number[] = [];
+        let heard = () => undefined as void;
+        own.on("notification", (n) => {
+          pids.push(n.processId ?? 0);
+          heard();
+        });
+        await own.query("LISTEN moat_pids");
+        let got = new Promise<void>((r) => (heard = r));
+        await own.query("NOTIFY moat_pids, 'mine'");
+        await got;
+        got = new Promise<void>((r) => (heard = r));
+        await other.query("NOTIFY moat_pids, 'theirs'");
+        await got;
+        const pidOf = (c: pg.Client) => (c as unknown as { processID: number }).processID;
+        expect(pids).toEqual([pidOf(own), pidOf(other)]);
+        const backend = Number((await own.query("SELECT pg_backend_pid() AS p")).rows[0].p);
+        expect(pidOf(own)).not.toBe(backend);
+      } finally {
+        await own.end();
+        await other.end();
+      }
     } finally {
       await listener.end();
     }

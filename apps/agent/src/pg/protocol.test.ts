@@ -48,6 +48,33 @@ function open(harness: Harness = h): Promise<Raw> {
 const { startMasked, withMasked } = maskedAgents(() => server);
 
 describe("extended protocol through the agent", () => {
+  it("forgets the unnamed statement and portal at a Query, as the server does (review 61)", async () => {
+    const c = await open();
+    try {
+      // In a transaction block the unnamed portal would survive the Sync; the Query drops it on
+      // the server. An Execute of it must not reach the target as a known portal (a PostgreSQL 15
+      // bug crashed the server on such an Execute after a failed COPY).
+      await c.exchange(serialize.query("BEGIN"));
+      const ms = await pipeline(
+        c,
+        3,
+        serialize.parse({ text: "SELECT 1 AS one" }),
+        serialize.bind({}),
+        serialize.sync(),
+        serialize.query("SELECT 2 AS two"),
+        serialize.execute({}),
+        serialize.describe({ type: "S", name: "" }),
+        serialize.sync(),
+      );
+      expect(types(ms)).toBe("12ZTDCZEZ");
+      expect(firstValues(ms)).toEqual(["2"]);
+      expect(errors(ms)[0]?.message).toMatch(/portal "" was not bound through Moat/);
+      await c.exchange(serialize.query("ROLLBACK"));
+    } finally {
+      c.socket.destroy();
+    }
+  });
+
   it("runs a pipelined batch, denies the write in the middle and skips to Sync like PostgreSQL", async () => {
     const c = await open();
     const ms = await c.exchange(
@@ -443,6 +470,25 @@ describe("extended protocol through the agent", () => {
         serialize.bind({ values: ["1"] }),
         serialize.execute({}),
         serialize.sync(),
+      ]);
+      expect(types(ms)).toBe("1EZ");
+      // Review 61: data after the held Sync of a COPY that never started (no CopyInResponse): the
+      // target skipped to that Sync and answers it (the agent took it as read by the COPY: no Z).
+      ms = await works(1, [
+        serialize.parse({ text: "COPY nosuch FROM STDIN" }),
+        serialize.bind({}),
+        serialize.execute({}),
+        serialize.sync(),
+        good,
+      ]);
+      expect(types(ms)).toBe("12EZ");
+      ms = await works(1, [
+        serialize.parse({ text: "COPY inbox FROM STDIN" }),
+        serialize.bind({ values: ["1"] }),
+        serialize.execute({}),
+        serialize.sync(),
+        good,
+        copyDone,
       ]);
       expect(types(ms)).toBe("1EZ");
       // ... and a failure in an earlier cycle leaves the COPY's own span to it.

@@ -221,6 +221,12 @@ export function isSafeEncoding(name: string): boolean {
 
 export interface SessionContext {
   sessionId: string;
+  /**
+   * The process ID the client was given (BackendKeyData) for a target backend's, when that backend
+   * serves a session of this agent's resource: NotificationResponses name the notifying backend, and
+   * clients compare it with their own BackendKeyData to skip their own notifications (review 61).
+   */
+  clientProcessId?: (targetProcessId: number) => number | undefined;
   resource: string;
   identity: VerifiedIdentity;
   sourceAddress: string;
@@ -961,6 +967,8 @@ export class PgSession {
   private heldSyncs = 0;
   /** CopyData was sent after the held Syncs. */
   private heldSyncsData = false;
+  /** The target sent the CopyInResponse of the COPY whose Syncs are held (heldFor). */
+  private heldCopyStarted = false;
   /** The client ended the span of the held Syncs with CopyFail. */
   private copyFailed = false;
   /** The Query or Execute whose COPY's fate settles the held Syncs. */
@@ -1417,6 +1425,11 @@ export class PgSession {
     switch (f.type) {
       case 0x51: {
         // Query. Refused or not, it ends an implicit transaction the messages before it opened.
+        // The target drops the unnamed statement and portal at any Query (it runs with them):
+        // forgotten here too (review 61: an Execute of the unnamed portal after a Query in a
+        // transaction block was let through, and a PostgreSQL 15 bug crashed the server with it).
+        this.statements.delete("");
+        this.dropPortal("");
         const sent = this.onQuery(decodeQuery(f.body), f.raw);
         this.countEnding(undefined, this.cyclesSent);
         return sent;
@@ -3010,10 +3023,12 @@ export class PgSession {
         // NotificationResponse: a payload is text another session (a trigger) chose; the detectors
         // mask what they find in it, as in error messages (review 14). Column rules cannot apply.
         const planner = this.planner();
-        if (!planner) return undefined;
+        const pid = raw.readInt32BE(5);
+        const shown = this.ctx.clientProcessId?.(pid) ?? pid;
+        if (!planner && shown === pid) return undefined;
         const n = decodeNotification(raw.subarray(5));
-        const payload = planner.maskText(n.payload);
-        return payload === n.payload ? undefined : [notificationResponse(n.processId, n.channel, payload)];
+        const payload = planner ? planner.maskText(n.payload) : n.payload;
+        return payload === n.payload && shown === pid ? undefined : [notificationResponse(shown, n.channel, payload)];
       }
       case 0x74: // ParameterDescription: part of Describe S; RowDescription or NoData follows.
         return undefined;
@@ -3109,7 +3124,7 @@ export class PgSession {
           const p = this.pending.first as Pending;
           this.shift();
           // A Query whose COPY never ran (an earlier statement of it failed).
-          if (p === this.heldFor) this.settleHeldSyncs(!this.heldSyncsData);
+          if (p === this.heldFor) this.settleHeldSyncs(!this.heldCopyStarted || !this.heldSyncsData);
           if (p.startsCopy && p.kind === "query") this.closeCopySpan(p);
           if (p.kind === "sync" || p.kind === "query") {
             ending = p.kind;
@@ -3168,6 +3183,7 @@ export class PgSession {
         return undefined;
       }
       case 0x47: // CopyInResponse
+        if (this.heldFor !== undefined && this.pending.first === this.heldFor) this.heldCopyStarted = true;
         return undefined;
       case 0x48: // CopyOutResponse
       case 0x57: // CopyBothResponse
@@ -3224,6 +3240,7 @@ export class PgSession {
     const n = this.heldSyncs;
     this.heldSyncs = 0;
     this.heldSyncsData = false;
+    this.heldCopyStarted = false;
     this.copyFailed = false;
     this.heldFor = undefined;
     if (answered && n > 0 && !this.closed) {
@@ -3343,8 +3360,12 @@ export class PgSession {
     // next Sync, which may be one held back), and fails the transaction.
     // Answered if the COPY failed before reading them: not if data came after them, nor when the
     // client's CopyFail failed it (57014: read after them; review 40).
+    // A COPY that never started (no CopyInResponse: its Bind or Execute failed) read nothing: the
+    // held Syncs are answered whatever data came after them (review 61: a ReadyForQuery was lost).
     if (this.heldFor && this.inCycleOf(this.heldFor))
-      this.settleHeldSyncs(!this.heldSyncsData && !(this.copyFailed && isCopyFailError(raw)));
+      this.settleHeldSyncs(
+        !this.heldCopyStarted || (!this.heldSyncsData && !(this.copyFailed && isCopyFailError(raw))),
+      );
     if (this.copyEntry && this.inCycleOf(this.copyEntry)) this.closeCopySpan(this.copyEntry);
     this.transactionFailed = true;
     this.plan = undefined;
