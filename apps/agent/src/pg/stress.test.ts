@@ -222,7 +222,13 @@ describe("clients that misbehave", () => {
       c.socket.end(Buffer.concat(parts));
       await c.until(() => c.closed, 60_000);
       expect(c.messages.filter((m) => m.type === "Z")).toHaveLength(3001);
-      expect(c.messages.filter((m) => m.type === "D").at(-1)?.body.subarray(6).toString()).toBe("3000");
+      expect(
+        c.messages
+          .filter((m) => m.type === "D")
+          .at(-1)
+          ?.body.subarray(6)
+          .toString(),
+      ).toBe("3000");
       expect(errors(c.messages)).toEqual([]);
     });
   }, 120_000);
