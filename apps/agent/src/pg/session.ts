@@ -1320,6 +1320,13 @@ export class PgSession {
         if (this.terminated || this.waitingSettle) break;
       }
     } catch (error) {
+      // What came before the malformed message runs, as on PostgreSQL (review 61: a valid INSERT in
+      // the same write was dropped); the session then ends.
+      if (out.length > 0 && !this.closed) {
+        this.target.cork();
+        for (const b of out) this.target.write(b);
+        this.target.uncork();
+      }
       this.fail(error, "invalid message from the client");
       return;
     }
@@ -2070,6 +2077,9 @@ export class PgSession {
   private onBind(f: Frame): Buffer {
     const { portal: portalName, statement: statementName } = bindNames(f.body);
     this.dropPortal(portalName);
+    // PostgreSQL answers this with an error, not by closing the session (review 61).
+    const formats = bindFormatMismatch(f.body);
+    if (formats) return this.poisonBind(portalName, formats, "08P01");
     const badName = this.nameRefusal(portalName) ?? this.nameRefusal(statementName);
     if (badName) return this.poisonBind("", badName);
     const statement = this.boundStatement(statementName);
@@ -3464,6 +3474,23 @@ export class PgSession {
       this.bytesEncoding = reads === "SQL_ASCII";
     }
   }
+}
+
+/**
+ * PostgreSQL's error for a Bind with more than one parameter format whose count is not the number
+ * of parameters (the message is otherwise well formed), or undefined.
+ */
+function bindFormatMismatch(body: Buffer): string | undefined {
+  const portalEnd = body.indexOf(0);
+  const statementEnd = portalEnd < 0 ? -1 : body.indexOf(0, portalEnd + 1);
+  if (statementEnd < 0 || statementEnd + 3 > body.length) return undefined;
+  const formats = body.readInt16BE(statementEnd + 1);
+  const at = statementEnd + 3 + formats * 2;
+  if (formats <= 1 || at + 2 > body.length) return undefined;
+  const parameters = body.readInt16BE(at);
+  return parameters >= 0 && parameters !== formats
+    ? `bind message has ${formats} parameter formats but ${parameters} parameters`
+    : undefined;
 }
 
 /** An ErrorResponse is the server's for an Execute of a portal it does not have. */

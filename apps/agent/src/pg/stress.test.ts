@@ -233,6 +233,41 @@ describe("clients that misbehave", () => {
     });
   }, 120_000);
 
+  it("runs what came before a malformed message, and answers a Bind's format mismatch as PostgreSQL does (review 61)", async () => {
+    await pgServer.sql("TRUNCATE sink", "app");
+    await withHarness({}, async (h) => {
+      const c = await session(h);
+      // Two parameter formats for one parameter: PostgreSQL's ERROR 08P01, the session goes on.
+      // portal "", statement "", 2 formats (text, text), 1 parameter "1", no result formats.
+      const body = Buffer.from([0, 0, 0, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0x31, 0, 0]);
+      const badBind = Buffer.concat([Buffer.from([0x42, 0, 0, 0, 0]), body]);
+      badBind.writeInt32BE(badBind.length - 1, 1);
+      const ms = await c.exchange(
+        serialize.parse({ text: "SELECT $1::int AS n" }),
+        badBind,
+        serialize.execute({}),
+        serialize.sync(),
+      );
+      expect(types(ms)).toBe("1EZ");
+      expect(errors(ms)[0]).toMatchObject({
+        code: "08P01",
+        message: "bind message has 2 parameter formats but 1 parameters",
+      });
+      expect(types(await c.exchange(serialize.query("SELECT 1")))).toBe("TDCZ");
+      // A valid statement and a malformed message in one write: the statement runs, then the session
+      // ends (before: nothing ran).
+      c.socket.write(Buffer.concat([serialize.query("INSERT INTO sink VALUES (42)"), Buffer.from([0x42, 0, 0, 0, 4])]));
+      await c.until(() => c.closed, 10_000);
+      expect(errors(c.messages).at(-1)).toMatchObject({ severity: "FATAL", code: "08P01" });
+      let rows = "";
+      for (let i = 0; i < 40 && rows !== "1"; i++) {
+        await sleep(100);
+        rows = (await pgServer.sql("SELECT count(*) FROM sink WHERE n = 42", "app")).trim();
+      }
+      expect(rows).toBe("1");
+    });
+  }, 60_000);
+
   it("closes a client's cancel connection only once the target has taken the cancel", async () => {
     await withHarness({}, async (h) => {
       const c = await session(h);
