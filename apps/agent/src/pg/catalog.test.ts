@@ -150,6 +150,7 @@ describe("catalog cache", () => {
        CREATE DOMAIN d_over AS d_notify;
        CREATE DOMAIN d_own AS int CHECK (pure(VALUE) > 0);
        CREATE DOMAIN d_plain AS text CHECK (VALUE ~ '^a');
+       CREATE DOMAIN d_op AS int CHECK (VALUE #%# 1 > 0);
        CREATE TYPE stamp AS (v text);
        CREATE FUNCTION to_stamp(text) RETURNS stamp LANGUAGE sql AS 'SELECT ROW($1)::stamp';
        CREATE CAST (text AS stamp) WITH FUNCTION to_stamp(text);`,
@@ -197,6 +198,7 @@ describe("catalog cache", () => {
         d_notify: [{ name: "pg_notify", own: false }],
         d_over: [{ name: "pg_notify", own: false }],
         d_own: [{ name: "pure", own: true }],
+        d_op: [{ name: "bump", own: true }],
         stamp: [{ name: "to_stamp", own: true }],
       });
       // A function created since counts once the answer is older than the TTL (read again in the background).

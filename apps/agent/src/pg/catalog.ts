@@ -122,8 +122,9 @@ const HIDDEN_CALLS_SQL =
   "JOIN pg_catalog.pg_proc p ON p.oid = typfn.fn WHERE p.oid IN (SELECT oid FROM own) " +
   "UNION SELECT 't', t.typname, p.proname FROM typfn JOIN pg_catalog.pg_type t ON t.oid = typfn.root " +
   "JOIN pg_catalog.pg_proc p ON p.oid = typfn.fn WHERE p.oid NOT IN (SELECT oid FROM own) AND p.provolatile = 'v' " +
-  "UNION SELECT 't', t.typname, p.proname FROM typnamed JOIN pg_catalog.pg_type t ON t.oid = typnamed.root " +
-  "JOIN pg_catalog.pg_proc p ON p.oid = typnamed.fn WHERE p.provolatile = 'v' AND p.oid NOT IN (SELECT oid FROM own)";
+  "UNION SELECT CASE WHEN p.oid IN (SELECT oid FROM own) THEN 'T' ELSE 't' END, t.typname, p.proname FROM typnamed " +
+  "JOIN pg_catalog.pg_type t ON t.oid = typnamed.root JOIN pg_catalog.pg_proc p ON p.oid = typnamed.fn " +
+  "WHERE p.provolatile = 'v' OR p.oid IN (SELECT oid FROM own)";
 
 export interface CatalogOptions {
   /** Opens a connection to `database` as the agent's target user. */
