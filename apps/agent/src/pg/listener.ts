@@ -438,15 +438,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     }
     const sessionId = ulid();
     const targetDatabase = config.target.database ?? startup.get("database") ?? user;
-    const verdict = options.bundles.decide({
-      user: identity.user,
-      groups: identity.groups,
-      serviceAccount: identity.serviceAccount,
-      resource: options.resource,
-      action: "connect",
-      sourceIp: source,
-      now: now.getTime(),
-    });
+    const verdict = decideConnect(identity, source, now.getTime());
     const actor = { user: identity.user, groups: identity.groups, sourceAddress: source, tokenId: identity.tokenId };
     const start = {
       protocol: "postgres",
@@ -608,6 +600,19 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     limitLength(session, entry, verdict.obligations.maxSessionSeconds);
   }
 
+  /** The bundle's verdict on `identity` connecting to this resource from `source` at `now`. */
+  function decideConnect(identity: VerifiedIdentity, source: string, now: number) {
+    return options.bundles.decide({
+      user: identity.user,
+      groups: identity.groups,
+      serviceAccount: identity.serviceAccount,
+      resource: options.resource,
+      action: "connect",
+      sourceIp: source,
+      now,
+    });
+  }
+
   /** Ends `session` once it is `maxSeconds` long (none: no limit), counting from its start. */
   function limitLength(session: PgSession, entry: LiveSession, maxSeconds: number | undefined): void {
     if (maxSeconds === entry.maxSeconds) return;
@@ -649,16 +654,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       let n = 0;
       const at = Date.now();
       for (const [session, entry] of live) {
-        const { identity } = entry;
-        const verdict = options.bundles.decide({
-          user: identity.user,
-          groups: identity.groups,
-          serviceAccount: identity.serviceAccount,
-          resource: options.resource,
-          action: "connect",
-          sourceIp: entry.source,
-          now: at,
-        });
+        const verdict = decideConnect(entry.identity, entry.source, at);
         if (verdict.effect !== "allow") {
           // (review 63: a connect rule removed or denied later left open sessions running.)
           const why = verdict.effect === "review" ? `${verdict.message}; approval is required` : verdict.message;
