@@ -120,7 +120,7 @@ export async function startPostgresListeners(deps: {
         refused: (reason) => refused.labels(r.name, reason).inc(),
       },
     }).catch((error: NodeJS.ErrnoException) => {
-      if (error.code === "EADDRINUSE" || error.code === "EADDRNOTAVAIL" || error.code === "EACCES")
+      if (LISTEN_ERRORS.has(error.code ?? ""))
         throw new FatalAgentError(`resource ${r.name}: listen ${r.listen}: ${error.code} (${error.message})`);
       throw error;
     });
@@ -128,6 +128,17 @@ export async function startPostgresListeners(deps: {
   }
   return listeners;
 }
+
+/** Why a listen address cannot be used, as the configuration's mistake (exit 78), not a crash. */
+const LISTEN_ERRORS = new Set([
+  "EADDRINUSE",
+  "EADDRNOTAVAIL",
+  "EACCES",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EAI_FAIL",
+  "ERR_SOCKET_BAD_PORT",
+]);
 
 /** A file the configuration names, read now; a FatalAgentError naming `field` when it cannot be. */
 function readConfigFile(field: string, path: string): string {

@@ -254,6 +254,9 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     const upgrade = (head?: Buffer) => {
       socket.off("data", onData);
       if (head && head.length > 0) socket.unshift(head);
+      // A TLS socket takes allowHalfOpen from the socket it wraps: not half-open (review 64: a TLS
+      // client closing during set-up was never let go, and held its set-up place).
+      socket.allowHalfOpen = false;
       const t = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ["postgresql"] });
       t.on("error", () => t.destroy());
       // The TLS socket owns the connection from now on: its close is the connection's.
@@ -543,6 +546,15 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       target.socket.destroy();
       return;
     }
+    // A bundle applied during the target's login and the catalog read found no live session to
+    // end (review 64): decided again now, as recheck and cut would have.
+    const withdrawn = withdrawnSince(identity, source);
+    if (withdrawn) {
+      target.socket.destroy();
+      refuse(socket, "57P01", withdrawn, "policy");
+      endUnstarted(withdrawn, withdrawn);
+      return;
+    }
     let processId = randomInt(1, 2 ** 31 - 1);
     while (cancelKeys.has(processId)) processId = randomInt(1, 2 ** 31 - 1);
     const secretKey = randomInt(-(2 ** 31), 2 ** 31 - 1);
@@ -598,6 +610,23 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     if (rest.length > 0) socket.unshift(rest);
     socket.resume();
     limitLength(session, entry, verdict.obligations.maxSessionSeconds);
+  }
+
+  /**
+   * Why a session authenticated and allowed a moment ago may not start after all (a bundle applied
+   * meanwhile revoked its token, disabled its user or no longer lets it connect), or undefined.
+   */
+  function withdrawnSince(identity: VerifiedIdentity, source: string): string | undefined {
+    const b = options.bundles.current();
+    if (b && (b.revokedTokenIds.has(identity.tokenId) || b.disabledUsers.has(identity.user.toLowerCase())))
+      return "your access was revoked: the session is closed";
+    const verdict = decideConnect(identity, source, Date.now());
+    return verdict.effect === "allow" ? undefined : withdrawnMessage(verdict);
+  }
+
+  function withdrawnMessage(verdict: { effect: string; message: string }): string {
+    const why = verdict.effect === "review" ? `${verdict.message}; approval is required` : verdict.message;
+    return `your access to ${options.resource} was withdrawn: ${why}`;
   }
 
   /** The bundle's verdict on `identity` connecting to this resource from `source` at `now`. */
@@ -657,8 +686,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
         const verdict = decideConnect(entry.identity, entry.source, at);
         if (verdict.effect !== "allow") {
           // (review 63: a connect rule removed or denied later left open sessions running.)
-          const why = verdict.effect === "review" ? `${verdict.message}; approval is required` : verdict.message;
-          session.terminate(`your access to ${options.resource} was withdrawn: ${why}`);
+          session.terminate(withdrawnMessage(verdict));
           n++;
           continue;
         }

@@ -4,6 +4,7 @@
  * requests, and a target connection that is reset. Real PostgreSQL 15, raw sockets.
  */
 import { connect, createServer, type Server, type Socket } from "node:net";
+import { connect as tlsConnect } from "node:tls";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import pg from "pg";
@@ -120,6 +121,32 @@ describe("clients that misbehave", () => {
       expect(await query(h, "SELECT 42 AS x")).toEqual([{ x: 42 }]);
     });
   }, 30_000);
+
+  it("lets go at once of TLS and plain clients that close during set-up (review 64)", async () => {
+    await withHarness({ listener: { maxSessions: 2, setupTimeoutMs: 20_000 } }, async (h) => {
+      for (const useTls of [true, true, false, false]) {
+        let s: Socket = await rawSocket(h.port);
+        if (useTls) {
+          s.write(serialize.requestSsl());
+          await new Promise((r) => s.once("data", r));
+          const t = tlsConnect({ socket: s, rejectUnauthorized: false });
+          t.on("error", () => undefined);
+          await new Promise((r) => t.once("secureConnect", r));
+          s = t as unknown as Socket;
+        }
+        const c = new Raw(s);
+        s.write(serialize.startup({ user: "alice@example.com", database: "app" }));
+        await c.until((m) => m.some((x) => x.type === "R"));
+        const t0 = Date.now();
+        s.end(); // as psql does when it goes to ask for a password
+        await c.until(() => c.closed, 5000);
+        // Before: a TLS client's close was not seen (its socket inherited allowHalfOpen), and it
+        // kept its set-up place until the set-up timeout.
+        expect(Date.now() - t0).toBeLessThan(2000);
+      }
+      expect(await query(h, "SELECT 42 AS x")).toEqual([{ x: 42 }]);
+    });
+  }, 60_000);
 
   it("releases the locks of a client that pipelines without reading and then leaves", async () => {
     await withHarness({}, async (h) => {
@@ -359,6 +386,23 @@ describe("live sessions under a new bundle (review 63)", () => {
       ]);
       const d = await session(h).catch((e: Error) => e);
       expect(String(d)).toContain("off duty");
+    });
+  }, 30_000);
+
+  it("refuses a session whose set-up straddles a bundle that withdraws it (review 64)", async () => {
+    await withHarness({ policies: [policy()] }, async (h) => {
+      // The agent's catalog read, the last step of a session's set-up, waits for this lock.
+      const direct = new pg.Client({ host: "127.0.0.1", port: pgServer.port, user: "postgres", database: "app" });
+      await direct.connect();
+      await direct.query("BEGIN; LOCK TABLE pg_catalog.pg_policy IN ACCESS EXCLUSIVE MODE");
+      const starting = session(h).catch((e: Error) => e);
+      await sleep(800);
+      h.setPolicies([policy(undefined, "deny")]);
+      expect(h.listener.recheck()).toBe(0); // not live yet
+      await direct.query("COMMIT");
+      await direct.end();
+      // Before: the session started and ran statements under the withdrawn rule.
+      expect(String(await starting)).toContain("your access to db was withdrawn: off duty");
     });
   }, 30_000);
 
