@@ -33,7 +33,13 @@ beforeAll(async () => {
     "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10); CREATE TABLE inbox (v text); CREATE TABLE users (email text); INSERT INTO users VALUES ('user1@example.com');",
     "app",
   );
-  h = await startHarness({ pg: server, policies: [readPolicy()], listener: { maxMessageBytes: 1024 * 1024 } });
+  // Sessions that are not read-only: a read-only one sends nothing past a Sync or Query until it is
+  // answered (stress.test.ts), and these tests are about what the agent does with pipelined cycles.
+  h = await startHarness({
+    pg: server,
+    policies: [readPolicy()],
+    listener: { maxMessageBytes: 1024 * 1024, readOnlySessions: false },
+  });
 }, 120_000);
 
 afterAll(async () => {
@@ -1013,7 +1019,7 @@ describe("extended protocol through the agent", () => {
   });
 
   it("audits a portal whose Execute pipelined past its implicit transaction finds it gone as run (review 23)", async () => {
-    const harness = await startHarness({ pg: server, policies: [readPolicy()] });
+    const harness = await startHarness({ pg: server, policies: [readPolicy()], listener: { readOnlySessions: false } });
     try {
       const c = await open(harness);
       const ms = await pipeline(

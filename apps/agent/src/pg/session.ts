@@ -475,6 +475,10 @@ function runsWhole(info: StatementInfo): boolean {
 }
 /** PREPARE TRANSACTION: the transaction is no longer the session's (it is committed or not later). */
 const PREPARE_TRANSACTION = /^\s*prepare\s+transaction\b/i;
+/** A transaction statement that ends the transaction (not ROLLBACK TO a savepoint). */
+const ENDS_TRANSACTION = /^\s*(commit|end|abort|prepare\s+transaction|rollback(?!\s+(work\s+|transaction\s+)?to\b))\b/i;
+const AFTER_END_IN_READ_ONLY =
+  "access denied: this session is read-only, and a statement after COMMIT or ROLLBACK in the same query is not run: send it as a query of its own";
 /** Statements that may be run CONCURRENTLY, which commits on its own. */
 const CONCURRENT_KINDS: ReadonlySet<string> = new Set(["IndexStmt", "DropStmt", "ReindexStmt", "AlterTableStmt"]);
 /** Where an implicit transaction ends, as its commit's or rollback's event says. */
@@ -518,6 +522,9 @@ const copiesFromClient = (info: StatementInfo | undefined): boolean =>
   info?.kind === "CopyStmt" && info.actions.some((a) => a.action === "db:copy-in");
 
 /** Why a session sending Sync among COPY data ends (see copySpan). */
+/** COPY sub-protocol messages from the client: CopyData, CopyDone, CopyFail. */
+const COPY_DATA_TYPES: ReadonlySet<number> = new Set([0x64, 0x63, 0x66]);
+
 const SYNC_IN_COPY =
   "a Sync among COPY data is not supported through Moat (the server answers it or not depending on where the COPY fails): send Sync after CopyDone";
 
@@ -967,6 +974,10 @@ export class PgSession {
   private heldSyncs = 0;
   /** CopyData was sent after the held Syncs. */
   private heldSyncsData = false;
+  /** A read-only session's next message, held until the cycles sent are answered (see nextFrame). */
+  private parked: Frame | undefined;
+  /** Reading from the client waits for the answer that ends the cycles sent (see nextFrame). */
+  private waitingCycle = false;
   /** The target sent the CopyInResponse of the COPY whose Syncs are held (heldFor). */
   private heldCopyStarted = false;
   /** The client ended the span of the held Syncs with CopyFail. */
@@ -1089,7 +1100,7 @@ export class PgSession {
     });
     target.on("drain", () => {
       this.targetBlocked = false;
-      if (this.held === undefined && !this.waitingSettle && !this.pendingFull) client.resume();
+      if (this.held === undefined && !this.waitingSettle && !this.pendingFull && !this.waitingCycle) client.resume();
     });
     client.on("data", (chunk: Buffer) => this.onClientData(chunk));
     // No cork around the scanner: it forwards what one chunk brings in a single write.
@@ -1106,7 +1117,7 @@ export class PgSession {
       // (Also while what followed a COPY's CopyDone waits for its outcome: review 40.)
       // (Also while MAX_PENDING answers are awaited and read messages wait behind them: review 59.
       // Nobody reads the answers now, so the target is read again.)
-      if ((this.held !== undefined || this.waitingSettle || this.pendingFull) && !hadError) {
+      if ((this.held !== undefined || this.waitingSettle || this.pendingFull || this.waitingCycle) && !hadError) {
         this.endAfterHold = "client disconnected";
         this.clientBlocked = false;
         if (!this.scanner.isHeld) this.target.resume();
@@ -1118,7 +1129,8 @@ export class PgSession {
     client.on("end", () => {
       if (this.closed || !(client as Socket).allowHalfOpen) return;
       this.clientEnded = true;
-      if (this.held === undefined && !this.waitingSettle && !this.pendingFull) this.afterClientEnd();
+      if (this.held === undefined && !this.waitingSettle && !this.pendingFull && !this.waitingCycle)
+        this.afterClientEnd();
     });
     target.on("close", () => {
       if (this.terminated) this.end(this.clientEnded ? "client disconnected" : "client terminated the session");
@@ -1356,7 +1368,24 @@ export class PgSession {
       this.client.pause();
       return undefined;
     }
-    return this.reader.next();
+    const f = this.parked ?? this.reader.next();
+    this.parked = undefined;
+    if (
+      f &&
+      this.ctx.readOnly === true &&
+      this.cyclesSent > this.cyclesDone &&
+      this.copySpan === 0 &&
+      !COPY_DATA_TYPES.has(f.type)
+    ) {
+      // A read-only session sends nothing past a Sync or Query until its ReadyForQuery: a hidden
+      // function may have turned the read-only default off there, which the server says only then
+      // (review 64: a pipelined statement ran read-write before the agent ended the session).
+      this.parked = f;
+      this.waitingCycle = true;
+      this.client.pause();
+      return undefined;
+    }
+    return f;
   }
 
   /** The held message's classification was made under another lexical state, which its text depends on. */
@@ -1673,12 +1702,20 @@ export class PgSession {
     let first = true;
     /** PREPAREs of each name so far in this message (each merges with the ones before: see merges). */
     let prepares: Map<string, number> | undefined;
+    let ended = false;
     for (const info of c.statements) {
       let decision: Decision =
         lexicalRefusal && info.lexicalChange
           ? agentDenial(lexicalRefusal)
-          : (this.staleFetch(info, first) ?? this.decide(info));
+          : ended
+            ? agentDenial(AFTER_END_IN_READ_ONLY)
+            : (this.staleFetch(info, first) ?? this.decide(info));
       first = false;
+      // In a read-only session, a statement after COMMIT or ROLLBACK in the same text would start a
+      // transaction before the server can say whether a hidden function turned the read-only
+      // default off (it says so at the text's end: review 64): refused.
+      if (this.ctx.readOnly === true && info.kind === "TransactionStmt" && ENDS_TRANSACTION.test(info.text))
+        ended = true;
       if (info.prepare && decision.effect === "allow") {
         prepares ??= new Map();
         const before = prepares.get(info.prepare.name) ?? 0;
@@ -3144,6 +3181,15 @@ export class PgSession {
         this.plan = undefined;
         this.rowsSeen = 0;
         this.cyclesDone++;
+        if (this.waitingCycle && this.cyclesDone >= this.cyclesSent) {
+          // What a read-only session's client sent next goes on, after this answer (see nextFrame).
+          this.waitingCycle = false;
+          queueMicrotask(() => {
+            if (this.closed || this.held !== undefined || this.waitingSettle) return;
+            this.relayClient(undefined);
+            this.readOnAfterWait();
+          });
+        }
         // Portals do not outlive their transaction (a SQL cursor may take the name next); one bound
         // in a later Sync cycle (pipelined behind this one) is not this transaction's.
         if (this.status === "I") {
@@ -3277,7 +3323,7 @@ export class PgSession {
    * meanwhile (endAfterHold), else reading from it resumes.
    */
   private readOnAfterWait(): void {
-    if (this.closed || this.held !== undefined || this.waitingSettle || this.pendingFull) return;
+    if (this.closed || this.held !== undefined || this.waitingSettle || this.pendingFull || this.waitingCycle) return;
     if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
     else if (this.clientEnded) this.afterClientEnd();
     else if (!this.targetBlocked && !this.pendingFull) this.client.resume();

@@ -11,7 +11,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeErrorFields, serialize } from "@moat/pg-wire";
 import { startPostgres, type TestPostgres } from "@moat/testkit";
-import { ALLOW_ALL_POLICY } from "../test-support/bundles.js";
+import { ALLOW_ALL_POLICY, POLICY } from "../test-support/bundles.js";
 import { startHarness, type Harness } from "../test-support/pg.js";
 import { errors, Raw, types } from "../test-support/raw-client.js";
 
@@ -428,6 +428,51 @@ describe("live sessions under a new bundle (review 63)", () => {
       third.socket.destroy();
     });
   }, 30_000);
+});
+
+describe("a read-only session whose backstop a hidden function lifts (review 64)", () => {
+  it("runs nothing after the statement that lifted it: pipelined queries wait, later statements of its text are refused", async () => {
+    await pgServer.sql(
+      `CREATE TABLE visits (id int); INSERT INTO visits VALUES (1); CREATE TABLE visit_log (n int);
+       CREATE FUNCTION visit_number(visits) RETURNS int LANGUAGE plpgsql
+         AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';
+       CREATE CAST (visits AS int) WITH FUNCTION visit_number(visits) AS IMPLICIT;
+       CREATE TABLE switches (id int); INSERT INTO switches VALUES (1);
+       CREATE FUNCTION lift(switches) RETURNS int LANGUAGE plpgsql
+         AS 'BEGIN PERFORM set_config(''default_transaction_read_only'', ''off'', false); RETURN 1; END';
+       CREATE CAST (switches AS int) WITH FUNCTION lift(switches) AS IMPLICIT;`,
+      "app",
+    );
+    await withHarness({ policies: [POLICY] }, async (h) => {
+      for (const parts of [
+        // Two queries in one write: the second reached the target before the lift was reported.
+        [serialize.query("SELECT abs(s) FROM switches s"), serialize.query("SELECT abs(v) FROM visits v")],
+        // The extended protocol alike.
+        [
+          serialize.query("SELECT abs(s) FROM switches s"),
+          serialize.parse({ text: "SELECT abs(v) FROM visits v" }),
+          serialize.bind({}),
+          serialize.execute({}),
+          serialize.sync(),
+        ],
+        // One text: the server reports the lift only at its end.
+        [serialize.query("SELECT abs(s) FROM switches s; COMMIT; SELECT abs(v) FROM visits v")],
+      ]) {
+        const c = await session(h);
+        c.socket.write(Buffer.concat(parts));
+        await c.until(() => c.closed, 10_000);
+        expect(errors(c.messages).at(-1)).toMatchObject({ severity: "FATAL", code: "42501" });
+        expect((await pgServer.sql("SELECT count(*) FROM visit_log", "app")).trim()).toBe("0");
+      }
+      // Pipelining still works in a read-only session, one cycle at a time.
+      const c = await session(h);
+      const ms = await c.exchange(serialize.query("SELECT 1"), serialize.query("SELECT 2"));
+      await c.until((m) => m.filter((x) => x.type === "Z").length >= 2);
+      expect(types(c.messages)).toBe("TDCZTDCZ");
+      c.socket.destroy();
+      expect(ms.length).toBeGreaterThan(0);
+    });
+  }, 60_000);
 });
 
 describe("a target that fails", () => {
