@@ -153,7 +153,20 @@ describe("catalog cache", () => {
        CREATE DOMAIN d_op AS int CHECK (VALUE #%# 1 > 0);
        CREATE TYPE stamp AS (v text);
        CREATE FUNCTION to_stamp(text) RETURNS stamp LANGUAGE sql AS 'SELECT ROW($1)::stamp';
-       CREATE CAST (text AS stamp) WITH FUNCTION to_stamp(text);`,
+       CREATE CAST (text AS stamp) WITH FUNCTION to_stamp(text);
+       CREATE VIEW v_dom AS SELECT id::d_own AS id FROM visits;
+       CREATE VIEW over_dom AS SELECT * FROM v_dom;
+       CREATE TYPE comp AS (a d_own);
+       CREATE DOMAIN d_comp AS comp;
+       CREATE TABLE row_dom (a d_notify);
+       CREATE TYPE r_dom AS RANGE (subtype = d_own);
+       CREATE DOMAIN d_inner AS int CHECK ((VALUE)::d_own IS NOT NULL);
+       CREATE VIEW v_row AS SELECT NULL::row_dom AS r;
+       CREATE MATERIALIZED VIEW mv AS SELECT pg_notify('c', 'x') IS NULL AS n, log_msg() AS l;
+       CREATE TABLE ruled (id int); CREATE RULE r AS ON INSERT TO ruled DO ALSO SELECT log_msg();
+       CREATE TABLE guarded_insert (id int); ALTER TABLE guarded_insert ENABLE ROW LEVEL SECURITY;
+       CREATE POLICY p ON guarded_insert FOR INSERT WITH CHECK (log_msg() = 1);
+       CREATE VIEW v_xml AS SELECT table_to_xml('visits', true, false, '') AS x;`,
       "cat",
     );
     let now = 1_000_000;
@@ -180,27 +193,63 @@ describe("catalog cache", () => {
         "calls_stable",
         "guarded",
         "guarded_by_view",
+        "over_dom",
         "over_it",
+        "v_dom",
       ]);
-      // Views and policies calling VOLATILE built-ins or extension functions (review 62), through
-      // other views; not immutable or stable ones (upper, now), nor system views' own calls.
+      // ... and (review 64) views casting to a domain whose CHECK calls one, directly or through a
+      // view; not a materialized view (reading it runs nothing), an ON INSERT rule, an INSERT policy.
+      for (const name of ["v_dom", "over_dom"]) expect(calls.relations.has(name), name).toBe(true);
+      for (const name of ["mv", "ruled", "guarded_insert"]) expect(calls.relations.has(name), name).toBe(false);
+      // Views and policies calling built-ins or extension functions that are not IMMUTABLE (review
+      // 62; STABLE ones too since review 64: table_to_xml, pg_stat_get_activity), through other
+      // views and system views, and the types they use; the agent decides which of them matter.
       const relationCalls = Object.fromEntries([...calls.relationCalls].map(([k, v]) => [k, [...v].sort()]));
       expect(relationCalls).toEqual({
-        v_notify: ["pg_notify"],
-        over_notify: ["pg_notify"],
+        v_notify: ["now", "pg_notify"],
+        over_notify: ["now", "pg_notify"],
+        v_activity: ["pg_stat_get_activity"],
         v_dblink: ["dblink_exec"],
         guarded_lock: ["pg_try_advisory_lock"],
+        v_row: ["pg_notify"],
+        v_xml: ["table_to_xml"],
       });
       // Casts: domains' CHECKs (VOLATILE built-ins, the database's own functions whatever their
       // volatility), through base domains, and user cast functions; not a plain CHECK.
+      // (Review 64: and every type whose input passes through such a domain: arrays, composites, a
+      // table's row, domains over composites, ranges and multiranges, a domain whose CHECK casts.)
       const typeCalls = Object.fromEntries([...calls.typeCalls].map(([k, v]) => [k, v]));
-      expect(typeCalls).toEqual({
-        d_notify: [{ name: "pg_notify", own: false }],
-        d_over: [{ name: "pg_notify", own: false }],
-        d_own: [{ name: "pure", own: true }],
+      const own = [{ name: "pure", own: true }];
+      const notify = [{ name: "pg_notify", own: false }];
+      expect(typeCalls).toMatchObject({
+        // A view's row type too (`'(1)'::v_dom`).
+        v_dom: own,
+        over_dom: own,
+        v_row: notify,
+        d_notify: notify,
+        _d_notify: notify,
+        d_over: notify,
+        _d_over: notify,
+        row_dom: notify,
+        _row_dom: notify,
+        d_own: own,
+        _d_own: own,
+        comp: own,
+        _comp: own,
+        d_comp: own,
+        _d_comp: own,
+        r_dom: own,
+        _r_dom: own,
+        r_dom_multirange: own,
+        _r_dom_multirange: own,
+        d_inner: own,
+        _d_inner: own,
         d_op: [{ name: "bump", own: true }],
+        _d_op: [{ name: "bump", own: true }],
         stamp: [{ name: "to_stamp", own: true }],
       });
+      // Not a domain whose CHECK calls only immutable built-ins, nor types holding nothing checked.
+      for (const name of ["d_plain", "_d_plain", "visits", "log"]) expect(typeCalls[name], name).toBeUndefined();
       // A function created since counts once the answer is older than the TTL (read again in the background).
       await server.sql("CREATE FUNCTION stamp(visits) RETURNS int LANGUAGE sql AS 'SELECT 1'", "cat");
       now += 1001;

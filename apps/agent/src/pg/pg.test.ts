@@ -150,7 +150,11 @@ beforeAll(async () => {
      CREATE TABLE switches (id int); INSERT INTO switches VALUES (1);
      CREATE FUNCTION lift(switches) RETURNS int LANGUAGE plpgsql
        AS 'BEGIN PERFORM set_config(''default_transaction_read_only'', ''off'', false); RETURN 1; END';
-     CREATE CAST (switches AS int) WITH FUNCTION lift(switches) AS IMPLICIT;`,
+     CREATE CAST (switches AS int) WITH FUNCTION lift(switches) AS IMPLICIT;
+     CREATE VIEW logged_view AS SELECT id::logged_int AS id FROM visits;
+     CREATE TYPE logged_pair AS (a logged_int);
+     CREATE VIEW activity AS SELECT pid FROM pg_stat_activity;
+     CREATE MATERIALIZED VIEW notified_mv AS SELECT 1 AS one, pg_notify('visits', 'x') IS NULL AS sent;`,
   ]);
   expect(setup.stderr).toBe("");
   h = await startHarness({ pg: pgServer, policies: POLICIES });
@@ -1110,6 +1114,10 @@ describe("clients", () => {
       // Review 62: a cast to a domain whose CHECK calls the database's own function.
       "SELECT 1::logged_int",
       "SELECT CAST('1' AS public.logged_int)",
+      // Review 64: a view casting to it, a composite with a field of it, an array of it.
+      "SELECT * FROM logged_view",
+      "SELECT ROW(1)::logged_pair",
+      "SELECT '{1}'::_logged_int",
     ]) {
       const r = await psql(h, reader, sql, { user: "reader@example.com" });
       expect(r.stderr, sql).toMatch(/ERROR: {2}no policy allows db:function/);
@@ -1124,6 +1132,14 @@ describe("clients", () => {
       const r = await psql(h, reader, sql, { user: "reader@example.com" });
       expect(r.stderr, sql).toContain(`ERROR:  no policy allows db:write on db for reader@example.com: ${why}`);
     }
+    // A view over pg_stat_activity is decided as pg_stat_activity (other sessions' SQL); a
+    // materialized view runs nothing when read (review 64).
+    expect((await psql(h, reader, "SELECT * FROM activity", { user: "reader@example.com" })).stderr).toContain(
+      "no policy allows db:admin on db for reader@example.com: reading activity calls pg_stat_get_activity()",
+    );
+    expect((await psql(h, reader, "SELECT one FROM notified_mv", { user: "reader@example.com" })).stdout.trim()).toBe(
+      "1",
+    );
     expect(await psql(h, reader, "SELECT 1::logged_int", { user: "reader@example.com" })).toMatchObject({
       stderr: expect.stringContaining("a cast to logged_int calls log_visit() (a domain's CHECK or a cast function)"),
     });
