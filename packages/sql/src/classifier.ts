@@ -144,6 +144,7 @@ function withText(shape: StatementShape, text: string): StatementInfo {
   if (shape.reads !== undefined) info.reads = shape.reads;
   if (shape.cursor !== undefined) info.cursor = shape.cursor;
   if (shape.savepoint !== undefined) info.savepoint = shape.savepoint;
+  if (shape.endsTransaction === true) info.endsTransaction = true;
   if (shape.fieldNames !== undefined) info.fieldNames = shape.fieldNames;
   if (shape.operators !== undefined) info.operators = shape.operators;
   if (shape.typeNames !== undefined) info.typeNames = shape.typeNames;

@@ -59,6 +59,7 @@ type Extra = Pick<
   | "reads"
   | "cursor"
   | "savepoint"
+  | "endsTransaction"
   | "fieldNames"
   | "operators"
   | "typeNames"
@@ -132,6 +133,15 @@ const withMode = (scope: Scope, mode: DbAction): Scope => ({ ...scope, mode });
 
 /** True when every field of `node` is one of `keys` (libpg-query leaves out fields at their defaults). */
 const hasOnlyKeys = (node: Obj, keys: ReadonlySet<string>): boolean => Object.keys(node).every((key) => keys.has(key));
+
+/** COMMIT (END), ROLLBACK (ABORT), PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED. */
+const ENDING_TRANSACTION_KINDS: ReadonlySet<string> = new Set([
+  "TRANS_STMT_COMMIT",
+  "TRANS_STMT_ROLLBACK",
+  "TRANS_STMT_PREPARE",
+  "TRANS_STMT_COMMIT_PREPARED",
+  "TRANS_STMT_ROLLBACK_PREPARED",
+]);
 
 const SAVEPOINT_OPS: Record<string, "savepoint" | "release" | "rollback"> = {
   TRANS_STMT_SAVEPOINT: "savepoint",
@@ -1148,6 +1158,7 @@ function classifyInto(kind: string, node: Obj, out: Collector): void {
       ) {
         out.action("db:admin");
       }
+      if (ENDING_TRANSACTION_KINDS.has(String(node.kind))) out.extra.endsTransaction = true;
       // BEGIN READ WRITE under a read-only default: see settingLiftsReadOnly.
       if (optionsLiftReadOnly(node.options)) out.action("db:write");
       // Savepoints: a ROLLBACK TO closes the cursors and portals opened since (the agent forgets them).

@@ -648,6 +648,13 @@ describe("statement facts", () => {
     expect(one("DISCARD ALL").deallocate).toEqual({ name: null });
   });
 
+  it("says which statements end the transaction (COMMIT, END, ROLLBACK, ABORT, PREPARE TRANSACTION)", () => {
+    for (const sql of ["COMMIT", "/* c */ commit and chain", "END", "ROLLBACK", "ABORT", "PREPARE TRANSACTION 'x'"])
+      expect(one(sql).endsTransaction, sql).toBe(true);
+    for (const sql of ["BEGIN", "START TRANSACTION READ ONLY", "ROLLBACK TO SAVEPOINT s", "SAVEPOINT s", "SELECT 1"])
+      expect(one(sql).endsTransaction, sql).toBeUndefined();
+  });
+
   it("reports the types a statement names (casts to domains and user types run functions)", () => {
     expect(one("SELECT 1::d_notify, CAST(x AS public.stamp), int4 '1' FROM t").typeNames).toEqual([
       "d_notify",

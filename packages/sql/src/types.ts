@@ -155,6 +155,8 @@ export interface StatementInfo {
   cursor?: { op: "declare" | "fetch" | "close"; name: string | null; hold?: boolean };
   /** SAVEPOINT, RELEASE [SAVEPOINT] or ROLLBACK TO [SAVEPOINT] of savepoint `name`. */
   savepoint?: { op: "savepoint" | "release" | "rollback"; name: string };
+  /** COMMIT (END), ROLLBACK (ABORT), PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED (not ROLLBACK TO). */
+  endsTransaction?: boolean;
 }
 
 export interface SqlSyntaxError {

@@ -475,8 +475,6 @@ function runsWhole(info: StatementInfo): boolean {
 }
 /** PREPARE TRANSACTION: the transaction is no longer the session's (it is committed or not later). */
 const PREPARE_TRANSACTION = /^\s*prepare\s+transaction\b/i;
-/** A transaction statement that ends the transaction (not ROLLBACK TO a savepoint). */
-const ENDS_TRANSACTION = /^\s*(commit|end|abort|prepare\s+transaction|rollback(?!\s+(work\s+|transaction\s+)?to\b))\b/i;
 const AFTER_END_IN_READ_ONLY =
   "access denied: this session is read-only, and a statement after COMMIT or ROLLBACK in the same query is not run: send it as a query of its own";
 /** Statements that may be run CONCURRENTLY, which commits on its own. */
@@ -1714,8 +1712,7 @@ export class PgSession {
       // In a read-only session, a statement after COMMIT or ROLLBACK in the same text would start a
       // transaction before the server can say whether a hidden function turned the read-only
       // default off (it says so at the text's end: review 64): refused.
-      if (this.ctx.readOnly === true && info.kind === "TransactionStmt" && ENDS_TRANSACTION.test(info.text))
-        ended = true;
+      if (this.ctx.readOnly === true && info.endsTransaction === true) ended = true;
       if (info.prepare && decision.effect === "allow") {
         prepares ??= new Map();
         const before = prepares.get(info.prepare.name) ?? 0;

@@ -457,6 +457,7 @@ describe("a read-only session whose backstop a hidden function lifts (review 64)
         ],
         // One text: the server reports the lift only at its end.
         [serialize.query("SELECT abs(s) FROM switches s; COMMIT; SELECT abs(v) FROM visits v")],
+        [serialize.query("SELECT abs(s) FROM switches s; /* c */ END; SELECT abs(v) FROM visits v")],
       ]) {
         const c = await session(h);
         c.socket.write(Buffer.concat(parts));
