@@ -89,6 +89,8 @@ interface LiveSession {
   identity: VerifiedIdentity;
   source: string;
   started: number;
+  /** Started read-only (default_transaction_read_only = on: readOnlySessions). */
+  readOnly: boolean;
   /** The maximum length in force (the timer ends the session then). */
   maxSeconds: number | undefined;
   timer: NodeJS.Timeout | undefined;
@@ -590,7 +592,14 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     );
     promote(slot);
     options.metrics.sessions.inc();
-    const entry: LiveSession = { identity, source, started: now.getTime(), maxSeconds: undefined, timer: undefined };
+    const entry: LiveSession = {
+      identity,
+      source,
+      started: now.getTime(),
+      readOnly,
+      maxSeconds: undefined,
+      timer: undefined,
+    };
     live.set(session, entry);
     void session.done.then(() => {
       count--;
@@ -687,6 +696,20 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
         if (verdict.effect !== "allow") {
           // (review 63: a connect rule removed or denied later left open sessions running.)
           session.terminate(withdrawnMessage(verdict));
+          n++;
+          continue;
+        }
+        // A user no rule lets change anything any more would get a read-only session now: one
+        // started otherwise lacks that backstop, and is ended so that its client reconnects
+        // (review 64; its statements were decided by the new bundle all the same).
+        if (
+          !entry.readOnly &&
+          config.readOnlySessions &&
+          !mayChange(options.bundles, entry.identity, options.resource)
+        ) {
+          session.terminate(
+            `your access to ${options.resource} was narrowed to reading: reconnect for a read-only session`,
+          );
           n++;
           continue;
         }

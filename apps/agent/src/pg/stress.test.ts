@@ -357,6 +357,12 @@ class Relay {
 }
 
 describe("live sessions under a new bundle (review 63)", () => {
+  const readOnly = { ...(POLICY as object) };
+  const firstValue = (ms: { type: string; body: Buffer }[]) =>
+    ms
+      .find((m) => m.type === "D")
+      ?.body.subarray(6)
+      .toString();
   const policy = (session?: object, effect = "allow") => ({
     ...(ALLOW_ALL_POLICY as { spec: object }),
     spec: {
@@ -403,6 +409,23 @@ describe("live sessions under a new bundle (review 63)", () => {
       await direct.end();
       // Before: the session started and ran statements under the withdrawn rule.
       expect(String(await starting)).toContain("your access to db was withdrawn: off duty");
+    });
+  }, 30_000);
+
+  it("ends a session started read-write once its user may only read, so that it reconnects read-only (review 64)", async () => {
+    await withHarness({ policies: [policy()] }, async (h) => {
+      const c = await session(h);
+      expect(firstValue(await c.exchange(serialize.query("SHOW default_transaction_read_only")))).toBe("off");
+      h.setPolicies([readOnly]);
+      expect(h.listener.recheck()).toBe(1);
+      await c.until(() => c.closed, 5000);
+      expect(errors(c.messages).at(-1)?.message).toBe(
+        "your access to db was narrowed to reading: reconnect for a read-only session",
+      );
+      const again = await session(h);
+      expect(firstValue(await again.exchange(serialize.query("SHOW default_transaction_read_only")))).toBe("on");
+      expect(h.listener.recheck()).toBe(0);
+      again.socket.destroy();
     });
   }, 30_000);
 
