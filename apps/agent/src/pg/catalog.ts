@@ -29,12 +29,13 @@ interface TableEntry {
  * them, which the classifier cannot know from the text: a function of one argument is called by
  * attribute notation (`t.f` is `f(t)` when `t` has no column `f`), a user's function or operator
  * named like a built-in by an ordinary-looking call (`lower(5)` runs `public.lower(int)`, `1 || 2` a
- * `public.||(int, int)`), reading a view, or a table with a row-level security policy, calls the
- * functions they use, directly, through operators and aggregates, and through the views and tables
- * they read (a user function whatever its volatility: a STABLE one may call a writing one; a
- * built-in or an extension's when it is VOLATILE: `pg_notify`, `pg_terminate_backend`,
- * `dblink_exec`), and a cast to a domain runs its CHECK constraints (and its base domains'), a cast
- * to a user type its cast function. Names only, in any schema (fail closed). Extensions' functions
+ * `public.||(int, int)`), reading a view, or a table with a SELECT or ALL row-level security
+ * policy, calls the functions they use, directly, through operators and aggregates, through the
+ * views and tables they read and through the types they use (a user function whatever its
+ * volatility: a STABLE one may call a writing one; a built-in or an extension's unless IMMUTABLE:
+ * `pg_notify`, `pg_terminate_backend`, `table_to_xml`, `dblink_exec`), and a value cast to a domain,
+ * or to any type holding one (arrays, composites, table and view rows, ranges), runs its CHECK
+ * constraints; a cast to a user type its cast function. Names only, in any schema (fail closed). Extensions' functions
  * count as built-ins where a statement names them (the classifier decides those), except by
  * attribute notation (`('...'::text).dblink_exec` runs dblink_exec).
  */
@@ -47,11 +48,11 @@ export interface HiddenCalls {
   operators: ReadonlySet<string>;
   /** Relations whose reading calls a user function: views, tables with policies. */
   relations: ReadonlySet<string>;
-  /** Relations whose reading calls VOLATILE built-in or extension functions: those functions' names. */
+  /** Relations whose reading calls built-in or extension functions that are not IMMUTABLE: their names. */
   relationCalls: ReadonlyMap<string, readonly string[]>;
   /**
-   * Types (domains, user types) a cast to which calls functions: their names, `own` for the
-   * database's own functions (any volatility), else VOLATILE built-in or extension ones.
+   * Types a cast to which calls functions: their names, `own` for the database's own functions
+   * (any volatility), else built-in or extension ones that are not IMMUTABLE.
    */
   typeCalls: ReadonlyMap<string, readonly { name: string; own: boolean }[]>;
 }
