@@ -2587,7 +2587,7 @@ export class PgSession {
   /**
    * `actions`, plus what calling the functions PostgreSQL may run that the text does not name needs
    * (the target catalog's HiddenCalls: attribute notation, a call that may resolve to a user's
-   * overload of a built-in, a view or table whose reading calls a user function or a built-in
+   * overload of a built-in, a view or table whose reading calls a user function or a
    * built-in, a cast to a domain or user type): db:function for the database's own, the
    * classifier's verdict for a built-in (`pg_notify`: db:write). The same array when not; for the
    * same catalog answer, the same new array (decisions are cached by it).
