@@ -363,18 +363,16 @@ export async function startAgent(
   }
 
   // Revoking a token or disabling a user ends their live sessions as soon as the bundle saying so
-  // arrives; so does a bundle under which `connect` is no longer allowed.
+  // arrives; so does a bundle under which `connect` is no longer allowed (see PgListener.recheck).
   function cutRevokedSessions() {
-    const b = bundles.current();
-    if (!b) return;
+    if (!bundles.current()) return;
     for (const l of pgListeners) {
-      const n = l.cut(
-        (id) => b.revokedTokenIds.has(id.tokenId) || b.disabledUsers.has(id.user.toLowerCase()),
-        "your access was revoked: the session is closed",
-      );
-      if (n > 0) logger.info({ sessions: n }, "sessions of revoked tokens or disabled users closed");
-      const withdrawn = l.recheck();
-      if (withdrawn > 0) logger.info({ sessions: withdrawn }, "sessions no rule allows to connect any more closed");
+      const n = l.recheck();
+      if (n > 0)
+        logger.info(
+          { sessions: n },
+          "sessions the new bundle no longer allows closed (revoked tokens, disabled users, access withdrawn or narrowed)",
+        );
     }
   }
   connection.start();

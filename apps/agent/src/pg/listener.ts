@@ -74,12 +74,12 @@ export interface PgListener {
   port: number;
   address: string;
   sessions(): number;
-  /** Ends sessions of a revoked token or a disabled user. */
-  cut(match: (identity: VerifiedIdentity) => boolean, message: string): number;
   /**
-   * Decides `connect` again for every live session under the current bundle (after a new one is
-   * applied): a session no rule allows any more is ended with the rule's message, and a maximum
-   * session length the bundle sets now applies to sessions already open. Returns how many ended.
+   * Decides again for every live session under the current bundle (after a new one is applied): a
+   * session of a revoked token or a disabled user, or one no rule lets connect any more, is ended
+   * (with the rule's message), one whose user may now only read is ended to reconnect read-only, and
+   * a maximum session length the bundle sets now applies to sessions already open. Returns how many
+   * ended.
    */
   recheck(): number;
   close(): Promise<void>;
@@ -550,11 +550,11 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     }
     // A bundle applied during the target's login and the catalog read found no live session to
     // end (review 64): decided again now, as recheck and cut would have.
-    const withdrawn = withdrawnSince(identity, source);
-    if (withdrawn) {
+    const access = recheckAccess(identity, source, Date.now());
+    if ("withdrawn" in access) {
       target.socket.destroy();
-      refuse(socket, "57P01", withdrawn, "policy");
-      endUnstarted(withdrawn, withdrawn);
+      refuse(socket, "57P01", access.withdrawn, "policy");
+      endUnstarted(access.withdrawn, access.withdrawn);
       return;
     }
     let processId = randomInt(1, 2 ** 31 - 1);
@@ -622,15 +622,19 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
   }
 
   /**
-   * Why a session authenticated and allowed a moment ago may not start after all (a bundle applied
-   * meanwhile revoked its token, disabled its user or no longer lets it connect), or undefined.
+   * Whether a session authenticated earlier may go on under the current bundle: why not (the bundle
+   * revoked its token, disabled its user or no longer lets it connect), or the connect verdict.
    */
-  function withdrawnSince(identity: VerifiedIdentity, source: string): string | undefined {
+  function recheckAccess(
+    identity: VerifiedIdentity,
+    source: string,
+    now: number,
+  ): { withdrawn: string } | { verdict: ReturnType<typeof decideConnect> } {
     const b = options.bundles.current();
     if (b && (b.revokedTokenIds.has(identity.tokenId) || b.disabledUsers.has(identity.user.toLowerCase())))
-      return "your access was revoked: the session is closed";
-    const verdict = decideConnect(identity, source, Date.now());
-    return verdict.effect === "allow" ? undefined : withdrawnMessage(verdict);
+      return { withdrawn: "your access was revoked: the session is closed" };
+    const verdict = decideConnect(identity, source, now);
+    return verdict.effect === "allow" ? { verdict } : { withdrawn: withdrawnMessage(verdict) };
   }
 
   function withdrawnMessage(verdict: { effect: string; message: string }): string {
@@ -679,23 +683,14 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     port: boundPort,
     address: isIP(host) === 6 ? `[${host}]:${boundPort}` : `${host}:${boundPort}`,
     sessions: () => count,
-    cut(match, message) {
-      let n = 0;
-      for (const [session, { identity }] of live)
-        if (match(identity)) {
-          session.terminate(message);
-          n++;
-        }
-      return n;
-    },
     recheck() {
       let n = 0;
       const at = Date.now();
       for (const [session, entry] of live) {
-        const verdict = decideConnect(entry.identity, entry.source, at);
-        if (verdict.effect !== "allow") {
+        const access = recheckAccess(entry.identity, entry.source, at);
+        if ("withdrawn" in access) {
           // (review 63: a connect rule removed or denied later left open sessions running.)
-          session.terminate(withdrawnMessage(verdict));
+          session.terminate(access.withdrawn);
           n++;
           continue;
         }
@@ -714,7 +709,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
           continue;
         }
         // (review 63: a maximum length added later did not apply to sessions already open.)
-        limitLength(session, entry, verdict.obligations.maxSessionSeconds);
+        limitLength(session, entry, access.verdict.obligations.maxSessionSeconds);
       }
       return n;
     },
