@@ -2960,11 +2960,7 @@ export class PgSession {
     if (this.pendingFull && this.pending.length <= MAX_PENDING / 2) {
       this.pendingFull = false;
       // What the client sent meanwhile is handled after this answer (not inside its handling).
-      queueMicrotask(() => {
-        if (this.closed || this.held !== undefined || this.waitingSettle) return;
-        this.relayClient(undefined);
-        this.readOnAfterWait();
-      });
+      this.relayAfterAnswer();
     }
     if (p?.kind === "query" && p.lexical) this.lexicalInFlight--;
     if (p?.kind === "execute" && p.portal) p.portal.pendingExecutes--;
@@ -3181,11 +3177,7 @@ export class PgSession {
         if (this.waitingCycle && this.cyclesDone >= this.cyclesSent) {
           // What a read-only session's client sent next goes on, after this answer (see nextFrame).
           this.waitingCycle = false;
-          queueMicrotask(() => {
-            if (this.closed || this.held !== undefined || this.waitingSettle) return;
-            this.relayClient(undefined);
-            this.readOnAfterWait();
-          });
+          this.relayAfterAnswer();
         }
         // Portals do not outlive their transaction (a SQL cursor may take the name next); one bound
         // in a later Sync cycle (pipelined behind this one) is not this transaction's.
@@ -3306,12 +3298,22 @@ export class PgSession {
     if (this.waitingSettle) {
       this.waitingSettle = false;
       // What the client sent after its CopyDone goes on, after this answer is handled.
-      queueMicrotask(() => {
-        if (this.closed || this.held !== undefined) return;
-        this.relayClient(undefined);
-        this.readOnAfterWait();
-      });
+      this.relayAfterAnswer();
     }
+  }
+
+  /**
+   * Relays what the client sent while it waited (the pending cap, a read-only session's unanswered
+   * cycle, a COPY's outcome), once the target's answer being handled now is (a microtask): unless
+   * the session ended, a message is held for classification or another COPY's outcome is awaited
+   * (as onClientData does not relay then).
+   */
+  private relayAfterAnswer(): void {
+    queueMicrotask(() => {
+      if (this.closed || this.held !== undefined || this.waitingSettle) return;
+      this.relayClient(undefined);
+      this.readOnAfterWait();
+    });
   }
 
   /**
