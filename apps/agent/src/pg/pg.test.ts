@@ -10,7 +10,7 @@ import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPostgres, tempDir, waitFor, type TestPostgres } from "@moat/testkit";
-import { pgbench, pgbenchInit, psql, run, startHarness, type Harness } from "../test-support/pg.js";
+import { HIDDEN_CASTS_SQL, pgbench, pgbenchInit, psql, run, startHarness, type Harness } from "../test-support/pg.js";
 
 const POLICIES = [
   {
@@ -144,13 +144,7 @@ beforeAll(async () => {
      CREATE EXTENSION IF NOT EXISTS dblink;
      CREATE VIEW notifying AS SELECT id, pg_notify('visits', id::text) IS NULL AS sent FROM visits;
      CREATE DOMAIN notified_int AS int CHECK (pg_notify('visits', VALUE::text) IS NULL OR true);
-     CREATE FUNCTION visit_number(visits) RETURNS int LANGUAGE plpgsql
-       AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';
-     CREATE CAST (visits AS int) WITH FUNCTION visit_number(visits) AS IMPLICIT;
-     CREATE TABLE switches (id int); INSERT INTO switches VALUES (1);
-     CREATE FUNCTION lift(switches) RETURNS int LANGUAGE plpgsql
-       AS 'BEGIN PERFORM set_config(''default_transaction_read_only'', ''off'', false); RETURN 1; END';
-     CREATE CAST (switches AS int) WITH FUNCTION lift(switches) AS IMPLICIT;
+     ${HIDDEN_CASTS_SQL}
      CREATE VIEW logged_view AS SELECT id::logged_int AS id FROM visits;
      CREATE TYPE logged_pair AS (a logged_int);
      CREATE VIEW activity AS SELECT pid FROM pg_stat_activity;

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeErrorFields, serialize } from "@moat/pg-wire";
 import { startPostgres, type TestPostgres } from "@moat/testkit";
 import { ALLOW_ALL_POLICY, POLICY } from "../test-support/bundles.js";
-import { startHarness, type Harness } from "../test-support/pg.js";
+import { HIDDEN_CASTS_SQL, startHarness, type Harness } from "../test-support/pg.js";
 import { errors, Raw, types } from "../test-support/raw-client.js";
 
 let pgServer: TestPostgres;
@@ -457,13 +457,7 @@ describe("a read-only session whose backstop a hidden function lifts (review 64)
   it("runs nothing after the statement that lifted it: pipelined queries wait, later statements of its text are refused", async () => {
     await pgServer.sql(
       `CREATE TABLE visits (id int); INSERT INTO visits VALUES (1); CREATE TABLE visit_log (n int);
-       CREATE FUNCTION visit_number(visits) RETURNS int LANGUAGE plpgsql
-         AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';
-       CREATE CAST (visits AS int) WITH FUNCTION visit_number(visits) AS IMPLICIT;
-       CREATE TABLE switches (id int); INSERT INTO switches VALUES (1);
-       CREATE FUNCTION lift(switches) RETURNS int LANGUAGE plpgsql
-         AS 'BEGIN PERFORM set_config(''default_transaction_read_only'', ''off'', false); RETURN 1; END';
-       CREATE CAST (switches AS int) WITH FUNCTION lift(switches) AS IMPLICIT;`,
+       ${HIDDEN_CASTS_SQL}`,
       "app",
     );
     await withHarness({ policies: [POLICY] }, async (h) => {

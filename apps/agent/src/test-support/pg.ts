@@ -18,6 +18,19 @@ import { ensureListenerCertificate } from "../pg/index.js";
 import { startPgListener, type PgListener } from "../pg/listener.js";
 import { keyPair, signedBundle } from "./bundles.js";
 
+/**
+ * Functions PostgreSQL runs unseen by the agent's text and catalog checks (implicit casts of row
+ * types): `abs(v)` on a row of `visits` INSERTs into `visit_log`, `abs(s)` on a row of `switches`
+ * turns `default_transaction_read_only` off. Needs tables `visits` (id int) and `visit_log` (n int).
+ */
+export const HIDDEN_CASTS_SQL = `CREATE FUNCTION visit_number(visits) RETURNS int LANGUAGE plpgsql
+  AS 'BEGIN INSERT INTO visit_log VALUES (1); RETURN 1; END';
+CREATE CAST (visits AS int) WITH FUNCTION visit_number(visits) AS IMPLICIT;
+CREATE TABLE switches (id int); INSERT INTO switches VALUES (1);
+CREATE FUNCTION lift(switches) RETURNS int LANGUAGE plpgsql
+  AS 'BEGIN PERFORM set_config(''default_transaction_read_only'', ''off'', false); RETURN 1; END';
+CREATE CAST (switches AS int) WITH FUNCTION lift(switches) AS IMPLICIT;`;
+
 export const bundleKey = keyPair("bundle-1");
 export const tokenKey = keyPair("token-1");
 
