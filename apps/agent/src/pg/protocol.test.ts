@@ -436,6 +436,12 @@ describe("extended protocol through the agent", () => {
       expect(
         await ends([...extendedCopy, serialize.sync(), bad, serialize.query("SELECT 1 AS x"), serialize.sync()]),
       ).toMatch(/unexpected message type 'Q' during COPY/);
+      // The same with a Query long enough for the worker thread: refused before it is held there (it
+      // was held, the COPY failed meanwhile, and the Query then ran and was never answered).
+      const longQuery = serialize.query(`SELECT 1 AS x /* ${"x".repeat(20_000)} */`);
+      expect(await ends([...extendedCopy, serialize.sync(), bad, longQuery, serialize.sync()])).toMatch(
+        /unexpected message type 'Q' during COPY/,
+      );
       await ends([
         ...extendedCopy,
         serialize.sync(),

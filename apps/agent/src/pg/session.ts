@@ -1399,7 +1399,11 @@ export class PgSession {
    */
   private holdForClassification(f: Frame): boolean {
     const off = this.ctx.offThread;
-    if (off === undefined || f.body.length < off.minBytes || this.awaitingSync) return false;
+    // Not when skipping to the Sync, or in a COPY's span (refused there, in onClientMessage): that is
+    // decided now, before the COPY's outcome could close the span while the text is held (a long
+    // Query held there was then run, and the target, skipping to a Sync after the failed COPY,
+    // never answered it: the session hung).
+    if (off === undefined || f.body.length < off.minBytes || this.awaitingSync || this.copySpan > 0) return false;
     if (f.type !== 0x51 && f.type !== 0x50) return false;
     const text = f.type === 0x51 ? decodeQuery(f.body) : decodeParse(f.body).query;
     if (text.length > this.ctx.maxStatementLength) return false; // refused at once (classify)
