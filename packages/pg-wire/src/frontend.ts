@@ -254,6 +254,26 @@ export function decodeBind(body: Buffer): BindMessage {
   return { portal, statement, parameterFormats, parameters, resultFormats };
 }
 
+/**
+ * PostgreSQL's error for a Bind with more than one parameter format whose count is not the number
+ * of parameters, or undefined. The server reads the two counts first and answers this with an
+ * ERROR (08P01), the session going on, whatever follows them; decodeBind throws on the same
+ * message, as on anything malformed, which ends a session. Undefined too when the body ends before
+ * the counts (decodeBind's to refuse). Never throws.
+ */
+export function bindFormatMismatch(body: Buffer): string | undefined {
+  const portalEnd = body.indexOf(0);
+  const statementEnd = portalEnd < 0 ? -1 : body.indexOf(0, portalEnd + 1);
+  if (statementEnd < 0 || statementEnd + 3 > body.length) return undefined;
+  const formats = body.readInt16BE(statementEnd + 1);
+  const at = statementEnd + 3 + formats * 2;
+  if (formats <= 1 || at + 2 > body.length) return undefined;
+  const parameters = body.readInt16BE(at);
+  return parameters >= 0 && parameters !== formats
+    ? `bind message has ${formats} parameter formats but ${parameters} parameters`
+    : undefined;
+}
+
 /** Portal and statement names of a Bind, without decoding its parameters (hot path). */
 export function bindNames(body: Buffer): { portal: string; statement: string } {
   const r = new BodyReader(body);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
+  bindFormatMismatch,
   FrameReader,
   ProtocolError,
   RelayScanner,
@@ -208,6 +209,78 @@ describe("FrameReader", () => {
     expect(renderParameters(b, [0, 0, 25, 23], 256, false)).toBe(
       "$1 = 'caf\ufffd', $2 = 'plain', $3 = 'caf\ufffd', $4 = '233'",
     );
+  });
+
+  it("finds a Bind's parameter format count that is not its parameter count, as PostgreSQL words it, and never throws", () => {
+    /** A Bind body: names, the format codes, the parameter count, parameters of 4 bytes, no result formats. */
+    const bind = (formats: number, parameters: number) => {
+      const parts = [Buffer.from("p\0s\0"), Buffer.alloc(2 + formats * 2), Buffer.alloc(2)];
+      (parts[1] as Buffer).writeInt16BE(formats, 0);
+      (parts[2] as Buffer).writeInt16BE(parameters, 0);
+      for (let i = 0; i < parameters; i++) parts.push(Buffer.from([0, 0, 0, 4, 1, 2, 3, 4]));
+      parts.push(Buffer.alloc(2));
+      return Buffer.concat(parts);
+    };
+    for (const [formats, parameters] of [
+      [0, 0],
+      [0, 3],
+      [1, 3],
+      [1, 0],
+      [2, 2],
+      [3, 3],
+    ]) {
+      expect(bindFormatMismatch(bind(formats!, parameters!))).toBeUndefined();
+      expect(decodeBind(bind(formats!, parameters!)).parameters).toHaveLength(parameters!);
+    }
+    for (const [formats, parameters] of [
+      [2, 1],
+      [2, 3],
+      [3, 0],
+    ]) {
+      const body = bind(formats!, parameters!);
+      expect(bindFormatMismatch(body)).toBe(
+        `bind message has ${formats} parameter formats but ${parameters} parameters`,
+      );
+      expect(() => decodeBind(body)).toThrow(/parameter formats/);
+      // Whatever follows the counts, cut anywhere after them: the same answer (PostgreSQL reads no further).
+      const counted = 4 + 2 + formats! * 2 + 2;
+      for (let end = counted; end <= body.length; end++)
+        expect(bindFormatMismatch(body.subarray(0, end)), `cut at ${end}`).toBe(bindFormatMismatch(body));
+      // Cut before the counts: not this function's to refuse (decodeBind's).
+      for (let end = 0; end < counted; end++) {
+        expect(bindFormatMismatch(body.subarray(0, end)), `cut at ${end}`).toBeUndefined();
+        expect(() => decodeBind(body.subarray(0, end))).toThrow(ProtocolError);
+      }
+    }
+    // Random bodies (counts from -1 to 4 where a Bind has them, random bytes around): never throws;
+    // it finds a mismatch exactly when the counts differ and there is more than one format, and
+    // decodeBind refuses those messages too.
+    let seed = 11;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff), seed);
+    const noise = (n: number) => Buffer.from(Array.from({ length: n }, () => rand() & 0xff));
+    let found = 0;
+    for (let n = 0; n < 5000; n++) {
+      const formats = (rand() % 6) - 1;
+      const parameters = (rand() % 6) - 1;
+      const counts = Buffer.alloc(4);
+      counts.writeInt16BE(formats, 0);
+      counts.writeInt16BE(parameters, 2);
+      const b = Buffer.concat([
+        Buffer.from("a\0\0"),
+        counts.subarray(0, 2),
+        noise(Math.max(0, formats) * 2),
+        counts.subarray(2),
+        noise(rand() % 20),
+      ]).subarray(0, rand() % 3 === 0 ? rand() % 30 : undefined);
+      const complete = b.length >= 3 + 2 + Math.max(0, formats) * 2 + 2;
+      const expected = complete && formats > 1 && parameters >= 0 && parameters !== formats;
+      expect(bindFormatMismatch(b) !== undefined, b.toString("hex")).toBe(expected);
+      if (expected) {
+        found++;
+        expect(() => decodeBind(b)).toThrow(/parameter formats/);
+      }
+    }
+    expect(found).toBeGreaterThan(500);
   });
 
   it("renders $10 as the tenth parameter", () => {

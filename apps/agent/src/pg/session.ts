@@ -13,6 +13,7 @@
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import {
+  bindFormatMismatch,
   bindNames,
   decodeBind,
   commandCompleteRows,
@@ -3523,23 +3524,6 @@ export class PgSession {
       this.bytesEncoding = reads === "SQL_ASCII";
     }
   }
-}
-
-/**
- * PostgreSQL's error for a Bind with more than one parameter format whose count is not the number
- * of parameters (the message is otherwise well formed), or undefined.
- */
-function bindFormatMismatch(body: Buffer): string | undefined {
-  const portalEnd = body.indexOf(0);
-  const statementEnd = portalEnd < 0 ? -1 : body.indexOf(0, portalEnd + 1);
-  if (statementEnd < 0 || statementEnd + 3 > body.length) return undefined;
-  const formats = body.readInt16BE(statementEnd + 1);
-  const at = statementEnd + 3 + formats * 2;
-  if (formats <= 1 || at + 2 > body.length) return undefined;
-  const parameters = body.readInt16BE(at);
-  return parameters >= 0 && parameters !== formats
-    ? `bind message has ${formats} parameter formats but ${parameters} parameters`
-    : undefined;
 }
 
 /** An ErrorResponse is the server's for an Execute of a portal it does not have. */
