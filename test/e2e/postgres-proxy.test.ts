@@ -67,6 +67,7 @@ describe("postgres through the agent", () => {
         "    labels: { env: prod }",
         "    postgres:",
         `      target: { host: 127.0.0.1, port: ${pgServer.port}, user: postgres, sslmode: disable }`,
+        "shutdown: { drainSeconds: 30 }",
         "",
       ].join("\n"),
     });
@@ -209,6 +210,25 @@ describe("postgres through the agent", () => {
     const printed = await moat("connect", "prod-db", "--db", "app", "--print");
     expect(printed.stdout).toContain(`postgresql://carol%40example.com@127.0.0.1:${listen}/app?sslmode=require`);
     expect(printed.stdout).not.toMatch(/eyJ/); // no token
-    await agent.stop();
+
+    // Stopping with shutdown.drainSeconds: the running statement completes and is answered, new
+    // connections are refused, and the agent exits as soon as its sessions are done (not after 30 s).
+    const fresh = (await (
+      await fetch(`${cp.url}/api/v1/tokens`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${session.accessToken}` },
+      })
+    ).json()) as { accessToken: string };
+    const running = psql(listen, fresh.accessToken, "SELECT pg_sleep(1.5)::text || 'finished'");
+    await new Promise((r) => setTimeout(r, 500));
+    const stopping = Date.now();
+    const stopped = agent.stop("SIGTERM");
+    await new Promise((r) => setTimeout(r, 200));
+    expect((await psql(listen, fresh.accessToken, "SELECT 1")).stderr).toMatch(/refused|shutting down/i);
+    const last = await running;
+    expect(last.stdout.trim()).toBe("finished");
+    expect(last.code).toBe(0);
+    expect((await stopped).code).toBe(0);
+    expect(Date.now() - stopping).toBeLessThan(10_000);
   });
 });

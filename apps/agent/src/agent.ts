@@ -99,7 +99,12 @@ export interface RunningAgent {
   logger: Logger;
   /** Resolves with the reason when the control plane rejects this agent for good. */
   rejected: Promise<string>;
-  close(): Promise<void>;
+  /**
+   * Stops the agent: its Postgres sessions first (drained for up to `drainMs`: see
+   * PgListener.close; a second call cuts the drain short), then the control-plane stream, the
+   * audit spool (everything recorded is in it) and the admin endpoint.
+   */
+  close(options?: { drainMs?: number }): Promise<void>;
 }
 
 export async function startAgent(
@@ -398,6 +403,7 @@ export async function startAgent(
       })
     : undefined;
 
+  let closing: Promise<void> | undefined;
   return {
     identity,
     bundles,
@@ -406,12 +412,22 @@ export async function startAgent(
     postgres: new Map(pgListeners.map((l, i) => [pgResourceNames[i] as string, l])),
     logger,
     rejected,
-    async close() {
-      await Promise.all(pgListeners.map((l) => l.close()));
-      await connection.stop();
-      spool.close();
-      client.close();
-      await admin?.close();
+    async close(options = {}) {
+      if (closing !== undefined) {
+        // A second signal while draining: the sessions end now.
+        await Promise.all(pgListeners.map((l) => l.close()));
+        return closing;
+      }
+      closing = closeAll(options.drainMs ?? 0);
+      return closing;
     },
   };
+
+  async function closeAll(drainMs: number): Promise<void> {
+    await Promise.all(pgListeners.map((l) => l.close({ drainMs })));
+    await connection.stop();
+    spool.close();
+    client.close();
+    await admin?.close();
+  }
 }

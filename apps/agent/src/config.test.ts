@@ -26,6 +26,7 @@ describe("agent config", () => {
     expect(config.admin).toEqual({ enabled: true, host: "127.0.0.1", port: 7072, decisionEndpoint: false });
     expect(config.reconnect).toEqual({ initialDelayMs: 250, maxDelayMs: 4000 });
     expect(config.resources).toEqual([]);
+    expect(config.shutdown).toEqual({ drainSeconds: 0 });
     expect(config.controlPlane.plaintext).toBe(false);
   });
 
@@ -49,6 +50,8 @@ describe("agent config", () => {
     });
     expect(config.admin.port).toBe(9100);
     expect(config.enrolmentToken).toBe("moat_et1_x");
+    expect(load("shutdown:\n  drainSeconds: 5\n", {}).shutdown.drainSeconds).toBe(5);
+    expect(load("shutdown:\n  drainSeconds: 5\n", { MOAT_AGENT_DRAIN_SECONDS: "30" }).shutdown.drainSeconds).toBe(30);
   });
 
   it("names each bad field", () => {
@@ -61,6 +64,7 @@ describe("agent config", () => {
     ).toContain('resources.1.name: "a" is used twice');
     expect(problemsOf("reconnect:\n  initialDelayMs: 5000\n  maxDelayMs: 1000\n")).toContain("reconnect.maxDelayMs");
     expect(problemsOf("enrolmentToken: a\nenrolmentTokenFile: b\n")).toContain("set one, not both");
+    expect(problemsOf("shutdown:\n  drainSeconds: -1\n")).toContain("shutdown.drainSeconds");
     expect(problemsOf("", { MOAT_AGENT_ADMIN_PORT: "many" })).toContain("MOAT_AGENT_ADMIN_PORT: must be a number");
     expect(problemsOf("- just\n- a list\n")).toContain("top level must be a mapping");
     expect(problemsOf("a: [unclosed\n")).toContain("not valid YAML");

@@ -162,6 +162,18 @@ export const AgentConfigSchema = Type.Object(
       },
       { ...strict, default: {} },
     ),
+    /** What SIGTERM (or SIGINT) does to open sessions. */
+    shutdown: Type.Object(
+      {
+        /**
+         * 0: end every session at once (57P01). More: stop accepting connections, end each session
+         * when it is next idle outside a transaction, and the ones still busy after this long. A
+         * second signal ends them at once.
+         */
+        drainSeconds: Type.Integer({ minimum: 0, maximum: 24 * 3600, default: 0 }),
+      },
+      { ...strict, default: {} },
+    ),
     resources: Type.Array(ResourceConfigSchema, { default: [], maxItems: 1000 }),
   },
   strict,
@@ -182,6 +194,7 @@ export const AGENT_ENV_OVERRIDES: EnvOverride[] = [
   { variable: "MOAT_AGENT_CONTROL_PLANE_PLAINTEXT", path: "controlPlane.plaintext", type: "boolean" },
   { variable: "MOAT_AGENT_ADMIN_PORT", path: "admin.port", type: "number" },
   { variable: "MOAT_AGENT_ADMIN_HOST", path: "admin.host", type: "string" },
+  { variable: "MOAT_AGENT_DRAIN_SECONDS", path: "shutdown.drainSeconds", type: "number" },
 ];
 
 export function loadAgentConfig(options: { file?: string; env?: NodeJS.ProcessEnv; cwd?: string }): AgentConfig {

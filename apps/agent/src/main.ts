@@ -55,16 +55,22 @@ async function main(): Promise<void> {
   const abort = new AbortController();
   let agent: Awaited<ReturnType<typeof startAgent>> | undefined;
   let stopping = false;
-  const stop = (code: number) => {
-    if (stopping) return;
+  const stop = (code: number, drainMs = 0) => {
+    if (stopping) {
+      // A second signal while sessions drain: they end now.
+      if (agent) void agent.close();
+      return;
+    }
     stopping = true;
     abort.abort();
-    const force = setTimeout(() => process.exit(code || 1), 5000);
+    const force = setTimeout(() => process.exit(code || 1), drainMs + 5000);
     force.unref();
-    (agent ? agent.close() : Promise.resolve()).finally(() => process.exit(code));
+    if (agent && drainMs > 0) agent.logger.info({ drainSeconds: drainMs / 1000 }, "stopping: draining sessions");
+    (agent ? agent.close({ drainMs }) : Promise.resolve()).finally(() => process.exit(code));
   };
-  process.on("SIGTERM", () => stop(0));
-  process.on("SIGINT", () => stop(0));
+  const drainMs = config.shutdown.drainSeconds * 1000;
+  process.on("SIGTERM", () => stop(0, drainMs));
+  process.on("SIGINT", () => stop(0, drainMs));
   if (typeof process.send === "function") process.on("disconnect", () => stop(0));
 
   try {

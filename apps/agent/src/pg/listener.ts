@@ -82,7 +82,13 @@ export interface PgListener {
    * ended.
    */
   recheck(): number;
-  close(): Promise<void>;
+  /**
+   * Stops listening and ends every session (57P01). With `drainMs`, a session is first left to
+   * finish what it runs: each is ended at its next quiet point (idle, outside a transaction; at
+   * once if it is), and those still busy after `drainMs` are ended then. A later call (a second
+   * signal) with a shorter wait cuts the first one's short.
+   */
+  close(options?: { drainMs?: number }): Promise<void>;
 }
 
 interface LiveSession {
@@ -160,6 +166,13 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
   });
   /** Live sessions, with what their `connect` is decided on again when the bundle changes. */
   const live = new Map<PgSession, LiveSession>();
+  /** Set once close() has begun: new sessions are refused, those whose set-up completes drained at once. */
+  let draining: string | undefined;
+  /** Ends a drain's wait (a second close without one). */
+  let hurry: () => void = () => undefined;
+  /** Called when the last live session has ended. */
+  let whenEmpty: () => void = () => undefined;
+  let serverClosed: Promise<void> | undefined;
   const ulid = createUlidFactory();
   let count = 0;
   const tooManySessions = `too many sessions on ${options.resource} (at most ${config.maxSessions})`;
@@ -301,6 +314,13 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
           if (m.kind === "cancel") {
             clearTimeout(timer);
             void cancel(m.processId, m.secretKey).finally(() => socket.destroy());
+            return;
+          }
+          // Draining: the sessions still open may be cancelled (above), no new one starts (as
+          // PostgreSQL answers during a shutdown).
+          if (draining !== undefined) {
+            clearTimeout(timer);
+            refuse(socket, "57P03", `${draining}: it accepts no new sessions`, "shutting-down");
             return;
           }
           if (!reserve(slot)) {
@@ -605,6 +625,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       count--;
       options.metrics.sessions.dec();
       live.delete(session);
+      if (live.size === 0) whenEmpty();
       clearTimeout(entry.timer);
       cancelKeys.delete(processId);
       if (clientPids.get(target.processId) === processId) clientPids.delete(target.processId);
@@ -618,6 +639,8 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     session.start(target.leftover);
     if (rest.length > 0) socket.unshift(rest);
     socket.resume();
+    // Set up while the agent drains: told at once, as PostgreSQL tells a client during shutdown.
+    if (draining !== undefined) session.drain(draining);
     limitLength(session, entry, verdict.obligations.maxSessionSeconds);
   }
 
@@ -713,13 +736,34 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       }
       return n;
     },
-    async close() {
+    async close(o = {}) {
+      const drainMs = o.drainMs ?? 0;
+      const first = draining === undefined;
+      draining = SHUTTING_DOWN;
+      if (first && drainMs > 0) {
+        // Still listening meanwhile: cancel requests for the sessions draining are served, new
+        // sessions refused with 57P03.
+        logger.info({ resource: options.resource, sessions: live.size, drainMs }, "draining sessions");
+        for (const session of live.keys()) session.drain(SHUTTING_DOWN);
+        let timer: NodeJS.Timeout | undefined;
+        await new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, drainMs);
+          hurry = resolve;
+          whenEmpty = resolve;
+          if (live.size === 0) resolve();
+        });
+        clearTimeout(timer);
+      } else hurry();
+      for (const session of live.keys()) session.terminate(SHUTTING_DOWN, "57P01");
       catalog.close();
-      for (const session of live.keys()) session.terminate("the agent is shutting down", "57P01");
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // Resolved once every connection has ended (sessions, set-ups, cancel requests).
+      serverClosed ??= new Promise<void>((resolve) => server.close(() => resolve()));
+      await serverClosed;
     },
   };
 }
+
+const SHUTTING_DOWN = "the agent is shutting down";
 
 /**
  * The client's application_name as the audit trail keeps it: as PostgreSQL keeps it (63 bytes at

@@ -951,6 +951,8 @@ export class PgSession {
    */
   private awaitingSync = false;
   private status: TransactionStatus = "I";
+  /** Set by drain: the message the session ends with at its next quiet point. */
+  private draining: string | undefined;
   /** CopyDone/CopyFail messages the client has sent; whether the target is reading COPY data now. */
   /**
    * COPY ... FROM STDIN statements the client has sent (a Query may hold several, an Execute one)
@@ -1193,6 +1195,23 @@ export class PgSession {
         message: "the agent lost its connection to the target database",
       }),
     );
+  }
+
+  /**
+   * Ends the session (57P01, `message`) at its next quiet point: at once if it is idle outside a
+   * transaction with nothing in flight, else after the ReadyForQuery that leaves it so. What the
+   * client sent and the agent has not forwarded yet is not run. The agent's drain at shutdown.
+   */
+  drain(message: string): void {
+    if (this.closed) return;
+    this.draining = message;
+    this.endIfDrained();
+  }
+
+  private endIfDrained(): void {
+    if (this.draining === undefined || this.closed) return;
+    if (this.status !== "I" || this.pending.length > 0 || this.held !== undefined || this.copySpan > 0) return;
+    this.terminate(this.draining, "57P01");
   }
 
   /** Ends the session from outside (token revoked, user disabled, session too long). */
@@ -3210,6 +3229,8 @@ export class PgSession {
             )
               this.cursors.delete(name);
         }
+        // (After this ReadyForQuery has reached the client: its statement's answer is complete.)
+        if (this.draining !== undefined) queueMicrotask(() => this.endIfDrained());
         return undefined;
       }
       case 0x53: {
