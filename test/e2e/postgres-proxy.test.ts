@@ -224,6 +224,7 @@ describe("postgres through the agent", () => {
     const stopping = Date.now();
     const stopped = agent.stop("SIGTERM");
     await new Promise((r) => setTimeout(r, 200));
+    expect(((await agent.health()) as unknown as { status: string }).status).toBe("draining");
     expect((await psql(listen, fresh.accessToken, "SELECT 1")).stderr).toMatch(/refused|shutting down/i);
     const last = await running;
     expect(last.stdout.trim()).toBe("finished");

@@ -9,9 +9,10 @@ export interface AdminStatus {
   /**
    * "ok", or "failing-closed" while the agent has no bundle or its bundle has expired: it denies
    * every session and statement then (review 63: it said "ok"). Still HTTP 200: the process is
-   * alive, and restarting it would not bring a bundle.
+   * alive, and restarting it would not bring a bundle. "draining" while it stops with
+   * shutdown.drainSeconds (new sessions refused).
    */
-  status: "ok" | "failing-closed";
+  status: "ok" | "failing-closed" | "draining";
   /** Why not "ok". */
   problem?: string;
   agentId: string;

@@ -355,8 +355,12 @@ export async function startAgent(
     logger,
     registry,
   });
+  /** Set once close() has begun (see RunningAgent.close). */
+  let closing: Promise<void> | undefined;
   /** Whether the agent can decide anything (see AdminStatus.status). */
-  function enforcementStatus(): { status: "ok" | "failing-closed"; problem?: string } {
+  function enforcementStatus(): { status: "ok" | "failing-closed" | "draining"; problem?: string } {
+    if (closing !== undefined)
+      return { status: "draining", problem: "the agent is stopping: new sessions are refused, open ones finish" };
     const b = bundles.current();
     if (!b) return { status: "failing-closed", problem: "no policy bundle yet: every session is denied" };
     if (b.notAfter.getTime() <= Date.now())
@@ -403,7 +407,6 @@ export async function startAgent(
       })
     : undefined;
 
-  let closing: Promise<void> | undefined;
   return {
     identity,
     bundles,

@@ -55,7 +55,10 @@ async function main(): Promise<void> {
   const abort = new AbortController();
   let agent: Awaited<ReturnType<typeof startAgent>> | undefined;
   let stopping = false;
+  let exitCode = 0;
   const stop = (code: number, drainMs = 0) => {
+    // (The control plane's rejection during a drain: its exit code wins.)
+    if (code !== 0) exitCode = code;
     if (stopping) {
       // A second signal while sessions drain: they end now.
       if (agent) void agent.close();
@@ -63,10 +66,10 @@ async function main(): Promise<void> {
     }
     stopping = true;
     abort.abort();
-    const force = setTimeout(() => process.exit(code || 1), drainMs + 5000);
+    const force = setTimeout(() => process.exit(exitCode || 1), drainMs + 5000);
     force.unref();
     if (agent && drainMs > 0) agent.logger.info({ drainSeconds: drainMs / 1000 }, "stopping: draining sessions");
-    (agent ? agent.close({ drainMs }) : Promise.resolve()).finally(() => process.exit(code));
+    (agent ? agent.close({ drainMs }) : Promise.resolve()).finally(() => process.exit(exitCode));
   };
   const drainMs = config.shutdown.drainSeconds * 1000;
   process.on("SIGTERM", () => stop(0, drainMs));

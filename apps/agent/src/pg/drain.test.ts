@@ -42,6 +42,16 @@ async function newSession(harness: Harness): Promise<Raw> {
   return c;
 }
 
+/** A connection past its startup message, asked for its password (and not answering). */
+async function newStartup(harness: Harness): Promise<Raw> {
+  const socket = connect(harness.port, "127.0.0.1");
+  const c = new Raw(socket);
+  await new Promise((r) => socket.once("connect", r));
+  socket.write(serialize.startup({ user: "alice@example.com", database: "app" }));
+  await c.until((m) => m.some((x) => x.type === "R"));
+  return c;
+}
+
 /** A session that keeps its BackendKeyData (openRaw drops the messages before its first ReadyForQuery). */
 async function openWithKey(harness: Harness): Promise<{ c: Raw; processId: number; secretKey: number }> {
   const socket = connect(harness.port, "127.0.0.1");
@@ -101,6 +111,79 @@ describe("draining sessions at shutdown", () => {
     // The session events say why each ended.
     const reasons = harness.events().flatMap((e) => (e.detail.case === "sessionEnd" ? [e.detail.value.reason] : []));
     expect(reasons).toEqual(Array(3).fill("the agent is shutting down"));
+    await harness.close();
+  });
+
+  it("waits for the Sync of an extended-protocol cycle answered so far: a cursor read in batches, an INSERT (review 65)", async () => {
+    const harness = await startHarness({ pg: server, policies: [ALLOW_ALL_POLICY] });
+    const batches = await open(harness);
+    const insert = await open(harness);
+    batches.socket.write(
+      Buffer.concat([
+        serialize.parse({ text: "SELECT g FROM generate_series(1, 10) g" }),
+        serialize.bind({}),
+        serialize.execute({ rows: 2 }),
+        serialize.flush(),
+      ]),
+    );
+    insert.socket.write(
+      Buffer.concat([
+        serialize.parse({ text: "INSERT INTO notes VALUES ('unsynced')" }),
+        serialize.bind({}),
+        serialize.execute({}),
+        serialize.flush(),
+      ]),
+    );
+    await batches.until((m) => m.some((x) => x.type === "s"));
+    await insert.until((m) => m.some((x) => x.type === "C"));
+    const closed = harness.listener.close({ drainMs: 20_000 });
+    await new Promise((r) => setTimeout(r, 300));
+    // Nothing pending, the last ReadyForQuery idle: still inside the target's implicit transaction.
+    expect(batches.closed).toBe(false);
+    expect(insert.closed).toBe(false);
+    batches.socket.write(Buffer.concat([serialize.execute({ rows: 100 }), serialize.sync()]));
+    insert.socket.write(serialize.sync());
+    await batches.until(() => batches.closed);
+    await insert.until(() => insert.closed);
+    expect(types(batches.messages)).toBe("12DDsDDDDDDDDCZE");
+    expect(types(insert.messages)).toBe("12CZE");
+    shutDown(batches);
+    shutDown(insert);
+    await closed;
+    expect(await server.sql("SELECT count(*) FROM notes WHERE v = 'unsynced'", "app")).toMatch(/^1/);
+    await harness.close();
+  });
+
+  it("cancels a statement still running when its session is ended: it does not go on and commit (review 65)", async () => {
+    await server.sql("CREATE TABLE counter (v int); INSERT INTO counter VALUES (0)", "app");
+    const harness = await startHarness({ pg: server, policies: [ALLOW_ALL_POLICY] });
+    const c = await open(harness);
+    c.socket.write(serialize.query("UPDATE counter SET v = v + 1 WHERE pg_sleep(2) IS NOT NULL"));
+    await new Promise((r) => setTimeout(r, 300));
+    await harness.listener.close({ drainMs: 300 });
+    await c.until(() => c.closed);
+    shutDown(c);
+    await new Promise((r) => setTimeout(r, 2500));
+    expect((await server.sql("SELECT v FROM counter", "app")).trim()).toBe("0");
+    await harness.close();
+  });
+
+  it("refuses connections still being set up when the stop begins, instead of waiting for their time-out (review 65)", async () => {
+    const harness = await startHarness({
+      pg: server,
+      policies: [ALLOW_ALL_POLICY],
+      listener: { setupTimeoutMs: 20_000 },
+    });
+    const silent = new Raw(connect(harness.port, "127.0.0.1")); // sends nothing
+    const started = await newStartup(harness); // its startup sent, no password yet
+    await new Promise((r) => setTimeout(r, 200));
+    const began = Date.now();
+    await harness.listener.close({ drainMs: 10_000 });
+    expect(Date.now() - began).toBeLessThan(3000);
+    for (const c of [silent, started]) {
+      await c.until(() => c.closed);
+      expect(errors(c.messages)).toEqual([expect.objectContaining({ code: "57P03" })]);
+    }
     await harness.close();
   });
 

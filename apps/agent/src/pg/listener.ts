@@ -170,6 +170,8 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
   let draining: string | undefined;
   /** Ends a drain's wait (a second close without one). */
   let hurry: () => void = () => undefined;
+  /** Connections not yet sessions: each refuses itself (57P03) unless it is authenticating. */
+  const setups = new Set<() => void>();
   /** Called when the last live session has ended. */
   let whenEmpty: () => void = () => undefined;
   let serverClosed: Promise<void> | undefined;
@@ -384,9 +386,20 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       }
     };
     raw.on("data", onData);
+    // The agent stopping: a connection not yet authenticating is refused now, so that it does not
+    // hold the stop until its set-up times out (review 65: 9 s; the agent's forced exit came
+    // first). One authenticating becomes a session, drained at once.
+    const stopSetup = () => {
+      if (stage === "busy") return;
+      clearTimeout(timer);
+      socket.off("data", onData);
+      refuse(socket, "57P03", `${SHUTTING_DOWN}: it accepts no new sessions`, "shutting-down");
+    };
+    setups.add(stopSetup);
     raw.on("close", () => {
       clearTimeout(timer);
       release(slot);
+      setups.delete(stopSetup);
     });
     // Half-open connections are allowed (a session's client may send its last messages and close
     // its side, then read the answers: see PgSession); before the session, a close is the end.
@@ -586,6 +599,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     const session = new PgSession(
       {
         sessionId,
+        cancelTarget: () => cancelOnTarget(config.target, target.processId, target.secretKey),
         clientProcessId: (pid) => clientPids.get(pid),
         resource: options.resource,
         identity,
@@ -740,6 +754,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       const drainMs = o.drainMs ?? 0;
       const first = draining === undefined;
       draining = SHUTTING_DOWN;
+      for (const stop of setups) stop();
       if (first && drainMs > 0) {
         // Still listening meanwhile: cancel requests for the sessions draining are served, new
         // sessions refused with 57P03.

@@ -256,6 +256,12 @@ export interface SessionContext {
   maxStatementLength: number;
   metrics: SessionMetrics;
   now?: () => number;
+  /**
+   * Cancels what the session's target backend is running (a CancelRequest on its key): used when
+   * the session is ended from outside with a statement in flight, so that the statement is stopped
+   * (and rolled back) rather than left to run, and commit, after the session has ended.
+   */
+  cancelTarget?: () => Promise<void>;
 }
 
 /** Statement classes from the least to the most a statement may do (mergeInfos keeps the most). */
@@ -953,6 +959,8 @@ export class PgSession {
   private status: TransactionStatus = "I";
   /** Set by drain: the message the session ends with at its next quiet point. */
   private draining: string | undefined;
+  /** An extended-protocol message (Parse, Bind, Describe, Execute, Close) was sent since the last Sync or Query. */
+  private unsynced = false;
   /** CopyDone/CopyFail messages the client has sent; whether the target is reading COPY data now. */
   /**
    * COPY ... FROM STDIN statements the client has sent (a Query may hold several, an Execute one)
@@ -1210,13 +1218,28 @@ export class PgSession {
 
   private endIfDrained(): void {
     if (this.draining === undefined || this.closed) return;
-    if (this.status !== "I" || this.pending.length > 0 || this.held !== undefined || this.copySpan > 0) return;
+    // Not between an extended-protocol message and its Sync either: the target holds an implicit
+    // transaction and portals there, whatever the last ReadyForQuery said (review 65: a cursor read
+    // in batches, an INSERT answered before its Sync, were cut and undone).
+    if (this.status !== "I" || this.unsynced || this.pending.length > 0 || this.held !== undefined || this.copySpan > 0)
+      return;
     this.terminate(this.draining, "57P01");
   }
 
-  /** Ends the session from outside (token revoked, user disabled, session too long). */
+  /**
+   * Ends the session from outside (token revoked, user disabled, session too long, the agent
+   * stopping). A statement still running on the target is cancelled, as PostgreSQL's own
+   * termination of a backend stops it (review 65: an UPDATE went on and committed after its
+   * session had been ended).
+   */
   terminate(message: string, code = "57P01"): void {
     if (this.closed) return;
+    if (this.pending.length > 0 && this.ctx.cancelTarget)
+      void this.ctx
+        .cancelTarget()
+        .catch((error: Error) =>
+          this.ctx.logger.warn({ session: this.ctx.sessionId, err: error.message }, "could not cancel on the target"),
+        );
     this.client.end(errorResponse({ severity: "FATAL", code, message }));
     this.end(message);
   }
@@ -1478,7 +1501,11 @@ export class PgSession {
     if (this.awaitingSync && f.type !== 0x53 && f.type !== 0x58) return undefined;
     if (this.copySpan > 0) this.checkCopyMessage(f.type);
     // Query, Sync, and FunctionCall (replaced by a Query) each get one ReadyForQuery.
-    if (f.type === 0x51 || f.type === 0x46 || (f.type === 0x53 && this.copySpan === 0)) this.cyclesSent++;
+    if (f.type === 0x51 || f.type === 0x46 || (f.type === 0x53 && this.copySpan === 0)) {
+      this.cyclesSent++;
+      this.unsynced = false;
+    } else if (f.type === 0x50 || f.type === 0x42 || f.type === 0x45 || f.type === 0x44 || f.type === 0x43)
+      this.unsynced = true;
     this.inQuery = f.type === 0x51;
     switch (f.type) {
       case 0x51: {
