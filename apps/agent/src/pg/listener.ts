@@ -769,7 +769,15 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
         });
         clearTimeout(timer);
       } else hurry();
-      for (const session of live.keys()) session.terminate(SHUTTING_DOWN, "57P01");
+      const cancels: Promise<void>[] = [];
+      for (const session of live.keys()) {
+        session.terminate(SHUTTING_DOWN, "57P01");
+        if (session.cancelling) cancels.push(session.cancelling);
+      }
+      // The running statements' cancels reach the target before the process exits (bounded: the
+      // target may not answer).
+      if (cancels.length > 0)
+        await Promise.race([Promise.all(cancels), new Promise((r) => setTimeout(r, CANCEL_WAIT_MS).unref())]);
       catalog.close();
       // Resolved once every connection has ended (sessions, set-ups, cancel requests).
       serverClosed ??= new Promise<void>((resolve) => server.close(() => resolve()));
@@ -779,6 +787,8 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
 }
 
 const SHUTTING_DOWN = "the agent is shutting down";
+/** How long a stop waits for the cancels of statements still running to reach the target. */
+const CANCEL_WAIT_MS = 2_000;
 
 /**
  * The client's application_name as the audit trail keeps it: as PostgreSQL keeps it (63 bytes at

@@ -957,6 +957,8 @@ export class PgSession {
    */
   private awaitingSync = false;
   private status: TransactionStatus = "I";
+  /** The cancel of the statement running when the session was terminated, until it is sent. */
+  cancelling: Promise<void> | undefined;
   /** Set by drain: the message the session ends with at its next quiet point. */
   private draining: string | undefined;
   /** An extended-protocol message (Parse, Bind, Describe, Execute, Close) was sent since the last Sync or Query. */
@@ -1235,7 +1237,7 @@ export class PgSession {
   terminate(message: string, code = "57P01"): void {
     if (this.closed) return;
     if (this.pending.length > 0 && this.ctx.cancelTarget)
-      void this.ctx
+      this.cancelling = this.ctx
         .cancelTarget()
         .catch((error: Error) =>
           this.ctx.logger.warn({ session: this.ctx.sessionId, err: error.message }, "could not cancel on the target"),
