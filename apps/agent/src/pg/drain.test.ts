@@ -8,8 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { serialize } from "@moat/pg-wire";
 import { startPostgres, type TestPostgres } from "@moat/testkit";
 import { ALLOW_ALL_POLICY } from "../test-support/bundles.js";
-import { startHarness, type Harness } from "../test-support/pg.js";
-import { errors, firstValues, openRaw as open, Raw, types } from "../test-support/raw-client.js";
+import { startHarness } from "../test-support/pg.js";
+import { errors, firstValues, openRaw as open, Raw, startupRaw, types } from "../test-support/raw-client.js";
 
 let server: TestPostgres;
 
@@ -32,40 +32,6 @@ const shutDown = (c: Raw) => {
   });
 };
 
-/** What a new connection is answered: its messages up to its close. */
-async function newSession(harness: Harness): Promise<Raw> {
-  const socket = connect(harness.port, "127.0.0.1");
-  const c = new Raw(socket);
-  await new Promise((r) => socket.once("connect", r));
-  socket.write(serialize.startup({ user: "alice@example.com", database: "app" }));
-  await c.until(() => c.closed);
-  return c;
-}
-
-/** A connection past its startup message, asked for its password (and not answering). */
-async function newStartup(harness: Harness): Promise<Raw> {
-  const socket = connect(harness.port, "127.0.0.1");
-  const c = new Raw(socket);
-  await new Promise((r) => socket.once("connect", r));
-  socket.write(serialize.startup({ user: "alice@example.com", database: "app" }));
-  await c.until((m) => m.some((x) => x.type === "R"));
-  return c;
-}
-
-/** A session that keeps its BackendKeyData (openRaw drops the messages before its first ReadyForQuery). */
-async function openWithKey(harness: Harness): Promise<{ c: Raw; processId: number; secretKey: number }> {
-  const socket = connect(harness.port, "127.0.0.1");
-  const c = new Raw(socket);
-  await new Promise((r) => socket.once("connect", r));
-  socket.write(serialize.startup({ user: "alice@example.com", database: "app" }));
-  await c.until((m) => m.some((x) => x.type === "R"));
-  socket.write(serialize.password(await harness.token()));
-  await c.until((m) => m.some((x) => x.type === "Z"));
-  const key = c.messages.find((m) => m.type === "K")?.body as Buffer;
-  c.messages.length = 0;
-  return { c, processId: key.readInt32BE(0), secretKey: key.readInt32BE(4) };
-}
-
 describe("draining sessions at shutdown", () => {
   it("ends idle sessions at once, busy ones after their statement or transaction, and accepts no new ones", async () => {
     const harness = await startHarness({ pg: server, policies: [ALLOW_ALL_POLICY] });
@@ -83,7 +49,8 @@ describe("draining sessions at shutdown", () => {
     await idle.until(() => idle.closed);
     shutDown(idle);
     // Still listening: a new session is told why it cannot start (as PostgreSQL during a shutdown).
-    const late = await newSession(harness);
+    const late = await startupRaw(harness);
+    await late.until(() => late.closed);
     expect(errors(late.messages)).toEqual([
       expect.objectContaining({
         severity: "FATAL",
@@ -175,7 +142,7 @@ describe("draining sessions at shutdown", () => {
       listener: { setupTimeoutMs: 20_000 },
     });
     const silent = new Raw(connect(harness.port, "127.0.0.1")); // sends nothing
-    const started = await newStartup(harness); // its startup sent, no password yet
+    const started = await startupRaw(harness); // its startup sent, no password yet
     await new Promise((r) => setTimeout(r, 200));
     const began = Date.now();
     await harness.listener.close({ drainMs: 10_000 });
@@ -189,7 +156,8 @@ describe("draining sessions at shutdown", () => {
 
   it("serves a cancel request for a session it drains", async () => {
     const harness = await startHarness({ pg: server, policies: [ALLOW_ALL_POLICY] });
-    const { c, processId, secretKey } = await openWithKey(harness);
+    const c = await open(harness);
+    const { processId, secretKey } = c.key!;
     c.socket.write(serialize.query("SELECT pg_sleep(30)"));
     await new Promise((r) => setTimeout(r, 200));
     const began = Date.now();

@@ -167,13 +167,11 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
   /** Live sessions, with what their `connect` is decided on again when the bundle changes. */
   const live = new Map<PgSession, LiveSession>();
   /** Set once close() has begun: new sessions are refused, those whose set-up completes drained at once. */
-  let draining: string | undefined;
-  /** Ends a drain's wait (a second close without one). */
-  let hurry: () => void = () => undefined;
+  let stopping = false;
+  /** Ends a drain's wait: the last live session has ended, or a second close wants no wait. */
+  let drained: () => void = () => undefined;
   /** Connections not yet sessions: each refuses itself (57P03) unless it is authenticating. */
   const setups = new Set<() => void>();
-  /** Called when the last live session has ended. */
-  let whenEmpty: () => void = () => undefined;
   let serverClosed: Promise<void> | undefined;
   const ulid = createUlidFactory();
   let count = 0;
@@ -318,11 +316,10 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
             void cancel(m.processId, m.secretKey).finally(() => socket.destroy());
             return;
           }
-          // Draining: the sessions still open may be cancelled (above), no new one starts (as
+          // Stopping: the sessions still open may be cancelled (above), no new one starts (as
           // PostgreSQL answers during a shutdown).
-          if (draining !== undefined) {
-            clearTimeout(timer);
-            refuse(socket, "57P03", `${draining}: it accepts no new sessions`, "shutting-down");
+          if (stopping) {
+            stopSetup();
             return;
           }
           if (!reserve(slot)) {
@@ -393,7 +390,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       if (stage === "busy") return;
       clearTimeout(timer);
       socket.off("data", onData);
-      refuse(socket, "57P03", `${SHUTTING_DOWN}: it accepts no new sessions`, "shutting-down");
+      refuse(socket, "57P03", NO_NEW_SESSIONS, "shutting-down");
     };
     setups.add(stopSetup);
     raw.on("close", () => {
@@ -639,7 +636,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
       count--;
       options.metrics.sessions.dec();
       live.delete(session);
-      if (live.size === 0) whenEmpty();
+      if (live.size === 0) drained();
       clearTimeout(entry.timer);
       cancelKeys.delete(processId);
       if (clientPids.get(target.processId) === processId) clientPids.delete(target.processId);
@@ -654,7 +651,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     if (rest.length > 0) socket.unshift(rest);
     socket.resume();
     // Set up while the agent drains: told at once, as PostgreSQL tells a client during shutdown.
-    if (draining !== undefined) session.drain(draining);
+    if (stopping) session.drain(SHUTTING_DOWN);
     limitLength(session, entry, verdict.obligations.maxSessionSeconds);
   }
 
@@ -752,8 +749,8 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
     },
     async close(o = {}) {
       const drainMs = o.drainMs ?? 0;
-      const first = draining === undefined;
-      draining = SHUTTING_DOWN;
+      const first = !stopping;
+      stopping = true;
       for (const stop of setups) stop();
       if (first && drainMs > 0) {
         // Still listening meanwhile: cancel requests for the sessions draining are served, new
@@ -763,12 +760,11 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
         let timer: NodeJS.Timeout | undefined;
         await new Promise<void>((resolve) => {
           timer = setTimeout(resolve, drainMs);
-          hurry = resolve;
-          whenEmpty = resolve;
+          drained = resolve;
           if (live.size === 0) resolve();
         });
         clearTimeout(timer);
-      } else hurry();
+      } else drained();
       const cancels: Promise<void>[] = [];
       for (const session of live.keys()) {
         session.terminate(SHUTTING_DOWN, "57P01");
@@ -787,6 +783,7 @@ export async function startPgListener(options: PgListenerOptions): Promise<PgLis
 }
 
 const SHUTTING_DOWN = "the agent is shutting down";
+const NO_NEW_SESSIONS = `${SHUTTING_DOWN}: it accepts no new sessions`;
 /** How long a stop waits for the cancels of statements still running to reach the target. */
 const CANCEL_WAIT_MS = 2_000;
 

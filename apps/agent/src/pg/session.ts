@@ -526,10 +526,10 @@ const NO_ROWS: ReadonlySet<string> = new Set([
 const copiesFromClient = (info: StatementInfo | undefined): boolean =>
   info?.kind === "CopyStmt" && info.actions.some((a) => a.action === "db:copy-in");
 
-/** Why a session sending Sync among COPY data ends (see copySpan). */
 /** COPY sub-protocol messages from the client: CopyData, CopyDone, CopyFail. */
 const COPY_DATA_TYPES: ReadonlySet<number> = new Set([0x64, 0x63, 0x66]);
 
+/** Why a session sending Sync among COPY data ends (see copySpan). */
 const SYNC_IN_COPY =
   "a Sync among COPY data is not supported through Moat (the server answers it or not depending on where the COPY fails): send Sync after CopyDone";
 
@@ -1111,7 +1111,7 @@ export class PgSession {
     });
     target.on("drain", () => {
       this.targetBlocked = false;
-      if (this.held === undefined && !this.waitingSettle && !this.pendingFull && !this.waitingCycle) client.resume();
+      if (!this.clientWaits) client.resume();
     });
     client.on("data", (chunk: Buffer) => this.onClientData(chunk));
     // No cork around the scanner: it forwards what one chunk brings in a single write.
@@ -1128,7 +1128,7 @@ export class PgSession {
       // (Also while what followed a COPY's CopyDone waits for its outcome: review 40.)
       // (Also while MAX_PENDING answers are awaited and read messages wait behind them: review 59.
       // Nobody reads the answers now, so the target is read again.)
-      if ((this.held !== undefined || this.waitingSettle || this.pendingFull || this.waitingCycle) && !hadError) {
+      if (this.clientWaits && !hadError) {
         this.endAfterHold = "client disconnected";
         this.clientBlocked = false;
         if (!this.scanner.isHeld) this.target.resume();
@@ -1140,8 +1140,7 @@ export class PgSession {
     client.on("end", () => {
       if (this.closed || !(client as Socket).allowHalfOpen) return;
       this.clientEnded = true;
-      if (this.held === undefined && !this.waitingSettle && !this.pendingFull && !this.waitingCycle)
-        this.afterClientEnd();
+      if (!this.clientWaits) this.afterClientEnd();
     });
     target.on("close", () => {
       if (this.terminated) this.end(this.clientEnded ? "client disconnected" : "client terminated the session");
@@ -3372,12 +3371,20 @@ export class PgSession {
   }
 
   /**
+   * Reading from the client waits: a message is held for its classification, a COPY's outcome, the
+   * pending cap's room or a read-only session's unanswered cycle is awaited.
+   */
+  private get clientWaits(): boolean {
+    return this.held !== undefined || this.waitingSettle || this.pendingFull || this.waitingCycle;
+  }
+
+  /**
    * After what waited has been relayed (a message held for its classification, or what followed a
    * COPY's CopyDone): unless something holds the client again, the session ends if it closed
    * meanwhile (endAfterHold), else reading from it resumes.
    */
   private readOnAfterWait(): void {
-    if (this.closed || this.held !== undefined || this.waitingSettle || this.pendingFull || this.waitingCycle) return;
+    if (this.closed || this.clientWaits) return;
     if (this.endAfterHold !== undefined) this.end(this.endAfterHold);
     else if (this.clientEnded) this.afterClientEnd();
     else if (!this.targetBlocked && !this.pendingFull) this.client.resume();

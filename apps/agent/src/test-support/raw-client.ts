@@ -14,6 +14,8 @@ export interface Msg {
 export class Raw {
   private buf = Buffer.alloc(0);
   readonly messages: Msg[] = [];
+  /** The session's BackendKeyData, once openRaw has it. */
+  key: { processId: number; secretKey: number } | undefined;
   private waiters: (() => void)[] = [];
   closed = false;
   constructor(readonly socket: Socket) {
@@ -62,16 +64,27 @@ export async function pipeline(c: Raw, answers: number, ...parts: Buffer[]): Pro
   return c.messages.slice(start);
 }
 
-/** A session through the harness's agent as alice@example.com on database app, past its first ReadyForQuery. */
-export async function openRaw(harness: Harness): Promise<Raw> {
-  const token = await harness.token();
+/**
+ * A connection to the harness's agent with a startup message as alice@example.com on database app:
+ * its answers until the password request (or an error and the close).
+ */
+export async function startupRaw(harness: Harness): Promise<Raw> {
   const socket = connect(harness.port, "127.0.0.1");
   const raw = new Raw(socket);
   await new Promise((r) => socket.once("connect", r));
   socket.write(serialize.startup({ user: "alice@example.com", database: "app" }));
-  await raw.until((m) => m.some((x) => x.type === "R"));
-  socket.write(serialize.password(token));
+  await raw.until((m) => m.some((x) => x.type === "R" || x.type === "E"));
+  return raw;
+}
+
+/** A session through the harness's agent as alice@example.com on database app, past its first ReadyForQuery. */
+export async function openRaw(harness: Harness): Promise<Raw> {
+  const token = await harness.token();
+  const raw = await startupRaw(harness);
+  raw.socket.write(serialize.password(token));
   await raw.until((m) => m.some((x) => x.type === "Z"));
+  const key = raw.messages.find((m) => m.type === "K")?.body;
+  if (key) raw.key = { processId: key.readInt32BE(0), secretKey: key.readInt32BE(4) };
   raw.messages.length = 0;
   return raw;
 }
